@@ -1,0 +1,52 @@
+# Entry points named in README.md. Every target works on a fresh clone.
+CARGO ?= cargo
+
+.PHONY: demo build release test lint crds bench k8s-bins control-plane-test cluster-up cluster-down images smoke e2e
+
+## Run it: a 3-node store on 127.0.0.1 (client API of node i on port 7000+i), Ctrl-C stops it.
+demo: build
+	$(CARGO) run --quiet -p shardedstore-operator -- local --nodes 3
+
+build:
+	$(CARGO) build --workspace --bins
+
+release:
+	$(CARGO) build --release --workspace --bins
+
+## Test it: unit, property, multi-process and (when the binaries are cached) real-apiserver tests.
+test:
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace --no-fail-fast
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Regenerate crds/ from the Rust types (a test fails when they are stale).
+crds:
+	$(CARGO) run --quiet -p shardedstore-operator -- crd > crds/shardedstore.io_shardedstores.yaml
+	cp crds/shardedstore.io_shardedstores.yaml charts/shardedstore-operator/crds/ 2>/dev/null || true
+
+## Benchmarks print figures; they never fail on timing.
+bench: release
+	./target/release/shardedstore-operator bench-placement
+	./target/release/shardedstore bench --help >/dev/null
+
+## A real Kubernetes built from pinned upstream sources (see docs/local-kubernetes.md).
+k8s-bins:
+	bash hack/k8s-bins.sh
+
+cluster-up: k8s-bins
+	bash hack/cluster-up.sh
+
+cluster-down:
+	bash hack/cluster-down.sh
+
+images: release
+	bash hack/images.sh
+
+smoke:
+	bash hack/smoke-test.sh
+
+e2e: images
+	$(CARGO) test -p shardedstore-tests --test e2e -- --ignored --test-threads=1

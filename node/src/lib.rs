@@ -1,0 +1,9 @@
+//! ShardedStore storage node: durable, partitioned, replicated key-value server.
+//!
+//! - [`map`]: the partition map and the key → partition function (shared with the operator).
+//! - [`admin_api`]: wire types of the admin API the operator drives nodes with.
+//! - [`client`]: client library for the client API and the admin API.
+
+pub mod admin_api;
+pub mod client;
+pub mod map;

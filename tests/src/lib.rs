@@ -1,0 +1,1 @@
+//! Helpers shared by the ShardedStore integration suites: process harness, waiting with deadlines.
