@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Builds the pinned CLI tools the tests use (helm, promtool) from the Go module proxy into
+# a cache outside the repository, and prints the bin directory on the last line.
+# Usage: hack/install-tools.sh [helm|promtool ...]   (default: all)
+set -euo pipefail
+
+HELM_VERSION=v3.22.0
+PROMETHEUS_VERSION=v0.316.0 # module github.com/prometheus/prometheus
+
+cache="${SHARDEDSTORE_CACHE:-$HOME/.cache/shardedstore}/tools"
+bin="$cache/bin"
+mkdir -p "$bin"
+export GOBIN="$bin" GOFLAGS="-trimpath" CGO_ENABLED=0
+
+want=("$@")
+[ ${#want[@]} -gt 0 ] || want=(helm promtool)
+
+for tool in "${want[@]}"; do
+  case "$tool" in
+    helm)
+      if ! [ -x "$bin/helm" ] || ! "$bin/helm" version --short 2>/dev/null | grep -q "^${HELM_VERSION}"; then
+        echo "building helm ${HELM_VERSION}" >&2
+        nice -n 10 go install -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}" \
+          "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}" >&2
+      fi
+      ;;
+    promtool)
+      if ! [ -x "$bin/promtool" ] || ! [ -f "$bin/.promtool-${PROMETHEUS_VERSION}" ]; then
+        echo "building promtool (prometheus ${PROMETHEUS_VERSION})" >&2
+        nice -n 10 go install -ldflags "-s -w" \
+          "github.com/prometheus/prometheus/cmd/promtool@${PROMETHEUS_VERSION}" >&2
+        touch "$bin/.promtool-${PROMETHEUS_VERSION}"
+      fi
+      ;;
+    *)
+      echo "unknown tool: $tool" >&2
+      exit 2
+      ;;
+  esac
+done
+echo "$bin"

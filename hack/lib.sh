@@ -1,0 +1,157 @@
+# Shared helpers for the hack/ scripts. Sourced, never executed.
+# shellcheck shell=bash
+
+HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$HACK_DIR/.." && pwd)"
+
+log() { echo "[$(date +%H:%M:%S)] $(basename "$0"): $*" >&2; }
+die() {
+    log "ERROR: $*"
+    exit 1
+}
+
+# wait_for SECONDS DESCRIPTION CMD... — runs CMD every 0.5 s until it succeeds;
+# fails with DESCRIPTION once SECONDS have passed. Every wait in hack/ goes through
+# here, so nothing hangs without a deadline.
+wait_for() {
+    local timeout="$1" what="$2"
+    shift 2
+    local deadline=$((SECONDS + timeout))
+    until "$@" >/dev/null 2>&1; do
+        if ((SECONDS >= deadline)); then
+            log "timed out after ${timeout}s waiting for: $what"
+            return 1
+        fi
+        sleep 0.5
+    done
+}
+
+# k8s_bin_dir — the cached upstream binaries (building them on first use).
+# SHARDEDSTORE_K8S_BIN overrides it, e.g. to point at a release download.
+k8s_bin_dir() {
+    if [[ -n "${SHARDEDSTORE_K8S_BIN:-}" ]]; then
+        echo "$SHARDEDSTORE_K8S_BIN"
+        return
+    fi
+    "$HACK_DIR/k8s-bins.sh" | tail -n1
+}
+
+# free_port — a TCP port that nothing on this host listens on or uses right now.
+# Random in 20000-59999 so concurrent test processes rarely pick the same one;
+# `taken` (space separated) excludes ports already handed out by this process.
+free_port() {
+    local used port
+    used="$(ss -Htan | awk '{print $4}' | sed 's/.*://' | sort -u)"
+    while :; do
+        port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+        grep -qx "$port" <<<"$used" && continue
+        [[ " ${taken:-} " == *" $port "* ]] && continue
+        taken="${taken:-} $port"
+        echo "$port"
+        return
+    done
+}
+
+# pid_alive PIDFILE MARKER — the process in PIDFILE runs and its command line
+# contains MARKER (guards against a recycled pid after a reboot or crash).
+pid_alive() {
+    local pidfile="$1" marker="$2" pid
+    [[ -f "$pidfile" ]] || return 1
+    pid="$(cat "$pidfile")"
+    [[ -n "$pid" && -r "/proc/$pid/cmdline" ]] || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$marker"
+}
+
+# stop_pidfile PIDFILE MARKER [GRACE] — TERM the process (and its process group,
+# all our daemons are started with setsid), KILL it after GRACE seconds.
+stop_pidfile() {
+    local pidfile="$1" marker="$2" grace="${3:-10}" pid deadline
+    if pid_alive "$pidfile" "$marker"; then
+        pid="$(cat "$pidfile")"
+        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+        deadline=$((SECONDS + grace))
+        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+        deadline=$((SECONDS + 5))
+        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+    fi
+    rm -f "$pidfile"
+}
+
+# start_daemon NAME DIR CMD... — runs CMD in its own session with output in
+# DIR/logs/NAME.log and its pid in DIR/pids/NAME.pid.
+start_daemon() {
+    local name="$1" dir="$2"
+    shift 2
+    mkdir -p "$dir/logs" "$dir/pids"
+    setsid "$@" >>"$dir/logs/$name.log" 2>&1 </dev/null &
+    echo $! >"$dir/pids/$name.pid"
+}
+
+# dump_logs DIR — the tail of every log, for a failed start.
+dump_logs() {
+    local f
+    for f in "$1"/logs/*.log; do
+        [[ -f "$f" ]] || continue
+        echo "----- $f (last 25 lines)" >&2
+        tail -n 25 "$f" >&2
+    done
+}
+
+# issue_cert CERTDIR NAME SUBJECT USAGE [SANS] — an ECDSA key and a certificate
+# signed by CERTDIR/ca.{crt,key}. USAGE is serverAuth, clientAuth or both
+# (comma separated); SANS is an openssl subjectAltName list.
+issue_cert() {
+    local dir="$1" name="$2" subject="$3" usage="$4" sans="${5:-}" ext
+    ext="$(mktemp)"
+    {
+        echo "basicConstraints=critical,CA:FALSE"
+        echo "keyUsage=critical,digitalSignature,keyEncipherment"
+        echo "extendedKeyUsage=$usage"
+        [[ -n "$sans" ]] && echo "subjectAltName=$sans"
+    } >"$ext"
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout "$dir/$name.key" -subj "$subject" -out "$dir/$name.csr" 2>/dev/null
+    openssl x509 -req -in "$dir/$name.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" \
+        -set_serial "0x$(openssl rand -hex 16)" -days 3650 -extfile "$ext" \
+        -out "$dir/$name.crt" 2>/dev/null
+    rm -f "$ext" "$dir/$name.csr"
+}
+
+# new_ca CERTDIR — a self-signed ECDSA CA.
+new_ca() {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout "$1/ca.key" -out "$1/ca.crt" -days 3650 \
+        -subj "/CN=shardedstore-local-ca" \
+        -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
+}
+
+# write_kubeconfig FILE SERVER CERTDIR NAME — a self-contained kubeconfig (certs
+# embedded) for the client certificate CERTDIR/NAME.{crt,key}.
+write_kubeconfig() {
+    local file="$1" server="$2" dir="$3" name="$4" tmp
+    tmp="$file.tmp.$$"
+    cat >"$tmp" <<KCFG
+apiVersion: v1
+kind: Config
+clusters:
+- name: shardedstore-local
+  cluster:
+    server: $server
+    certificate-authority-data: $(base64 -w0 "$dir/ca.crt")
+users:
+- name: $name
+  user:
+    client-certificate-data: $(base64 -w0 "$dir/$name.crt")
+    client-key-data: $(base64 -w0 "$dir/$name.key")
+contexts:
+- name: shardedstore-local
+  context:
+    cluster: shardedstore-local
+    user: $name
+current-context: shardedstore-local
+KCFG
+    chmod 600 "$tmp"
+    mv "$tmp" "$file"
+}
