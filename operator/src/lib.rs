@@ -1,1 +1,5 @@
-//! ShardedStore operator.
+//! ShardedStore operator: the `ShardedStore` resource, its reconcile pipeline on Kubernetes,
+//! and the coordinator that owns each store's partition map.
+
+pub mod config;
+pub mod crd;

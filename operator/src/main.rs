@@ -1,1 +1,34 @@
-fn main() {}
+//! `shardedstore-operator`: a thin dispatcher over the library's subcommands.
+
+use clap::{Parser, Subcommand};
+use shardedstore_operator::config::RunConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "shardedstore-operator",
+    version,
+    about = "Operator of ShardedStore key-value stores"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the operator against the Kubernetes cluster of the current kubeconfig.
+    Run(RunConfig),
+    /// Print the ShardedStore CustomResourceDefinition as YAML.
+    Crd,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Run(config) => {
+            let _ = config;
+        }
+        Command::Crd => print!("{}", shardedstore_operator::crd::crd_yaml()?),
+    }
+    Ok(())
+}

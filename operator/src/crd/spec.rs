@@ -1,0 +1,340 @@
+//! The desired state of a ShardedStore: what the user writes in `spec`.
+//!
+//! Doc comments on these fields are user-facing: they become `kubectl explain` text.
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use super::status::ShardedStoreStatus;
+
+/// Default number of partitions.
+pub const DEFAULT_PARTITIONS: i32 = 256;
+/// Default number of replicas per partition.
+pub const DEFAULT_REPLICATION_FACTOR: i32 = 3;
+/// Default node label holding the failure zone.
+pub const DEFAULT_ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// A partitioned, replicated key-value store: a set of storage pods holding a fixed number
+/// of hash partitions, each replicated on several pods with one primary.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "shardedstore.io",
+    version = "v1alpha1",
+    kind = "ShardedStore",
+    plural = "shardedstores",
+    shortname = "sst",
+    namespaced,
+    status = "ShardedStoreStatus",
+    derive = "PartialEq",
+    doc = "A partitioned, replicated key-value store managed by the ShardedStore operator.",
+    scale(
+        spec_replicas_path = ".spec.nodes",
+        status_replicas_path = ".status.readyNodes",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Nodes",
+        type_ = "integer",
+        json_path = ".spec.nodes",
+        description = "Desired number of storage pods"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyNodes",
+        description = "Storage pods that are ready"
+    ),
+    printcolumn(
+        name = "Partitions",
+        type_ = "integer",
+        json_path = ".spec.partitions",
+        description = "Number of partitions"
+    ),
+    printcolumn(
+        name = "RF",
+        type_ = "integer",
+        json_path = ".spec.replicationFactor",
+        description = "Replicas per partition"
+    ),
+    printcolumn(
+        name = "Under-replicated",
+        type_ = "integer",
+        json_path = ".status.partitionSummary.underReplicated",
+        description = "Partitions with fewer in-sync replicas than the replication factor"
+    ),
+    printcolumn(
+        name = "Moving",
+        type_ = "integer",
+        json_path = ".status.partitionSummary.moving",
+        description = "Partitions with a replica move in flight"
+    ),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the store is ready"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("self.nodes >= self.replicationFactor").message("nodes must be at least replicationFactor"))]
+#[x_kube(validation = Rule::new("!has(self.minInSync) || self.minInSync <= self.replicationFactor").message("minInSync must not exceed replicationFactor"))]
+#[serde(rename_all = "camelCase")]
+pub struct ShardedStoreSpec {
+    /// Number of storage pods. `kubectl scale` changes this field. Lowering it drains the
+    /// highest-numbered pods (their replicas move to the others) before they are removed.
+    #[schemars(range(min = 1, max = 1000))]
+    pub nodes: i32,
+
+    /// Number of hash partitions the key space is divided into. Fixed at creation.
+    #[serde(default = "default_partitions")]
+    #[schemars(range(min = 1, max = 4096))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("partitions is immutable"))]
+    pub partitions: i32,
+
+    /// Number of copies of every partition, each on a different pod (and a different zone
+    /// when the cluster has zones).
+    #[serde(default = "default_replication_factor")]
+    #[schemars(range(min = 1, max = 5))]
+    pub replication_factor: i32,
+
+    /// Writes to a partition are refused (HTTP 503) while fewer of its replicas are in sync.
+    /// Defaults to the smaller of 2 and replicationFactor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 5))]
+    pub min_in_sync: Option<i32>,
+
+    /// Container image of the storage node (shardedstore-node).
+    #[schemars(length(min = 1))]
+    pub image: String,
+
+    /// When the kubelet pulls the image.
+    #[serde(default)]
+    pub image_pull_policy: ImagePullPolicy,
+
+    /// CPU and memory requests and limits of each storage pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Persistent volume of each storage pod.
+    #[serde(default)]
+    pub storage: StorageSpec,
+
+    /// Where storage pods run and how replicas are spread across failure zones.
+    #[serde(default)]
+    pub placement: PlacementSpec,
+
+    /// Limits on moving partitions between pods (scale out, scale in, replacement).
+    #[serde(default)]
+    pub rebalance: RebalanceSpec,
+
+    /// How the store reacts to pods that fail.
+    #[serde(default)]
+    pub failover: FailoverSpec,
+
+    /// Size limits on keys and values.
+    #[serde(default)]
+    pub limits: LimitsSpec,
+}
+
+/// When the kubelet pulls the image.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum ImagePullPolicy {
+    /// Pull on every pod start.
+    Always,
+    /// Pull only when the image is not on the node.
+    #[default]
+    IfNotPresent,
+    /// Never pull; the image must already be on the node.
+    Never,
+}
+
+impl ImagePullPolicy {
+    /// The value of a container's `imagePullPolicy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+/// Persistent volume of each storage pod.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Requested size of each pod's volume, e.g. `10Gi`.
+    #[serde(default = "default_storage_size")]
+    pub size: Quantity,
+
+    /// StorageClass of the volumes; the cluster's default class when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self {
+            size: default_storage_size(),
+            storage_class_name: None,
+        }
+    }
+}
+
+/// Where storage pods run and how replicas are spread across failure zones.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementSpec {
+    /// Label of the Kubernetes nodes that names their failure zone. Replicas of one partition
+    /// are placed in distinct zones when the pods run in more than one.
+    #[serde(default = "default_zone_label")]
+    #[schemars(length(min = 1))]
+    pub zone_label: String,
+
+    /// Node labels a storage pod's node must have.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Tolerations of the storage pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Affinity rules of the storage pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+}
+
+impl Default for PlacementSpec {
+    fn default() -> Self {
+        Self {
+            zone_label: default_zone_label(),
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            affinity: None,
+        }
+    }
+}
+
+/// Limits on moving partitions between pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RebalanceSpec {
+    /// Largest number of partition moves a single pod takes part in at once (as source or
+    /// destination).
+    #[serde(default = "default_max_moves_per_node")]
+    #[schemars(range(min = 1, max = 64))]
+    pub max_concurrent_moves_per_node: i32,
+
+    /// Bandwidth cap of each catch-up stream in bytes per second; unlimited when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub bandwidth_bytes_per_second: Option<i64>,
+
+    /// Stops starting new moves. Moves in flight finish; failover still happens.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+impl Default for RebalanceSpec {
+    fn default() -> Self {
+        Self {
+            max_concurrent_moves_per_node: default_max_moves_per_node(),
+            bandwidth_bytes_per_second: None,
+            paused: false,
+        }
+    }
+}
+
+/// How the store reacts to pods that fail.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverSpec {
+    /// How long a failed pod may stay away before its replicas are re-created on other pods,
+    /// as a duration such as `90s`, `5m` or `1h30m`. Primaries fail over at once regardless.
+    #[serde(default = "default_replace_after")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub replace_after: String,
+
+    /// Largest number of failed pods whose replicas are re-created at the same time.
+    #[serde(default = "default_max_replacements")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_concurrent_replacements: i32,
+}
+
+impl Default for FailoverSpec {
+    fn default() -> Self {
+        Self {
+            replace_after: default_replace_after(),
+            max_concurrent_replacements: default_max_replacements(),
+        }
+    }
+}
+
+/// Size limits on keys and values.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsSpec {
+    /// Largest key in bytes; longer keys are refused with HTTP 413.
+    #[serde(default = "default_max_key_bytes")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub max_key_bytes: i32,
+
+    /// Largest value in bytes; larger values are refused with HTTP 413.
+    #[serde(default = "default_max_value_bytes")]
+    #[schemars(range(min = 1, max = 67108864))]
+    pub max_value_bytes: i32,
+}
+
+impl Default for LimitsSpec {
+    fn default() -> Self {
+        Self {
+            max_key_bytes: default_max_key_bytes(),
+            max_value_bytes: default_max_value_bytes(),
+        }
+    }
+}
+
+impl ShardedStoreSpec {
+    /// `minInSync` with its default applied: the smaller of 2 and the replication factor.
+    pub fn effective_min_in_sync(&self) -> i32 {
+        self.min_in_sync
+            .unwrap_or_else(|| self.replication_factor.min(2))
+    }
+}
+
+fn default_partitions() -> i32 {
+    DEFAULT_PARTITIONS
+}
+fn default_replication_factor() -> i32 {
+    DEFAULT_REPLICATION_FACTOR
+}
+fn default_storage_size() -> Quantity {
+    Quantity("10Gi".to_owned())
+}
+fn default_zone_label() -> String {
+    DEFAULT_ZONE_LABEL.to_owned()
+}
+fn default_max_moves_per_node() -> i32 {
+    2
+}
+fn default_replace_after() -> String {
+    "5m".to_owned()
+}
+fn default_max_replacements() -> i32 {
+    1
+}
+fn default_max_key_bytes() -> i32 {
+    1024
+}
+fn default_max_value_bytes() -> i32 {
+    1024 * 1024
+}
