@@ -2,4 +2,7 @@
 //! and the coordinator that owns each store's partition map.
 
 pub mod config;
+pub mod coordinator;
 pub mod crd;
+pub mod local;
+pub mod placement;

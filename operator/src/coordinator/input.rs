@@ -1,0 +1,100 @@
+//! What the coordinator is told from outside: the observed membership (pods or child
+//! processes) and the store's settings (from the custom resource or local-mode flags).
+
+use shardedstore_node::map::{Limits, NodeId};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// One storage node as seen by the controller (pod watch) or the local-mode supervisor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberNode {
+    /// Pod name in Kubernetes, `node-<i>` in local mode.
+    pub id: NodeId,
+    /// StatefulSet ordinal (`i` of `node-i`); nodes with `ordinal >= desired_nodes` drain.
+    pub ordinal: u32,
+    /// `host:port` of the client API.
+    pub client_addr: String,
+    /// `host:port` of the peer/admin API.
+    pub peer_addr: String,
+    pub zone: Option<String>,
+    /// Pod Ready (local mode: the process is running and answers).
+    pub ready: bool,
+    /// Container terminated or pod deleted (local mode: the child process exited).
+    /// The coordinator fails over such a node's primaries at once.
+    pub confirmed_dead: bool,
+}
+
+/// Everything the coordinator knows about the node population.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Membership {
+    pub nodes: Vec<MemberNode>,
+    /// Desired node count (`spec.nodes`): nodes with an ordinal at or above it are drained.
+    pub desired_nodes: u32,
+    /// Nodes about to be restarted (rolling restart): their primaries are handed off first.
+    pub cordoned: BTreeSet<NodeId>,
+}
+
+impl Membership {
+    pub fn node(&self, id: &str) -> Option<&MemberNode> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+}
+
+/// Store settings the coordinator obeys; defaults are those of DESIGN.md §2 and §4.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub replication_factor: u32,
+    /// Writes are refused below this many in-sync replicas.
+    pub min_in_sync: u32,
+    /// Fixed partition count, used only when the first map is created.
+    pub partitions: u32,
+    pub limits: Limits,
+    /// Moves a node may take part in at once (as source or destination).
+    pub max_concurrent_moves_per_node: u32,
+    /// Throttle of catch-up streams; `None` is unthrottled.
+    pub bandwidth_bytes_per_second: Option<u64>,
+    /// No new moves start while paused (failover and in-sync changes continue).
+    pub paused: bool,
+    /// A Down node's replicas are re-created elsewhere after this long.
+    pub replace_after: Duration,
+    /// Down nodes whose replicas are re-created at the same time.
+    pub max_concurrent_replacements: u32,
+    /// Lease granted by each heartbeat.
+    pub lease: Duration,
+    /// Added to the lease before a node that stopped answering is presumed dead.
+    pub drift_margin: Duration,
+    pub heartbeat_interval: Duration,
+    /// A follower whose acknowledged position is behind the primary's commit point and
+    /// that has not been heard from for this long is removed from `inSync`.
+    pub lag_timeout: Duration,
+    /// How long a primary may wait for the target of a hand-off to catch up.
+    pub handoff_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            replication_factor: 3,
+            min_in_sync: 2,
+            partitions: 256,
+            limits: Limits::default(),
+            max_concurrent_moves_per_node: 2,
+            bandwidth_bytes_per_second: None,
+            paused: false,
+            replace_after: Duration::from_secs(300),
+            max_concurrent_replacements: 1,
+            lease: Duration::from_secs(4),
+            drift_margin: Duration::from_millis(500),
+            heartbeat_interval: Duration::from_millis(500),
+            lag_timeout: Duration::from_secs(2),
+            handoff_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Identity of the store the coordinator manages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreIdentity {
+    /// Store name (the map's `store`; nodes refuse maps and heartbeats of another store).
+    pub name: String,
+}

@@ -1,0 +1,1 @@
+//! Placement: the pure, deterministic assignment of partition replicas and primaries to nodes.
