@@ -42,10 +42,10 @@ first_service_ip() {
 }
 
 down() {
-    local c
-    for c in "${components[@]}"; do
-        stop_pidfile "$dir/pids/$c.pid" "$dir" 15
-    done
+    local c files=()
+    for c in "${components[@]}"; do files+=("$dir/pids/$c.pid"); done
+    # Test state is thrown away, so a short grace period is enough.
+    stop_pidfiles 3 "$dir" "${files[@]}"
     # Only what `up` creates, so a mistaken DIR argument cannot wipe anything else.
     rm -rf "$dir"/{certs,etcd,logs,pids,kubeconfig,apiserver-port,bin-dir} "$dir"/*.kubeconfig
     rmdir "$dir" 2>/dev/null || true

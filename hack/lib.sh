@@ -78,6 +78,30 @@ stop_pidfile() {
     rm -f "$pidfile"
 }
 
+# stop_pidfiles GRACE MARKER PIDFILE... — stop_pidfile for several processes at
+# once: TERM all, then wait for all, so shutdown costs one grace period, not the sum.
+stop_pidfiles() {
+    local grace="$1" marker="$2" f pid pids=() deadline
+    shift 2
+    for f in "$@"; do
+        if pid_alive "$f" "$marker"; then
+            pid="$(cat "$f")"
+            pids+=("$pid")
+            kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+        fi
+    done
+    deadline=$((SECONDS + grace))
+    for pid in "${pids[@]}"; do
+        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    done
+    for pid in "${pids[@]}"; do
+        deadline=$((SECONDS + 5))
+        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+    done
+    rm -f "$@"
+}
+
 # start_daemon NAME DIR CMD... — runs CMD in its own session with output in
 # DIR/logs/NAME.log and its pid in DIR/pids/NAME.pid.
 start_daemon() {
@@ -86,6 +110,7 @@ start_daemon() {
     mkdir -p "$dir/logs" "$dir/pids"
     setsid "$@" >>"$dir/logs/$name.log" 2>&1 </dev/null &
     echo $! >"$dir/pids/$name.pid"
+    disown $! # no "Killed" job notices from the shell that later stops it
 }
 
 # dump_logs DIR — the tail of every log, for a failed start.
