@@ -6,3 +6,4 @@ pub mod coordinator;
 pub mod crd;
 pub mod local;
 pub mod placement;
+pub mod controller;

@@ -1,0 +1,284 @@
+//! Builds the children of the YAML fixtures in `operator/tests/fixtures/` and checks them.
+
+use super::*;
+use crate::crd::ShardedStore;
+use k8s_openapi::api::core::v1::{Container, EnvVar};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+fn fixture(name: &str) -> ShardedStore {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn owner_of(store: &ShardedStore) -> Owner {
+    Owner::of(store).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn only_container(sts: &k8s_openapi::api::apps::v1::StatefulSet) -> Container {
+    let pod = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .unwrap_or_else(|| panic!("no pod spec"));
+    assert_eq!(pod.containers.len(), 1);
+    pod.containers[0].clone()
+}
+
+fn env<'a>(c: &'a Container, name: &str) -> &'a EnvVar {
+    c.env
+        .as_ref()
+        .and_then(|e| e.iter().find(|v| v.name == name))
+        .unwrap_or_else(|| panic!("no env {name}"))
+}
+
+#[test]
+fn every_child_has_a_controller_owner_reference_and_the_store_labels() {
+    let store = fixture("minimal.yaml");
+    let owner = owner_of(&store);
+    let metas = [
+        statefulset(&owner, &store.spec, 3).metadata,
+        peer_service(&owner).metadata,
+        client_service(&owner).metadata,
+        pod_disruption_budget(&owner).metadata,
+        partition_map(&owner).metadata,
+        peer_token(&owner, "t".into()).metadata,
+    ];
+    for meta in metas {
+        let name = meta.name.clone().unwrap_or_default();
+        assert_eq!(meta.namespace.as_deref(), Some("apps"), "{name}");
+        let refs = meta.owner_references.unwrap_or_default();
+        assert_eq!(refs.len(), 1, "{name}");
+        assert_eq!(refs[0].kind, "ShardedStore");
+        assert_eq!(refs[0].api_version, "shardedstore.io/v1alpha1");
+        assert_eq!(refs[0].name, "kv");
+        assert_eq!(refs[0].uid, "3b1e8c52-5f0e-4d6a-9a0e-0c7f3a1d2b11");
+        assert_eq!(refs[0].controller, Some(true), "{name}");
+        let labels = meta.labels.unwrap_or_default();
+        assert_eq!(
+            labels.get(STORE_LABEL).map(String::as_str),
+            Some("kv"),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn statefulset_is_parallel_on_delete_with_ports_probes_and_pvc_template() {
+    let store = fixture("full.yaml");
+    let owner = owner_of(&store);
+    let sts = statefulset(&owner, &store.spec, 5);
+    let spec = sts.spec.clone().unwrap_or_default();
+    assert_eq!(sts.metadata.name.as_deref(), Some("orders"));
+    assert_eq!(spec.replicas, Some(5));
+    assert_eq!(spec.service_name.as_deref(), Some("orders-peers"));
+    assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+    assert_eq!(
+        spec.update_strategy.and_then(|u| u.type_).as_deref(),
+        Some("OnDelete")
+    );
+    // The selector must match the pod template's labels or the API server rejects it.
+    let selector = spec.selector.match_labels.unwrap_or_default();
+    let pod_labels = spec
+        .template
+        .metadata
+        .and_then(|m| m.labels)
+        .unwrap_or_default();
+    assert!(!selector.is_empty());
+    for (k, v) in &selector {
+        assert_eq!(pod_labels.get(k), Some(v), "{k}");
+    }
+
+    let c = only_container(&sts);
+    assert_eq!(
+        c.image.as_deref(),
+        Some("registry.example/shardedstore-node:0.2.0")
+    );
+    assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
+    let ports: Vec<(String, i32)> = c
+        .ports
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| (p.name.unwrap_or_default(), p.container_port))
+        .collect();
+    assert_eq!(
+        ports,
+        vec![
+            ("client".to_owned(), 7000),
+            ("peer".to_owned(), 7100),
+            ("metrics".to_owned(), 9100)
+        ]
+    );
+    let readiness = c.readiness_probe.clone().and_then(|p| p.http_get);
+    assert_eq!(
+        readiness.as_ref().and_then(|h| h.path.as_deref()),
+        Some("/readyz")
+    );
+    assert_eq!(
+        readiness.map(|h| h.port),
+        Some(IntOrString::String("metrics".into()))
+    );
+    assert_eq!(
+        c.resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("cpu"))
+            .map(|q| q.0.as_str()),
+        Some("500m")
+    );
+
+    let node_id = env(&c, ENV_NODE_ID);
+    assert_eq!(
+        node_id
+            .value_from
+            .as_ref()
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.as_str()),
+        Some("metadata.name")
+    );
+    let token = env(&c, ENV_PEER_TOKEN)
+        .value_from
+        .as_ref()
+        .and_then(|v| v.secret_key_ref.clone())
+        .unwrap_or_else(|| panic!("token not from a secret"));
+    assert_eq!(token.name, "orders-peer-token");
+    assert_eq!(token.key, TOKEN_KEY);
+    assert_eq!(env(&c, ENV_STORE).value.as_deref(), Some("orders"));
+
+    let pvcs = spec.volume_claim_templates.unwrap_or_default();
+    assert_eq!(pvcs.len(), 1);
+    let pvc = pvcs[0].spec.clone().unwrap_or_default();
+    assert_eq!(pvc.storage_class_name.as_deref(), Some("fast-ssd"));
+    assert_eq!(
+        pvc.resources
+            .and_then(|r| r.requests)
+            .and_then(|r| r.get("storage").cloned())
+            .map(|q| q.0),
+        Some("50Gi".to_owned())
+    );
+    let mount = c.volume_mounts.unwrap_or_default();
+    assert_eq!(
+        mount.first().map(|m| m.name.as_str()),
+        pvcs[0].metadata.name.as_deref()
+    );
+
+    let pod = spec.template.spec.unwrap_or_default();
+    assert_eq!(
+        pod.node_selector
+            .unwrap_or_default()
+            .get("disktype")
+            .map(String::as_str),
+        Some("ssd")
+    );
+    assert_eq!(pod.tolerations.unwrap_or_default().len(), 1);
+    let spread = pod.topology_spread_constraints.unwrap_or_default();
+    assert_eq!(
+        spread.first().map(|s| s.topology_key.as_str()),
+        Some("example.com/zone")
+    );
+}
+
+#[test]
+fn minimal_store_gets_default_storage_and_pull_policy() {
+    let store = fixture("minimal.yaml");
+    let sts = statefulset(&owner_of(&store), &store.spec, 3);
+    let c = only_container(&sts);
+    assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+    let pvc = sts
+        .spec
+        .and_then(|s| s.volume_claim_templates)
+        .and_then(|v| v.into_iter().next())
+        .and_then(|p| p.spec)
+        .unwrap_or_default();
+    assert_eq!(pvc.storage_class_name, None);
+    assert_eq!(
+        pvc.resources
+            .and_then(|r| r.requests)
+            .and_then(|r| r.get("storage").cloned())
+            .map(|q| q.0),
+        Some("10Gi".to_owned())
+    );
+}
+
+#[test]
+fn services_select_the_pods_headless_publishes_not_ready_client_prefers_close() {
+    let store = fixture("minimal.yaml");
+    let owner = owner_of(&store);
+    let peers = peer_service(&owner);
+    let spec = peers.spec.unwrap_or_default();
+    assert_eq!(peers.metadata.name.as_deref(), Some("kv-peers"));
+    assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(spec.publish_not_ready_addresses, Some(true));
+    assert_eq!(spec.selector, Some(selector_labels("kv")));
+
+    let client = client_service(&owner);
+    let spec = client.spec.unwrap_or_default();
+    assert_eq!(client.metadata.name.as_deref(), Some("kv"));
+    assert_eq!(spec.traffic_distribution.as_deref(), Some("PreferClose"));
+    assert_eq!(spec.selector, Some(selector_labels("kv")));
+    let ports = spec.ports.unwrap_or_default();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0].port, CLIENT_PORT);
+}
+
+#[test]
+fn pdb_allows_one_unavailable_pod_and_map_configmap_carries_no_data() {
+    let store = fixture("minimal.yaml");
+    let owner = owner_of(&store);
+    let pdb = pod_disruption_budget(&owner).spec.unwrap_or_default();
+    assert_eq!(pdb.max_unavailable, Some(IntOrString::Int(1)));
+    assert_eq!(
+        pdb.selector.and_then(|s| s.match_labels),
+        Some(selector_labels("kv"))
+    );
+    let cm = partition_map(&owner);
+    assert_eq!(cm.metadata.name.as_deref(), Some("kv-partition-map"));
+    assert!(cm.data.is_none() && cm.binary_data.is_none());
+    let secret = peer_token(&owner, random_token());
+    let token = secret
+        .string_data
+        .and_then(|d| d.get(TOKEN_KEY).cloned())
+        .unwrap_or_default();
+    assert_eq!(token.len(), 64);
+    assert_ne!(token, random_token());
+}
+
+#[test]
+fn a_store_not_read_from_the_api_server_cannot_own_children() {
+    let mut store = fixture("minimal.yaml");
+    store.metadata.uid = None;
+    assert_eq!(
+        Owner::of(&store).err(),
+        Some(BuildError::MissingMetadata("uid"))
+    );
+}
+
+#[test]
+fn scale_in_removes_only_drained_pods_from_the_top() {
+    // Scale out and first creation are immediate.
+    assert_eq!(statefulset_replicas(5, Some(3), |_| false), 5);
+    assert_eq!(statefulset_replicas(3, None, |_| false), 3);
+    // Nothing known to be drained: keep every pod.
+    assert_eq!(statefulset_replicas(3, Some(5), |_| false), 5);
+    // Pod 4 drained but 3 not: only pod 4 goes.
+    assert_eq!(statefulset_replicas(3, Some(5), |o| o == 4), 4);
+    // Pod 3 drained but 4 not: nothing goes (ordinals leave from the top).
+    assert_eq!(statefulset_replicas(3, Some(5), |o| o == 3), 5);
+    // Both drained: shrink to the desired count, never below it.
+    assert_eq!(statefulset_replicas(3, Some(5), |_| true), 3);
+}
+
+#[test]
+fn pod_ordinals_and_selector_string() {
+    assert_eq!(pod_ordinal("kv", "kv-12"), Some(12));
+    assert_eq!(pod_ordinal("kv", "kv-peers"), None);
+    assert_eq!(pod_ordinal("kv", "kvx-1"), None);
+    assert_eq!(pod_ordinal("kv", "kv-"), None);
+    assert_eq!(
+        selector_string("kv"),
+        "app.kubernetes.io/name=shardedstore-node,shardedstore.io/store=kv"
+    );
+}

@@ -1,0 +1,5 @@
+//! The Kubernetes controller: reconciles each ShardedStore through a pipeline of
+//! validate (pure) → build children (pure) → apply (server-side apply) → status.
+
+pub mod build;
+pub mod validate;

@@ -1,0 +1,216 @@
+//! Validation of a ShardedStore spec (pure): every problem is reported at once, so one status
+//! update tells the user everything to fix.
+//!
+//! The CRD's schema and CEL rules catch most of these at admission; this check is the
+//! operator's own guard (a CRD applied without validation, or rules the schema cannot express).
+
+use crate::crd::ShardedStoreSpec;
+use std::time::Duration;
+
+/// One thing wrong with a spec, phrased for the user.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SpecProblem {
+    #[error("nodes must be at least 1, got {0}")]
+    NoNodes(i32),
+    #[error("partitions must be in 1..=4096, got {0}")]
+    PartitionsOutOfRange(i32),
+    #[error("replicationFactor must be in 1..=5, got {0}")]
+    ReplicationFactorOutOfRange(i32),
+    #[error("minInSync must be in 1..=replicationFactor ({replication_factor}), got {min_in_sync}")]
+    MinInSyncOutOfRange {
+        min_in_sync: i32,
+        replication_factor: i32,
+    },
+    #[error("image must not be empty")]
+    EmptyImage,
+    #[error("failover.replaceAfter {0:?} is not a duration such as 90s, 5m or 1h30m")]
+    BadReplaceAfter(String),
+    #[error("rebalance.maxConcurrentMovesPerNode must be at least 1, got {0}")]
+    NoMovesAllowed(i32),
+    #[error("rebalance.bandwidthBytesPerSecond must be positive, got {0}")]
+    NonPositiveBandwidth(i64),
+    #[error("failover.maxConcurrentReplacements must be at least 1, got {0}")]
+    NoReplacementsAllowed(i32),
+    #[error("limits.{field} must be positive, got {value}")]
+    NonPositiveLimit { field: &'static str, value: i32 },
+    #[error("placement.zoneLabel must not be empty")]
+    EmptyZoneLabel,
+}
+
+/// Why a spec cannot be acted on in its current state, beyond its own consistency.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CapacityProblem {
+    #[error(
+        "cannot run {nodes} node(s) with replicationFactor {replication_factor}: every partition needs {replication_factor} distinct nodes"
+    )]
+    FewerNodesThanReplicas { nodes: i32, replication_factor: i32 },
+}
+
+/// Every problem of `spec`, in field order; empty when the spec is valid.
+pub fn validate(spec: &ShardedStoreSpec) -> Vec<SpecProblem> {
+    let mut problems = Vec::new();
+    if spec.nodes < 1 {
+        problems.push(SpecProblem::NoNodes(spec.nodes));
+    }
+    if !(1..=4096).contains(&spec.partitions) {
+        problems.push(SpecProblem::PartitionsOutOfRange(spec.partitions));
+    }
+    if !(1..=5).contains(&spec.replication_factor) {
+        problems.push(SpecProblem::ReplicationFactorOutOfRange(
+            spec.replication_factor,
+        ));
+    }
+    if let Some(min) = spec.min_in_sync
+        && !(1..=spec.replication_factor).contains(&min)
+    {
+        problems.push(SpecProblem::MinInSyncOutOfRange {
+            min_in_sync: min,
+            replication_factor: spec.replication_factor,
+        });
+    }
+    if spec.image.trim().is_empty() {
+        problems.push(SpecProblem::EmptyImage);
+    }
+    if spec.placement.zone_label.trim().is_empty() {
+        problems.push(SpecProblem::EmptyZoneLabel);
+    }
+    if spec.rebalance.max_concurrent_moves_per_node < 1 {
+        problems.push(SpecProblem::NoMovesAllowed(
+            spec.rebalance.max_concurrent_moves_per_node,
+        ));
+    }
+    if let Some(bw) = spec.rebalance.bandwidth_bytes_per_second
+        && bw < 1
+    {
+        problems.push(SpecProblem::NonPositiveBandwidth(bw));
+    }
+    if parse_duration(&spec.failover.replace_after).is_none() {
+        problems.push(SpecProblem::BadReplaceAfter(
+            spec.failover.replace_after.clone(),
+        ));
+    }
+    if spec.failover.max_concurrent_replacements < 1 {
+        problems.push(SpecProblem::NoReplacementsAllowed(
+            spec.failover.max_concurrent_replacements,
+        ));
+    }
+    for (field, value) in [
+        ("maxKeyBytes", spec.limits.max_key_bytes),
+        ("maxValueBytes", spec.limits.max_value_bytes),
+    ] {
+        if value < 1 {
+            problems.push(SpecProblem::NonPositiveLimit { field, value });
+        }
+    }
+    problems
+}
+
+/// Whether the requested node count can hold every partition's replicas. A scale-in below
+/// the replication factor is refused rather than started.
+pub fn check_capacity(spec: &ShardedStoreSpec) -> Option<CapacityProblem> {
+    (spec.nodes >= 1 && spec.nodes < spec.replication_factor).then_some(
+        CapacityProblem::FewerNodesThanReplicas {
+            nodes: spec.nodes,
+            replication_factor: spec.replication_factor,
+        },
+    )
+}
+
+/// Parses durations like `500ms`, `90s`, `5m`, `1h30m` (units ms, s, m, h; at least one part).
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        let value: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(1), 2)
+        } else if rest.starts_with('s') {
+            (Duration::from_secs(1), 1)
+        } else if rest.starts_with('m') {
+            (Duration::from_secs(60), 1)
+        } else if rest.starts_with('h') {
+            (Duration::from_secs(3600), 1)
+        } else {
+            return None;
+        };
+        total = total.checked_add(unit.checked_mul(u32::try_from(value).ok()?)?)?;
+        rest = &rest[len..];
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> ShardedStoreSpec {
+        serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_default_spec_is_valid() {
+        assert_eq!(validate(&spec("nodes: 3\nimage: node:1\n")), vec![]);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let s = spec(
+            "nodes: 0\nimage: ' '\npartitions: 5000\nreplicationFactor: 2\nminInSync: 3\n\
+             failover: {replaceAfter: soon, maxConcurrentReplacements: 0}\n\
+             rebalance: {maxConcurrentMovesPerNode: 0, bandwidthBytesPerSecond: 0}\n\
+             limits: {maxKeyBytes: 0, maxValueBytes: 10}\nplacement: {zoneLabel: ''}\n",
+        );
+        assert_eq!(
+            validate(&s),
+            vec![
+                SpecProblem::NoNodes(0),
+                SpecProblem::PartitionsOutOfRange(5000),
+                SpecProblem::MinInSyncOutOfRange {
+                    min_in_sync: 3,
+                    replication_factor: 2
+                },
+                SpecProblem::EmptyImage,
+                SpecProblem::EmptyZoneLabel,
+                SpecProblem::NoMovesAllowed(0),
+                SpecProblem::NonPositiveBandwidth(0),
+                SpecProblem::BadReplaceAfter("soon".into()),
+                SpecProblem::NoReplacementsAllowed(0),
+                SpecProblem::NonPositiveLimit {
+                    field: "maxKeyBytes",
+                    value: 0
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn scale_in_below_the_replication_factor_is_a_capacity_problem() {
+        assert_eq!(check_capacity(&spec("nodes: 3\nimage: x\n")), None);
+        assert_eq!(
+            check_capacity(&spec("nodes: 2\nimage: x\n")),
+            Some(CapacityProblem::FewerNodesThanReplicas {
+                nodes: 2,
+                replication_factor: 3
+            })
+        );
+    }
+
+    #[test]
+    fn durations_parse_in_go_style() {
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        for bad in ["", "5", "m", "5x", "-1s", "1.5s"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+}
