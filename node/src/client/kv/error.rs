@@ -1,0 +1,181 @@
+//! Errors of the KV client: the per-attempt failures the retry loop classifies, and the
+//! errors a caller finally sees.
+
+use crate::map::PartitionId;
+use std::time::Duration;
+
+/// One failed attempt. The retry policy ([`super::retry::decide`]) decides whether the
+/// operation tries again; if it gives up, the last one is chained as the source of
+/// [`KvError::Unavailable`] or [`KvError::Indeterminate`].
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    /// The connection could not be opened: the request was never sent, so nothing was applied.
+    #[error("cannot connect to {addr}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// No complete answer within the attempt's timeout: a write may have been applied.
+    #[error("no answer from {addr} in time")]
+    Timeout {
+        addr: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The connection broke after the request was sent: a write may have been applied.
+    #[error("connection to {addr} broke mid-request")]
+    Interrupted {
+        addr: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// 503: the partition has no primary able to serve, or fewer than `minInSync` replicas.
+    #[error("{addr} answered 503 {code}: {message}")]
+    Unavailable {
+        addr: String,
+        code: String,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// 421: the node is not where this key's partition is served (stale routing).
+    #[error("{addr} answered 421 {code}: {message}")]
+    Misdirected {
+        addr: String,
+        code: String,
+        message: String,
+        /// Map version of the answering node.
+        map_version: Option<u64>,
+    },
+    /// The cached map names no primary (or no in-sync replica) for the partition.
+    #[error("partition {partition} has no serving replica in map version {map_version}")]
+    NoReplica {
+        partition: PartitionId,
+        map_version: u64,
+    },
+    /// No endpoint or known node returned a valid partition map.
+    #[error("no endpoint returned a valid partition map (tried {tried})")]
+    MapUnavailable {
+        tried: String,
+        #[source]
+        last: Option<Box<MapFetchError>>,
+    },
+}
+
+impl AttemptError {
+    /// True when the request may have reached the node and been applied.
+    pub fn is_ambiguous(&self) -> bool {
+        matches!(self, Self::Timeout { .. } | Self::Interrupted { .. })
+    }
+}
+
+/// Why fetching the map from one address failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MapFetchError {
+    #[error("requesting the map from {addr}")]
+    Send {
+        addr: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{addr} answered {status} to GET /v1/map")]
+    Status { addr: String, status: u16 },
+    #[error("decoding the map from {addr}")]
+    Decode {
+        addr: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("invalid map from {addr}")]
+    Invalid {
+        addr: String,
+        #[source]
+        source: crate::map::MapError,
+    },
+}
+
+/// Why a KV operation failed. A missing key is not an error: reads return `None`.
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    #[error("no endpoints given")]
+    NoEndpoints,
+    #[error("building the HTTP client")]
+    BuildClient(#[source] reqwest::Error),
+    #[error("the key is empty")]
+    EmptyKey,
+    /// `.` and `..` cannot travel as a URL path segment (URL parsers resolve them away).
+    #[error("the key {0:?} cannot be addressed as a URL path segment")]
+    UnaddressableKey(&'static str),
+    #[error("key is {len} bytes, over the store's limit of {max}")]
+    KeyTooLarge { len: usize, max: u32 },
+    #[error("value is {len} bytes, over the store's limit of {max}")]
+    ValueTooLarge { len: usize, max: u32 },
+    /// 412: `If-Match` named another version, or `If-None-Match: *` found the key present.
+    #[error("precondition failed: {message}")]
+    PreconditionFailed {
+        message: String,
+        /// The key's current version, when the node reported it.
+        current_version: Option<u64>,
+    },
+    /// 400: the node refused the request as malformed.
+    #[error("bad request ({code}): {message}")]
+    BadRequest { code: String, message: String },
+    /// Retries ran out (deadline or non-retryable state) and no attempt could have applied
+    /// the operation.
+    #[error("unavailable after {attempts} attempt(s) in {elapsed:.1?}")]
+    Unavailable {
+        attempts: u32,
+        elapsed: Duration,
+        #[source]
+        last: AttemptError,
+    },
+    /// A write failed after at least one attempt whose outcome is unknown (timeout or broken
+    /// connection): it may or may not have been applied. Read the key to find out.
+    #[error(
+        "outcome unknown after {attempts} attempt(s) in {elapsed:.1?}: the write may have been applied"
+    )]
+    Indeterminate {
+        attempts: u32,
+        elapsed: Duration,
+        #[source]
+        last: AttemptError,
+    },
+    /// The node answered a status this client does not expect for the operation.
+    #[error("{addr} answered {status} ({code}): {message}")]
+    Rejected {
+        addr: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// A success answer lacked a valid `x-version` header.
+    #[error("{addr} answered {status} without a valid x-version header")]
+    MissingVersion { addr: String, status: u16 },
+    /// The request could not be built (e.g. a malformed endpoint address).
+    #[error("request to {addr} could not be made")]
+    Transport {
+        addr: String,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+impl KvError {
+    /// A short, stable label for metrics and benchmark reports (never a free-form message).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NoEndpoints => "no_endpoints",
+            Self::BuildClient(_) => "build_client",
+            Self::EmptyKey | Self::UnaddressableKey(_) => "invalid_key",
+            Self::KeyTooLarge { .. } => "key_too_large",
+            Self::ValueTooLarge { .. } => "value_too_large",
+            Self::PreconditionFailed { .. } => "precondition_failed",
+            Self::BadRequest { .. } => "bad_request",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Indeterminate { .. } => "indeterminate",
+            Self::Rejected { .. } => "rejected",
+            Self::MissingVersion { .. } => "missing_version",
+            Self::Transport { .. } => "transport",
+        }
+    }
+}

@@ -1,0 +1,566 @@
+//! Tests of the KV client against an in-process test double of the client API (DESIGN.md §5):
+//! a few warp servers sharing one in-memory store and a partition map, with scripted faults.
+
+use super::*;
+use crate::map::{NodeInfo, NodeState, PartitionEntry};
+use http::{HeaderMap, Method, Response, StatusCode};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use warp::Filter;
+
+/// A fault the next request to a node answers with.
+#[derive(Clone, Debug)]
+enum Fault {
+    Status(u16, &'static str, Option<u64>),
+    Delay(Duration),
+}
+
+#[derive(Clone, Debug)]
+struct Hit {
+    node: String,
+    method: Method,
+    key: Vec<u8>,
+    local: bool,
+}
+
+#[derive(Default)]
+struct Cluster {
+    map: Mutex<Option<PartitionMap>>,
+    store: Mutex<BTreeMap<Vec<u8>, (Bytes, u64)>>,
+    hits: Mutex<Vec<Hit>>,
+    faults: Mutex<HashMap<String, VecDeque<Fault>>>,
+    versions: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Cluster {
+    fn map(&self) -> PartitionMap {
+        lock(&self.map).clone().unwrap_or_else(|| panic!("no map"))
+    }
+    fn set_map(&self, m: PartitionMap) {
+        *lock(&self.map) = Some(m);
+    }
+    fn fault(&self, node: &str, f: Fault) {
+        lock(&self.faults)
+            .entry(node.into())
+            .or_default()
+            .push_back(f);
+    }
+    fn hits(&self) -> Vec<Hit> {
+        lock(&self.hits).clone()
+    }
+}
+
+fn decode_segment(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() + 1 {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz");
+            out.push(u8::from_str_radix(hex, 16).unwrap_or(0));
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn error(status: u16, code: &str, map_version: Option<u64>) -> Response<Bytes> {
+    let mut detail =
+        serde_json::json!({"code": code, "message": format!("test double says {code}")});
+    if let Some(v) = map_version {
+        detail["mapVersion"] = v.into();
+    }
+    let body = serde_json::json!({ "error": detail }).to_string();
+    Response::builder()
+        .status(status)
+        .body(Bytes::from(body))
+        .unwrap_or_default()
+}
+
+fn with_version(status: StatusCode, version: u64, body: Bytes) -> Response<Bytes> {
+    Response::builder()
+        .status(status)
+        .header("x-version", version.to_string())
+        .body(body)
+        .unwrap_or_default()
+}
+
+/// One node of the double. `strict`: answer 421 for keys whose primary is another node
+/// (otherwise behave like a forwarding node and serve every key).
+/// A request as the double sees it.
+struct Req {
+    method: Method,
+    path: warp::path::FullPath,
+    query: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+async fn handle(
+    c: Arc<Cluster>,
+    node: String,
+    strict: bool,
+    req: Req,
+) -> Result<Response<Bytes>, std::convert::Infallible> {
+    let Req {
+        method,
+        path,
+        query,
+        headers,
+        body,
+    } = req;
+    let map = c.map();
+    if path.as_str() == "/v1/map" {
+        let json = serde_json::to_vec(&map).unwrap_or_default();
+        return Ok(Response::new(Bytes::from(json)));
+    }
+    let Some(seg) = path.as_str().strip_prefix("/v1/kv/") else {
+        return Ok(error(404, "no_route", None));
+    };
+    let key = decode_segment(seg);
+    let local = query == "consistency=local";
+    lock(&c.hits).push(Hit {
+        node: node.clone(),
+        method: method.clone(),
+        key: key.clone(),
+        local,
+    });
+    let fault = lock(&c.faults).get_mut(&node).and_then(VecDeque::pop_front);
+    match fault {
+        Some(Fault::Status(status, code, retry_after)) => {
+            let mut resp = error(status, code, Some(map.version));
+            if let Some(s) = retry_after
+                && let Ok(v) = http::HeaderValue::from_str(&s.to_string())
+            {
+                resp.headers_mut().insert("retry-after", v);
+            }
+            return Ok(resp);
+        }
+        Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+        None => {}
+    }
+    let entry = map
+        .entry(map.partition_of(&key))
+        .cloned()
+        .unwrap_or_default();
+    let serves = if local {
+        entry.is_in_sync(&node)
+    } else {
+        entry.primary.as_deref() == Some(node.as_str())
+    };
+    if strict && !serves {
+        return Ok(error(421, "not_primary", Some(map.version)));
+    }
+    let if_match = headers
+        .get("if-match")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let if_absent = headers.get("if-none-match").is_some_and(|v| v == "*");
+    let mut store = lock(&c.store);
+    let current = store.get(&key).map(|(_, v)| *v);
+    let precondition_ok = match (if_match, if_absent) {
+        (Some(v), _) => current == Some(v),
+        (None, true) => current.is_none(),
+        _ => true,
+    };
+    let resp = match method {
+        Method::GET => match store.get(&key) {
+            Some((value, v)) => {
+                let mut r = with_version(StatusCode::OK, *v, value.clone());
+                if local {
+                    r.headers_mut()
+                        .insert("x-staleness-ms", http::HeaderValue::from_static("7"));
+                }
+                r
+            }
+            None => error(404, "not_found", None),
+        },
+        Method::PUT if !precondition_ok => error(412, "precondition_failed", None),
+        Method::PUT => {
+            let v = c.versions.fetch_add(1, Ordering::SeqCst) + 1;
+            let created = store.insert(key, (body, v)).is_none();
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            with_version(status, v, Bytes::new())
+        }
+        Method::DELETE if current.is_none() => error(404, "not_found", None),
+        Method::DELETE if !precondition_ok => error(412, "precondition_failed", None),
+        Method::DELETE => {
+            store.remove(&key);
+            Response::builder()
+                .status(204)
+                .body(Bytes::new())
+                .unwrap_or_default()
+        }
+        _ => error(405, "method_not_allowed", None),
+    };
+    Ok(resp)
+}
+
+/// Aborts the server tasks when the test ends.
+struct Servers(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
+/// Start `n` nodes named `node-i`; returns their addresses. The map is set by the caller.
+async fn start(c: &Arc<Cluster>, n: usize, strict: bool) -> (Vec<SocketAddr>, Servers) {
+    let mut addrs = Vec::new();
+    let mut handles = Vec::new();
+    for i in 0..n {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        addrs.push(listener.local_addr().unwrap_or_else(|e| panic!("{e}")));
+        let (c, node) = (c.clone(), format!("node-{i}"));
+        let query = warp::query::raw().or(warp::any().map(String::new)).unify();
+        let filter = warp::method()
+            .and(warp::path::full())
+            .and(query)
+            .and(warp::header::headers_cloned())
+            .and(warp::body::bytes())
+            .map(|method, path, query, headers, body| Req {
+                method,
+                path,
+                query,
+                headers,
+                body,
+            })
+            .and_then(move |req| handle(c.clone(), node.clone(), strict, req));
+        handles.push(tokio::spawn(warp::serve(filter).incoming(listener).run()));
+    }
+    (addrs, Servers(handles))
+}
+
+/// A map of `partitions` partitions over the nodes at `addrs`; `primary_of(p)` picks the
+/// primary index; every node is an in-sync replica of every partition.
+fn map_over(
+    addrs: &[SocketAddr],
+    partitions: u32,
+    version: u64,
+    primary_of: impl Fn(usize) -> usize,
+) -> PartitionMap {
+    let mut m = PartitionMap::empty("test", partitions, addrs.len() as u32, 1);
+    m.version = version;
+    let names: Vec<String> = (0..addrs.len()).map(|i| format!("node-{i}")).collect();
+    for (name, addr) in names.iter().zip(addrs) {
+        m.nodes.insert(
+            name.clone(),
+            NodeInfo {
+                client_addr: addr.to_string(),
+                peer_addr: addr.to_string(),
+                zone: None,
+                state: NodeState::Active,
+            },
+        );
+    }
+    for (p, e) in m.partitions.iter_mut().enumerate() {
+        *e = PartitionEntry {
+            epoch: 1,
+            primary: Some(names[primary_of(p)].clone()),
+            replicas: names.clone(),
+            in_sync: names.clone(),
+            learners: vec![],
+        };
+    }
+    m
+}
+
+fn fast_policy(deadline_ms: u64) -> RetryPolicy {
+    RetryPolicy {
+        deadline: Duration::from_millis(deadline_ms),
+        base_delay: Duration::from_millis(2),
+        max_delay: Duration::from_millis(50),
+        retry_ambiguous_writes: true,
+    }
+}
+
+fn client(seeds: &[SocketAddr], policy: RetryPolicy) -> KvClient {
+    let seeds: Vec<String> = seeds.iter().map(ToString::to_string).collect();
+    KvClient::builder(&seeds)
+        .retry_policy(policy)
+        .request_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test]
+async fn put_get_delete_round_trip_with_versions_and_conditions() {
+    let c = Arc::new(Cluster::default());
+    let (addrs, _servers) = start(&c, 1, true).await;
+    c.set_map(map_over(&addrs, 4, 1, |_| 0));
+    let kv = client(&addrs, fast_policy(2000));
+    let key = "dir/a b?é";
+    assert_eq!(ok(kv.get(key).await), None);
+    let first = ok(kv.put(key, "v1", Condition::IfAbsent).await);
+    assert!(first.created);
+    let got = ok(kv.get(key).await).unwrap_or_else(|| panic!("missing"));
+    assert_eq!((&got.value[..], got.version), (&b"v1"[..], first.version));
+    // The double decoded the percent-encoded segment back to the exact key bytes.
+    assert!(c.hits().iter().all(|h| h.key == key.as_bytes()));
+
+    let err = kv.put(key, "v2", Condition::IfAbsent).await;
+    assert!(
+        matches!(err, Err(KvError::PreconditionFailed { .. })),
+        "{err:?}"
+    );
+    let second = ok(kv.put(key, "v2", Condition::IfVersion(first.version)).await);
+    assert!(!second.created && second.version > first.version);
+    let err = kv.delete(key, Condition::IfVersion(first.version)).await;
+    assert!(
+        matches!(err, Err(KvError::PreconditionFailed { .. })),
+        "{err:?}"
+    );
+    assert!(ok(kv
+        .delete(key, Condition::IfVersion(second.version))
+        .await));
+    assert!(!ok(kv.delete(key, Condition::Always).await));
+    assert_eq!(ok(kv.get(key).await), None);
+}
+
+#[tokio::test]
+async fn keys_go_straight_to_their_primary() {
+    let c = Arc::new(Cluster::default());
+    let (addrs, _servers) = start(&c, 3, true).await;
+    c.set_map(map_over(&addrs, 16, 1, |p| p % 3));
+    let kv = client(&addrs[..1], RetryPolicy::none());
+    for i in 0..60 {
+        ok(kv
+            .put(format!("k{i}"), format!("v{i}"), Condition::Always)
+            .await);
+    }
+    let map = c.map();
+    let hits = c.hits();
+    assert_eq!(hits.len(), 60, "no request was misdirected or retried");
+    for h in hits {
+        let primary = map.partitions[map.partition_of(&h.key) as usize]
+            .primary
+            .clone();
+        assert_eq!(primary.as_deref(), Some(h.node.as_str()));
+        assert_eq!(h.method, Method::PUT);
+    }
+}
+
+#[tokio::test]
+async fn misdirected_requests_refresh_the_map_and_retry() {
+    let c = Arc::new(Cluster::default());
+    let (addrs, _servers) = start(&c, 2, true).await;
+    c.set_map(map_over(&addrs, 8, 1, |_| 0));
+    let kv = client(&addrs, fast_policy(2000));
+    assert_eq!(ok(kv.map().await).version, 1);
+    // Every primary moves to node-1; the client still believes node-0 leads.
+    c.set_map(map_over(&addrs, 8, 2, |_| 1));
+    ok(kv.put("moved", "x", Condition::Always).await);
+    let hits = c.hits();
+    let nodes: Vec<&str> = hits.iter().map(|h| h.node.as_str()).collect();
+    assert_eq!(nodes, ["node-0", "node-1"]);
+    assert_eq!(kv.cached_map().map(|m| m.version), Some(2));
+}
+
+#[tokio::test]
+async fn unavailable_is_retried_honoring_retry_after() {
+    let c = Arc::new(Cluster::default());
+    let (addrs, _servers) = start(&c, 1, true).await;
+    c.set_map(map_over(&addrs, 1, 1, |_| 0));
+    c.fault("node-0", Fault::Status(503, "below_min_in_sync", Some(1)));
+    let kv = client(&addrs, fast_policy(5000));
+    let start = Instant::now();
+    ok(kv.put("k", "v", Condition::Always).await);
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(c.hits().len(), 2);
+}
+
+#[tokio::test]
+async fn persistent_unavailability_ends_at_the_deadline() {
+    let c = Arc::new(Cluster::default());
+    let (addrs, _servers) = start(&c, 1, true).await;
+    c.set_map(map_over(&addrs, 1, 1, |_| 0));
+    for _ in 0..1000 {
+        c.fault("node-0", Fault::Status(503, "partition_unavailable", None));
+    }
+    let kv = client(&addrs, fast_policy(300));
+    let start = Instant::now();
+    let err = kv.get("k").await;
+    let elapsed = start.elapsed();
+    match err {
+        Err(KvError::Unavailable { attempts, last, .. }) => {
+            assert!(attempts > 2, "{attempts}");
+            assert!(matches!(last, AttemptError::Unavailable { .. }));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(elapsed < Duration::from_millis(900), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn client_errors_are_never_retried() {
+    let c = Arc::new(Cluster::default());
+    let (addrs, _servers) = start(&c, 1, true).await;
+    c.set_map(map_over(&addrs, 1, 1, |_| 0));
+    c.fault("node-0", Fault::Status(400, "malformed_key", None));
+    c.fault("node-0", Fault::Status(413, "value_too_large", None));
+    let kv = client(&addrs, fast_policy(2000));
+    let err = kv.get("k").await;
+    assert!(
+        matches!(err, Err(KvError::BadRequest { ref code, .. }) if code == "malformed_key"),
+        "{err:?}"
+    );
+    let err = kv.put("k", "v", Condition::Always).await;
+    assert!(
+        matches!(err, Err(KvError::ValueTooLarge { len: 1, .. })),
+        "{err:?}"
+    );
+    assert_eq!(c.hits().len(), 2);
+}
+
+#[tokio::test]
+async fn oversized_requests_are_refused_before_sending() {
+    let c = Arc::new(Cluster::default());
+    let (addrs, _servers) = start(&c, 1, true).await;
+    let mut m = map_over(&addrs, 1, 1, |_| 0);
+    m.limits.max_key_bytes = 8;
+    m.limits.max_value_bytes = 16;
+    c.set_map(m);
+    let kv = client(&addrs, fast_policy(2000));
+    let err = kv.get("123456789").await;
+    assert!(
+        matches!(err, Err(KvError::KeyTooLarge { len: 9, max: 8 })),
+        "{err:?}"
+    );
+    let err = kv.put("k", vec![0u8; 17], Condition::Always).await;
+    assert!(
+        matches!(err, Err(KvError::ValueTooLarge { len: 17, max: 16 })),
+        "{err:?}"
+    );
+    assert!(matches!(kv.get("").await, Err(KvError::EmptyKey)));
+    assert!(c.hits().is_empty());
+}
+
+#[tokio::test]
+async fn an_unreachable_primary_falls_back_to_a_seed_that_forwards() {
+    let c = Arc::new(Cluster::default());
+    let (addrs, _servers) = start(&c, 1, false).await;
+    // The map names a primary at an address nothing listens on.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        l.local_addr().unwrap_or_else(|e| panic!("{e}"))
+    };
+    c.set_map(map_over(&[addrs[0], dead], 4, 1, |_| 1));
+    let kv = client(&addrs, fast_policy(2000));
+    ok(kv.put("k", "v", Condition::Always).await);
+    let got = ok(kv.get("k").await).map(|v| v.value);
+    assert_eq!(got.as_deref(), Some(&b"v"[..]));
+    assert!(c.hits().iter().all(|h| h.node == "node-0"));
+}
+
+#[tokio::test]
+async fn local_reads_go_to_an_in_sync_replica_and_report_staleness() {
+    let c = Arc::new(Cluster::default());
+    let (addrs, _servers) = start(&c, 2, true).await;
+    let mut m = map_over(&addrs, 2, 1, |_| 0);
+    for e in &mut m.partitions {
+        e.in_sync = vec!["node-1".into(), "node-0".into()];
+    }
+    c.set_map(m);
+    let kv = client(&addrs, fast_policy(2000));
+    ok(kv.put("k", "v", Condition::Always).await);
+    let got = ok(kv.get_local("k").await).unwrap_or_else(|| panic!("missing"));
+    assert_eq!(got.staleness, Some(Duration::from_millis(7)));
+    let hit = c.hits().pop().unwrap_or_else(|| panic!("no hit"));
+    assert!(hit.local);
+}
+
+#[tokio::test]
+async fn a_write_timing_out_without_retries_is_indeterminate() {
+    let c = Arc::new(Cluster::default());
+    let (addrs, _servers) = start(&c, 1, true).await;
+    c.set_map(map_over(&addrs, 1, 1, |_| 0));
+    c.fault("node-0", Fault::Delay(Duration::from_secs(2)));
+    let policy = RetryPolicy {
+        retry_ambiguous_writes: false,
+        ..fast_policy(5000)
+    };
+    let seeds = [addrs[0].to_string()];
+    let kv = KvClient::builder(&seeds)
+        .retry_policy(policy)
+        .request_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let err = kv.put("k", "v", Condition::Always).await;
+    assert!(
+        matches!(
+            err,
+            Err(KvError::Indeterminate {
+                attempts: 1,
+                last: AttemptError::Timeout { .. },
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_read_timing_out_is_retried() {
+    let c = Arc::new(Cluster::default());
+    let (addrs, _servers) = start(&c, 1, true).await;
+    c.set_map(map_over(&addrs, 1, 1, |_| 0));
+    let kv = KvClient::builder(&[addrs[0].to_string()])
+        .retry_policy(fast_policy(5000))
+        .request_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    ok(kv.put("k", "v", Condition::Always).await);
+    c.fault("node-0", Fault::Delay(Duration::from_secs(2)));
+    let got = ok(kv.get("k").await).map(|v| v.value);
+    assert_eq!(got.as_deref(), Some(&b"v"[..]));
+}
+
+#[tokio::test]
+async fn no_reachable_endpoint_is_unavailable() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        l.local_addr().unwrap_or_else(|e| panic!("{e}"))
+    };
+    let kv = client(&[dead], fast_policy(200));
+    let err = kv.get("k").await;
+    assert!(
+        matches!(
+            err,
+            Err(KvError::Unavailable {
+                last: AttemptError::MapUnavailable { .. },
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    assert!(matches!(
+        KvClient::new::<&str>(&[]),
+        Err(KvError::NoEndpoints)
+    ));
+}
