@@ -2,4 +2,6 @@
 //! validate (pure) → build children (pure) → apply (server-side apply) → status.
 
 pub mod build;
+pub mod conditions;
+pub mod status;
 pub mod validate;
