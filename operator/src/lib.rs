@@ -7,3 +7,4 @@ pub mod crd;
 pub mod local;
 pub mod placement;
 pub mod controller;
+pub mod metrics;
