@@ -3,7 +3,9 @@
 //! - [`map`]: the partition map and the key → partition function (shared with the operator).
 //! - [`admin_api`]: wire types of the admin API the operator drives nodes with.
 //! - [`client`]: client library for the client API and the admin API.
+//! - [`bench`]: the `shardedstore bench` load generator.
 
 pub mod admin_api;
+pub mod bench;
 pub mod client;
 pub mod map;

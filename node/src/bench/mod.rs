@@ -1,0 +1,52 @@
+//! `shardedstore bench`: a closed-loop load generator with YCSB-style workloads, HDR latency
+//! percentiles per operation and errors by kind, against ShardedStore and side by side
+//! against Redis.
+//!
+//! - [`workload`] and [`zipf`]: what to run (pure).
+//! - [`runner`]: the preload phase and the closed loop.
+//! - [`stats`] and [`report`]: measurements and their presentation.
+//! - [`target`]: the system-under-test abstraction and the ShardedStore target;
+//!   [`redis`]: the Redis target.
+
+pub mod redis;
+pub mod report;
+pub mod runner;
+pub mod stats;
+pub mod target;
+pub mod workload;
+pub mod zipf;
+
+pub use redis::RedisTarget;
+pub use report::{RunReport, render_comparison, render_text};
+pub use runner::{BenchConfig, Stop, run};
+pub use target::{Session, ShardedStoreTarget, Target};
+pub use workload::{Distribution, OpType, Preset};
+
+use crate::client::kv::KvError;
+
+/// Why a benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("creating a latency histogram")]
+    Histogram(#[source] hdrhistogram::CreationError),
+    #[error("merging latency histograms")]
+    Merge(#[source] hdrhistogram::AdditionError),
+    #[error("reaching the store")]
+    ConnectShardedStore(#[source] KvError),
+    #[error("connecting to redis at {addr}")]
+    ConnectRedis {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("redis at {addr} did not answer PING")]
+    RedisHandshake { addr: String },
+    #[error("a benchmark client task failed")]
+    Task(#[source] tokio::task::JoinError),
+    #[error("preload failed: {failed} of {keys} writes failed ({errors})")]
+    Preload {
+        failed: u64,
+        keys: u64,
+        errors: String,
+    },
+}

@@ -1,0 +1,298 @@
+//! The closed-loop driver: each client task issues its next operation as soon as the previous
+//! one answered, after a preload phase that writes every key once.
+
+use super::BenchError;
+use super::report::{PreloadReport, RunReport};
+use super::stats::Recorder;
+use super::target::{Session, Target};
+use super::workload::{Chooser, Distribution, OpType, key_name};
+use bytes::Bytes;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// When the measured phase ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    After(Duration),
+    /// After this many operations in total (successful or not).
+    Ops(u64),
+}
+
+/// Everything a run needs, target aside.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchConfig {
+    pub clients: usize,
+    pub keys: u64,
+    pub value_size: usize,
+    pub read_ratio: f64,
+    /// Name in reports: a preset (`ycsb-a`) or `custom`.
+    pub workload: String,
+    pub distribution: Distribution,
+    pub stop: Stop,
+    pub preload: bool,
+    /// Seed of the per-client random streams (same seed, same operation sequence).
+    pub seed: u64,
+}
+
+/// Runs of more than this share of failed preload writes abort: measuring a store that
+/// cannot take writes says nothing.
+const MAX_PRELOAD_FAILURES: f64 = 0.01;
+
+/// Preload (if configured), then the measured closed loop; returns the report.
+pub async fn run<T: Target>(target: &T, cfg: &BenchConfig) -> Result<RunReport, BenchError> {
+    let clients = cfg.clients.max(1);
+    let mut sessions = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        sessions.push(target.session().await?);
+    }
+    let preload = if cfg.preload {
+        let (report, returned) = preload(sessions, cfg).await?;
+        sessions = returned;
+        Some(report)
+    } else {
+        None
+    };
+    let chooser = Chooser::new(cfg.read_ratio, cfg.keys, cfg.distribution);
+    let issued = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = match cfg.stop {
+        Stop::After(d) => Some(start + d),
+        Stop::Ops(_) => None,
+    };
+    let budget = match cfg.stop {
+        Stop::Ops(n) => n,
+        Stop::After(_) => u64::MAX,
+    };
+    let mut tasks = Vec::with_capacity(clients);
+    for (i, mut session) in sessions.into_iter().enumerate() {
+        let (chooser, issued) = (chooser.clone(), issued.clone());
+        let mut rng = SmallRng::seed_from_u64(cfg.seed ^ (i as u64).wrapping_mul(0x9E37_79B9));
+        let value = random_value(&mut rng, cfg.value_size);
+        let mut rec = Recorder::new()?;
+        tasks.push(tokio::spawn(async move {
+            while deadline.is_none_or(|d| Instant::now() < d)
+                && issued.fetch_add(1, Ordering::Relaxed) < budget
+            {
+                let op = chooser.op(rng.random());
+                let key = key_name(chooser.key(rng.random()));
+                let t0 = Instant::now();
+                let result = match op {
+                    OpType::Read => session.read(&key).await,
+                    OpType::Update => session.write(&key, value.clone()).await.map(|()| true),
+                };
+                match result {
+                    Ok(found) => {
+                        rec.record(op, t0.elapsed());
+                        if !found {
+                            rec.read_miss();
+                        }
+                    }
+                    Err(kind) => rec.error(op, kind),
+                }
+            }
+            rec
+        }));
+    }
+    let mut total = Recorder::new()?;
+    for t in tasks {
+        total.merge(&t.await.map_err(BenchError::Task)?)?;
+    }
+    let elapsed = start.elapsed();
+    let secs = elapsed.as_secs_f64().max(f64::EPSILON);
+    Ok(RunReport {
+        target: target.name(),
+        workload: cfg.workload.clone(),
+        read_ratio: cfg.read_ratio,
+        distribution: cfg.distribution,
+        clients,
+        keys: cfg.keys,
+        value_size: cfg.value_size,
+        elapsed_secs: secs,
+        ops: total.ok_count(),
+        ops_per_sec: total.ok_count() as f64 / secs,
+        operations: total.summarize(elapsed),
+        errors: total.errors(),
+        read_misses: total.read_misses(),
+        preload,
+    })
+}
+
+fn random_value(rng: &mut SmallRng, size: usize) -> Bytes {
+    let mut v = vec![0u8; size];
+    rng.fill(&mut v[..]);
+    Bytes::from(v)
+}
+
+/// Write every key once, the key space split round-robin over the sessions.
+async fn preload<S: Session>(
+    sessions: Vec<S>,
+    cfg: &BenchConfig,
+) -> Result<(PreloadReport, Vec<S>), BenchError> {
+    let n = sessions.len() as u64;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, mut session) in sessions.into_iter().enumerate() {
+        let (keys, seed, size) = (cfg.keys, cfg.seed, cfg.value_size);
+        let mut rec = Recorder::new()?;
+        tasks.push(tokio::spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(seed.wrapping_add(i as u64));
+            let value = random_value(&mut rng, size);
+            let mut k = i as u64;
+            while k < keys {
+                let t0 = Instant::now();
+                match session.write(&key_name(k), value.clone()).await {
+                    Ok(()) => rec.record(OpType::Update, t0.elapsed()),
+                    Err(kind) => rec.error(OpType::Update, kind),
+                }
+                k += n;
+            }
+            (session, rec)
+        }));
+    }
+    let mut total = Recorder::new()?;
+    let mut sessions = Vec::new();
+    for t in tasks {
+        let (session, rec) = t.await.map_err(BenchError::Task)?;
+        total.merge(&rec)?;
+        sessions.push(session);
+    }
+    let elapsed = start.elapsed().as_secs_f64().max(f64::EPSILON);
+    let failed = total.error_count();
+    if failed as f64 > cfg.keys as f64 * MAX_PRELOAD_FAILURES {
+        return Err(BenchError::Preload {
+            failed,
+            keys: cfg.keys,
+            errors: total
+                .errors()
+                .into_iter()
+                .map(|(k, n)| format!("{k} ×{n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    let report = PreloadReport {
+        keys: cfg.keys,
+        elapsed_secs: elapsed,
+        ops_per_sec: total.ok_count() as f64 / elapsed,
+        errors: total.errors(),
+    };
+    Ok((report, sessions))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    /// An in-memory target that fails every `fail_every`-th write with `unavailable`.
+    #[derive(Clone, Default)]
+    struct Memory {
+        data: Arc<Mutex<HashMap<String, Bytes>>>,
+        writes: Arc<AtomicU64>,
+        fail_every: u64,
+    }
+
+    impl Session for Memory {
+        async fn read(&mut self, key: &str) -> Result<bool, &'static str> {
+            Ok(self.data.lock().map_err(|_| "poisoned")?.contains_key(key))
+        }
+        async fn write(&mut self, key: &str, value: Bytes) -> Result<(), &'static str> {
+            let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
+            if self.fail_every > 0 && n.is_multiple_of(self.fail_every) {
+                return Err("unavailable");
+            }
+            self.data
+                .lock()
+                .map_err(|_| "poisoned")?
+                .insert(key.to_owned(), value);
+            Ok(())
+        }
+    }
+
+    impl Target for Memory {
+        type Session = Memory;
+        fn name(&self) -> String {
+            "memory".into()
+        }
+        async fn session(&self) -> Result<Memory, BenchError> {
+            Ok(self.clone())
+        }
+    }
+
+    fn cfg(stop: Stop, read_ratio: f64) -> BenchConfig {
+        BenchConfig {
+            clients: 4,
+            keys: 100,
+            value_size: 16,
+            read_ratio,
+            workload: "custom".into(),
+            distribution: Distribution::Uniform,
+            stop,
+            preload: true,
+            seed: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_ops_budget_runs_exactly_that_many_operations_after_preload() {
+        let target = Memory::default();
+        let report = run(&target, &cfg(Stop::Ops(1000), 0.5))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(report.ops, 1000);
+        assert_eq!(report.read_misses, 0, "preload wrote every key");
+        assert_eq!(target.data.lock().map(|d| d.len()).unwrap_or(0), 100);
+        let preload = report.preload.unwrap_or_else(|| panic!("no preload"));
+        assert_eq!(preload.keys, 100);
+        let reads = report
+            .operations
+            .iter()
+            .find(|s| s.op == OpType::Read)
+            .map_or(0, |s| s.count);
+        assert!((400..600).contains(&reads), "{reads}");
+        // 100 preload writes plus the measured updates all reached the target.
+        let updates = 1000 - reads;
+        assert_eq!(target.writes.load(Ordering::SeqCst), 100 + updates);
+    }
+
+    #[tokio::test]
+    async fn errors_are_counted_by_kind_and_excluded_from_throughput() {
+        let target = Memory {
+            fail_every: 10,
+            ..Memory::default()
+        };
+        let mut c = cfg(Stop::Ops(500), 0.0);
+        c.preload = false;
+        let report = run(&target, &c).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(report.errors.get("update/unavailable"), Some(&50));
+        assert_eq!(report.ops, 450);
+    }
+
+    #[tokio::test]
+    async fn a_failing_preload_aborts_the_run() {
+        let target = Memory {
+            fail_every: 2,
+            ..Memory::default()
+        };
+        let err = run(&target, &cfg(Stop::Ops(10), 0.5)).await;
+        assert!(
+            matches!(err, Err(BenchError::Preload { failed: 50, .. })),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_duration_bound_run_stops_in_time() {
+        let target = Memory::default();
+        let t0 = Instant::now();
+        let report = run(&target, &cfg(Stop::After(Duration::from_millis(200)), 0.9))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        assert!(report.ops > 0 && report.elapsed_secs >= 0.2);
+    }
+}
