@@ -121,6 +121,10 @@ pub struct PartitionMap {
     pub nodes: BTreeMap<NodeId, NodeInfo>,
     /// One entry per partition; the length is the partition count and never changes.
     pub partitions: Vec<PartitionEntry>,
+    /// Throughput limit of snapshot streams that catch replicas up (`rebalance.bandwidthBytesPerSecond`);
+    /// nodes fall back to their own `--catchup-bytes-per-second` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalance_bandwidth_bytes_per_second: Option<u64>,
 }
 
 /// Why a map is malformed.
@@ -149,6 +153,7 @@ impl PartitionMap {
             limits: Limits::default(),
             nodes: BTreeMap::new(),
             partitions: vec![PartitionEntry::default(); partitions as usize],
+            rebalance_bandwidth_bytes_per_second: None,
         }
     }
 

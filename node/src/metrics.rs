@@ -1,0 +1,174 @@
+//! Node metrics: a struct that owns its own Prometheus registry (never the global one).
+//!
+//! Names are prefixed `shardedstore_`, counters end in `_total`, durations are histograms in
+//! seconds, and every label takes a bounded set of values (never a key or an error text).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+use std::time::Instant;
+
+/// Why the metrics could not be registered.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("registering metric")]
+    Register(#[from] prometheus::Error),
+}
+
+/// Every metric the node exports.
+pub struct NodeMetrics {
+    registry: Registry,
+    /// Client requests by operation (`get`, `put`, `delete`, `map`) and status class (`2xx`…).
+    pub requests: IntCounterVec,
+    pub request_seconds: HistogramVec,
+    /// Largest number of entries any follower of a partition this node leads is behind.
+    pub replication_lag_entries: IntGauge,
+    pub commit_batch_commands: Histogram,
+    pub fsync_seconds: Histogram,
+    pub stored_bytes: IntGauge,
+    pub stored_keys: IntGauge,
+    /// Bytes of snapshots sent or received while catching a replica up (`direction`).
+    pub catchup_bytes: IntCounterVec,
+    pub forwarded_requests: IntCounter,
+    pub rejected_frames: IntCounter,
+}
+
+impl NodeMetrics {
+    pub fn new() -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "shardedstore_requests_total",
+                "Client API requests by operation and status class",
+            ),
+            &["operation", "status"],
+        )?;
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "shardedstore_request_duration_seconds",
+                "Client API request duration by operation",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["operation"],
+        )?;
+        let replication_lag_entries = IntGauge::new(
+            "shardedstore_replication_lag_entries",
+            "Largest number of log entries a follower of a partition led here is behind",
+        )?;
+        let commit_batch_commands = Histogram::with_opts(
+            HistogramOpts::new(
+                "shardedstore_commit_batch_commands",
+                "Commands group-committed in one storage transaction",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 512.0, 4096.0]),
+        )?;
+        let fsync_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "shardedstore_fsync_duration_seconds",
+                "Duration of durable storage commits (one fsync each)",
+            )
+            .buckets(vec![
+                0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        )?;
+        let stored_bytes = IntGauge::new(
+            "shardedstore_stored_bytes",
+            "Bytes of keys and values stored on this node",
+        )?;
+        let stored_keys = IntGauge::new("shardedstore_stored_keys", "Keys stored on this node")?;
+        let catchup_bytes = IntCounterVec::new(
+            Opts::new(
+                "shardedstore_catchup_bytes_total",
+                "Snapshot bytes streamed to catch replicas up",
+            ),
+            &["direction"],
+        )?;
+        let forwarded_requests = IntCounter::new(
+            "shardedstore_forwarded_requests_total",
+            "Client requests forwarded to another node",
+        )?;
+        let rejected_frames = IntCounter::new(
+            "shardedstore_rejected_peer_frames_total",
+            "Malformed replication frames rejected on the peer port",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_seconds.clone()))?;
+        registry.register(Box::new(replication_lag_entries.clone()))?;
+        registry.register(Box::new(commit_batch_commands.clone()))?;
+        registry.register(Box::new(fsync_seconds.clone()))?;
+        registry.register(Box::new(stored_bytes.clone()))?;
+        registry.register(Box::new(stored_keys.clone()))?;
+        registry.register(Box::new(catchup_bytes.clone()))?;
+        registry.register(Box::new(forwarded_requests.clone()))?;
+        registry.register(Box::new(rejected_frames.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            request_seconds,
+            replication_lag_entries,
+            commit_batch_commands,
+            fsync_seconds,
+            stored_bytes,
+            stored_keys,
+            catchup_bytes,
+            forwarded_requests,
+            rejected_frames,
+        })
+    }
+
+    /// Records one finished client request.
+    pub fn observe_request(&self, operation: &'static str, status: u16, started: Instant) {
+        let class = match status {
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.requests.with_label_values(&[operation, class]).inc();
+        self.request_seconds
+            .with_label_values(&[operation])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+/// Feeds the storage writer's observations into the metrics.
+pub struct WriterMetrics {
+    pub batch: Histogram,
+    pub fsync: Histogram,
+}
+
+impl crate::storage::writer::WriterObserver for WriterMetrics {
+    fn batch(&self, commands: usize, durable: bool, commit_seconds: f64) {
+        self.batch.observe(commands as f64);
+        if durable {
+            self.fsync.observe(commit_seconds);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prefixed_metrics() {
+        let m = NodeMetrics::new().unwrap_or_else(|e| panic!("{e}"));
+        m.observe_request("get", 404, Instant::now());
+        let text = m.render();
+        assert!(text.contains("shardedstore_requests_total{operation=\"get\",status=\"4xx\"} 1"));
+        assert!(text.contains("shardedstore_request_duration_seconds_bucket"));
+    }
+}

@@ -1,0 +1,10 @@
+//! Replication of partitions: epochs and the leader-epoch rule, peer wire frames, the commit
+//! rule, and the primary and follower sides of the protocol (DESIGN.md §4).
+
+pub mod commit;
+pub mod epochs;
+pub mod frame;
+pub mod peer_client;
+pub mod primary;
+pub mod replica;
+pub mod sender;

@@ -1,0 +1,448 @@
+//! The primary side of a partition: taking and dropping the primary role as maps arrive,
+//! the write and read paths, the commit rule, learner admission and hand-off.
+
+use super::commit::{CommitInput, commit_point};
+use super::replica::{Replica, State};
+use crate::admin_api::{AdmitRequest, AdmitResponse, HandoffRequest, HandoffResponse, LogPosition};
+use crate::map::{NodeId, PartitionEntry};
+use crate::storage::codec::{LogEntry, Op};
+use crate::storage::writer::Command;
+use crate::storage::{StorageError, Versioned};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// A member's replication progress as the primary sees it.
+pub struct Progress {
+    /// Highest sequence number it durably holds in agreement with this log (`None` until probed).
+    pub acked: Option<u64>,
+    pub last_contact: Option<Instant>,
+    /// Stops the replication task to this member.
+    pub task: CancellationToken,
+}
+
+/// State that exists only while this node is the partition's primary.
+pub struct PrimaryState {
+    pub epoch: u64,
+    /// Cancelled when this node stops being primary at `epoch`.
+    pub term: CancellationToken,
+    /// Log end when the role was taken: nothing is served before it is applied.
+    pub barrier_seq: u64,
+    /// Set during a hand-off: no writes or reads until a newer map.
+    pub handoff: Option<NodeId>,
+    pub followers: BTreeMap<NodeId, Progress>,
+    /// Learners that must acknowledge before anything commits.
+    pub admitted: BTreeSet<NodeId>,
+    /// Latest appended but not yet applied write per key: `(version, exists)`.
+    pub pending: HashMap<Vec<u8>, (u64, bool)>,
+}
+
+/// Why a client request cannot be served here.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("this node is not the primary of the partition")]
+    NotPrimary { primary: Option<NodeId> },
+    #[error("partition unavailable: {0}")]
+    Unavailable(&'static str),
+    #[error("precondition failed")]
+    PreconditionFailed,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Why an admin request about a partition is refused (answered 409).
+#[derive(Debug, thiserror::Error)]
+pub enum AdminRefusal {
+    #[error("this node is not the primary of the partition")]
+    NotPrimary,
+    #[error("the primary is at epoch {current}, not {requested}")]
+    StaleEpoch { current: u64, requested: u64 },
+    #[error("{0} is not a member of the partition")]
+    NotMember(NodeId),
+    #[error("{0} is not in sync")]
+    NotInSync(NodeId),
+}
+
+impl AdminRefusal {
+    pub fn code(&self) -> &'static str {
+        match self {
+            AdminRefusal::NotPrimary => "not_primary",
+            AdminRefusal::StaleEpoch { .. } => "stale_epoch",
+            AdminRefusal::NotMember(_) => "not_member",
+            AdminRefusal::NotInSync(_) => "not_in_sync",
+        }
+    }
+}
+
+/// Precondition of a conditional write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Condition {
+    Always,
+    /// `If-Match: <version>`.
+    IfVersion(u64),
+    /// `If-Match: *`.
+    IfExists,
+    /// `If-None-Match: *`.
+    IfAbsent,
+}
+
+impl Condition {
+    /// Whether the condition holds given the key's current version.
+    pub fn holds(self, current: Option<u64>) -> bool {
+        match self {
+            Condition::Always => true,
+            Condition::IfVersion(v) => current == Some(v),
+            Condition::IfExists => current.is_some(),
+            Condition::IfAbsent => current.is_none(),
+        }
+    }
+}
+
+/// Result of an acknowledged write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteOutcome {
+    pub version: u64,
+    /// Whether the key existed before the write.
+    pub existed: bool,
+}
+
+impl Replica {
+    /// Obeys a newly installed map entry: takes, keeps or drops the primary role and
+    /// starts or stops replication tasks to the members.
+    pub async fn apply_map(self: &Arc<Self>, entry: PartitionEntry, min_in_sync: u32) {
+        let me = self.ctx.node_id.clone();
+        let mut spawn = Vec::new();
+        let mut new_history = None;
+        {
+            let mut st = self.lock();
+            st.min_in_sync = min_in_sync as usize;
+            if entry.epoch > st.epoch {
+                self.raise_epoch(&mut st, entry.epoch);
+            }
+            let lead = entry.primary.as_deref() == Some(me.as_str())
+                && entry.epoch == st.epoch
+                && st.installing.is_none();
+            st.entry = entry.clone();
+            if lead {
+                let same_term = st.primary.as_ref().is_some_and(|p| p.epoch == entry.epoch);
+                if !same_term {
+                    if let Some(p) = st.primary.take() {
+                        p.term.cancel();
+                    }
+                    let next = st.last.last_seq + 1;
+                    st.history.record(entry.epoch, next);
+                    new_history = Some(st.history.clone());
+                    let barrier_seq = st.last.last_seq;
+                    tracing::info!(partition = self.partition, epoch = entry.epoch, barrier_seq, "taking the primary role");
+                    st.primary = Some(PrimaryState {
+                        epoch: entry.epoch,
+                        term: CancellationToken::new(),
+                        barrier_seq,
+                        handoff: None,
+                        followers: BTreeMap::new(),
+                        admitted: BTreeSet::new(),
+                        pending: HashMap::new(),
+                    });
+                }
+                if let Some(p) = st.primary.as_mut() {
+                    // A newer map ends any hand-off (an aborted one names this node again).
+                    p.handoff = None;
+                    let members: BTreeSet<NodeId> =
+                        entry.members().filter(|n| **n != me).cloned().collect();
+                    p.followers.retain(|n, f| {
+                        let keep = members.contains(n);
+                        if !keep {
+                            f.task.cancel();
+                        }
+                        keep
+                    });
+                    p.admitted.retain(|n| entry.learners.contains(n));
+                    for m in members {
+                        if !p.followers.contains_key(&m) {
+                            let task = p.term.child_token();
+                            p.followers.insert(
+                                m.clone(),
+                                Progress {
+                                    acked: None,
+                                    last_contact: None,
+                                    task: task.clone(),
+                                },
+                            );
+                            spawn.push((m, task));
+                        }
+                    }
+                }
+            } else if let Some(p) = st.primary.take() {
+                tracing::info!(partition = self.partition, epoch = st.epoch, "giving up the primary role");
+                p.term.cancel();
+            }
+        }
+        if let Some(history) = new_history {
+            let cmd = Command::SetHistory {
+                partition: self.partition,
+                history,
+            };
+            if let Err(e) = self.ctx.writer.run(cmd).await {
+                tracing::error!(partition = self.partition, error = %e, "recording the new epoch");
+            }
+        }
+        for (member, token) in spawn {
+            tokio::spawn(super::sender::replicate(self.clone(), member, token));
+        }
+        self.advance_commit();
+        self.bump();
+    }
+
+    /// Stops acting as primary (the partition is being dropped).
+    pub fn stop(&self) {
+        let mut st = self.lock();
+        if let Some(p) = st.primary.take() {
+            p.term.cancel();
+        }
+    }
+
+    /// Recomputes the commit point from the members' acknowledgements; applies what became
+    /// committed.
+    pub fn advance_commit(self: &Arc<Self>) {
+        let advanced = {
+            let mut st = self.lock();
+            match commit_input(&st, &self.ctx.node_id, self.ctx.lease.valid()) {
+                Some(input) => match commit_point(&input) {
+                    Some(c) if c > st.commit_seq => {
+                        st.commit_seq = c;
+                        true
+                    }
+                    _ => false,
+                },
+                None => false,
+            }
+        };
+        if advanced {
+            self.bump();
+            self.schedule_apply();
+        }
+    }
+
+    /// Checks that this node may serve the partition as primary right now.
+    fn serving_check(&self, st: &State) -> Result<CancellationToken, ServeError> {
+        let Some(p) = st.primary.as_ref() else {
+            return Err(ServeError::NotPrimary {
+                primary: st.entry.primary.clone(),
+            });
+        };
+        if p.handoff.is_some() {
+            return Err(ServeError::Unavailable("handing_off"));
+        }
+        if !self.ctx.lease.valid() {
+            return Err(ServeError::Unavailable("lease_expired"));
+        }
+        if st.applied_seq < p.barrier_seq {
+            return Err(ServeError::Unavailable("primary_not_ready"));
+        }
+        Ok(p.term.clone())
+    }
+
+    /// A linearizable read at the primary.
+    pub async fn read(&self, key: &[u8]) -> Result<Option<Versioned>, ServeError> {
+        {
+            let st = self.lock();
+            self.serving_check(&st)?;
+        }
+        Ok(self.ctx.store.get(self.partition, key)?)
+    }
+
+    /// Reads the applied state without any primary check (local reads).
+    pub fn read_applied(&self, key: &[u8]) -> Result<Option<Versioned>, ServeError> {
+        Ok(self.ctx.store.get(self.partition, key)?)
+    }
+
+    /// A write at the primary: assign the next sequence number, append, replicate, and
+    /// answer once every in-sync member holds it, it is applied here, and the lease holds.
+    pub async fn write(
+        self: &Arc<Self>,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        condition: Condition,
+    ) -> Result<WriteOutcome, ServeError> {
+        let guard = self.write_lock.lock().await;
+        let pending_version = {
+            let st = self.lock();
+            self.serving_check(&st)?;
+            if st.entry.in_sync.len() < st.min_in_sync {
+                return Err(ServeError::Unavailable("below_min_in_sync"));
+            }
+            st.primary
+                .as_ref()
+                .and_then(|p| p.pending.get(&key).copied())
+        };
+        // With no pending write of this key, the data table is current (writes are serialized).
+        let current = match pending_version {
+            Some((version, exists)) => exists.then_some(version),
+            None => self.ctx.store.get(self.partition, &key)?.map(|v| v.version),
+        };
+        if !condition.holds(current) {
+            return Err(ServeError::PreconditionFailed);
+        }
+        let (seq, term, waiter) = {
+            let mut st = self.lock();
+            let term = self.serving_check(&st)?;
+            let epoch = st.epoch;
+            let seq = st.last.last_seq + 1;
+            let op = match value {
+                Some(value) => Op::Put {
+                    key: key.clone(),
+                    value,
+                },
+                None => Op::Delete { key: key.clone() },
+            };
+            let entry = Arc::new(LogEntry { epoch, seq, op });
+            st.history.record(epoch, seq);
+            st.last = LogPosition {
+                last_epoch: epoch,
+                last_seq: seq,
+            };
+            Self::cache_push(&mut st, entry.clone());
+            let exists = matches!(entry.op, Op::Put { .. });
+            if let Some(p) = st.primary.as_mut() {
+                p.pending.insert(key, (seq, exists));
+            }
+            let waiter = self.ctx.writer.submit(Command::Append {
+                partition: self.partition,
+                entries: vec![entry],
+                history: st.history.clone(),
+            })?;
+            (seq, term, waiter)
+        };
+        drop(guard);
+        self.bump();
+        waiter.wait().await?;
+        {
+            let mut st = self.lock();
+            st.durable_seq = st.durable_seq.max(seq);
+        }
+        self.advance_commit();
+        let mut applied = self.applied_tx.subscribe();
+        let timeout = self.ctx.config.write_timeout;
+        tokio::select! {
+            r = applied.wait_for(|a| *a >= seq) => {
+                if r.is_err() {
+                    return Err(ServeError::Unavailable("shutting_down"));
+                }
+            }
+            _ = term.cancelled() => return Err(ServeError::Unavailable("deposed")),
+            _ = tokio::time::sleep(timeout) => return Err(ServeError::Unavailable("commit_timeout")),
+        }
+        if term.is_cancelled() {
+            return Err(ServeError::Unavailable("deposed"));
+        }
+        if !self.ctx.lease.valid() {
+            return Err(ServeError::Unavailable("lease_expired"));
+        }
+        Ok(WriteOutcome {
+            version: seq,
+            existed: current.is_some(),
+        })
+    }
+
+    /// Admits a learner: from now on it must acknowledge before anything commits. Ready
+    /// once it holds every committed entry.
+    pub fn admit(self: &Arc<Self>, req: &AdmitRequest) -> Result<AdmitResponse, AdminRefusal> {
+        let answer = {
+            let mut st = self.lock();
+            let commit_seq = st.commit_seq;
+            let is_member = st.entry.is_member(&req.learner);
+            let Some(p) = st.primary.as_mut() else {
+                return Err(AdminRefusal::NotPrimary);
+            };
+            if p.epoch != req.epoch {
+                return Err(AdminRefusal::StaleEpoch {
+                    current: p.epoch,
+                    requested: req.epoch,
+                });
+            }
+            if !is_member || req.learner == self.ctx.node_id {
+                return Err(AdminRefusal::NotMember(req.learner.clone()));
+            }
+            p.admitted.insert(req.learner.clone());
+            let acked = p.followers.get(&req.learner).and_then(|f| f.acked);
+            AdmitResponse {
+                ready: acked.is_some_and(|a| a >= commit_seq),
+                learner_acked_seq: acked.unwrap_or(0),
+                commit_seq,
+            }
+        };
+        self.advance_commit();
+        Ok(answer)
+    }
+
+    /// Hand-off: stop taking writes, wait until `to` holds (and the primary has committed)
+    /// the whole log, then answer ready with the final position.
+    pub async fn handoff(self: &Arc<Self>, req: &HandoffRequest) -> Result<HandoffResponse, AdminRefusal> {
+        {
+            let _w = self.write_lock.lock().await;
+            let mut st = self.lock();
+            let in_sync = st.entry.is_in_sync(&req.to);
+            let Some(p) = st.primary.as_mut() else {
+                return Err(AdminRefusal::NotPrimary);
+            };
+            if p.epoch != req.epoch {
+                return Err(AdminRefusal::StaleEpoch {
+                    current: p.epoch,
+                    requested: req.epoch,
+                });
+            }
+            if !in_sync || req.to == self.ctx.node_id {
+                return Err(AdminRefusal::NotInSync(req.to.clone()));
+            }
+            p.handoff = Some(req.to.clone());
+            tracing::info!(partition = self.partition, to = %req.to, "handing off: writes stopped");
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms);
+        let mut progress = self.progress_tx.subscribe();
+        loop {
+            {
+                let st = self.lock();
+                let Some(p) = st.primary.as_ref() else {
+                    return Err(AdminRefusal::NotPrimary);
+                };
+                let acked = p.followers.get(&req.to).and_then(|f| f.acked);
+                let done = acked.is_some_and(|a| a >= st.last.last_seq)
+                    && st.commit_seq >= st.last.last_seq;
+                if done || tokio::time::Instant::now() >= deadline {
+                    return Ok(HandoffResponse {
+                        ready: done,
+                        position: st.last,
+                    });
+                }
+            }
+            let _ = tokio::time::timeout_at(deadline, progress.changed()).await;
+        }
+    }
+}
+
+/// Inputs of the commit rule from a replica's state (`None` when not primary).
+fn commit_input(st: &State, me: &str, lease_valid: bool) -> Option<CommitInput> {
+    let p = st.primary.as_ref()?;
+    let ack = |n: &NodeId| p.followers.get(n).and_then(|f| f.acked);
+    let mut required_acks: Vec<Option<u64>> = st
+        .entry
+        .in_sync
+        .iter()
+        .filter(|n| n.as_str() != me)
+        .map(ack)
+        .collect();
+    required_acks.extend(
+        p.admitted
+            .iter()
+            .filter(|n| !st.entry.in_sync.contains(n))
+            .map(ack),
+    );
+    Some(CommitInput {
+        own_durable: st.durable_seq,
+        required_acks,
+        in_sync: st.entry.in_sync.len(),
+        min_in_sync: st.min_in_sync,
+        lease_valid,
+    })
+}

@@ -1,0 +1,571 @@
+//! One partition's replica on this node: its log bounds, commit and apply points, the
+//! in-memory tail of its log, and the follower side of replication (probe, append, snapshot).
+//! The primary side lives in [`super::primary`] and [`super::sender`].
+
+use super::epochs::EpochHistory;
+use super::frame::{Append, Probe, ProbeReply, Reply, SnapshotChunk, Status};
+use super::primary::PrimaryState;
+use crate::admin_api::{FollowerProgress, LogPosition, PartitionState, ReplicaRole};
+use crate::context::Ctx;
+use crate::map::{PartitionEntry, PartitionId};
+use crate::storage::codec::LogEntry;
+use crate::storage::writer::Command;
+use crate::storage::{PartitionDisk, StorageError};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+use tokio::sync::watch;
+
+/// Bytes of recent log entries kept in memory for replication and apply.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Most bytes applied to the data table in one writer command.
+const APPLY_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Commit marks remembered to bound the staleness of local reads.
+const SYNC_MARKS: usize = 64;
+
+/// Mutable state of a replica, behind [`Replica::lock`].
+pub struct State {
+    /// Highest epoch seen, from the map or a replication message.
+    pub epoch: u64,
+    pub base: LogPosition,
+    pub last: LogPosition,
+    pub durable_seq: u64,
+    pub history: EpochHistory,
+    pub commit_seq: u64,
+    pub applied_seq: u64,
+    pub cache: VecDeque<Arc<LogEntry>>,
+    pub cache_bytes: usize,
+    pub keys: u64,
+    pub bytes: u64,
+    /// Id of the snapshot being installed, if any (nothing is served meanwhile).
+    pub installing: Option<u64>,
+    /// `(commit_seq, receive time)` of recent appends not yet covered by the applied point.
+    pub sync_marks: VecDeque<(u64, Instant)>,
+    /// Receive time of the newest append whose commit point is applied here.
+    pub last_sync: Option<Instant>,
+    /// This partition's entry in the installed map.
+    pub entry: PartitionEntry,
+    pub min_in_sync: usize,
+    pub primary: Option<PrimaryState>,
+}
+
+/// One partition held by this node.
+pub struct Replica {
+    pub partition: PartitionId,
+    pub(crate) ctx: Arc<Ctx>,
+    st: Mutex<State>,
+    pub(crate) applied_tx: watch::Sender<u64>,
+    /// Bumped on every append and commit change; replication tasks wait on it.
+    pub(crate) progress_tx: watch::Sender<u64>,
+    /// Serializes changes to the log (client writes, replication messages, compaction).
+    pub(crate) write_lock: tokio::sync::Mutex<()>,
+    apply_lock: tokio::sync::Mutex<()>,
+}
+
+impl Replica {
+    pub fn new(ctx: Arc<Ctx>, partition: PartitionId, disk: PartitionDisk) -> Arc<Self> {
+        let epoch = disk.history.last_epoch();
+        let st = State {
+            epoch,
+            base: disk.base,
+            last: disk.last,
+            durable_seq: disk.last.last_seq,
+            history: disk.history,
+            commit_seq: disk.applied_seq,
+            applied_seq: disk.applied_seq,
+            cache: VecDeque::new(),
+            cache_bytes: 0,
+            keys: disk.keys,
+            bytes: disk.bytes,
+            installing: None,
+            sync_marks: VecDeque::new(),
+            last_sync: None,
+            entry: PartitionEntry::default(),
+            min_in_sync: 1,
+            primary: None,
+        };
+        Arc::new(Self {
+            partition,
+            ctx,
+            st: Mutex::new(st),
+            applied_tx: watch::channel(disk.applied_seq).0,
+            progress_tx: watch::channel(0).0,
+            write_lock: tokio::sync::Mutex::new(()),
+            apply_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn bump(&self) {
+        self.progress_tx.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Adds appended entries to the in-memory tail, evicting old durable ones.
+    pub(crate) fn cache_push(st: &mut State, e: Arc<LogEntry>) {
+        st.cache_bytes += e.op.size();
+        st.cache.push_back(e);
+        while st.cache_bytes > CACHE_BYTES {
+            match st.cache.front() {
+                Some(f) if f.seq <= st.durable_seq && f.seq <= st.applied_seq => {
+                    st.cache_bytes -= f.op.size();
+                    st.cache.pop_front();
+                }
+                _ => break,
+            }
+        }
+    }
+
+    fn cache_truncate_after(st: &mut State, seq: u64) {
+        while st.cache.back().is_some_and(|e| e.seq > seq) {
+            if let Some(e) = st.cache.pop_back() {
+                st.cache_bytes -= e.op.size();
+            }
+        }
+    }
+
+    fn cache_drop_through(st: &mut State, seq: u64) {
+        while st.cache.front().is_some_and(|e| e.seq <= seq) {
+            if let Some(e) = st.cache.pop_front() {
+                st.cache_bytes -= e.op.size();
+            }
+        }
+    }
+
+    /// Notes a higher epoch; a primary of an older epoch stops acting as primary.
+    pub(crate) fn raise_epoch(&self, st: &mut State, epoch: u64) {
+        if epoch <= st.epoch {
+            return;
+        }
+        st.epoch = epoch;
+        if let Some(p) = st.primary.take() {
+            tracing::warn!(
+                partition = self.partition,
+                old_epoch = p.epoch,
+                epoch,
+                "saw a higher epoch: no longer primary"
+            );
+            p.term.cancel();
+        }
+    }
+
+    /// Entries after `prev_seq`, up to `max_bytes` (at least one when any exist). `None` when
+    /// they are no longer retained (the caller sends a snapshot instead).
+    pub async fn entries_after(
+        &self,
+        prev_seq: u64,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<Arc<LogEntry>>>, StorageError> {
+        let to = {
+            let st = self.lock();
+            if prev_seq < st.base.last_seq {
+                return Ok(None);
+            }
+            if prev_seq >= st.last.last_seq {
+                return Ok(Some(Vec::new()));
+            }
+            if st.cache.front().is_some_and(|f| f.seq <= prev_seq + 1) {
+                let mut out = Vec::new();
+                let mut size = 0;
+                for e in st.cache.iter().filter(|e| e.seq > prev_seq) {
+                    size += e.op.size();
+                    out.push(e.clone());
+                    if size >= max_bytes {
+                        break;
+                    }
+                }
+                return Ok(Some(out));
+            }
+            st.last.last_seq
+        };
+        let store = self.ctx.store.clone();
+        let p = self.partition;
+        let entries = tokio::task::spawn_blocking(move || {
+            store.read_log(p, prev_seq + 1, to, max_bytes)
+        })
+        .await
+        .map_err(|_| StorageError::WriterGone)??;
+        match entries.first() {
+            Some(f) if f.seq == prev_seq + 1 => Ok(Some(entries.into_iter().map(Arc::new).collect())),
+            _ => Ok(None),
+        }
+    }
+
+    /// Applies committed entries to the data table, in order, until the applied point
+    /// reaches the commit point. Concurrent calls serialize; extra ones return at once.
+    pub async fn apply_committed(self: Arc<Self>) {
+        let _a = self.apply_lock.lock().await;
+        loop {
+            let (from, to) = {
+                let st = self.lock();
+                if st.applied_seq >= st.commit_seq || st.installing.is_some() {
+                    return;
+                }
+                (st.applied_seq, st.commit_seq)
+            };
+            let entries = match self.entries_after(from, APPLY_BATCH_BYTES).await {
+                Ok(Some(e)) => e.into_iter().take_while(|e| e.seq <= to).collect::<Vec<_>>(),
+                Ok(None) => Vec::new(),
+                Err(e) => {
+                    tracing::error!(partition = self.partition, error = %e, "reading entries to apply");
+                    return;
+                }
+            };
+            let Some(upto) = entries.last().map(|e| e.seq) else {
+                tracing::error!(partition = self.partition, from, to, "committed entries missing from the log");
+                return;
+            };
+            let cmd = Command::Apply {
+                partition: self.partition,
+                entries,
+            };
+            let outcome = match self.ctx.writer.run(cmd).await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::error!(partition = self.partition, error = %e, "applying entries");
+                    return;
+                }
+            };
+            {
+                let mut st = self.lock();
+                st.applied_seq = upto;
+                st.keys = outcome.keys;
+                st.bytes = outcome.bytes;
+                while let Some(&(c, t)) = st.sync_marks.front() {
+                    if c > upto {
+                        break;
+                    }
+                    st.last_sync = Some(t);
+                    st.sync_marks.pop_front();
+                }
+                if let Some(p) = st.primary.as_mut() {
+                    p.pending.retain(|_, v| v.0 > upto);
+                }
+            }
+            self.applied_tx.send_replace(upto);
+        }
+    }
+
+    pub(crate) fn schedule_apply(self: &Arc<Self>) {
+        tokio::spawn(self.clone().apply_committed());
+    }
+
+    /// Checks a replication message's epoch; `Some(reply)` rejects it.
+    fn check_epoch(&self, st: &mut State, epoch: u64, leader: &str) -> Option<Status> {
+        if epoch < st.epoch {
+            return Some(Status::StaleEpoch);
+        }
+        self.raise_epoch(st, epoch);
+        if st.primary.is_some() || leader == self.ctx.node_id {
+            return Some(Status::Mismatch);
+        }
+        None
+    }
+
+    fn reply(st: &State, status: Status) -> Reply {
+        Reply {
+            status,
+            epoch: st.epoch,
+            last: st.last,
+        }
+    }
+
+    /// Follower side of a probe: where this replica's log ends.
+    pub async fn handle_probe(&self, msg: Probe) -> ProbeReply {
+        let _w = self.write_lock.lock().await;
+        let mut st = self.lock();
+        let status = self
+            .check_epoch(&mut st, msg.epoch, &msg.leader)
+            .unwrap_or(Status::Ok);
+        ProbeReply {
+            status,
+            epoch: st.epoch,
+            base: st.base,
+            last: st.last,
+            applied_seq: st.applied_seq,
+            history: st.history.clone(),
+        }
+    }
+
+    /// Follower side of an append: truncate if asked, check continuity, append durably,
+    /// learn the commit point.
+    pub async fn handle_append(self: &Arc<Self>, msg: Append) -> Result<Reply, StorageError> {
+        let received = Instant::now();
+        let _w = self.write_lock.lock().await;
+        let truncate = {
+            let mut st = self.lock();
+            if let Some(status) = self.check_epoch(&mut st, msg.epoch, &msg.leader) {
+                return Ok(Self::reply(&st, status));
+            }
+            if st.installing.is_some() {
+                return Ok(Self::reply(&st, Status::Mismatch));
+            }
+            match msg.truncate_to {
+                Some(t) if t < st.last.last_seq => {
+                    if t < st.applied_seq || t < st.base.last_seq {
+                        return Ok(Self::reply(&st, Status::Mismatch));
+                    }
+                    st.history.truncate_after(t);
+                    st.last = if t == st.base.last_seq {
+                        st.base
+                    } else {
+                        LogPosition {
+                            last_epoch: st.history.epoch_at(t),
+                            last_seq: t,
+                        }
+                    };
+                    st.durable_seq = st.durable_seq.min(t);
+                    st.commit_seq = st.commit_seq.min(t).max(st.applied_seq);
+                    Self::cache_truncate_after(&mut st, t);
+                    tracing::info!(partition = self.partition, to = t, "truncated divergent log suffix");
+                    Some((t, st.history.clone()))
+                }
+                _ => None,
+            }
+        };
+        if let Some((after_seq, history)) = truncate {
+            self.ctx
+                .writer
+                .run(Command::Truncate {
+                    partition: self.partition,
+                    after_seq,
+                    history,
+                })
+                .await?;
+        }
+        let pending = {
+            let mut st = self.lock();
+            if st.last != msg.prev {
+                return Ok(Self::reply(&st, Status::Mismatch));
+            }
+            let contiguous = msg
+                .entries
+                .iter()
+                .enumerate()
+                .all(|(i, e)| e.seq == msg.prev.last_seq + 1 + i as u64 && e.epoch <= msg.epoch);
+            if !contiguous {
+                return Ok(Self::reply(&st, Status::Mismatch));
+            }
+            for e in &msg.entries {
+                st.history.record(e.epoch, e.seq);
+                st.last = LogPosition {
+                    last_epoch: e.epoch,
+                    last_seq: e.seq,
+                };
+                Self::cache_push(&mut st, e.clone());
+            }
+            if msg.entries.is_empty() {
+                None
+            } else {
+                Some(self.ctx.writer.submit(Command::Append {
+                    partition: self.partition,
+                    entries: msg.entries.clone(),
+                    history: st.history.clone(),
+                })?)
+            }
+        };
+        if let Some(p) = pending {
+            p.wait().await?;
+        }
+        let apply = {
+            let mut st = self.lock();
+            st.durable_seq = st.last.last_seq;
+            let commit = msg.commit_seq.min(st.last.last_seq);
+            if commit > st.commit_seq {
+                st.commit_seq = commit;
+            }
+            if msg.commit_seq <= st.applied_seq {
+                st.last_sync = Some(received);
+            } else {
+                if st.sync_marks.len() >= SYNC_MARKS {
+                    st.sync_marks.pop_front();
+                }
+                st.sync_marks.push_back((msg.commit_seq, received));
+            }
+            st.commit_seq > st.applied_seq
+        };
+        if apply {
+            self.schedule_apply();
+        }
+        let st = self.lock();
+        Ok(Self::reply(&st, Status::Ok))
+    }
+
+    /// Follower side of a snapshot chunk: the first empties the partition, the last sets the
+    /// log to restart after the snapshot's position.
+    pub async fn handle_snapshot(self: &Arc<Self>, msg: SnapshotChunk) -> Result<Reply, StorageError> {
+        let _w = self.write_lock.lock().await;
+        let _a = self.apply_lock.lock().await;
+        {
+            let mut st = self.lock();
+            if let Some(status) = self.check_epoch(&mut st, msg.epoch, &msg.leader) {
+                return Ok(Self::reply(&st, status));
+            }
+            if !msg.first && st.installing != Some(msg.snapshot_id) {
+                return Ok(Self::reply(&st, Status::SnapshotOutOfOrder));
+            }
+        }
+        if msg.first {
+            self.ctx
+                .writer
+                .run(Command::SnapshotBegin {
+                    partition: self.partition,
+                })
+                .await?;
+            let mut st = self.lock();
+            st.installing = Some(msg.snapshot_id);
+            st.base = LogPosition::default();
+            st.last = LogPosition::default();
+            st.history = EpochHistory::default();
+            st.durable_seq = 0;
+            st.commit_seq = 0;
+            st.applied_seq = 0;
+            st.keys = 0;
+            st.bytes = 0;
+            st.cache.clear();
+            st.cache_bytes = 0;
+            st.sync_marks.clear();
+            st.last_sync = None;
+            tracing::info!(partition = self.partition, snapshot = msg.snapshot_id, "installing a snapshot");
+        }
+        if !msg.items.is_empty() {
+            let size: usize = msg.items.iter().map(|(k, v)| k.len() + v.len()).sum();
+            self.ctx
+                .writer
+                .run(Command::SnapshotChunk {
+                    partition: self.partition,
+                    items: msg.items,
+                })
+                .await?;
+            self.ctx
+                .metrics
+                .catchup_bytes
+                .with_label_values(&["received"])
+                .inc_by(size as u64);
+        }
+        if let Some(end) = msg.end {
+            self.ctx
+                .writer
+                .run(Command::SnapshotEnd {
+                    partition: self.partition,
+                    base: end.base,
+                    history: end.history.clone(),
+                    keys: end.keys,
+                    bytes: end.bytes,
+                })
+                .await?;
+            {
+                let mut st = self.lock();
+                st.installing = None;
+                st.base = end.base;
+                st.last = end.base;
+                st.history = end.history;
+                st.durable_seq = end.base.last_seq;
+                st.commit_seq = end.base.last_seq;
+                st.applied_seq = end.base.last_seq;
+                st.keys = end.keys;
+                st.bytes = end.bytes;
+            }
+            self.applied_tx.send_replace(end.base.last_seq);
+            tracing::info!(partition = self.partition, seq = end.base.last_seq, "snapshot installed");
+        }
+        let st = self.lock();
+        Ok(Self::reply(&st, Status::Ok))
+    }
+
+    /// Drops log entries no replica needs any more: keeps everything after the applied point,
+    /// the configured window, and (on a primary) everything a member has not acknowledged.
+    pub async fn compact(&self) -> Result<(), StorageError> {
+        let _w = self.write_lock.lock().await;
+        let base = {
+            let st = self.lock();
+            if st.installing.is_some() {
+                return Ok(());
+            }
+            let mut keep_after = st
+                .applied_seq
+                .min(st.last.last_seq.saturating_sub(self.ctx.config.log_window));
+            if let Some(p) = &st.primary {
+                for f in p.followers.values() {
+                    match f.acked {
+                        Some(a) => keep_after = keep_after.min(a),
+                        None => return Ok(()),
+                    }
+                }
+            }
+            if keep_after <= st.base.last_seq {
+                return Ok(());
+            }
+            LogPosition {
+                last_epoch: st.history.epoch_at(keep_after),
+                last_seq: keep_after,
+            }
+        };
+        self.ctx
+            .writer
+            .run(Command::Compact {
+                partition: self.partition,
+                base,
+            })
+            .await?;
+        let mut st = self.lock();
+        st.base = base;
+        Self::cache_drop_through(&mut st, base.last_seq);
+        Ok(())
+    }
+
+    /// How many milliseconds old this replica's applied state may be, when it may serve a
+    /// local read (an in-sync replica that has heard from its primary).
+    pub fn local_read_staleness(&self) -> Option<u64> {
+        let st = self.lock();
+        if st.installing.is_some() || !st.entry.is_in_sync(&self.ctx.node_id) {
+            return None;
+        }
+        if st.primary.is_some() && self.ctx.lease.valid() {
+            return Some(0);
+        }
+        st.last_sync.map(|t| t.elapsed().as_millis() as u64)
+    }
+
+    /// This replica's state for a heartbeat answer.
+    pub fn status(&self) -> PartitionState {
+        let st = self.lock();
+        let me = &self.ctx.node_id;
+        let role = match &st.primary {
+            Some(p) if p.handoff.is_some() => ReplicaRole::HandingOff,
+            Some(_) => ReplicaRole::Primary,
+            None if st.entry.replicas.contains(me) => ReplicaRole::Follower,
+            None if st.entry.learners.contains(me) => ReplicaRole::Learner,
+            None => ReplicaRole::Stale,
+        };
+        let followers = st
+            .primary
+            .as_ref()
+            .map(|p| {
+                p.followers
+                    .iter()
+                    .map(|(node, f)| FollowerProgress {
+                        node: node.clone(),
+                        acked_seq: f.acked.unwrap_or(0),
+                        last_contact_ms: f
+                            .last_contact
+                            .map_or(u64::MAX, |t| t.elapsed().as_millis() as u64),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        PartitionState {
+            partition: self.partition,
+            role,
+            epoch: st.epoch,
+            position: st.last,
+            commit_seq: st.commit_seq,
+            applied_seq: st.applied_seq,
+            followers,
+            keys: st.keys,
+            bytes: st.bytes,
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! The primary's replication task to one member: probe its log, truncate it to the
+//! divergence point or send a snapshot, then stream appends (which also carry the commit
+//! point) and record its acknowledgements.
+
+use super::commit::{CatchUp, ReplicaLog, plan_catch_up};
+use super::frame::{Append, Probe, ProbeReply, Reply, SnapshotChunk, SnapshotEnd, Status};
+use super::peer_client::PeerError;
+use super::replica::Replica;
+use crate::admin_api::LogPosition;
+use crate::map::NodeId;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Bytes of data per snapshot chunk.
+const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Why one replication session ended (the task then probes again after a pause).
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error("member unreachable")]
+    Peer(#[from] PeerError),
+    #[error("storage")]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("member answered {0:?}")]
+    Refused(Status),
+    #[error("member is at the newer epoch {0}")]
+    Fenced(u64),
+    #[error("member address unknown")]
+    NoAddress,
+    #[error("log no longer retained")]
+    NeedSnapshot,
+}
+
+/// Runs until `task` is cancelled (membership change or loss of the primary role).
+pub async fn replicate(replica: Arc<Replica>, member: NodeId, task: CancellationToken) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let result = tokio::select! {
+            r = session(&replica, &member) => r,
+            _ = task.cancelled() => return,
+        };
+        let err = match result {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        match &err {
+            SessionEnd::Fenced(epoch) => {
+                let mut st = replica.lock();
+                replica.raise_epoch(&mut st, *epoch);
+                return;
+            }
+            SessionEnd::Refused(Status::Mismatch) | SessionEnd::NeedSnapshot => {
+                backoff = Duration::from_millis(10);
+            }
+            _ => {
+                tracing::debug!(partition = replica.partition, member = %member, error = %err, "replication session ended");
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = task.cancelled() => return,
+        }
+    }
+}
+
+fn record_ack(replica: &Arc<Replica>, member: &str, acked: u64) {
+    {
+        let mut st = replica.lock();
+        let last = st.last.last_seq;
+        if let Some(f) = st.primary.as_mut().and_then(|p| p.followers.get_mut(member)) {
+            f.acked = Some(acked);
+            f.last_contact = Some(Instant::now());
+        }
+        let lag = last.saturating_sub(acked) as i64;
+        if lag > replica.ctx.metrics.replication_lag_entries.get() {
+            replica.ctx.metrics.replication_lag_entries.set(lag);
+        }
+    }
+    replica.advance_commit();
+}
+
+fn epoch_and_id(replica: &Replica) -> Option<u64> {
+    replica.lock().primary.as_ref().map(|p| p.epoch)
+}
+
+async fn session(replica: &Arc<Replica>, member: &str) -> Result<(), SessionEnd> {
+    let ctx = &replica.ctx;
+    let p = replica.partition;
+    let addr = ctx.peer_addr(member).ok_or(SessionEnd::NoAddress)?;
+    let Some(epoch) = epoch_and_id(replica) else {
+        return Ok(());
+    };
+    let probe = Probe {
+        epoch,
+        leader: ctx.node_id.clone(),
+    };
+    let theirs: ProbeReply = ctx
+        .peers
+        .call(&addr, p, "probe", probe.encode(), ProbeReply::decode)
+        .await?;
+    match theirs.status {
+        Status::Ok => {}
+        Status::StaleEpoch if theirs.epoch > epoch => return Err(SessionEnd::Fenced(theirs.epoch)),
+        s => return Err(SessionEnd::Refused(s)),
+    }
+    let plan = {
+        let st = replica.lock();
+        let mine = ReplicaLog {
+            base: st.base,
+            last: st.last,
+            applied_seq: st.applied_seq,
+            history: &st.history,
+        };
+        let other = ReplicaLog {
+            base: theirs.base,
+            last: theirs.last,
+            applied_seq: theirs.applied_seq,
+            history: &theirs.history,
+        };
+        plan_catch_up(&mine, &other)
+    };
+    let (mut prev, mut truncate) = match plan {
+        CatchUp::Tail { prev, truncate } => (prev, truncate),
+        CatchUp::Snapshot => (send_snapshot(replica, &addr, epoch).await?, false),
+    };
+    if !truncate {
+        record_ack(replica, member, prev.last_seq);
+    }
+    let mut progress = replica.progress_tx.subscribe();
+    let mut sent_commit = u64::MAX;
+    loop {
+        let (commit_seq, last_seq) = {
+            let st = replica.lock();
+            if st.primary.as_ref().is_none_or(|x| x.epoch != epoch) {
+                return Ok(());
+            }
+            (st.commit_seq, st.last.last_seq)
+        };
+        if last_seq <= prev.last_seq && commit_seq == sent_commit && !truncate {
+            // Nothing new: wait for an append or a commit, or send an idle append.
+            let _ = tokio::time::timeout(ctx.config.idle_append, progress.changed()).await;
+            let st = replica.lock();
+            if st.last.last_seq <= prev.last_seq && st.commit_seq == sent_commit {
+                drop(st);
+                sent_commit = u64::MAX; // force an idle append carrying the commit point
+                continue;
+            }
+            continue;
+        }
+        let entries = replica
+            .entries_after(prev.last_seq, ctx.config.max_append_bytes)
+            .await?
+            .ok_or(SessionEnd::NeedSnapshot)?;
+        let msg = Append {
+            epoch,
+            leader: ctx.node_id.clone(),
+            truncate_to: truncate.then_some(prev.last_seq),
+            prev,
+            commit_seq,
+            entries,
+        };
+        let sent_last = msg.entries.last().map_or(prev, |e| LogPosition {
+            last_epoch: e.epoch,
+            last_seq: e.seq,
+        });
+        let reply: Reply = ctx
+            .peers
+            .call(&addr, p, "append", msg.encode(), Reply::decode)
+            .await?;
+        match reply.status {
+            Status::Ok => {}
+            Status::StaleEpoch if reply.epoch > epoch => return Err(SessionEnd::Fenced(reply.epoch)),
+            s => return Err(SessionEnd::Refused(s)),
+        }
+        truncate = false;
+        sent_commit = commit_seq;
+        prev = sent_last;
+        record_ack(replica, member, reply.last.last_seq.min(sent_last.last_seq));
+    }
+}
+
+/// Streams a consistent snapshot (one read transaction at applied seq S), throttled to the
+/// catch-up bandwidth; returns the position the member's log restarts after.
+async fn send_snapshot(replica: &Arc<Replica>, addr: &str, epoch: u64) -> Result<LogPosition, SessionEnd> {
+    let ctx = &replica.ctx;
+    let p = replica.partition;
+    let store = ctx.store.clone();
+    let reader = Arc::new(
+        tokio::task::spawn_blocking(move || store.snapshot(p))
+            .await
+            .map_err(|_| crate::storage::StorageError::WriterGone)??,
+    );
+    let seq = reader.applied_seq;
+    let (base, history) = {
+        let st = replica.lock();
+        let base = LogPosition {
+            last_epoch: st.history.epoch_at(seq),
+            last_seq: seq,
+        };
+        (base, st.history.up_to(seq))
+    };
+    let snapshot_id: u64 = rand::random();
+    tracing::info!(partition = p, to = addr, seq, keys = reader.keys, bytes = reader.bytes, "sending a snapshot");
+    let started = Instant::now();
+    let mut sent: u64 = 0;
+    let mut after: Option<Vec<u8>> = None;
+    let mut first = true;
+    loop {
+        let r = reader.clone();
+        let from = after.clone();
+        let items = tokio::task::spawn_blocking(move || r.chunk(from.as_deref(), SNAPSHOT_CHUNK_BYTES))
+            .await
+            .map_err(|_| crate::storage::StorageError::WriterGone)??;
+        let done = items.is_empty();
+        after = items.last().map(|(k, _)| k.clone());
+        let size: u64 = items.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+        let chunk = SnapshotChunk {
+            epoch,
+            leader: ctx.node_id.clone(),
+            snapshot_id,
+            first,
+            items,
+            end: done.then(|| SnapshotEnd {
+                base,
+                history: history.clone(),
+                keys: reader.keys,
+                bytes: reader.bytes,
+            }),
+        };
+        first = false;
+        let reply: Reply = ctx
+            .peers
+            .call(addr, p, "snapshot", chunk.encode(), Reply::decode)
+            .await?;
+        match reply.status {
+            Status::Ok => {}
+            Status::StaleEpoch if reply.epoch > epoch => return Err(SessionEnd::Fenced(reply.epoch)),
+            s => return Err(SessionEnd::Refused(s)),
+        }
+        sent += size;
+        ctx.metrics
+            .catchup_bytes
+            .with_label_values(&["sent"])
+            .inc_by(size);
+        if done {
+            tracing::info!(partition = p, to = addr, seq, bytes = sent, "snapshot sent");
+            return Ok(base);
+        }
+        let rate = ctx.catchup_rate();
+        if rate > 0 {
+            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}

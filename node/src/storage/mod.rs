@@ -1,0 +1,346 @@
+//! Durable storage of one node: a single redb database holding, per partition, a log table
+//! and a data table, plus a meta table (format, node id, installed map, per-partition state).
+//!
+//! Reads go straight to the database; every write goes through the group-commit
+//! [`writer`] task so that one transaction and one fsync cover many appends.
+
+pub mod codec;
+pub mod tables;
+pub mod writer;
+
+use crate::admin_api::LogPosition;
+use crate::map::PartitionId;
+use crate::replication::epochs::EpochHistory;
+use codec::{CodecError, LogEntry};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableHandle};
+use std::path::Path;
+use std::sync::Arc;
+use tables::{META, data_table, log_table, meta_key};
+
+/// Version of the on-disk layout; stored under `format` in the meta table.
+pub const STORAGE_FORMAT: u32 = 1;
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("creating the data directory {path}")]
+    CreateDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("opening the database {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: redb::Error,
+    },
+    #[error("database format {found} is not supported (this build reads format {STORAGE_FORMAT})")]
+    UnsupportedFormat { found: u32 },
+    #[error("the database belongs to node {found}, not {expected}")]
+    WrongNode { found: String, expected: String },
+    #[error("reading from the database")]
+    Read(#[source] redb::Error),
+    #[error("writing to the database")]
+    Write(#[source] redb::Error),
+    #[error("decoding stored bytes")]
+    Decode(#[from] CodecError),
+    #[error("decoding the stored partition map")]
+    DecodeMap(#[source] serde_json::Error),
+    #[error("the writer task has stopped")]
+    WriterGone,
+}
+
+pub(crate) fn read_err(e: impl Into<redb::Error>) -> StorageError {
+    StorageError::Read(e.into())
+}
+
+pub(crate) fn write_err(e: impl Into<redb::Error>) -> StorageError {
+    StorageError::Write(e.into())
+}
+
+/// What the database says about one partition at start-up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartitionDisk {
+    /// Position just before the first retained log entry (after a snapshot or compaction).
+    pub base: LogPosition,
+    /// Position of the last log entry (equal to `base` when the log is empty).
+    pub last: LogPosition,
+    pub history: EpochHistory,
+    pub applied_seq: u64,
+    pub keys: u64,
+    pub bytes: u64,
+}
+
+/// A stored value and its version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned {
+    pub version: u64,
+    pub value: Vec<u8>,
+}
+
+/// Handle to the node's database (cheap to clone).
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+}
+
+impl Store {
+    /// Opens (or creates) `dir/node.redb`, checking the format and the owning node id.
+    pub fn open(dir: &Path, node_id: &str) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let path = dir.join("node.redb");
+        let db = Database::create(&path).map_err(|e| StorageError::Open {
+            path: path.display().to_string(),
+            source: e.into(),
+        })?;
+        let store = Self { db: Arc::new(db) };
+        store.init_meta(node_id)?;
+        Ok(store)
+    }
+
+    pub(crate) fn db(&self) -> &Arc<Database> {
+        &self.db
+    }
+
+    fn init_meta(&self, node_id: &str) -> Result<(), StorageError> {
+        let txn = self.db.begin_write().map_err(write_err)?;
+        {
+            let mut meta = txn.open_table(META).map_err(write_err)?;
+            let format = meta
+                .get("format")
+                .map_err(write_err)?
+                .map(|v| tables::u32_from(v.value()));
+            match format {
+                Some(f) if f != STORAGE_FORMAT => {
+                    return Err(StorageError::UnsupportedFormat { found: f });
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert("format", &STORAGE_FORMAT.to_le_bytes()[..])
+                        .map_err(write_err)?;
+                }
+            }
+            let owner = meta
+                .get("node_id")
+                .map_err(write_err)?
+                .map(|v| String::from_utf8_lossy(v.value()).into_owned());
+            match owner {
+                Some(found) if found != node_id => {
+                    return Err(StorageError::WrongNode {
+                        found,
+                        expected: node_id.to_owned(),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert("node_id", node_id.as_bytes())
+                        .map_err(write_err)?;
+                }
+            }
+        }
+        txn.commit().map_err(write_err)
+    }
+
+    /// The installed partition map, if any.
+    pub fn load_map(&self) -> Result<Option<crate::map::PartitionMap>, StorageError> {
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let meta = txn.open_table(META).map_err(read_err)?;
+        match meta.get("map").map_err(read_err)? {
+            Some(v) => serde_json::from_slice(v.value())
+                .map(Some)
+                .map_err(StorageError::DecodeMap),
+            None => Ok(None),
+        }
+    }
+
+    /// Partitions that have a log table, and whether a snapshot install was interrupted.
+    pub fn partitions(&self) -> Result<Vec<(PartitionId, bool)>, StorageError> {
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let meta = txn.open_table(META).map_err(read_err)?;
+        let mut out = Vec::new();
+        for t in txn.list_tables().map_err(read_err)? {
+            let Some(p) = t
+                .name()
+                .strip_prefix("log.")
+                .and_then(|s| s.parse::<PartitionId>().ok())
+            else {
+                continue;
+            };
+            let pending = meta
+                .get(meta_key(p, "snapshot").as_str())
+                .map_err(read_err)?
+                .is_some();
+            out.push((p, pending));
+        }
+        Ok(out)
+    }
+
+    /// Loads a partition's positions, epoch history and counters.
+    pub fn load_partition(&self, p: PartitionId) -> Result<PartitionDisk, StorageError> {
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let meta = txn.open_table(META).map_err(read_err)?;
+        let get = |what: &str| -> Result<Option<Vec<u8>>, StorageError> {
+            Ok(meta
+                .get(meta_key(p, what).as_str())
+                .map_err(read_err)?
+                .map(|v| v.value().to_vec()))
+        };
+        let base = get("base")?.map(|b| tables::position_from(&b)).unwrap_or_default();
+        let history = match get("history")? {
+            Some(b) => codec::decode_history(&b)?,
+            None => EpochHistory::default(),
+        };
+        let applied_seq = get("applied")?.map_or(0, |b| tables::u64_from(&b));
+        let (keys, bytes) = get("stats")?.map_or((0, 0), |b| tables::stats_from(&b));
+        let last = match txn.open_table(log_table(p).as_def()) {
+            Ok(log) => match log.last().map_err(read_err)? {
+                Some((_, v)) => {
+                    let e = codec::decode_entry(v.value())?;
+                    LogPosition {
+                        last_epoch: e.epoch,
+                        last_seq: e.seq,
+                    }
+                }
+                None => base,
+            },
+            Err(redb::TableError::TableDoesNotExist(_)) => base,
+            Err(e) => return Err(read_err(e)),
+        };
+        Ok(PartitionDisk {
+            base,
+            last,
+            history,
+            applied_seq,
+            keys,
+            bytes,
+        })
+    }
+
+    /// Reads one key of a partition's data table.
+    pub fn get(&self, p: PartitionId, key: &[u8]) -> Result<Option<Versioned>, StorageError> {
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let table = match txn.open_table(data_table(p).as_def()) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(read_err(e)),
+        };
+        match table.get(key).map_err(read_err)? {
+            Some(v) => {
+                let (version, value) = codec::decode_value(v.value())?;
+                Ok(Some(Versioned {
+                    version,
+                    value: value.to_vec(),
+                }))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Log entries with `from <= seq <= to`, stopping after `max_bytes` (at least one entry).
+    pub fn read_log(
+        &self,
+        p: PartitionId,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<LogEntry>, StorageError> {
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let log = match txn.open_table(log_table(p).as_def()) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(read_err(e)),
+        };
+        let mut out = Vec::new();
+        let mut size = 0;
+        for item in log.range(from..=to).map_err(read_err)? {
+            let (_, v) = item.map_err(read_err)?;
+            let e = codec::decode_entry(v.value())?;
+            size += e.op.size();
+            out.push(e);
+            if size >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Opens a consistent snapshot of a partition: its data table and applied sequence
+    /// number as of one read transaction.
+    pub fn snapshot(&self, p: PartitionId) -> Result<SnapshotReader, StorageError> {
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let meta = txn.open_table(META).map_err(read_err)?;
+        let applied_seq = meta
+            .get(meta_key(p, "applied").as_str())
+            .map_err(read_err)?
+            .map_or(0, |v| tables::u64_from(v.value()));
+        let (keys, bytes) = meta
+            .get(meta_key(p, "stats").as_str())
+            .map_err(read_err)?
+            .map_or((0, 0), |v| tables::stats_from(v.value()));
+        let table = match txn.open_table(data_table(p).as_def()) {
+            Ok(t) => Some(t),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(read_err(e)),
+        };
+        Ok(SnapshotReader {
+            table,
+            applied_seq,
+            keys,
+            bytes,
+        })
+    }
+}
+
+/// A partition's data as of one read transaction, read in key order chunk by chunk.
+pub struct SnapshotReader {
+    table: Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>,
+    pub applied_seq: u64,
+    pub keys: u64,
+    pub bytes: u64,
+}
+
+impl SnapshotReader {
+    /// Up to `max_bytes` of `(key, stored value)` pairs with keys after `after`
+    /// (from the start when `None`). An empty answer means the end.
+    pub fn chunk(
+        &self,
+        after: Option<&[u8]>,
+        max_bytes: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let Some(table) = &self.table else {
+            return Ok(Vec::new());
+        };
+        let range = match after {
+            Some(k) => table.range::<&[u8]>((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded)),
+            None => table.range::<&[u8]>(..),
+        }
+        .map_err(read_err)?;
+        let mut out = Vec::new();
+        let mut size = 0;
+        for item in range {
+            let (k, v) = item.map_err(read_err)?;
+            size += k.value().len() + v.value().len();
+            out.push((k.value().to_vec(), v.value().to_vec()));
+            if size >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of stored entries (for logs and tests).
+    pub fn len(&self) -> Result<u64, StorageError> {
+        match &self.table {
+            Some(t) => t.len().map_err(read_err),
+            None => Ok(0),
+        }
+    }
+
+    pub fn is_empty(&self) -> Result<bool, StorageError> {
+        Ok(self.len()? == 0)
+    }
+}

@@ -1,0 +1,353 @@
+//! The single writer of the database: a dedicated thread that drains every queued command
+//! (log appends of all partitions, applies, compactions, meta updates), executes the batch in
+//! one write transaction, commits it with one fsync when any command needs durability, and
+//! only then wakes each caller.
+
+use super::codec::{self, LogEntry, Op};
+use super::tables::{self, META, data_table, log_table, meta_key};
+use super::{StorageError, Store, write_err};
+use crate::admin_api::LogPosition;
+use crate::map::PartitionId;
+use crate::replication::epochs::EpochHistory;
+use redb::{Durability, ReadableTable, WriteTransaction};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most commands executed in one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// One unit of work for the writer.
+pub enum Command {
+    /// Durably appends entries (in order) and stores the epoch history.
+    Append {
+        partition: PartitionId,
+        entries: Vec<Arc<LogEntry>>,
+        history: EpochHistory,
+    },
+    /// Durably removes log entries after `after_seq` (divergent suffix).
+    Truncate {
+        partition: PartitionId,
+        after_seq: u64,
+        history: EpochHistory,
+    },
+    /// Stores the epoch history alone (a new primary records where its epoch starts).
+    SetHistory {
+        partition: PartitionId,
+        history: EpochHistory,
+    },
+    /// Applies committed entries to the data table (non-durable: the log is the truth).
+    Apply {
+        partition: PartitionId,
+        entries: Vec<Arc<LogEntry>>,
+    },
+    /// Removes log entries up to and including `base.last_seq` (non-durable).
+    Compact {
+        partition: PartitionId,
+        base: LogPosition,
+    },
+    /// Durably stores the installed map (JSON).
+    PutMap { json: Vec<u8> },
+    /// Durably deletes every trace of a partition.
+    DropPartition { partition: PartitionId },
+    /// Durably marks a snapshot install as started and empties the partition.
+    SnapshotBegin { partition: PartitionId },
+    /// Adds `(key, stored value)` pairs of a snapshot being installed (non-durable).
+    SnapshotChunk {
+        partition: PartitionId,
+        items: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    /// Durably completes a snapshot install: the log restarts after `base`.
+    SnapshotEnd {
+        partition: PartitionId,
+        base: LogPosition,
+        history: EpochHistory,
+        keys: u64,
+        bytes: u64,
+    },
+}
+
+impl Command {
+    fn durable(&self) -> bool {
+        !matches!(
+            self,
+            Command::Apply { .. } | Command::Compact { .. } | Command::SnapshotChunk { .. }
+        )
+    }
+}
+
+/// What a command changed, reported back to its caller.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// For `Apply`: keys and bytes stored in the partition afterwards.
+    pub keys: u64,
+    pub bytes: u64,
+}
+
+type Reply = oneshot::Sender<Result<Outcome, StorageError>>;
+
+/// Observations the writer reports (batch sizes, commit durations).
+pub trait WriterObserver: Send + 'static {
+    fn batch(&self, commands: usize, durable: bool, commit_seconds: f64);
+}
+
+/// Handle to queue commands on the writer thread.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: mpsc::UnboundedSender<(Command, Reply)>,
+}
+
+impl WriterHandle {
+    /// Starts the writer thread. `on_fatal` is called once if a commit fails (the node must
+    /// stop: its in-memory state may be ahead of the disk).
+    pub fn start(
+        store: Store,
+        observer: impl WriterObserver,
+        on_fatal: impl FnOnce(StorageError) + Send + 'static,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("storage-writer".into())
+            .spawn(move || run(store, rx, observer, on_fatal))
+            .map_or_else(
+                |e| tracing::error!(error = %e, "cannot start the storage writer thread"),
+                |_| (),
+            );
+        Self { tx }
+    }
+
+    /// Queues a command and waits until its transaction has committed.
+    pub async fn run(&self, cmd: Command) -> Result<Outcome, StorageError> {
+        self.submit(cmd)?.wait().await
+    }
+
+    /// Queues a command now (commands run in queue order) and returns a handle to await it.
+    pub fn submit(&self, cmd: Command) -> Result<Pending, StorageError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send((cmd, done))
+            .map_err(|_| StorageError::WriterGone)?;
+        Ok(Pending(wait))
+    }
+}
+
+/// A queued command whose commit can be awaited.
+pub struct Pending(oneshot::Receiver<Result<Outcome, StorageError>>);
+
+impl Pending {
+    pub async fn wait(self) -> Result<Outcome, StorageError> {
+        self.0.await.map_err(|_| StorageError::WriterGone)?
+    }
+}
+
+fn run(
+    store: Store,
+    mut rx: mpsc::UnboundedReceiver<(Command, Reply)>,
+    observer: impl WriterObserver,
+    on_fatal: impl FnOnce(StorageError),
+) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let durable = batch.iter().any(|(c, _)| c.durable());
+        let started = Instant::now();
+        match execute(&store, &batch, durable) {
+            Ok(outcomes) => {
+                observer.batch(batch.len(), durable, started.elapsed().as_secs_f64());
+                for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "storage commit failed; the node stops");
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(StorageError::WriterGone));
+                }
+                on_fatal(e);
+                return;
+            }
+        }
+    }
+}
+
+fn execute(
+    store: &Store,
+    batch: &[(Command, Reply)],
+    durable: bool,
+) -> Result<Vec<Outcome>, StorageError> {
+    let mut txn = store.db().begin_write().map_err(write_err)?;
+    let level = if durable {
+        Durability::Immediate
+    } else {
+        Durability::None
+    };
+    txn.set_durability(level).map_err(write_err)?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for (cmd, _) in batch {
+        outcomes.push(apply_command(&txn, cmd)?);
+    }
+    txn.commit().map_err(write_err)?;
+    Ok(outcomes)
+}
+
+fn put_meta(txn: &WriteTransaction, key: &str, value: &[u8]) -> Result<(), StorageError> {
+    let mut meta = txn.open_table(META).map_err(write_err)?;
+    meta.insert(key, value).map_err(write_err)?;
+    Ok(())
+}
+
+fn get_meta(txn: &WriteTransaction, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+    let meta = txn.open_table(META).map_err(write_err)?;
+    let v = meta.get(key).map_err(write_err)?.map(|v| v.value().to_vec());
+    Ok(v)
+}
+
+fn apply_command(txn: &WriteTransaction, cmd: &Command) -> Result<Outcome, StorageError> {
+    match cmd {
+        Command::Append {
+            partition,
+            entries,
+            history,
+        } => {
+            let name = log_table(*partition);
+            let mut log = txn.open_table(name.as_def()).map_err(write_err)?;
+            for e in entries {
+                log.insert(e.seq, codec::encode_entry(e).as_slice())
+                    .map_err(write_err)?;
+            }
+            drop(log);
+            put_meta(
+                txn,
+                &meta_key(*partition, "history"),
+                &codec::encode_history(history),
+            )?;
+        }
+        Command::Truncate {
+            partition,
+            after_seq,
+            history,
+        } => {
+            let name = log_table(*partition);
+            let mut log = txn.open_table(name.as_def()).map_err(write_err)?;
+            log.retain_in((after_seq + 1).., |_, _| false)
+                .map_err(write_err)?;
+            drop(log);
+            put_meta(
+                txn,
+                &meta_key(*partition, "history"),
+                &codec::encode_history(history),
+            )?;
+        }
+        Command::SetHistory { partition, history } => {
+            // Make sure the log table exists so the partition is found again at start-up.
+            let name = log_table(*partition);
+            txn.open_table(name.as_def()).map_err(write_err)?;
+            put_meta(
+                txn,
+                &meta_key(*partition, "history"),
+                &codec::encode_history(history),
+            )?;
+        }
+        Command::Apply { partition, entries } => return apply_entries(txn, *partition, entries),
+        Command::Compact { partition, base } => {
+            let name = log_table(*partition);
+            let mut log = txn.open_table(name.as_def()).map_err(write_err)?;
+            log.retain_in(..=base.last_seq, |_, _| false)
+                .map_err(write_err)?;
+            drop(log);
+            put_meta(
+                txn,
+                &meta_key(*partition, "base"),
+                &tables::position_to(*base),
+            )?;
+        }
+        Command::PutMap { json } => put_meta(txn, "map", json)?,
+        Command::DropPartition { partition } => drop_partition(txn, *partition)?,
+        Command::SnapshotBegin { partition } => {
+            drop_partition(txn, *partition)?;
+            let name = log_table(*partition);
+            txn.open_table(name.as_def()).map_err(write_err)?;
+            put_meta(txn, &meta_key(*partition, "snapshot"), &[1])?;
+        }
+        Command::SnapshotChunk { partition, items } => {
+            let name = data_table(*partition);
+            let mut data = txn.open_table(name.as_def()).map_err(write_err)?;
+            for (k, v) in items {
+                data.insert(k.as_slice(), v.as_slice()).map_err(write_err)?;
+            }
+        }
+        Command::SnapshotEnd {
+            partition,
+            base,
+            history,
+            keys,
+            bytes,
+        } => {
+            let p = *partition;
+            put_meta(txn, &meta_key(p, "base"), &tables::position_to(*base))?;
+            put_meta(txn, &meta_key(p, "history"), &codec::encode_history(history))?;
+            put_meta(txn, &meta_key(p, "applied"), &base.last_seq.to_le_bytes())?;
+            put_meta(txn, &meta_key(p, "stats"), &tables::pair_to(*keys, *bytes))?;
+            let mut meta = txn.open_table(META).map_err(write_err)?;
+            meta.remove(meta_key(p, "snapshot").as_str())
+                .map_err(write_err)?;
+        }
+    }
+    Ok(Outcome::default())
+}
+
+fn drop_partition(txn: &WriteTransaction, p: PartitionId) -> Result<(), StorageError> {
+    txn.delete_table(log_table(p).as_def()).map_err(write_err)?;
+    txn.delete_table(data_table(p).as_def()).map_err(write_err)?;
+    let mut meta = txn.open_table(META).map_err(write_err)?;
+    for what in ["base", "history", "applied", "stats", "snapshot"] {
+        meta.remove(meta_key(p, what).as_str()).map_err(write_err)?;
+    }
+    Ok(())
+}
+
+fn apply_entries(
+    txn: &WriteTransaction,
+    p: PartitionId,
+    entries: &[Arc<LogEntry>],
+) -> Result<Outcome, StorageError> {
+    let (mut keys, mut bytes) = get_meta(txn, &meta_key(p, "stats"))?
+        .map_or((0, 0), |b| tables::stats_from(&b));
+    let mut applied = get_meta(txn, &meta_key(p, "applied"))?.map_or(0, |b| tables::u64_from(&b));
+    {
+        let name = data_table(p);
+        let mut data = txn.open_table(name.as_def()).map_err(write_err)?;
+        for e in entries {
+            if e.seq <= applied {
+                continue; // already applied (a retried batch)
+            }
+            let old = match &e.op {
+                Op::Put { key, value } => {
+                    let stored = codec::encode_value(e.seq, value);
+                    keys += 1;
+                    bytes += (key.len() + value.len()) as u64;
+                    data.insert(key.as_slice(), stored.as_slice())
+                        .map_err(write_err)?
+                        .map(|v| (key.len(), v.value().len()))
+                }
+                Op::Delete { key } => data
+                    .remove(key.as_slice())
+                    .map_err(write_err)?
+                    .map(|v| (key.len(), v.value().len())),
+            };
+            if let Some((klen, vlen)) = old {
+                keys = keys.saturating_sub(1);
+                bytes = bytes.saturating_sub((klen + vlen.saturating_sub(8)) as u64);
+            }
+            applied = e.seq;
+        }
+    }
+    put_meta(txn, &meta_key(p, "applied"), &applied.to_le_bytes())?;
+    put_meta(txn, &meta_key(p, "stats"), &tables::pair_to(keys, bytes))?;
+    Ok(Outcome { keys, bytes })
+}
