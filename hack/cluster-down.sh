@@ -9,7 +9,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/cluster-lib.sh"
 
 # Node agents first, so nothing restarts the containers we remove next.
 for c in hostpath-provisioner kube-proxy kubelet; do
-    stop_pidfile "$CLUSTER_DIR/pids/$c.pid" "" 15
+    stop_pidfile "$CLUSTER_DIR/pids/$c.pid" "$CLUSTER_DIR" 15
 done
 
 # Containers: kill every container process and its shim. The runc v2 shim keeps
@@ -21,7 +21,7 @@ if [[ -d "$task_dir" ]]; then
         kill -KILL "$(cat "$f")" 2>/dev/null || true
     done
 fi
-stop_pidfile "$CLUSTER_DIR/pids/containerd.pid" "" 15
+stop_pidfile "$CLUSTER_DIR/pids/containerd.pid" "$CLUSTER_DIR" 15
 
 # Pod sandboxes' network namespaces and the bridge.
 for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^cni-' || true); do
@@ -54,6 +54,6 @@ for root in "$KUBELET_DIR" "$RUN_DIR" "$STATE_DIR"; do
 done
 
 SHARDEDSTORE_K8S_BIN="${bin_dir:-/nonexistent}" "$HACK_DIR/control-plane.sh" down "$CP_DIR"
-ip addr show dev lo | grep -qF " $NODE_IP/32" && ip addr del "$NODE_IP/32" dev lo || true
+[[ "$(ip addr show dev lo)" == *" $NODE_IP/32 "* ]] && ip addr del "$NODE_IP/32" dev lo || true
 rm -rf "$STATE_DIR" "$RUN_DIR" "$CLUSTER_DIR"
 log "cluster down"

@@ -57,7 +57,7 @@ prepare_host_network() {
     [[ -e /proc/sys/net/bridge/bridge-nf-call-iptables ]] || modprobe br_netfilter 2>/dev/null || true
     [[ -e /proc/sys/net/bridge/bridge-nf-call-iptables ]] &&
         sysctl -qw net.bridge.bridge-nf-call-iptables=1
-    ip addr show dev lo | grep -qF " $NODE_IP/32" || ip addr add "$NODE_IP/32" dev lo
+    [[ "$(ip addr show dev lo)" == *" $NODE_IP/32 "* ]] || ip addr add "$NODE_IP/32" dev lo
     # Keep pod traffic on this machine: pods may talk to each other, to Services and
     # to the host, never forward out of the host.
     iptables -C FORWARD -s "$POD_CIDR" ! -o "$CNI_BRIDGE" -j DROP 2>/dev/null ||
@@ -74,6 +74,9 @@ state = "$RUN_DIR/containerd"
   address = "$CONTAINERD_SOCK"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$PAUSE_IMAGE"
+  # This VM refuses negative oom_score_adj even to root (no CAP_SYS_RESOURCE):
+  # clamp the sandbox's -998 and Guaranteed pods' -997 to containerd's own value.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -118,6 +121,10 @@ EOF
 
 write_kubelet_config() {
     local certs="$1"
+    # No cluster DNS (no CoreDNS image here; ShardedStore routes by pod IP) and no
+    # host resolver either: pod traffic never leaves the machine, so a lookup
+    # fails at once instead of timing out.
+    printf 'nameserver 127.0.0.1\noptions timeout:1 attempts:1\n' >"$CLUSTER_DIR/pod-resolv.conf"
     cat >"$CLUSTER_DIR/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -138,7 +145,7 @@ cgroupDriver: cgroupfs
 failCgroupV1: false
 failSwapOn: false
 clusterDomain: cluster.local
-resolvConf: /etc/resolv.conf
+resolvConf: $CLUSTER_DIR/pod-resolv.conf
 podCIDR: $POD_CIDR
 maxPods: 110
 serializeImagePulls: false
@@ -175,8 +182,8 @@ EOF
 # cluster_ready — the kubeconfig answers and the node is Ready.
 cluster_ready() {
     [[ -f "$CLUSTER_DIR/kubeconfig" && -f "$CP_DIR/bin-dir" ]] || return 1
-    pid_alive "$CLUSTER_DIR/pids/kubelet.pid" "" || return 1
-    "$(cat "$CP_DIR/bin-dir")/kubectl" --kubeconfig="$CLUSTER_DIR/kubeconfig" \
+    pid_alive "$CLUSTER_DIR/pids/kubelet.pid" "$CLUSTER_DIR" || return 1
+    [[ "$("$(cat "$CP_DIR/bin-dir")/kubectl" --kubeconfig="$CLUSTER_DIR/kubeconfig" \
         get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' \
-        --request-timeout=5s | grep -qx True
+        --request-timeout=5s)" == True ]]
 }

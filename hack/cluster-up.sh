@@ -77,11 +77,11 @@ reclaimPolicy: Delete
 volumeBindingMode: WaitForFirstConsumer
 EOF
 for c in kubelet kube-proxy hostpath-provisioner containerd; do
-    pid_alive "$CLUSTER_DIR/pids/$c.pid" "" || die "$c exited during start-up"
+    pid_alive "$CLUSTER_DIR/pids/$c.pid" "$CLUSTER_DIR" || die "$c exited during start-up"
 done
 # kube-proxy has programmed the `kubernetes` Service once its chain for it exists.
 wait_for 60 "kube-proxy rules for the kubernetes Service" \
-    sh -c "iptables -t nat -S KUBE-SERVICES | grep -q 'default/kubernetes:https'"
+    sh -c "iptables -t nat -S KUBE-SERVICES | grep 'default/kubernetes:https' >/dev/null"
 trap - EXIT
 log "cluster up in $((SECONDS - start))s; node $NODE_NAME ($NODE_IP, zone $NODE_ZONE)"
 echo "export KUBECONFIG=$CLUSTER_DIR/kubeconfig"

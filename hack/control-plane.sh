@@ -127,6 +127,7 @@ up() {
         --client-ca-file="$certs/ca.crt" \
         --kubelet-client-certificate="$certs/apiserver-kubelet-client.crt" \
         --kubelet-client-key="$certs/apiserver-kubelet-client.key" \
+        --kubelet-preferred-address-types=InternalIP,Hostname \
         --service-account-issuer=https://kubernetes.default.svc.cluster.local \
         --service-account-key-file="$certs/sa.pub" \
         --service-account-signing-key-file="$certs/sa.key" \

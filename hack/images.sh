@@ -58,14 +58,14 @@ commit() {
     buildah_ commit --quiet "$ctr" "$name" >/dev/null
     buildah_ rm "$ctr" >/dev/null
     archive="$work/$(echo "$name" | tr '/:' '__').tar"
-    buildah_ push --quiet "$name" "oci-archive:$archive:$name" >/dev/null
+    buildah_ push --quiet "$name" "oci-archive:$archive:$(full_name "$name")" >/dev/null
     if [[ -n "${SHARDEDSTORE_IMAGES_OUT:-}" ]]; then
         mkdir -p "$SHARDEDSTORE_IMAGES_OUT"
         cp "$archive" "$SHARDEDSTORE_IMAGES_OUT/"
         log "wrote $SHARDEDSTORE_IMAGES_OUT/$(basename "$archive")"
     else
         ctr_ -n k8s.io images import "$archive" >/dev/null
-        ctr_ -n k8s.io images ls -q | grep -qx "$(full_name "$name")" ||
+        grep -qx "$(full_name "$name")" <<<"$(ctr_ -n k8s.io images ls -q)" ||
             die "import of $name did not produce $(full_name "$name")"
         log "imported $(full_name "$name")"
     fi

@@ -59,7 +59,8 @@ pid_alive() {
     [[ -f "$pidfile" ]] || return 1
     pid="$(cat "$pidfile")"
     [[ -n "$pid" && -r "/proc/$pid/cmdline" ]] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$marker"
+    # (No `| grep -q`: under pipefail an early grep exit fails the pipeline.)
+    [[ "$(tr '\0' ' ' <"/proc/$pid/cmdline")" == *"$marker"* ]]
 }
 
 # stop_pidfile PIDFILE MARKER [GRACE] — TERM the process (and its process group,

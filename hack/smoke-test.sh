@@ -92,14 +92,16 @@ grep -q '^boot ' "$path/boots" || die "the pod's write is not in $path/boots"
 check "claim bound to $pv, the pod wrote $path/boots"
 
 ip="$(kc -n "$ns" get pod web -o jsonpath='{.status.podIP}')"
-curl_ok() { curl -sf --max-time 2 "$1" | grep -q "hello from web"; }
+curl_ok() { [[ "$(curl -sf --max-time 2 "$1")" == "hello from web" ]]; }
 wait_for 30 "http://$ip:8080/ from the host" curl_ok "http://$ip:8080/"
 check "pod IP $ip answers HTTP from the host"
 
+# Debian's static busybox wget segfaults (exit 139) here, so HTTP by hand over nc.
+in_pod_get="sh -c 'printf \"GET / HTTP/1.0\\r\\n\\r\\n\" | nc -w 3 \"\$0\" \"\$1\"'"
 svc="$(kc -n "$ns" get svc web -o jsonpath='{.spec.clusterIP}')"
 wait_for 30 "Service $svc:80 from the host" curl_ok "http://$svc:80/"
 wait_for 30 "Service $svc:80 from inside the pod" \
-    sh -c "'$bin/kubectl' --kubeconfig='$CLUSTER_DIR/kubeconfig' -n '$ns' exec web -- wget -qO- http://$svc:80/ | grep -q 'hello from web'"
+    sh -c "'$bin/kubectl' --kubeconfig='$CLUSTER_DIR/kubeconfig' -n '$ns' exec web -- $in_pod_get $svc 80 | grep 'hello from web' >/dev/null"
 check "ClusterIP $svc answers from the host and from the pod; exec works"
 
 kc -n "$ns" logs web >/dev/null
