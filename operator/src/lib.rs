@@ -8,3 +8,4 @@ pub mod local;
 pub mod placement;
 pub mod controller;
 pub mod metrics;
+pub mod k8s_map_store;

@@ -1,0 +1,241 @@
+//! What the coordinator is told about a store, derived purely from Kubernetes objects:
+//! pods → members, spec → settings, coordinator status → the status view.
+
+use super::build::{CLIENT_PORT, PEER_PORT, pod_ordinal};
+use super::status::PartitionView;
+use super::validate::parse_duration;
+use crate::config::RunConfig;
+use crate::coordinator::{CoordinatorStatus, MemberNode, Settings};
+use crate::crd::{MoveStatus, NodeStatus, PartitionSummary, ShardedStoreSpec};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use shardedstore_node::map::Limits;
+
+/// The member a pod of `store` stands for; `zone` comes from the label of the pod's node.
+/// `None` for pods that are not ordinals of the store's StatefulSet.
+pub fn member_of(store: &str, pod: &Pod, zone: Option<String>) -> Option<MemberNode> {
+    let name = pod.name_any();
+    let ordinal = pod_ordinal(store, &name)?;
+    let status = pod.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let terminated = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.state.as_ref().is_some_and(|st| st.terminated.is_some()))
+        });
+    let failed = status
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|p| p == "Failed" || p == "Succeeded");
+    let deleting = pod.metadata.deletion_timestamp.is_some();
+    let host = status.and_then(|s| s.pod_ip.clone()).unwrap_or_default();
+    let addr = |port: i32| {
+        if host.is_empty() {
+            String::new()
+        } else if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        }
+    };
+    Some(MemberNode {
+        id: name,
+        ordinal,
+        client_addr: addr(CLIENT_PORT),
+        peer_addr: addr(PEER_PORT),
+        zone,
+        ready: ready && !deleting,
+        confirmed_dead: terminated || failed || deleting,
+    })
+}
+
+/// Number of Ready storage pods.
+pub fn ready_count(members: &[MemberNode]) -> i32 {
+    i32::try_from(members.iter().filter(|m| m.ready).count()).unwrap_or(i32::MAX)
+}
+
+fn non_negative(v: i32) -> u32 {
+    u32::try_from(v).unwrap_or(0)
+}
+
+/// Coordinator settings for a (validated) spec.
+pub fn settings_for(spec: &ShardedStoreSpec, config: &RunConfig) -> Settings {
+    let defaults = Settings::default();
+    Settings {
+        replication_factor: non_negative(spec.replication_factor),
+        min_in_sync: non_negative(spec.effective_min_in_sync()),
+        partitions: non_negative(spec.partitions),
+        limits: Limits {
+            max_key_bytes: non_negative(spec.limits.max_key_bytes),
+            max_value_bytes: non_negative(spec.limits.max_value_bytes),
+        },
+        max_concurrent_moves_per_node: non_negative(spec.rebalance.max_concurrent_moves_per_node),
+        bandwidth_bytes_per_second: spec
+            .rebalance
+            .bandwidth_bytes_per_second
+            .and_then(|b| u64::try_from(b).ok()),
+        paused: spec.rebalance.paused,
+        replace_after: parse_duration(&spec.failover.replace_after)
+            .unwrap_or(defaults.replace_after),
+        max_concurrent_replacements: non_negative(spec.failover.max_concurrent_replacements),
+        lease: config.node_lease(),
+        heartbeat_interval: config.heartbeat_interval(),
+        ..defaults
+    }
+}
+
+fn clamp(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+/// The status view of a coordinator snapshot.
+pub fn view_of(status: &CoordinatorStatus) -> PartitionView {
+    let s = &status.partition_summary;
+    PartitionView {
+        map_version: i64::try_from(status.map_version).unwrap_or(i64::MAX),
+        summary: PartitionSummary {
+            total: clamp(s.total),
+            healthy: clamp(s.healthy),
+            under_replicated: clamp(s.under_replicated),
+            unavailable: clamp(s.unavailable),
+            moving: clamp(s.moving),
+        },
+        moves: status
+            .moves
+            .iter()
+            .map(|m| MoveStatus {
+                partition: clamp(m.partition),
+                from: m.from.clone().unwrap_or_default(),
+                to: m.to.clone(),
+                state: format!("{:?}", m.state),
+                bytes_done: i64::try_from(m.bytes_done).unwrap_or(i64::MAX),
+                reason: m.reason.clone(),
+            })
+            .collect(),
+        nodes: status
+            .nodes
+            .iter()
+            .map(|n| NodeStatus {
+                name: n.name.clone(),
+                state: n.state.into(),
+                replicas: clamp(n.replicas),
+                primaries: clamp(n.primaries),
+            })
+            .collect(),
+        balanced: status.balanced,
+    }
+}
+
+/// Whether pod `ordinal` of `store` holds no replica, according to the coordinator: it is
+/// listed as empty, or the map does not know it at all.
+pub fn is_drained(store: &str, status: &CoordinatorStatus, ordinal: u32) -> bool {
+    if status.map_version == 0 {
+        // No map yet: no pod holds data.
+        return true;
+    }
+    let name = format!("{store}-{ordinal}");
+    status.empty_nodes.iter().any(|n| *n == name) || !status.nodes.iter().any(|n| n.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coordinator::{MoveState, NodeStatus as CoordNode};
+    use clap::Parser;
+    use shardedstore_node::map::NodeState;
+
+    fn pod(yaml: &str) -> Pod {
+        serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_ready_pod_becomes_a_ready_member_with_its_ip_and_zone() {
+        let p = pod(
+            "metadata: {name: kv-2}\nstatus:\n  podIP: 10.1.2.3\n  conditions: [{type: Ready, status: 'True'}]\n",
+        );
+        let m = member_of("kv", &p, Some("z1".into())).unwrap_or_else(|| panic!("no member"));
+        assert_eq!(m.id, "kv-2");
+        assert_eq!(m.ordinal, 2);
+        assert_eq!(m.client_addr, "10.1.2.3:7000");
+        assert_eq!(m.peer_addr, "10.1.2.3:7100");
+        assert_eq!(m.zone.as_deref(), Some("z1"));
+        assert!(m.ready && !m.confirmed_dead);
+    }
+
+    #[test]
+    fn terminated_and_deleted_pods_are_confirmed_dead() {
+        let terminated = pod(
+            "metadata: {name: kv-0}\nstatus:\n  podIP: 10.0.0.1\n  containerStatuses:\n  - {name: node, image: x, imageID: '', ready: false, restartCount: 1, state: {terminated: {exitCode: 137}}}\n",
+        );
+        let m = member_of("kv", &terminated, None).unwrap_or_else(|| panic!("no member"));
+        assert!(m.confirmed_dead && !m.ready);
+        let deleting = pod(
+            "metadata: {name: kv-1, deletionTimestamp: '2026-01-01T00:00:00Z'}\nstatus:\n  podIP: fd00::1\n  conditions: [{type: Ready, status: 'True'}]\n",
+        );
+        let m = member_of("kv", &deleting, None).unwrap_or_else(|| panic!("no member"));
+        assert!(m.confirmed_dead && !m.ready);
+        assert_eq!(m.peer_addr, "[fd00::1]:7100");
+        assert!(member_of("kv", &pod("metadata: {name: other-0}\n"), None).is_none());
+    }
+
+    #[test]
+    fn settings_follow_the_spec_and_the_process_config() {
+        let spec: ShardedStoreSpec = serde_yaml::from_str(
+            "nodes: 5\nimage: x\nreplicationFactor: 2\nfailover: {replaceAfter: 90s}\nrebalance: {paused: true, bandwidthBytesPerSecond: 1000}\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: crate::config::RunConfig,
+        }
+        let config = Cli::parse_from(["run", "--node-lease-ms", "3000"]).run;
+        let s = settings_for(&spec, &config);
+        assert_eq!(s.replication_factor, 2);
+        assert_eq!(s.min_in_sync, 2);
+        assert_eq!(s.partitions, 256);
+        assert!(s.paused);
+        assert_eq!(s.bandwidth_bytes_per_second, Some(1000));
+        assert_eq!(s.replace_after, std::time::Duration::from_secs(90));
+        assert_eq!(s.lease, std::time::Duration::from_millis(3000));
+    }
+
+    #[test]
+    fn drained_means_empty_or_unknown_to_the_map() {
+        let mut status = CoordinatorStatus::default();
+        assert!(is_drained("kv", &status, 4));
+        status.map_version = 3;
+        status.nodes = vec![
+            CoordNode {
+                name: "kv-3".into(),
+                state: NodeState::Draining,
+                replicas: 2,
+                primaries: 1,
+            },
+            CoordNode {
+                name: "kv-4".into(),
+                state: NodeState::Draining,
+                replicas: 0,
+                primaries: 0,
+            },
+        ];
+        status.empty_nodes = vec!["kv-4".into()];
+        assert!(is_drained("kv", &status, 4));
+        assert!(!is_drained("kv", &status, 3));
+        assert!(is_drained("kv", &status, 7));
+        status.moves.push(crate::coordinator::MoveStatus {
+            partition: 1,
+            from: Some("kv-3".into()),
+            to: "kv-0".into(),
+            state: MoveState::CatchingUp,
+            bytes_done: 5,
+            reason: None,
+        });
+        let view = view_of(&status);
+        assert_eq!(view.map_version, 3);
+        assert_eq!(view.moves[0].state, "CatchingUp");
+        assert_eq!(view.nodes[0].state, crate::crd::NodeLifecycle::Draining);
+    }
+}
