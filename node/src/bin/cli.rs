@@ -1,1 +1,100 @@
-fn main() {}
+//! `shardedstore`: the command-line client — get, put, delete, map, status, bench.
+
+// A binary's root resolves modules beside it, so the submodules are named by path.
+#[path = "cli/args.rs"]
+mod args;
+#[path = "cli/commands.rs"]
+mod commands;
+#[path = "cli/status.rs"]
+mod status;
+
+use args::{Cli, Command};
+use clap::Parser;
+use commands::CliError;
+use shardedstore_node::client::kv::{KvClient, RetryPolicy};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// An error and its causes on one line: `outer: cause: root cause`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        // Some layers repeat their cause's text; keep the line readable.
+        if parts.last().is_none_or(|p| !p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let policy = RetryPolicy {
+        deadline: cli.timeout,
+        ..RetryPolicy::default()
+    };
+    let kv = KvClient::builder(&cli.endpoints)
+        .request_timeout(cli.timeout.min(Duration::from_secs(5)))
+        .retry_policy(policy)
+        .build()?;
+    match cli.command {
+        Command::Get { key, local } => commands::get(&kv, &key, local, cli.verbose).await,
+        Command::Put(p) => commands::put(&kv, p, cli.verbose).await,
+        Command::Delete { key, if_match } => {
+            commands::delete(&kv, &key, if_match, cli.verbose).await
+        }
+        Command::Map => commands::map(&kv).await,
+        Command::Status => commands::status(&kv).await,
+        Command::Bench(b) => commands::bench(&kv, &b).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)
+        .and_then(|rt| rt.block_on(run(cli)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn error_chains_print_on_one_line() {
+        let e = Outer(std::io::Error::other("root cause"));
+        assert_eq!(error_chain(&e), "outer: root cause");
+        let nf = CliError::NotFound("k".into());
+        assert_eq!(
+            (error_chain(&nf).as_str(), nf.exit_code()),
+            ("key \"k\" not found", 3)
+        );
+        let pf = CliError::Kv(shardedstore_node::client::KvError::PreconditionFailed {
+            message: "version is 3".into(),
+            current_version: Some(3),
+        });
+        assert_eq!(pf.exit_code(), 4);
+        assert_eq!(error_chain(&pf), "precondition failed: version is 3");
+    }
+}

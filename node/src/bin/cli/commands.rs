@@ -1,0 +1,184 @@
+//! The subcommands: each takes parsed arguments and a client, does its I/O, and reports
+//! failures as [`CliError`] with the exit code the documentation promises.
+
+use super::args::{BenchArgs, PutArgs};
+use super::status::{self, Reach};
+use shardedstore_node::bench::{
+    self, BenchError, RedisTarget, RunReport, ShardedStoreTarget, render_comparison, render_text,
+};
+use shardedstore_node::client::kv::{Condition, KvClient, KvError};
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    #[error("key {0:?} not found")]
+    NotFound(String),
+    #[error("reading the value from {}", .path.display())]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading the value from standard input")]
+    ReadStdin(#[source] std::io::Error),
+    #[error("writing to standard output")]
+    WriteOutput(#[source] std::io::Error),
+    #[error("encoding the report as JSON")]
+    Encode(#[source] serde_json::Error),
+    #[error("benchmark")]
+    Bench(#[source] BenchError),
+    #[error("starting the async runtime")]
+    Runtime(#[source] std::io::Error),
+}
+
+impl CliError {
+    /// 1 general failure, 3 key not found, 4 precondition failed (2, usage, comes from clap).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::NotFound(_) => 3,
+            Self::Kv(KvError::PreconditionFailed { .. }) => 4,
+            _ => 1,
+        }
+    }
+}
+
+fn stdout_write(bytes: &[u8]) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes).map_err(CliError::WriteOutput)?;
+    out.flush().map_err(CliError::WriteOutput)
+}
+
+pub async fn get(kv: &KvClient, key: &str, local: bool, verbose: bool) -> Result<(), CliError> {
+    let (value, version, staleness) = if local {
+        match kv.get_local(key).await? {
+            Some(r) => (r.value, r.version, r.staleness),
+            None => return Err(CliError::NotFound(key.to_owned())),
+        }
+    } else {
+        match kv.get(key).await? {
+            Some(v) => (v.value, v.version, None),
+            None => return Err(CliError::NotFound(key.to_owned())),
+        }
+    };
+    if verbose {
+        match staleness {
+            Some(s) => eprintln!("version {version} (staleness at most {} ms)", s.as_millis()),
+            None => eprintln!("version {version}"),
+        }
+    }
+    stdout_write(&value)?;
+    // A terminal gets a final newline; pipes get the exact bytes.
+    if std::io::stdout().is_terminal() && !value.ends_with(b"\n") {
+        stdout_write(b"\n")?;
+    }
+    Ok(())
+}
+
+pub async fn put(kv: &KvClient, args: PutArgs, verbose: bool) -> Result<(), CliError> {
+    let value = match (args.value, &args.file) {
+        (Some(v), _) => v.into_bytes(),
+        (None, Some(path)) => std::fs::read(path).map_err(|source| CliError::ReadFile {
+            path: path.clone(),
+            source,
+        })?,
+        (None, None) => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map_err(CliError::ReadStdin)?;
+            buf
+        }
+    };
+    let condition = match (args.if_match, args.if_absent) {
+        (Some(v), _) => Condition::IfVersion(v),
+        (None, true) => Condition::IfAbsent,
+        (None, false) => Condition::Always,
+    };
+    let r = kv.put(&args.key, value, condition).await?;
+    if verbose {
+        let what = if r.created { "created" } else { "updated" };
+        eprintln!("{what}, version {}", r.version);
+    }
+    Ok(())
+}
+
+pub async fn delete(
+    kv: &KvClient,
+    key: &str,
+    if_match: Option<u64>,
+    verbose: bool,
+) -> Result<(), CliError> {
+    let condition = if_match.map_or(Condition::Always, Condition::IfVersion);
+    let existed = kv.delete(key, condition).await?;
+    if verbose {
+        eprintln!("{}", if existed { "deleted" } else { "was absent" });
+    }
+    Ok(())
+}
+
+pub async fn map(kv: &KvClient) -> Result<(), CliError> {
+    let map = kv.map().await?;
+    let mut json = serde_json::to_vec_pretty(&*map).map_err(CliError::Encode)?;
+    json.push(b'\n');
+    stdout_write(&json)
+}
+
+pub async fn status(kv: &KvClient) -> Result<(), CliError> {
+    let map = kv.map().await?;
+    let probes = map.nodes.iter().map(|(id, info)| async move {
+        let t0 = Instant::now();
+        let reach = match kv.map_from(&info.client_addr).await {
+            Ok(m) => Reach::Up {
+                map_version: m.version,
+                latency: t0.elapsed(),
+            },
+            Err(e) => Reach::Down {
+                error: super::error_chain(&e),
+            },
+        };
+        (id.clone(), reach)
+    });
+    let reach: BTreeMap<_, _> = futures::future::join_all(probes)
+        .await
+        .into_iter()
+        .collect();
+    let text = status::render(&map, &status::summarize(&map), &reach);
+    stdout_write(text.as_bytes())
+}
+
+pub async fn bench(kv: &KvClient, args: &BenchArgs) -> Result<(), CliError> {
+    let cfg = args.config();
+    let mut runs: Vec<RunReport> = Vec::new();
+    let target = ShardedStoreTarget {
+        client: kv.clone(),
+        local_reads: args.local_reads,
+    };
+    runs.push(bench::run(&target, &cfg).await.map_err(CliError::Bench)?);
+    if !args.json {
+        stdout_write(render_text(&runs[0]).as_bytes())?;
+    }
+    if let Some(addr) = &args.compare_redis {
+        let redis = RedisTarget { addr: addr.clone() };
+        let report = bench::run(&redis, &cfg).await.map_err(CliError::Bench)?;
+        if !args.json {
+            stdout_write(format!("\n{}", render_text(&report)).as_bytes())?;
+        }
+        runs.push(report);
+        if !args.json {
+            stdout_write(format!("\n{}", render_comparison(&runs)).as_bytes())?;
+        }
+    }
+    if args.json {
+        let mut json = serde_json::to_vec_pretty(&serde_json::json!({ "runs": runs }))
+            .map_err(CliError::Encode)?;
+        json.push(b'\n');
+        stdout_write(&json)?;
+    }
+    Ok(())
+}
