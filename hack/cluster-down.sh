@@ -8,20 +8,20 @@ source "$(dirname "${BASH_SOURCE[0]}")/cluster-lib.sh"
 [[ $EUID -eq 0 ]] || die "must run as root"
 
 # Node agents first, so nothing restarts the containers we remove next.
-for c in hostpath-provisioner kube-proxy kubelet; do
-    stop_pidfile "$CLUSTER_DIR/pids/$c.pid" "$CLUSTER_DIR" 15
-done
+stop_pidfiles 5 "$CLUSTER_DIR" "$CLUSTER_DIR"/pids/{hostpath-provisioner,kube-proxy,kubelet}.pid
 
-# Containers: kill every container process and its shim. The runc v2 shim keeps
-# running without containerd, so it is found through its own pid files.
-task_dir="$RUN_DIR/containerd/io.containerd.runtime.v2.task"
-if [[ -d "$task_dir" ]]; then
-    for f in "$task_dir"/*/*/init.pid "$task_dir"/*/*/shim.pid; do
-        [[ -f "$f" ]] || continue
-        kill -KILL "$(cat "$f")" 2>/dev/null || true
-    done
-fi
-stop_pidfile "$CLUSTER_DIR/pids/containerd.pid" "$CLUSTER_DIR" 15
+# Containers: kill every process in the pods' cgroups (kubelet's cgroupfs driver puts
+# them all under kubepods/), then the runc shims, which outlive containerd; a shim
+# is ours when its command line names our containerd socket.
+for cg in /sys/fs/cgroup/pids/kubepods /sys/fs/cgroup/memory/kubepods /sys/fs/cgroup/kubepods; do
+    [[ -d "$cg" ]] || continue
+    find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+done
+for p in /proc/[0-9]*; do
+    args="$({ tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null || true)"
+    [[ "$args" == *containerd-shim*"-address $CONTAINERD_SOCK"* ]] && kill -KILL "${p#/proc/}" 2>/dev/null || true
+done
+stop_pidfile "$CLUSTER_DIR/pids/containerd.pid" "$CLUSTER_DIR" 5
 
 # Pod sandboxes' network namespaces and the bridge.
 for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^cni-' || true); do
@@ -29,19 +29,24 @@ for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^cni-' || true)
 done
 ip link show "$CNI_BRIDGE" >/dev/null 2>&1 && ip link delete "$CNI_BRIDGE" || true
 
-# iptables: kube-proxy's chains, the CNI plugins' chains, our FORWARD guard.
+# iptables: kube-proxy's own cleanup, then what kubelet (KUBE-FIREWALL, canaries)
+# and the CNI plugins (CNI-*) left, in IPv4 and IPv6, and our FORWARD guard.
 bin_dir="$(cat "$CP_DIR/bin-dir" 2>/dev/null || true)"
 if [[ -n "$bin_dir" && -x "$bin_dir/kube-proxy" ]]; then
     "$bin_dir/kube-proxy" --cleanup >/dev/null 2>&1 || true
 fi
-for table in nat filter; do
-    iptables -t "$table" -S 2>/dev/null | awk '/^-A .* -j CNI-/ {print}' | while read -r rule; do
-        # shellcheck disable=SC2086 # the rule is iptables words
-        iptables -t "$table" ${rule/-A/-D} 2>/dev/null || true
-    done
-    for chain in $(iptables -t "$table" -S 2>/dev/null | awk '/^-N CNI-/ {print $2}'); do
-        iptables -t "$table" -F "$chain" 2>/dev/null || true
-        iptables -t "$table" -X "$chain" 2>/dev/null || true
+for ipt in iptables ip6tables; do
+    for table in filter nat mangle; do
+        { "$ipt" -t "$table" -S 2>/dev/null | grep -E '^-A .* -j (KUBE|CNI)-' || true; } | while read -r rule; do
+            # shellcheck disable=SC2086 # the rule is iptables words
+            eval "$ipt -t $table ${rule/-A/-D}" 2>/dev/null || true
+        done
+        for chain in $("$ipt" -t "$table" -S 2>/dev/null | awk '/^-N (KUBE|CNI)-/ {print $2}'); do
+            "$ipt" -t "$table" -F "$chain" 2>/dev/null || true
+        done
+        for chain in $("$ipt" -t "$table" -S 2>/dev/null | awk '/^-N (KUBE|CNI)-/ {print $2}'); do
+            "$ipt" -t "$table" -X "$chain" 2>/dev/null || true
+        done
     done
 done
 while iptables -D FORWARD -s "$POD_CIDR" ! -o "$CNI_BRIDGE" -j DROP 2>/dev/null; do :; done
@@ -54,6 +59,10 @@ for root in "$KUBELET_DIR" "$RUN_DIR" "$STATE_DIR"; do
 done
 
 SHARDEDSTORE_K8S_BIN="${bin_dir:-/nonexistent}" "$HACK_DIR/control-plane.sh" down "$CP_DIR"
+# The pods' cgroups, deepest first (they are empty now).
+for cg in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
+    [[ -d "$cg" ]] && find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null || true
+done
 [[ "$(ip addr show dev lo)" == *" $NODE_IP/32 "* ]] && ip addr del "$NODE_IP/32" dev lo || true
 rm -rf "$STATE_DIR" "$RUN_DIR" "$CLUSTER_DIR"
 log "cluster down"
