@@ -6,12 +6,19 @@
 //! - [`bench`]: the `shardedstore bench` load generator.
 //! - [`storage`]: the redb database and its group-commit writer.
 //! - [`replication`]: epochs, peer frames, commit rule, primary and follower logic.
+//! - [`node`]: the partitions a node holds, map installs, heartbeats, upkeep.
+//! - [`http`]: the client, peer/admin and metrics HTTP servers.
+//! - [`config`], [`server`]: configuration, start-up and shutdown of the `shardedstore-node` binary.
 
 pub mod admin_api;
 pub mod bench;
 pub mod client;
+pub mod config;
 pub mod context;
+pub mod http;
 pub mod map;
 pub mod metrics;
+pub mod node;
 pub mod replication;
+pub mod server;
 pub mod storage;

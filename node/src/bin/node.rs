@@ -1,1 +1,37 @@
-fn main() {}
+//! `shardedstore-node`: the storage server. Configuration: flags or environment variables
+//! (see `--help`); logs with `tracing` (JSON when `LOG_FORMAT=json`, level from `RUST_LOG`).
+
+use clap::Parser;
+use shardedstore_node::config::NodeConfig;
+use tracing_subscriber::EnvFilter;
+
+fn init_logs() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cfg = NodeConfig::parse();
+    init_logs();
+    match shardedstore_node::server::run(cfg).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                msg.push_str(": ");
+                msg.push_str(&s.to_string());
+                source = s.source();
+            }
+            tracing::error!(error = %msg, "node stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Helpers shared by the HTTP servers: JSON error answers, bounded body reading, peer-token checks.
+
+use crate::admin_api::{ErrorBody, ErrorDetail};
+use bytes::{Buf, Bytes};
+use futures::{Stream, StreamExt};
+use http::{HeaderMap, Response, StatusCode};
+
+/// An HTTP answer with a byte body (what every handler returns).
+pub type Answer = Response<Bytes>;
+
+/// Builds a JSON error answer `{"error":{"code","message"}}`.
+pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Answer {
+    error_with_map(status, code, message, None)
+}
+
+pub fn error_with_map(
+    status: StatusCode,
+    code: &str,
+    message: impl Into<String>,
+    map_version: Option<u64>,
+) -> Answer {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: code.to_owned(),
+            message: message.into(),
+            map_version,
+        },
+    };
+    let json = serde_json::to_vec(&body).unwrap_or_default();
+    let mut r = Response::new(Bytes::from(json));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// A 503 with `Retry-After`.
+pub fn unavailable(code: &str, message: impl Into<String>) -> Answer {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, code, message);
+    r.headers_mut()
+        .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    r
+}
+
+pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Answer {
+    match serde_json::to_vec(value) {
+        Ok(body) => {
+            let mut r = Response::new(Bytes::from(body));
+            *r.status_mut() = status;
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "encode", e.to_string()),
+    }
+}
+
+pub fn empty(status: StatusCode) -> Answer {
+    let mut r = Response::new(Bytes::new());
+    *r.status_mut() = status;
+    r
+}
+
+/// Why a request body was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the body exceeds {0} bytes")]
+    TooLarge(usize),
+    #[error("reading the body")]
+    Read(#[source] warp::Error),
+}
+
+/// `Content-Length`, when the client sent one.
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Reads a body of at most `limit` bytes, failing as soon as it grows past the limit.
+pub async fn read_body<S, B>(body: S, limit: usize) -> Result<Bytes, BodyError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let mut body = std::pin::pin!(body);
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(BodyError::Read)?;
+        if out.len() + chunk.remaining() > limit {
+            return Err(BodyError::TooLarge(limit));
+        }
+        while chunk.has_remaining() {
+            let c = chunk.chunk();
+            out.extend_from_slice(c);
+            let n = c.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(Bytes::from(out))
+}
+
+/// Checks `Authorization: Bearer <token>`: 401 when absent or malformed, 403 when wrong.
+pub fn check_token(headers: &HeaderMap, token: &str) -> Result<(), Answer> {
+    let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+        return Err(error(StatusCode::UNAUTHORIZED, "unauthenticated", "missing peer token"));
+    };
+    let Some(given) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) else {
+        return Err(error(StatusCode::UNAUTHORIZED, "unauthenticated", "expected a bearer token"));
+    };
+    // Compare in constant time with respect to the content.
+    let a = given.as_bytes();
+    let b = token.as_bytes();
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
+    }
+    if diff != 0 {
+        return Err(error(StatusCode::FORBIDDEN, "forbidden", "wrong peer token"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_check_distinguishes_missing_and_wrong() {
+        let mut h = HeaderMap::new();
+        assert_eq!(check_token(&h, "s").err().map(|r| r.status()), Some(StatusCode::UNAUTHORIZED));
+        h.insert(http::header::AUTHORIZATION, http::HeaderValue::from_static("Bearer x"));
+        assert_eq!(check_token(&h, "s").err().map(|r| r.status()), Some(StatusCode::FORBIDDEN));
+        h.insert(http::header::AUTHORIZATION, http::HeaderValue::from_static("Bearer s"));
+        assert!(check_token(&h, "s").is_ok());
+    }
+
+    #[tokio::test]
+    async fn body_reading_stops_at_the_limit() {
+        let chunks = futures::stream::iter(vec![
+            Ok::<_, warp::Error>(Bytes::from_static(b"abc")),
+            Ok(Bytes::from_static(b"def")),
+        ]);
+        assert!(matches!(read_body(chunks, 5).await, Err(BodyError::TooLarge(5))));
+        let chunks = futures::stream::iter(vec![Ok::<_, warp::Error>(Bytes::from_static(b"abc"))]);
+        assert_eq!(read_body(chunks, 5).await.ok(), Some(Bytes::from_static(b"abc")));
+    }
+}

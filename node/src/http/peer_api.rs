@@ -1,0 +1,234 @@
+//! The peer port (7100): replication frames (`/peer/v1/...`) and the admin API
+//! (`/admin/v1/...`, see [`crate::admin_api`]), both behind the peer token.
+
+use super::common::{self, Answer};
+use crate::admin_api::{AdmitRequest, HandoffRequest, HeartbeatRequest};
+use crate::map::{PartitionId, PartitionMap};
+use crate::node::{DropError, HeartbeatError, InstallError, Node};
+use crate::replication::frame::{Append, Probe, Reply, SnapshotChunk, Status};
+use crate::replication::primary::AdminRefusal;
+use crate::storage::codec::CodecError;
+use bytes::{Buf, Bytes};
+use futures::Stream;
+use http::{HeaderMap, Method, StatusCode};
+use std::sync::Arc;
+use warp::Filter;
+
+/// Largest replication frame or admin body accepted.
+const MAX_PEER_BODY: usize = 256 * 1024 * 1024;
+
+/// State of the peer server.
+pub struct PeerApi {
+    pub node: Arc<Node>,
+    pub token: String,
+}
+
+/// The warp filter serving the peer port.
+pub fn routes(
+    api: Arc<PeerApi>,
+) -> impl Filter<Extract = (Answer,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    warp::method()
+        .and(warp::path::full())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .then(move |method: Method, path: warp::path::FullPath, headers: HeaderMap, body| {
+            let api = api.clone();
+            async move { api.dispatch(method, path.as_str(), headers, body).await }
+        })
+}
+
+fn bad_json(e: serde_json::Error) -> Answer {
+    common::error(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
+}
+
+fn refusal(e: AdminRefusal, map_version: u64) -> Answer {
+    common::error_with_map(StatusCode::CONFLICT, e.code(), e.to_string(), Some(map_version))
+}
+
+impl PeerApi {
+    async fn dispatch<S, B>(&self, method: Method, path: &str, headers: HeaderMap, body: S) -> Answer
+    where
+        S: Stream<Item = Result<B, warp::Error>>,
+        B: Buf,
+    {
+        if let Err(a) = common::check_token(&headers, &self.token) {
+            tracing::warn!(path, status = a.status().as_u16(), "peer request refused");
+            return a;
+        }
+        let body = match common::read_body(body, MAX_PEER_BODY).await {
+            Ok(b) => b,
+            Err(e) => return common::error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", e.to_string()),
+        };
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match (method, segments.as_slice()) {
+            (Method::POST, ["peer", "v1", "partitions", p, kind]) => match p.parse() {
+                Ok(p) => self.replication(p, kind, &body).await,
+                Err(_) => common::error(StatusCode::BAD_REQUEST, "bad_partition", "partition must be a number"),
+            },
+            (Method::POST, ["admin", "v1", "map"]) => self.install_map(&body).await,
+            (Method::POST, ["admin", "v1", "heartbeat"]) => self.heartbeat(&body),
+            (method, ["admin", "v1", "partitions", p, rest @ ..]) => {
+                let Ok(p) = p.parse::<PartitionId>() else {
+                    return common::error(StatusCode::BAD_REQUEST, "bad_partition", "partition must be a number");
+                };
+                match (method, rest) {
+                    (Method::GET, ["position"]) => match self.node.position(p) {
+                        Some(pos) => common::json(StatusCode::OK, &pos),
+                        None => common::error(StatusCode::NOT_FOUND, "no_replica", "this node holds no copy"),
+                    },
+                    (Method::POST, ["admit"]) => self.admit(p, &body),
+                    (Method::POST, ["handoff"]) => self.handoff(p, &body).await,
+                    (Method::DELETE, []) => self.drop_partition(p).await,
+                    _ => common::error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+                }
+            }
+            _ => common::error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+        }
+    }
+
+    async fn replication(&self, p: PartitionId, kind: &str, body: &Bytes) -> Answer {
+        let frame_error = |e: CodecError| {
+            self.node.ctx.metrics.rejected_frames.inc();
+            tracing::warn!(partition = p, kind, error = %e, "rejected a malformed replication frame");
+            common::error(StatusCode::BAD_REQUEST, "bad_frame", e.to_string())
+        };
+        let not_member = |epoch: u64| {
+            let r = Reply {
+                status: Status::NotMember,
+                epoch,
+                last: Default::default(),
+            };
+            octets(r.encode())
+        };
+        match kind {
+            "probe" => {
+                let msg = match Probe::decode(body) {
+                    Ok(m) => m,
+                    Err(e) => return frame_error(e),
+                };
+                match self.node.replica_for_peer(p) {
+                    Some(r) => octets(r.handle_probe(msg).await.encode()),
+                    None => {
+                        let reply = crate::replication::frame::ProbeReply {
+                            status: Status::NotMember,
+                            epoch: 0,
+                            base: Default::default(),
+                            last: Default::default(),
+                            applied_seq: 0,
+                            history: Default::default(),
+                        };
+                        octets(reply.encode())
+                    }
+                }
+            }
+            "append" => {
+                let msg = match Append::decode(body) {
+                    Ok(m) => m,
+                    Err(e) => return frame_error(e),
+                };
+                match self.node.replica_for_peer(p) {
+                    Some(r) => match r.handle_append(msg).await {
+                        Ok(reply) => octets(reply.encode()),
+                        Err(e) => common::error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()),
+                    },
+                    None => not_member(0),
+                }
+            }
+            "snapshot" => {
+                let msg = match SnapshotChunk::decode(body) {
+                    Ok(m) => m,
+                    Err(e) => return frame_error(e),
+                };
+                match self.node.replica_for_peer(p) {
+                    Some(r) => match r.handle_snapshot(msg).await {
+                        Ok(reply) => octets(reply.encode()),
+                        Err(e) => common::error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()),
+                    },
+                    None => not_member(0),
+                }
+            }
+            _ => common::error(StatusCode::NOT_FOUND, "not_found", "no such replication message"),
+        }
+    }
+
+    async fn install_map(&self, body: &Bytes) -> Answer {
+        let map: PartitionMap = match serde_json::from_slice(body) {
+            Ok(m) => m,
+            Err(e) => return bad_json(e),
+        };
+        match self.node.install_map(map).await {
+            Ok(version) => common::json(StatusCode::OK, &crate::admin_api::InstallMapResponse { version }),
+            Err(e @ InstallError::Invalid(_)) => common::error(StatusCode::BAD_REQUEST, "invalid_map", e.to_string()),
+            Err(e @ InstallError::WrongStore { .. }) => common::error(StatusCode::CONFLICT, "wrong_store", e.to_string()),
+            Err(e @ InstallError::Older { installed, .. }) => {
+                common::error_with_map(StatusCode::CONFLICT, "stale_map", e.to_string(), Some(installed))
+            }
+            Err(e) => common::error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()),
+        }
+    }
+
+    fn heartbeat(&self, body: &Bytes) -> Answer {
+        let req: HeartbeatRequest = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => return bad_json(e),
+        };
+        match self.node.heartbeat(&req) {
+            Ok(resp) => common::json(StatusCode::OK, &resp),
+            Err(e @ HeartbeatError::WrongStore { .. }) => {
+                common::error(StatusCode::CONFLICT, "wrong_store", e.to_string())
+            }
+        }
+    }
+
+    fn admit(&self, p: PartitionId, body: &Bytes) -> Answer {
+        let req: AdmitRequest = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => return bad_json(e),
+        };
+        let version = self.node.ctx.map_version();
+        match self.node.replica(p) {
+            Some(r) => match r.admit(&req) {
+                Ok(resp) => common::json(StatusCode::OK, &resp),
+                Err(e) => refusal(e, version),
+            },
+            None => refusal(AdminRefusal::NotPrimary, version),
+        }
+    }
+
+    async fn handoff(&self, p: PartitionId, body: &Bytes) -> Answer {
+        let req: HandoffRequest = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => return bad_json(e),
+        };
+        let version = self.node.ctx.map_version();
+        match self.node.replica(p) {
+            Some(r) => match r.handoff(&req).await {
+                Ok(resp) => common::json(StatusCode::OK, &resp),
+                Err(e) => refusal(e, version),
+            },
+            None => refusal(AdminRefusal::NotPrimary, version),
+        }
+    }
+
+    async fn drop_partition(&self, p: PartitionId) -> Answer {
+        match self.node.drop_partition(p).await {
+            Ok(()) => common::empty(StatusCode::NO_CONTENT),
+            Err(e @ DropError::StillMember(_)) => common::error_with_map(
+                StatusCode::CONFLICT,
+                "still_member",
+                e.to_string(),
+                Some(self.node.ctx.map_version()),
+            ),
+            Err(e) => common::error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()),
+        }
+    }
+}
+
+fn octets(b: Vec<u8>) -> Answer {
+    let mut r = http::Response::new(Bytes::from(b));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/octet-stream"),
+    );
+    r
+}

@@ -1,0 +1,255 @@
+//! The node: the set of partitions it holds, installing maps (taking and dropping roles,
+//! deleting partitions it no longer holds), heartbeats and the lease, and background upkeep.
+
+use crate::admin_api::{HeartbeatRequest, HeartbeatResponse, LogPosition};
+use crate::context::Ctx;
+use crate::map::{MapError, PartitionId, PartitionMap};
+use crate::replication::replica::Replica;
+use crate::storage::writer::Command;
+use crate::storage::{PartitionDisk, StorageError};
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Why a map was not installed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("invalid map")]
+    Invalid(#[from] MapError),
+    #[error("the map belongs to store {found}, this node to {expected}")]
+    WrongStore { found: String, expected: String },
+    #[error("map version {offered} is older than the installed version {installed}")]
+    Older { offered: u64, installed: u64 },
+    #[error("encoding the map")]
+    Encode(#[source] serde_json::Error),
+    #[error("persisting the map")]
+    Persist(#[from] StorageError),
+}
+
+/// Why a heartbeat was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum HeartbeatError {
+    #[error("heartbeat for store {found}, this node belongs to {expected}")]
+    WrongStore { found: String, expected: String },
+}
+
+/// Why a partition was not dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum DropError {
+    #[error("the installed map still lists this node as a member of partition {0}")]
+    StillMember(PartitionId),
+    #[error("dropping the partition")]
+    Storage(#[from] StorageError),
+}
+
+/// A storage node.
+pub struct Node {
+    pub ctx: Arc<Ctx>,
+    replicas: RwLock<BTreeMap<PartitionId, Arc<Replica>>>,
+    install_lock: tokio::sync::Mutex<()>,
+}
+
+impl Node {
+    /// Loads every partition found on disk (discarding interrupted snapshot installs) and
+    /// obeys the persisted map, if any.
+    pub async fn start(ctx: Arc<Ctx>) -> Result<Arc<Self>, StorageError> {
+        let mut replicas = BTreeMap::new();
+        for (p, interrupted) in ctx.store.partitions()? {
+            if interrupted {
+                tracing::warn!(partition = p, "discarding an interrupted snapshot install");
+                ctx.writer.run(Command::DropPartition { partition: p }).await?;
+                continue;
+            }
+            let disk = ctx.store.load_partition(p)?;
+            tracing::info!(partition = p, last = ?disk.last, applied = disk.applied_seq, "loaded partition");
+            replicas.insert(p, Replica::new(ctx.clone(), p, disk));
+        }
+        let node = Arc::new(Self {
+            ctx,
+            replicas: RwLock::new(replicas),
+            install_lock: tokio::sync::Mutex::new(()),
+        });
+        if let Some(map) = node.ctx.map() {
+            let _g = node.install_lock.lock().await;
+            node.reconcile(&map).await?;
+        }
+        Ok(node)
+    }
+
+    pub fn replica(&self, p: PartitionId) -> Option<Arc<Replica>> {
+        self.replicas.read().ok()?.get(&p).cloned()
+    }
+
+    fn all(&self) -> Vec<Arc<Replica>> {
+        self.replicas
+            .read()
+            .map(|r| r.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The replica a replication message addresses: held already, or created when the
+    /// installed map makes this node a member.
+    pub fn replica_for_peer(&self, p: PartitionId) -> Option<Arc<Replica>> {
+        if let Some(r) = self.replica(p) {
+            return Some(r);
+        }
+        let map = self.ctx.map()?;
+        let entry = map.entry(p)?;
+        if !entry.is_member(&self.ctx.node_id) {
+            return None;
+        }
+        let mut replicas = self.replicas.write().ok()?;
+        let r = replicas
+            .entry(p)
+            .or_insert_with(|| Replica::new(self.ctx.clone(), p, PartitionDisk::default()))
+            .clone();
+        {
+            let mut st = r.lock();
+            st.entry = entry.clone();
+            st.min_in_sync = map.min_in_sync as usize;
+            st.epoch = st.epoch.max(entry.epoch);
+        }
+        Some(r)
+    }
+
+    /// Installs a map: validated, only a higher version, persisted before it is obeyed.
+    /// Re-sending the installed version is accepted and changes nothing.
+    pub async fn install_map(&self, map: PartitionMap) -> Result<u64, InstallError> {
+        map.validate()?;
+        if map.store != self.ctx.store_name {
+            return Err(InstallError::WrongStore {
+                found: map.store,
+                expected: self.ctx.store_name.clone(),
+            });
+        }
+        let _g = self.install_lock.lock().await;
+        let installed = self.ctx.map_version();
+        if map.version == installed && installed > 0 {
+            return Ok(installed);
+        }
+        if map.version < installed {
+            return Err(InstallError::Older {
+                offered: map.version,
+                installed,
+            });
+        }
+        let json = serde_json::to_vec(&map).map_err(InstallError::Encode)?;
+        self.ctx.writer.run(Command::PutMap { json }).await?;
+        let map = Arc::new(map);
+        self.ctx.set_map(map.clone());
+        tracing::info!(version = map.version, "installed partition map");
+        self.reconcile(&map).await?;
+        Ok(map.version)
+    }
+
+    /// Makes every partition obey `map`: members take their roles, non-members drop their copy.
+    async fn reconcile(&self, map: &PartitionMap) -> Result<(), StorageError> {
+        let me = self.ctx.node_id.clone();
+        for (i, entry) in map.partitions.iter().enumerate() {
+            let p = i as PartitionId;
+            if entry.is_member(&me) {
+                let replica = match self.replica(p) {
+                    Some(r) => r,
+                    None => match self.replica_for_peer(p) {
+                        Some(r) => r,
+                        None => continue,
+                    },
+                };
+                replica.apply_map(entry.clone(), map.min_in_sync).await;
+            } else if self.replica(p).is_some() {
+                self.remove(p).await?;
+            }
+        }
+        // Partitions beyond the map's range cannot exist in a valid history; drop them too.
+        let beyond: Vec<PartitionId> = self
+            .all()
+            .iter()
+            .map(|r| r.partition)
+            .filter(|&p| p >= map.partition_count())
+            .collect();
+        for p in beyond {
+            self.remove(p).await?;
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, p: PartitionId) -> Result<(), StorageError> {
+        let removed = self.replicas.write().ok().and_then(|mut r| r.remove(&p));
+        if let Some(r) = removed {
+            r.stop();
+            let _w = r.write_lock.lock().await;
+            self.ctx.writer.run(Command::DropPartition { partition: p }).await?;
+            tracing::info!(partition = p, "dropped local copy of partition");
+        }
+        Ok(())
+    }
+
+    /// Drops a partition on request; refused while the installed map lists this node.
+    pub async fn drop_partition(&self, p: PartitionId) -> Result<(), DropError> {
+        let _g = self.install_lock.lock().await;
+        let member = self
+            .ctx
+            .map()
+            .and_then(|m| m.entry(p).map(|e| e.is_member(&self.ctx.node_id)))
+            .unwrap_or(false);
+        if member {
+            return Err(DropError::StillMember(p));
+        }
+        self.remove(p).await?;
+        Ok(())
+    }
+
+    /// Grants the lease and reports every partition's state.
+    pub fn heartbeat(&self, req: &HeartbeatRequest) -> Result<HeartbeatResponse, HeartbeatError> {
+        if req.store != self.ctx.store_name {
+            return Err(HeartbeatError::WrongStore {
+                found: req.store.clone(),
+                expected: self.ctx.store_name.clone(),
+            });
+        }
+        self.ctx.lease.grant(Duration::from_millis(req.lease_ms));
+        let replicas = self.all();
+        for r in &replicas {
+            r.advance_commit();
+        }
+        Ok(HeartbeatResponse {
+            node_id: self.ctx.node_id.clone(),
+            map_version: self.ctx.map_version(),
+            partitions: replicas.iter().map(|r| r.status()).collect(),
+        })
+    }
+
+    pub fn position(&self, p: PartitionId) -> Option<LogPosition> {
+        self.replica(p).map(|r| r.lock().last)
+    }
+
+    /// Background upkeep until `shutdown`: log compaction and the stored-data gauges.
+    pub async fn upkeep(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let (mut keys, mut bytes, mut lag) = (0u64, 0u64, 0u64);
+            for r in self.all() {
+                if let Err(e) = r.compact().await {
+                    tracing::warn!(partition = r.partition, error = %e, "log compaction failed");
+                }
+                let st = r.lock();
+                keys += st.keys;
+                bytes += st.bytes;
+                if let Some(p) = &st.primary {
+                    for f in p.followers.values() {
+                        lag = lag.max(st.last.last_seq.saturating_sub(f.acked.unwrap_or(0)));
+                    }
+                }
+            }
+            let m = &self.ctx.metrics;
+            m.stored_keys.set(keys as i64);
+            m.stored_bytes.set(bytes as i64);
+            m.replication_lag_entries.set(lag as i64);
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Start-up and shutdown of a node: open storage, start the writer, load the map, serve the
+//! three ports until SIGTERM/Ctrl-C (or a fatal storage error), then stop gracefully.
+
+use crate::config::NodeConfig;
+use crate::context::{Ctx, ReplicationConfig};
+use crate::http::{client_api, metrics_api, peer_api};
+use crate::map::Limits;
+use crate::metrics::{MetricsError, NodeMetrics, WriterMetrics};
+use crate::node::Node;
+use crate::replication::peer_client::{PeerClient, PeerError};
+use crate::storage::writer::WriterHandle;
+use crate::storage::{StorageError, Store};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Why the node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("no peer token: set --peer-token or --peer-token-file")]
+    NoPeerToken,
+    #[error("reading the peer token file {path}")]
+    ReadToken {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("opening storage")]
+    Storage(#[from] StorageError),
+    #[error("setting up metrics")]
+    Metrics(#[from] MetricsError),
+    #[error("building the peer client")]
+    Peer(#[from] PeerError),
+    #[error("building the forwarding client")]
+    Forward(#[source] reqwest::Error),
+    #[error("binding {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a storage commit failed; the node stopped")]
+    Fatal,
+}
+
+fn peer_token(cfg: &NodeConfig) -> Result<String, ServerError> {
+    if let Some(t) = &cfg.peer_token {
+        return Ok(t.clone());
+    }
+    let path = cfg.peer_token_file.as_ref().ok_or(ServerError::NoPeerToken)?;
+    let t = std::fs::read_to_string(path).map_err(|source| ServerError::ReadToken {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(t.trim().to_owned())
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServerError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// Resolves when SIGTERM or Ctrl-C arrives.
+async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs a node until it is told to stop.
+pub async fn run(cfg: NodeConfig) -> Result<(), ServerError> {
+    let token = peer_token(&cfg)?;
+    let store = Store::open(&cfg.data_dir, &cfg.node_id)?;
+    let metrics = Arc::new(NodeMetrics::new()?);
+    let fatal = CancellationToken::new();
+    let writer = {
+        let fatal = fatal.clone();
+        WriterHandle::start(
+            store.clone(),
+            WriterMetrics {
+                batch: metrics.commit_batch_commands.clone(),
+                fsync: metrics.fsync_seconds.clone(),
+            },
+            move |_| fatal.cancel(),
+        )
+    };
+    let map = store.load_map()?;
+    let config = ReplicationConfig {
+        log_window: cfg.log_window,
+        catchup_bytes_per_second: cfg.catchup_bytes_per_second,
+        write_timeout: Duration::from_millis(cfg.write_timeout_ms),
+        ..ReplicationConfig::default()
+    };
+    let peers = PeerClient::new(token.clone(), Duration::from_secs(30))?;
+    let ctx = Arc::new(Ctx::new(
+        cfg.node_id.clone(),
+        cfg.store.clone(),
+        store,
+        writer,
+        peers,
+        metrics,
+        config,
+        map,
+    ));
+    let node = Node::start(ctx).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(node.clone().upkeep(shutdown.clone()));
+
+    let limits = Limits {
+        max_key_bytes: cfg.max_key_bytes,
+        max_value_bytes: cfg.max_value_bytes,
+    };
+    let client = client_api::ClientApi::new(node.clone(), limits).map_err(ServerError::Forward)?;
+    let peer = Arc::new(peer_api::PeerApi {
+        node: node.clone(),
+        token,
+    });
+    let client_listener = bind(cfg.client_addr).await?;
+    let peer_listener = bind(cfg.peer_addr).await?;
+    let metrics_listener = bind(cfg.metrics_addr).await?;
+    tracing::info!(
+        node = %cfg.node_id,
+        client = %cfg.client_addr,
+        peer = %cfg.peer_addr,
+        metrics = %cfg.metrics_addr,
+        map_version = node.ctx.map_version(),
+        "node serving"
+    );
+    let servers = [
+        tokio::spawn(
+            warp::serve(client_api::routes(client))
+                .incoming(client_listener)
+                .graceful(shutdown.clone().cancelled_owned())
+                .run(),
+        ),
+        tokio::spawn(
+            warp::serve(peer_api::routes(peer))
+                .incoming(peer_listener)
+                .graceful(shutdown.clone().cancelled_owned())
+                .run(),
+        ),
+        tokio::spawn(
+            warp::serve(metrics_api::routes(node.clone()))
+                .incoming(metrics_listener)
+                .graceful(shutdown.clone().cancelled_owned())
+                .run(),
+        ),
+    ];
+    let failed = tokio::select! {
+        _ = termination() => false,
+        _ = fatal.cancelled() => true,
+    };
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    for s in servers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+    }
+    if failed {
+        return Err(ServerError::Fatal);
+    }
+    Ok(())
+}
