@@ -5,9 +5,13 @@
 //! - [`route`]: pure routing — endpoints, key encoding, which node serves a key.
 //! - [`retry`]: the retry policy as pure functions (and the idempotency rules of writes).
 //! - [`response`]: classification of an HTTP answer.
+//! - [`map_cache`]: the cached partition map and its refreshes.
+//! - [`request`]: the retry loop and one attempt.
 //! - [`error`]: the error types.
 
 mod error;
+mod map_cache;
+mod request;
 mod response;
 mod retry;
 mod route;
@@ -20,8 +24,9 @@ pub use route::{encode_key, parse_endpoints};
 
 use crate::map::PartitionMap;
 use bytes::Bytes;
-use response::{Answer, Context};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use map_cache::Staleness;
+use request::{Op, Success};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -51,6 +56,8 @@ pub enum Condition {
     IfVersion(u64),
     /// `If-None-Match: *`: only if the key is absent (put only).
     IfAbsent,
+    /// `If-Match: *`: only if the key exists, whatever its version.
+    IfExists,
 }
 
 /// The answer of a successful put.
@@ -60,23 +67,6 @@ pub struct PutResult {
     pub version: u64,
     /// The node answered 201 (the key did not exist before).
     pub created: bool,
-}
-
-/// What one request does.
-#[derive(Clone, Debug)]
-enum Op {
-    Get { local: bool },
-    Put { value: Bytes, condition: Condition },
-    Delete { condition: Condition },
-}
-
-impl Op {
-    fn kind(&self) -> OpKind {
-        match self {
-            Op::Get { .. } => OpKind::Read,
-            _ => OpKind::Write,
-        }
-    }
 }
 
 /// Builder of a [`KvClient`].
@@ -165,17 +155,6 @@ struct Inner {
     /// Serializes map refreshes; holds when the last one finished.
     refresh: tokio::sync::Mutex<Option<Instant>>,
     next_seed: AtomicUsize,
-}
-
-/// Why a caller wants a fresh map.
-#[derive(Clone, Copy, Debug, Default)]
-struct Staleness {
-    /// Version of the map the failed attempt was routed with.
-    version: Option<u64>,
-    /// When the attempt failed; `None` forces a fetch.
-    failed_at: Option<Instant>,
-    /// Map version the answering node reported (on 421).
-    hint: Option<u64>,
 }
 
 impl KvClient {
@@ -277,337 +256,5 @@ impl KvClient {
     /// The cached partition map, if one was fetched.
     pub fn cached_map(&self) -> Option<Arc<PartitionMap>> {
         self.inner.map.read().ok().and_then(|m| m.clone())
-    }
-
-    /// Fetch the map from one node's client API (`status` uses it to probe every node).
-    pub async fn map_from(&self, addr: &str) -> Result<PartitionMap, MapFetchError> {
-        let url = format!("http://{addr}/v1/map");
-        let send_err = |source| MapFetchError::Send {
-            addr: addr.to_owned(),
-            source,
-        };
-        let resp = self
-            .inner
-            .http
-            .get(url)
-            .timeout(self.inner.request_timeout)
-            .send()
-            .await
-            .map_err(send_err)?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(MapFetchError::Status {
-                addr: addr.to_owned(),
-                status: status.as_u16(),
-            });
-        }
-        let body = resp.bytes().await.map_err(send_err)?;
-        let map: PartitionMap =
-            serde_json::from_slice(&body).map_err(|source| MapFetchError::Decode {
-                addr: addr.to_owned(),
-                source,
-            })?;
-        map.validate().map_err(|source| MapFetchError::Invalid {
-            addr: addr.to_owned(),
-            source,
-        })?;
-        Ok(map)
-    }
-
-    /// Refresh the cached map, trying sources until one serves a map newer than
-    /// `why.version` (and at least `why.hint`). A refresh that completed after the caller's
-    /// failure is reused instead, so a burst of failing requests costs one fetch.
-    async fn refresh_map(&self, why: &Staleness) -> Result<Arc<PartitionMap>, AttemptError> {
-        let mut last_refresh = self.inner.refresh.lock().await;
-        let cached = self.cached_map();
-        if let (Some(cur), Some(failed_at)) = (&cached, why.failed_at) {
-            let newer = why.version.is_some_and(|s| cur.version > s);
-            let refreshed_since = last_refresh.is_some_and(|t| t > failed_at);
-            let enough = why.hint.is_none_or(|h| cur.version >= h);
-            if (newer || refreshed_since) && enough {
-                return Ok(cur.clone());
-            }
-        }
-        let mut sources = self.rotated_seeds();
-        if let Some(cur) = &cached {
-            for n in cur.nodes.values() {
-                if !sources.contains(&n.client_addr) {
-                    sources.push(n.client_addr.clone());
-                }
-            }
-        }
-        let mut best: Option<PartitionMap> = None;
-        let mut last_err = None;
-        for addr in &sources {
-            match self.map_from(addr).await {
-                Ok(m) => {
-                    let wanted = why.version.is_none_or(|s| m.version > s)
-                        && why.hint.is_none_or(|h| m.version >= h);
-                    if best.as_ref().is_none_or(|b| m.version > b.version) {
-                        best = Some(m);
-                    }
-                    if wanted {
-                        break;
-                    }
-                }
-                Err(e) => last_err = Some(Box::new(e)),
-            }
-        }
-        *last_refresh = Some(Instant::now());
-        let Some(best) = best else {
-            return Err(AttemptError::MapUnavailable {
-                tried: sources.join(", "),
-                last: last_err,
-            });
-        };
-        let mut slot = self
-            .inner
-            .map
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let installed = match slot.as_ref() {
-            // Never go back to an older map served by a lagging node.
-            Some(cur) if cur.version > best.version => cur.clone(),
-            _ => Arc::new(best),
-        };
-        *slot = Some(installed.clone());
-        Ok(installed)
-    }
-
-    /// The seeds, starting at a rotating index so load and failures spread.
-    fn rotated_seeds(&self) -> Vec<String> {
-        let seeds = &self.inner.seeds;
-        let start = self.inner.next_seed.fetch_add(1, Ordering::Relaxed) % seeds.len();
-        seeds[start..]
-            .iter()
-            .chain(&seeds[..start])
-            .cloned()
-            .collect()
-    }
-
-    /// Run `op` with retries. `Ok(None)` is a 404.
-    async fn execute(&self, key: &[u8], op: &Op) -> Result<Option<Success>, KvError> {
-        route::check_key(key, None)?;
-        let policy = &self.inner.policy;
-        let start = Instant::now();
-        let mut attempts = 0u32;
-        let mut via_seed = !self.inner.direct;
-        let mut refresh = false;
-        let mut staleness = Staleness::default();
-        let mut ambiguous = false;
-        loop {
-            attempts += 1;
-            let budget = if attempts == 1 {
-                self.inner.request_timeout
-            } else {
-                self.inner
-                    .request_timeout
-                    .min(policy.deadline.saturating_sub(start.elapsed()))
-            };
-            let answer = match self.map_for_attempt(refresh, &staleness).await {
-                Ok(map) => {
-                    staleness.version = Some(map.version);
-                    self.attempt(&map, key, op, via_seed, budget).await
-                }
-                Err(e) => Answer::Retry(e),
-            };
-            let err = match answer {
-                Answer::Success {
-                    status,
-                    version,
-                    staleness,
-                    body,
-                } => {
-                    // `attempt` made sure every answer but a delete's carries a version.
-                    return Ok(Some(Success {
-                        status,
-                        version: version.unwrap_or(0),
-                        staleness,
-                        body,
-                    }));
-                }
-                Answer::NotFound => return Ok(None),
-                Answer::Fail(e) => return Err(e),
-                Answer::Retry(e) => e,
-            };
-            ambiguous |= err.is_ambiguous();
-            staleness.failed_at = Some(Instant::now());
-            staleness.hint = match &err {
-                AttemptError::Misdirected { map_version, .. } => *map_version,
-                _ => None,
-            };
-            let decision = decide(
-                policy,
-                op.kind(),
-                &err,
-                attempts,
-                start.elapsed(),
-                rand::random::<f64>(),
-            );
-            match decision {
-                Decision::GiveUp => {
-                    let elapsed = start.elapsed();
-                    return Err(if ambiguous && op.kind() == OpKind::Write {
-                        KvError::Indeterminate {
-                            attempts,
-                            elapsed,
-                            last: err,
-                        }
-                    } else {
-                        KvError::Unavailable {
-                            attempts,
-                            elapsed,
-                            last: err,
-                        }
-                    });
-                }
-                Decision::Retry {
-                    delay,
-                    refresh_map,
-                    via_seed: seed,
-                } => {
-                    tracing::debug!(attempt = attempts, ?delay, error = %err, "retrying");
-                    refresh = refresh_map;
-                    via_seed = seed || !self.inner.direct;
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
-    }
-
-    async fn map_for_attempt(
-        &self,
-        refresh: bool,
-        why: &Staleness,
-    ) -> Result<Arc<PartitionMap>, AttemptError> {
-        match self.cached_map() {
-            Some(m) if !refresh => Ok(m),
-            Some(_) => self.refresh_map(why).await,
-            // First use: concurrent callers share the first fetch.
-            None => {
-                let first = Staleness {
-                    failed_at: Some(Instant::now()),
-                    ..Staleness::default()
-                };
-                self.refresh_map(&first).await
-            }
-        }
-    }
-
-    /// One attempt: route, send, classify.
-    async fn attempt(
-        &self,
-        map: &PartitionMap,
-        key: &[u8],
-        op: &Op,
-        via_seed: bool,
-        budget: Duration,
-    ) -> Answer {
-        if let Err(e) = route::check_key(key, Some(&map.limits)) {
-            return Answer::Fail(e);
-        }
-        if let Op::Put { value, .. } = op
-            && let Err(e) = route::check_value(value, &map.limits)
-        {
-            return Answer::Fail(e);
-        }
-        let routed = match op {
-            Op::Get { local: true } => route::local_read_addr(
-                map,
-                key,
-                self.inner.zone.as_deref(),
-                rand::random::<u32>() as usize,
-            ),
-            _ => route::primary_addr(map, key),
-        };
-        let addr = match (via_seed, routed) {
-            (false, Ok(addr)) => addr.to_owned(),
-            (false, Err(e)) => return Answer::Retry(e),
-            // Any node accepts any key and forwards it.
-            (true, _) => self.rotated_seeds().swap_remove(0),
-        };
-        let local = matches!(op, Op::Get { local: true });
-        let url = route::kv_url(&addr, key, local);
-        let http = &self.inner.http;
-        let mut req = match op {
-            Op::Get { .. } => http.get(url),
-            Op::Put { value, .. } => http.put(url).body(value.clone()),
-            Op::Delete { .. } => http.delete(url),
-        };
-        match op {
-            Op::Put {
-                condition: Condition::IfVersion(v),
-                ..
-            }
-            | Op::Delete {
-                condition: Condition::IfVersion(v),
-            } => req = req.header(http::header::IF_MATCH, v.to_string()),
-            Op::Put {
-                condition: Condition::IfAbsent,
-                ..
-            }
-            | Op::Delete {
-                condition: Condition::IfAbsent,
-            } => req = req.header(http::header::IF_NONE_MATCH, "*"),
-            _ => {}
-        }
-        let ctx = Context {
-            addr: &addr,
-            key_len: key.len(),
-            value_len: match op {
-                Op::Put { value, .. } => value.len(),
-                _ => 0,
-            },
-            limits: map.limits,
-        };
-        let resp = match req.timeout(budget).send().await {
-            Ok(r) => r,
-            Err(e) => return transport_failure(&addr, e),
-        };
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let answer = match resp.bytes().await {
-            Ok(body) => response::classify(&ctx, status, &headers, body),
-            Err(e) => return transport_failure(&addr, e),
-        };
-        match (op, answer) {
-            (
-                Op::Get { .. } | Op::Put { .. },
-                Answer::Success {
-                    version: None,
-                    status,
-                    ..
-                },
-            ) => Answer::Fail(KvError::MissingVersion { addr, status }),
-            (Op::Put { .. }, Answer::NotFound) => Answer::Fail(KvError::Rejected {
-                addr,
-                status: 404,
-                code: "not_found".into(),
-                message: "a put cannot answer 404".into(),
-            }),
-            (_, answer) => answer,
-        }
-    }
-}
-
-/// A successful answer with its version resolved.
-#[derive(Debug)]
-struct Success {
-    status: u16,
-    version: u64,
-    staleness: Option<Duration>,
-    body: Bytes,
-}
-
-fn transport_failure(addr: &str, source: reqwest::Error) -> Answer {
-    let addr = addr.to_owned();
-    if source.is_builder() {
-        Answer::Fail(KvError::Transport { addr, source })
-    } else if source.is_connect() {
-        Answer::Retry(AttemptError::Connect { addr, source })
-    } else if source.is_timeout() {
-        Answer::Retry(AttemptError::Timeout { addr, source })
-    } else {
-        Answer::Retry(AttemptError::Interrupted { addr, source })
     }
 }

@@ -7,7 +7,7 @@ use http::{HeaderMap, Method, Response, StatusCode};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use warp::Filter;
 
 /// A fault the next request to a node answers with.
@@ -165,11 +165,13 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let if_absent = headers.get("if-none-match").is_some_and(|v| v == "*");
+    let if_exists = headers.get("if-match").is_some_and(|v| v == "*");
     let mut store = lock(&c.store);
     let current = store.get(&key).map(|(_, v)| *v);
     let precondition_ok = match (if_match, if_absent) {
         (Some(v), _) => current == Some(v),
         (None, true) => current.is_none(),
+        _ if if_exists => current.is_some(),
         _ => true,
     };
     let resp = match method {
@@ -320,6 +322,8 @@ async fn put_get_delete_round_trip_with_versions_and_conditions() {
     // The double decoded the percent-encoded segment back to the exact key bytes.
     assert!(c.hits().iter().all(|h| h.key == key.as_bytes()));
 
+    let err = kv.put("other", "v", Condition::IfExists).await;
+    assert!(matches!(err, Err(KvError::PreconditionFailed { .. })), "{err:?}");
     let err = kv.put(key, "v2", Condition::IfAbsent).await;
     assert!(
         matches!(err, Err(KvError::PreconditionFailed { .. })),
