@@ -20,6 +20,8 @@ enum Command {
     Run(RunConfig),
     /// Print the ShardedStore CustomResourceDefinition as YAML.
     Crd,
+    /// Time placement of a large cluster (default 4096 partitions x 100 nodes) and print it.
+    BenchPlacement(shardedstore_operator::placement::bench::BenchArgs),
 }
 
 #[tokio::main]
@@ -29,6 +31,9 @@ async fn main() -> anyhow::Result<()> {
             let _ = config;
         }
         Command::Crd => print!("{}", shardedstore_operator::crd::crd_yaml()?),
+        Command::BenchPlacement(args) => {
+            shardedstore_operator::placement::bench::run_and_print(&args)
+        }
     }
     Ok(())
 }

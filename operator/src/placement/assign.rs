@@ -1,0 +1,424 @@
+//! The placement algorithm: keep valid pairs, trim to quotas, fill the gaps, with augmenting
+//! paths when a gap can only be filled by shifting another replica (like a max-flow step).
+
+use super::capacity::Quota;
+use super::primaries::assign_primaries;
+use super::{PlacementNode, Target, TargetPartition};
+use shardedstore_node::map::{NodeState, PartitionMap};
+use std::collections::{BTreeMap, VecDeque};
+
+/// Stable per-node hash for deterministic tie-breaking that does not favour low node ids.
+pub(crate) fn node_hash(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Tie-break score of (partition, node): a splitmix64 mix.
+pub(crate) fn tie(partition: usize, node_hash: u64) -> u64 {
+    let mut z = node_hash ^ (partition as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Indexed view of the nodes: everything the algorithm needs by `usize`.
+pub(crate) struct Nodes<'a> {
+    pub(crate) list: Vec<&'a PlacementNode>,
+    pub(crate) hash: Vec<u64>,
+    pub(crate) zone: Vec<usize>,
+    pub(crate) active: Vec<bool>,
+    /// Number of distinct zones among Active nodes.
+    pub(crate) active_zones: usize,
+    /// Whether each zone index has an Active node.
+    zone_active: Vec<bool>,
+    /// No zones, or zones of equal size: an exact ±1 balance is achievable together with
+    /// zone spread. With skewed zones, zone spread wins and balance is best effort.
+    pub(crate) balance_owed: bool,
+    pub(crate) by_id: BTreeMap<&'a str, usize>,
+}
+
+impl<'a> Nodes<'a> {
+    pub(crate) fn new(nodes: &'a [PlacementNode]) -> Self {
+        let mut list: Vec<&PlacementNode> = nodes.iter().collect();
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        list.dedup_by(|a, b| a.id == b.id);
+        let mut zones: BTreeMap<Option<&str>, usize> = BTreeMap::new();
+        let zone = list
+            .iter()
+            .map(|n| {
+                let next = zones.len();
+                *zones.entry(n.zone.as_deref()).or_insert(next)
+            })
+            .collect::<Vec<_>>();
+        let active: Vec<bool> = list.iter().map(|n| n.state == NodeState::Active).collect();
+        let mut az: Vec<usize> = (0..list.len())
+            .filter(|&i| active[i])
+            .map(|i| zone[i])
+            .collect();
+        az.sort_unstable();
+        az.dedup();
+        let mut zone_active = vec![false; zones.len()];
+        for &z in &az {
+            zone_active[z] = true;
+        }
+        let mut sizes = vec![0usize; zones.len()];
+        for i in (0..list.len()).filter(|&i| active[i]) {
+            sizes[zone[i]] += 1;
+        }
+        sizes.retain(|&s| s > 0);
+        let balance_owed = sizes.iter().all(|&s| s == sizes[0]);
+        Self {
+            balance_owed,
+            zone_active,
+            hash: list.iter().map(|n| node_hash(&n.id)).collect(),
+            by_id: list
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.id.as_str(), i))
+                .collect(),
+            active_zones: az.len(),
+            zone,
+            active,
+            list,
+        }
+    }
+
+    /// May partition (with `members`) take a replica on `n`, zone-wise? A zone may repeat only
+    /// once every Active zone is covered. `without` is a member about to leave.
+    pub(crate) fn zone_allows(&self, members: &[usize], n: usize, without: Option<usize>) -> bool {
+        let zones = || {
+            members
+                .iter()
+                .filter(|&&m| Some(m) != without)
+                .map(|&m| self.zone[m])
+        };
+        if !zones().any(|z| z == self.zone[n]) {
+            return true;
+        }
+        let mut covered: Vec<usize> = zones().filter(|&z| self.is_active_zone(z)).collect();
+        covered.sort_unstable();
+        covered.dedup();
+        covered.len() >= self.active_zones
+    }
+
+    fn is_active_zone(&self, z: usize) -> bool {
+        self.zone_active.get(z).copied().unwrap_or(false)
+    }
+}
+
+/// Working state of one placement run.
+struct Work<'a, 'n> {
+    nodes: &'a Nodes<'n>,
+    /// Members (node indices) of each partition: retained Down ones and Active ones.
+    members: Vec<Vec<usize>>,
+    /// Active members each partition should have.
+    want_active: Vec<usize>,
+    /// Partitions each node holds (Active nodes only are tracked).
+    held: Vec<Vec<usize>>,
+    quota: Quota,
+    /// Position of each node among Active nodes (the quota's index).
+    slot: Vec<usize>,
+    /// Members of each partition in the previous map (preferred when balance must give way).
+    previous: Vec<Vec<usize>>,
+}
+
+impl Work<'_, '_> {
+    fn active_members(&self, p: usize) -> usize {
+        self.members[p]
+            .iter()
+            .filter(|&&m| self.nodes.active[m])
+            .count()
+    }
+
+    fn accepts(&self, p: usize, n: usize, without: Option<usize>) -> bool {
+        self.nodes.active[n]
+            && !self.members[p]
+                .iter()
+                .any(|&m| m == n && Some(m) != without)
+            && self.nodes.zone_allows(&self.members[p], n, without)
+    }
+
+    fn add(&mut self, p: usize, n: usize) {
+        self.members[p].push(n);
+        self.held[n].push(p);
+        self.quota.add(self.slot[n]);
+    }
+
+    fn remove(&mut self, p: usize, n: usize) {
+        self.members[p].retain(|&m| m != n);
+        self.held[n].retain(|&q| q != p);
+        self.quota.remove(self.slot[n]);
+    }
+
+    /// Best Active node that accepts `p`: least loaded, then a hash tie-break. Without `room`
+    /// (balance must give way, e.g. to zones) a node that already held `p` comes first, so
+    /// that placing again from the result moves nothing.
+    fn best(&self, p: usize, room: bool, zones: bool) -> Option<usize> {
+        (0..self.nodes.list.len())
+            .filter(|&n| self.nodes.active[n] && !self.members[p].contains(&n))
+            .filter(|&n| !zones || self.nodes.zone_allows(&self.members[p], n, None))
+            .filter(|&n| !room || self.quota.has_room(self.slot[n]))
+            .min_by_key(|&n| {
+                let fresh = room || !self.previous[p].contains(&n);
+                (
+                    fresh,
+                    self.quota.count(self.slot[n]),
+                    tie(p, self.nodes.hash[n]),
+                )
+            })
+    }
+
+    /// Finds a chain `p → c0`, `q1: c0 → c1`, …, ending at a node with room, and applies it.
+    fn augment(&mut self, p: usize) -> bool {
+        let n_nodes = self.nodes.list.len();
+        // parent[n] = (previous node or None for the root, partition moved into n)
+        let mut parent: Vec<Option<(Option<usize>, usize)>> = vec![None; n_nodes];
+        let mut queue = VecDeque::new();
+        for c in 0..n_nodes {
+            if self.accepts(p, c, None) {
+                parent[c] = Some((None, p));
+                queue.push_back(c);
+            }
+        }
+        while let Some(c) = queue.pop_front() {
+            if self.quota.has_room(self.slot[c]) {
+                return self.apply_chain(&parent, c);
+            }
+            for &q in &self.held[c] {
+                for m in 0..n_nodes {
+                    if parent[m].is_none() && self.accepts(q, m, Some(c)) {
+                        parent[m] = Some((Some(c), q));
+                        if self.quota.has_room(self.slot[m]) {
+                            return self.apply_chain(&parent, m);
+                        }
+                        queue.push_back(m);
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// Last resort after a relaxed fill: move single replicas from the most to the least
+    /// loaded Active nodes while they differ by two or more and a valid move exists.
+    fn rebalance(&mut self) {
+        let active: Vec<usize> = (0..self.nodes.list.len())
+            .filter(|&n| self.nodes.active[n])
+            .collect();
+        let count = |w: &Self, n: usize| w.quota.count(w.slot[n]);
+        for _ in 0..self.members.len() * 2 {
+            let mut order = active.clone();
+            order.sort_by_key(|&n| (count(self, n), self.nodes.hash[n]));
+            let found = order.iter().rev().find_map(|&hi| {
+                order
+                    .iter()
+                    .take_while(|&&lo| count(self, lo) + 2 <= count(self, hi))
+                    .find_map(|&lo| {
+                        self.held[hi]
+                            .iter()
+                            .copied()
+                            .find(|&q| self.accepts(q, lo, Some(hi)))
+                            .map(|q| (q, hi, lo))
+                    })
+            });
+            let Some((q, hi, lo)) = found else {
+                return;
+            };
+            self.remove(q, hi);
+            self.add(q, lo);
+        }
+    }
+
+    fn apply_chain(&mut self, parent: &[Option<(Option<usize>, usize)>], end: usize) -> bool {
+        let mut steps = Vec::new();
+        let mut at = end;
+        while let Some((prev, q)) = parent[at] {
+            steps.push((prev, q, at));
+            match prev {
+                Some(prev) => at = prev,
+                None => break,
+            }
+        }
+        // Apply from the end: each node first gains its new partition, then (its predecessor)
+        // gives its old one away, so quotas stay consistent.
+        for (prev, q, to) in steps {
+            if let Some(from) = prev {
+                if !self.accepts(q, to, Some(from)) {
+                    return false;
+                }
+                self.remove(q, from);
+            } else if !self.accepts(q, to, None) {
+                return false;
+            }
+            self.add(q, to);
+        }
+        true
+    }
+}
+
+/// Computes the target assignment. Deterministic: the same inputs always give the same target.
+pub fn place(previous: &PartitionMap, nodes: &[PlacementNode], replication_factor: u32) -> Target {
+    let nodes = Nodes::new(nodes);
+    let n_nodes = nodes.list.len();
+    let rf = replication_factor as usize;
+    let active_count = nodes.active.iter().filter(|&&a| a).count();
+    let mut slot = vec![usize::MAX; n_nodes];
+    for (i, n) in (0..n_nodes).filter(|&n| nodes.active[n]).enumerate() {
+        slot[n] = i;
+    }
+
+    // 1. Keep valid pairs: members on Active or Down nodes, primary first, zone-compatible.
+    let partitions = previous.partitions.len();
+    let mut members: Vec<Vec<usize>> = Vec::with_capacity(partitions);
+    let mut want_active = Vec::with_capacity(partitions);
+    let mut previous_members = Vec::with_capacity(partitions);
+    for entry in &previous.partitions {
+        let mut kept: Vec<usize> = Vec::new();
+        let ordered = entry
+            .primary
+            .iter()
+            .chain(entry.replicas.iter())
+            .chain(entry.learners.iter());
+        let candidates: Vec<usize> = ordered
+            .filter_map(|id| nodes.by_id.get(id.as_str()).copied())
+            .filter(|&n| matches!(nodes.list[n].state, NodeState::Active | NodeState::Down))
+            .collect();
+        // One member per zone first, then the rest where zones allow: the order of the map's
+        // lists must not decide which pairs survive.
+        for n in candidates.iter().copied() {
+            if !kept.iter().any(|&k| nodes.zone[k] == nodes.zone[n]) {
+                kept.push(n);
+            }
+        }
+        for n in candidates.iter().copied() {
+            if !kept.contains(&n) && nodes.zone_allows(&kept, n, None) {
+                kept.push(n);
+            }
+        }
+        previous_members.push(candidates.clone());
+        let down = kept.iter().filter(|&&n| !nodes.active[n]).count().min(rf);
+        want_active.push((rf.min(active_count + down)).saturating_sub(down));
+        members.push(kept);
+    }
+
+    // 2. Trim partitions holding more Active members than wanted (a move in flight, or a
+    //    lowered replication factor): drop the member on the most loaded node.
+    let mut raw = vec![0u32; n_nodes];
+    for m in members.iter().flatten() {
+        raw[*m] += 1;
+    }
+    for (p, kept) in members.iter_mut().enumerate() {
+        loop {
+            let active: Vec<usize> = kept.iter().copied().filter(|&n| nodes.active[n]).collect();
+            if active.len() <= want_active[p] {
+                break;
+            }
+            let primary = previous.partitions[p].primary.as_deref();
+            let Some(drop) = active.iter().copied().max_by_key(|&n| {
+                let is_primary = Some(nodes.list[n].id.as_str()) == primary;
+                (!is_primary, raw[n], tie(p, nodes.hash[n]))
+            }) else {
+                break;
+            };
+            kept.retain(|&n| n != drop);
+            raw[drop] -= 1;
+        }
+    }
+
+    // 3. Per-node quotas: Active nodes hold floor or floor+1 replicas; trim the overloaded,
+    //    letting the most loaded nodes keep the +1 so that the fewest replicas move.
+    let total: usize = want_active.iter().sum();
+    let quota = Quota::new(total as u32, active_count);
+    let mut limit = vec![0u32; n_nodes];
+    let mut by_load: Vec<usize> = (0..n_nodes).filter(|&n| nodes.active[n]).collect();
+    by_load.sort_by_key(|&n| (std::cmp::Reverse(raw[n]), nodes.hash[n]));
+    let extra = (quota.ceil() - quota.floor()) as usize * (total % active_count.max(1));
+    for (rank, &n) in by_load.iter().enumerate() {
+        limit[n] = if rank < extra {
+            quota.ceil()
+        } else {
+            quota.floor()
+        };
+    }
+    for n in (0..n_nodes).filter(|&n| nodes.active[n]) {
+        if raw[n] <= limit[n] {
+            continue;
+        }
+        let mut mine: Vec<usize> = (0..partitions)
+            .filter(|&p| members[p].contains(&n))
+            .collect();
+        // Prefer partitions not trimmed yet: two gaps in one partition cannot both be filled
+        // by the same underloaded node, which would cost extra moves.
+        mine.sort_by_key(|&p| {
+            let primary = previous.partitions[p].primary.as_deref();
+            let is_primary = Some(nodes.list[n].id.as_str()) == primary;
+            let active = members[p].iter().filter(|&&m| nodes.active[m]).count();
+            let gaps = want_active[p].saturating_sub(active);
+            (gaps, is_primary, std::cmp::Reverse(tie(p, nodes.hash[n])))
+        });
+        for &p in mine.iter().take((raw[n] - limit[n]) as usize) {
+            members[p].retain(|&m| m != n);
+        }
+        raw[n] = limit[n];
+    }
+
+    let mut work = Work {
+        nodes: &nodes,
+        members: vec![Vec::new(); partitions],
+        want_active,
+        held: vec![Vec::new(); n_nodes],
+        quota,
+        slot,
+        previous: previous_members,
+    };
+    for (p, kept) in members.into_iter().enumerate() {
+        for n in kept {
+            if nodes.active[n] {
+                work.add(p, n);
+            } else {
+                work.members[p].push(n);
+            }
+        }
+    }
+
+    // 4. Fill: every gap goes to the least-loaded accepting node with room; if none has room,
+    //    shift replicas along an augmenting path; as a last resort relax balance, then zones.
+    for p in 0..partitions {
+        while work.active_members(p) < work.want_active[p] {
+            if let Some(n) = work.best(p, true, true) {
+                work.add(p, n);
+            } else if nodes.balance_owed && work.augment(p) {
+                continue;
+            } else if let Some(n) = work
+                .best(p, false, true)
+                .or_else(|| work.best(p, false, false))
+            {
+                work.add(p, n);
+            } else {
+                break;
+            }
+        }
+    }
+
+    if nodes.balance_owed {
+        work.rebalance();
+    }
+
+    let primaries = assign_primaries(previous, &nodes, &work.members);
+    let partitions = work
+        .members
+        .iter()
+        .zip(primaries)
+        .map(|(members, primary)| {
+            let mut replicas: Vec<String> =
+                members.iter().map(|&n| nodes.list[n].id.clone()).collect();
+            replicas.sort();
+            TargetPartition {
+                replicas,
+                primary: primary.map(|n| nodes.list[n].id.clone()),
+            }
+        })
+        .collect();
+    Target { partitions }
+}

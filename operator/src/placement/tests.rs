@@ -1,0 +1,203 @@
+//! Property tests of placement over random clusters and random histories.
+
+use super::bench::apply;
+use super::{PlacementNode, Target, check, lower_bound_moves, moves, place};
+use proptest::prelude::*;
+use shardedstore_node::map::{NodeState, PartitionMap};
+
+fn cluster(n: usize, zones: usize) -> Vec<PlacementNode> {
+    (0..n)
+        .map(|i| PlacementNode {
+            id: format!("node-{i}"),
+            state: NodeState::Active,
+            zone: (zones > 0).then(|| format!("z{}", i % zones)),
+        })
+        .collect()
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    AddNode,
+    Drain(usize),
+    Fail(usize),
+    Replace(usize),
+    Recover(usize),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        2 => Just(Step::AddNode),
+        2 => (0usize..64).prop_map(Step::Drain),
+        2 => (0usize..64).prop_map(Step::Fail),
+        1 => (0usize..64).prop_map(Step::Replace),
+        1 => (0usize..64).prop_map(Step::Recover),
+    ]
+}
+
+/// Places, checks, asserts stability and movement, and applies the target.
+fn place_and_apply(
+    map: &mut PartitionMap,
+    nodes: &[PlacementNode],
+    rf: u32,
+    strict_moves: bool,
+) -> Result<Target, TestCaseError> {
+    let target = place(map, nodes, rf);
+    let violations = check(&target, nodes, rf);
+    prop_assert!(violations.is_empty(), "{violations:?}\nnodes {nodes:?}");
+    prop_assert_eq!(&place(map, nodes, rf), &target, "not deterministic");
+    let made = moves(map, &target);
+    let bound = lower_bound_moves(map, nodes, rf);
+    if strict_moves {
+        prop_assert!(made >= bound, "moves {made} below the lower bound {bound}?");
+        // Augmenting paths may relocate a few kept replicas; anything more is needless movement.
+        let slack = 2 + bound / 10;
+        prop_assert!(made <= bound + slack, "moves {made} vs lower bound {bound}");
+    }
+    apply(map, &target, nodes);
+    // Placing again from the result must be a fixed point (no oscillating moves).
+    let again = place(map, nodes, rf);
+    prop_assert_eq!(moves(map, &again), 0, "placement is not a fixed point");
+    Ok(target)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn random_histories_keep_every_invariant(
+        start in 1usize..8,
+        partitions in 1u32..48,
+        rf in 1u32..4,
+        zones in prop_oneof![Just(0usize), Just(2), Just(3)],
+        steps in prop::collection::vec(step(), 1..12),
+    ) {
+        let mut nodes = cluster(start, zones);
+        let mut next = start;
+        let mut map = PartitionMap::empty("t", partitions, rf, 1);
+        place_and_apply(&mut map, &nodes, rf, zones == 0)?;
+        for s in steps {
+            let len = nodes.len();
+            if len == 0 && !matches!(s, Step::AddNode) {
+                continue;
+            }
+            match s {
+                Step::AddNode => {
+                    nodes.push(PlacementNode {
+                        id: format!("node-{next}"),
+                        state: NodeState::Active,
+                        zone: (zones > 0).then(|| format!("z{}", next % zones)),
+                    });
+                    next += 1;
+                }
+                Step::Drain(i) => nodes[i % len].state = NodeState::Draining,
+                Step::Fail(i) => nodes[i % len].state = NodeState::Down,
+                Step::Replace(i) => {
+                    if nodes[i % len].state == NodeState::Down {
+                        nodes[i % len].state = NodeState::Replaced;
+                    }
+                }
+                Step::Recover(i) => nodes[i % len].state = NodeState::Active,
+            }
+            // Zone-skewed clusters are checked for everything but the movement bound (the
+            // bound assumes balance, which skewed zones trade for zone spread).
+            place_and_apply(&mut map, &nodes, rf, zones == 0)?;
+            // Drained and replaced nodes that hold nothing leave the cluster.
+            nodes.retain(|n| {
+                matches!(n.state, NodeState::Active | NodeState::Down)
+                    || map.partitions.iter().any(|e| e.is_member(&n.id))
+            });
+        }
+    }
+
+    #[test]
+    fn scale_out_from_scratch_moves_only_what_balance_requires(
+        start in 1usize..10,
+        added in 1usize..6,
+        partitions in 1u32..200,
+        rf in 1u32..4,
+    ) {
+        let mut nodes = cluster(start, 0);
+        let mut map = PartitionMap::empty("t", partitions, rf, 1);
+        place_and_apply(&mut map, &nodes, rf, true)?;
+        nodes = cluster(start + added, 0);
+        place_and_apply(&mut map, &nodes, rf, true)?;
+    }
+}
+
+#[test]
+fn keeps_replicas_of_a_down_node_and_moves_those_of_a_replaced_one() {
+    let rf = 3;
+    let mut nodes = cluster(5, 0);
+    let mut map = PartitionMap::empty("t", 16, rf, 2);
+    let t = place(&map, &nodes, rf);
+    apply(&mut map, &t, &nodes);
+    nodes[0].state = NodeState::Down;
+    let t = place(&map, &nodes, rf);
+    assert!(check(&t, &nodes, rf).is_empty());
+    assert_eq!(
+        moves(&map, &t),
+        0,
+        "a Down node's replicas stay until replaced"
+    );
+    assert!(
+        t.partitions
+            .iter()
+            .all(|p| p.primary.as_deref() != Some("node-0")),
+        "a Down node is never primary"
+    );
+    nodes[0].state = NodeState::Replaced;
+    let t = place(&map, &nodes, rf);
+    assert!(
+        check(&t, &nodes, rf).is_empty(),
+        "{:?}",
+        check(&t, &nodes, rf)
+    );
+    assert!(
+        t.partitions
+            .iter()
+            .all(|p| !p.replicas.contains(&"node-0".to_owned()))
+    );
+}
+
+#[test]
+fn zones_are_spread_even_when_skewed() {
+    let rf = 3;
+    let mut nodes = cluster(7, 3);
+    // Skew: one more node in zone z0.
+    nodes.push(PlacementNode {
+        id: "node-extra".into(),
+        state: NodeState::Active,
+        zone: Some("z0".into()),
+    });
+    let map = PartitionMap::empty("t", 64, rf, 2);
+    let t = place(&map, &nodes, rf);
+    assert!(
+        check(&t, &nodes, rf).is_empty(),
+        "{:?}",
+        check(&t, &nodes, rf)
+    );
+}
+
+#[test]
+fn check_reports_violations() {
+    let nodes = cluster(3, 0);
+    let bad = Target {
+        partitions: vec![super::TargetPartition {
+            replicas: vec!["node-0".into(), "node-0".into()],
+            primary: Some("node-9".into()),
+        }],
+    };
+    let v = check(&bad, &nodes, 3);
+    assert!(
+        v.iter()
+            .any(|v| matches!(v, super::Violation::DuplicateReplica { .. }))
+    );
+    assert!(
+        v.iter()
+            .any(|v| matches!(v, super::Violation::WrongReplicaCount { .. }))
+    );
+    assert!(
+        v.iter()
+            .any(|v| matches!(v, super::Violation::BadPrimary { .. }))
+    );
+}
