@@ -88,7 +88,11 @@ state = "$RUN_DIR/containerd"
     bin_dir = "/usr/lib/cni"
     conf_dir = "$CLUSTER_DIR/cni"
 EOF
-    start_daemon containerd "$CLUSTER_DIR" containerd --config "$CLUSTER_DIR/containerd.toml"
+    # There is no registry: every image is imported by images.sh. A pull of a missing
+    # image goes to a dead proxy on loopback and fails at once ("proxyconnect ...
+    # connection refused") instead of reaching for a registry off this machine.
+    start_daemon containerd "$CLUSTER_DIR" env HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 \
+        NO_PROXY= no_proxy= containerd --config "$CLUSTER_DIR/containerd.toml"
     wait_for 30 "containerd at $CONTAINERD_SOCK" ctr_ version
 }
 

@@ -87,6 +87,25 @@ up() {
         log "already up: $dir/kubeconfig"
         return
     fi
+    # A second attempt covers the one race left: another process binding one of
+    # the free ports between our choice and etcd's or the apiserver's bind.
+    local attempt rc
+    for attempt in 1 2; do
+        # Not `if (up_once)`: errexit is off inside an if condition.
+        set +e
+        (
+            set -e
+            up_once
+        )
+        rc=$?
+        set -e
+        ((rc == 0)) && return
+        log "attempt $attempt failed"
+    done
+    die "could not start a control plane in $dir"
+}
+
+up_once() {
     down
     mkdir -p "$dir"/{logs,pids}
     local deadline=$((SECONDS + timeout)) bin certs="$dir/certs" taken="" etcd_port peer_port port server

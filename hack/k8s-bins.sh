@@ -8,6 +8,9 @@
 # so the binaries are reused across runs and rebuilt only when the pin changes.
 # The last line of stdout is the bin directory; progress goes to stderr.
 #
+#   hack/k8s-bins.sh            build if needed, print the bin directory
+#   hack/k8s-bins.sh --cached   print it if already built, else exit 1 (no build)
+#
 # A cold build takes a long time on a 2-core machine (see docs/local-kubernetes.md).
 set -euo pipefail
 
@@ -41,6 +44,11 @@ if [[ -f "$out/.complete" ]]; then
     echo "k8s-bins: reusing $bin" >&2
     echo "$bin"
     exit 0
+fi
+# --cached: answer whether the binaries are there, never build (exit 1 if not).
+if [[ "${1:-}" == --cached ]]; then
+    echo "k8s-bins: not built yet for this pin ($out)" >&2
+    exit 1
 fi
 
 command -v go >/dev/null || {
