@@ -2,10 +2,12 @@
 //! and the coordinator that owns each store's partition map.
 
 pub mod config;
+pub mod controller;
 pub mod coordinator;
 pub mod crd;
-pub mod local;
-pub mod placement;
-pub mod controller;
-pub mod metrics;
 pub mod k8s_map_store;
+pub mod leader;
+pub mod local;
+pub mod metrics;
+pub mod placement;
+pub mod telemetry;

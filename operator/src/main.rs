@@ -28,7 +28,8 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(config) => {
-            let _ = config;
+            shardedstore_operator::telemetry::init();
+            shardedstore_operator::controller::serve(config).await?;
         }
         Command::Crd => print!("{}", shardedstore_operator::crd::crd_yaml()?),
         Command::BenchPlacement(args) => {

@@ -229,27 +229,36 @@ impl Metrics {
     }
 }
 
+/// `/metrics`, `/healthz`, `/readyz`; boxed so the server future is `Send` for any caller.
+fn routes(
+    metrics: std::sync::Arc<Metrics>,
+) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
+    let metrics_route = warp::path("metrics")
+        .and(warp::path::end())
+        .map(move || text_reply(metrics.render()));
+    let health = warp::path("healthz")
+        .or(warp::path("readyz"))
+        .unify()
+        .and(warp::path::end())
+        .map(|| text_reply("ok\n".to_owned()));
+    metrics_route.or(health).unify().boxed()
+}
+
+fn text_reply(body: String) -> warp::reply::Response {
+    let mut resp = warp::reply::Response::new(body.into());
+    resp.headers_mut().insert(
+        warp::http::header::CONTENT_TYPE,
+        warp::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until the process ends.
 pub async fn serve(metrics: std::sync::Arc<Metrics>, addr: SocketAddr) -> Result<(), MetricsError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| MetricsError::Bind { addr, source })?;
-    let metrics_route = warp::path("metrics").and(warp::path::end()).map(move || {
-        warp::reply::with_header(
-            metrics.render(),
-            "content-type",
-            "text/plain; version=0.0.4; charset=utf-8",
-        )
-    });
-    let health = warp::path("healthz")
-        .or(warp::path("readyz"))
-        .unify()
-        .and(warp::path::end())
-        .map(|| "ok");
-    warp::serve(metrics_route.or(health))
-        .incoming(listener)
-        .run()
-        .await;
+    warp::serve(routes(metrics)).incoming(listener).run().await;
     Ok(())
 }
 

@@ -1,0 +1,343 @@
+//! One reconciliation of a ShardedStore: validate → build → apply → status, plus the error
+//! policy that tells invalid specs (wait for a change) from transient failures (back off).
+
+use super::apply::{self, ApplyError};
+use super::build::{self, BuildError, Owner, STORE_LABEL, selector_string};
+use super::conditions::{self, PROGRESSING, READY};
+use super::context::Context;
+use super::coordinators::Start;
+use super::events::Note;
+use super::members;
+use super::status::{self, Observation};
+use super::validate::{self, CapacityProblem};
+use crate::coordinator::{CoordinatorStatus, Membership};
+use crate::crd::ShardedStore;
+use crate::metrics::StoreLabels;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::ListParams;
+use kube::runtime::controller::Action;
+use kube::{Api, Resource, ResourceExt};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Requeue interval while something is in progress (the coordinator's view changes without
+/// any Kubernetes event).
+const REQUEUE_BUSY: Duration = Duration::from_secs(5);
+/// Requeue interval of a settled store.
+const REQUEUE_IDLE: Duration = Duration::from_secs(60);
+
+/// Why a reconciliation failed (transiently: it is retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("building the children")]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error("listing the pods of {store}")]
+    ListPods {
+        store: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("starting the coordinator of {store}")]
+    StartCoordinator {
+        store: String,
+        #[source]
+        source: shardedstore_node::client::AdminError,
+    },
+}
+
+impl ReconcileError {
+    /// Stable category for metric labels and Event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Build(e) => e.category(),
+            Self::Apply(e) => e.category(),
+            Self::ListPods { .. } => "ListPodsFailed",
+            Self::StartCoordinator { .. } => "CoordinatorFailed",
+        }
+    }
+}
+
+/// Key of a store in the backoff table and the coordinator registry.
+pub fn key_of(store: &ShardedStore) -> String {
+    format!(
+        "{}/{}",
+        store.namespace().unwrap_or_default(),
+        store.name_any()
+    )
+}
+
+fn labels_of(store: &ShardedStore) -> StoreLabels {
+    StoreLabels {
+        namespace: store.namespace().unwrap_or_default(),
+        store: store.name_any(),
+    }
+}
+
+#[tracing::instrument(skip_all, fields(store = %key_of(&store)))]
+pub async fn reconcile(
+    store: Arc<ShardedStore>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let _timer = ctx.metrics.reconcile_timer();
+    ctx.sweep_coordinators().await;
+    if store.metadata.deletion_timestamp.is_some() {
+        // Owner references garbage-collect the children; only the coordinator is ours to stop.
+        let labels = labels_of(&store);
+        ctx.coordinators.retain(|k| *k != labels).await;
+        return Ok(Action::await_change());
+    }
+    let action = run(&store, &ctx).await?;
+    ctx.backoff.succeeded(&key_of(&store));
+    Ok(action)
+}
+
+async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileError> {
+    let owner = Owner::of(store)?;
+    let previous = store.status.clone().unwrap_or_default();
+    let regarding = store.object_ref(&());
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+
+    // 1. Validate. An invalid spec is reported and waits for the user to change it.
+    let problems = validate::validate(&store.spec);
+    if !problems.is_empty() {
+        let obs = Observation {
+            store_name: &owner.name,
+            generation: store.metadata.generation,
+            spec: &store.spec,
+            problems: &problems,
+            capacity: None,
+            statefulset_replicas: 0,
+            ready_pods: 0,
+            partitions: None,
+        };
+        let status = status::compute(&obs, &previous.conditions, &now);
+        apply::patch_status(&ctx.client, store, &status).await?;
+        let message = conditions::find(&status.conditions, READY)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        ctx.events
+            .publish(
+                &regarding,
+                Note {
+                    warning: true,
+                    reason: "InvalidSpec",
+                    action: "Validate",
+                    message,
+                },
+            )
+            .await;
+        return Ok(Action::await_change());
+    }
+    let capacity = validate::check_capacity(&store.spec);
+
+    // 2. Observe what exists: the StatefulSet, the pods, the peer token.
+    let current: Option<StatefulSet> = apply::get_opt(
+        &ctx.client,
+        &owner.namespace,
+        &build::statefulset_name(&owner.name),
+    )
+    .await?;
+    let current_replicas = current
+        .as_ref()
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.replicas);
+    let token = apply::ensure_peer_token(&ctx.client, &owner).await?;
+    let pods = list_pods(ctx, &owner).await?;
+    let mut members_now = Vec::new();
+    for pod in &pods {
+        let zone = ctx.zone_of(pod, &store.spec.placement.zone_label).await;
+        if let Some(m) = members::member_of(&owner.name, pod, zone) {
+            members_now.push(m);
+        }
+    }
+    let ready_pods = members::ready_count(&members_now);
+
+    // 3. The coordinator: drains pods above the desired count (not while refused).
+    let desired_nodes = match (&capacity, current_replicas) {
+        (Some(_), Some(current)) => current.max(store.spec.nodes),
+        _ => store.spec.nodes,
+    };
+    let labels = labels_of(store);
+    let coordinator = ctx
+        .coordinators
+        .ensure(Start {
+            labels: labels.clone(),
+            regarding: regarding.clone(),
+            owner: owner.owner_ref.clone(),
+            token,
+            settings: members::settings_for(&store.spec, &ctx.config),
+            membership: Membership {
+                nodes: members_now,
+                desired_nodes: u32::try_from(desired_nodes).unwrap_or(0),
+                cordoned: Default::default(),
+            },
+        })
+        .map_err(|source| ReconcileError::StartCoordinator {
+            store: key_of(store),
+            source,
+        })?;
+
+    // 4. Build and apply the children.
+    let replicas = replicas_for(&owner.name, desired_nodes, current_replicas, &coordinator);
+    let children_ns = owner.namespace.clone();
+    apply::apply(&ctx.client, &children_ns, &build::partition_map(&owner)).await?;
+    apply::apply(&ctx.client, &children_ns, &build::peer_service(&owner)).await?;
+    apply::apply(&ctx.client, &children_ns, &build::client_service(&owner)).await?;
+    apply::apply(
+        &ctx.client,
+        &children_ns,
+        &build::pod_disruption_budget(&owner),
+    )
+    .await?;
+    apply::apply(
+        &ctx.client,
+        &children_ns,
+        &build::statefulset(&owner, &store.spec, replicas),
+    )
+    .await?;
+    publish_scale_events(
+        ctx,
+        &regarding,
+        &previous.conditions,
+        store.spec.nodes,
+        current_replicas,
+        replicas,
+        capacity.as_ref(),
+    )
+    .await;
+
+    // 5. Status.
+    let view = Some(members::view_of(&coordinator));
+    let obs = Observation {
+        store_name: &owner.name,
+        generation: store.metadata.generation,
+        spec: &store.spec,
+        problems: &[],
+        capacity: capacity.as_ref(),
+        statefulset_replicas: replicas,
+        ready_pods,
+        partitions: view.as_ref(),
+    };
+    let status = status::compute(&obs, &previous.conditions, &now);
+    apply::patch_status(&ctx.client, store, &status).await?;
+    let settled = conditions::find(&status.conditions, READY).is_some_and(|c| c.status == "True")
+        && conditions::find(&status.conditions, PROGRESSING).is_some_and(|c| c.status == "False");
+    Ok(Action::requeue(if settled {
+        REQUEUE_IDLE
+    } else {
+        REQUEUE_BUSY
+    }))
+}
+
+/// StatefulSet replicas: shrink only past pods the coordinator reports as holding nothing.
+fn replicas_for(
+    store: &str,
+    desired: i32,
+    current: Option<i32>,
+    coordinator: &CoordinatorStatus,
+) -> i32 {
+    build::statefulset_replicas(desired, current, |ordinal| {
+        members::is_drained(store, coordinator, ordinal)
+    })
+}
+
+async fn list_pods(ctx: &Context, owner: &Owner) -> Result<Vec<Pod>, ReconcileError> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+    let params = ListParams::default().labels(&selector_string(&owner.name));
+    api.list(&params)
+        .await
+        .map(|l| l.items)
+        .map_err(|source| ReconcileError::ListPods {
+            store: owner.name.clone(),
+            source,
+        })
+}
+
+async fn publish_scale_events(
+    ctx: &Context,
+    regarding: &k8s_openapi::api::core::v1::ObjectReference,
+    previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    nodes: i32,
+    current: Option<i32>,
+    replicas: i32,
+    capacity: Option<&CapacityProblem>,
+) {
+    let was = |type_: &str, reason: &str| {
+        conditions::find(previous, type_).is_some_and(|c| c.reason == reason)
+    };
+    let mut notes = Vec::new();
+    if let Some(problem) = capacity {
+        if !was(PROGRESSING, "InsufficientCapacity") {
+            notes.push(Note {
+                warning: true,
+                reason: "InsufficientCapacity",
+                action: "Scale",
+                message: problem.to_string(),
+            });
+        }
+    } else if let Some(current) = current {
+        if replicas > current {
+            notes.push(Note {
+                warning: false,
+                reason: "ScaledOut",
+                action: "Scale",
+                message: format!("StatefulSet scaled out from {current} to {replicas} pods"),
+            });
+        } else if replicas < current {
+            notes.push(Note { warning: false, reason: "ScaledIn", action: "Scale", message: format!("StatefulSet scaled in from {current} to {replicas} pods after their replicas moved away") });
+        }
+        if nodes < replicas && !was(PROGRESSING, "Draining") {
+            notes.push(Note {
+                warning: false,
+                reason: "ScaleInStarted",
+                action: "Scale",
+                message: format!("draining pods with ordinal >= {nodes} before removing them"),
+            });
+        }
+    }
+    for note in notes {
+        ctx.events.publish(regarding, note).await;
+    }
+}
+
+/// Transient failures back off exponentially per store; every failure is counted and
+/// reported as a Warning Event under its category.
+pub fn error_policy(store: Arc<ShardedStore>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    let category = error.category();
+    ctx.metrics.reconcile_failed(category);
+    let delay = ctx.backoff.failed(&key_of(&store));
+    tracing::warn!(store = %key_of(&store), category, error = %error_chain(error), retry_in = ?delay, "reconcile failed");
+    let regarding = store.object_ref(&());
+    let note = Note {
+        warning: true,
+        reason: category,
+        action: "Reconcile",
+        message: error_chain(error),
+    };
+    let events = ctx.events.clone();
+    tokio::spawn(async move { events.publish(&regarding, note).await });
+    Action::requeue(delay)
+}
+
+/// An error and its causes on one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Maps a pod event to the store it belongs to (its store label).
+pub fn store_of_pod(pod: &Pod) -> Option<kube::runtime::reflector::ObjectRef<ShardedStore>> {
+    let store = pod.labels().get(STORE_LABEL)?;
+    let namespace = pod.namespace()?;
+    Some(kube::runtime::reflector::ObjectRef::new(store).within(&namespace))
+}

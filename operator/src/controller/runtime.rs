@@ -1,0 +1,155 @@
+//! The operator process: metrics endpoint, leader election, and (while leader) the
+//! ShardedStore controller with its watches.
+
+use super::context::Context;
+use super::reconcile::{error_policy, reconcile, store_of_pod};
+use crate::config::RunConfig;
+use crate::crd::ShardedStore;
+use crate::leader::{LeaderElector, LeaderError};
+use crate::metrics::{self, Metrics, MetricsError};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::runtime::Controller;
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Why the operator stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("connecting to the Kubernetes API server")]
+    Connect(#[source] kube::Error),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Leader(#[from] LeaderError),
+    #[error("lost the leader Lease; stopping so that only one operator coordinates")]
+    LostLeadership,
+}
+
+/// `shardedstore-operator run`: serves metrics, waits to be leader, then reconciles until
+/// Ctrl-C / SIGTERM (Ok) or until leadership is lost (Err: the process must restart).
+pub async fn serve(config: RunConfig) -> Result<(), RunError> {
+    let client = Client::try_default().await.map_err(RunError::Connect)?;
+    let metrics = Arc::new(Metrics::new()?);
+    let identity = config.identity();
+    let metrics_task = tokio::spawn(metrics::serve(metrics.clone(), config.metrics_addr));
+
+    let (leader_tx, mut leader_rx) = watch::channel(false);
+    let elector = LeaderElector::new(
+        client.clone(),
+        &config.lease_namespace,
+        &config.lease_name,
+        identity.clone(),
+        config.leader_lease(),
+        config.leader_renew(),
+    );
+    let elector_task = tokio::spawn(elector.clone().run(leader_tx));
+    tracing::info!(%identity, lease = %config.lease_name, "waiting for the leader Lease");
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let result = tokio::select! {
+        () = &mut shutdown => None,
+        became = leader_rx.wait_for(|leader| *leader) => Some(became.is_ok()),
+    };
+    let result = match result {
+        None => Ok(()),
+        Some(false) => Err(RunError::LostLeadership),
+        Some(true) => {
+            metrics.leader.set(1);
+            tracing::info!(%identity, "became leader; starting the controller");
+            let ctx = Arc::new(Context::new(
+                client.clone(),
+                config,
+                metrics.clone(),
+                identity,
+            ));
+            let controller = run_controller(ctx.clone());
+            tokio::pin!(controller);
+            let outcome = tokio::select! {
+                () = &mut shutdown => Ok(()),
+                () = &mut controller => Ok(()),
+                _ = leader_rx.wait_for(|leader| !*leader) => Err(RunError::LostLeadership),
+            };
+            ctx.coordinators.stop_all().await;
+            outcome
+        }
+    };
+    metrics.leader.set(0);
+    elector_task.abort();
+    if result.is_ok() {
+        elector.release().await;
+    }
+    metrics_task.abort();
+    result
+}
+
+/// Runs the ShardedStore controller until its watches end. Used by `serve` (while leader)
+/// and by the real-apiserver tests.
+pub async fn run_controller(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let (stores, pods): (Api<ShardedStore>, Api<Pod>) = match &ctx.config.watch_namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    macro_rules! owned {
+        ($kind:ty) => {
+            match &ctx.config.watch_namespace {
+                Some(ns) => Api::<$kind>::namespaced(client.clone(), ns),
+                None => Api::<$kind>::all(client.clone()),
+            }
+        };
+    }
+    let children =
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=shardedstore-operator");
+    let controller = Controller::new(stores, watcher::Config::default())
+        .owns(owned!(StatefulSet), children.clone())
+        .owns(owned!(Service), children.clone())
+        .owns(owned!(PodDisruptionBudget), children.clone())
+        .owns(owned!(ConfigMap), children.clone())
+        .owns(owned!(Secret), children)
+        .watches(
+            pods,
+            watcher::Config::default().labels(super::build::STORE_LABEL),
+            |pod| store_of_pod(&pod),
+        );
+    ctx.set_store_cache(controller.store());
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(store = %obj, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile did not complete"),
+            }
+        })
+        .await;
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
