@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The checks CI runs on the real-Kubernetes tooling (issue 4), each cleaning up
+# after itself whether it passes or fails:
+#
+#   hack/ci-k8s.sh control-plane   up, a Deployment's ReplicaSet and Pods appear
+#                                  (controller-manager), garbage collection follows
+#                                  owner references, down leaves nothing behind
+#   hack/ci-k8s.sh cluster         cluster-up, smoke-test.sh, cluster-down
+#   hack/ci-k8s.sh                 both
+#
+# Builds the pinned binaries first when they are not cached (see
+# docs/local-kubernetes.md for how long that takes). Ends with 'N passed, N failed'.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+what=("$@")
+((${#what[@]})) || what=(control-plane cluster)
+passed=0
+failed=0
+
+check_control_plane() {
+    local kc bin
+    # Global (not local): the EXIT trap runs after this function has returned.
+    dir="$(mktemp -d /tmp/shardedstore-ci-cp.XXXXXX)"
+    trap '"$HACK_DIR/control-plane.sh" down "$dir"' EXIT # each check runs in its own subshell
+    "$HACK_DIR/control-plane.sh" up "$dir"
+    bin="$(cat "$dir/bin-dir")"
+    kc() { "$bin/kubectl" --kubeconfig="$dir/kubeconfig" --request-timeout=20s "$@"; }
+    kc create deployment web --image=shardedstore/busybox:dev --replicas=2 >/dev/null
+    wait_for 30 "ReplicaSet and 2 Pods of the Deployment" \
+        sh -c "[ \"\$('$bin/kubectl' --kubeconfig='$dir/kubeconfig' get pods -l app=web -o name | wc -l)\" = 2 ]"
+    kc delete deployment web --wait=false >/dev/null
+    wait_for 30 "garbage collection of the Deployment's Pods" \
+        sh -c "[ \"\$('$bin/kubectl' --kubeconfig='$dir/kubeconfig' get pods,replicasets -o name | wc -l)\" = 0 ]"
+    "$HACK_DIR/control-plane.sh" down "$dir"
+    [[ ! -e "$dir" ]] || die "down left $dir behind"
+    ! pgrep -f "$dir" >/dev/null || die "down left processes of $dir running"
+}
+
+check_cluster() {
+    trap '"$HACK_DIR/cluster-down.sh"' EXIT # each check runs in its own subshell
+    "$HACK_DIR/cluster-up.sh" >/dev/null
+    "$HACK_DIR/smoke-test.sh"
+}
+
+for w in "${what[@]}"; do
+    case "$w" in
+    control-plane | cluster) ;;
+    *) die "unknown check '$w' (control-plane, cluster)" ;;
+    esac
+    set +e
+    (
+        set -e
+        "check_${w//-/_}"
+    )
+    rc=$?
+    set -e
+    if ((rc == 0)); then
+        passed=$((passed + 1))
+        log "PASS $w"
+    else
+        failed=$((failed + 1))
+        log "FAIL $w"
+    fi
+done
+echo "k8s: $passed passed, $failed failed"
+((failed == 0))
