@@ -19,7 +19,7 @@ passed=0
 failed=0
 
 check_control_plane() {
-    local kc bin
+    local bin
     # Global (not local): the EXIT trap runs after this function has returned.
     dir="$(mktemp -d /tmp/shardedstore-ci-cp.XXXXXX)"
     trap '"$HACK_DIR/control-plane.sh" down "$dir"' EXIT # each check runs in its own subshell

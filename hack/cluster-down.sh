@@ -15,7 +15,9 @@ stop_pidfiles 5 "$CLUSTER_DIR" "$CLUSTER_DIR"/pids/{hostpath-provisioner,kube-pr
 # is ours when its command line names our containerd socket.
 for cg in /sys/fs/cgroup/pids/kubepods /sys/fs/cgroup/memory/kubepods /sys/fs/cgroup/kubepods; do
     [[ -d "$cg" ]] || continue
-    find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+    while read -r pid; do
+        kill -KILL "$pid" 2>/dev/null || true
+    done < <(find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null)
 done
 for p in /proc/[0-9]*; do
     args="$({ tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null || true)"

@@ -1,6 +1,6 @@
 # Settings and steps of the local single-node cluster (cluster-up.sh,
 # cluster-down.sh, images.sh, smoke-test.sh). Sourced, never executed.
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # settings used by the scripts that source this
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # Where the kubeconfig, logs, pid files and generated configs live.

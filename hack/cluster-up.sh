@@ -47,8 +47,9 @@ start_containerd
 "$HACK_DIR/images.sh" pause
 
 write_kubelet_config "$certs"
-mkdir -p /var/lib/kubelet
+mkdir -p "$KUBELET_DIR"
 start_daemon kubelet "$CLUSTER_DIR" "$bin/kubelet" \
+    --root-dir="$KUBELET_DIR" \
     --config="$CLUSTER_DIR/kubelet.yaml" \
     --kubeconfig="$CLUSTER_DIR/kubelet.kubeconfig" \
     --hostname-override="$NODE_NAME" \

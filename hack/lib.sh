@@ -1,5 +1,5 @@
 # Shared helpers for the hack/ scripts. Sourced, never executed.
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # REPO_ROOT is for the scripts that source this
 
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$HACK_DIR/.." && pwd)"
