@@ -1,0 +1,533 @@
+//! The `shardedstore` CLI against real `shardedstore-node` processes on loopback: get, put,
+//! delete, map, status and bench, with their output and exit codes.
+//!
+//! The test installs the partition map and grants leases itself through the admin API (the
+//! operator's job in production). Binaries are taken from the cargo target directory next to
+//! this test executable (`make test` builds them first), or from `SHARDEDSTORE_BIN_DIR`.
+
+use shardedstore_node::admin_api::HeartbeatRequest;
+use shardedstore_node::client::AdminClient;
+use shardedstore_node::client::kv::{Condition, KvClient};
+use shardedstore_node::map::{NodeInfo, NodeState, PartitionEntry, PartitionMap};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "cli-test-token";
+const STORE: &str = "cli-test";
+
+fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("SHARDEDSTORE_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // target/<profile>/deps/cli_nodes-<hash> → target/<profile>
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no target dir above {}", exe.display()))
+}
+
+fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`, as `make test` does)",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// A child process killed (and reaped) when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Node {
+    client_addr: String,
+    peer_addr: String,
+    proc: Option<Proc>,
+}
+
+/// Storage nodes on loopback with a map installed: `partitions` partitions, every node a
+/// replica of each (RF = node count), primaries round-robin.
+struct Cluster {
+    nodes: Vec<Node>,
+    map: PartitionMap,
+    _data: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(n: usize, partitions: u32) -> Cluster {
+        let data = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let (client, peer, metrics) = (free_port(), free_port(), free_port());
+            let child = Command::new(bin("shardedstore-node"))
+                .args(["--node-id", &format!("node-{i}"), "--store", STORE])
+                .arg("--data-dir")
+                .arg(data.path().join(format!("node-{i}")))
+                .args(["--client-addr", &format!("127.0.0.1:{client}")])
+                .args(["--peer-addr", &format!("127.0.0.1:{peer}")])
+                .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+                .args(["--peer-token", TOKEN])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawning shardedstore-node: {e}"));
+            nodes.push(Node {
+                client_addr: format!("127.0.0.1:{client}"),
+                peer_addr: format!("127.0.0.1:{peer}"),
+                proc: Some(Proc(child)),
+            });
+        }
+        let mut map = PartitionMap::empty(STORE, partitions, n as u32, (n as u32).min(2));
+        map.version = 1;
+        let names: Vec<String> = (0..n).map(|i| format!("node-{i}")).collect();
+        for (name, node) in names.iter().zip(&nodes) {
+            map.nodes.insert(
+                name.clone(),
+                NodeInfo {
+                    client_addr: node.client_addr.clone(),
+                    peer_addr: node.peer_addr.clone(),
+                    zone: None,
+                    state: NodeState::Active,
+                },
+            );
+        }
+        for (p, e) in map.partitions.iter_mut().enumerate() {
+            *e = PartitionEntry {
+                epoch: 1,
+                primary: Some(names[p % n].clone()),
+                replicas: names.clone(),
+                in_sync: names.clone(),
+                learners: vec![],
+            };
+        }
+        let cluster = Cluster {
+            nodes,
+            map,
+            _data: data,
+        };
+        cluster.install().await;
+        cluster
+    }
+
+    /// Install the map on every node and grant a lease longer than any test, retrying
+    /// until the nodes listen.
+    async fn install(&self) {
+        let admin = AdminClient::new(TOKEN, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("admin client: {e}"));
+        let hb = HeartbeatRequest {
+            store: STORE.into(),
+            map_version: self.map.version,
+            lease_ms: 600_000,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in &self.nodes {
+            loop {
+                let done = async {
+                    admin.install_map(&node.peer_addr, &self.map).await?;
+                    admin.heartbeat(&node.peer_addr, &hb).await
+                }
+                .await;
+                match done {
+                    Ok(_) => break,
+                    Err(_) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => panic!("node at {} never took the map: {e}", node.peer_addr),
+                }
+            }
+        }
+    }
+
+    fn endpoint(&self, i: usize) -> &str {
+        &self.nodes[i].client_addr
+    }
+
+    fn kill(&mut self, i: usize) {
+        self.nodes[i].proc = None;
+    }
+
+    fn client(&self) -> KvClient {
+        let seeds: Vec<&str> = self.nodes.iter().map(|n| n.client_addr.as_str()).collect();
+        KvClient::new(&seeds).unwrap_or_else(|e| panic!("client: {e}"))
+    }
+
+    /// Wait until a write through the client succeeds on every partition's primary.
+    async fn wait_writable(&self) {
+        let kv = self.client();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut i = 0u32;
+        let mut covered = std::collections::BTreeSet::new();
+        while covered.len() < self.map.partitions.len() {
+            let key = format!("probe-{i}");
+            i += 1;
+            let p = self.map.partition_of(key.as_bytes());
+            if covered.contains(&p) {
+                continue;
+            }
+            match kv.put(&key, "x", Condition::Always).await {
+                Ok(_) => {
+                    covered.insert(p);
+                }
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("partition {p} never became writable: {e}"),
+            }
+        }
+    }
+}
+
+/// Run the CLI with `args` (and `stdin` if given) against `endpoint`.
+fn cli(endpoint: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut cmd = Command::new(bin("shardedstore"));
+    cmd.args(["--endpoint", endpoint, "--timeout", "5s"])
+        .args(args)
+        .env_remove("SHARDEDSTORE_ENDPOINTS")
+        .env("RUST_LOG", "off")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning shardedstore: {e}"));
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input)
+            .unwrap_or_else(|e| panic!("writing stdin: {e}"));
+    }
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("waiting for shardedstore: {e}"))
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn assert_ok(o: &Output) {
+    assert_eq!(code(o), 0, "stderr: {}", stderr(o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_quickstart_and_conditional_writes_against_one_node() {
+    let cluster = Cluster::start(1, 4).await;
+    cluster.wait_writable().await;
+    let ep = cluster.endpoint(0);
+
+    let put = cli(ep, &["put", "greeting", "hello"], None);
+    assert_ok(&put);
+    let get = cli(ep, &["-v", "get", "greeting"], None);
+    assert_ok(&get);
+    assert_eq!(get.stdout, b"hello", "exact bytes on a pipe");
+    let version: u64 = stderr(&get)
+        .trim()
+        .strip_prefix("version ")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no version on stderr: {}", stderr(&get)));
+
+    let absent = cli(ep, &["put", "greeting", "again", "--if-absent"], None);
+    assert_eq!(code(&absent), 4, "{}", stderr(&absent));
+    assert!(stderr(&absent).starts_with("error: precondition failed"));
+    let stale = cli(
+        ep,
+        &[
+            "put",
+            "greeting",
+            "x",
+            "--if-match",
+            &(version + 100).to_string(),
+        ],
+        None,
+    );
+    assert_eq!(code(&stale), 4);
+    let ok = cli(
+        ep,
+        &["put", "greeting", "hi", "--if-match", &version.to_string()],
+        None,
+    );
+    assert_ok(&ok);
+    assert_eq!(cli(ep, &["get", "greeting"], None).stdout, b"hi");
+
+    let del = cli(ep, &["delete", "greeting"], None);
+    assert_ok(&del);
+    let gone = cli(ep, &["get", "greeting"], None);
+    assert_eq!(code(&gone), 3);
+    assert_eq!(stderr(&gone).trim(), "error: key \"greeting\" not found");
+    assert!(gone.stdout.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_from_stdin_and_files_and_awkward_keys_round_trip() {
+    let cluster = Cluster::start(1, 4).await;
+    cluster.wait_writable().await;
+    let ep = cluster.endpoint(0);
+    let binary: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+
+    assert_ok(&cli(ep, &["put", "from-stdin"], Some(&binary)));
+    assert_eq!(cli(ep, &["get", "from-stdin"], None).stdout, binary);
+
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("value.bin");
+    std::fs::write(&file, b"file contents\n").unwrap_or_else(|e| panic!("{e}"));
+    let path = file.to_string_lossy().into_owned();
+    assert_ok(&cli(ep, &["put", "from-file", "--file", &path], None));
+    assert_eq!(
+        cli(ep, &["get", "from-file"], None).stdout,
+        b"file contents\n"
+    );
+
+    for key in ["a/b", "with space", "q?x=1&y#z", "100%", "ünïcødé", "..."] {
+        assert_ok(&cli(ep, &["put", key, key], None));
+        let got = cli(ep, &["get", key], None);
+        assert_ok(&got);
+        assert_eq!(stdout(&got), key);
+    }
+    // The library sees the same keys: the CLI encoded them exactly.
+    let kv = cluster.client();
+    let v = kv.get("a/b").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(v.map(|v| v.value.to_vec()), Some(b"a/b".to_vec()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_one_readable_line_with_the_documented_exit_codes() {
+    let cluster = Cluster::start(1, 4).await;
+    cluster.wait_writable().await;
+    let ep = cluster.endpoint(0);
+
+    let big_key = "k".repeat(2000);
+    let o = cli(ep, &["put", &big_key, "v"], None);
+    assert_eq!(code(&o), 1);
+    assert_eq!(
+        stderr(&o).trim(),
+        "error: key is 2000 bytes, over the store's limit of 1024"
+    );
+
+    let dead = format!("127.0.0.1:{}", free_port());
+    let o = Command::new(bin("shardedstore"))
+        .args(["--endpoint", &dead, "--timeout", "300ms", "get", "k"])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code(&o), 1);
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: unavailable after"), "{err}");
+    assert!(err.contains(&dead), "{err}");
+
+    let usage = cli(ep, &["put"], None);
+    assert_eq!(code(&usage), 2);
+    let missing_file = cli(ep, &["put", "k", "--file", "/nonexistent/x"], None);
+    assert_eq!(code(&missing_file), 1);
+    assert!(stderr(&missing_file).starts_with("error: reading the value from /nonexistent/x"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_rf3_route_read_locally_and_report_status() {
+    let mut cluster = Cluster::start(3, 8).await;
+    cluster.wait_writable().await;
+
+    // Writes through any endpoint land on the right primary and replicate.
+    for i in 0..24 {
+        let ep = cluster.endpoint(i % 3).to_owned();
+        assert_ok(&cli(
+            &ep,
+            &["put", &format!("key-{i}"), &format!("value-{i}")],
+            None,
+        ));
+    }
+    let kv = cluster.client();
+    for i in 0..24 {
+        let key = format!("key-{i}");
+        let want = format!("value-{i}");
+        let got = kv.get(&key).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            got.map(|v| v.value.to_vec()),
+            Some(want.clone().into_bytes())
+        );
+        let local = cli(cluster.endpoint(2), &["-v", "get", "--local", &key], None);
+        assert_ok(&local);
+        assert_eq!(stdout(&local), want);
+        assert!(stderr(&local).contains("staleness"), "{}", stderr(&local));
+    }
+
+    let map = cli(cluster.endpoint(1), &["map"], None);
+    assert_ok(&map);
+    let printed: PartitionMap =
+        serde_json::from_slice(&map.stdout).unwrap_or_else(|e| panic!("map JSON: {e}"));
+    assert_eq!(printed, cluster.map);
+
+    let status = cli(cluster.endpoint(0), &["status"], None);
+    assert_ok(&status);
+    let text = stdout(&status);
+    assert!(
+        text.contains("partitions: 8 healthy, 0 under-replicated, 0 unavailable"),
+        "{text}"
+    );
+    assert_eq!(text.matches("yes (").count(), 3, "{text}");
+
+    cluster.kill(2);
+    let status = cli(cluster.endpoint(0), &["status"], None);
+    assert_ok(&status);
+    let text = stdout(&status);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("node-2"))
+        .unwrap_or_else(|| panic!("no node-2 line: {text}"));
+    assert!(line.contains("NO: "), "{line}");
+    assert_eq!(text.matches("yes (").count(), 2, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_runs_a_fixed_number_of_operations_and_reports_json() {
+    let cluster = Cluster::start(1, 4).await;
+    cluster.wait_writable().await;
+    let o = cli(
+        cluster.endpoint(0),
+        &[
+            "bench",
+            "--clients",
+            "4",
+            "--keys",
+            "50",
+            "--ops",
+            "400",
+            "--workload",
+            "ycsb-a",
+            "--json",
+        ],
+        None,
+    );
+    assert_ok(&o);
+    let report: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("bench JSON: {e}"));
+    let run = &report["runs"][0];
+    assert_eq!(run["target"], "shardedstore");
+    assert_eq!(run["workload"], "ycsb-a");
+    assert_eq!(run["ops"], 400, "{run}");
+    assert_eq!(run["read_misses"], 0, "preload wrote every key: {run}");
+    assert_eq!(run["preload"]["keys"], 50);
+    let ops = run["operations"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no operations: {run}"));
+    assert_eq!(ops.len(), 2, "{run}");
+    for op in ops {
+        assert!(op["p50_us"].as_u64() > Some(0) && op["p99_us"].as_u64() >= op["p50_us"].as_u64());
+    }
+
+    let text = cli(
+        cluster.endpoint(0),
+        &[
+            "bench",
+            "--clients",
+            "2",
+            "--keys",
+            "20",
+            "--ops",
+            "100",
+            "--no-preload",
+        ],
+        None,
+    );
+    assert_ok(&text);
+    let out = stdout(&text);
+    assert!(out.contains("run: 100 ops in"), "{out}");
+    assert!(out.contains("p99.9"), "{out}");
+}
+
+/// Runs only where `redis-server` is installed (`apt-get install redis-server`); elsewhere it
+/// says so and checks nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_compares_with_a_local_redis_when_one_is_installed() {
+    let Ok(redis_bin) = which("redis-server") else {
+        eprintln!("redis-server not installed: skipping the side-by-side comparison");
+        return;
+    };
+    let port = free_port();
+    let _redis = Proc(
+        Command::new(redis_bin)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning redis-server: {e}")),
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "redis never listened on {addr}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cluster = Cluster::start(1, 4).await;
+    cluster.wait_writable().await;
+    let o = cli(
+        cluster.endpoint(0),
+        &[
+            "bench",
+            "--clients",
+            "2",
+            "--keys",
+            "30",
+            "--ops",
+            "200",
+            "--json",
+            "--compare-redis",
+            &addr,
+        ],
+        None,
+    );
+    assert_ok(&o);
+    let report: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("bench JSON: {e}"));
+    let targets: Vec<&str> = report["runs"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|x| x["target"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(targets, ["shardedstore", "redis"]);
+    assert_eq!(report["runs"][1]["ops"], 200);
+    assert_eq!(report["runs"][1]["read_misses"], 0);
+}
+
+fn which(name: &str) -> Result<PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+        .ok_or(())
+}
