@@ -10,12 +10,18 @@
 //! - [`input`]: membership and settings fed in by the controller or local mode.
 //! - [`status`]: status snapshot and events reported out.
 //! - [`handle`]: spawning and driving the task.
+//! - [`liveness`]: failure detection (alive / suspected / dead) from heartbeats.
+//! - [`planner`]: the pure decisions.
+//! - [`summary`]: the pure status computation.
 
 pub mod handle;
 pub mod input;
+pub mod liveness;
+pub mod planner;
 mod runner;
 pub mod status;
 pub mod store;
+pub mod summary;
 pub mod transport;
 
 pub use handle::CoordinatorHandle;

@@ -1,11 +1,33 @@
-//! The coordinator loop: every heartbeat interval, observe, plan, execute, publish status.
+//! The coordinator loop: every heartbeat interval, contact the nodes, plan, write the map with
+//! compare-and-swap, push it, start the calls the plan asks for, publish the status.
 
 use super::input::{Membership, Settings, StoreIdentity};
+use super::liveness::{Health, Liveness};
+use super::planner::{Call, HandoffOutcome, Inputs, Observations, plan};
 use super::status::{CoordinatorEvent, CoordinatorStatus};
-use super::store::MapStore;
+use super::store::{MapStore, MapStoreError, Revision};
+use super::summary::summarize;
 use super::transport::NodeTransport;
+use crate::placement::Target;
+use futures::future::join_all;
+use shardedstore_node::admin_api::{AdmitRequest, HandoffRequest, HeartbeatRequest, LogPosition};
+use shardedstore_node::map::{NodeId, PartitionId, PartitionMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use tokio::sync::{broadcast, watch};
+use std::time::Instant;
+use tokio::sync::{broadcast, mpsc, watch};
+
+/// Planning rounds per tick: a map write often enables the next step at once.
+const ROUNDS_PER_TICK: usize = 4;
+
+/// Answer of a background call.
+enum Outcome {
+    Position(PartitionId, u64, NodeId, LogPosition),
+    Admitted(PartitionId, u64, NodeId),
+    Handoff(PartitionId, HandoffOutcome),
+    Dropped(PartitionId, NodeId),
+    Nothing,
+}
 
 pub(crate) struct Runner {
     store: StoreIdentity,
@@ -15,6 +37,14 @@ pub(crate) struct Runner {
     settings: watch::Receiver<Settings>,
     status: watch::Sender<CoordinatorStatus>,
     events: broadcast::Sender<CoordinatorEvent>,
+    map: Option<(PartitionMap, Revision)>,
+    loaded: bool,
+    health: BTreeMap<NodeId, Health>,
+    obs: Observations,
+    target: Option<Target>,
+    inflight: BTreeSet<Call>,
+    results_tx: mpsc::UnboundedSender<(Call, Outcome)>,
+    results_rx: mpsc::UnboundedReceiver<(Call, Outcome)>,
 }
 
 impl Runner {
@@ -27,6 +57,7 @@ impl Runner {
         status: watch::Sender<CoordinatorStatus>,
         events: broadcast::Sender<CoordinatorEvent>,
     ) -> Self {
+        let (results_tx, results_rx) = mpsc::unbounded_channel();
         Self {
             store,
             map_store,
@@ -35,22 +66,387 @@ impl Runner {
             settings,
             status,
             events,
+            map: None,
+            loaded: false,
+            health: BTreeMap::new(),
+            obs: Observations::new(Instant::now()),
+            target: None,
+            inflight: BTreeSet::new(),
+            results_tx,
+            results_rx,
         }
     }
 
-    pub(crate) async fn run(self, mut stop: watch::Receiver<bool>) {
-        let _ = (&self.store, &self.transport, &self.membership, &self.events);
+    pub(crate) async fn run(mut self, mut stop: watch::Receiver<bool>) {
         loop {
             if *stop.borrow() {
                 return;
             }
-            if let Ok(Some((map, _))) = self.map_store.load().await {
-                self.status.send_modify(|s| s.map_version = map.version);
-            }
+            self.tick().await;
             let interval = self.settings.borrow().heartbeat_interval;
             tokio::select! {
                 _ = stop.changed() => {}
                 _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+
+    fn emit(&self, event: CoordinatorEvent) {
+        tracing::info!(?event, "coordinator");
+        // No subscribers is fine.
+        let _ = self.events.send(event);
+    }
+
+    async fn tick(&mut self) {
+        let membership = self.membership.borrow().clone();
+        let settings = self.settings.borrow().clone();
+        if !self.loaded {
+            match self.map_store.load().await {
+                Ok(map) => {
+                    self.map = map;
+                    self.loaded = true;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "loading the partition map");
+                    return;
+                }
+            }
+        }
+        self.contact_nodes(&membership, &settings).await;
+        self.collect_outcomes();
+
+        for _ in 0..ROUNDS_PER_TICK {
+            let p = {
+                let inputs = Inputs {
+                    store: &self.store.name,
+                    map: self.map.as_ref().map(|(m, _)| m),
+                    membership: &membership,
+                    settings: &settings,
+                    obs: &self.obs,
+                };
+                plan(&inputs)
+            };
+            if p.target.is_some() {
+                self.target = p.target.clone();
+            }
+            let wrote = match p.map {
+                Some(next) => self.write_map(next, &p.events).await,
+                None => {
+                    for e in p.events {
+                        self.emit(e);
+                    }
+                    false
+                }
+            };
+            for call in p.calls {
+                self.start_call(call, &settings);
+            }
+            if !wrote {
+                break;
+            }
+        }
+        if let Some((map, _)) = &self.map {
+            let status = summarize(map, self.target.as_ref(), &self.obs);
+            self.status.send_if_modified(|s| {
+                let changed = *s != status;
+                *s = status;
+                changed
+            });
+        }
+    }
+
+    /// Heartbeats nodes that answer; probes (with the map, which grants no lease) the ones
+    /// that do not, except while they are merely suspected.
+    async fn contact_nodes(&mut self, membership: &Membership, settings: &Settings) {
+        let now = Instant::now();
+        self.obs.now = now;
+        let fence = settings.lease + settings.drift_margin;
+        let map = self.map.as_ref().map(|(m, _)| m.clone());
+        let version = map.as_ref().map_or(0, |m| m.version);
+        let req = HeartbeatRequest {
+            store: self.store.name.clone(),
+            map_version: version,
+            lease_ms: settings.lease.as_millis() as u64,
+        };
+        let mut contacts = Vec::new();
+        for n in &membership.nodes {
+            let h = self.health.entry(n.id.clone()).or_default();
+            if n.confirmed_dead {
+                h.confirm_dead(now);
+                continue;
+            }
+            let heartbeat = h.may_heartbeat();
+            if !heartbeat && h.liveness(now, fence) == Liveness::Suspected {
+                continue;
+            }
+            if heartbeat {
+                h.heartbeat_sent(now);
+            }
+            contacts.push((n.id.clone(), n.peer_addr.clone(), heartbeat));
+        }
+        let transport = &self.transport;
+        let results = join_all(contacts.into_iter().map(|(id, addr, heartbeat)| {
+            let req = &req;
+            let map = map.as_ref();
+            async move {
+                let answer = if heartbeat || map.is_none() {
+                    transport.heartbeat(&addr, req).await.map(Some)
+                } else if let Some(map) = map {
+                    // A node refusing an older map (409) is alive all the same.
+                    match transport.install_map(&addr, map).await {
+                        Ok(_) => Ok(None),
+                        Err(e) if e.status().is_some() => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    Ok(None)
+                };
+                (id, addr, answer)
+            }
+        }))
+        .await;
+        let mut stale: Vec<(String, String)> = Vec::new();
+        for (id, addr, answer) in results {
+            let h = self.health.entry(id.clone()).or_default();
+            match answer {
+                Ok(report) => {
+                    h.answered();
+                    if let Some(report) = report {
+                        if report.map_version < version {
+                            stale.push((id.clone(), addr));
+                        }
+                        self.obs.reports.insert(id, report);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(node = %id, error = %e, "no answer");
+                    let was_alive = h.may_heartbeat();
+                    h.failed();
+                    if was_alive {
+                        self.emit(CoordinatorEvent::HeartbeatFailed { node: id.clone() });
+                    }
+                    self.obs.reports.remove(&id);
+                }
+            }
+        }
+        self.push_map(stale).await;
+        self.obs.liveness.clear();
+        for (id, h) in self.health.iter_mut() {
+            let l = h.liveness(now, fence);
+            self.obs.liveness.insert(id.clone(), l);
+            match h.dead_since() {
+                Some(t) => {
+                    self.obs.dead_since.insert(id.clone(), t);
+                }
+                None => {
+                    self.obs.dead_since.remove(id);
+                }
+            }
+        }
+    }
+
+    /// Installs the current map on `nodes`; records the version each now holds.
+    async fn push_map(&mut self, nodes: Vec<(String, String)>) {
+        let Some((map, _)) = &self.map else {
+            return;
+        };
+        let transport = &self.transport;
+        let results = join_all(nodes.into_iter().map(|(id, addr)| async move {
+            let r = transport.install_map(&addr, map).await;
+            (id, r)
+        }))
+        .await;
+        for (id, r) in results {
+            match r {
+                Ok(resp) => {
+                    if let Some(report) = self.obs.reports.get_mut(&id) {
+                        report.map_version = resp.version;
+                    }
+                }
+                Err(e) => tracing::debug!(node = %id, error = %e, "pushing the map"),
+            }
+        }
+    }
+
+    async fn write_map(&mut self, next: PartitionMap, events: &[CoordinatorEvent]) -> bool {
+        let expected = self.map.as_ref().map(|(_, r)| r.clone());
+        match self
+            .map_store
+            .compare_and_swap(expected.as_ref(), &next)
+            .await
+        {
+            Ok(rev) => {
+                for e in events {
+                    self.emit(e.clone());
+                }
+                self.map = Some((next, rev));
+                self.after_write();
+                let alive: Vec<(String, String)> = self
+                    .map
+                    .iter()
+                    .flat_map(|(m, _)| m.nodes.iter())
+                    .filter(|(id, _)| self.obs.is_alive(id))
+                    .map(|(id, n)| (id.clone(), n.peer_addr.clone()))
+                    .collect();
+                self.push_map(alive).await;
+                true
+            }
+            Err(MapStoreError::Conflict) => {
+                tracing::warn!("the partition map changed under us; reloading");
+                self.loaded = false;
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "writing the partition map");
+                false
+            }
+        }
+    }
+
+    /// Drops observations a new map made stale.
+    fn after_write(&mut self) {
+        let Some((map, _)) = &self.map else {
+            return;
+        };
+        let epoch = |p: PartitionId| map.entry(p).map_or(0, |e| e.epoch);
+        self.obs.handoffs.clear();
+        self.obs.positions.retain(|(p, e), _| epoch(*p) == *e);
+        self.obs
+            .admitted
+            .retain(|(p, e, n)| epoch(*p) == *e && map.entry(*p).is_some_and(|x| !x.is_in_sync(n)));
+    }
+
+    fn collect_outcomes(&mut self) {
+        while let Ok((call, outcome)) = self.results_rx.try_recv() {
+            self.inflight.remove(&call);
+            match outcome {
+                Outcome::Position(p, epoch, node, pos) => {
+                    self.obs
+                        .positions
+                        .entry((p, epoch))
+                        .or_default()
+                        .insert(node, pos);
+                }
+                Outcome::Admitted(p, epoch, node) => {
+                    self.obs.admitted.insert((p, epoch, node));
+                }
+                Outcome::Handoff(p, o) => {
+                    self.obs.handoffs.insert(p, o);
+                }
+                Outcome::Dropped(partition, node) => {
+                    self.emit(CoordinatorEvent::ReplicaDropped { partition, node });
+                }
+                Outcome::Nothing => {}
+            }
+        }
+    }
+
+    /// Starts `call` in the background unless the same call is still running.
+    fn start_call(&mut self, call: Call, settings: &Settings) {
+        let Some((map, _)) = &self.map else {
+            return;
+        };
+        if self.inflight.contains(&call) {
+            return;
+        }
+        let addr = |n: &str| map.nodes.get(n).map(|i| i.peer_addr.clone());
+        let transport = self.transport.clone();
+        let tx = self.results_tx.clone();
+        let handoff_ms = settings.handoff_timeout.as_millis() as u64;
+        self.inflight.insert(call.clone());
+        let key = call.clone();
+        match call {
+            Call::Positions {
+                partition,
+                epoch,
+                nodes,
+            } => {
+                let targets: Vec<(NodeId, Option<String>)> =
+                    nodes.into_iter().map(|n| (n.clone(), addr(&n))).collect();
+                tokio::spawn(async move {
+                    for (node, addr) in targets {
+                        let Some(addr) = addr else { continue };
+                        if let Ok(pos) = transport.position(&addr, partition).await {
+                            let _ = tx.send((
+                                key.clone(),
+                                Outcome::Position(partition, epoch, node, pos),
+                            ));
+                        }
+                    }
+                    let _ = tx.send((key, Outcome::Nothing));
+                });
+            }
+            Call::Admit {
+                partition,
+                epoch,
+                primary,
+                node,
+            } => {
+                let primary_addr = addr(&primary);
+                tokio::spawn(async move {
+                    let req = AdmitRequest {
+                        epoch,
+                        learner: node.clone(),
+                    };
+                    let outcome = match primary_addr {
+                        Some(a) => match transport.admit(&a, partition, &req).await {
+                            Ok(r) if r.ready => Outcome::Admitted(partition, epoch, node),
+                            Ok(_) => Outcome::Nothing,
+                            Err(e) => {
+                                tracing::debug!(error = %e, partition, "admit");
+                                Outcome::Nothing
+                            }
+                        },
+                        None => Outcome::Nothing,
+                    };
+                    let _ = tx.send((key, outcome));
+                });
+            }
+            Call::Handoff {
+                partition,
+                epoch,
+                from,
+                to,
+            } => {
+                let from_addr = addr(&from);
+                tokio::spawn(async move {
+                    let req = HandoffRequest {
+                        epoch,
+                        to: to.clone(),
+                        timeout_ms: handoff_ms,
+                    };
+                    let outcome = match from_addr {
+                        Some(a) => match transport.handoff(&a, partition, &req).await {
+                            Ok(r) => Outcome::Handoff(
+                                partition,
+                                HandoffOutcome {
+                                    epoch,
+                                    to,
+                                    ready: r.ready,
+                                },
+                            ),
+                            Err(e) => {
+                                tracing::debug!(error = %e, partition, "hand-off");
+                                Outcome::Nothing
+                            }
+                        },
+                        None => Outcome::Nothing,
+                    };
+                    let _ = tx.send((key, outcome));
+                });
+            }
+            Call::Drop { node, partition } => {
+                let node_addr = addr(&node);
+                tokio::spawn(async move {
+                    let outcome = match node_addr {
+                        Some(a) => match transport.drop_partition(&a, partition).await {
+                            Ok(()) => Outcome::Dropped(partition, node),
+                            Err(_) => Outcome::Nothing,
+                        },
+                        None => Outcome::Nothing,
+                    };
+                    let _ = tx.send((key, outcome));
+                });
             }
         }
     }

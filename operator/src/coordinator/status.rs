@@ -91,6 +91,20 @@ pub enum CoordinatorEvent {
         /// The old primary was confirmed dead (not merely silent).
         confirmed: bool,
     },
+    /// A live primary handed the partition over to an in-sync replica (move, drain, cordon
+    /// or primary balance).
+    PrimaryHandedOff {
+        partition: PartitionId,
+        from: NodeId,
+        to: NodeId,
+        epoch: u64,
+    },
+    /// A hand-off did not complete in time; the old primary was re-confirmed.
+    HandoffAborted {
+        partition: PartitionId,
+        from: NodeId,
+        to: NodeId,
+    },
     /// A partition lost its last in-sync candidate: it stays unavailable until one returns.
     PartitionUnavailable {
         partition: PartitionId,

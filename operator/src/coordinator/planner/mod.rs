@@ -1,0 +1,243 @@
+//! The pure planner: (map, membership, settings, observations) → a plan of one map change
+//! (at most) and the node calls whose answers the next rounds need.
+//!
+//! Every decision is here and unit-tested; the runner only gathers observations and executes.
+//! A round changes the map by at most one version; multi-step procedures (failover after
+//! asking positions, learner admission, hand-off, moves) advance by one step per round, so a
+//! restarted coordinator resumes from whatever the stored map says.
+
+mod nodes;
+mod partitions;
+#[cfg(test)]
+mod tests;
+
+use super::input::{Membership, Settings};
+use super::liveness::Liveness;
+use super::status::CoordinatorEvent;
+use crate::placement::{PlacementNode, Target, place};
+use shardedstore_node::admin_api::{HeartbeatResponse, LogPosition};
+use shardedstore_node::map::{NodeId, NodeState, PartitionId, PartitionMap};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+/// Answer of a primary to a hand-off request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandoffOutcome {
+    pub epoch: u64,
+    pub to: NodeId,
+    pub ready: bool,
+}
+
+/// What the coordinator has seen, as of `now`.
+#[derive(Clone, Debug)]
+pub struct Observations {
+    pub now: Instant,
+    /// When this coordinator started (the first map waits a little for all nodes).
+    pub started: Instant,
+    pub liveness: BTreeMap<NodeId, Liveness>,
+    /// First time each dead node was seen dead.
+    pub dead_since: BTreeMap<NodeId, Instant>,
+    /// Latest heartbeat answer of each alive node.
+    pub reports: BTreeMap<NodeId, HeartbeatResponse>,
+    /// Log positions of failover candidates, per (partition, epoch asked at).
+    pub positions: BTreeMap<(PartitionId, u64), BTreeMap<NodeId, LogPosition>>,
+    /// Learners (or lagging replicas) the primary reported ready: (partition, epoch, node).
+    pub admitted: BTreeSet<(PartitionId, u64, NodeId)>,
+    pub handoffs: BTreeMap<PartitionId, HandoffOutcome>,
+}
+
+impl Observations {
+    pub fn new(now: Instant) -> Self {
+        Self {
+            now,
+            started: now,
+            liveness: BTreeMap::new(),
+            dead_since: BTreeMap::new(),
+            reports: BTreeMap::new(),
+            positions: BTreeMap::new(),
+            admitted: BTreeSet::new(),
+            handoffs: BTreeMap::new(),
+        }
+    }
+
+    pub fn liveness(&self, node: &str) -> Liveness {
+        self.liveness
+            .get(node)
+            .copied()
+            .unwrap_or(Liveness::Unknown)
+    }
+
+    pub fn is_alive(&self, node: &str) -> bool {
+        self.liveness(node) == Liveness::Alive
+    }
+
+    /// The node answered and holds at least map `version`.
+    fn has_map(&self, node: &str, version: u64) -> bool {
+        self.is_alive(node)
+            && self
+                .reports
+                .get(node)
+                .is_some_and(|r| r.map_version >= version)
+    }
+}
+
+/// A node call whose answer feeds a later round.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Call {
+    /// Ask failover candidates where their logs end.
+    Positions {
+        partition: PartitionId,
+        epoch: u64,
+        nodes: Vec<NodeId>,
+    },
+    /// Ask the primary to admit a learner or lagging replica into the commit quorum.
+    Admit {
+        partition: PartitionId,
+        epoch: u64,
+        primary: NodeId,
+        node: NodeId,
+    },
+    /// Ask the primary to hand off to an in-sync replica.
+    Handoff {
+        partition: PartitionId,
+        epoch: u64,
+        from: NodeId,
+        to: NodeId,
+    },
+    /// Tell a node to drop its stale copy of a partition.
+    Drop {
+        node: NodeId,
+        partition: PartitionId,
+    },
+}
+
+/// The outcome of one planning round.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    /// The next map (version + 1), when anything changes.
+    pub map: Option<PartitionMap>,
+    pub events: Vec<CoordinatorEvent>,
+    pub calls: Vec<Call>,
+    /// The placement target the round worked towards.
+    pub target: Option<Target>,
+}
+
+/// Everything the planner reads.
+pub struct Inputs<'a> {
+    pub store: &'a str,
+    pub map: Option<&'a PartitionMap>,
+    pub membership: &'a Membership,
+    pub settings: &'a Settings,
+    pub obs: &'a Observations,
+}
+
+/// How long the first map waits for every desired node before starting with enough of them.
+pub const BOOTSTRAP_GRACE: Duration = Duration::from_secs(10);
+
+/// Plans one round.
+pub fn plan(inputs: &Inputs<'_>) -> Plan {
+    match inputs.map {
+        None => bootstrap(inputs),
+        Some(map) => evolve(inputs, map),
+    }
+}
+
+/// The placement view of the map's nodes.
+pub(crate) fn placement_nodes(map: &PartitionMap) -> Vec<PlacementNode> {
+    map.nodes
+        .iter()
+        .map(|(id, info)| PlacementNode {
+            id: id.clone(),
+            state: info.state,
+            zone: info.zone.clone(),
+        })
+        .collect()
+}
+
+/// The first map: once every desired node answers (or enough of them after a grace period).
+fn bootstrap(inputs: &Inputs<'_>) -> Plan {
+    let Inputs {
+        store,
+        membership,
+        settings,
+        obs,
+        ..
+    } = inputs;
+    let desired: Vec<_> = membership
+        .nodes
+        .iter()
+        .filter(|n| n.ordinal < membership.desired_nodes)
+        .collect();
+    let alive: Vec<_> = desired.iter().filter(|n| obs.is_alive(&n.id)).collect();
+    let enough = alive.len()
+        >= (settings.replication_factor as usize)
+            .min(desired.len())
+            .max(1);
+    let all = !desired.is_empty() && alive.len() == desired.len();
+    if !(all || (enough && obs.now >= obs.started + BOOTSTRAP_GRACE)) {
+        return Plan::default();
+    }
+    let mut map = PartitionMap::empty(
+        store,
+        settings.partitions,
+        settings.replication_factor,
+        settings.min_in_sync,
+    );
+    map.limits = settings.limits;
+    map.rebalance_bandwidth_bytes_per_second = settings.bandwidth_bytes_per_second;
+    for n in alive {
+        map.nodes
+            .insert(n.id.clone(), nodes::info(n, NodeState::Active));
+    }
+    let target = place(&map, &placement_nodes(&map), settings.replication_factor);
+    for (entry, tp) in map.partitions.iter_mut().zip(&target.partitions) {
+        entry.epoch = 1;
+        entry.primary = tp.primary.clone();
+        entry.replicas = tp.replicas.clone();
+        entry.in_sync = tp.replicas.clone();
+    }
+    map.version = 1;
+    Plan {
+        events: vec![CoordinatorEvent::MapWritten { version: 1 }],
+        map: Some(map),
+        calls: Vec::new(),
+        target: Some(target),
+    }
+}
+
+fn evolve(inputs: &Inputs<'_>, current: &PartitionMap) -> Plan {
+    let mut next = current.clone();
+    let mut events = Vec::new();
+    let mut calls = Vec::new();
+    next.replication_factor = inputs.settings.replication_factor;
+    next.min_in_sync = inputs.settings.min_in_sync;
+    next.limits = inputs.settings.limits;
+    next.rebalance_bandwidth_bytes_per_second = inputs.settings.bandwidth_bytes_per_second;
+
+    nodes::update(inputs, &mut next, &mut events);
+    let target = place(
+        &next,
+        &placement_nodes(&next),
+        inputs.settings.replication_factor,
+    );
+    let force = partitions::plan_partitions(inputs, &target, &mut next, &mut events, &mut calls);
+    nodes::forget_empty(inputs, &mut next);
+
+    let map = if next == *current && !force {
+        None
+    } else {
+        next.version = current.version + 1;
+        events.push(CoordinatorEvent::MapWritten {
+            version: next.version,
+        });
+        Some(next)
+    };
+    calls.sort();
+    calls.dedup();
+    Plan {
+        map,
+        events,
+        calls,
+        target: Some(target),
+    }
+}

@@ -1,0 +1,464 @@
+//! Per-partition decisions: failover, in-sync shrink and expand, hand-off, moves and cleanup.
+//! Each partition advances by at most one step of a multi-step procedure per round.
+
+use super::{Call, Inputs};
+use crate::coordinator::liveness::Liveness;
+use crate::coordinator::status::CoordinatorEvent;
+use crate::placement::{Target, TargetPartition};
+use shardedstore_node::admin_api::{LogPosition, ReplicaRole};
+use shardedstore_node::map::{NodeId, NodeState, PartitionEntry, PartitionId, PartitionMap};
+use std::collections::BTreeMap;
+
+/// Read-only context of one round.
+struct Round<'a> {
+    inputs: &'a Inputs<'a>,
+    /// Version of the stored map (what nodes must hold for admission and hand-off).
+    version: u64,
+    /// Node states after this round's node-table update.
+    states: BTreeMap<NodeId, NodeState>,
+}
+
+impl Round<'_> {
+    fn alive(&self, n: &str) -> bool {
+        self.inputs.obs.is_alive(n)
+    }
+
+    /// Dead for sure: confirmed or fenced, or no longer in the map's node list.
+    fn dead(&self, n: &str) -> bool {
+        self.inputs.obs.liveness(n) == Liveness::Dead || !self.states.contains_key(n)
+    }
+
+    fn current(&self, n: &str) -> bool {
+        self.inputs.obs.has_map(n, self.version)
+    }
+
+    fn cordoned(&self, n: &str) -> bool {
+        self.inputs.membership.cordoned.contains(n)
+    }
+
+    fn active(&self, n: &str) -> bool {
+        self.states.get(n) == Some(&NodeState::Active)
+    }
+
+    /// May `n` lead? Alive, Active, not cordoned, holding the current map.
+    fn may_lead(&self, n: &str) -> bool {
+        self.alive(n) && self.active(n) && !self.cordoned(n) && self.current(n)
+    }
+
+    fn confirmed(&self, n: &str) -> bool {
+        self.inputs
+            .membership
+            .node(n)
+            .is_none_or(|m| m.confirmed_dead)
+    }
+}
+
+/// Replicas being moved away: members the target no longer lists.
+fn extras<'e>(e: &'e PartitionEntry, tp: &TargetPartition) -> Vec<&'e NodeId> {
+    e.members().filter(|n| !tp.replicas.contains(n)).collect()
+}
+
+/// Plans every partition; returns true when the map must be rewritten even if unchanged
+/// (an aborted hand-off is released by a newer map version).
+pub(super) fn plan_partitions(
+    inputs: &Inputs<'_>,
+    target: &Target,
+    next: &mut PartitionMap,
+    events: &mut Vec<CoordinatorEvent>,
+    calls: &mut Vec<Call>,
+) -> bool {
+    let round = Round {
+        inputs,
+        version: inputs.map.map_or(0, |m| m.version),
+        states: next
+            .nodes
+            .iter()
+            .map(|(id, n)| (id.clone(), n.state))
+            .collect(),
+    };
+    let mut force = false;
+    let mut busy = moves_in_flight(next, target);
+    for (p, e) in next.partitions.iter_mut().enumerate() {
+        let p = p as PartitionId;
+        let Some(tp) = target.partition(p) else {
+            continue;
+        };
+        if failover(&round, p, e, tp, events, calls) {
+            continue;
+        }
+        let Some(primary) = e.primary.clone().filter(|n| round.alive(n)) else {
+            continue;
+        };
+        shrink(&round, p, e, &primary, events);
+        expand(&round, p, e, &primary, events, calls);
+        remove_extras(&round, p, e, tp, &primary, events);
+        match handoff(&round, p, e, tp, &primary, events, calls) {
+            Handoff::Done | Handoff::Pending => continue,
+            Handoff::Aborted => force = true,
+            Handoff::None => {}
+        }
+        start_move(&round, p, e, tp, &mut busy, events);
+    }
+    drop_stale(&round, calls);
+    force
+}
+
+/// Moves each node takes part in (as destination or source).
+fn moves_in_flight(map: &PartitionMap, target: &Target) -> BTreeMap<NodeId, u32> {
+    let mut busy: BTreeMap<NodeId, u32> = BTreeMap::new();
+    for (e, tp) in map.partitions.iter().zip(&target.partitions) {
+        for l in &e.learners {
+            *busy.entry(l.clone()).or_default() += 1;
+            if let Some(src) = extras(e, tp).into_iter().find(|n| !e.learners.contains(n)) {
+                *busy.entry(src.clone()).or_default() += 1;
+            }
+        }
+    }
+    busy
+}
+
+/// Fails over a partition whose primary is dead (or that has none): asks the live in-sync
+/// members for their positions, then elects the one with the highest (epoch, seq).
+/// Returns true when the partition is handled for this round.
+fn failover(
+    round: &Round<'_>,
+    p: PartitionId,
+    e: &mut PartitionEntry,
+    tp: &TargetPartition,
+    events: &mut Vec<CoordinatorEvent>,
+    calls: &mut Vec<Call>,
+) -> bool {
+    let needs = match &e.primary {
+        Some(primary) => round.dead(primary),
+        None => !e.in_sync.is_empty(),
+    };
+    if !needs {
+        return false;
+    }
+    let old = e.primary.clone();
+    let candidates: Vec<NodeId> = e
+        .in_sync
+        .iter()
+        .filter(|n| Some(*n) != old.as_ref() && round.alive(n) && round.current(n))
+        .cloned()
+        .collect();
+    if candidates.is_empty() {
+        return true;
+    }
+    let positions = round.inputs.obs.positions.get(&(p, e.epoch));
+    let known: Vec<(&NodeId, LogPosition)> = candidates
+        .iter()
+        .filter_map(|n| positions.and_then(|ps| ps.get(n)).map(|pos| (n, *pos)))
+        .collect();
+    if known.len() < candidates.len() {
+        calls.push(Call::Positions {
+            partition: p,
+            epoch: e.epoch,
+            nodes: candidates,
+        });
+        return true;
+    }
+    // Highest log wins; among equals prefer the placement's primary, then a non-cordoned one.
+    let Some((winner, _)) = known.iter().max_by_key(|(n, pos)| {
+        (
+            *pos,
+            tp.primary.as_ref() == Some(*n),
+            !round.cordoned(n),
+            std::cmp::Reverse((*n).clone()),
+        )
+    }) else {
+        return true;
+    };
+    let winner = (*winner).clone();
+    e.epoch += 1;
+    e.primary = Some(winner.clone());
+    e.in_sync
+        .retain(|n| round.alive(n) && Some(n) != old.as_ref());
+    events.push(CoordinatorEvent::Failover {
+        partition: p,
+        from: old.clone(),
+        to: winner,
+        epoch: e.epoch,
+        confirmed: old.as_deref().is_some_and(|o| round.confirmed(o)),
+    });
+    true
+}
+
+/// Removes dead and lagging followers from `inSync` (never the primary).
+fn shrink(
+    round: &Round<'_>,
+    p: PartitionId,
+    e: &mut PartitionEntry,
+    primary: &str,
+    events: &mut Vec<CoordinatorEvent>,
+) {
+    let lag = round.inputs.settings.lag_timeout.as_millis() as u64;
+    let report = round
+        .inputs
+        .obs
+        .reports
+        .get(primary)
+        .and_then(|r| r.partitions.iter().find(|s| s.partition == p))
+        .filter(|s| s.epoch == e.epoch && s.role == ReplicaRole::Primary);
+    let lagging = |n: &str| {
+        report.is_some_and(|s| {
+            s.followers
+                .iter()
+                .any(|f| f.node == n && f.acked_seq < s.commit_seq && f.last_contact_ms > lag)
+        })
+    };
+    let removed: Vec<NodeId> = e
+        .in_sync
+        .iter()
+        .filter(|n| n.as_str() != primary && (round.dead(n) || lagging(n)))
+        .cloned()
+        .collect();
+    for n in removed {
+        e.in_sync.retain(|m| *m != n);
+        events.push(CoordinatorEvent::InSyncShrunk {
+            partition: p,
+            node: n,
+        });
+    }
+}
+
+/// Admits learners and lagging replicas through the primary; lists them in `inSync` once the
+/// primary answered ready at this epoch.
+fn expand(
+    round: &Round<'_>,
+    p: PartitionId,
+    e: &mut PartitionEntry,
+    primary: &str,
+    events: &mut Vec<CoordinatorEvent>,
+    calls: &mut Vec<Call>,
+) {
+    if !round.current(primary) {
+        return;
+    }
+    let waiting: Vec<NodeId> = e
+        .members()
+        .filter(|n| !e.in_sync.contains(n) && round.alive(n) && round.current(n))
+        .cloned()
+        .collect();
+    for n in waiting {
+        if round.inputs.obs.admitted.contains(&(p, e.epoch, n.clone())) {
+            if e.learners.contains(&n) {
+                e.learners.retain(|l| *l != n);
+                e.replicas.push(n.clone());
+            }
+            e.in_sync.push(n.clone());
+            events.push(CoordinatorEvent::InSyncExpanded {
+                partition: p,
+                node: n,
+            });
+        } else {
+            calls.push(Call::Admit {
+                partition: p,
+                epoch: e.epoch,
+                primary: primary.to_owned(),
+                node: n,
+            });
+        }
+    }
+}
+
+/// Removes members the target dropped: cancelled learners and dead replicas at once, live
+/// replicas once every target replica is in sync. The primary leaves through a hand-off.
+fn remove_extras(
+    round: &Round<'_>,
+    p: PartitionId,
+    e: &mut PartitionEntry,
+    tp: &TargetPartition,
+    primary: &str,
+    events: &mut Vec<CoordinatorEvent>,
+) {
+    let target_in_sync = tp.replicas.iter().all(|n| e.in_sync.contains(n));
+    let leaving: Vec<NodeId> = extras(e, tp)
+        .into_iter()
+        .filter(|n| n.as_str() != primary)
+        .cloned()
+        .collect();
+    for n in leaving {
+        let learner = e.learners.contains(&n);
+        let gone =
+            round.states.get(&n) == Some(&NodeState::Replaced) || !round.states.contains_key(&n);
+        if !(learner || gone || target_in_sync) {
+            continue;
+        }
+        e.learners.retain(|m| *m != n);
+        e.replicas.retain(|m| *m != n);
+        e.in_sync.retain(|m| *m != n);
+        let to = tp
+            .replicas
+            .iter()
+            .find(|t| {
+                !round
+                    .inputs
+                    .map
+                    .is_some_and(|m| m.partitions[p as usize].replicas.contains(t))
+            })
+            .or_else(|| tp.replicas.first())
+            .cloned();
+        match (learner, to) {
+            (true, _) | (false, None) => events.push(CoordinatorEvent::MoveFailed {
+                partition: p,
+                to: n,
+                reason: "cancelled: the placement no longer wants this replica".into(),
+            }),
+            (false, Some(to)) => events.push(CoordinatorEvent::MoveFinished {
+                partition: p,
+                from: Some(n),
+                to,
+            }),
+        }
+    }
+}
+
+enum Handoff {
+    /// No hand-off wanted.
+    None,
+    /// Asked (or asking) the primary; nothing else happens to the partition this round.
+    Pending,
+    Done,
+    /// The primary could not hand off in time: rewrite the map to release it.
+    Aborted,
+}
+
+/// Hands the primary role to another in-sync replica when the primary leaves (move, drain,
+/// cordon) or, when the partition is otherwise settled, for primary balance.
+fn handoff(
+    round: &Round<'_>,
+    p: PartitionId,
+    e: &mut PartitionEntry,
+    tp: &TargetPartition,
+    primary: &str,
+    events: &mut Vec<CoordinatorEvent>,
+    calls: &mut Vec<Call>,
+) -> Handoff {
+    let leaving = !tp.replicas.iter().any(|n| n == primary)
+        || round.cordoned(primary)
+        || !round.active(primary);
+    let settled = e.learners.is_empty() && e.in_sync.len() == e.replicas.len();
+    let eligible = |n: &NodeId| n != primary && e.in_sync.contains(n) && round.may_lead(n);
+    let to = if leaving {
+        tp.primary
+            .iter()
+            .chain(tp.replicas.iter())
+            .chain(e.in_sync.iter())
+            .find(|n| eligible(n))
+            .cloned()
+    } else if settled && !round.inputs.settings.paused {
+        tp.primary.clone().filter(|n| eligible(n))
+    } else {
+        None
+    };
+    let Some(to) = to else {
+        return Handoff::None;
+    };
+    if !round.current(primary) {
+        return Handoff::Pending;
+    }
+    match round.inputs.obs.handoffs.get(&p) {
+        Some(o) if o.epoch == e.epoch && o.to == to && o.ready => {
+            e.epoch += 1;
+            e.primary = Some(to.clone());
+            events.push(CoordinatorEvent::PrimaryHandedOff {
+                partition: p,
+                from: primary.to_owned(),
+                to,
+                epoch: e.epoch,
+            });
+            Handoff::Done
+        }
+        Some(o) if o.epoch == e.epoch && !o.ready => {
+            events.push(CoordinatorEvent::HandoffAborted {
+                partition: p,
+                from: primary.to_owned(),
+                to: o.to.clone(),
+            });
+            Handoff::Aborted
+        }
+        _ => {
+            calls.push(Call::Handoff {
+                partition: p,
+                epoch: e.epoch,
+                from: primary.to_owned(),
+                to,
+            });
+            Handoff::Pending
+        }
+    }
+}
+
+/// Starts one move (adds a learner) where the target wants a replica the partition lacks,
+/// within `maxConcurrentMovesPerNode`; nothing starts while paused.
+fn start_move(
+    round: &Round<'_>,
+    p: PartitionId,
+    e: &mut PartitionEntry,
+    tp: &TargetPartition,
+    busy: &mut BTreeMap<NodeId, u32>,
+    events: &mut Vec<CoordinatorEvent>,
+) {
+    let settings = round.inputs.settings;
+    if settings.paused || !e.learners.is_empty() {
+        return;
+    }
+    let max = settings.max_concurrent_moves_per_node.max(1);
+    let source = extras(e, tp).into_iter().find(|n| round.alive(n)).cloned();
+    if source
+        .as_ref()
+        .is_some_and(|s| busy.get(s).copied().unwrap_or(0) >= max)
+    {
+        return;
+    }
+    let Some(to) = tp
+        .replicas
+        .iter()
+        .find(|n| {
+            !e.is_member(n)
+                && round.alive(n)
+                && round.active(n)
+                && round.current(n)
+                && busy.get(*n).copied().unwrap_or(0) < max
+        })
+        .cloned()
+    else {
+        return;
+    };
+    e.learners.push(to.clone());
+    *busy.entry(to.clone()).or_default() += 1;
+    if let Some(s) = &source {
+        *busy.entry(s.clone()).or_default() += 1;
+    }
+    events.push(CoordinatorEvent::MoveStarted {
+        partition: p,
+        from: source,
+        to,
+    });
+}
+
+/// Drops copies that nodes report as stale under the current map.
+fn drop_stale(round: &Round<'_>, calls: &mut Vec<Call>) {
+    let Some(map) = round.inputs.map else {
+        return;
+    };
+    for (node, report) in &round.inputs.obs.reports {
+        if !round.alive(node) || report.map_version < map.version {
+            continue;
+        }
+        for s in report
+            .partitions
+            .iter()
+            .filter(|s| s.role == ReplicaRole::Stale)
+        {
+            let member = map.entry(s.partition).is_some_and(|e| e.is_member(node));
+            if !member {
+                calls.push(Call::Drop {
+                    node: node.clone(),
+                    partition: s.partition,
+                });
+            }
+        }
+    }
+}
