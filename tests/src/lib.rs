@@ -1,1 +1,4 @@
 //! Helpers shared by the ShardedStore integration suites: process harness, waiting with deadlines.
+
+pub mod apiserver_harness;
+pub mod node_harness;
