@@ -242,15 +242,35 @@ impl KvClient {
     }
 
     /// Fetch the current partition map from the endpoints (and cache it).
+    /// Retried like a read while no endpoint serves a valid map.
     pub async fn map(&self) -> Result<Arc<PartitionMap>, KvError> {
         let start = Instant::now();
-        self.refresh_map(&Staleness::default())
-            .await
-            .map_err(|last| KvError::Unavailable {
-                attempts: 1,
-                elapsed: start.elapsed(),
-                last,
-            })
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let last = match self.refresh_map(&Staleness::default()).await {
+                Ok(map) => return Ok(map),
+                Err(e) => e,
+            };
+            let jitter = rand::random::<f64>();
+            match decide(
+                &self.inner.policy,
+                OpKind::Read,
+                &last,
+                attempts,
+                start.elapsed(),
+                jitter,
+            ) {
+                Decision::Retry { delay, .. } => tokio::time::sleep(delay).await,
+                Decision::GiveUp => {
+                    return Err(KvError::Unavailable {
+                        attempts,
+                        elapsed: start.elapsed(),
+                        last,
+                    });
+                }
+            }
+        }
     }
 
     /// The cached partition map, if one was fetched.

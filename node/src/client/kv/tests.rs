@@ -323,7 +323,10 @@ async fn put_get_delete_round_trip_with_versions_and_conditions() {
     assert!(c.hits().iter().all(|h| h.key == key.as_bytes()));
 
     let err = kv.put("other", "v", Condition::IfExists).await;
-    assert!(matches!(err, Err(KvError::PreconditionFailed { .. })), "{err:?}");
+    assert!(
+        matches!(err, Err(KvError::PreconditionFailed { .. })),
+        "{err:?}"
+    );
     let err = kv.put(key, "v2", Condition::IfAbsent).await;
     assert!(
         matches!(err, Err(KvError::PreconditionFailed { .. })),
@@ -561,6 +564,11 @@ async fn no_reachable_endpoint_is_unavailable() {
                 ..
             })
         ),
+        "{err:?}"
+    );
+    let err = kv.map().await;
+    assert!(
+        matches!(err, Err(KvError::Unavailable { attempts, .. }) if attempts > 1),
         "{err:?}"
     );
     assert!(matches!(
