@@ -67,4 +67,7 @@ for cg in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
 done
 [[ "$(ip addr show dev lo)" == *" $NODE_IP/32 "* ]] && ip addr del "$NODE_IP/32" dev lo || true
 rm -rf "$STATE_DIR" "$RUN_DIR" "$CLUSTER_DIR"
+# The one path kubelet uses whatever its --root-dir: its device-plugin socket.
+rm -f /var/lib/kubelet/device-plugins/kubelet.sock
+rmdir /var/lib/kubelet/device-plugins 2>/dev/null || true
 log "cluster down"
