@@ -30,6 +30,8 @@ pub struct NodeMetrics {
     pub stored_keys: IntGauge,
     /// Bytes of snapshots sent or received while catching a replica up (`direction`).
     pub catchup_bytes: IntCounterVec,
+    /// Log entries retained across partitions (bounded by retention and compaction).
+    pub log_entries: IntGauge,
     pub forwarded_requests: IntCounter,
     pub rejected_frames: IntCounter,
 }
@@ -86,6 +88,10 @@ impl NodeMetrics {
             ),
             &["direction"],
         )?;
+        let log_entries = IntGauge::new(
+            "shardedstore_log_entries",
+            "Log entries retained across the partitions of this node",
+        )?;
         let forwarded_requests = IntCounter::new(
             "shardedstore_forwarded_requests_total",
             "Client requests forwarded to another node",
@@ -102,6 +108,7 @@ impl NodeMetrics {
         registry.register(Box::new(stored_bytes.clone()))?;
         registry.register(Box::new(stored_keys.clone()))?;
         registry.register(Box::new(catchup_bytes.clone()))?;
+        registry.register(Box::new(log_entries.clone()))?;
         registry.register(Box::new(forwarded_requests.clone()))?;
         registry.register(Box::new(rejected_frames.clone()))?;
         Ok(Self {
@@ -114,6 +121,7 @@ impl NodeMetrics {
             stored_bytes,
             stored_keys,
             catchup_bytes,
+            log_entries,
             forwarded_requests,
             rejected_frames,
         })

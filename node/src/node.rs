@@ -232,7 +232,7 @@ impl Node {
                 _ = tick.tick() => {}
                 _ = shutdown.cancelled() => return,
             }
-            let (mut keys, mut bytes, mut lag) = (0u64, 0u64, 0u64);
+            let (mut keys, mut bytes, mut lag, mut entries) = (0u64, 0u64, 0u64, 0u64);
             for r in self.all() {
                 if let Err(e) = r.compact().await {
                     tracing::warn!(partition = r.partition, error = %e, "log compaction failed");
@@ -240,6 +240,7 @@ impl Node {
                 let st = r.lock();
                 keys += st.keys;
                 bytes += st.bytes;
+                entries += st.last.last_seq.saturating_sub(st.base.last_seq);
                 if let Some(p) = &st.primary {
                     for f in p.followers.values() {
                         lag = lag.max(st.last.last_seq.saturating_sub(f.acked.unwrap_or(0)));
@@ -250,6 +251,7 @@ impl Node {
             m.stored_keys.set(keys as i64);
             m.stored_bytes.set(bytes as i64);
             m.replication_lag_entries.set(lag as i64);
+            m.log_entries.set(entries as i64);
         }
     }
 }
