@@ -22,6 +22,8 @@ enum Command {
     Crd,
     /// Time placement of a large cluster (default 4096 partitions x 100 nodes) and print it.
     BenchPlacement(shardedstore_operator::placement::bench::BenchArgs),
+    /// Run a store locally: nodes as child processes on 127.0.0.1 (the demo; see --help).
+    Local(shardedstore_operator::local::LocalArgs),
 }
 
 #[tokio::main]
@@ -32,6 +34,10 @@ async fn main() -> anyhow::Result<()> {
             shardedstore_operator::controller::serve(config).await?;
         }
         Command::Crd => print!("{}", shardedstore_operator::crd::crd_yaml()?),
+        Command::Local(args) => {
+            shardedstore_operator::local::init_logging();
+            shardedstore_operator::local::run(args).await?
+        }
         Command::BenchPlacement(args) => {
             shardedstore_operator::placement::bench::run_and_print(&args)
         }

@@ -1,1 +1,258 @@
-//! Local mode: nodes as child processes on 127.0.0.1, a file-backed map store, the same coordinator.
+//! Local mode: nodes as child processes on 127.0.0.1, a file-backed map store, the same
+//! coordinator as on Kubernetes — the demo and test substrate (like `cockroach demo`).
+//!
+//! - [`supervisor`]: starts, watches, restarts and stops the `shardedstore-node` children.
+//! - [`control`]: the local control endpoint (`GET /status`, `POST /scale`).
+
+pub mod control;
+pub mod supervisor;
+
+use crate::coordinator::{CoordinatorHandle, FileMapStore, Settings, StoreIdentity};
+use shardedstore_node::client::AdminClient;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use supervisor::{Ports, Supervisor};
+
+/// Arguments of `shardedstore-operator local`.
+///
+/// Node i listens on 127.0.0.1: client API `port + i`, peer/admin API `peer-port + i`,
+/// metrics `metrics-port + i`. The control endpoint (`--control-port`) answers
+/// `GET /status` (coordinator status as JSON, plus node endpoints) and
+/// `POST /scale` with `{"nodes": N}` (scale out, or drain and remove nodes ≥ N).
+/// A child that exits counts as confirmed dead and is restarted after `--restart-delay-ms`.
+/// Restarting with the same `--data-dir` resumes from the stored map and adopts nodes that
+/// are still running.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LocalArgs {
+    /// Number of storage nodes.
+    #[arg(long, default_value_t = 3, env = "SHARDEDSTORE_LOCAL_NODES")]
+    pub nodes: u32,
+    /// Partition count (fixed once the store exists).
+    #[arg(long, default_value_t = 64, env = "SHARDEDSTORE_LOCAL_PARTITIONS")]
+    pub partitions: u32,
+    /// Replicas per partition.
+    #[arg(
+        long,
+        default_value_t = 3,
+        env = "SHARDEDSTORE_LOCAL_REPLICATION_FACTOR"
+    )]
+    pub replication_factor: u32,
+    /// Writes are refused below this many in-sync replicas (default min(2, replication factor)).
+    #[arg(long, env = "SHARDEDSTORE_LOCAL_MIN_IN_SYNC")]
+    pub min_in_sync: Option<u32>,
+    /// Directory for the map file, node data and node logs.
+    #[arg(
+        long,
+        default_value = "shardedstore-data",
+        env = "SHARDEDSTORE_LOCAL_DATA_DIR"
+    )]
+    pub data_dir: PathBuf,
+    /// Client API port of node 0.
+    #[arg(long, default_value_t = 7000, env = "SHARDEDSTORE_LOCAL_PORT")]
+    pub port: u16,
+    /// Peer/admin API port of node 0.
+    #[arg(long, default_value_t = 7100, env = "SHARDEDSTORE_LOCAL_PEER_PORT")]
+    pub peer_port: u16,
+    /// Metrics port of node 0.
+    #[arg(long, default_value_t = 9100, env = "SHARDEDSTORE_LOCAL_METRICS_PORT")]
+    pub metrics_port: u16,
+    /// Port of the local control endpoint (GET /status, POST /scale).
+    #[arg(long, default_value_t = 7090, env = "SHARDEDSTORE_LOCAL_CONTROL_PORT")]
+    pub control_port: u16,
+    /// The `shardedstore-node` binary (default: next to this executable).
+    #[arg(long, env = "SHARDEDSTORE_NODE_BINARY")]
+    pub node_binary: Option<PathBuf>,
+    /// Shared secret of the peer/admin API.
+    #[arg(
+        long,
+        default_value = "local-peer-token",
+        env = "SHARDEDSTORE_PEER_TOKEN",
+        hide_env_values = true
+    )]
+    pub peer_token: String,
+    /// Lease granted by each heartbeat, in milliseconds.
+    #[arg(long, default_value_t = 4000, env = "SHARDEDSTORE_LOCAL_LEASE_MS")]
+    pub lease_ms: u64,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 500, env = "SHARDEDSTORE_LOCAL_HEARTBEAT_MS")]
+    pub heartbeat_ms: u64,
+    /// Seconds a dead node may stay away before its replicas are re-created elsewhere.
+    #[arg(
+        long,
+        default_value_t = 300,
+        env = "SHARDEDSTORE_LOCAL_REPLACE_AFTER_SECS"
+    )]
+    pub replace_after_secs: u64,
+    /// Delay before a node that exited is started again (like kubelet), in milliseconds.
+    #[arg(
+        long,
+        default_value_t = 1000,
+        env = "SHARDEDSTORE_LOCAL_RESTART_DELAY_MS"
+    )]
+    pub restart_delay_ms: u64,
+    /// Moves a node may take part in at once.
+    #[arg(
+        long,
+        default_value_t = 2,
+        env = "SHARDEDSTORE_LOCAL_MAX_MOVES_PER_NODE"
+    )]
+    pub max_concurrent_moves_per_node: u32,
+    /// Throttle of catch-up streams in bytes per second (default unthrottled).
+    #[arg(long, env = "SHARDEDSTORE_LOCAL_BANDWIDTH")]
+    pub bandwidth_bytes_per_second: Option<u64>,
+}
+
+impl LocalArgs {
+    fn settings(&self) -> Settings {
+        let rf = self.replication_factor.max(1);
+        Settings {
+            replication_factor: rf,
+            min_in_sync: self.min_in_sync.unwrap_or(rf.min(2)),
+            partitions: self.partitions.max(1),
+            max_concurrent_moves_per_node: self.max_concurrent_moves_per_node,
+            bandwidth_bytes_per_second: self.bandwidth_bytes_per_second,
+            replace_after: Duration::from_secs(self.replace_after_secs),
+            lease: Duration::from_millis(self.lease_ms),
+            heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
+            ..Settings::default()
+        }
+    }
+}
+
+/// Why local mode could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("creating the data directory {0}")]
+    DataDir(PathBuf, #[source] std::io::Error),
+    #[error("finding the shardedstore-node binary (pass --node-binary)")]
+    NodeBinary(#[source] std::io::Error),
+    #[error("building the admin client")]
+    AdminClient(#[source] shardedstore_node::client::AdminError),
+    #[error("starting the control endpoint")]
+    Control(#[source] std::io::Error),
+    #[error("waiting for a shutdown signal")]
+    Signal(#[source] std::io::Error),
+}
+
+/// The store name used in local mode.
+pub const LOCAL_STORE: &str = "local";
+
+fn node_binary(args: &LocalArgs) -> Result<PathBuf, LocalError> {
+    if let Some(path) = &args.node_binary {
+        return Ok(path.clone());
+    }
+    let me = std::env::current_exe().map_err(LocalError::NodeBinary)?;
+    let path = me.with_file_name("shardedstore-node");
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(LocalError::NodeBinary(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            path.display().to_string(),
+        )))
+    }
+}
+
+/// Runs local mode until Ctrl-C or SIGTERM.
+pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|e| LocalError::DataDir(args.data_dir.clone(), e))?;
+    let data_dir = std::fs::canonicalize(&args.data_dir)
+        .map_err(|e| LocalError::DataDir(args.data_dir.clone(), e))?;
+    let binary = node_binary(&args)?;
+    let settings = args.settings();
+    let heartbeat_timeout = settings.heartbeat_interval.max(Duration::from_millis(300)) * 2;
+    let transport = AdminClient::new(args.peer_token.clone(), heartbeat_timeout)
+        .map_err(LocalError::AdminClient)?;
+    let map_store = Arc::new(FileMapStore::new(data_dir.join("map.json")));
+    let ports = Ports {
+        client: args.port,
+        peer: args.peer_port,
+        metrics: args.metrics_port,
+    };
+    let mut supervisor = Supervisor::new(
+        binary,
+        data_dir.clone(),
+        ports,
+        args.peer_token.clone(),
+        Duration::from_millis(args.restart_delay_ms),
+    );
+    supervisor.scale(args.nodes);
+    supervisor.reconcile().await;
+    let coordinator = CoordinatorHandle::spawn(
+        StoreIdentity {
+            name: LOCAL_STORE.to_owned(),
+        },
+        settings,
+        supervisor.membership(),
+        map_store,
+        Arc::new(transport),
+    );
+    let (scale_tx, scale_rx) = tokio::sync::watch::channel(args.nodes);
+    let control = control::serve(
+        args.control_port,
+        coordinator.watch_status(),
+        supervisor.endpoints_handle(),
+        scale_tx,
+    )
+    .await
+    .map_err(LocalError::Control)?;
+
+    println!("ShardedStore local mode: data in {}", data_dir.display());
+    for line in supervisor.describe() {
+        println!("  {line}");
+    }
+    println!("  control: http://127.0.0.1:{}/status", args.control_port);
+    println!("Ctrl-C stops everything.");
+
+    let result = supervise(&mut supervisor, &coordinator, scale_rx).await;
+    control.abort();
+    coordinator.stop().await;
+    supervisor.stop_all().await;
+    result
+}
+
+/// Keeps children and membership in line until a shutdown signal arrives.
+async fn supervise(
+    supervisor: &mut Supervisor,
+    coordinator: &CoordinatorHandle,
+    mut scale: tokio::sync::watch::Receiver<u32>,
+) -> Result<(), LocalError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(LocalError::Signal)?;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = term.recv() => return Ok(()),
+            changed = scale.changed() => {
+                if changed.is_ok() {
+                    let n = *scale.borrow();
+                    supervisor.scale(n);
+                }
+            }
+            _ = tick.tick() => {}
+        }
+        supervisor.retire(&coordinator.status().empty_nodes);
+        if supervisor.reconcile().await {
+            coordinator.update_membership(supervisor.membership());
+        }
+    }
+}
+
+/// Logs to stderr, level from `RUST_LOG` (default info), JSON when `LOG_FORMAT=json`.
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests) is harmless.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

@@ -1,0 +1,295 @@
+//! Child-process supervision in local mode: one `shardedstore-node` per ordinal, like a
+//! StatefulSet with a kubelet — exits are confirmed deaths, restarts follow after a delay,
+//! nodes still running from a previous operator run are adopted.
+
+use crate::coordinator::{MemberNode, Membership};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+/// Base ports; node i uses base + i.
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    pub client: u16,
+    pub peer: u16,
+    pub metrics: u16,
+}
+
+/// Where a node listens, as shown by the control endpoint.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeEndpoint {
+    pub id: String,
+    pub ordinal: u32,
+    pub client_addr: String,
+    pub peer_addr: String,
+    pub metrics_addr: String,
+    /// The process is running (or was adopted running).
+    pub running: bool,
+    /// Operating-system process id, when this operator started it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+}
+
+struct Slot {
+    child: Option<Child>,
+    /// Running, but started by an earlier operator process.
+    adopted: bool,
+    /// When the child was seen exited; it is restarted after the delay.
+    exited_at: Option<Instant>,
+}
+
+/// The set of node processes.
+pub struct Supervisor {
+    binary: PathBuf,
+    data_dir: PathBuf,
+    ports: Ports,
+    token: String,
+    restart_delay: Duration,
+    desired: u32,
+    slots: BTreeMap<u32, Slot>,
+    endpoints: watch::Sender<Vec<NodeEndpoint>>,
+}
+
+impl Supervisor {
+    pub fn new(
+        binary: PathBuf,
+        data_dir: PathBuf,
+        ports: Ports,
+        token: String,
+        restart_delay: Duration,
+    ) -> Self {
+        Self {
+            binary,
+            data_dir,
+            ports,
+            token,
+            restart_delay,
+            desired: 0,
+            slots: BTreeMap::new(),
+            endpoints: watch::channel(Vec::new()).0,
+        }
+    }
+
+    pub fn node_id(ordinal: u32) -> String {
+        format!("node-{ordinal}")
+    }
+
+    fn addr(base: u16, ordinal: u32) -> String {
+        format!("127.0.0.1:{}", u32::from(base) + ordinal)
+    }
+
+    /// Sets the desired node count: new ordinals start, ordinals at or above it drain.
+    pub fn scale(&mut self, nodes: u32) {
+        self.desired = nodes;
+    }
+
+    /// Stops and forgets drained nodes that hold nothing any more (StatefulSet shrink).
+    pub fn retire(&mut self, empty: &[String]) {
+        let empty: BTreeSet<&String> = empty.iter().collect();
+        let gone: Vec<u32> = self
+            .slots
+            .keys()
+            .copied()
+            .filter(|&o| o >= self.desired && empty.contains(&Self::node_id(o)))
+            .collect();
+        for o in gone {
+            if let Some(mut slot) = self.slots.remove(&o) {
+                tracing::info!(node = %Self::node_id(o), "removing drained node");
+                if let Some(child) = slot.child.as_mut() {
+                    let _ = child.start_kill();
+                }
+            }
+        }
+    }
+
+    fn spawn(&self, ordinal: u32) -> std::io::Result<Child> {
+        let id = Self::node_id(ordinal);
+        let dir = self.data_dir.join(&id);
+        std::fs::create_dir_all(&dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.join(format!("{id}.log")))?;
+        let log2 = log.try_clone()?;
+        Command::new(&self.binary)
+            .arg("--node-id")
+            .arg(&id)
+            .arg("--store")
+            .arg(super::LOCAL_STORE)
+            .arg("--data-dir")
+            .arg(&dir)
+            .arg("--client-addr")
+            .arg(Self::addr(self.ports.client, ordinal))
+            .arg("--peer-addr")
+            .arg(Self::addr(self.ports.peer, ordinal))
+            .arg("--metrics-addr")
+            .arg(Self::addr(self.ports.metrics, ordinal))
+            .env("SHARDEDSTORE_PEER_TOKEN", &self.token)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .kill_on_drop(true)
+            .spawn()
+    }
+
+    /// Is something already answering on the node's peer port (a node left running)?
+    fn already_running(&self, ordinal: u32) -> bool {
+        let addr = Self::addr(self.ports.peer, ordinal);
+        addr.parse()
+            .ok()
+            .and_then(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_millis(200)).ok())
+            .is_some()
+    }
+
+    fn start(&self, ordinal: u32) -> Slot {
+        if self.already_running(ordinal) {
+            tracing::info!(node = %Self::node_id(ordinal), "adopting a running node");
+            return Slot {
+                child: None,
+                adopted: true,
+                exited_at: None,
+            };
+        }
+        match self.spawn(ordinal) {
+            Ok(child) => Slot {
+                child: Some(child),
+                adopted: false,
+                exited_at: None,
+            },
+            Err(e) => {
+                tracing::warn!(node = %Self::node_id(ordinal), error = %e, "starting node");
+                Slot {
+                    child: None,
+                    adopted: false,
+                    exited_at: Some(Instant::now()),
+                }
+            }
+        }
+    }
+
+    /// Starts missing nodes, notices exits, restarts after the delay. Returns true when the
+    /// membership changed.
+    pub async fn reconcile(&mut self) -> bool {
+        let before = self.membership();
+        let now = Instant::now();
+        for o in 0..self.desired {
+            if !self.slots.contains_key(&o) {
+                let slot = self.start(o);
+                self.slots.insert(o, slot);
+            }
+        }
+        let ordinals: Vec<u32> = self.slots.keys().copied().collect();
+        for o in ordinals {
+            let restart = match self.slots.get_mut(&o) {
+                Some(slot) => {
+                    if let Some(child) = slot.child.as_mut()
+                        && let Ok(Some(status)) = child.try_wait()
+                    {
+                        tracing::warn!(node = %Self::node_id(o), %status, "node exited");
+                        slot.child = None;
+                        slot.exited_at = Some(now);
+                    }
+                    slot.exited_at
+                        .is_some_and(|t| now >= t + self.restart_delay)
+                }
+                None => false,
+            };
+            if restart {
+                let slot = self.start(o);
+                self.slots.insert(o, slot);
+            }
+        }
+        self.endpoints.send_replace(self.endpoints());
+        self.membership() != before
+    }
+
+    fn endpoints(&self) -> Vec<NodeEndpoint> {
+        self.slots
+            .iter()
+            .map(|(&o, slot)| NodeEndpoint {
+                id: Self::node_id(o),
+                ordinal: o,
+                client_addr: Self::addr(self.ports.client, o),
+                peer_addr: Self::addr(self.ports.peer, o),
+                metrics_addr: Self::addr(self.ports.metrics, o),
+                running: slot.child.is_some() || slot.adopted,
+                pid: slot.child.as_ref().and_then(Child::id),
+            })
+            .collect()
+    }
+
+    /// Node endpoints, updated on every reconcile.
+    pub fn endpoints_handle(&self) -> watch::Receiver<Vec<NodeEndpoint>> {
+        self.endpoints.subscribe()
+    }
+
+    /// The membership the coordinator works from.
+    pub fn membership(&self) -> Membership {
+        Membership {
+            nodes: self
+                .slots
+                .iter()
+                .map(|(&o, slot)| {
+                    let dead = slot.exited_at.is_some();
+                    MemberNode {
+                        id: Self::node_id(o),
+                        ordinal: o,
+                        client_addr: Self::addr(self.ports.client, o),
+                        peer_addr: Self::addr(self.ports.peer, o),
+                        zone: None,
+                        ready: !dead,
+                        confirmed_dead: dead,
+                    }
+                })
+                .collect(),
+            desired_nodes: self.desired,
+            cordoned: BTreeSet::new(),
+        }
+    }
+
+    /// One line per node for the start-up banner.
+    pub fn describe(&self) -> Vec<String> {
+        self.endpoints()
+            .into_iter()
+            .map(|e| {
+                format!(
+                    "{}: client http://{}  peer {}  metrics http://{}/metrics",
+                    e.id, e.client_addr, e.peer_addr, e.metrics_addr
+                )
+            })
+            .collect()
+    }
+
+    /// Stops every child: SIGTERM, then SIGKILL after a grace period.
+    pub async fn stop_all(&mut self) {
+        for slot in self.slots.values_mut() {
+            let Some(child) = slot.child.as_mut() else {
+                continue;
+            };
+            if let Some(pid) = child.id() {
+                // Polite stop first; the node flushes and exits.
+                let _ = Command::new("kill")
+                    .arg("-TERM")
+                    .arg(pid.to_string())
+                    .status()
+                    .await;
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for slot in self.slots.values_mut() {
+            let Some(child) = slot.child.as_mut() else {
+                continue;
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
+        }
+        self.slots.clear();
+    }
+}
