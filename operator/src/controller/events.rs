@@ -114,7 +114,9 @@ pub fn note_of(event: &CoordinatorEvent) -> Option<Note> {
             true,
             "HandoffAborted",
             "HandOff",
-            format!("partition {partition}: hand-off {from} -> {to} timed out; {from} stays primary"),
+            format!(
+                "partition {partition}: hand-off {from} -> {to} timed out; {from} stays primary"
+            ),
         ),
         CoordinatorEvent::PartitionUnavailable { partition } => note(
             true,

@@ -136,7 +136,7 @@ pub fn is_drained(store: &str, status: &CoordinatorStatus, ordinal: u32) -> bool
         return true;
     }
     let name = format!("{store}-{ordinal}");
-    status.empty_nodes.iter().any(|n| *n == name) || !status.nodes.iter().any(|n| n.name == name)
+    status.empty_nodes.contains(&name) || !status.nodes.iter().any(|n| n.name == name)
 }
 
 #[cfg(test)]

@@ -20,6 +20,8 @@ pub const DEFAULT_ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// A partitioned, replicated key-value store: a set of storage pods holding a fixed number
 /// of hash partitions, each replicated on several pods with one primary.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+// Several printer columns share a type; clippy reads those as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[kube(
     group = "shardedstore.io",
     version = "v1alpha1",

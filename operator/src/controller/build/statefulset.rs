@@ -206,7 +206,7 @@ pub fn statefulset_replicas(
         return desired;
     }
     let mut replicas = current;
-    while replicas > desired && u32::try_from(replicas - 1).is_ok_and(|ordinal| drained(ordinal)) {
+    while replicas > desired && u32::try_from(replicas - 1).is_ok_and(&drained) {
         replicas -= 1;
     }
     replicas
