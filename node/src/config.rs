@@ -13,11 +13,19 @@ pub struct NodeConfig {
     pub node_id: String,
 
     /// Name of the store this node belongs to (maps of other stores are refused).
-    #[arg(long = "store", env = "SHARDEDSTORE_STORE", default_value = "shardedstore")]
+    #[arg(
+        long = "store",
+        env = "SHARDEDSTORE_STORE",
+        default_value = "shardedstore"
+    )]
     pub store: String,
 
     /// Directory holding the node's database.
-    #[arg(long, env = "SHARDEDSTORE_DATA_DIR", default_value = "/var/lib/shardedstore")]
+    #[arg(
+        long,
+        env = "SHARDEDSTORE_DATA_DIR",
+        default_value = "/var/lib/shardedstore"
+    )]
     pub data_dir: PathBuf,
 
     /// Listen address of the client API.
@@ -29,11 +37,20 @@ pub struct NodeConfig {
     pub peer_addr: SocketAddr,
 
     /// Listen address of `/metrics`, `/healthz` and `/readyz`.
-    #[arg(long, env = "SHARDEDSTORE_METRICS_ADDR", default_value = "0.0.0.0:9100")]
+    #[arg(
+        long,
+        env = "SHARDEDSTORE_METRICS_ADDR",
+        default_value = "0.0.0.0:9100"
+    )]
     pub metrics_addr: SocketAddr,
 
     /// Shared secret of the peer port (prefer --peer-token-file).
-    #[arg(long, env = "SHARDEDSTORE_PEER_TOKEN", conflicts_with = "peer_token_file", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "SHARDEDSTORE_PEER_TOKEN",
+        conflicts_with = "peer_token_file",
+        hide_env_values = true
+    )]
     pub peer_token: Option<String>,
 
     /// File holding the shared secret of the peer port (e.g. a mounted Secret).
@@ -46,7 +63,11 @@ pub struct NodeConfig {
     pub log_window: u64,
 
     /// Snapshot streaming limit in bytes/second when the map sets none (0 = unlimited).
-    #[arg(long, env = "SHARDEDSTORE_CATCHUP_BYTES_PER_SECOND", default_value_t = 0)]
+    #[arg(
+        long,
+        env = "SHARDEDSTORE_CATCHUP_BYTES_PER_SECOND",
+        default_value_t = 0
+    )]
     pub catchup_bytes_per_second: u64,
 
     /// Longest key accepted before a map (which carries the store's limits) is installed.

@@ -65,7 +65,9 @@ impl NodeMetrics {
                 "shardedstore_commit_batch_commands",
                 "Commands group-committed in one storage transaction",
             )
-            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 512.0, 4096.0]),
+            .buckets(vec![
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 512.0, 4096.0,
+            ]),
         )?;
         let fsync_seconds = Histogram::with_opts(
             HistogramOpts::new(

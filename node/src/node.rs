@@ -58,7 +58,9 @@ impl Node {
         for (p, interrupted) in ctx.store.partitions()? {
             if interrupted {
                 tracing::warn!(partition = p, "discarding an interrupted snapshot install");
-                ctx.writer.run(Command::DropPartition { partition: p }).await?;
+                ctx.writer
+                    .run(Command::DropPartition { partition: p })
+                    .await?;
                 continue;
             }
             let disk = ctx.store.load_partition(p)?;
@@ -179,7 +181,10 @@ impl Node {
         if let Some(r) = removed {
             r.stop();
             let _w = r.write_lock.lock().await;
-            self.ctx.writer.run(Command::DropPartition { partition: p }).await?;
+            self.ctx
+                .writer
+                .run(Command::DropPartition { partition: p })
+                .await?;
             tracing::info!(partition = p, "dropped local copy of partition");
         }
         Ok(())

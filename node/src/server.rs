@@ -48,7 +48,10 @@ fn peer_token(cfg: &NodeConfig) -> Result<String, ServerError> {
     if let Some(t) = &cfg.peer_token {
         return Ok(t.clone());
     }
-    let path = cfg.peer_token_file.as_ref().ok_or(ServerError::NoPeerToken)?;
+    let path = cfg
+        .peer_token_file
+        .as_ref()
+        .ok_or(ServerError::NoPeerToken)?;
     let t = std::fs::read_to_string(path).map_err(|source| ServerError::ReadToken {
         path: path.display().to_string(),
         source,

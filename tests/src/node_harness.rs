@@ -250,14 +250,18 @@ impl Cluster {
         for n in self.nodes.iter().filter(|n| n.is_running()) {
             let url = format!("http://{}/healthz", n.metrics_addr);
             let http = self.http.clone();
-            wait_until(Duration::from_secs(20), &format!("{} healthy", n.id), || {
-                let http = http.clone();
-                let url = url.clone();
-                async move {
-                    let r = http.get(&url).send().await.ok()?;
-                    r.status().is_success().then_some(())
-                }
-            })
+            wait_until(
+                Duration::from_secs(20),
+                &format!("{} healthy", n.id),
+                || {
+                    let http = http.clone();
+                    let url = url.clone();
+                    async move {
+                        let r = http.get(&url).send().await.ok()?;
+                        r.status().is_success().then_some(())
+                    }
+                },
+            )
             .await
             .map_err(|e| anyhow::anyhow!("{e}\n{}", n.log_tail(20)))?;
         }
@@ -309,8 +313,16 @@ impl Cluster {
 
     /// Sends one heartbeat granting `lease` to every running node not skipped.
     pub async fn heartbeat_all(&self, lease: Duration) -> anyhow::Result<()> {
-        let skip = self.heartbeat_skip.lock().map(|s| s.clone()).unwrap_or_default();
-        for n in self.nodes.iter().filter(|n| n.is_running() && !skip.contains(&n.id)) {
+        let skip = self
+            .heartbeat_skip
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        for n in self
+            .nodes
+            .iter()
+            .filter(|n| n.is_running() && !skip.contains(&n.id))
+        {
             let req = HeartbeatRequest {
                 store: self.options.store.clone(),
                 map_version: 0,
@@ -353,7 +365,12 @@ impl Cluster {
     }
 
     /// `PUT` through node `via`'s client port; returns the status and `x-version`.
-    pub async fn put(&self, via: usize, key: &str, value: Vec<u8>) -> anyhow::Result<(u16, Option<u64>)> {
+    pub async fn put(
+        &self,
+        via: usize,
+        key: &str,
+        value: Vec<u8>,
+    ) -> anyhow::Result<(u16, Option<u64>)> {
         let url = format!("http://{}/v1/kv/{key}", self.nodes[via].client_addr);
         let r = self.http.put(url).body(value).send().await?;
         Ok((r.status().as_u16(), version_of(&r)))
@@ -361,12 +378,19 @@ impl Cluster {
 
     /// `GET` through node `via`; returns the status, `x-version` and body.
     pub async fn get(&self, via: usize, key: &str) -> anyhow::Result<(u16, Option<u64>, Vec<u8>)> {
-        self.get_url(format!("http://{}/v1/kv/{key}", self.nodes[via].client_addr))
-            .await
+        self.get_url(format!(
+            "http://{}/v1/kv/{key}",
+            self.nodes[via].client_addr
+        ))
+        .await
     }
 
     /// `GET ...?consistency=local` through node `via`.
-    pub async fn get_local(&self, via: usize, key: &str) -> anyhow::Result<(u16, Option<u64>, Vec<u8>)> {
+    pub async fn get_local(
+        &self,
+        via: usize,
+        key: &str,
+    ) -> anyhow::Result<(u16, Option<u64>, Vec<u8>)> {
         self.get_url(format!(
             "http://{}/v1/kv/{key}?consistency=local",
             self.nodes[via].client_addr
@@ -398,12 +422,7 @@ impl Cluster {
 }
 
 fn version_of(r: &reqwest::Response) -> Option<u64> {
-    r.headers()
-        .get("x-version")?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
+    r.headers().get("x-version")?.to_str().ok()?.parse().ok()
 }
 
 /// The value of an unlabelled metric (or the sum of a labelled one's series matching `filter`).

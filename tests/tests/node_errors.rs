@@ -24,11 +24,19 @@ async fn bad_requests_get_documented_errors_and_change_nothing() -> anyhow::Resu
     let code = |r: &serde_json::Value| r["error"]["code"].as_str().unwrap_or("").to_owned();
 
     // Key too large: 413.
-    let r = http.put(format!("{base}/v1/kv/{}", "k".repeat(17))).body("x").send().await?;
+    let r = http
+        .put(format!("{base}/v1/kv/{}", "k".repeat(17)))
+        .body("x")
+        .send()
+        .await?;
     assert_eq!(r.status().as_u16(), 413);
     assert_eq!(code(&r.json().await?), "key_too_large");
     // Value too large, with Content-Length: 413.
-    let r = http.put(format!("{base}/v1/kv/big")).body(vec![0u8; 1001]).send().await?;
+    let r = http
+        .put(format!("{base}/v1/kv/big"))
+        .body(vec![0u8; 1001])
+        .send()
+        .await?;
     assert_eq!(r.status().as_u16(), 413);
     assert_eq!(code(&r.json().await?), "value_too_large");
     // Value too large, streamed without Content-Length: 413.
@@ -36,7 +44,11 @@ async fn bad_requests_get_documented_errors_and_change_nothing() -> anyhow::Resu
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     // Malformed keys: 400.
     for bad in ["a%zz", "a/b", ""] {
-        let r = http.put(format!("{base}/v1/kv/{bad}")).body("x").send().await?;
+        let r = http
+            .put(format!("{base}/v1/kv/{bad}"))
+            .body("x")
+            .send()
+            .await?;
         assert_eq!(r.status().as_u16(), 400, "key {bad:?}");
         assert_eq!(code(&r.json().await?), "malformed_key");
     }
@@ -56,10 +68,18 @@ async fn bad_requests_get_documented_errors_and_change_nothing() -> anyhow::Resu
     let url = format!("http://{}/admin/v1/map", node.peer_addr);
     let r = http.post(&url).json(&newer).send().await?;
     assert_eq!(r.status().as_u16(), 401);
-    let r = http.post(&url).bearer_auth("wrong").json(&newer).send().await?;
+    let r = http
+        .post(&url)
+        .bearer_auth("wrong")
+        .json(&newer)
+        .send()
+        .await?;
     assert_eq!(r.status().as_u16(), 403);
     let r = http
-        .post(format!("http://{}/admin/v1/partitions/0/handoff", node.peer_addr))
+        .post(format!(
+            "http://{}/admin/v1/partitions/0/handoff",
+            node.peer_addr
+        ))
         .json(&serde_json::json!({"epoch": 1, "to": "x", "timeoutMs": 10}))
         .send()
         .await?;
@@ -82,11 +102,20 @@ async fn bad_requests_get_documented_errors_and_change_nothing() -> anyhow::Resu
             .await?;
         assert_eq!(r.status().as_u16(), 400);
     }
-    let r = http.post(&append_url).body(b"garbage".to_vec()).send().await?;
+    let r = http
+        .post(&append_url)
+        .body(b"garbage".to_vec())
+        .send()
+        .await?;
     assert_eq!(r.status().as_u16(), 401);
 
     // Nothing changed: same map, same value and version, no other keys, still serving.
-    let current: serde_json::Value = http.get(format!("{base}/v1/map")).send().await?.json().await?;
+    let current: serde_json::Value = http
+        .get(format!("{base}/v1/map"))
+        .send()
+        .await?
+        .json()
+        .await?;
     assert_eq!(current["version"], 1);
     assert_eq!(current["partitions"][0]["epoch"], 1);
     let (status, v, body) = cluster.get(0, "good").await?;

@@ -22,10 +22,19 @@ async fn failover_after_kill9_keeps_every_acknowledged_write() -> anyhow::Result
 
     let acked: Acked = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.client_addr.clone()).collect();
+    let addrs: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.client_addr.clone())
+        .collect();
     let mut writers = Vec::new();
     for w in 0..4 {
-        let (http, addrs, acked, stop) = (cluster.http.clone(), addrs.clone(), acked.clone(), stop.clone());
+        let (http, addrs, acked, stop) = (
+            cluster.http.clone(),
+            addrs.clone(),
+            acked.clone(),
+            stop.clone(),
+        );
         writers.push(tokio::spawn(async move {
             let mut i = 0usize;
             while !stop.load(Ordering::SeqCst) && i < 20_000 {
@@ -33,10 +42,18 @@ async fn failover_after_kill9_keeps_every_acknowledged_write() -> anyhow::Result
                 let value = format!("{w}:{i}").into_bytes();
                 // Writes go to node-1 and node-2 (node-0 is killed), which forward as needed.
                 let addr = &addrs[1 + (i + w) % 2];
-                if let Ok(r) = http.put(format!("http://{addr}/v1/kv/{key}")).body(value.clone()).send().await
+                if let Ok(r) = http
+                    .put(format!("http://{addr}/v1/kv/{key}"))
+                    .body(value.clone())
+                    .send()
+                    .await
                     && matches!(r.status().as_u16(), 200 | 201)
                 {
-                    let v = r.headers().get("x-version").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+                    let v = r
+                        .headers()
+                        .get("x-version")
+                        .and_then(|v| v.to_str().ok()?.parse().ok())
+                        .unwrap_or(0);
                     if let Ok(mut a) = acked.lock() {
                         a.insert(key, (v, value));
                     }
@@ -60,10 +77,14 @@ async fn failover_after_kill9_keeps_every_acknowledged_write() -> anyhow::Result
     let next = fail_over(&cluster, &map, "node-0").await?;
     cluster.install_on(&next, &["node-1", "node-2"]).await?;
 
-    wait_until(Duration::from_secs(30), "writes to continue after fail-over", || {
-        let a = acked.clone();
-        async move { (count(&a) >= before_failover + 300).then_some(()) }
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "writes to continue after fail-over",
+        || {
+            let a = acked.clone();
+            async move { (count(&a) >= before_failover + 300).then_some(()) }
+        },
+    )
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", cluster.logs(40)))?;
     stop.store(true, Ordering::SeqCst);
@@ -79,11 +100,20 @@ async fn failover_after_kill9_keeps_every_acknowledged_write() -> anyhow::Result
             .map(|i| format!("probe-{i}"))
             .find(|k| next.partition_of(k.as_bytes()) == p as u32)
             .unwrap_or_default();
-        let (status, _) = wait_until(Duration::from_secs(10), "a write to a failed-over partition", || {
-            let c = &cluster;
-            let k = key.clone();
-            async move { c.put(2, &k, b"x".to_vec()).await.ok().filter(|r| r.0 != 503) }
-        })
+        let (status, _) = wait_until(
+            Duration::from_secs(10),
+            "a write to a failed-over partition",
+            || {
+                let c = &cluster;
+                let k = key.clone();
+                async move {
+                    c.put(2, &k, b"x".to_vec())
+                        .await
+                        .ok()
+                        .filter(|r| r.0 != 503)
+                }
+            },
+        )
         .await?;
         assert_eq!(status, 201, "partition {p}");
         assert_eq!(next.partitions[p].epoch, 2);
@@ -112,7 +142,11 @@ async fn failover_after_kill9_keeps_every_acknowledged_write() -> anyhow::Result
 
 /// The operator's fail-over: for partitions led by `dead`, the live in-sync member with the
 /// highest `(lastEpoch, lastSeq)` becomes primary at epoch + 1; `dead` leaves every in-sync set.
-async fn fail_over(cluster: &Cluster, map: &PartitionMap, dead: &str) -> anyhow::Result<PartitionMap> {
+async fn fail_over(
+    cluster: &Cluster,
+    map: &PartitionMap,
+    dead: &str,
+) -> anyhow::Result<PartitionMap> {
     let mut next = map.clone();
     next.version += 1;
     for (p, entry) in next.partitions.iter_mut().enumerate() {
@@ -122,7 +156,9 @@ async fn fail_over(cluster: &Cluster, map: &PartitionMap, dead: &str) -> anyhow:
         }
         let mut best: Option<(LogPosition, String)> = None;
         for candidate in &entry.in_sync {
-            let node = cluster.node(candidate).ok_or_else(|| anyhow::anyhow!("no {candidate}"))?;
+            let node = cluster
+                .node(candidate)
+                .ok_or_else(|| anyhow::anyhow!("no {candidate}"))?;
             let pos = cluster.admin.position(&node.peer_addr, p as u32).await?;
             if best.as_ref().is_none_or(|(b, _)| pos > *b) {
                 best = Some((pos, candidate.clone()));

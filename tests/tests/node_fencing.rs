@@ -41,7 +41,11 @@ async fn deposed_primary_cannot_complete_a_write() -> anyhow::Result<()> {
     cluster.install_on(&next, &["node-1", "node-2"]).await?;
 
     // A write sent straight to the deposed primary must not be acknowledged.
-    let url = format!("http://{}/v1/kv/{}", cluster.nodes[0].client_addr, key_in(0, 1, "after"));
+    let url = format!(
+        "http://{}/v1/kv/{}",
+        cluster.nodes[0].client_addr,
+        key_in(0, 1, "after")
+    );
     let r = cluster.http.put(&url).body("from-deposed").send().await?;
     let status = r.status().as_u16();
     assert!(
@@ -72,9 +76,14 @@ async fn deposed_primary_cannot_complete_a_write() -> anyhow::Result<()> {
         )
         .await?;
     assert_eq!(beat.partitions[0].epoch, 2, "{beat:?}");
-    assert_ne!(beat.partitions[0].role, shardedstore_node::admin_api::ReplicaRole::Primary);
+    assert_ne!(
+        beat.partitions[0].role,
+        shardedstore_node::admin_api::ReplicaRole::Primary
+    );
     // Writes through the new primary work.
-    let (status, _) = cluster.put(1, &key_in(0, 1, "new"), b"epoch-2".to_vec()).await?;
+    let (status, _) = cluster
+        .put(1, &key_in(0, 1, "new"), b"epoch-2".to_vec())
+        .await?;
     assert_eq!(status, 201);
     Ok(())
 }

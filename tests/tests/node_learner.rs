@@ -21,7 +21,10 @@ async fn beat(cluster: &Cluster, i: usize) -> anyhow::Result<HeartbeatResponse> 
         map_version: 0,
         lease_ms: 6000,
     };
-    Ok(cluster.admin.heartbeat(&cluster.nodes[i].peer_addr, &req).await?)
+    Ok(cluster
+        .admin
+        .heartbeat(&cluster.nodes[i].peer_addr, &req)
+        .await?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,14 +49,26 @@ async fn learner_catches_up_by_snapshot_and_tail_and_joins_in_sync() -> anyhow::
     // ~100 MB of bulk data on node-0.
     let acked: Acked = Arc::default();
     let bulk = (0..4).map(|w| {
-        let (http, addr, acked) = (cluster.http.clone(), cluster.nodes[0].client_addr.clone(), acked.clone());
+        let (http, addr, acked) = (
+            cluster.http.clone(),
+            cluster.nodes[0].client_addr.clone(),
+            acked.clone(),
+        );
         tokio::spawn(async move {
             for i in (w..BULK_VALUES).step_by(4) {
                 let key = format!("bulk-{i}");
                 let value = vec![(i % 251) as u8; BULK_VALUE_BYTES];
-                let r = http.put(format!("http://{addr}/v1/kv/{key}")).body(value.clone()).send().await?;
+                let r = http
+                    .put(format!("http://{addr}/v1/kv/{key}"))
+                    .body(value.clone())
+                    .send()
+                    .await?;
                 anyhow::ensure!(r.status().is_success(), "bulk write {key}: {}", r.status());
-                let v = r.headers().get("x-version").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+                let v = r
+                    .headers()
+                    .get("x-version")
+                    .and_then(|v| v.to_str().ok()?.parse().ok())
+                    .unwrap_or(0);
                 if let Ok(mut a) = acked.lock() {
                     a.insert(key, (v, value));
                 }
@@ -65,27 +80,43 @@ async fn learner_catches_up_by_snapshot_and_tail_and_joins_in_sync() -> anyhow::
         t.await??;
     }
     // The log is compacted down to the window, so a new replica needs a snapshot.
-    wait_until(Duration::from_secs(20), "log compaction on node-0", || async {
-        let m = cluster.metrics(0).await.ok()?;
-        (metric_value(&m, "shardedstore_log_entries ", "") <= 200.0).then_some(())
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "log compaction on node-0",
+        || async {
+            let m = cluster.metrics(0).await.ok()?;
+            (metric_value(&m, "shardedstore_log_entries ", "") <= 200.0).then_some(())
+        },
+    )
     .await?;
 
     // Concurrent small writes for the rest of the test.
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
     for w in 0..2 {
-        let (http, addr, acked, stop) =
-            (cluster.http.clone(), cluster.nodes[0].client_addr.clone(), acked.clone(), stop.clone());
+        let (http, addr, acked, stop) = (
+            cluster.http.clone(),
+            cluster.nodes[0].client_addr.clone(),
+            acked.clone(),
+            stop.clone(),
+        );
         writers.push(tokio::spawn(async move {
             let mut i = 0;
             while !stop.load(Ordering::SeqCst) && i < 50_000 {
                 let key = format!("live-{w}-{i}");
                 let value = format!("live value {w} {i}").into_bytes();
-                if let Ok(r) = http.put(format!("http://{addr}/v1/kv/{key}")).body(value.clone()).send().await
+                if let Ok(r) = http
+                    .put(format!("http://{addr}/v1/kv/{key}"))
+                    .body(value.clone())
+                    .send()
+                    .await
                     && r.status().is_success()
                 {
-                    let v = r.headers().get("x-version").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+                    let v = r
+                        .headers()
+                        .get("x-version")
+                        .and_then(|v| v.to_str().ok()?.parse().ok())
+                        .unwrap_or(0);
                     if let Ok(mut a) = acked.lock() {
                         a.insert(key, (v, value));
                     }
@@ -106,12 +137,16 @@ async fn learner_catches_up_by_snapshot_and_tail_and_joins_in_sync() -> anyhow::
     // Once the learner is close, the primary admits it; it answers ready when the learner
     // holds every committed entry.
     for p in 0..PARTITIONS {
-        wait_until(Duration::from_secs(120), "the learner to come close", || async {
-            let b = beat(&cluster, 0).await.ok()?;
-            let st = b.partitions.iter().find(|s| s.partition == p)?;
-            let f = st.followers.iter().find(|f| f.node == "node-1")?;
-            (f.acked_seq + 50 >= st.commit_seq && f.acked_seq > 0).then_some(())
-        })
+        wait_until(
+            Duration::from_secs(120),
+            "the learner to come close",
+            || async {
+                let b = beat(&cluster, 0).await.ok()?;
+                let st = b.partitions.iter().find(|s| s.partition == p)?;
+                let f = st.followers.iter().find(|f| f.node == "node-1")?;
+                (f.acked_seq + 50 >= st.commit_seq && f.acked_seq > 0).then_some(())
+            },
+        )
         .await
         .map_err(|e| anyhow::anyhow!("{e}\n{}", cluster.logs(30)))?;
         let req = AdmitRequest {
@@ -125,7 +160,11 @@ async fn learner_catches_up_by_snapshot_and_tail_and_joins_in_sync() -> anyhow::
         })
         .await?;
     }
-    let received = metric_value(&cluster.metrics(1).await?, "shardedstore_catchup_bytes_total", "received");
+    let received = metric_value(
+        &cluster.metrics(1).await?,
+        "shardedstore_catchup_bytes_total",
+        "received",
+    );
     assert!(
         received >= 0.9 * (BULK_VALUES * BULK_VALUE_BYTES) as f64,
         "the learner received only {received} snapshot bytes\n{}",
@@ -143,10 +182,14 @@ async fn learner_catches_up_by_snapshot_and_tail_and_joins_in_sync() -> anyhow::
     }
     cluster.install(&v3).await?;
     let before = acked.lock().map(|a| a.len()).unwrap_or(0);
-    wait_until(Duration::from_secs(30), "writes with node-1 in sync", || {
-        let a = acked.clone();
-        async move { (a.lock().map(|a| a.len()).unwrap_or(0) >= before + 200).then_some(()) }
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "writes with node-1 in sync",
+        || {
+            let a = acked.clone();
+            async move { (a.lock().map(|a| a.len()).unwrap_or(0) >= before + 200).then_some(()) }
+        },
+    )
     .await?;
     stop.store(true, Ordering::SeqCst);
     for w in writers {
@@ -154,13 +197,19 @@ async fn learner_catches_up_by_snapshot_and_tail_and_joins_in_sync() -> anyhow::
     }
 
     // node-1 holds exactly what node-0 holds, including every acknowledged write.
-    wait_until(Duration::from_secs(30), "node-1 to apply everything", || async {
-        let (a, b) = (beat(&cluster, 0).await.ok()?, beat(&cluster, 1).await.ok()?);
-        let sum = |h: &HeartbeatResponse| {
-            h.partitions.iter().fold((0, 0), |acc, p| (acc.0 + p.applied_seq, acc.1 + p.keys))
-        };
-        (sum(&a) == sum(&b)).then_some(())
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "node-1 to apply everything",
+        || async {
+            let (a, b) = (beat(&cluster, 0).await.ok()?, beat(&cluster, 1).await.ok()?);
+            let sum = |h: &HeartbeatResponse| {
+                h.partitions
+                    .iter()
+                    .fold((0, 0), |acc, p| (acc.0 + p.applied_seq, acc.1 + p.keys))
+            };
+            (sum(&a) == sum(&b)).then_some(())
+        },
+    )
     .await?;
     let expected = acked.lock().map(|a| a.clone()).unwrap_or_default();
     for (key, (version, value)) in expected.iter().step_by(7) {

@@ -108,12 +108,21 @@ async fn kill9_of_a_single_node_loses_no_acknowledged_write() -> anyhow::Result<
     cluster.wait_healthy().await?;
     cluster.heartbeat_all(Duration::from_secs(4)).await?;
     for (key, (version, value)) in &expected {
-        let (status, v, body) = wait_until(Duration::from_secs(20), "the restarted node serving", || {
-            let c = &cluster;
-            async move { c.get(0, key).await.ok().filter(|r| r.0 != 503) }
-        })
+        let (status, v, body) = wait_until(
+            Duration::from_secs(20),
+            "the restarted node serving",
+            || {
+                let c = &cluster;
+                async move { c.get(0, key).await.ok().filter(|r| r.0 != 503) }
+            },
+        )
         .await?;
-        assert_eq!(status, 200, "acknowledged key {key} lost\n{}", cluster.logs(30));
+        assert_eq!(
+            status,
+            200,
+            "acknowledged key {key} lost\n{}",
+            cluster.logs(30)
+        );
         assert_eq!(v, Some(*version), "key {key}");
         assert_eq!(&body, value, "key {key}");
     }
@@ -136,7 +145,10 @@ async fn a_follower_killed_and_restarted_catches_up() -> anyhow::Result<()> {
 
     let acked: Acked = Arc::default();
     let stop = tokio_util_stop::Stop::default();
-    let addrs = vec![cluster.nodes[0].client_addr.clone(), cluster.nodes[1].client_addr.clone()];
+    let addrs = vec![
+        cluster.nodes[0].client_addr.clone(),
+        cluster.nodes[1].client_addr.clone(),
+    ];
     let writers = spawn_writers(cluster.http.clone(), addrs, 3, acked.clone(), stop.clone());
     wait_until(Duration::from_secs(30), "100 acknowledged writes", || {
         let acked = acked.clone();
@@ -177,14 +189,21 @@ async fn a_follower_killed_and_restarted_catches_up() -> anyhow::Result<()> {
             c.admin.heartbeat(&c.nodes[i].peer_addr, &req).await.ok()
         }
     };
-    wait_until(Duration::from_secs(20), "the follower to apply everything", || async {
-        let (primary, follower) = (beat(0).await?, beat(2).await?);
-        let sum = |b: &shardedstore_node::admin_api::HeartbeatResponse| {
-            b.partitions.iter().map(|p| (p.applied_seq, p.keys)).fold((0, 0), |a, x| (a.0 + x.0, a.1 + x.1))
-        };
-        let (p, f) = (sum(&primary), sum(&follower));
-        (p == f && p.1 as usize >= expected.len()).then_some(())
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "the follower to apply everything",
+        || async {
+            let (primary, follower) = (beat(0).await?, beat(2).await?);
+            let sum = |b: &shardedstore_node::admin_api::HeartbeatResponse| {
+                b.partitions
+                    .iter()
+                    .map(|p| (p.applied_seq, p.keys))
+                    .fold((0, 0), |a, x| (a.0 + x.0, a.1 + x.1))
+            };
+            let (p, f) = (sum(&primary), sum(&follower));
+            (p == f && p.1 as usize >= expected.len()).then_some(())
+        },
+    )
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", cluster.logs(30)))?;
     Ok(())

@@ -47,19 +47,21 @@ pub fn routes(
 ) -> impl Filter<Extract = (Answer,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
     warp::method()
         .and(warp::path::full())
-        .and(
-            warp::query::raw()
-                .or(warp::any().map(String::new))
-                .unify(),
-        )
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
         .then(
-            move |method: Method, path: warp::path::FullPath, query: String, headers: HeaderMap, body| {
+            move |method: Method,
+                  path: warp::path::FullPath,
+                  query: String,
+                  headers: HeaderMap,
+                  body| {
                 let api = api.clone();
                 async move {
                     let started = Instant::now();
-                    let (op, answer) = api.dispatch(method, path.as_str(), &query, headers, body).await;
+                    let (op, answer) = api
+                        .dispatch(method, path.as_str(), &query, headers, body)
+                        .await;
                     api.node
                         .ctx
                         .metrics
@@ -70,16 +72,15 @@ pub fn routes(
         )
 }
 
-/// Parsed conditional headers.
-fn condition(headers: &HeaderMap) -> Result<Condition, Answer> {
-    let bad = |m: &str| common::error(StatusCode::BAD_REQUEST, "bad_precondition", m);
+/// Parsed conditional headers; the error is the message of a 400 answer.
+fn condition(headers: &HeaderMap) -> Result<Condition, &'static str> {
     let if_match = headers.get(http::header::IF_MATCH).map(|v| v.to_str());
     let if_none = headers.get(http::header::IF_NONE_MATCH).map(|v| v.to_str());
     match (if_match, if_none) {
-        (Some(_), Some(_)) => Err(bad("use either If-Match or If-None-Match")),
+        (Some(_), Some(_)) => Err("use either If-Match or If-None-Match"),
         (None, None) => Ok(Condition::Always),
         (None, Some(Ok(v))) if v.trim() == "*" => Ok(Condition::IfAbsent),
-        (None, Some(_)) => Err(bad("If-None-Match supports only *")),
+        (None, Some(_)) => Err("If-None-Match supports only *"),
         (Some(Ok(v)), None) => {
             let v = v.trim().trim_matches('"');
             if v == "*" {
@@ -87,9 +88,9 @@ fn condition(headers: &HeaderMap) -> Result<Condition, Answer> {
             }
             v.parse()
                 .map(Condition::IfVersion)
-                .map_err(|_| bad("If-Match takes a version number or *"))
+                .map_err(|_| "If-Match takes a version number or *")
         }
-        (Some(Err(_)), None) => Err(bad("unreadable If-Match")),
+        (Some(Err(_)), None) => Err("unreadable If-Match"),
     }
 }
 
@@ -124,13 +125,22 @@ impl ClientApi {
         if path == "/v1/map" {
             let answer = match (method, self.node.ctx.map()) {
                 (Method::GET, Some(map)) => common::json(StatusCode::OK, &*map),
-                (Method::GET, None) => common::unavailable("no_map", "no partition map installed yet"),
-                _ => common::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "GET only"),
+                (Method::GET, None) => {
+                    common::unavailable("no_map", "no partition map installed yet")
+                }
+                _ => common::error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "GET only",
+                ),
             };
             return ("map", answer);
         }
         let Some(raw_key) = path.strip_prefix("/v1/kv/") else {
-            return ("other", common::error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"));
+            return (
+                "other",
+                common::error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+            );
         };
         let op = match method {
             Method::GET => "get",
@@ -139,7 +149,11 @@ impl ClientApi {
             _ => {
                 return (
                     "other",
-                    common::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "GET, PUT or DELETE"),
+                    common::error(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "method_not_allowed",
+                        "GET, PUT or DELETE",
+                    ),
                 );
             }
         };
@@ -148,13 +162,30 @@ impl ClientApi {
         let key = match decode_key(raw_key, limits.max_key_bytes as usize) {
             Ok(k) => k,
             Err(e @ KeyError::TooLarge { .. }) => {
-                return (op, common::error(StatusCode::PAYLOAD_TOO_LARGE, "key_too_large", e.to_string()));
+                return (
+                    op,
+                    common::error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "key_too_large",
+                        e.to_string(),
+                    ),
+                );
             }
-            Err(e) => return (op, common::error(StatusCode::BAD_REQUEST, "malformed_key", e.to_string())),
+            Err(e) => {
+                return (
+                    op,
+                    common::error(StatusCode::BAD_REQUEST, "malformed_key", e.to_string()),
+                );
+            }
         };
         let cond = match condition(&headers) {
             Ok(c) => c,
-            Err(a) => return (op, a),
+            Err(m) => {
+                return (
+                    op,
+                    common::error(StatusCode::BAD_REQUEST, "bad_precondition", m),
+                );
+            }
         };
         let value = if method == Method::PUT {
             let max = limits.max_value_bytes as usize;
@@ -164,13 +195,21 @@ impl ClientApi {
             match common::read_body(body, max).await {
                 Ok(b) => Some(b),
                 Err(BodyError::TooLarge(_)) => return (op, value_too_large(max)),
-                Err(e) => return (op, common::error(StatusCode::BAD_REQUEST, "bad_body", e.to_string())),
+                Err(e) => {
+                    return (
+                        op,
+                        common::error(StatusCode::BAD_REQUEST, "bad_body", e.to_string()),
+                    );
+                }
             }
         } else {
             None
         };
         let Some(map) = map else {
-            return (op, common::unavailable("no_map", "no partition map installed yet"));
+            return (
+                op,
+                common::unavailable("no_map", "no partition map installed yet"),
+            );
         };
         let forwarded = headers.contains_key(FORWARDED_HEADER);
         let req = Request {
@@ -225,8 +264,14 @@ impl ClientApi {
         let candidates: Vec<&String> = entry.in_sync.iter().filter(|n| *n != me).collect();
         let nearest = candidates
             .iter()
-            .find(|n| my_zone.is_some() && map.nodes.get(**n).and_then(|i| i.zone.clone()) == my_zone)
-            .or_else(|| candidates.iter().find(|n| entry.primary.as_ref() == Some(**n)))
+            .find(|n| {
+                my_zone.is_some() && map.nodes.get(**n).and_then(|i| i.zone.clone()) == my_zone
+            })
+            .or_else(|| {
+                candidates
+                    .iter()
+                    .find(|n| entry.primary.as_ref() == Some(**n))
+            })
             .or_else(|| candidates.first());
         match nearest.and_then(|n| map.nodes.get(*n)) {
             Some(info) => self.forward(&info.client_addr, req, Bytes::new()).await,
@@ -258,20 +303,30 @@ impl ClientApi {
                 with_header(common::empty(status), VERSION_HEADER, o.version)
             }
             Err(ServeError::NotPrimary { .. }) => {
-                self.to_primary(map, p, req, value.unwrap_or_default()).await
+                self.to_primary(map, p, req, value.unwrap_or_default())
+                    .await
             }
             Err(e) => serve_error(e),
         }
     }
 
     /// Forwards to the partition's primary (one hop only).
-    async fn to_primary(&self, map: &PartitionMap, p: u32, req: &Request<'_>, body: Bytes) -> Answer {
+    async fn to_primary(
+        &self,
+        map: &PartitionMap,
+        p: u32,
+        req: &Request<'_>,
+        body: Bytes,
+    ) -> Answer {
         let primary = map.entry(p).and_then(|e| e.primary.clone());
         let Some(primary) = primary else {
             return common::unavailable("no_primary", "the partition has no primary");
         };
         if primary == self.node.ctx.node_id {
-            return common::unavailable("primary_not_ready", "this node is taking the primary role");
+            return common::unavailable(
+                "primary_not_ready",
+                "this node is taking the primary role",
+            );
         }
         if req.forwarded {
             return misdirected(map);
@@ -294,7 +349,11 @@ impl ClientApi {
             .request(req.method.clone(), url)
             .header(FORWARDED_HEADER, self.node.ctx.node_id.as_str())
             .body(body);
-        for h in [http::header::IF_MATCH, http::header::IF_NONE_MATCH, http::header::CONTENT_TYPE] {
+        for h in [
+            http::header::IF_MATCH,
+            http::header::IF_NONE_MATCH,
+            http::header::CONTENT_TYPE,
+        ] {
             if let Some(v) = req.headers.get(&h) {
                 out = out.header(h, v.clone());
             }
@@ -307,14 +366,21 @@ impl ClientApi {
         };
         let status = resp.status();
         let mut headers = HeaderMap::new();
-        for h in [VERSION_HEADER, STALENESS_HEADER, "retry-after", "content-type"] {
+        for h in [
+            VERSION_HEADER,
+            STALENESS_HEADER,
+            "retry-after",
+            "content-type",
+        ] {
             if let Some(v) = resp.headers().get(h) {
                 headers.insert(h, v.clone());
             }
         }
         let body = match resp.bytes().await {
             Ok(b) => b,
-            Err(e) => return common::unavailable("forward_failed", format!("reading from {addr}: {e}")),
+            Err(e) => {
+                return common::unavailable("forward_failed", format!("reading from {addr}: {e}"));
+            }
         };
         let mut answer = http::Response::new(body);
         *answer.status_mut() = status;
@@ -366,10 +432,14 @@ fn misdirected(map: &PartitionMap) -> Answer {
 
 fn serve_error(e: ServeError) -> Answer {
     match e {
-        ServeError::PreconditionFailed => {
-            common::error(StatusCode::PRECONDITION_FAILED, "precondition_failed", "the condition does not hold")
+        ServeError::PreconditionFailed => common::error(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            "the condition does not hold",
+        ),
+        ServeError::Unavailable(reason) => {
+            common::unavailable(reason, format!("partition unavailable: {reason}"))
         }
-        ServeError::Unavailable(reason) => common::unavailable(reason, format!("partition unavailable: {reason}")),
         ServeError::NotPrimary { .. } => common::unavailable("not_primary", "not the primary"),
         ServeError::Storage(e) => {
             tracing::error!(error = %e, "storage error serving a client request");

@@ -39,8 +39,10 @@ pub fn error_with_map(
 /// A 503 with `Retry-After`.
 pub fn unavailable(code: &str, message: impl Into<String>) -> Answer {
     let mut r = error(StatusCode::SERVICE_UNAVAILABLE, code, message);
-    r.headers_mut()
-        .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    r.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
     r
 }
 
@@ -107,14 +109,36 @@ where
     Ok(Bytes::from(out))
 }
 
-/// Checks `Authorization: Bearer <token>`: 401 when absent or malformed, 403 when wrong.
-pub fn check_token(headers: &HeaderMap, token: &str) -> Result<(), Answer> {
-    let Some(value) = headers.get(http::header::AUTHORIZATION) else {
-        return Err(error(StatusCode::UNAUTHORIZED, "unauthenticated", "missing peer token"));
-    };
-    let Some(given) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) else {
-        return Err(error(StatusCode::UNAUTHORIZED, "unauthenticated", "expected a bearer token"));
-    };
+/// Why a peer request is not authenticated.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("missing peer token")]
+    Missing,
+    #[error("wrong peer token")]
+    Wrong,
+}
+
+impl TokenError {
+    /// 401 when absent or malformed, 403 when wrong.
+    pub fn answer(&self) -> Answer {
+        match self {
+            TokenError::Missing => error(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                self.to_string(),
+            ),
+            TokenError::Wrong => error(StatusCode::FORBIDDEN, "forbidden", self.to_string()),
+        }
+    }
+}
+
+/// Checks `Authorization: Bearer <token>`.
+pub fn check_token(headers: &HeaderMap, token: &str) -> Result<(), TokenError> {
+    let given = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(TokenError::Missing)?;
     // Compare in constant time with respect to the content.
     let a = given.as_bytes();
     let b = token.as_bytes();
@@ -123,7 +147,7 @@ pub fn check_token(headers: &HeaderMap, token: &str) -> Result<(), Answer> {
         diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
     }
     if diff != 0 {
-        return Err(error(StatusCode::FORBIDDEN, "forbidden", "wrong peer token"));
+        return Err(TokenError::Wrong);
     }
     Ok(())
 }
@@ -135,10 +159,21 @@ mod tests {
     #[test]
     fn token_check_distinguishes_missing_and_wrong() {
         let mut h = HeaderMap::new();
-        assert_eq!(check_token(&h, "s").err().map(|r| r.status()), Some(StatusCode::UNAUTHORIZED));
-        h.insert(http::header::AUTHORIZATION, http::HeaderValue::from_static("Bearer x"));
-        assert_eq!(check_token(&h, "s").err().map(|r| r.status()), Some(StatusCode::FORBIDDEN));
-        h.insert(http::header::AUTHORIZATION, http::HeaderValue::from_static("Bearer s"));
+        assert_eq!(check_token(&h, "s"), Err(TokenError::Missing));
+        assert_eq!(
+            TokenError::Missing.answer().status(),
+            StatusCode::UNAUTHORIZED
+        );
+        h.insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_static("Bearer x"),
+        );
+        assert_eq!(check_token(&h, "s"), Err(TokenError::Wrong));
+        assert_eq!(TokenError::Wrong.answer().status(), StatusCode::FORBIDDEN);
+        h.insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_static("Bearer s"),
+        );
         assert!(check_token(&h, "s").is_ok());
     }
 
@@ -148,8 +183,14 @@ mod tests {
             Ok::<_, warp::Error>(Bytes::from_static(b"abc")),
             Ok(Bytes::from_static(b"def")),
         ]);
-        assert!(matches!(read_body(chunks, 5).await, Err(BodyError::TooLarge(5))));
+        assert!(matches!(
+            read_body(chunks, 5).await,
+            Err(BodyError::TooLarge(5))
+        ));
         let chunks = futures::stream::iter(vec![Ok::<_, warp::Error>(Bytes::from_static(b"abc"))]);
-        assert_eq!(read_body(chunks, 5).await.ok(), Some(Bytes::from_static(b"abc")));
+        assert_eq!(
+            read_body(chunks, 5).await.ok(),
+            Some(Bytes::from_static(b"abc"))
+        );
     }
 }

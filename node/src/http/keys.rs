@@ -78,7 +78,10 @@ mod tests {
     #[test]
     fn decodes_percent_escapes() {
         assert_eq!(decode_key("a%2Fb%20c", 10), Ok(b"a/b c".to_vec()));
-        assert_eq!(decode_key(&encode_key(&[0, 255, b'/']), 10), Ok(vec![0, 255, b'/']));
+        assert_eq!(
+            decode_key(&encode_key(&[0, 255, b'/']), 10),
+            Ok(vec![0, 255, b'/'])
+        );
     }
 
     #[test]
@@ -87,7 +90,10 @@ mod tests {
         assert_eq!(decode_key("a/b", 10), Err(KeyError::RawSlash));
         assert_eq!(decode_key("a%2", 10), Err(KeyError::BadEscape(1)));
         assert_eq!(decode_key("%zz", 10), Err(KeyError::BadEscape(0)));
-        assert!(matches!(decode_key("abcdef", 5), Err(KeyError::TooLarge { max: 5, .. })));
+        assert!(matches!(
+            decode_key("abcdef", 5),
+            Err(KeyError::TooLarge { max: 5, .. })
+        ));
         assert_eq!(decode_key("abcde", 5), Ok(b"abcde".to_vec()));
     }
 }

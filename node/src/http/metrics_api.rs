@@ -9,7 +9,8 @@ use warp::Filter;
 
 pub fn routes(
     node: Arc<Node>,
-) -> impl Filter<Extract = (Answer,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static {
+) -> impl Filter<Extract = (Answer,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static
+{
     warp::path::full().map(move |path: warp::path::FullPath| match path.as_str() {
         "/metrics" => {
             let mut r = http::Response::new(Bytes::from(node.ctx.metrics.render()));

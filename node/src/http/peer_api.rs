@@ -31,10 +31,12 @@ pub fn routes(
         .and(warp::path::full())
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
-        .then(move |method: Method, path: warp::path::FullPath, headers: HeaderMap, body| {
-            let api = api.clone();
-            async move { api.dispatch(method, path.as_str(), headers, body).await }
-        })
+        .then(
+            move |method: Method, path: warp::path::FullPath, headers: HeaderMap, body| {
+                let api = api.clone();
+                async move { api.dispatch(method, path.as_str(), headers, body).await }
+            },
+        )
 }
 
 fn bad_json(e: serde_json::Error) -> Answer {
@@ -42,39 +44,68 @@ fn bad_json(e: serde_json::Error) -> Answer {
 }
 
 fn refusal(e: AdminRefusal, map_version: u64) -> Answer {
-    common::error_with_map(StatusCode::CONFLICT, e.code(), e.to_string(), Some(map_version))
+    common::error_with_map(
+        StatusCode::CONFLICT,
+        e.code(),
+        e.to_string(),
+        Some(map_version),
+    )
 }
 
 impl PeerApi {
-    async fn dispatch<S, B>(&self, method: Method, path: &str, headers: HeaderMap, body: S) -> Answer
+    async fn dispatch<S, B>(
+        &self,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+        body: S,
+    ) -> Answer
     where
         S: Stream<Item = Result<B, warp::Error>>,
         B: Buf,
     {
-        if let Err(a) = common::check_token(&headers, &self.token) {
-            tracing::warn!(path, status = a.status().as_u16(), "peer request refused");
-            return a;
+        if let Err(e) = common::check_token(&headers, &self.token) {
+            tracing::warn!(path, error = %e, "peer request refused");
+            return e.answer();
         }
         let body = match common::read_body(body, MAX_PEER_BODY).await {
             Ok(b) => b,
-            Err(e) => return common::error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", e.to_string()),
+            Err(e) => {
+                return common::error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    e.to_string(),
+                );
+            }
         };
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (method, segments.as_slice()) {
             (Method::POST, ["peer", "v1", "partitions", p, kind]) => match p.parse() {
                 Ok(p) => self.replication(p, kind, &body).await,
-                Err(_) => common::error(StatusCode::BAD_REQUEST, "bad_partition", "partition must be a number"),
+                Err(_) => common::error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_partition",
+                    "partition must be a number",
+                ),
             },
             (Method::POST, ["admin", "v1", "map"]) => self.install_map(&body).await,
             (Method::POST, ["admin", "v1", "heartbeat"]) => self.heartbeat(&body),
             (method, ["admin", "v1", "partitions", p, rest @ ..]) => {
                 let Ok(p) = p.parse::<PartitionId>() else {
-                    return common::error(StatusCode::BAD_REQUEST, "bad_partition", "partition must be a number");
+                    return common::error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_partition",
+                        "partition must be a number",
+                    );
                 };
                 match (method, rest) {
                     (Method::GET, ["position"]) => match self.node.position(p) {
                         Some(pos) => common::json(StatusCode::OK, &pos),
-                        None => common::error(StatusCode::NOT_FOUND, "no_replica", "this node holds no copy"),
+                        None => common::error(
+                            StatusCode::NOT_FOUND,
+                            "no_replica",
+                            "this node holds no copy",
+                        ),
                     },
                     (Method::POST, ["admit"]) => self.admit(p, &body),
                     (Method::POST, ["handoff"]) => self.handoff(p, &body).await,
@@ -129,7 +160,11 @@ impl PeerApi {
                 match self.node.replica_for_peer(p) {
                     Some(r) => match r.handle_append(msg).await {
                         Ok(reply) => octets(reply.encode()),
-                        Err(e) => common::error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()),
+                        Err(e) => common::error(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "storage",
+                            e.to_string(),
+                        ),
                     },
                     None => not_member(0),
                 }
@@ -142,12 +177,20 @@ impl PeerApi {
                 match self.node.replica_for_peer(p) {
                     Some(r) => match r.handle_snapshot(msg).await {
                         Ok(reply) => octets(reply.encode()),
-                        Err(e) => common::error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()),
+                        Err(e) => common::error(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "storage",
+                            e.to_string(),
+                        ),
                     },
                     None => not_member(0),
                 }
             }
-            _ => common::error(StatusCode::NOT_FOUND, "not_found", "no such replication message"),
+            _ => common::error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such replication message",
+            ),
         }
     }
 
@@ -157,12 +200,22 @@ impl PeerApi {
             Err(e) => return bad_json(e),
         };
         match self.node.install_map(map).await {
-            Ok(version) => common::json(StatusCode::OK, &crate::admin_api::InstallMapResponse { version }),
-            Err(e @ InstallError::Invalid(_)) => common::error(StatusCode::BAD_REQUEST, "invalid_map", e.to_string()),
-            Err(e @ InstallError::WrongStore { .. }) => common::error(StatusCode::CONFLICT, "wrong_store", e.to_string()),
-            Err(e @ InstallError::Older { installed, .. }) => {
-                common::error_with_map(StatusCode::CONFLICT, "stale_map", e.to_string(), Some(installed))
+            Ok(version) => common::json(
+                StatusCode::OK,
+                &crate::admin_api::InstallMapResponse { version },
+            ),
+            Err(e @ InstallError::Invalid(_)) => {
+                common::error(StatusCode::BAD_REQUEST, "invalid_map", e.to_string())
             }
+            Err(e @ InstallError::WrongStore { .. }) => {
+                common::error(StatusCode::CONFLICT, "wrong_store", e.to_string())
+            }
+            Err(e @ InstallError::Older { installed, .. }) => common::error_with_map(
+                StatusCode::CONFLICT,
+                "stale_map",
+                e.to_string(),
+                Some(installed),
+            ),
             Err(e) => common::error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()),
         }
     }

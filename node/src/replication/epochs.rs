@@ -154,7 +154,10 @@ mod tests {
     #[test]
     fn empty_logs_diverge_at_zero() {
         let primary = h(&[(1, 1)]);
-        assert_eq!(divergence_point(&primary, 5, &EpochHistory::default(), 0), 0);
+        assert_eq!(
+            divergence_point(&primary, 5, &EpochHistory::default(), 0),
+            0
+        );
         assert_eq!(divergence_point(&primary, 5, &h(&[(2, 1)]), 3), 0);
     }
 }

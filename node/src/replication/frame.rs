@@ -86,7 +86,12 @@ impl Status {
             2 => Status::Mismatch,
             3 => Status::NotMember,
             4 => Status::SnapshotOutOfOrder,
-            tag => return Err(CodecError::Tag { what: "status", tag }),
+            tag => {
+                return Err(CodecError::Tag {
+                    what: "status",
+                    tag,
+                });
+            }
         })
     }
 }
@@ -210,7 +215,12 @@ impl Append {
         let truncate_to = match r.u8()? {
             0 => None,
             1 => Some(r.u64()?),
-            tag => return Err(CodecError::Tag { what: "option", tag }),
+            tag => {
+                return Err(CodecError::Tag {
+                    what: "option",
+                    tag,
+                });
+            }
         };
         let prev = read_position(&mut r)?;
         let commit_seq = r.u64()?;
@@ -276,7 +286,12 @@ impl SnapshotChunk {
                 keys: r.u64()?,
                 bytes: r.u64()?,
             }),
-            tag => return Err(CodecError::Tag { what: "option", tag }),
+            tag => {
+                return Err(CodecError::Tag {
+                    what: "option",
+                    tag,
+                });
+            }
         };
         r.finish()?;
         Ok(Self {

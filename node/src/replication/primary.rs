@@ -134,7 +134,12 @@ impl Replica {
                     st.history.record(entry.epoch, next);
                     new_history = Some(st.history.clone());
                     let barrier_seq = st.last.last_seq;
-                    tracing::info!(partition = self.partition, epoch = entry.epoch, barrier_seq, "taking the primary role");
+                    tracing::info!(
+                        partition = self.partition,
+                        epoch = entry.epoch,
+                        barrier_seq,
+                        "taking the primary role"
+                    );
                     st.primary = Some(PrimaryState {
                         epoch: entry.epoch,
                         term: CancellationToken::new(),
@@ -174,7 +179,11 @@ impl Replica {
                     }
                 }
             } else if let Some(p) = st.primary.take() {
-                tracing::info!(partition = self.partition, epoch = st.epoch, "giving up the primary role");
+                tracing::info!(
+                    partition = self.partition,
+                    epoch = st.epoch,
+                    "giving up the primary role"
+                );
                 p.term.cancel();
             }
         }
@@ -378,7 +387,10 @@ impl Replica {
 
     /// Hand-off: stop taking writes, wait until `to` holds (and the primary has committed)
     /// the whole log, then answer ready with the final position.
-    pub async fn handoff(self: &Arc<Self>, req: &HandoffRequest) -> Result<HandoffResponse, AdminRefusal> {
+    pub async fn handoff(
+        self: &Arc<Self>,
+        req: &HandoffRequest,
+    ) -> Result<HandoffResponse, AdminRefusal> {
         {
             let _w = self.write_lock.lock().await;
             let mut st = self.lock();

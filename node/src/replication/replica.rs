@@ -182,13 +182,14 @@ impl Replica {
         };
         let store = self.ctx.store.clone();
         let p = self.partition;
-        let entries = tokio::task::spawn_blocking(move || {
-            store.read_log(p, prev_seq + 1, to, max_bytes)
-        })
-        .await
-        .map_err(|_| StorageError::WriterGone)??;
+        let entries =
+            tokio::task::spawn_blocking(move || store.read_log(p, prev_seq + 1, to, max_bytes))
+                .await
+                .map_err(|_| StorageError::WriterGone)??;
         match entries.first() {
-            Some(f) if f.seq == prev_seq + 1 => Ok(Some(entries.into_iter().map(Arc::new).collect())),
+            Some(f) if f.seq == prev_seq + 1 => {
+                Ok(Some(entries.into_iter().map(Arc::new).collect()))
+            }
             _ => Ok(None),
         }
     }
@@ -206,7 +207,10 @@ impl Replica {
                 (st.applied_seq, st.commit_seq)
             };
             let entries = match self.entries_after(from, APPLY_BATCH_BYTES).await {
-                Ok(Some(e)) => e.into_iter().take_while(|e| e.seq <= to).collect::<Vec<_>>(),
+                Ok(Some(e)) => e
+                    .into_iter()
+                    .take_while(|e| e.seq <= to)
+                    .collect::<Vec<_>>(),
                 Ok(None) => Vec::new(),
                 Err(e) => {
                     tracing::error!(partition = self.partition, error = %e, "reading entries to apply");
@@ -214,7 +218,12 @@ impl Replica {
                 }
             };
             let Some(upto) = entries.last().map(|e| e.seq) else {
-                tracing::error!(partition = self.partition, from, to, "committed entries missing from the log");
+                tracing::error!(
+                    partition = self.partition,
+                    from,
+                    to,
+                    "committed entries missing from the log"
+                );
                 return;
             };
             let cmd = Command::Apply {
@@ -319,7 +328,11 @@ impl Replica {
                     st.durable_seq = st.durable_seq.min(t);
                     st.commit_seq = st.commit_seq.min(t).max(st.applied_seq);
                     Self::cache_truncate_after(&mut st, t);
-                    tracing::info!(partition = self.partition, to = t, "truncated divergent log suffix");
+                    tracing::info!(
+                        partition = self.partition,
+                        to = t,
+                        "truncated divergent log suffix"
+                    );
                     Some((t, st.history.clone()))
                 }
                 _ => None,
@@ -340,11 +353,10 @@ impl Replica {
             if st.last != msg.prev {
                 return Ok(Self::reply(&st, Status::Mismatch));
             }
-            let contiguous = msg
-                .entries
-                .iter()
-                .enumerate()
-                .all(|(i, e)| e.seq == msg.prev.last_seq + 1 + i as u64 && e.epoch <= msg.epoch);
+            let contiguous =
+                msg.entries.iter().enumerate().all(|(i, e)| {
+                    e.seq == msg.prev.last_seq + 1 + i as u64 && e.epoch <= msg.epoch
+                });
             if !contiguous {
                 return Ok(Self::reply(&st, Status::Mismatch));
             }
@@ -395,7 +407,10 @@ impl Replica {
 
     /// Follower side of a snapshot chunk: the first empties the partition, the last sets the
     /// log to restart after the snapshot's position.
-    pub async fn handle_snapshot(self: &Arc<Self>, msg: SnapshotChunk) -> Result<Reply, StorageError> {
+    pub async fn handle_snapshot(
+        self: &Arc<Self>,
+        msg: SnapshotChunk,
+    ) -> Result<Reply, StorageError> {
         let _w = self.write_lock.lock().await;
         let _a = self.apply_lock.lock().await;
         {
@@ -428,7 +443,11 @@ impl Replica {
             st.cache_bytes = 0;
             st.sync_marks.clear();
             st.last_sync = None;
-            tracing::info!(partition = self.partition, snapshot = msg.snapshot_id, "installing a snapshot");
+            tracing::info!(
+                partition = self.partition,
+                snapshot = msg.snapshot_id,
+                "installing a snapshot"
+            );
         }
         if !msg.items.is_empty() {
             let size: usize = msg.items.iter().map(|(k, v)| k.len() + v.len()).sum();
@@ -469,7 +488,11 @@ impl Replica {
                 st.bytes = end.bytes;
             }
             self.applied_tx.send_replace(end.base.last_seq);
-            tracing::info!(partition = self.partition, seq = end.base.last_seq, "snapshot installed");
+            tracing::info!(
+                partition = self.partition,
+                seq = end.base.last_seq,
+                "snapshot installed"
+            );
         }
         let st = self.lock();
         Ok(Self::reply(&st, Status::Ok))

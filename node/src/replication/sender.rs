@@ -69,7 +69,11 @@ fn record_ack(replica: &Arc<Replica>, member: &str, acked: u64) {
     {
         let mut st = replica.lock();
         let last = st.last.last_seq;
-        if let Some(f) = st.primary.as_mut().and_then(|p| p.followers.get_mut(member)) {
+        if let Some(f) = st
+            .primary
+            .as_mut()
+            .and_then(|p| p.followers.get_mut(member))
+        {
             f.acked = Some(acked);
             f.last_contact = Some(Instant::now());
         }
@@ -171,7 +175,9 @@ async fn session(replica: &Arc<Replica>, member: &str) -> Result<(), SessionEnd>
             .await?;
         match reply.status {
             Status::Ok => {}
-            Status::StaleEpoch if reply.epoch > epoch => return Err(SessionEnd::Fenced(reply.epoch)),
+            Status::StaleEpoch if reply.epoch > epoch => {
+                return Err(SessionEnd::Fenced(reply.epoch));
+            }
             s => return Err(SessionEnd::Refused(s)),
         }
         truncate = false;
@@ -183,7 +189,11 @@ async fn session(replica: &Arc<Replica>, member: &str) -> Result<(), SessionEnd>
 
 /// Streams a consistent snapshot (one read transaction at applied seq S), throttled to the
 /// catch-up bandwidth; returns the position the member's log restarts after.
-async fn send_snapshot(replica: &Arc<Replica>, addr: &str, epoch: u64) -> Result<LogPosition, SessionEnd> {
+async fn send_snapshot(
+    replica: &Arc<Replica>,
+    addr: &str,
+    epoch: u64,
+) -> Result<LogPosition, SessionEnd> {
     let ctx = &replica.ctx;
     let p = replica.partition;
     let store = ctx.store.clone();
@@ -202,7 +212,14 @@ async fn send_snapshot(replica: &Arc<Replica>, addr: &str, epoch: u64) -> Result
         (base, st.history.up_to(seq))
     };
     let snapshot_id: u64 = rand::random();
-    tracing::info!(partition = p, to = addr, seq, keys = reader.keys, bytes = reader.bytes, "sending a snapshot");
+    tracing::info!(
+        partition = p,
+        to = addr,
+        seq,
+        keys = reader.keys,
+        bytes = reader.bytes,
+        "sending a snapshot"
+    );
     let started = Instant::now();
     let mut sent: u64 = 0;
     let mut after: Option<Vec<u8>> = None;
@@ -210,9 +227,10 @@ async fn send_snapshot(replica: &Arc<Replica>, addr: &str, epoch: u64) -> Result
     loop {
         let r = reader.clone();
         let from = after.clone();
-        let items = tokio::task::spawn_blocking(move || r.chunk(from.as_deref(), SNAPSHOT_CHUNK_BYTES))
-            .await
-            .map_err(|_| crate::storage::StorageError::WriterGone)??;
+        let items =
+            tokio::task::spawn_blocking(move || r.chunk(from.as_deref(), SNAPSHOT_CHUNK_BYTES))
+                .await
+                .map_err(|_| crate::storage::StorageError::WriterGone)??;
         let done = items.is_empty();
         after = items.last().map(|(k, _)| k.clone());
         let size: u64 = items.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
@@ -236,7 +254,9 @@ async fn send_snapshot(replica: &Arc<Replica>, addr: &str, epoch: u64) -> Result
             .await?;
         match reply.status {
             Status::Ok => {}
-            Status::StaleEpoch if reply.epoch > epoch => return Err(SessionEnd::Fenced(reply.epoch)),
+            Status::StaleEpoch if reply.epoch > epoch => {
+                return Err(SessionEnd::Fenced(reply.epoch));
+            }
             s => return Err(SessionEnd::Refused(s)),
         }
         sent += size;

@@ -189,7 +189,9 @@ impl Store {
                 .map_err(read_err)?
                 .map(|v| v.value().to_vec()))
         };
-        let base = get("base")?.map(|b| tables::position_from(&b)).unwrap_or_default();
+        let base = get("base")?
+            .map(|b| tables::position_from(&b))
+            .unwrap_or_default();
         let history = match get("history")? {
             Some(b) => codec::decode_history(&b)?,
             None => EpochHistory::default(),
@@ -295,6 +297,9 @@ impl Store {
     }
 }
 
+/// A `(key, stored value)` pair of a snapshot.
+pub type SnapshotItem = (Vec<u8>, Vec<u8>);
+
 /// A partition's data as of one read transaction, read in key order chunk by chunk.
 pub struct SnapshotReader {
     table: Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>,
@@ -310,12 +315,14 @@ impl SnapshotReader {
         &self,
         after: Option<&[u8]>,
         max_bytes: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<Vec<SnapshotItem>, StorageError> {
         let Some(table) = &self.table else {
             return Ok(Vec::new());
         };
         let range = match after {
-            Some(k) => table.range::<&[u8]>((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded)),
+            Some(k) => {
+                table.range::<&[u8]>((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded))
+            }
             None => table.range::<&[u8]>(..),
         }
         .map_err(read_err)?;

@@ -203,7 +203,10 @@ fn put_meta(txn: &WriteTransaction, key: &str, value: &[u8]) -> Result<(), Stora
 
 fn get_meta(txn: &WriteTransaction, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
     let meta = txn.open_table(META).map_err(write_err)?;
-    let v = meta.get(key).map_err(write_err)?.map(|v| v.value().to_vec());
+    let v = meta
+        .get(key)
+        .map_err(write_err)?
+        .map(|v| v.value().to_vec());
     Ok(v)
 }
 
@@ -290,7 +293,11 @@ fn apply_command(txn: &WriteTransaction, cmd: &Command) -> Result<Outcome, Stora
         } => {
             let p = *partition;
             put_meta(txn, &meta_key(p, "base"), &tables::position_to(*base))?;
-            put_meta(txn, &meta_key(p, "history"), &codec::encode_history(history))?;
+            put_meta(
+                txn,
+                &meta_key(p, "history"),
+                &codec::encode_history(history),
+            )?;
             put_meta(txn, &meta_key(p, "applied"), &base.last_seq.to_le_bytes())?;
             put_meta(txn, &meta_key(p, "stats"), &tables::pair_to(*keys, *bytes))?;
             let mut meta = txn.open_table(META).map_err(write_err)?;
@@ -303,7 +310,8 @@ fn apply_command(txn: &WriteTransaction, cmd: &Command) -> Result<Outcome, Stora
 
 fn drop_partition(txn: &WriteTransaction, p: PartitionId) -> Result<(), StorageError> {
     txn.delete_table(log_table(p).as_def()).map_err(write_err)?;
-    txn.delete_table(data_table(p).as_def()).map_err(write_err)?;
+    txn.delete_table(data_table(p).as_def())
+        .map_err(write_err)?;
     let mut meta = txn.open_table(META).map_err(write_err)?;
     for what in ["base", "history", "applied", "stats", "snapshot"] {
         meta.remove(meta_key(p, what).as_str()).map_err(write_err)?;
@@ -316,8 +324,8 @@ fn apply_entries(
     p: PartitionId,
     entries: &[Arc<LogEntry>],
 ) -> Result<Outcome, StorageError> {
-    let (mut keys, mut bytes) = get_meta(txn, &meta_key(p, "stats"))?
-        .map_or((0, 0), |b| tables::stats_from(&b));
+    let (mut keys, mut bytes) =
+        get_meta(txn, &meta_key(p, "stats"))?.map_or((0, 0), |b| tables::stats_from(&b));
     let mut applied = get_meta(txn, &meta_key(p, "applied"))?.map_or(0, |b| tables::u64_from(&b));
     {
         let name = data_table(p);
