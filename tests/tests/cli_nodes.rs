@@ -1,49 +1,26 @@
 //! The `shardedstore` CLI against real `shardedstore-node` processes on loopback: get, put,
 //! delete, map, status and bench, with their output and exit codes.
 //!
-//! The test installs the partition map and grants leases itself through the admin API (the
-//! operator's job in production). Binaries are taken from the cargo target directory next to
-//! this test executable (`make test` builds them first), or from `SHARDEDSTORE_BIN_DIR`.
+//! The nodes come from [`shardedstore_tests::node_harness`], which plays the operator
+//! (installs the map, heartbeats). Binaries are taken from the cargo target directory, so
+//! build them first (`cargo build --workspace --bins`, as `make test` does).
 
-use shardedstore_node::admin_api::HeartbeatRequest;
-use shardedstore_node::client::AdminClient;
 use shardedstore_node::client::kv::{Condition, KvClient};
-use shardedstore_node::map::{NodeInfo, NodeState, PartitionEntry, PartitionMap};
+use shardedstore_node::map::PartitionMap;
+use shardedstore_tests::node_harness::{
+    Cluster, NodeOptions, TaskGuard, binary_path, free_port, wait_until,
+};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const TOKEN: &str = "cli-test-token";
-const STORE: &str = "cli-test";
-
-fn bin_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("SHARDEDSTORE_BIN_DIR") {
-        return PathBuf::from(dir);
-    }
-    // target/<profile>/deps/cli_nodes-<hash> → target/<profile>
-    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("no target dir above {}", exe.display()))
-}
-
 fn bin(name: &str) -> PathBuf {
-    let path = bin_dir().join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: build the binaries first (`cargo build --workspace --bins`, as `make test` does)",
-        path.display()
-    );
-    path
+    binary_path(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
+fn port() -> u16 {
+    free_port().unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
 /// A child process killed (and reaped) when dropped.
@@ -56,141 +33,70 @@ impl Drop for Proc {
     }
 }
 
-struct Node {
-    client_addr: String,
-    peer_addr: String,
-    proc: Option<Proc>,
-}
-
-/// Storage nodes on loopback with a map installed: `partitions` partitions, every node a
-/// replica of each (RF = node count), primaries round-robin.
-struct Cluster {
-    nodes: Vec<Node>,
+/// Nodes with a map installed and leases kept alive: `partitions` partitions, every node a
+/// replica of each (RF = node count), primaries spread round-robin.
+struct Store {
+    cluster: Cluster,
     map: PartitionMap,
-    _data: tempfile::TempDir,
+    _heartbeats: TaskGuard,
 }
 
-impl Cluster {
-    async fn start(n: usize, partitions: u32) -> Cluster {
-        let data = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let mut nodes = Vec::new();
-        for i in 0..n {
-            let (client, peer, metrics) = (free_port(), free_port(), free_port());
-            let child = Command::new(bin("shardedstore-node"))
-                .args(["--node-id", &format!("node-{i}"), "--store", STORE])
-                .arg("--data-dir")
-                .arg(data.path().join(format!("node-{i}")))
-                .args(["--client-addr", &format!("127.0.0.1:{client}")])
-                .args(["--peer-addr", &format!("127.0.0.1:{peer}")])
-                .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
-                .args(["--peer-token", TOKEN])
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawning shardedstore-node: {e}"));
-            nodes.push(Node {
-                client_addr: format!("127.0.0.1:{client}"),
-                peer_addr: format!("127.0.0.1:{peer}"),
-                proc: Some(Proc(child)),
-            });
-        }
-        let mut map = PartitionMap::empty(STORE, partitions, n as u32, (n as u32).min(2));
-        map.version = 1;
-        let names: Vec<String> = (0..n).map(|i| format!("node-{i}")).collect();
-        for (name, node) in names.iter().zip(&nodes) {
-            map.nodes.insert(
-                name.clone(),
-                NodeInfo {
-                    client_addr: node.client_addr.clone(),
-                    peer_addr: node.peer_addr.clone(),
-                    zone: None,
-                    state: NodeState::Active,
-                },
-            );
-        }
-        for (p, e) in map.partitions.iter_mut().enumerate() {
-            *e = PartitionEntry {
-                epoch: 1,
-                primary: Some(names[p % n].clone()),
-                replicas: names.clone(),
-                in_sync: names.clone(),
-                learners: vec![],
-            };
-        }
-        let cluster = Cluster {
-            nodes,
-            map,
-            _data: data,
-        };
-        cluster.install().await;
+impl Store {
+    async fn start(n: usize, partitions: u32) -> Store {
+        let cluster = Cluster::start(n, NodeOptions::default()).unwrap_or_else(|e| panic!("{e}"));
         cluster
-    }
-
-    /// Install the map on every node and grant a lease longer than any test, retrying
-    /// until the nodes listen.
-    async fn install(&self) {
-        let admin = AdminClient::new(TOKEN, Duration::from_secs(2))
-            .unwrap_or_else(|e| panic!("admin client: {e}"));
-        let hb = HeartbeatRequest {
-            store: STORE.into(),
-            map_version: self.map.version,
-            lease_ms: 600_000,
+            .wait_healthy()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let map = cluster.map_round_robin(partitions, n as u32, (n as u32).min(2));
+        cluster
+            .install(&map)
+            .await
+            .unwrap_or_else(|e| panic!("installing the map: {e}"));
+        let heartbeats = cluster.heartbeat_in_background(Duration::from_secs(4));
+        let store = Store {
+            cluster,
+            map,
+            _heartbeats: heartbeats,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for node in &self.nodes {
-            loop {
-                let done = async {
-                    admin.install_map(&node.peer_addr, &self.map).await?;
-                    admin.heartbeat(&node.peer_addr, &hb).await
-                }
-                .await;
-                match done {
-                    Ok(_) => break,
-                    Err(_) if Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    Err(e) => panic!("node at {} never took the map: {e}", node.peer_addr),
-                }
-            }
-        }
+        store.wait_writable().await;
+        store
     }
 
     fn endpoint(&self, i: usize) -> &str {
-        &self.nodes[i].client_addr
-    }
-
-    fn kill(&mut self, i: usize) {
-        self.nodes[i].proc = None;
+        &self.cluster.nodes[i].client_addr
     }
 
     fn client(&self) -> KvClient {
-        let seeds: Vec<&str> = self.nodes.iter().map(|n| n.client_addr.as_str()).collect();
+        let seeds: Vec<&str> = self
+            .cluster
+            .nodes
+            .iter()
+            .map(|n| n.client_addr.as_str())
+            .collect();
         KvClient::new(&seeds).unwrap_or_else(|e| panic!("client: {e}"))
     }
 
-    /// Wait until a write through the client succeeds on every partition's primary.
+    /// Wait until every partition takes a write (each primary holds its lease and role).
     async fn wait_writable(&self) {
         let kv = self.client();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut i = 0u32;
-        let mut covered = std::collections::BTreeSet::new();
-        while covered.len() < self.map.partitions.len() {
-            let key = format!("probe-{i}");
-            i += 1;
-            let p = self.map.partition_of(key.as_bytes());
-            if covered.contains(&p) {
-                continue;
-            }
-            match kv.put(&key, "x", Condition::Always).await {
-                Ok(_) => {
-                    covered.insert(p);
-                }
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("partition {p} never became writable: {e}"),
-            }
+        let partitions = self.map.partition_count();
+        let probes: Vec<String> = (0..partitions)
+            .map(|p| {
+                (0u32..)
+                    .map(|i| format!("probe-{i}"))
+                    .find(|k| self.map.partition_of(k.as_bytes()) == p)
+                    .unwrap_or_default()
+            })
+            .collect();
+        for key in &probes {
+            let kv = kv.clone();
+            wait_until(Duration::from_secs(30), &format!("{key} writable"), || {
+                let kv = kv.clone();
+                async move { kv.put(key, "x", Condition::Always).await.ok() }
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.cluster.logs(20)));
         }
     }
 }
@@ -239,8 +145,7 @@ fn assert_ok(o: &Output) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_quickstart_and_conditional_writes_against_one_node() {
-    let cluster = Cluster::start(1, 4).await;
-    cluster.wait_writable().await;
+    let cluster = Store::start(1, 4).await;
     let ep = cluster.endpoint(0);
 
     let put = cli(ep, &["put", "greeting", "hello"], None);
@@ -287,8 +192,7 @@ async fn readme_quickstart_and_conditional_writes_against_one_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_from_stdin_and_files_and_awkward_keys_round_trip() {
-    let cluster = Cluster::start(1, 4).await;
-    cluster.wait_writable().await;
+    let cluster = Store::start(1, 4).await;
     let ep = cluster.endpoint(0);
     let binary: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
 
@@ -319,8 +223,7 @@ async fn values_from_stdin_and_files_and_awkward_keys_round_trip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_one_readable_line_with_the_documented_exit_codes() {
-    let cluster = Cluster::start(1, 4).await;
-    cluster.wait_writable().await;
+    let cluster = Store::start(1, 4).await;
     let ep = cluster.endpoint(0);
 
     let big_key = "k".repeat(2000);
@@ -331,7 +234,7 @@ async fn errors_are_one_readable_line_with_the_documented_exit_codes() {
         "error: key is 2000 bytes, over the store's limit of 1024"
     );
 
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = format!("127.0.0.1:{}", port());
     let o = Command::new(bin("shardedstore"))
         .args(["--endpoint", &dead, "--timeout", "300ms", "get", "k"])
         .env("RUST_LOG", "off")
@@ -352,8 +255,7 @@ async fn errors_are_one_readable_line_with_the_documented_exit_codes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_rf3_route_read_locally_and_report_status() {
-    let mut cluster = Cluster::start(3, 8).await;
-    cluster.wait_writable().await;
+    let mut cluster = Store::start(3, 8).await;
 
     // Writes through any endpoint land on the right primary and replicate.
     for i in 0..24 {
@@ -394,7 +296,7 @@ async fn three_nodes_rf3_route_read_locally_and_report_status() {
     );
     assert_eq!(text.matches("yes (").count(), 3, "{text}");
 
-    cluster.kill(2);
+    cluster.cluster.nodes[2].kill9();
     let status = cli(cluster.endpoint(0), &["status"], None);
     assert_ok(&status);
     let text = stdout(&status);
@@ -408,8 +310,7 @@ async fn three_nodes_rf3_route_read_locally_and_report_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_runs_a_fixed_number_of_operations_and_reports_json() {
-    let cluster = Cluster::start(1, 4).await;
-    cluster.wait_writable().await;
+    let cluster = Store::start(1, 4).await;
     let o = cli(
         cluster.endpoint(0),
         &[
@@ -471,7 +372,7 @@ async fn bench_compares_with_a_local_redis_when_one_is_installed() {
         eprintln!("redis-server not installed: skipping the side-by-side comparison");
         return;
     };
-    let port = free_port();
+    let port = port();
     let _redis = Proc(
         Command::new(redis_bin)
             .args([
@@ -492,8 +393,7 @@ async fn bench_compares_with_a_local_redis_when_one_is_installed() {
         assert!(Instant::now() < deadline, "redis never listened on {addr}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let cluster = Cluster::start(1, 4).await;
-    cluster.wait_writable().await;
+    let cluster = Store::start(1, 4).await;
     let o = cli(
         cluster.endpoint(0),
         &[
