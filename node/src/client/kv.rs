@@ -3,7 +3,8 @@
 //! connection errors, and retries retryable failures with backoff up to a deadline.
 //!
 //! - [`route`]: pure routing — endpoints, key encoding, which node serves a key.
-//! - [`retry`]: the retry policy as pure functions (and the idempotency rules of writes).
+//! - [`retry`]: the retry policy as pure functions ([`RetryPolicy`] documents what a retried
+//!   write means).
 //! - [`response`]: classification of an HTTP answer.
 //! - [`map_cache`]: the cached partition map and its refreshes.
 //! - [`request`]: the retry loop and one attempt.
@@ -202,8 +203,8 @@ impl KvClient {
         }))
     }
 
-    /// Write `value` under `key`, optionally conditional. See [`retry`] for what a retried
-    /// put means.
+    /// Write `value` under `key`, optionally conditional. See [`RetryPolicy`] for what a
+    /// retried put means.
     pub async fn put(
         &self,
         key: impl AsRef<[u8]>,

@@ -1,21 +1,22 @@
 //! Retry policy of the KV client as pure functions: which failures are retried, how long to
 //! wait (exponential backoff with jitter, honoring `Retry-After`), and when to give up.
-//!
-//! Idempotency. Reads are always safe to repeat. A failure before the request was sent
-//! (connection refused), a 421 or a 503 means the node did not apply the operation, so
-//! every operation is retried after them. A timeout or a connection broken mid-request is
-//! *ambiguous* for a write: the node may have applied it. An unconditional put or delete is
-//! retried anyway when [`RetryPolicy::retry_ambiguous_writes`] is set (the default): applying
-//! it twice leaves the same value, at a higher version. A conditional write retried after
-//! its first attempt was applied finds the version moved on and surfaces
-//! [`super::KvError::PreconditionFailed`] although its own write took effect; callers that
-//! must tell the two apart read the key back. If retries run out after an ambiguous failure,
-//! the write ends in [`super::KvError::Indeterminate`], never in `Unavailable`.
 
 use super::error::AttemptError;
 use std::time::Duration;
 
 /// How the client retries one operation.
+///
+/// Idempotency. Reads are always safe to repeat. A failure before the request was sent
+/// (connection refused), a 421 or a 503 means the node did not apply the operation, so
+/// every operation is retried after them. A timeout or a connection broken mid-request is
+/// *ambiguous* for a write: the node may have applied it. An unconditional put or delete is
+/// retried anyway when [`RetryPolicy::retry_ambiguous_writes`] is set (the default): applying
+/// it twice leaves the same value, at a higher version. A conditional write retried after
+/// its first attempt was applied finds the version moved on and surfaces
+/// [`super::KvError::PreconditionFailed`] although its own write took effect; callers that
+/// must tell the two apart read the key back; likewise a retried delete may report the key
+/// as already absent. If retries run out after an ambiguous failure,
+/// the write ends in [`super::KvError::Indeterminate`], never in `Unavailable`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Total time budget of one operation, all attempts and waits included.
@@ -24,7 +25,7 @@ pub struct RetryPolicy {
     pub base_delay: Duration,
     /// Upper bound of one backoff step (a longer `Retry-After` still wins).
     pub max_delay: Duration,
-    /// Retry writes after a timeout or broken connection (see the module docs).
+    /// Retry writes after a timeout or broken connection (see above).
     pub retry_ambiguous_writes: bool,
 }
 
