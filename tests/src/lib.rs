@@ -1,4 +1,6 @@
 //! Helpers shared by the ShardedStore integration suites: process harness, waiting with deadlines.
 
 pub mod apiserver_harness;
+pub mod local_harness;
 pub mod node_harness;
+pub mod tools;

@@ -1,12 +1,12 @@
 //! The Helm chart: lints with the real `helm`, renders, grants what the operator needs, and
 //! ships the same CRD as `crds/`.
 //!
-//! `helm` is found through `SHARDEDSTORE_HELM`, then `PATH`, then the tool cache that
-//! `hack/install-tools.sh helm` fills. Without it the helm checks print why they did not run,
-//! unless `SHARDEDSTORE_REQUIRE_TOOLS=1` (set by CI), which turns that into a failure.
+//! `helm` is found as [`shardedstore_tests::tools`] describes.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use shardedstore_tests::tools::require_tool;
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -14,40 +14,6 @@ fn repo_root() -> PathBuf {
 
 fn chart_dir() -> PathBuf {
     repo_root().join("charts/shardedstore-operator")
-}
-
-fn helm() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("SHARDEDSTORE_HELM") {
-        return Some(PathBuf::from(p));
-    }
-    let candidates = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("helm"))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    let cache = std::env::var("SHARDEDSTORE_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/shardedstore")
-        });
-    candidates
-        .into_iter()
-        .chain([cache.join("tools/bin/helm")])
-        .find(|p| p.is_file())
-}
-
-fn require_helm() -> Option<PathBuf> {
-    let found = helm();
-    if found.is_none() {
-        assert!(
-            std::env::var("SHARDEDSTORE_REQUIRE_TOOLS").as_deref() != Ok("1"),
-            "helm not found but SHARDEDSTORE_REQUIRE_TOOLS=1; run hack/install-tools.sh helm"
-        );
-        eprintln!("SKIPPED: helm not found; run `bash hack/install-tools.sh helm`");
-    }
-    found
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -115,7 +81,9 @@ fn dashboard_is_valid_json_with_panels() {
 
 #[test]
 fn chart_lints() {
-    let Some(helm) = require_helm() else { return };
+    let Some(helm) = require_tool("helm") else {
+        return;
+    };
     run(Command::new(&helm)
         .args(["lint", "--strict", "--kube-version", "1.34.0"])
         .arg(chart_dir()));
@@ -123,7 +91,9 @@ fn chart_lints() {
 
 #[test]
 fn chart_renders_operator_with_the_rights_it_needs() {
-    let Some(helm) = require_helm() else { return };
+    let Some(helm) = require_tool("helm") else {
+        return;
+    };
     let docs = render(&helm, &[]);
 
     let deployments = of_kind(&docs, "Deployment");
