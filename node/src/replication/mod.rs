@@ -8,3 +8,6 @@ pub mod peer_client;
 pub mod primary;
 pub mod replica;
 pub mod sender;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,330 @@
+//! Unit tests of a replica against a real (temporary) database: log append and truncation,
+//! epoch fencing, group-commit wake-ups, snapshot + tail install.
+
+use super::frame::{Append, SnapshotChunk, SnapshotEnd, Status};
+use super::replica::Replica;
+use crate::admin_api::LogPosition;
+use crate::context::{Ctx, ReplicationConfig};
+use crate::map::PartitionEntry;
+use crate::metrics::{NodeMetrics, WriterMetrics};
+use crate::replication::epochs::EpochHistory;
+use crate::replication::peer_client::PeerClient;
+use crate::storage::codec::{LogEntry, Op};
+use crate::storage::writer::{Command, WriterHandle, WriterObserver};
+use crate::storage::{PartitionDisk, Store};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    ctx: Arc<Ctx>,
+}
+
+fn fixture(node: &str, observer: impl WriterObserver) -> Fixture {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let store = Store::open(dir.path(), node).unwrap_or_else(|e| panic!("{e}"));
+    let metrics = Arc::new(NodeMetrics::new().unwrap_or_else(|e| panic!("{e}")));
+    let writer = WriterHandle::start(store.clone(), observer, |e| panic!("{e}"));
+    let peers =
+        PeerClient::new("t".into(), Duration::from_secs(1)).unwrap_or_else(|e| panic!("{e}"));
+    let ctx = Ctx::new(
+        node.into(),
+        "s".into(),
+        store,
+        writer,
+        peers,
+        metrics,
+        ReplicationConfig::default(),
+        None,
+    );
+    Fixture {
+        _dir: dir,
+        ctx: Arc::new(ctx),
+    }
+}
+
+fn plain(node: &str) -> Fixture {
+    let m = NodeMetrics::new().unwrap_or_else(|e| panic!("{e}"));
+    fixture(
+        node,
+        WriterMetrics {
+            batch: m.commit_batch_commands.clone(),
+            fsync: m.fsync_seconds.clone(),
+        },
+    )
+}
+
+fn put(epoch: u64, seq: u64, key: &str, value: &str) -> Arc<LogEntry> {
+    Arc::new(LogEntry {
+        epoch,
+        seq,
+        op: Op::Put {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+        },
+    })
+}
+
+fn pos(e: u64, s: u64) -> LogPosition {
+    LogPosition {
+        last_epoch: e,
+        last_seq: s,
+    }
+}
+
+fn append(
+    epoch: u64,
+    prev: LogPosition,
+    truncate_to: Option<u64>,
+    commit: u64,
+    entries: Vec<Arc<LogEntry>>,
+) -> Append {
+    Append {
+        epoch,
+        leader: "primary".into(),
+        truncate_to,
+        prev,
+        commit_seq: commit,
+        entries,
+    }
+}
+
+async fn wait_applied(r: &Replica, seq: u64) {
+    let mut rx = r.applied_tx.subscribe();
+    let waited = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|a| *a >= seq)).await;
+    assert!(waited.is_ok(), "applied point never reached {seq}");
+}
+
+#[tokio::test]
+async fn log_append_and_truncation_survive_a_reload() {
+    let f = plain("f");
+    let r = Replica::new(f.ctx.clone(), 0, PartitionDisk::default());
+    let entries = (1..=5).map(|s| put(1, s, &format!("k{s}"), "v1")).collect();
+    let reply = r
+        .handle_append(append(1, pos(0, 0), None, 0, entries))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((reply.status, reply.last), (Status::Ok, pos(1, 5)));
+
+    // A new primary at epoch 2 kept only 1..=3: truncate and append its entries.
+    let tail = vec![put(2, 4, "k4", "v2"), put(2, 5, "k5", "v2")];
+    let reply = r
+        .handle_append(append(2, pos(1, 3), Some(3), 4, tail))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((reply.status, reply.last), (Status::Ok, pos(2, 5)));
+    wait_applied(&r, 4).await;
+
+    let log = f
+        .ctx
+        .store
+        .read_log(0, 1, 100, usize::MAX)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let epochs: Vec<(u64, u64)> = log.iter().map(|e| (e.epoch, e.seq)).collect();
+    assert_eq!(epochs, vec![(1, 1), (1, 2), (1, 3), (2, 4), (2, 5)]);
+    let disk = f
+        .ctx
+        .store
+        .load_partition(0)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(disk.last, pos(2, 5));
+    assert_eq!(
+        disk.history,
+        EpochHistory::from_starts(vec![(1, 1), (2, 4)])
+    );
+    assert_eq!(disk.applied_seq, 4);
+    let v = f.ctx.store.get(0, b"k4").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(v.map(|v| (v.version, v.value)), Some((4, b"v2".to_vec())));
+
+    // An append that does not continue the log is refused and changes nothing.
+    let reply = r
+        .handle_append(append(2, pos(2, 9), None, 4, vec![put(2, 10, "x", "y")]))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((reply.status, reply.last), (Status::Mismatch, pos(2, 5)));
+}
+
+#[tokio::test]
+async fn stale_epochs_are_rejected_and_a_higher_epoch_deposes_the_primary() {
+    let f = plain("a");
+    let r = Replica::new(f.ctx.clone(), 0, PartitionDisk::default());
+    let entry = PartitionEntry {
+        epoch: 2,
+        primary: Some("a".into()),
+        replicas: vec!["a".into(), "b".into()],
+        in_sync: vec!["a".into(), "b".into()],
+        learners: vec![],
+    };
+    r.apply_map(entry, 1).await;
+    let term = r.lock().primary.as_ref().map(|p| p.term.clone());
+    assert!(term.is_some(), "the map made this node primary");
+
+    let reply = r
+        .handle_append(append(1, pos(0, 0), None, 0, vec![put(1, 1, "k", "old")]))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((reply.status, reply.epoch), (Status::StaleEpoch, 2));
+    assert!(r.lock().primary.is_some());
+    assert_eq!(
+        f.ctx
+            .store
+            .read_log(0, 1, 10, usize::MAX)
+            .map(|l| l.len())
+            .ok(),
+        Some(0)
+    );
+
+    let reply = r
+        .handle_append(append(3, pos(0, 0), None, 0, vec![put(3, 1, "k", "new")]))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((reply.status, reply.epoch), (Status::Ok, 3));
+    assert!(
+        r.lock().primary.is_none(),
+        "a higher epoch deposes the primary"
+    );
+    assert!(term.is_some_and(|t| t.is_cancelled()));
+}
+
+/// Records the size of every committed batch.
+struct Batches(Arc<Mutex<Vec<usize>>>);
+
+impl WriterObserver for Batches {
+    fn batch(&self, commands: usize, _durable: bool, _seconds: f64) {
+        if let Ok(mut b) = self.0.lock() {
+            b.push(commands);
+        }
+    }
+}
+
+#[tokio::test]
+async fn group_commit_wakes_every_caller_after_its_batch_commits() {
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let f = fixture("g", Batches(batches.clone()));
+    let mut pending = Vec::new();
+    for i in 0..200u64 {
+        let cmd = Command::Append {
+            partition: (i % 8) as u32,
+            entries: vec![put(1, i / 8 + 1, &format!("k{i}"), "v")],
+            history: EpochHistory::from_starts(vec![(1, 1)]),
+        };
+        pending.push(f.ctx.writer.submit(cmd).unwrap_or_else(|e| panic!("{e}")));
+    }
+    for p in pending {
+        assert!(p.wait().await.is_ok());
+    }
+    let sizes = batches.lock().map(|b| b.clone()).unwrap_or_default();
+    assert_eq!(sizes.iter().sum::<usize>(), 200, "{sizes:?}");
+    assert!(sizes.len() < 200, "appends were not grouped: {sizes:?}");
+    // Every woken caller's entry is on disk.
+    for p in 0..8 {
+        let log = f
+            .ctx
+            .store
+            .read_log(p, 1, 1000, usize::MAX)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(log.len(), 25);
+    }
+}
+
+#[tokio::test]
+async fn snapshot_then_tail_installs_on_a_fresh_replica() {
+    // The source: ten entries appended and applied.
+    let src = plain("src");
+    let entries: Vec<_> = (1..=10)
+        .map(|s| put(1, s, &format!("key-{s:02}"), &format!("value-{s}")))
+        .collect();
+    let history = EpochHistory::from_starts(vec![(1, 1)]);
+    let w = &src.ctx.writer;
+    w.run(Command::Append {
+        partition: 0,
+        entries: entries.clone(),
+        history: history.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    w.run(Command::Apply {
+        partition: 0,
+        entries,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let reader = src.ctx.store.snapshot(0).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reader.applied_seq, 10);
+    let first = reader.chunk(None, 60).unwrap_or_else(|e| panic!("{e}"));
+    let rest = reader
+        .chunk(first.last().map(|(k, _)| k.as_slice()), usize::MAX)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!first.is_empty() && !rest.is_empty());
+    assert_eq!(first.len() + rest.len(), 10);
+
+    let dst = plain("dst");
+    let r = Replica::new(dst.ctx.clone(), 0, PartitionDisk::default());
+    let chunk = |first_chunk: bool, id: u64, items, end| SnapshotChunk {
+        epoch: 1,
+        leader: "src".into(),
+        snapshot_id: id,
+        first: first_chunk,
+        items,
+        end,
+    };
+    let reply = r
+        .handle_snapshot(chunk(true, 7, first, None))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reply.status, Status::Ok);
+    // A chunk of another snapshot is refused.
+    let reply = r
+        .handle_snapshot(chunk(false, 8, vec![], None))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reply.status, Status::SnapshotOutOfOrder);
+    let end = SnapshotEnd {
+        base: pos(1, 10),
+        history,
+        keys: reader.keys,
+        bytes: reader.bytes,
+    };
+    let reply = r
+        .handle_snapshot(chunk(false, 7, rest, Some(end)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((reply.status, reply.last), (Status::Ok, pos(1, 10)));
+
+    // Then the tail from S + 1.
+    let tail = vec![
+        put(1, 11, "key-01", "rewritten"),
+        put(1, 12, "key-11", "new"),
+    ];
+    let reply = r
+        .handle_append(append(1, pos(1, 10), None, 12, tail))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((reply.status, reply.last), (Status::Ok, pos(1, 12)));
+    wait_applied(&r, 12).await;
+    let get = |k: &str| {
+        dst.ctx
+            .store
+            .get(0, k.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .map(|v| (v.version, v.value))
+    };
+    assert_eq!(get("key-05"), Some((5, b"value-5".to_vec())));
+    assert_eq!(get("key-01"), Some((11, b"rewritten".to_vec())));
+    assert_eq!(get("key-11"), Some((12, b"new".to_vec())));
+    let disk = dst
+        .ctx
+        .store
+        .load_partition(0)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (disk.base, disk.last, disk.applied_seq, disk.keys),
+        (pos(1, 10), pos(1, 12), 12, 11)
+    );
+    let log = dst
+        .ctx
+        .store
+        .read_log(0, 1, 100, usize::MAX)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![11, 12]);
+}
