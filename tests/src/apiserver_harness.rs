@@ -78,6 +78,10 @@ impl ControlPlane {
     /// binaries have not been built.
     pub fn start() -> Result<Option<Self>, HarnessError> {
         let Some(bin) = k8s_bin_dir() else {
+            assert!(
+                std::env::var("SHARDEDSTORE_REQUIRE_TOOLS").as_deref() != Ok("1"),
+                "no Kubernetes binaries but SHARDEDSTORE_REQUIRE_TOOLS=1; run hack/k8s-bins.sh"
+            );
             eprintln!(
                 "SKIPPED: no Kubernetes binaries (run hack/k8s-bins.sh or set SHARDEDSTORE_K8S_BIN); \
                  the real-apiserver tests did not run"
