@@ -29,7 +29,7 @@ impl Default for ReplicationConfig {
         Self {
             log_window: 100_000,
             catchup_bytes_per_second: 0,
-            idle_append: Duration::from_millis(100),
+            idle_append: Duration::from_millis(1000),
             max_append_bytes: 4 * 1024 * 1024,
             write_timeout: Duration::from_secs(10),
         }
