@@ -431,3 +431,64 @@ fn which(name: &str) -> Result<PathBuf, ()> {
         })
         .ok_or(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_follows_a_failover_through_connection_errors_and_a_map_refresh() {
+    let mut store = Store::start(3, 6).await;
+    let kv = store.client();
+    for i in 0..30 {
+        kv.put(format!("k{i}"), format!("v{i}"), Condition::Always)
+            .await
+            .unwrap_or_else(|e| panic!("put k{i}: {e}"));
+    }
+    assert_eq!(kv.cached_map().map(|m| m.version), Some(1));
+    let led_by_node0 = (0..30)
+        .filter(|i| {
+            let p = store.map.partition_of(format!("k{i}").as_bytes());
+            store.map.partitions[p as usize].primary.as_deref() == Some("node-0")
+        })
+        .count();
+    assert!(led_by_node0 > 0, "some reads must hit the dead primary");
+
+    // node-0 dies; the test (playing the operator) promotes an in-sync follower of each
+    // partition it led, a little later, while the client already retries.
+    store.cluster.nodes[0].kill9();
+    let mut next = store.map.clone();
+    next.version = 2;
+    for e in &mut next.partitions {
+        e.in_sync.retain(|n| n != "node-0");
+        if e.primary.as_deref() == Some("node-0") {
+            e.primary = e.in_sync.first().cloned();
+            e.epoch += 1;
+        }
+    }
+    let reads = tokio::spawn({
+        let kv = kv.clone();
+        async move {
+            let mut got = Vec::new();
+            for i in 0..30 {
+                got.push(kv.get(format!("k{i}")).await.map(|v| v.map(|v| v.value)));
+            }
+            got
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    store
+        .cluster
+        .install_on(&next, &["node-1", "node-2"])
+        .await
+        .unwrap_or_else(|e| panic!("installing map 2: {e}"));
+
+    let got = reads.await.unwrap_or_else(|e| panic!("{e}"));
+    for (i, r) in got.into_iter().enumerate() {
+        let v = r.unwrap_or_else(|e| panic!("get k{i} after failover: {e}"));
+        assert_eq!(v.as_deref(), Some(format!("v{i}").as_bytes()), "k{i}");
+    }
+    assert_eq!(kv.cached_map().map(|m| m.version), Some(2));
+    // Writes to the promoted primaries work too, through the CLI with only a live endpoint.
+    assert_ok(&cli(store.endpoint(1), &["put", "k0", "after"], None));
+    assert_eq!(
+        cli(store.endpoint(2), &["get", "k0"], None).stdout,
+        b"after"
+    );
+}
