@@ -16,6 +16,7 @@ pub mod coordinators;
 pub mod events;
 pub mod members;
 pub mod reconcile;
+pub mod rollout;
 pub mod runtime;
 pub mod status;
 pub mod validate;

@@ -8,6 +8,7 @@ use super::context::Context;
 use super::coordinators::Start;
 use super::events::Note;
 use super::members;
+use super::rollout;
 use super::status::{self, Observation};
 use super::validate::{self, CapacityProblem};
 use crate::coordinator::{CoordinatorStatus, Membership};
@@ -16,7 +17,7 @@ use crate::metrics::StoreLabels;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::ListParams;
+use kube::api::{DeleteParams, ListParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use std::sync::Arc;
@@ -41,6 +42,12 @@ pub enum ReconcileError {
         #[source]
         source: kube::Error,
     },
+    #[error("deleting pod {pod} for the rolling restart")]
+    RestartPod {
+        pod: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("starting the coordinator of {store}")]
     StartCoordinator {
         store: String,
@@ -57,6 +64,7 @@ impl ReconcileError {
             Self::Apply(e) => e.category(),
             Self::ListPods { .. } => "ListPodsFailed",
             Self::StartCoordinator { .. } => "CoordinatorFailed",
+            Self::RestartPod { .. } => "RestartPodFailed",
         }
     }
 }
@@ -113,6 +121,7 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
             statefulset_replicas: 0,
             ready_pods: 0,
             partitions: None,
+            restarts_pending: 0,
         };
         let status = status::compute(&obs, &previous.conditions, &now);
         apply::patch_status(&ctx.client, store, &status).await?;
@@ -155,13 +164,29 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
         }
     }
     let ready_pods = members::ready_count(&members_now);
+    let labels = labels_of(store);
+
+    // Rolling restart (OnDelete): plan from the coordinator's last report.
+    let update_revision = current
+        .as_ref()
+        .and_then(|s| s.status.as_ref())
+        .and_then(|s| s.update_revision.clone());
+    let last_report = ctx.coordinators.status(&labels).unwrap_or_default();
+    let restart = rollout::plan(
+        &pods
+            .iter()
+            .filter_map(|p| pod_revision(&owner.name, p))
+            .collect::<Vec<_>>(),
+        update_revision.as_deref(),
+        current_replicas.unwrap_or(0),
+        &last_report,
+    );
 
     // 3. The coordinator: drains pods above the desired count (not while refused).
     let desired_nodes = match (&capacity, current_replicas) {
         (Some(_), Some(current)) => current.max(store.spec.nodes),
         _ => store.spec.nodes,
     };
-    let labels = labels_of(store);
     let coordinator = ctx
         .coordinators
         .ensure(Start {
@@ -173,7 +198,7 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
             membership: Membership {
                 nodes: members_now,
                 desired_nodes: u32::try_from(desired_nodes).unwrap_or(0),
-                cordoned: Default::default(),
+                cordoned: restart.cordoned().map(str::to_owned).into_iter().collect(),
             },
         })
         .map_err(|source| ReconcileError::StartCoordinator {
@@ -210,6 +235,10 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
     )
     .await;
 
+    if let rollout::Rollout::Delete { pod, uid, pending } = &restart {
+        restart_pod(ctx, &owner, &regarding, pod, uid.clone(), *pending).await?;
+    }
+
     // 5. Status.
     let view = Some(members::view_of(&coordinator));
     let obs = Observation {
@@ -221,6 +250,7 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
         statefulset_replicas: replicas,
         ready_pods,
         partitions: view.as_ref(),
+        restarts_pending: restart.pending(),
     };
     let status = status::compute(&obs, &previous.conditions, &now);
     apply::patch_status(&ctx.client, store, &status).await?;
@@ -243,6 +273,67 @@ fn replicas_for(
     build::statefulset_replicas(desired, current, |ordinal| {
         members::is_drained(store, coordinator, ordinal)
     })
+}
+
+/// The rollout facts of a pod of `store`.
+fn pod_revision(store: &str, pod: &Pod) -> Option<rollout::PodRevision> {
+    let name = pod.name_any();
+    Some(rollout::PodRevision {
+        ordinal: build::pod_ordinal(store, &name)?,
+        revision: pod.labels().get("controller-revision-hash").cloned(),
+        ready: pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+        deleting: pod.metadata.deletion_timestamp.is_some(),
+        uid: pod.metadata.uid.clone(),
+        name,
+    })
+}
+
+/// Deletes a pod for the rolling restart, only if it is still the same pod (uid precondition).
+async fn restart_pod(
+    ctx: &Context,
+    owner: &Owner,
+    regarding: &k8s_openapi::api::core::v1::ObjectReference,
+    pod: &str,
+    uid: Option<String>,
+    pending: usize,
+) -> Result<(), ReconcileError> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid,
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(pod, &params).await {
+        Ok(_) => {}
+        // Already gone or replaced: the next reconcile sees the new pod.
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return Ok(()),
+        Err(source) => {
+            return Err(ReconcileError::RestartPod {
+                pod: pod.to_owned(),
+                source,
+            });
+        }
+    }
+    let message =
+        format!("restarting {pod} with the new pod template ({pending} pods on the old one)");
+    ctx.events
+        .publish(
+            regarding,
+            Note {
+                warning: false,
+                reason: "PodRestarted",
+                action: "RollingRestart",
+                message,
+            },
+        )
+        .await;
+    Ok(())
 }
 
 async fn list_pods(ctx: &Context, owner: &Owner) -> Result<Vec<Pod>, ReconcileError> {

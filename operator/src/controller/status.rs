@@ -35,6 +35,8 @@ pub struct Observation<'a> {
     pub ready_pods: i32,
     /// `None` until the coordinator of the store has reported.
     pub partitions: Option<&'a PartitionView>,
+    /// Pods still running an old pod template (rolling restart in progress).
+    pub restarts_pending: usize,
 }
 
 /// The status to write, keeping previous condition transition times where nothing flipped.
@@ -109,6 +111,16 @@ fn observe(obs: &Observation<'_>) -> Vec<Observed> {
             format!(
                 "scaling in to {nodes} nodes: moving replicas off the pods with ordinal >= {nodes} before removing them ({} pods now)",
                 obs.statefulset_replicas
+            ),
+        )
+    } else if obs.restarts_pending > 0 {
+        Observed::new(
+            PROGRESSING,
+            true,
+            "RollingRestart",
+            format!(
+                "{} pods to restart with the new pod template, one at a time",
+                obs.restarts_pending
             ),
         )
     } else if obs.ready_pods < nodes {
@@ -240,6 +252,7 @@ mod tests {
             statefulset_replicas: replicas,
             ready_pods: ready,
             partitions: view,
+            restarts_pending: 0,
         }
     }
 
@@ -348,5 +361,16 @@ mod tests {
         let ready =
             conditions::find(&third.conditions, READY).map(|c| c.last_transition_time.clone());
         assert_eq!(ready, Some(later));
+    }
+
+    #[test]
+    fn pending_restarts_show_as_a_rolling_restart() {
+        let s = spec(3);
+        let v = healthy(4);
+        let mut o = obs(&s, 3, 3, Some(&v));
+        o.restarts_pending = 2;
+        let st = compute(&o, &[], &now());
+        assert_eq!(cond(&st, PROGRESSING), ("True", "RollingRestart"));
+        assert_eq!(cond(&st, READY), ("True", "Ready"));
     }
 }
