@@ -253,13 +253,18 @@ fn text_reply(body: String) -> warp::reply::Response {
     resp
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until the process ends.
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until the task is dropped.
 pub async fn serve(metrics: std::sync::Arc<Metrics>, addr: SocketAddr) -> Result<(), MetricsError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| MetricsError::Bind { addr, source })?;
-    warp::serve(routes(metrics)).incoming(listener).run().await;
+    serve_on(metrics, listener).await;
     Ok(())
+}
+
+/// Serves the metrics endpoints on an already bound listener.
+pub async fn serve_on(metrics: std::sync::Arc<Metrics>, listener: tokio::net::TcpListener) {
+    warp::serve(routes(metrics)).incoming(listener).run().await;
 }
 
 #[cfg(test)]
@@ -314,5 +319,41 @@ mod tests {
         }
         m.forget_store(&store);
         assert!(!m.render().contains("store=\"kv\""));
+    }
+
+    #[tokio::test]
+    async fn metrics_and_health_are_served_over_http() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let m = std::sync::Arc::new(Metrics::new().unwrap_or_else(|e| panic!("{e}")));
+        m.reconcile_failed("Apply");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let server = tokio::spawn(serve_on(m, listener));
+        let get = |path: &'static str| async move {
+            let mut conn = tokio::net::TcpStream::connect(addr)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+            conn.write_all(req.as_bytes())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut body = String::new();
+            conn.read_to_string(&mut body)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            body
+        };
+        let metrics = get("/metrics").await;
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+        assert!(metrics.contains("text/plain; version=0.0.4"), "{metrics}");
+        assert!(
+            metrics.contains("shardedstore_reconcile_errors_total{category=\"Apply\"} 1"),
+            "{metrics}"
+        );
+        assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
+        assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
+        server.abort();
     }
 }
