@@ -118,29 +118,6 @@ pub fn note_of(event: &CoordinatorEvent) -> Option<Note> {
                 "partition {partition}: hand-off {from} -> {to} timed out; {from} stays primary"
             ),
         ),
-        CoordinatorEvent::PrimaryHandedOff {
-            partition,
-            from,
-            to,
-            epoch,
-        } => note(
-            false,
-            "PrimaryHandedOff",
-            "HandOff",
-            format!("partition {partition}: primary {from} -> {to} at epoch {epoch}"),
-        ),
-        CoordinatorEvent::HandoffAborted {
-            partition,
-            from,
-            to,
-        } => note(
-            true,
-            "HandoffAborted",
-            "HandOff",
-            format!(
-                "partition {partition}: hand-off {from} -> {to} timed out; {from} stays primary"
-            ),
-        ),
         CoordinatorEvent::PartitionUnavailable { partition } => note(
             true,
             "PartitionUnavailable",
