@@ -20,15 +20,20 @@ pub fn member_of(store: &str, pod: &Pod, zone: Option<String>) -> Option<MemberN
     let ready = status
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    let terminated = status
+    // The storage process is not running when its container terminated or waits to
+    // restart (crash loop), or when no container runs yet (Pending) or any more.
+    let not_running = status
         .and_then(|s| s.container_statuses.as_ref())
         .is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c.state.as_ref().is_some_and(|st| st.terminated.is_some()))
+            cs.iter().any(|c| {
+                c.state
+                    .as_ref()
+                    .is_some_and(|st| st.terminated.is_some() || st.waiting.is_some())
+            })
         });
-    let failed = status
+    let phase_down = status
         .and_then(|s| s.phase.as_deref())
-        .is_some_and(|p| p == "Failed" || p == "Succeeded");
+        .is_none_or(|p| p != "Running");
     let deleting = pod.metadata.deletion_timestamp.is_some();
     let host = status.and_then(|s| s.pod_ip.clone()).unwrap_or_default();
     let addr = |port: i32| {
@@ -47,7 +52,7 @@ pub fn member_of(store: &str, pod: &Pod, zone: Option<String>) -> Option<MemberN
         peer_addr: addr(PEER_PORT),
         zone,
         ready: ready && !deleting,
-        confirmed_dead: terminated || failed || deleting,
+        confirmed_dead: not_running || phase_down || deleting || host.is_empty(),
     })
 }
 
@@ -153,7 +158,7 @@ mod tests {
     #[test]
     fn a_ready_pod_becomes_a_ready_member_with_its_ip_and_zone() {
         let p = pod(
-            "metadata: {name: kv-2}\nstatus:\n  podIP: 10.1.2.3\n  conditions: [{type: Ready, status: 'True'}]\n",
+            "metadata: {name: kv-2}\nstatus:\n  phase: Running\n  podIP: 10.1.2.3\n  conditions: [{type: Ready, status: 'True'}]\n",
         );
         let m = member_of("kv", &p, Some("z1".into())).unwrap_or_else(|| panic!("no member"));
         assert_eq!(m.id, "kv-2");
@@ -165,17 +170,56 @@ mod tests {
     }
 
     #[test]
-    fn terminated_and_deleted_pods_are_confirmed_dead() {
-        let terminated = pod(
-            "metadata: {name: kv-0}\nstatus:\n  podIP: 10.0.0.1\n  containerStatuses:\n  - {name: node, image: x, imageID: '', ready: false, restartCount: 1, state: {terminated: {exitCode: 137}}}\n",
+    fn pods_whose_process_is_not_running_are_confirmed_dead() {
+        let running = "phase: Running\n  podIP: 10.0.0.1\n";
+        let container = |state: &str| {
+            format!(
+                "  containerStatuses:\n  - {{name: node, image: x, imageID: '', ready: false, restartCount: 1, state: {state}}}\n"
+            )
+        };
+        let cases = [
+            (
+                "terminated",
+                format!(
+                    "metadata: {{name: kv-0}}\nstatus:\n  {running}{}",
+                    container("{terminated: {exitCode: 137}}")
+                ),
+            ),
+            (
+                "crash loop",
+                format!(
+                    "metadata: {{name: kv-0}}\nstatus:\n  {running}{}",
+                    container("{waiting: {reason: CrashLoopBackOff}}")
+                ),
+            ),
+            (
+                "pending",
+                "metadata: {name: kv-0}\nstatus:\n  phase: Pending\n".to_owned(),
+            ),
+            (
+                "failed",
+                "metadata: {name: kv-0}\nstatus:\n  phase: Failed\n  podIP: 10.0.0.1\n".to_owned(),
+            ),
+            (
+                "deleted",
+                format!(
+                    "metadata: {{name: kv-0, deletionTimestamp: '2026-01-01T00:00:00Z'}}\nstatus:\n  {running}  conditions: [{{type: Ready, status: 'True'}}]\n"
+                ),
+            ),
+        ];
+        for (what, yaml) in cases {
+            let m = member_of("kv", &pod(&yaml), None).unwrap_or_else(|| panic!("no member"));
+            assert!(m.confirmed_dead && !m.ready, "{what}: {m:?}");
+        }
+        let alive = format!(
+            "metadata: {{name: kv-0}}\nstatus:\n  phase: Running\n  podIP: fd00::1\n{}",
+            container("{running: {}}")
         );
-        let m = member_of("kv", &terminated, None).unwrap_or_else(|| panic!("no member"));
-        assert!(m.confirmed_dead && !m.ready);
-        let deleting = pod(
-            "metadata: {name: kv-1, deletionTimestamp: '2026-01-01T00:00:00Z'}\nstatus:\n  podIP: fd00::1\n  conditions: [{type: Ready, status: 'True'}]\n",
+        let m = member_of("kv", &pod(&alive), None).unwrap_or_else(|| panic!("no member"));
+        assert!(
+            !m.confirmed_dead && !m.ready,
+            "running but not ready: {m:?}"
         );
-        let m = member_of("kv", &deleting, None).unwrap_or_else(|| panic!("no member"));
-        assert!(m.confirmed_dead && !m.ready);
         assert_eq!(m.peer_addr, "[fd00::1]:7100");
         assert!(member_of("kv", &pod("metadata: {name: other-0}\n"), None).is_none());
     }
