@@ -458,3 +458,20 @@ fn commit_input(st: &State, me: &str, lease_valid: bool) -> Option<CommitInput> 
         lease_valid,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditions_compare_with_the_current_version() {
+        assert!(Condition::Always.holds(None));
+        assert!(Condition::IfVersion(3).holds(Some(3)));
+        assert!(!Condition::IfVersion(3).holds(Some(4)));
+        assert!(!Condition::IfVersion(3).holds(None));
+        assert!(Condition::IfAbsent.holds(None));
+        assert!(!Condition::IfAbsent.holds(Some(1)));
+        assert!(Condition::IfExists.holds(Some(1)));
+        assert!(!Condition::IfExists.holds(None));
+    }
+}

@@ -268,12 +268,34 @@ async fn send_snapshot(
             tracing::info!(partition = p, to = addr, seq, bytes = sent, "snapshot sent");
             return Ok(base);
         }
-        let rate = ctx.catchup_rate();
-        if rate > 0 {
-            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                tokio::time::sleep(wait).await;
-            }
+        if let Some(wait) = throttle_delay(sent, ctx.catchup_rate(), started.elapsed()) {
+            tokio::time::sleep(wait).await;
         }
+    }
+}
+
+/// How long to pause after sending `sent` bytes in `elapsed` so the stream stays at or below
+/// `bytes_per_second` (0 = unlimited).
+pub fn throttle_delay(sent: u64, bytes_per_second: u64, elapsed: Duration) -> Option<Duration> {
+    if bytes_per_second == 0 {
+        return None;
+    }
+    let due = Duration::from_secs_f64(sent as f64 / bytes_per_second as f64);
+    due.checked_sub(elapsed).filter(|d| !d.is_zero())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_keeps_the_stream_at_the_rate() {
+        let mb = 1024 * 1024;
+        assert_eq!(throttle_delay(10 * mb, 0, Duration::ZERO), None);
+        assert_eq!(
+            throttle_delay(10 * mb, 5 * mb, Duration::from_millis(500)),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(throttle_delay(mb, 5 * mb, Duration::from_secs(1)), None);
     }
 }
