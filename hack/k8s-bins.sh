@@ -80,7 +80,7 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
-export CGO_ENABLED=0 GOGC="${GOGC:-75}" GOFLAGS="${GOFLAGS:-} -mod=mod -p=2"
+export CGO_ENABLED=0 GOGC="${GOGC:-75}" GOFLAGS="${GOFLAGS:-} -mod=mod -p=2 -buildvcs=false"
 for entry in "${tools[@]}"; do
     name="${entry%%=*}"
     pkg="${entry#*=}"
