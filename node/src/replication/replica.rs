@@ -360,6 +360,12 @@ impl Replica {
             if !contiguous {
                 return Ok(Self::reply(&st, Status::Mismatch));
             }
+            if !msg.entries.is_empty() {
+                // Epochs this replica started but never wrote (as a short-lived primary)
+                // must not claim the sequence numbers the primary's entries now take.
+                let last = st.last.last_seq;
+                st.history.truncate_after(last);
+            }
             for e in &msg.entries {
                 st.history.record(e.epoch, e.seq);
                 st.last = LogPosition {

@@ -328,3 +328,40 @@ async fn snapshot_then_tail_installs_on_a_fresh_replica() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![11, 12]);
 }
+
+#[tokio::test]
+async fn an_epoch_started_without_entries_does_not_mislabel_later_entries() {
+    let f = plain("a");
+    let r = Replica::new(f.ctx.clone(), 0, PartitionDisk::default());
+    let entries = (1..=3).map(|s| put(1, s, "k", "v")).collect();
+    let reply = r
+        .handle_append(append(1, pos(0, 0), None, 0, entries))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reply.status, Status::Ok);
+    // Briefly primary at epoch 3 (records epoch 3 from seq 4) without writing anything.
+    let lead = PartitionEntry {
+        epoch: 3,
+        primary: Some("a".into()),
+        replicas: vec!["a".into(), "b".into()],
+        in_sync: vec!["a".into(), "b".into()],
+        learners: vec![],
+    };
+    r.apply_map(lead.clone(), 1).await;
+    // Epoch 4's primary ships entries that an epoch-2 primary wrote at 4..=5.
+    let follow = PartitionEntry {
+        epoch: 4,
+        primary: Some("b".into()),
+        ..lead
+    };
+    r.apply_map(follow, 1).await;
+    let tail = vec![put(2, 4, "k", "e2"), put(2, 5, "k", "e2")];
+    let reply = r
+        .handle_append(append(4, pos(1, 3), None, 0, tail))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((reply.status, reply.last), (Status::Ok, pos(2, 5)));
+    let history = r.lock().history.clone();
+    assert_eq!(history.epoch_at(4), 2, "{history:?}");
+    assert_eq!(history.epoch_at(3), 1);
+}
