@@ -3,6 +3,7 @@
 
 pub mod commit;
 pub mod epochs;
+pub mod follower;
 pub mod frame;
 pub mod peer_client;
 pub mod primary;
