@@ -386,4 +386,23 @@ mod tests {
         huge.extend_from_slice(&[0xff; 64]);
         assert!(Append::decode(&huge).is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = Append::decode(&bytes);
+            let _ = SnapshotChunk::decode(&bytes);
+            let _ = Probe::decode(&bytes);
+            let _ = ProbeReply::decode(&bytes);
+            let _ = Reply::decode(&bytes);
+        }
+
+        #[test]
+        fn corrupting_one_byte_never_panics(pos in 0usize..64, value in proptest::prelude::any::<u8>()) {
+            let mut b = append().encode();
+            let i = pos % b.len();
+            b[i] = value;
+            let _ = Append::decode(&b);
+        }
+    }
 }

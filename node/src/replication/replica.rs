@@ -17,7 +17,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 /// Bytes of recent log entries kept in memory for replication and apply.
-const CACHE_BYTES: usize = 64 * 1024 * 1024;
+const CACHE_BYTES: usize = 4 * 1024 * 1024;
 /// Most bytes applied to the data table in one writer command.
 const APPLY_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Commit marks remembered to bound the staleness of local reads.
