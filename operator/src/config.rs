@@ -23,10 +23,14 @@ pub struct RunConfig {
     pub lease_name: String,
 
     /// Namespace of the leader-election Lease (the operator's own namespace in a cluster).
-    #[arg(long, env = "SHARDEDSTORE_LEASE_NAMESPACE", default_value = "default")]
+    #[arg(
+        long,
+        env = "SHARDEDSTORE_LEADER_ELECTION_NAMESPACE",
+        default_value = "default"
+    )]
     pub lease_namespace: String,
 
-    /// Identity recorded as the Lease holder; defaults to the host name (the pod name).
+    /// Identity recorded as the Lease holder; defaults to `$POD_NAME`, then the host name.
     #[arg(long, env = "SHARDEDSTORE_IDENTITY")]
     pub identity: Option<String>,
 
@@ -49,6 +53,10 @@ pub struct RunConfig {
     /// Milliseconds of the lease each heartbeat grants a storage node.
     #[arg(long, env = "SHARDEDSTORE_NODE_LEASE_MS", default_value_t = 4000)]
     pub node_lease_ms: u64,
+
+    /// Storage-node image for stores whose spec sets no `image`.
+    #[arg(long, env = "SHARDEDSTORE_DEFAULT_NODE_IMAGE")]
+    pub default_node_image: Option<String>,
 
     /// Restrict the operator to one namespace; all namespaces when unset.
     #[arg(long, env = "SHARDEDSTORE_WATCH_NAMESPACE")]
@@ -76,6 +84,7 @@ impl RunConfig {
     pub fn identity(&self) -> String {
         self.identity
             .clone()
+            .or_else(|| std::env::var("POD_NAME").ok())
             .or_else(|| std::env::var("HOSTNAME").ok())
             .unwrap_or_else(|| format!("shardedstore-operator-{:08x}", rand::random::<u32>()))
     }

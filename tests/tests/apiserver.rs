@@ -272,6 +272,7 @@ async fn reconcile_applies_children_status_scale_and_map_store() -> TestResult {
         leader_renew_seconds: 5,
         heartbeat_interval_ms: 500,
         node_lease_ms: 4000,
+        default_node_image: None,
         watch_namespace: None,
     };
     let metrics = Arc::new(shardedstore_operator::metrics::Metrics::new()?);

@@ -105,17 +105,20 @@ pub async fn reconcile(
 
 async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileError> {
     let owner = Owner::of(store)?;
+    let spec = store
+        .spec
+        .with_default_image(ctx.config.default_node_image.as_deref());
     let previous = store.status.clone().unwrap_or_default();
     let regarding = store.object_ref(&());
     let now = Time(k8s_openapi::jiff::Timestamp::now());
 
     // 1. Validate. An invalid spec is reported and waits for the user to change it.
-    let problems = validate::validate(&store.spec);
+    let problems = validate::validate(&spec);
     if !problems.is_empty() {
         let obs = Observation {
             store_name: &owner.name,
             generation: store.metadata.generation,
-            spec: &store.spec,
+            spec: &spec,
             problems: &problems,
             capacity: None,
             statefulset_replicas: 0,
@@ -141,7 +144,7 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
             .await;
         return Ok(Action::await_change());
     }
-    let capacity = validate::check_capacity(&store.spec);
+    let capacity = validate::check_capacity(&spec);
 
     // 2. Observe what exists: the StatefulSet, the pods, the peer token.
     let current: Option<StatefulSet> = apply::get_opt(
@@ -158,7 +161,7 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
     let pods = list_pods(ctx, &owner).await?;
     let mut members_now = Vec::new();
     for pod in &pods {
-        let zone = ctx.zone_of(pod, &store.spec.placement.zone_label).await;
+        let zone = ctx.zone_of(pod, &spec.placement.zone_label).await;
         if let Some(m) = members::member_of(&owner.name, pod, zone) {
             members_now.push(m);
         }
@@ -184,8 +187,8 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
 
     // 3. The coordinator: drains pods above the desired count (not while refused).
     let desired_nodes = match (&capacity, current_replicas) {
-        (Some(_), Some(current)) => current.max(store.spec.nodes),
-        _ => store.spec.nodes,
+        (Some(_), Some(current)) => current.max(spec.nodes),
+        _ => spec.nodes,
     };
     let coordinator = ctx
         .coordinators
@@ -194,7 +197,7 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
             regarding: regarding.clone(),
             owner: owner.owner_ref.clone(),
             token,
-            settings: members::settings_for(&store.spec, &ctx.config),
+            settings: members::settings_for(&spec, &ctx.config),
             membership: Membership {
                 nodes: members_now,
                 desired_nodes: u32::try_from(desired_nodes).unwrap_or(0),
@@ -221,14 +224,14 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
     apply::apply(
         &ctx.client,
         &children_ns,
-        &build::statefulset(&owner, &store.spec, replicas),
+        &build::statefulset(&owner, &spec, replicas),
     )
     .await?;
     publish_scale_events(
         ctx,
         &regarding,
         &previous.conditions,
-        store.spec.nodes,
+        spec.nodes,
         current_replicas,
         replicas,
         capacity.as_ref(),
@@ -244,7 +247,7 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
     let obs = Observation {
         store_name: &owner.name,
         generation: store.metadata.generation,
-        spec: &store.spec,
+        spec: &spec,
         problems: &[],
         capacity: capacity.as_ref(),
         statefulset_replicas: replicas,

@@ -23,6 +23,8 @@ pub enum SpecProblem {
     },
     #[error("image must not be empty")]
     EmptyImage,
+    #[error("image is not set and the operator has no default node image (--default-node-image)")]
+    NoImage,
     #[error("failover.replaceAfter {0:?} is not a duration such as 90s, 5m or 1h30m")]
     BadReplaceAfter(String),
     #[error("rebalance.maxConcurrentMovesPerNode must be at least 1, got {0}")]
@@ -68,8 +70,10 @@ pub fn validate(spec: &ShardedStoreSpec) -> Vec<SpecProblem> {
             replication_factor: spec.replication_factor,
         });
     }
-    if spec.image.trim().is_empty() {
-        problems.push(SpecProblem::EmptyImage);
+    match spec.image.as_deref() {
+        None => problems.push(SpecProblem::NoImage),
+        Some(image) if image.trim().is_empty() => problems.push(SpecProblem::EmptyImage),
+        Some(_) => {}
     }
     if spec.placement.zone_label.trim().is_empty() {
         problems.push(SpecProblem::EmptyZoneLabel);
@@ -189,6 +193,18 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_missing_image_takes_the_operator_default() {
+        let s = spec("nodes: 3\n");
+        assert_eq!(validate(&s), vec![SpecProblem::NoImage]);
+        let defaulted = s.with_default_image(Some("registry/node:2"));
+        assert_eq!(defaulted.image.as_deref(), Some("registry/node:2"));
+        assert_eq!(validate(&defaulted), vec![]);
+        // An explicit image wins over the default.
+        let own = spec("nodes: 3\nimage: mine:1\n").with_default_image(Some("registry/node:2"));
+        assert_eq!(own.image.as_deref(), Some("mine:1"));
     }
 
     #[test]

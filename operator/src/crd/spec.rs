@@ -112,9 +112,11 @@ pub struct ShardedStoreSpec {
     #[schemars(range(min = 1, max = 5))]
     pub min_in_sync: Option<i32>,
 
-    /// Container image of the storage node (shardedstore-node).
+    /// Container image of the storage node (shardedstore-node). Defaults to the node image
+    /// the operator was installed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
-    pub image: String,
+    pub image: Option<String>,
 
     /// When the kubelet pulls the image.
     #[serde(default)]
@@ -306,6 +308,15 @@ impl Default for LimitsSpec {
 }
 
 impl ShardedStoreSpec {
+    /// The spec with `image` defaulted to `default_image` when unset.
+    pub fn with_default_image(&self, default_image: Option<&str>) -> Self {
+        let mut spec = self.clone();
+        if spec.image.is_none() {
+            spec.image = default_image.map(str::to_owned);
+        }
+        spec
+    }
+
     /// `minInSync` with its default applied: the smaller of 2 and the replication factor.
     pub fn effective_min_in_sync(&self) -> i32 {
         self.min_in_sync

@@ -103,7 +103,7 @@ fn container(owner: &Owner, spec: &ShardedStoreSpec) -> Container {
     };
     Container {
         name: "node".to_owned(),
-        image: Some(spec.image.clone()),
+        image: spec.image.clone(),
         image_pull_policy: Some(spec.image_pull_policy.as_str().to_owned()),
         ports: Some(vec![
             port("client", CLIENT_PORT),
