@@ -1,7 +1,7 @@
 //! (e) Oversized, malformed and unauthenticated requests get the documented errors and
 //! change nothing; garbage replication frames are rejected and the node keeps serving.
 
-use shardedstore_tests::node_harness::{Cluster, NodeOptions, metric_value};
+use shardedstore_tests::node_harness::{Cluster, NodeOptions, metric_value, wait_until};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,4 +162,39 @@ async fn chunked_put(addr: &str, path: &str, chunks: &[usize]) -> anyhow::Result
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
     Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_without_a_lease_refuses_to_serve() -> anyhow::Result<()> {
+    let cluster = Cluster::start(1, NodeOptions::default())?;
+    cluster.wait_healthy().await?;
+    let map = cluster.map_round_robin(2, 1, 1);
+    cluster.install(&map).await?;
+    // No heartbeat yet: no lease.
+    let (status, _) = cluster.put(0, "k", b"v".to_vec()).await?;
+    assert_eq!(status, 503);
+    cluster.heartbeat_all(Duration::from_millis(400)).await?;
+    let (status, _) = cluster.put(0, "k", b"v".to_vec()).await?;
+    assert_eq!(status, 201);
+    // The lease runs out: reads and writes get 503 with Retry-After.
+    let url = format!("http://{}/v1/kv/k", cluster.nodes[0].client_addr);
+    let answer = wait_until(Duration::from_secs(5), "the lease to expire", || {
+        let (http, url) = (cluster.http.clone(), url.clone());
+        async move {
+            let r = http.get(&url).send().await.ok()?;
+            (r.status().as_u16() == 503).then_some(r)
+        }
+    })
+    .await?;
+    assert!(answer.headers().contains_key("retry-after"));
+    let body: serde_json::Value = answer.json().await?;
+    assert_eq!(body["error"]["code"], "lease_expired");
+    let (status, _) = cluster.put(0, "k2", b"v".to_vec()).await?;
+    assert_eq!(status, 503);
+    // A new heartbeat restores service.
+    cluster.heartbeat_all(Duration::from_secs(30)).await?;
+    let (status, _, body) = cluster.get(0, "k").await?;
+    assert_eq!((status, body), (200, b"v".to_vec()));
+    assert_eq!(cluster.get(0, "k2").await?.0, 404);
+    Ok(())
 }
