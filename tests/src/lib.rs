@@ -2,5 +2,6 @@
 
 pub mod apiserver_harness;
 pub mod local_harness;
+pub mod local_harness;
 pub mod node_harness;
 pub mod tools;

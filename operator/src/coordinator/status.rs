@@ -1,11 +1,11 @@
 //! What the coordinator reports: a status snapshot (for the custom resource's status and the
 //! local control endpoint) and notable events (for Kubernetes Events and metrics).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shardedstore_node::map::{NodeId, NodeState, PartitionId};
 
 /// Health counts over all partitions.
-#[derive(Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct PartitionSummary {
     pub total: u32,
@@ -20,7 +20,7 @@ pub struct PartitionSummary {
 }
 
 /// Step a move is at; each step is a separate map change, so a move resumes from the map.
-#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MoveState {
     /// The destination is a learner catching up.
     CatchingUp,
@@ -33,7 +33,7 @@ pub enum MoveState {
 }
 
 /// One move in flight.
-#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct MoveStatus {
     pub partition: PartitionId,
@@ -49,7 +49,7 @@ pub struct MoveStatus {
 }
 
 /// One node's role in the store.
-#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeStatus {
     pub name: NodeId,
@@ -59,7 +59,7 @@ pub struct NodeStatus {
 }
 
 /// Snapshot of the coordinator's view, refreshed every heartbeat interval.
-#[derive(Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct CoordinatorStatus {
     /// Version of the map the coordinator last read or wrote (0: none yet).
@@ -72,12 +72,12 @@ pub struct CoordinatorStatus {
     /// Every partition has a live primary and `inSync == replicas` at the replication factor,
     /// with no learners: nothing to wait for (rolling restart gate).
     pub all_in_sync: bool,
-    /// The current placement is the target (no move left to start).
+    /// Replicas and primaries are where placement wants them (no move or hand-off left).
     pub balanced: bool,
 }
 
 /// Notable happenings, for Kubernetes Events and metrics.
-#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum CoordinatorEvent {
     MapWritten {

@@ -43,10 +43,14 @@ pub fn summarize(
             None => Vec::new(),
         };
         let missing = tp.is_some_and(|tp| tp.replicas.iter().any(|n| !e.is_member(n)));
-        if !extras.is_empty() || missing || !e.learners.is_empty() {
+        let primary_off = tp.is_some_and(|tp| tp.primary.is_some() && tp.primary != e.primary);
+        if !extras.is_empty() || missing || primary_off || !e.learners.is_empty() {
             balanced = false;
         }
-        if !e.learners.is_empty() || !extras.is_empty() {
+        // A move is in flight from the moment its learner is added until the source replica
+        // is removed; extras whose replacement has not started yet are not moves yet.
+        let removal_due = tp.is_some_and(|tp| tp.replicas.iter().all(|n| e.in_sync.contains(n)));
+        if !e.learners.is_empty() || (!extras.is_empty() && removal_due) {
             summary.moving += 1;
         }
         let source = extras
@@ -76,6 +80,7 @@ pub fn summarize(
             });
         }
         if e.learners.is_empty()
+            && removal_due
             && let Some(src) = &source
             && let Some(tp) = tp
         {

@@ -14,7 +14,7 @@ pub struct ScaleRequest {
 }
 
 /// Answer of `GET /status`.
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(rename_all = "camelCase")]
 pub struct LocalStatus {
     pub desired_nodes: u32,

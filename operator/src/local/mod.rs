@@ -179,7 +179,7 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         Duration::from_millis(args.restart_delay_ms),
     );
     supervisor.scale(args.nodes);
-    supervisor.reconcile().await;
+    supervisor.reconcile();
     let coordinator = CoordinatorHandle::spawn(
         StoreIdentity {
             name: LOCAL_STORE.to_owned(),
@@ -222,6 +222,7 @@ async fn supervise(
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(LocalError::Signal)?;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut sent = supervisor.membership();
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(()),
@@ -235,8 +236,11 @@ async fn supervise(
             _ = tick.tick() => {}
         }
         supervisor.retire(&coordinator.status().empty_nodes);
-        if supervisor.reconcile().await {
-            coordinator.update_membership(supervisor.membership());
+        supervisor.reconcile();
+        let membership = supervisor.membership();
+        if membership != sent {
+            coordinator.update_membership(membership.clone());
+            sent = membership;
         }
     }
 }

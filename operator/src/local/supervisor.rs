@@ -3,7 +3,7 @@
 //! nodes still running from a previous operator run are adopted.
 
 use crate::coordinator::{MemberNode, Membership};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -20,7 +20,7 @@ pub struct Ports {
 }
 
 /// Where a node listens, as shown by the control endpoint.
-#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeEndpoint {
     pub id: String,
@@ -172,10 +172,8 @@ impl Supervisor {
         }
     }
 
-    /// Starts missing nodes, notices exits, restarts after the delay. Returns true when the
-    /// membership changed.
-    pub async fn reconcile(&mut self) -> bool {
-        let before = self.membership();
+    /// Starts missing nodes, notices exits, restarts after the delay.
+    pub fn reconcile(&mut self) {
         let now = Instant::now();
         for o in 0..self.desired {
             if !self.slots.contains_key(&o) {
@@ -205,7 +203,6 @@ impl Supervisor {
             }
         }
         self.endpoints.send_replace(self.endpoints());
-        self.membership() != before
     }
 
     fn endpoints(&self) -> Vec<NodeEndpoint> {

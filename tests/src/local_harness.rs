@@ -1,0 +1,368 @@
+//! Harness for local-mode tests: runs `shardedstore-operator local` (the real coordinator
+//! driving real `shardedstore-node` processes) on free loopback ports, talks to its control
+//! endpoint, and kills every process it started when dropped.
+//!
+//! The operator runs in its own process group, which its node children inherit; dropping
+//! the [`LocalStore`] SIGKILLs every group it created, so nodes orphaned by a killed operator
+//! are cleaned up too.
+
+use crate::node_harness::{binary_path, wait_until};
+use shardedstore_node::client::KvClient;
+use shardedstore_operator::local::control::{LocalStatus, ScaleRequest};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Store shape and timings of a local-mode test.
+#[derive(Clone, Debug)]
+pub struct LocalOptions {
+    pub nodes: u32,
+    pub partitions: u32,
+    pub replication_factor: u32,
+    pub lease_ms: u64,
+    pub heartbeat_ms: u64,
+    pub replace_after_secs: u64,
+    pub restart_delay_ms: u64,
+    pub max_concurrent_moves_per_node: u32,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            partitions: 16,
+            replication_factor: 3,
+            lease_ms: 2000,
+            heartbeat_ms: 250,
+            replace_after_secs: 300,
+            restart_delay_ms: 1000,
+            max_concurrent_moves_per_node: 2,
+        }
+    }
+}
+
+/// Largest number of nodes a test may scale to (ports are reserved for this many).
+pub const MAX_NODES: u16 = 8;
+
+/// A local-mode store: the operator process and its nodes.
+pub struct LocalStore {
+    pub options: LocalOptions,
+    data_dir: tempfile::TempDir,
+    base: u16,
+    operator: Option<Child>,
+    /// Process groups created (one per operator start); all are killed on drop.
+    groups: Vec<u32>,
+    http: reqwest::Client,
+}
+
+/// A base port with `3 * MAX_NODES + 1` free ports after it (client, peer, metrics, control).
+fn free_base() -> anyhow::Result<u16> {
+    for _ in 0..200 {
+        let base = 20_000 + (rand::random::<u16>() % 40_000);
+        let all_free = (0..3 * MAX_NODES + 1)
+            .all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if all_free {
+            return Ok(base);
+        }
+    }
+    anyhow::bail!("no free port range found")
+}
+
+impl LocalStore {
+    /// Starts the operator in local mode and waits until the first map is in place and every
+    /// partition is in sync.
+    pub async fn start(options: LocalOptions) -> anyhow::Result<Self> {
+        let mut store = Self {
+            options,
+            data_dir: tempfile::tempdir()?,
+            base: free_base()?,
+            operator: None,
+            groups: Vec::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()?,
+        };
+        store.start_operator()?;
+        store.wait_settled(Duration::from_secs(60)).await?;
+        Ok(store)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
+    fn control_port(&self) -> u16 {
+        self.base + 3 * MAX_NODES
+    }
+
+    /// Client API addresses (`host:port`) of nodes `0..n`.
+    pub fn client_addrs(&self, n: u32) -> Vec<String> {
+        (0..n as u16)
+            .map(|i| format!("127.0.0.1:{}", self.base + i))
+            .collect()
+    }
+
+    /// A partition-aware client seeded with every possible node address.
+    pub fn client(&self) -> anyhow::Result<KvClient> {
+        Ok(KvClient::builder(&self.client_addrs(u32::from(MAX_NODES)))
+            .request_timeout(Duration::from_secs(3))
+            .build()?)
+    }
+
+    /// (Re)starts the operator process with the same data directory.
+    pub fn start_operator(&mut self) -> anyhow::Result<()> {
+        let o = &self.options;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let child = Command::new(binary_path("shardedstore-operator")?)
+            .arg("local")
+            .args(["--nodes", &o.nodes.to_string()])
+            .args(["--partitions", &o.partitions.to_string()])
+            .args(["--replication-factor", &o.replication_factor.to_string()])
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .args(["--port", &self.base.to_string()])
+            .args(["--peer-port", &(self.base + MAX_NODES).to_string()])
+            .args(["--metrics-port", &(self.base + 2 * MAX_NODES).to_string()])
+            .args(["--control-port", &self.control_port().to_string()])
+            .arg("--node-binary")
+            .arg(binary_path("shardedstore-node")?)
+            .args(["--lease-ms", &o.lease_ms.to_string()])
+            .args(["--heartbeat-ms", &o.heartbeat_ms.to_string()])
+            .args(["--replace-after-secs", &o.replace_after_secs.to_string()])
+            .args(["--restart-delay-ms", &o.restart_delay_ms.to_string()])
+            .args([
+                "--max-concurrent-moves-per-node",
+                &o.max_concurrent_moves_per_node.to_string(),
+            ])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()?;
+        self.groups.push(child.id());
+        self.operator = Some(child);
+        Ok(())
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.data_dir.path().join("operator.log")
+    }
+
+    /// The end of the operator's log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// SIGKILLs the operator only (its nodes keep running, as after an operator crash).
+    pub fn kill9_operator(&mut self) {
+        if let Some(mut c) = self.operator.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The control endpoint's status, or `None` while it does not answer.
+    pub async fn status(&self) -> Option<LocalStatus> {
+        let url = format!("http://127.0.0.1:{}/status", self.control_port());
+        let resp = self.http.get(url).send().await.ok()?;
+        resp.json::<LocalStatus>().await.ok()
+    }
+
+    /// Asks for `nodes` nodes.
+    pub async fn scale(&self, nodes: u32) -> anyhow::Result<()> {
+        let url = format!("http://127.0.0.1:{}/scale", self.control_port());
+        let resp = self
+            .http
+            .post(url)
+            .json(&ScaleRequest { nodes })
+            .send()
+            .await?;
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "scale answered {}",
+            resp.status()
+        );
+        Ok(())
+    }
+
+    /// Waits until the map exists, every partition is in sync and placement is at its target.
+    pub async fn wait_settled(&self, timeout: Duration) -> anyhow::Result<LocalStatus> {
+        self.wait_settled_at(None, timeout).await
+    }
+
+    /// Like [`LocalStore::wait_settled`], and also exactly `nodes` nodes, all Active, in the
+    /// map and running.
+    pub async fn wait_settled_at(
+        &self,
+        nodes: Option<usize>,
+        timeout: Duration,
+    ) -> anyhow::Result<LocalStatus> {
+        let r = wait_until(timeout, "the store to settle", || async {
+            self.status().await.filter(|s| {
+                let c = &s.coordinator;
+                let sized = nodes.is_none_or(|n| {
+                    c.nodes.len() == n
+                        && s.endpoints.len() == n
+                        && c.nodes
+                            .iter()
+                            .all(|x| x.state == shardedstore_node::map::NodeState::Active)
+                });
+                c.map_version > 0 && c.all_in_sync && c.balanced && c.moves.is_empty() && sized
+            })
+        })
+        .await;
+        r.map_err(|e| anyhow::anyhow!("{e}\noperator log:\n{}", self.log_tail(40)))
+    }
+
+    /// SIGKILLs node `id` (by the pid the operator reports).
+    pub async fn kill9_node(&self, id: &str) -> anyhow::Result<()> {
+        let status = self
+            .status()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("control endpoint not answering"))?;
+        let pid = status
+            .endpoints
+            .iter()
+            .find(|e| e.id == id)
+            .and_then(|e| e.pid)
+            .ok_or_else(|| anyhow::anyhow!("no pid for {id}"))?;
+        let ok = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "kill -9 {pid} failed");
+        Ok(())
+    }
+}
+
+impl Drop for LocalStore {
+    fn drop(&mut self) {
+        for group in &self.groups {
+            let _ = Command::new("kill")
+                .args(["-s", "KILL", "--", &format!("-{group}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+        if let Some(mut c) = self.operator.take() {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Background writers of unique keys that remember every acknowledged write.
+pub struct WriteLoad {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<(Vec<(String, String)>, u64)>>,
+}
+
+/// What a load run achieved.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Acknowledged writes: (key, value).
+    pub acked: Vec<(String, String)>,
+    /// Writes that failed (not acknowledged; they may or may not have been applied).
+    pub failed: u64,
+}
+
+impl WriteLoad {
+    /// Starts `writers` tasks writing `prefix-<writer>-<n>` keys as fast as acknowledged.
+    pub fn start(client: &KvClient, prefix: &str, writers: usize) -> Self {
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let tasks = (0..writers)
+            .map(|w| {
+                let client = client.clone();
+                let rx = rx.clone();
+                let prefix = prefix.to_owned();
+                tokio::spawn(async move {
+                    let mut acked = Vec::new();
+                    let mut failed = 0;
+                    let mut n = 0u64;
+                    while !*rx.borrow() {
+                        let key = format!("{prefix}-{w}-{n}");
+                        let value = format!("value-{w}-{n}");
+                        n += 1;
+                        match client
+                            .put(&key, value.clone().into_bytes(), Default::default())
+                            .await
+                        {
+                            Ok(_) => acked.push((key, value)),
+                            Err(_) => failed += 1,
+                        }
+                    }
+                    (acked, failed)
+                })
+            })
+            .collect();
+        Self { stop, tasks }
+    }
+
+    /// Acknowledged writes so far are not visible until [`WriteLoad::stop`].
+    pub async fn stop(self) -> LoadReport {
+        self.stop.send_replace(true);
+        let mut report = LoadReport::default();
+        for t in self.tasks {
+            if let Ok((acked, failed)) = t.await {
+                report.acked.extend(acked);
+                report.failed += failed;
+            }
+        }
+        report
+    }
+}
+
+/// Reads back every acknowledged write; returns the keys that are missing or wrong.
+pub async fn lost_writes(client: &KvClient, acked: &[(String, String)]) -> Vec<String> {
+    let mut lost = Vec::new();
+    for (key, value) in acked {
+        let mut found = None;
+        // A read may need a retry while a partition settles after a failover.
+        for _ in 0..20 {
+            match client.get(key).await {
+                Ok(v) => {
+                    found = Some(v);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+        let ok = matches!(&found, Some(Some(v)) if v.value.as_ref() == value.as_bytes());
+        if !ok {
+            lost.push(key.clone());
+        }
+    }
+    lost
+}
+
+/// Placement invariants of a map as installed (its replicas and primaries taken as the target).
+pub fn placement_violations(
+    map: &shardedstore_node::map::PartitionMap,
+) -> Vec<shardedstore_operator::placement::Violation> {
+    use shardedstore_operator::placement::{PlacementNode, Target, TargetPartition, check};
+    let nodes: Vec<PlacementNode> = map
+        .nodes
+        .iter()
+        .map(|(id, n)| PlacementNode {
+            id: id.clone(),
+            state: n.state,
+            zone: n.zone.clone(),
+        })
+        .collect();
+    let target = Target {
+        partitions: map
+            .partitions
+            .iter()
+            .map(|e| TargetPartition {
+                replicas: e.replicas.clone(),
+                primary: e.primary.clone(),
+            })
+            .collect(),
+    };
+    check(&target, &nodes, map.replication_factor)
+}

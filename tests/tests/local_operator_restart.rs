@@ -1,0 +1,83 @@
+//! Local mode, real processes: the operator is killed (-9) while moves are in flight; a new
+//! operator on the same data directory adopts the running nodes, resumes from the stored map,
+//! finishes the moves, and no acknowledged write is lost.
+
+use shardedstore_operator::coordinator::MoveState;
+use shardedstore_tests::local_harness::{
+    LocalOptions, LocalStore, WriteLoad, lost_writes, placement_violations,
+};
+use shardedstore_tests::node_harness::wait_until;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn operator_killed_mid_move_resumes_and_loses_nothing() -> anyhow::Result<()> {
+    let options = LocalOptions {
+        partitions: 32,
+        max_concurrent_moves_per_node: 1,
+        ..LocalOptions::default()
+    };
+    let mut store = LocalStore::start(options).await?;
+    let client = store.client()?;
+    let load = WriteLoad::start(&client, "restart", 4);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    store.scale(5).await?;
+    let version = wait_until(Duration::from_secs(60), "a move in flight", || async {
+        store
+            .status()
+            .await
+            .filter(|s| {
+                s.coordinator
+                    .moves
+                    .iter()
+                    .any(|m| m.state == MoveState::CatchingUp)
+            })
+            .map(|s| s.coordinator.map_version)
+    })
+    .await?;
+    store.kill9_operator();
+    // The restarted operator is told the same node count, as the custom resource would.
+    store.options.nodes = 5;
+    store.start_operator()?;
+
+    let resumed = wait_until(
+        Duration::from_secs(30),
+        "the new operator's status",
+        || async {
+            store
+                .status()
+                .await
+                .filter(|s| s.coordinator.map_version > 0)
+        },
+    )
+    .await?;
+    anyhow::ensure!(
+        resumed.coordinator.map_version >= version,
+        "the new operator did not resume from the stored map: {} < {version}",
+        resumed.coordinator.map_version
+    );
+    let settled = store
+        .wait_settled_at(Some(5), Duration::from_secs(120))
+        .await?;
+    anyhow::ensure!(settled.endpoints.len() == 5, "{:?}", settled.endpoints);
+    let map = client.map().await?;
+    let violations = placement_violations(&map);
+    anyhow::ensure!(violations.is_empty(), "{violations:?}");
+
+    let report = load.stop().await;
+    println!(
+        "{} writes acknowledged, {} failed (unacknowledged)",
+        report.acked.len(),
+        report.failed
+    );
+    anyhow::ensure!(report.acked.len() > 100, "too little load: {report:?}");
+    let lost = lost_writes(&client, &report.acked).await;
+    anyhow::ensure!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost, e.g. {:?}",
+        lost.len(),
+        report.acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+    Ok(())
+}

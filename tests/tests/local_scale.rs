@@ -1,0 +1,64 @@
+//! Local mode, real processes: scale 3 → 5 → 3 under write load; placement ends balanced
+//! (placement `check()` on the installed map) and every acknowledged write is intact.
+
+use shardedstore_tests::local_harness::{
+    LocalOptions, LocalStore, WriteLoad, lost_writes, placement_violations,
+};
+use std::time::Duration;
+
+async fn assert_balanced(store: &LocalStore, nodes: usize) -> anyhow::Result<()> {
+    let status = store
+        .wait_settled_at(Some(nodes), Duration::from_secs(120))
+        .await?;
+    let map = store.client()?.map().await?;
+    anyhow::ensure!(
+        map.nodes.len() == nodes,
+        "expected {nodes} nodes in the map, got {:?}",
+        map.nodes.keys().collect::<Vec<_>>()
+    );
+    let violations = placement_violations(&map);
+    anyhow::ensure!(violations.is_empty(), "{violations:?}\n{status:?}");
+    for e in &map.partitions {
+        anyhow::ensure!(e.in_sync == e.replicas && e.learners.is_empty(), "{e:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scale_out_and_in_under_load_stays_balanced_and_keeps_every_write() -> anyhow::Result<()> {
+    let store = LocalStore::start(LocalOptions::default()).await?;
+    let client = store.client()?;
+    let load = WriteLoad::start(&client, "scale", 4);
+
+    store.scale(5).await?;
+    assert_balanced(&store, 5).await?;
+
+    store.scale(3).await?;
+    assert_balanced(&store, 3).await?;
+    let status = store
+        .status()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no status"))?;
+    anyhow::ensure!(
+        status.endpoints.len() == 3,
+        "drained nodes should be stopped: {:?}",
+        status.endpoints
+    );
+
+    let report = load.stop().await;
+    println!(
+        "{} writes acknowledged, {} failed (unacknowledged)",
+        report.acked.len(),
+        report.failed
+    );
+    anyhow::ensure!(report.acked.len() > 100, "too little load: {report:?}");
+    let lost = lost_writes(&client, &report.acked).await;
+    anyhow::ensure!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost, e.g. {:?}",
+        lost.len(),
+        report.acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+    Ok(())
+}
