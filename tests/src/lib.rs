@@ -2,6 +2,5 @@
 
 pub mod apiserver_harness;
 pub mod local_harness;
-pub mod local_harness;
 pub mod node_harness;
 pub mod tools;
