@@ -281,6 +281,21 @@ async fn three_nodes_rf3_route_read_locally_and_report_status() {
         assert!(stderr(&local).contains("staleness"), "{}", stderr(&local));
     }
 
+    // Through one endpoint only (it forwards to each primary), as a client outside the
+    // cluster network would.
+    assert_ok(&cli(
+        cluster.endpoint(1),
+        &["--via-endpoints", "put", "via", "fwd"],
+        None,
+    ));
+    let via = cli(
+        cluster.endpoint(1),
+        &["--via-endpoints", "get", "via"],
+        None,
+    );
+    assert_ok(&via);
+    assert_eq!(via.stdout, b"fwd");
+
     let map = cli(cluster.endpoint(1), &["map"], None);
     assert_ok(&map);
     let printed: PartitionMap =

@@ -38,6 +38,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     let kv = KvClient::builder(&cli.endpoints)
         .request_timeout(cli.timeout.min(Duration::from_secs(5)))
         .retry_policy(policy)
+        .direct_routing(!cli.via_endpoints)
         .build()?;
     match cli.command {
         Command::Get { key, local } => commands::get(&kv, &key, local, cli.verbose).await,

@@ -8,6 +8,7 @@
 //! - [`response`]: classification of an HTTP answer.
 //! - [`map_cache`]: the cached partition map and its refreshes.
 //! - [`request`]: the retry loop and one attempt.
+//! - [`unreachable`]: map addresses to route around after failed connections.
 //! - [`error`]: the error types.
 
 mod error;
@@ -18,6 +19,7 @@ mod retry;
 mod route;
 #[cfg(test)]
 mod tests;
+mod unreachable;
 
 pub use error::{AttemptError, KvError, MapFetchError};
 pub use retry::{Decision, OpKind, RetryPolicy, backoff, decide};
@@ -30,6 +32,7 @@ use request::{Op, Success};
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+use unreachable::Unreachable;
 
 /// A value and its version.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,6 +136,7 @@ impl KvClientBuilder {
                 map: RwLock::new(None),
                 refresh: tokio::sync::Mutex::new(None),
                 next_seed: AtomicUsize::new(0),
+                unreachable: Unreachable::default(),
             }),
         })
     }
@@ -156,6 +160,7 @@ struct Inner {
     /// Serializes map refreshes; holds when the last one finished.
     refresh: tokio::sync::Mutex<Option<Instant>>,
     next_seed: AtomicUsize,
+    unreachable: Unreachable,
 }
 
 impl KvClient {

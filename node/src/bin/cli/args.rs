@@ -23,6 +23,10 @@ pub struct Cli {
     /// Time budget of each operation, retries included (e.g. 500ms, 10s, 1m).
     #[arg(long, env = "SHARDEDSTORE_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
     pub timeout: Duration,
+    /// Send every request to the endpoints, which forward it, instead of straight to the
+    /// primary's address from the map (for clients that cannot reach the nodes directly).
+    #[arg(long, env = "SHARDEDSTORE_VIA_ENDPOINTS", global = true)]
+    pub via_endpoints: bool,
     /// Print versions and details to stderr.
     #[arg(short, long, env = "SHARDEDSTORE_VERBOSE", global = true)]
     pub verbose: bool,
@@ -258,6 +262,8 @@ mod tests {
         let cli = ok(&["get", "k", "--endpoint", "h:9", "--timeout", "2s"]);
         assert_eq!(cli.endpoints, ["h:9"]);
         assert_eq!(cli.timeout, Duration::from_secs(2));
+        assert!(!cli.via_endpoints);
+        assert!(ok(&["--via-endpoints", "map"]).via_endpoints);
     }
 
     #[test]

@@ -111,8 +111,11 @@ impl KvClient {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let installed = match slot.as_ref() {
             // Never go back to an older map served by a lagging node.
-            Some(cur) if cur.version > best.version => cur.clone(),
-            _ => Arc::new(best),
+            Some(cur) if cur.version >= best.version => cur.clone(),
+            _ => {
+                self.inner.unreachable.clear();
+                Arc::new(best)
+            }
         };
         *slot = Some(installed.clone());
         Ok(installed)

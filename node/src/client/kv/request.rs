@@ -73,6 +73,11 @@ impl KvClient {
                 Answer::Retry(e) => e,
             };
             ambiguous |= err.is_ambiguous();
+            if let AttemptError::Connect { addr, .. } = &err
+                && !self.inner.seeds.contains(addr)
+            {
+                self.inner.unreachable.mark(addr, Instant::now());
+            }
             staleness.failed_at = Some(Instant::now());
             staleness.hint = match &err {
                 AttemptError::Misdirected { map_version, .. } => *map_version,
@@ -144,10 +149,12 @@ impl KvClient {
             _ => route::primary_addr(map, key),
         };
         let addr = match (via_seed, routed) {
-            (false, Ok(addr)) => addr.to_owned(),
+            (false, Ok(addr)) if !self.inner.unreachable.is_avoided(addr, Instant::now()) => {
+                addr.to_owned()
+            }
             (false, Err(e)) => return Answer::Retry(e),
             // Any node accepts any key and forwards it.
-            (true, _) => self.rotated_seeds().swap_remove(0),
+            _ => self.rotated_seeds().swap_remove(0),
         };
         let local = matches!(op, Op::Get { local: true });
         let url = route::kv_url(&addr, key, local);

@@ -483,6 +483,17 @@ async fn an_unreachable_primary_falls_back_to_a_seed_that_forwards() {
     let got = ok(kv.get("k").await).map(|v| v.value);
     assert_eq!(got.as_deref(), Some(&b"v"[..]));
     assert!(c.hits().iter().all(|h| h.node == "node-0"));
+    // The refused address is routed around for a while, and forgotten with a newer map.
+    let dead = dead.to_string();
+    assert!(kv.inner.unreachable.is_avoided(&dead, Instant::now()));
+    c.set_map(map_over(
+        &[addrs[0], dead.parse().unwrap_or(addrs[0])],
+        4,
+        2,
+        |_| 0,
+    ));
+    ok(kv.map().await);
+    assert!(!kv.inner.unreachable.is_avoided(&dead, Instant::now()));
 }
 
 #[tokio::test]
