@@ -2,14 +2,14 @@
 //! to its partition's primary using a cached partition map, refreshes the map on 421 and on
 //! connection errors, and retries retryable failures with backoff up to a deadline.
 //!
-//! - [`route`]: pure routing — endpoints, key encoding, which node serves a key.
-//! - [`retry`]: the retry policy as pure functions ([`RetryPolicy`] documents what a retried
+//! - `route`: pure routing — endpoints, key encoding, which node serves a key.
+//! - `retry`: the retry policy as pure functions ([`RetryPolicy`] documents what a retried
 //!   write means).
-//! - [`response`]: classification of an HTTP answer.
-//! - [`map_cache`]: the cached partition map and its refreshes.
-//! - [`request`]: the retry loop and one attempt.
-//! - [`unreachable`]: map addresses to route around after failed connections.
-//! - [`error`]: the error types.
+//! - `response`: classification of an HTTP answer.
+//! - `map_cache`: the cached partition map and its refreshes.
+//! - `request`: the retry loop and one attempt.
+//! - `unreachable`: map addresses to route around after failed connections.
+//! - `error`: the error types.
 
 mod error;
 mod map_cache;
