@@ -532,3 +532,126 @@ async fn map_store_compare_and_swap(client: &Client, stores: &Api<ShardedStore>)
     assert_eq!(after.version, 2);
     Ok(())
 }
+
+fn replica_config(identity: &str) -> shardedstore_operator::config::RunConfig {
+    shardedstore_operator::config::RunConfig {
+        metrics_addr: "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")),
+        lease_name: "shardedstore-operator-leader".into(),
+        lease_namespace: "default".into(),
+        identity: Some(identity.into()),
+        leader_lease_seconds: 4,
+        leader_renew_seconds: 1,
+        heartbeat_interval_ms: 500,
+        node_lease_ms: 4000,
+        default_node_image: Some("registry.example/node:default".into()),
+        watch_namespace: None,
+    }
+}
+
+/// Runs `serve_with` for one operator replica until its stop trigger fires.
+struct Replica {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), shardedstore_operator::controller::RunError>>,
+}
+
+impl Replica {
+    fn start(client: &Client, identity: &str) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(shardedstore_operator::controller::serve_with(
+            client.clone(),
+            replica_config(identity),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Self {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn stop(mut self) -> Result<(), shardedstore_operator::controller::RunError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match (&mut self.task).await {
+            Ok(result) => result,
+            Err(e) => panic!("replica task failed: {e}"),
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn lease_holder(client: &Client) -> Option<String> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "default");
+    leases
+        .get_opt("shardedstore-operator-leader")
+        .await
+        .ok()??
+        .spec?
+        .holder_identity
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_operator_replicas_only_the_leader_reconciles_and_it_hands_over() -> TestResult {
+    let Some(plane) = ControlPlane::start()? else {
+        return Ok(());
+    };
+    let client = plane.client().await?;
+    install_crd(&client).await?;
+    create_namespace(&client, "ha").await?;
+
+    let a = Replica::start(&client, "replica-a");
+    eventually(WAIT, "replica-a to hold the Lease", || {
+        let client = client.clone();
+        async move { (lease_holder(&client).await? == "replica-a").then_some(()) }
+    })
+    .await?;
+    let b = Replica::start(&client, "replica-b");
+
+    // The leader reconciles; the store sets no image, so the operator's default applies.
+    let stores: Api<ShardedStore> = Api::namespaced(client.clone(), "ha");
+    stores
+        .create(&PostParams::default(), &store("kv", "nodes: 3\n")?)
+        .await?;
+    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), "ha");
+    let sts = eventually(WAIT, "the StatefulSet", || {
+        let api = sts_api.clone();
+        async move { api.get_opt("kv").await.ok().flatten() }
+    })
+    .await?;
+    let image = sts
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.containers.into_iter().next())
+        .and_then(|c| c.image);
+    assert_eq!(image.as_deref(), Some("registry.example/node:default"));
+
+    // The follower does not take a live Lease: several of its rounds (1 s each) pass.
+    for _ in 0..6 {
+        assert_eq!(lease_holder(&client).await.as_deref(), Some("replica-a"));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // A clean stop releases the Lease; the follower takes over and reconciles new changes.
+    a.stop().await?;
+    eventually(WAIT, "replica-b to take the Lease over", || {
+        let client = client.clone();
+        async move { (lease_holder(&client).await? == "replica-b").then_some(()) }
+    })
+    .await?;
+    stdout_of(&plane.kubectl(&["-n", "ha", "scale", "sst/kv", "--replicas=4"])?);
+    eventually(WAIT, "replica-b to scale the StatefulSet", || {
+        let api = sts_api.clone();
+        async move { (api.get("kv").await.ok()?.spec?.replicas == Some(4)).then_some(()) }
+    })
+    .await?;
+    b.stop().await?;
+    Ok(())
+}

@@ -22,4 +22,4 @@ pub mod status;
 pub mod validate;
 
 pub use context::Context;
-pub use runtime::{RunError, run_controller, serve};
+pub use runtime::{RunError, run_controller, serve, serve_with};

@@ -34,9 +34,22 @@ pub enum RunError {
 /// Ctrl-C / SIGTERM (Ok) or until leadership is lost (Err: the process must restart).
 pub async fn serve(config: RunConfig) -> Result<(), RunError> {
     let client = Client::try_default().await.map_err(RunError::Connect)?;
+    serve_with(client, config, shutdown_signal()).await
+}
+
+/// [`serve`] with a given client and shutdown trigger (tests run two replicas in-process).
+pub async fn serve_with(
+    client: Client,
+    config: RunConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new()?);
     let identity = config.identity();
-    let metrics_task = tokio::spawn(metrics::serve(metrics.clone(), config.metrics_addr));
+    let addr = config.metrics_addr;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Bind { addr, source })?;
+    let metrics_task = tokio::spawn(metrics::serve_on(metrics.clone(), listener));
 
     let (leader_tx, mut leader_rx) = watch::channel(false);
     let elector = LeaderElector::new(
@@ -50,7 +63,6 @@ pub async fn serve(config: RunConfig) -> Result<(), RunError> {
     let elector_task = tokio::spawn(elector.clone().run(leader_tx));
     tracing::info!(%identity, lease = %config.lease_name, "waiting for the leader Lease");
 
-    let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let result = tokio::select! {
         () = &mut shutdown => None,
