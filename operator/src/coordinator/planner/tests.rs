@@ -1,1 +1,645 @@
-//! Planner unit tests.
+//! Planner unit tests: one per failure and move case, on small hand-checked clusters.
+
+use super::{Call, HandoffOutcome, Inputs, Observations, Plan, placement_nodes, plan};
+use crate::coordinator::input::{MemberNode, Membership, Settings};
+use crate::coordinator::liveness::Liveness;
+use crate::coordinator::status::CoordinatorEvent;
+use crate::placement::check;
+use shardedstore_node::admin_api::{
+    FollowerProgress, HeartbeatResponse, LogPosition, PartitionState, ReplicaRole,
+};
+use shardedstore_node::map::{NodeState, PartitionMap};
+use std::time::{Duration, Instant};
+
+fn member(i: u32) -> MemberNode {
+    MemberNode {
+        id: format!("node-{i}"),
+        ordinal: i,
+        client_addr: format!("127.0.0.1:{}", 7000 + i),
+        peer_addr: format!("127.0.0.1:{}", 7100 + i),
+        zone: None,
+        ready: true,
+        confirmed_dead: false,
+    }
+}
+
+/// A test world: membership, settings, observations and (once bootstrapped) the map.
+struct World {
+    membership: Membership,
+    settings: Settings,
+    obs: Observations,
+    map: Option<PartitionMap>,
+}
+
+impl World {
+    fn new(nodes: u32, partitions: u32, rf: u32) -> Self {
+        let now = Instant::now();
+        let mut w = Self {
+            membership: Membership {
+                nodes: (0..nodes).map(member).collect(),
+                desired_nodes: nodes,
+                cordoned: Default::default(),
+            },
+            settings: Settings {
+                partitions,
+                replication_factor: rf,
+                min_in_sync: rf.min(2),
+                ..Settings::default()
+            },
+            obs: Observations::new(now),
+            map: None,
+        };
+        for i in 0..nodes {
+            w.set_alive(&format!("node-{i}"));
+        }
+        w
+    }
+
+    /// A bootstrapped world whose nodes all hold the current map.
+    fn running(nodes: u32, partitions: u32, rf: u32) -> Self {
+        let mut w = Self::new(nodes, partitions, rf);
+        let p = w.plan();
+        w.apply(p);
+        w
+    }
+
+    fn plan(&self) -> Plan {
+        plan(&Inputs {
+            store: "s",
+            map: self.map.as_ref(),
+            membership: &self.membership,
+            settings: &self.settings,
+            obs: &self.obs,
+        })
+    }
+
+    /// Installs the plan's map (as a successful write plus push to every alive node).
+    fn apply(&mut self, plan: Plan) {
+        if let Some(map) = plan.map {
+            let v = map.version;
+            self.map = Some(map);
+            for r in self.obs.reports.values_mut() {
+                r.map_version = v;
+            }
+            self.obs.handoffs.clear();
+        }
+    }
+
+    fn map(&self) -> &PartitionMap {
+        self.map.as_ref().unwrap_or_else(|| panic!("no map"))
+    }
+
+    fn set_alive(&mut self, id: &str) {
+        self.obs.liveness.insert(id.to_owned(), Liveness::Alive);
+        self.obs.dead_since.remove(id);
+        let version = self.map.as_ref().map_or(0, |m| m.version);
+        self.obs.reports.insert(
+            id.to_owned(),
+            HeartbeatResponse {
+                node_id: id.to_owned(),
+                map_version: version,
+                partitions: Vec::new(),
+            },
+        );
+    }
+
+    fn set_dead(&mut self, id: &str, confirmed: bool) {
+        self.obs.liveness.insert(id.to_owned(), Liveness::Dead);
+        self.obs.dead_since.insert(id.to_owned(), self.obs.now);
+        self.obs.reports.remove(id);
+        if let Some(m) = self.membership.nodes.iter_mut().find(|n| n.id == id) {
+            m.confirmed_dead = confirmed;
+            m.ready = false;
+        }
+    }
+
+    /// Runs rounds, granting every admission and hand-off the plan asks for, until the map
+    /// stops changing; returns the number of rounds.
+    fn settle(&mut self) -> usize {
+        for round in 0..200 {
+            let p = self.plan();
+            let calls = p.calls.clone();
+            let changed = p.map.is_some();
+            self.apply(p);
+            for call in &calls {
+                match call {
+                    Call::Admit {
+                        partition,
+                        epoch,
+                        node,
+                        ..
+                    } => {
+                        self.obs.admitted.insert((*partition, *epoch, node.clone()));
+                    }
+                    Call::Handoff {
+                        partition,
+                        epoch,
+                        to,
+                        ..
+                    } => {
+                        self.obs.handoffs.insert(
+                            *partition,
+                            HandoffOutcome {
+                                epoch: *epoch,
+                                to: to.clone(),
+                                ready: true,
+                            },
+                        );
+                    }
+                    Call::Positions {
+                        partition,
+                        epoch,
+                        nodes,
+                    } => {
+                        let known = self.obs.positions.entry((*partition, *epoch)).or_default();
+                        for n in nodes {
+                            known.insert(n.clone(), LogPosition::default());
+                        }
+                    }
+                    Call::Drop { .. } => {}
+                }
+            }
+            if !changed && calls.is_empty() {
+                return round;
+            }
+        }
+        panic!("did not settle: {:#?}", self.map)
+    }
+
+    fn primaries_of(&self, id: &str) -> Vec<u32> {
+        self.map()
+            .partitions
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.primary.as_deref() == Some(id))
+            .map(|(p, _)| p as u32)
+            .collect()
+    }
+}
+
+fn assert_placement_ok(map: &PartitionMap) {
+    let nodes = placement_nodes(map);
+    let target = crate::placement::Target {
+        partitions: map
+            .partitions
+            .iter()
+            .map(|e| crate::placement::TargetPartition {
+                replicas: {
+                    let mut r = e.replicas.clone();
+                    r.sort();
+                    r
+                },
+                primary: e.primary.clone(),
+            })
+            .collect(),
+    };
+    let v = check(&target, &nodes, map.replication_factor);
+    assert!(v.is_empty(), "{v:?}\n{map:#?}");
+    assert!(map.validate().is_ok());
+}
+
+#[test]
+fn bootstrap_waits_for_every_desired_node_then_writes_a_placed_map() {
+    let mut w = World::new(3, 8, 3);
+    w.obs.liveness.insert("node-2".into(), Liveness::Unknown);
+    assert!(w.plan().map.is_none(), "must wait for node-2");
+    w.set_alive("node-2");
+    let p = w.plan();
+    let map = p.map.unwrap_or_else(|| panic!("no map"));
+    assert_eq!(map.version, 1);
+    for e in &map.partitions {
+        assert_eq!(e.epoch, 1);
+        assert_eq!(e.in_sync.len(), 3);
+    }
+    assert_placement_ok(&map);
+}
+
+#[test]
+fn bootstrap_starts_with_enough_nodes_after_the_grace_period() {
+    let mut w = World::new(4, 8, 3);
+    w.obs.liveness.insert("node-3".into(), Liveness::Unknown);
+    assert!(w.plan().map.is_none());
+    w.obs.now += super::BOOTSTRAP_GRACE;
+    let map = w.plan().map.unwrap_or_else(|| panic!("no map"));
+    assert_eq!(map.nodes.len(), 3);
+}
+
+#[test]
+fn confirmed_dead_primary_fails_over_to_the_candidate_with_the_highest_log() {
+    let mut w = World::running(3, 4, 3);
+    let victim = "node-0";
+    let led = w.primaries_of(victim);
+    assert!(!led.is_empty());
+    w.set_dead(victim, true);
+
+    // First the candidates are asked for their positions.
+    let p = w.plan();
+    let asks: Vec<&Call> = p
+        .calls
+        .iter()
+        .filter(|c| matches!(c, Call::Positions { .. }))
+        .collect();
+    assert_eq!(asks.len(), led.len());
+    w.apply(p);
+
+    let part = led[0];
+    let epoch = w.map().partitions[part as usize].epoch;
+    let positions = w.obs.positions.entry((part, epoch)).or_default();
+    positions.insert(
+        "node-1".into(),
+        LogPosition {
+            last_epoch: 1,
+            last_seq: 10,
+        },
+    );
+    positions.insert(
+        "node-2".into(),
+        LogPosition {
+            last_epoch: 1,
+            last_seq: 12,
+        },
+    );
+    let p = w.plan();
+    assert!(p.events.iter().any(|e| matches!(e,
+        CoordinatorEvent::Failover { partition, to, confirmed: true, .. } if *partition == part && to == "node-2")));
+    w.apply(p);
+    let e = &w.map().partitions[part as usize];
+    assert_eq!(e.primary.as_deref(), Some("node-2"));
+    assert_eq!(e.epoch, epoch + 1);
+    assert!(!e.in_sync.contains(&victim.to_owned()), "{e:?}");
+    assert!(e.in_sync.contains(&"node-1".to_owned()));
+    assert_eq!(w.map().nodes[victim].state, NodeState::Down);
+}
+
+#[test]
+fn suspected_primary_is_not_failed_over_before_its_lease_is_fenced() {
+    let mut w = World::running(3, 4, 3);
+    w.obs.liveness.insert("node-0".into(), Liveness::Suspected);
+    w.obs.reports.remove("node-0");
+    let p = w.plan();
+    assert!(p.map.is_none(), "{:?}", p.map);
+    assert!(
+        !p.calls.iter().any(|c| matches!(c, Call::Positions { .. })),
+        "{:?}",
+        p.calls
+    );
+}
+
+#[test]
+fn out_of_sync_replicas_are_never_elected() {
+    let mut w = World::running(3, 1, 3);
+    // Only the primary is in sync; the followers lag.
+    let primary = w.map().partitions[0].primary.clone().unwrap_or_default();
+    let m = w.map.as_mut().unwrap_or_else(|| panic!());
+    m.partitions[0].in_sync = vec![primary.clone()];
+    w.set_dead(&primary, true);
+    let p = w.plan();
+    assert!(p.calls.iter().all(|c| !matches!(c, Call::Positions { .. })));
+    w.apply(p);
+    let e = &w.map().partitions[0];
+    assert_eq!(
+        e.primary.as_ref(),
+        Some(&primary),
+        "stays unavailable: {e:?}"
+    );
+}
+
+#[test]
+fn dead_and_lagging_followers_leave_in_sync() {
+    let mut w = World::running(3, 1, 3);
+    let e = w.map().partitions[0].clone();
+    let primary = e.primary.clone().unwrap_or_default();
+    let followers: Vec<String> = e
+        .in_sync
+        .iter()
+        .filter(|n| **n != primary)
+        .cloned()
+        .collect();
+    // One follower lags: acknowledged far behind and silent for longer than lag_timeout.
+    let report = w.obs.reports.get_mut(&primary).unwrap_or_else(|| panic!());
+    report.partitions.push(PartitionState {
+        partition: 0,
+        role: ReplicaRole::Primary,
+        epoch: e.epoch,
+        position: LogPosition {
+            last_epoch: 1,
+            last_seq: 100,
+        },
+        commit_seq: 100,
+        applied_seq: 100,
+        followers: vec![
+            FollowerProgress {
+                node: followers[0].clone(),
+                acked_seq: 40,
+                last_contact_ms: 10_000,
+            },
+            FollowerProgress {
+                node: followers[1].clone(),
+                acked_seq: 100,
+                last_contact_ms: 5,
+            },
+        ],
+        keys: 0,
+        bytes: 0,
+    });
+    let p = w.plan();
+    w.apply(p);
+    assert_eq!(w.map().partitions[0].in_sync.len(), 2);
+    assert!(!w.map().partitions[0].in_sync.contains(&followers[0]));
+
+    w.set_dead(&followers[1], false);
+    let p = w.plan();
+    w.apply(p);
+    assert_eq!(w.map().partitions[0].in_sync, vec![primary]);
+}
+
+#[test]
+fn a_returning_replica_is_admitted_through_the_primary_before_it_is_in_sync() {
+    let mut w = World::running(3, 1, 3);
+    let e = w.map().partitions[0].clone();
+    let primary = e.primary.clone().unwrap_or_default();
+    let follower = e
+        .in_sync
+        .iter()
+        .find(|n| **n != primary)
+        .cloned()
+        .unwrap_or_default();
+    w.set_dead(&follower, true);
+    let p = w.plan();
+    w.apply(p);
+    assert!(!w.map().partitions[0].in_sync.contains(&follower));
+
+    w.set_alive(&follower);
+    if let Some(m) = w.membership.nodes.iter_mut().find(|n| n.id == follower) {
+        m.confirmed_dead = false;
+    }
+    let p = w.plan();
+    // The node comes back Active, but is not in sync until the primary says ready.
+    let admit = p.calls.iter().any(|c| matches!(c, Call::Admit { node, primary: pr, .. } if *node == follower && *pr == primary));
+    w.apply(p);
+    let p = w.plan();
+    let admit = admit
+        || p.calls
+            .iter()
+            .any(|c| matches!(c, Call::Admit { node, .. } if *node == follower));
+    assert!(admit, "{:?}", p.calls);
+    assert!(!w.map().partitions[0].in_sync.contains(&follower));
+    w.obs
+        .admitted
+        .insert((0, w.map().partitions[0].epoch, follower.clone()));
+    let p = w.plan();
+    w.apply(p);
+    assert!(w.map().partitions[0].in_sync.contains(&follower));
+}
+
+#[test]
+fn scale_out_moves_replicas_through_learners_within_the_move_budget() {
+    let mut w = World::running(3, 12, 3);
+    w.settings.max_concurrent_moves_per_node = 1;
+    for i in 3..5 {
+        w.membership.nodes.push(member(i));
+        w.set_alive(&format!("node-{i}"));
+    }
+    w.membership.desired_nodes = 5;
+    let p = w.plan();
+    w.apply(p);
+    let m = w.map();
+    assert_eq!(m.nodes.len(), 5);
+    let learners: Vec<&String> = m.partitions.iter().flat_map(|e| &e.learners).collect();
+    assert!(!learners.is_empty());
+    for n in ["node-3", "node-4"] {
+        let count = learners.iter().filter(|l| **l == n).count();
+        assert!(count <= 1, "{n} takes {count} moves at once");
+    }
+    w.settle();
+    assert_placement_ok(w.map());
+    assert!(
+        w.map()
+            .partitions
+            .iter()
+            .all(|e| e.learners.is_empty() && e.in_sync == e.replicas)
+    );
+}
+
+#[test]
+fn paused_rebalance_starts_no_move() {
+    let mut w = World::running(3, 12, 3);
+    w.settings.paused = true;
+    w.membership.nodes.push(member(3));
+    w.set_alive("node-3");
+    w.membership.desired_nodes = 4;
+    w.settle();
+    assert!(w.map().partitions.iter().all(|e| !e.is_member("node-3")));
+}
+
+#[test]
+fn scale_in_drains_and_reports_the_node_empty_and_raising_again_cancels() {
+    let mut w = World::running(4, 12, 3);
+    w.membership.desired_nodes = 3;
+    let p = w.plan();
+    w.apply(p);
+    assert_eq!(w.map().nodes["node-3"].state, NodeState::Draining);
+    // One round of moves, then cancel.
+    let p = w.plan();
+    w.apply(p);
+    w.membership.desired_nodes = 4;
+    w.settle();
+    assert_eq!(w.map().nodes["node-3"].state, NodeState::Active);
+    assert_placement_ok(w.map());
+    assert!(w.map().partitions.iter().any(|e| e.is_member("node-3")));
+
+    w.membership.desired_nodes = 3;
+    w.settle();
+    assert!(w.map().partitions.iter().all(|e| !e.is_member("node-3")));
+    let status = crate::coordinator::summary::summarize(w.map(), None, &w.obs);
+    assert_eq!(status.empty_nodes, vec!["node-3".to_owned()]);
+}
+
+#[test]
+fn a_draining_primary_hands_off_and_an_aborted_hand_off_rewrites_the_map() {
+    let mut w = World::running(4, 4, 3);
+    let victim = w
+        .map()
+        .nodes
+        .keys()
+        .find(|n| !w.primaries_of(n).is_empty())
+        .cloned()
+        .unwrap_or_default();
+    let ordinal: u32 = victim.trim_start_matches("node-").parse().unwrap_or(0);
+    // Drain exactly the victim by making it the last ordinal.
+    for m in w.membership.nodes.iter_mut() {
+        if m.id == victim {
+            m.ordinal = 3;
+        } else if m.ordinal == 3 {
+            m.ordinal = ordinal;
+        }
+    }
+    w.membership.desired_nodes = 3;
+    let part = w.primaries_of(&victim)[0];
+    // Run until a hand-off of `part` is requested.
+    let mut asked = None;
+    for _ in 0..50 {
+        let p = w.plan();
+        asked = p.calls.iter().find_map(|c| match c {
+            Call::Handoff {
+                partition,
+                epoch,
+                to,
+                ..
+            } if *partition == part => Some((*epoch, to.clone())),
+            _ => None,
+        });
+        let calls = p.calls.clone();
+        w.apply(p);
+        if asked.is_some() {
+            break;
+        }
+        for c in calls {
+            if let Call::Admit {
+                partition,
+                epoch,
+                node,
+                ..
+            } = c
+            {
+                w.obs.admitted.insert((partition, epoch, node));
+            }
+        }
+    }
+    let (epoch, to) = asked.unwrap_or_else(|| panic!("no hand-off asked"));
+    let version = w.map().version;
+    w.obs.handoffs.insert(
+        part,
+        HandoffOutcome {
+            epoch,
+            to: to.clone(),
+            ready: false,
+        },
+    );
+    let p = w.plan();
+    assert!(
+        p.events
+            .iter()
+            .any(|e| matches!(e, CoordinatorEvent::HandoffAborted { .. }))
+    );
+    let map = p
+        .map
+        .clone()
+        .unwrap_or_else(|| panic!("aborted hand-off must write a new map"));
+    assert!(map.version > version);
+    assert_eq!(
+        map.partitions[part as usize].primary.as_ref(),
+        Some(&victim)
+    );
+    w.apply(p);
+    w.obs.handoffs.insert(
+        part,
+        HandoffOutcome {
+            epoch,
+            to: to.clone(),
+            ready: true,
+        },
+    );
+    let p = w.plan();
+    w.apply(p);
+    let e = &w.map().partitions[part as usize];
+    assert_eq!(e.primary.as_ref(), Some(&to));
+    assert_eq!(e.epoch, epoch + 1);
+}
+
+#[test]
+fn a_cordoned_primary_hands_off_its_partitions() {
+    let mut w = World::running(3, 6, 3);
+    w.membership.cordoned.insert("node-1".into());
+    w.settle();
+    assert!(w.primaries_of("node-1").is_empty());
+    assert_placement_ok_replicas_only(w.map());
+}
+
+fn assert_placement_ok_replicas_only(map: &PartitionMap) {
+    assert!(map.validate().is_ok());
+    assert!(map.partitions.iter().all(|e| e.in_sync.len() == 3));
+}
+
+#[test]
+fn a_node_down_past_replace_after_is_replaced_one_at_a_time() {
+    let mut w = World::running(5, 10, 3);
+    w.settings.replace_after = Duration::from_secs(60);
+    w.set_dead("node-0", true);
+    w.set_dead("node-1", true);
+    w.settle();
+    assert_eq!(w.map().nodes["node-0"].state, NodeState::Down);
+    assert!(
+        w.map().partitions.iter().any(|e| e.is_member("node-0")),
+        "kept until replaceAfter"
+    );
+
+    w.obs.now += Duration::from_secs(61);
+    let p = w.plan();
+    w.apply(p);
+    let replaced = w
+        .map()
+        .nodes
+        .values()
+        .filter(|n| n.state == NodeState::Replaced)
+        .count();
+    assert_eq!(replaced, 1, "maxConcurrentReplacements = 1");
+    w.settle();
+    // Both end up replaced once the first one no longer holds replicas.
+    let m = w.map();
+    assert!(
+        m.partitions
+            .iter()
+            .all(|e| !e.is_member("node-0") && !e.is_member("node-1"))
+    );
+    assert!(
+        m.partitions
+            .iter()
+            .all(|e| e.replicas.len() == 3 && e.in_sync.len() == 3)
+    );
+}
+
+#[test]
+fn stale_copies_reported_by_a_node_are_dropped() {
+    let mut w = World::running(3, 4, 2);
+    let node = "node-0";
+    let stale = w
+        .map()
+        .partitions
+        .iter()
+        .position(|e| !e.is_member(node))
+        .unwrap_or_else(|| panic!("node-0 holds everything")) as u32;
+    let report = w.obs.reports.get_mut(node).unwrap_or_else(|| panic!());
+    report.partitions.push(PartitionState {
+        partition: stale,
+        role: ReplicaRole::Stale,
+        epoch: 1,
+        position: LogPosition::default(),
+        commit_seq: 0,
+        applied_seq: 0,
+        followers: Vec::new(),
+        keys: 0,
+        bytes: 0,
+    });
+    let p = w.plan();
+    assert!(
+        p.calls.contains(&Call::Drop {
+            node: node.into(),
+            partition: stale
+        }),
+        "{:?}",
+        p.calls
+    );
+}
+
+#[test]
+fn a_restarted_coordinator_changes_nothing_until_nodes_answer() {
+    let mut w = World::running(3, 8, 3);
+    let before = w.map().clone();
+    w.obs.liveness.clear();
+    w.obs.reports.clear();
+    let p = w.plan();
+    assert!(p.map.is_none(), "{:?}", p.map);
+    assert!(p.calls.is_empty());
+    assert_eq!(w.map(), &before);
+}
