@@ -256,10 +256,13 @@ impl Drop for LocalStore {
     }
 }
 
+/// Acknowledged (key, value) pairs and the count of failed writes of one writer.
+type WriterResult = (Vec<(String, String)>, u64);
+
 /// Background writers of unique keys that remember every acknowledged write.
 pub struct WriteLoad {
     stop: tokio::sync::watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<(Vec<(String, String)>, u64)>>,
+    tasks: Vec<tokio::task::JoinHandle<WriterResult>>,
 }
 
 /// What a load run achieved.

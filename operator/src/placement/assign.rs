@@ -175,9 +175,9 @@ impl Work<'_, '_> {
         // parent[n] = (previous node or None for the root, partition moved into n)
         let mut parent: Vec<Option<(Option<usize>, usize)>> = vec![None; n_nodes];
         let mut queue = VecDeque::new();
-        for c in 0..n_nodes {
+        for (c, slot) in parent.iter_mut().enumerate() {
             if self.accepts(p, c, None) {
-                parent[c] = Some((None, p));
+                *slot = Some((None, p));
                 queue.push_back(c);
             }
         }
