@@ -469,6 +469,21 @@ async fn reconcile_applies_children_status_scale_and_map_store() -> TestResult {
     assert!(scale.contains("shardedstore.io/store=kv"), "{scale}");
 
     map_store_compare_and_swap(&client, &stores).await?;
+
+    // Deleting the store garbage-collects every child through the owner references.
+    stores.delete("kv", &Default::default()).await?;
+    eventually(WAIT, "the children to be garbage-collected", || {
+        let (sts, svc, cms, secrets) = (sts_api.clone(), svc.clone(), cms.clone(), secrets.clone());
+        async move {
+            let gone = sts.get_opt("kv").await.ok()?.is_none()
+                && svc.get_opt("kv").await.ok()?.is_none()
+                && svc.get_opt("kv-peers").await.ok()?.is_none()
+                && cms.get_opt("kv-partition-map").await.ok()?.is_none()
+                && secrets.get_opt("kv-peer-token").await.ok()?.is_none();
+            gone.then_some(())
+        }
+    })
+    .await?;
     Ok(())
 }
 

@@ -17,6 +17,9 @@ use kube::{Api, Client};
 use std::sync::Arc;
 use tokio::sync::watch;
 
+/// How often coordinators of deleted stores are looked for.
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Why the operator stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -133,6 +136,17 @@ pub async fn run_controller(ctx: Arc<Context>) {
             |pod| store_of_pod(&pod),
         );
     ctx.set_store_cache(controller.store());
+    // Stores deleted while no other store reconciles still get their coordinator stopped.
+    let _sweeper = AbortOnDrop({
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                tick.tick().await;
+                ctx.sweep_coordinators().await;
+            }
+        })
+    });
     controller
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -142,6 +156,15 @@ pub async fn run_controller(ctx: Arc<Context>) {
             }
         })
         .await;
+}
+
+/// Aborts a helper task when the future owning it completes or is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn shutdown_signal() {

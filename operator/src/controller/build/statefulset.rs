@@ -6,7 +6,10 @@ use super::names::{
     selector_labels, statefulset_name,
 };
 use crate::crd::ShardedStoreSpec;
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    StatefulSetUpdateStrategy,
+};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe,
@@ -53,6 +56,14 @@ pub fn statefulset(owner: &Owner, spec: &ShardedStoreSpec, replicas: i32) -> Sta
                 spec: Some(pod_spec(owner, spec)),
             },
             volume_claim_templates: Some(vec![volume_claim(spec)]),
+            // A pod removed by scale-in was drained first, so its volume holds nothing the
+            // store needs; volumes outlive the store itself, in case it was deleted by mistake.
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_scaled: Some("Delete".to_owned()),
+                    when_deleted: Some("Retain".to_owned()),
+                },
+            ),
             ..StatefulSetSpec::default()
         }),
         status: None,

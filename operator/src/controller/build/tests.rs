@@ -148,6 +148,11 @@ fn statefulset_is_parallel_on_delete_with_ports_probes_and_pvc_template() {
     assert_eq!(token.key, TOKEN_KEY);
     assert_eq!(env(&c, ENV_STORE).value.as_deref(), Some("orders"));
 
+    let retention = spec
+        .persistent_volume_claim_retention_policy
+        .unwrap_or_default();
+    assert_eq!(retention.when_scaled.as_deref(), Some("Delete"));
+    assert_eq!(retention.when_deleted.as_deref(), Some("Retain"));
     let pvcs = spec.volume_claim_templates.unwrap_or_default();
     assert_eq!(pvcs.len(), 1);
     let pvc = pvcs[0].spec.clone().unwrap_or_default();
