@@ -155,8 +155,7 @@ impl Runner {
         }
     }
 
-    /// Heartbeats nodes that answer; probes (with the map, which grants no lease) the ones
-    /// that do not, except while they are merely suspected.
+    /// Heartbeats nodes that answer; probes the others with the map, which grants no lease.
     async fn contact_nodes(&mut self, membership: &Membership, settings: &Settings) {
         let now = Instant::now();
         self.obs.now = now;
@@ -176,7 +175,9 @@ impl Runner {
                 continue;
             }
             let heartbeat = h.may_heartbeat();
-            if !heartbeat && h.liveness(now, fence) == Liveness::Suspected {
+            // A silent node gets no lease, but a probe (the map, no lease) may show it is
+            // back before it is presumed dead.
+            if !heartbeat && map.is_none() && h.liveness(now, fence) == Liveness::Suspected {
                 continue;
             }
             if heartbeat {

@@ -23,9 +23,12 @@ impl Round<'_> {
         self.inputs.obs.is_alive(n)
     }
 
-    /// Dead for sure: confirmed or fenced, or no longer in the map's node list.
+    /// Dead for sure: confirmed or fenced, gone from the membership (pod deleted), or no
+    /// longer in the map's node list.
     fn dead(&self, n: &str) -> bool {
-        self.inputs.obs.liveness(n) == Liveness::Dead || !self.states.contains_key(n)
+        self.inputs.obs.liveness(n) == Liveness::Dead
+            || self.inputs.membership.node(n).is_none()
+            || !self.states.contains_key(n)
     }
 
     fn current(&self, n: &str) -> bool {

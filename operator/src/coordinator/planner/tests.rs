@@ -643,3 +643,16 @@ fn a_restarted_coordinator_changes_nothing_until_nodes_answer() {
     assert!(p.calls.is_empty());
     assert_eq!(w.map(), &before);
 }
+
+#[test]
+fn a_node_gone_from_the_membership_counts_as_dead() {
+    let mut w = World::running(3, 4, 3);
+    let led = w.primaries_of("node-2");
+    assert!(!led.is_empty());
+    w.membership.nodes.retain(|n| n.id != "node-2");
+    w.obs.reports.remove("node-2");
+    w.obs.liveness.remove("node-2");
+    w.settle();
+    assert!(w.primaries_of("node-2").is_empty());
+    assert_eq!(w.map().nodes["node-2"].state, NodeState::Down);
+}
