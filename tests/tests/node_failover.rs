@@ -100,7 +100,7 @@ async fn failover_after_kill9_keeps_every_acknowledged_write() -> anyhow::Result
             .map(|i| format!("probe-{i}"))
             .find(|k| next.partition_of(k.as_bytes()) == p as u32)
             .unwrap_or_default();
-        let (status, _) = wait_until(
+        let status = wait_until(
             Duration::from_secs(10),
             "a write to a failed-over partition",
             || {
@@ -114,7 +114,28 @@ async fn failover_after_kill9_keeps_every_acknowledged_write() -> anyhow::Result
                 }
             },
         )
-        .await?;
+        .await
+        .map_err(|e| anyhow::anyhow!("{e} (partition {p})\n{}", cluster.logs(80)));
+        if let Err(e) = status {
+            let mut states = String::new();
+            for n in &cluster.nodes[1..] {
+                let req = shardedstore_node::admin_api::HeartbeatRequest {
+                    store: cluster.options.store.clone(),
+                    map_version: 0,
+                    lease_ms: 4000,
+                };
+                let beat = cluster.admin.heartbeat(&n.peer_addr, &req).await?;
+                states.push_str(&format!(
+                    "{}: {:?}\n",
+                    n.id,
+                    beat.partitions.iter().find(|s| s.partition == p as u32)
+                ));
+            }
+            let url = format!("http://{}/v1/kv/{key}", cluster.nodes[2].client_addr);
+            let body = cluster.http.put(url).body("x").send().await?.text().await?;
+            anyhow::bail!("{e}\n{states}\nlast answer: {body}");
+        }
+        let (status, _) = status?;
         assert_eq!(status, 201, "partition {p}");
         assert_eq!(next.partitions[p].epoch, 2);
     }

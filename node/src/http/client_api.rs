@@ -290,7 +290,12 @@ impl ClientApi {
         let p = map.partition_of(&key);
         let is_put = value.is_some();
         let result = match self.node.replica(p) {
-            Some(r) => r.write(key, value.clone().map(|v| v.to_vec()), cond).await,
+            Some(r) => {
+                let v = value.clone().map(|v| v.to_vec());
+                common::detached(async move { r.write(key, v, cond).await })
+                    .await
+                    .unwrap_or(Err(ServeError::Unavailable("internal")))
+            }
             None => Err(not_primary(map, p)),
         };
         match result {

@@ -67,6 +67,23 @@ pub fn empty(status: StatusCode) -> Answer {
     r
 }
 
+/// Runs `work` to completion even if the HTTP request is dropped (the client disconnected or
+/// died): handlers that change replica state must never stop half-way. `None` if it panicked.
+pub async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    tokio::spawn(work).await.ok()
+}
+
+/// The answer when detached work panicked.
+pub fn internal() -> Answer {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "the request handler failed",
+    )
+}
+
 /// Why a request body was not read.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {

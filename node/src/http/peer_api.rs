@@ -138,7 +138,12 @@ impl PeerApi {
                     Err(e) => return frame_error(e),
                 };
                 match self.node.replica_for_peer(p) {
-                    Some(r) => octets(r.handle_probe(msg).await.encode()),
+                    Some(r) => {
+                        match common::detached(async move { r.handle_probe(msg).await }).await {
+                            Some(reply) => octets(reply.encode()),
+                            None => common::internal(),
+                        }
+                    }
                     None => {
                         let reply = crate::replication::frame::ProbeReply {
                             status: Status::NotMember,
@@ -158,7 +163,10 @@ impl PeerApi {
                     Err(e) => return frame_error(e),
                 };
                 match self.node.replica_for_peer(p) {
-                    Some(r) => match r.handle_append(msg).await {
+                    Some(r) => match common::detached(async move { r.handle_append(msg).await })
+                        .await
+                        .unwrap_or(Err(crate::storage::StorageError::WriterGone))
+                    {
                         Ok(reply) => octets(reply.encode()),
                         Err(e) => common::error(
                             StatusCode::INTERNAL_SERVER_ERROR,
@@ -175,7 +183,10 @@ impl PeerApi {
                     Err(e) => return frame_error(e),
                 };
                 match self.node.replica_for_peer(p) {
-                    Some(r) => match r.handle_snapshot(msg).await {
+                    Some(r) => match common::detached(async move { r.handle_snapshot(msg).await })
+                        .await
+                        .unwrap_or(Err(crate::storage::StorageError::WriterGone))
+                    {
                         Ok(reply) => octets(reply.encode()),
                         Err(e) => common::error(
                             StatusCode::INTERNAL_SERVER_ERROR,
@@ -199,7 +210,12 @@ impl PeerApi {
             Ok(m) => m,
             Err(e) => return bad_json(e),
         };
-        match self.node.install_map(map).await {
+        let node = self.node.clone();
+        let Some(result) = common::detached(async move { node.install_map(map).await }).await
+        else {
+            return common::internal();
+        };
+        match result {
             Ok(version) => common::json(
                 StatusCode::OK,
                 &crate::admin_api::InstallMapResponse { version },
@@ -264,7 +280,12 @@ impl PeerApi {
     }
 
     async fn drop_partition(&self, p: PartitionId) -> Answer {
-        match self.node.drop_partition(p).await {
+        let node = self.node.clone();
+        let Some(result) = common::detached(async move { node.drop_partition(p).await }).await
+        else {
+            return common::internal();
+        };
+        match result {
             Ok(()) => common::empty(StatusCode::NO_CONTENT),
             Err(e @ DropError::StillMember(_)) => common::error_with_map(
                 StatusCode::CONFLICT,

@@ -222,7 +222,18 @@ impl Replica {
                         st.commit_seq = c;
                         true
                     }
-                    _ => false,
+                    point => {
+                        if st.commit_seq < st.last.last_seq {
+                            tracing::trace!(
+                                partition = self.partition,
+                                ?input,
+                                ?point,
+                                commit = st.commit_seq,
+                                "commit point not advancing"
+                            );
+                        }
+                        false
+                    }
                 },
                 None => false,
             }

@@ -34,8 +34,9 @@ enum SessionEnd {
 
 /// Runs until `task` is cancelled (membership change or loss of the primary role).
 pub async fn replicate(replica: Arc<Replica>, member: NodeId, task: CancellationToken) {
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Duration::from_millis(10);
     loop {
+        let started = Instant::now();
         let result = tokio::select! {
             r = session(&replica, &member) => r,
             _ = task.cancelled() => return,
@@ -44,20 +45,19 @@ pub async fn replicate(replica: Arc<Replica>, member: NodeId, task: Cancellation
             Ok(()) => return,
             Err(e) => e,
         };
-        match &err {
-            SessionEnd::Fenced(epoch) => {
-                let mut st = replica.lock();
-                replica.raise_epoch(&mut st, *epoch);
-                return;
-            }
-            SessionEnd::Refused(Status::Mismatch) | SessionEnd::NeedSnapshot => {
-                backoff = Duration::from_millis(10);
-            }
-            _ => {
-                tracing::debug!(partition = replica.partition, member = %member, error = %err, "replication session ended");
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
+        if let SessionEnd::Fenced(epoch) = &err {
+            let mut st = replica.lock();
+            replica.raise_epoch(&mut st, *epoch);
+            return;
         }
+        tracing::debug!(partition = replica.partition, member = %member, error = %err, "replication session ended");
+        // Retry quickly after a long session (a routine re-probe), back off when sessions
+        // keep failing at once (member down, not yet holding the map, refusing).
+        backoff = if started.elapsed() > Duration::from_secs(1) {
+            Duration::from_millis(10)
+        } else {
+            (backoff * 2).min(Duration::from_secs(1))
+        };
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = task.cancelled() => return,
