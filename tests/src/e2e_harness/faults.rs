@@ -1,0 +1,84 @@
+//! Killing a storage node's process with SIGKILL from the host, as a crash would: the
+//! container dies, kubelet restarts it in the same pod on the same volume.
+//!
+//! This needs the node's container runtime on this host, which the local cluster of
+//! `hack/cluster-up.sh` is (containerd at `SHARDEDSTORE_E2E_CONTAINERD_SOCK`, default
+//! `/run/shardedstore-cluster/containerd.sock`, driven with `ctr`). On other clusters (kind,
+//! remote) [`ContainerRuntime::local`] is `None` and the suite skips this fault.
+
+use super::{E2eError, run};
+use k8s_openapi::api::core::v1::Pod;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The local containerd, reachable with `ctr`.
+#[derive(Clone, Debug)]
+pub struct ContainerRuntime {
+    socket: PathBuf,
+}
+
+impl ContainerRuntime {
+    /// The local cluster's containerd, if its socket exists and `ctr` answers.
+    pub fn local() -> Option<Self> {
+        let socket = std::env::var_os("SHARDEDSTORE_E2E_CONTAINERD_SOCK").map_or_else(
+            || PathBuf::from("/run/shardedstore-cluster/containerd.sock"),
+            PathBuf::from,
+        );
+        let runtime = Self { socket };
+        (runtime.socket.exists() && runtime.ctr(&["version"]).is_ok()).then_some(runtime)
+    }
+
+    fn ctr(&self, args: &[&str]) -> Result<String, E2eError> {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address").arg(&self.socket).args(args);
+        run(cmd, &format!("ctr {}", args.join(" ")), None)
+    }
+
+    /// Host pid of the task of container `id` (`ctr -n k8s.io tasks ls`).
+    fn task_pid(&self, id: &str) -> Result<u32, E2eError> {
+        let tasks = self.ctr(&["-n", "k8s.io", "tasks", "ls"])?;
+        task_pid_in(&tasks, id).ok_or_else(|| E2eError::NoTask(id.to_owned()))
+    }
+}
+
+/// The pid column of container `id` in `ctr tasks ls` output (`TASK PID STATUS`).
+fn task_pid_in(listing: &str, id: &str) -> Option<u32> {
+    listing.lines().find_map(|line| {
+        let mut cols = line.split_whitespace();
+        (cols.next()? == id).then_some(())?;
+        cols.next()?.parse().ok()
+    })
+}
+
+/// Sends SIGKILL to the storage process (container `node`) of `pod`; returns its host pid.
+pub fn kill9_node_process(runtime: &ContainerRuntime, pod: &Pod) -> Result<u32, E2eError> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let id = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == "node"))
+        .filter(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+        .and_then(|c| c.container_id.as_deref())
+        .and_then(|id| id.strip_prefix("containerd://"))
+        .ok_or_else(|| E2eError::NoContainer { pod: name.clone() })?
+        .to_owned();
+    let pid = runtime.task_pid(&id)?;
+    let mut cmd = Command::new("kill");
+    cmd.args(["-KILL", &pid.to_string()]);
+    run(cmd, &format!("kill -KILL {pid} (node of {name})"), None)?;
+    Ok(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::task_pid_in;
+
+    #[test]
+    fn finds_the_pid_of_a_task() {
+        let listing = "TASK    PID     STATUS\nabc     1234    RUNNING\ndef     99      RUNNING\n";
+        assert_eq!(task_pid_in(listing, "def"), Some(99));
+        assert_eq!(task_pid_in(listing, "abc"), Some(1234));
+        assert_eq!(task_pid_in(listing, "xyz"), None);
+    }
+}

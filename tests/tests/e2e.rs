@@ -1,0 +1,458 @@
+//! End to end on a real Kubernetes cluster (DESIGN.md §8.4): the operator installed with Helm,
+//! stores applied with kubectl, data written and read through the client Service and the
+//! pod IPs from the partition map, pods killed, the store scaled out and in and rolled —
+//! and nothing acknowledged lost. Run with `make e2e`; see docs/e2e.md.
+//!
+//! Every test makes its own namespace and store (deleted when it ends, also on failure) and
+//! installs the operator if it is missing, so each can run alone:
+//! `cargo test -p shardedstore-tests --test e2e -- --ignored --test-threads=1 NAME`.
+
+use anyhow::Context as _;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use shardedstore_node::client::KvClient;
+use shardedstore_operator::crd::ShardedStore;
+use shardedstore_tests::e2e_harness::{
+    self, Cluster, ContainerRuntime, E2eError, StoreManifest, TestNamespace, install_operator,
+    kill9_node_process, node_pods, partition_map, placement_on_removed_nodes, store_problems,
+    wait_for,
+};
+use shardedstore_tests::local_harness::{WriteLoad, lost_writes};
+use std::time::{Duration, Instant};
+
+const STORE: &str = "e2e";
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(240);
+const POLL: Duration = Duration::from_secs(1);
+
+/// A settled store of `nodes` pods in a fresh namespace, and a client of it.
+struct Fixture {
+    cluster: Cluster,
+    ns: TestNamespace,
+    client: KvClient,
+}
+
+impl Fixture {
+    async fn start(prefix: &str, nodes: u32) -> anyhow::Result<Self> {
+        let cluster = Cluster::from_env()?;
+        install_operator(&cluster, false).await?;
+        let ns = cluster.namespace(prefix)?;
+        let started = Instant::now();
+        let manifest = StoreManifest::small(STORE, nodes);
+        cluster.kubectl_with_input(
+            &["apply", "-n", ns.name(), "-f", "-"],
+            Some(&manifest.to_yaml()),
+        )?;
+        wait_settled(&cluster, ns.name(), nodes).await?;
+        eprintln!(
+            "store {}/{STORE} with {nodes} nodes settled in {:.1?}",
+            ns.name(),
+            started.elapsed()
+        );
+        let client = store_client(&cluster, ns.name(), true)?;
+        Ok(Self {
+            cluster,
+            ns,
+            client,
+        })
+    }
+
+    fn ns(&self) -> &str {
+        self.ns.name()
+    }
+
+    fn store(&self) -> Result<ShardedStore, E2eError> {
+        self.cluster.get(&["sst", STORE, "-n", self.ns()])
+    }
+
+    fn pods(&self) -> Result<Vec<Pod>, E2eError> {
+        node_pods(&self.cluster, self.ns(), STORE)
+    }
+}
+
+/// Waits until the store is settled at `nodes` (see `store_problems`); returns the store.
+async fn wait_settled(cluster: &Cluster, ns: &str, nodes: u32) -> Result<ShardedStore, E2eError> {
+    let nodes = usize::try_from(nodes).unwrap_or(usize::MAX);
+    wait_for(
+        &format!("store {ns}/{STORE} to settle at {nodes} nodes"),
+        SETTLE_TIMEOUT,
+        POLL,
+        || {
+            let store: ShardedStore = cluster
+                .get(&["sst", STORE, "-n", ns])
+                .map_err(|e| e.to_string())?;
+            let problems = store_problems(&store, nodes);
+            if problems.is_empty() {
+                Ok(store)
+            } else {
+                Err(problems.join("; "))
+            }
+        },
+    )
+    .await
+}
+
+/// A client seeded with the client Service's ClusterIP. With `direct`, it routes each key to
+/// its primary's pod IP from the partition map; without, every request goes through the
+/// Service (and the receiving node forwards to the primary).
+fn store_client(cluster: &Cluster, ns: &str, direct: bool) -> anyhow::Result<KvClient> {
+    let svc: Service = cluster.get(&["service", STORE, "-n", ns])?;
+    let ip = svc
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .filter(|ip| !ip.is_empty() && ip != "None")
+        .context("the client Service has no ClusterIP")?;
+    Ok(KvClient::builder(&[format!("{ip}:7000")])
+        .direct_routing(direct)
+        .build()?)
+}
+
+/// Writes `n` keys `prefix-<i>` one by one; every write must be acknowledged.
+async fn write_ledger(
+    client: &KvClient,
+    prefix: &str,
+    n: usize,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut ledger = Vec::with_capacity(n);
+    for i in 0..n {
+        let key = format!("{prefix}-{i}");
+        let value = format!("{prefix}-value-{i}-{}", rand::random::<u32>());
+        client
+            .put(&key, value.clone().into_bytes(), Default::default())
+            .await
+            .with_context(|| format!("put {key}"))?;
+        ledger.push((key, value));
+    }
+    Ok(ledger)
+}
+
+/// Every acknowledged write reads back with its value.
+async fn assert_nothing_lost(client: &KvClient, acked: &[(String, String)]) {
+    let lost = lost_writes(client, acked).await;
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(10)]
+    );
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn uid(pod: &Pod) -> String {
+    pod.metadata.uid.clone().unwrap_or_default()
+}
+
+fn restart_count(pod: &Pod) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == "node"))
+        .map_or(0, |c| c.restart_count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs a cluster: make e2e"]
+async fn e2e_1_operator_installs_with_helm() -> anyhow::Result<()> {
+    let cluster = Cluster::from_env()?;
+    let started = Instant::now();
+    let deployment = install_operator(&cluster, true).await?;
+    eprintln!(
+        "operator installed and available in {:.1?}",
+        started.elapsed()
+    );
+    let want = deployment.spec.and_then(|s| s.replicas).unwrap_or(0);
+    let available = deployment
+        .status
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
+    assert!(
+        want >= 1 && available == want,
+        "{available}/{want} available"
+    );
+    let crd = cluster.kubectl(&[
+        "get",
+        "crd",
+        "shardedstores.shardedstore.io",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+    ])?;
+    assert_eq!(crd.trim(), "True", "the ShardedStore CRD is established");
+    // `kubectl explain` reads the CRD's published schema: the short name and docs work.
+    let explain = cluster.kubectl(&["explain", "sst.spec.nodes"])?;
+    assert!(explain.contains("Number of storage pods"), "{explain}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs a cluster: make e2e"]
+async fn e2e_2_store_becomes_ready_and_serves_writes() -> anyhow::Result<()> {
+    let f = Fixture::start("sst-e2e-ready", 3).await?;
+    let store = f.store()?;
+    let summary = store.status.clone().unwrap_or_default().partition_summary;
+    assert_eq!((summary.total, summary.healthy), (32, 32));
+
+    // The map names the three pods by their pod IPs, and every partition has 3 replicas.
+    let pods = f.pods()?;
+    assert_eq!(pods.len(), 3, "three storage pods");
+    let map = partition_map(&f.cluster, f.ns(), STORE)?;
+    for pod in &pods {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+        let info = map.nodes.get(&name).context("pod missing from the map")?;
+        assert_eq!(
+            Some(info.client_addr.clone()),
+            ip.map(|ip| format!("{ip}:7000"))
+        );
+    }
+    assert!(
+        map.partitions
+            .iter()
+            .all(|p| p.replicas.len() == 3 && p.primary.is_some())
+    );
+
+    // Writes routed by the client to each primary's pod IP.
+    let started = Instant::now();
+    let mut ledger = write_ledger(&f.client, "direct", 300).await?;
+    eprintln!("300 writes through pod IPs in {:.1?}", started.elapsed());
+    // Writes through the client Service only (nodes forward to the primary).
+    let via_service = store_client(&f.cluster, f.ns(), false)?;
+    let started = Instant::now();
+    ledger.extend(write_ledger(&via_service, "service", 100).await?);
+    eprintln!(
+        "100 writes through the Service in {:.1?}",
+        started.elapsed()
+    );
+    assert_nothing_lost(&f.client, &ledger).await;
+    assert_nothing_lost(&via_service, &ledger[..50]).await;
+    assert!(f.client.get("never-written").await?.is_none());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs a cluster: make e2e"]
+async fn e2e_3_acknowledged_writes_survive_pod_kills() -> anyhow::Result<()> {
+    let f = Fixture::start("sst-e2e-kill", 3).await?;
+    let mut acked = write_ledger(&f.client, "before", 100).await?;
+    let load = WriteLoad::start(&f.client, "load", 4);
+
+    // 1. Force-delete a pod: the operator sees it gone and fails its primaries over.
+    let victim = format!("{STORE}-0");
+    let old = f.cluster.get::<Pod>(&["pod", &victim, "-n", f.ns()])?;
+    let started = Instant::now();
+    f.cluster.kubectl(&[
+        "delete",
+        "pod",
+        &victim,
+        "-n",
+        f.ns(),
+        "--grace-period=0",
+        "--force",
+    ])?;
+    wait_for(
+        "the deleted pod to come back Ready",
+        SETTLE_TIMEOUT,
+        POLL,
+        || {
+            let pod: Pod = f
+                .cluster
+                .get(&["pod", &victim, "-n", f.ns()])
+                .map_err(|e| e.to_string())?;
+            (uid(&pod) != uid(&old) && pod_ready(&pod))
+                .then_some(())
+                .ok_or_else(|| format!("uid {} ready {}", uid(&pod), pod_ready(&pod)))
+        },
+    )
+    .await?;
+    wait_settled(&f.cluster, f.ns(), 3).await?;
+    eprintln!(
+        "force-deleted {victim}: settled again in {:.1?}",
+        started.elapsed()
+    );
+
+    // 2. kill -9 of the storage process inside its container (local cluster only).
+    if let Some(runtime) = ContainerRuntime::local() {
+        let victim = format!("{STORE}-1");
+        let pod: Pod = f.cluster.get(&["pod", &victim, "-n", f.ns()])?;
+        let restarts = restart_count(&pod);
+        let started = Instant::now();
+        let pid = kill9_node_process(&runtime, &pod)?;
+        wait_for(
+            "the killed container to restart",
+            SETTLE_TIMEOUT,
+            POLL,
+            || {
+                let pod: Pod = f
+                    .cluster
+                    .get(&["pod", &victim, "-n", f.ns()])
+                    .map_err(|e| e.to_string())?;
+                (restart_count(&pod) > restarts && pod_ready(&pod))
+                    .then_some(())
+                    .ok_or_else(|| format!("restarts {}", restart_count(&pod)))
+            },
+        )
+        .await?;
+        wait_settled(&f.cluster, f.ns(), 3).await?;
+        eprintln!(
+            "kill -9 of pid {pid} in {victim}: settled again in {:.1?}",
+            started.elapsed()
+        );
+    } else {
+        eprintln!("SKIPPED kill -9: no local containerd (only force-deleted a pod)");
+    }
+
+    let report = load.stop().await;
+    eprintln!(
+        "load: {} writes acknowledged, {} failed",
+        report.acked.len(),
+        report.failed
+    );
+    assert!(!report.acked.is_empty(), "the load made progress");
+    acked.extend(report.acked);
+    acked.extend(write_ledger(&f.client, "after", 100).await?);
+    assert_nothing_lost(&f.client, &acked).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs a cluster: make e2e"]
+async fn e2e_4_scale_out_and_in() -> anyhow::Result<()> {
+    let f = Fixture::start("sst-e2e-scale", 3).await?;
+    let mut acked = write_ledger(&f.client, "before", 100).await?;
+    let load = WriteLoad::start(&f.client, "load", 2);
+
+    let started = Instant::now();
+    f.cluster.kubectl(&[
+        "scale",
+        &format!("sst/{STORE}"),
+        "--replicas=5",
+        "-n",
+        f.ns(),
+    ])?;
+    let store = wait_settled(&f.cluster, f.ns(), 5).await?;
+    let (replicas, primaries) = e2e_harness::replica_spread(&store);
+    eprintln!(
+        "scaled out 3 -> 5 and balanced in {:.1?}: replicas per node {replicas:?}, primaries {primaries:?}",
+        started.elapsed()
+    );
+    assert!(replicas.0 > 0, "every new node holds replicas");
+
+    // Scale in: the StatefulSet may only shrink below a pod once that pod holds no replica.
+    let started = Instant::now();
+    f.cluster.kubectl(&[
+        "scale",
+        &format!("sst/{STORE}"),
+        "--replicas=3",
+        "-n",
+        f.ns(),
+    ])?;
+    let mut violations = Vec::new();
+    wait_for("the scale-in to finish", SETTLE_TIMEOUT, POLL, || {
+        let sts: StatefulSet = f
+            .cluster
+            .get(&["statefulset", STORE, "-n", f.ns()])
+            .map_err(|e| e.to_string())?;
+        let sts_replicas = sts.spec.and_then(|s| s.replicas).unwrap_or(0);
+        // Read after the StatefulSet: the map only ever removes replicas from drained nodes,
+        // so any left on a removed ordinal now were there when the StatefulSet shrank.
+        let map = partition_map(&f.cluster, f.ns(), STORE).map_err(|e| e.to_string())?;
+        let stranded =
+            placement_on_removed_nodes(&map, STORE, u32::try_from(sts_replicas).unwrap_or(0));
+        if !stranded.is_empty() {
+            violations.push(format!(
+                "StatefulSet at {sts_replicas} while {stranded:?} hold replicas"
+            ));
+        }
+        let pods = f.pods().map_err(|e| e.to_string())?;
+        (sts_replicas == 3 && pods.len() == 3)
+            .then_some(())
+            .ok_or_else(|| format!("StatefulSet replicas {sts_replicas}, {} pods", pods.len()))
+    })
+    .await?;
+    wait_settled(&f.cluster, f.ns(), 3).await?;
+    eprintln!("scaled in 5 -> 3 in {:.1?}", started.elapsed());
+    assert!(violations.is_empty(), "{violations:?}");
+
+    let report = load.stop().await;
+    eprintln!(
+        "load: {} writes acknowledged, {} failed",
+        report.acked.len(),
+        report.failed
+    );
+    assert!(!report.acked.is_empty(), "the load made progress");
+    acked.extend(report.acked);
+    assert_nothing_lost(&f.client, &acked).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs a cluster: make e2e"]
+async fn e2e_5_rolling_restart_loses_nothing() -> anyhow::Result<()> {
+    let f = Fixture::start("sst-e2e-roll", 3).await?;
+    let mut acked = write_ledger(&f.client, "before", 100).await?;
+    let before: Vec<String> = f.pods()?.iter().map(uid).collect();
+    let load = WriteLoad::start(&f.client, "load", 2);
+
+    // A changed CPU request changes the pod template: the operator restarts the pods itself,
+    // one at a time (the StatefulSet is OnDelete).
+    let started = Instant::now();
+    f.cluster.kubectl(&[
+        "patch",
+        "sst",
+        STORE,
+        "-n",
+        f.ns(),
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"resources":{"requests":{"cpu":"30m"}}}}"#,
+    ])?;
+    let mut most_unready = 0;
+    wait_for(
+        "every pod to be replaced with the new template",
+        Duration::from_secs(420),
+        POLL,
+        || {
+            let pods = f.pods().map_err(|e| e.to_string())?;
+            let unready = 3usize.saturating_sub(pods.iter().filter(|p| pod_ready(p)).count());
+            most_unready = most_unready.max(unready);
+            let new_cpu = |p: &Pod| {
+                p.spec
+                    .as_ref()
+                    .and_then(|s| s.containers.iter().find(|c| c.name == "node"))
+                    .and_then(|c| c.resources.as_ref())
+                    .and_then(|r| r.requests.as_ref())
+                    .and_then(|r| r.get("cpu"))
+                    .is_some_and(|q| q.0 == "30m")
+            };
+            let replaced = pods
+                .iter()
+                .filter(|p| !before.contains(&uid(p)) && new_cpu(p) && pod_ready(p))
+                .count();
+            (replaced == 3 && pods.len() == 3)
+                .then_some(())
+                .ok_or_else(|| format!("{replaced}/3 pods replaced, {unready} unready"))
+        },
+    )
+    .await?;
+    wait_settled(&f.cluster, f.ns(), 3).await?;
+    eprintln!("rolled 3 pods in {:.1?}", started.elapsed());
+    assert!(most_unready <= 1, "{most_unready} pods were down at once");
+
+    let report = load.stop().await;
+    eprintln!(
+        "load: {} writes acknowledged, {} failed",
+        report.acked.len(),
+        report.failed
+    );
+    assert!(!report.acked.is_empty(), "the load made progress");
+    acked.extend(report.acked);
+    assert_nothing_lost(&f.client, &acked).await;
+    Ok(())
+}
