@@ -223,6 +223,11 @@ impl LocalStore {
 
     /// SIGKILLs node `id` (by the pid the operator reports).
     pub async fn kill9_node(&self, id: &str) -> anyhow::Result<()> {
+        self.signal_node(id, "KILL").await
+    }
+
+    /// Sends `signal` (`KILL`, `STOP`, `CONT`, ...) to node `id`.
+    pub async fn signal_node(&self, id: &str, signal: &str) -> anyhow::Result<()> {
         let status = self
             .status()
             .await
@@ -234,10 +239,10 @@ impl LocalStore {
             .and_then(|e| e.pid)
             .ok_or_else(|| anyhow::anyhow!("no pid for {id}"))?;
         let ok = Command::new("kill")
-            .args(["-9", &pid.to_string()])
+            .args(["-s", signal, &pid.to_string()])
             .status()?
             .success();
-        anyhow::ensure!(ok, "kill -9 {pid} failed");
+        anyhow::ensure!(ok, "kill -s {signal} {pid} failed");
         Ok(())
     }
 }

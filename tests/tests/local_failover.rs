@@ -83,3 +83,76 @@ async fn kill9_node_under_load_fails_over_within_the_lease_and_loses_nothing() -
     );
     Ok(())
 }
+
+/// A frozen (SIGSTOP) primary does not exit, so its death is never confirmed: the coordinator
+/// stops heartbeating it and fails over only once its lease has certainly run out. When it
+/// thaws, it is re-admitted and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn frozen_primary_is_failed_over_after_its_lease_and_rejoins() -> anyhow::Result<()> {
+    let options = LocalOptions::default();
+    let lease = Duration::from_millis(options.lease_ms);
+    let heartbeat = Duration::from_millis(options.heartbeat_ms);
+    let store = LocalStore::start(options).await?;
+    let client = store.client()?;
+    let load = WriteLoad::start(&client, "frozen", 4);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let status = store
+        .status()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no status"))?;
+    let victim = status
+        .coordinator
+        .nodes
+        .iter()
+        .max_by_key(|n| n.primaries)
+        .map(|n| n.name.clone())
+        .ok_or_else(|| anyhow::anyhow!("no nodes"))?;
+    let frozen = Instant::now();
+    store.signal_node(&victim, "STOP").await?;
+    // Not before the lease (plus drift) after the last heartbeat sent, at most a few
+    // heartbeat intervals and a detection timeout later.
+    let bound = lease + Duration::from_millis(500) + 8 * heartbeat + Duration::from_secs(3);
+    let took = wait_until(
+        bound,
+        "the frozen node's partitions to fail over",
+        || async {
+            store.status().await.and_then(|s| {
+                let moved = s
+                    .coordinator
+                    .nodes
+                    .iter()
+                    .any(|n| n.name == victim && n.primaries == 0);
+                (moved && s.coordinator.partition_summary.unavailable == 0)
+                    .then(|| frozen.elapsed())
+            })
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", store.log_tail(40)))?;
+    println!("suspected failover took {took:?} (lease {lease:?}, bound {bound:?})");
+    anyhow::ensure!(
+        took >= lease - heartbeat,
+        "failed over after {took:?}, before the frozen primary's lease ({lease:?}) could expire"
+    );
+
+    store.signal_node(&victim, "CONT").await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let report = load.stop().await;
+    println!(
+        "{} writes acknowledged, {} failed (unacknowledged)",
+        report.acked.len(),
+        report.failed
+    );
+    anyhow::ensure!(report.acked.len() > 100, "too little load: {report:?}");
+    store.wait_settled(Duration::from_secs(90)).await?;
+    let lost = lost_writes(&client, &report.acked).await;
+    anyhow::ensure!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost, e.g. {:?}",
+        lost.len(),
+        report.acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+    Ok(())
+}

@@ -20,6 +20,16 @@ use tokio::sync::{broadcast, mpsc, watch};
 /// Planning rounds per tick: a map write often enables the next step at once.
 const ROUNDS_PER_TICK: usize = 4;
 
+/// What contacting a node showed.
+enum Contact {
+    /// It answered a heartbeat.
+    Report(shardedstore_node::admin_api::HeartbeatResponse),
+    /// It answered a probe.
+    Alive,
+    /// No answer (the reason is logged).
+    Silent(String),
+}
+
 /// Answer of a background call.
 enum Outcome {
     Position(PartitionId, u64, NodeId, LogPosition),
@@ -186,21 +196,28 @@ impl Runner {
             contacts.push((n.id.clone(), n.peer_addr.clone(), heartbeat));
         }
         let transport = &self.transport;
+        // Probes of silent nodes must not stretch the tick (and so the heartbeats of the
+        // others): they get one heartbeat interval.
+        let probe_timeout = settings.heartbeat_interval;
         let results = join_all(contacts.into_iter().map(|(id, addr, heartbeat)| {
             let req = &req;
             let map = map.as_ref();
             async move {
-                let answer = if heartbeat || map.is_none() {
-                    transport.heartbeat(&addr, req).await.map(Some)
-                } else if let Some(map) = map {
-                    // A node refusing an older map (409) is alive all the same.
-                    match transport.install_map(&addr, map).await {
-                        Ok(_) => Ok(None),
-                        Err(e) if e.status().is_some() => Ok(None),
-                        Err(e) => Err(e),
+                let answer = match map {
+                    Some(map) if !heartbeat => {
+                        let probe = transport.install_map(&addr, map);
+                        match tokio::time::timeout(probe_timeout, probe).await {
+                            Ok(Ok(_)) => Contact::Alive,
+                            // A node refusing an older map (409) is alive all the same.
+                            Ok(Err(e)) if e.status().is_some() => Contact::Alive,
+                            Ok(Err(e)) => Contact::Silent(e.to_string()),
+                            Err(_) => Contact::Silent("probe timed out".to_owned()),
+                        }
                     }
-                } else {
-                    Ok(None)
+                    _ => match transport.heartbeat(&addr, req).await {
+                        Ok(report) => Contact::Report(report),
+                        Err(e) => Contact::Silent(e.to_string()),
+                    },
                 };
                 (id, addr, answer)
             }
@@ -210,17 +227,16 @@ impl Runner {
         for (id, addr, answer) in results {
             let h = self.health.entry(id.clone()).or_default();
             match answer {
-                Ok(report) => {
+                Contact::Report(report) => {
                     h.answered();
-                    if let Some(report) = report {
-                        if report.map_version < version {
-                            stale.push((id.clone(), addr));
-                        }
-                        self.obs.reports.insert(id, report);
+                    if report.map_version < version {
+                        stale.push((id.clone(), addr));
                     }
+                    self.obs.reports.insert(id, report);
                 }
-                Err(e) => {
-                    tracing::debug!(node = %id, error = %e, "no answer");
+                Contact::Alive => h.answered(),
+                Contact::Silent(error) => {
+                    tracing::debug!(node = %id, %error, "no answer");
                     let was_alive = h.may_heartbeat();
                     h.failed();
                     if was_alive {
