@@ -28,9 +28,24 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1 (bound and released; a race with other processes is possible
-/// but rare).
+/// A free TCP port on 127.0.0.1, chosen at random below the kernel's ephemeral range
+/// (32768+), so outgoing connections of other processes cannot take it between this call and
+/// the node binding it; never the same port twice in one test process.
 pub fn free_port() -> std::io::Result<u16> {
+    use rand::Rng;
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut rng = rand::rng();
+    for _ in 0..200 {
+        let port: u16 = rng.random_range(20_000..32_000);
+        let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if handed.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed.push(port);
+            return Ok(port);
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
