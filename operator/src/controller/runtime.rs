@@ -17,6 +17,9 @@ use kube::{Api, Client};
 use std::sync::Arc;
 use tokio::sync::watch;
 
+/// Quiet period before a burst of watch events triggers one reconcile.
+const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// How often coordinators of deleted stores are looked for.
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -124,7 +127,10 @@ pub async fn run_controller(ctx: Arc<Context>) {
     }
     let children =
         watcher::Config::default().labels("app.kubernetes.io/managed-by=shardedstore-operator");
+    // Map writes (owned ConfigMap) and pod changes come in bursts during moves and failovers;
+    // one reconcile per burst is enough.
     let controller = Controller::new(stores, watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().debounce(DEBOUNCE))
         .owns(owned!(StatefulSet), children.clone())
         .owns(owned!(Service), children.clone())
         .owns(owned!(PodDisruptionBudget), children.clone())
