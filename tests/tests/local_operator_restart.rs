@@ -1,6 +1,7 @@
 //! Local mode, real processes: the operator is killed (-9) while moves are in flight; a new
 //! operator on the same data directory adopts the running nodes, resumes from the stored map,
-//! finishes the moves, and no acknowledged write is lost.
+//! finishes the moves, keeps supervising (restarting) the adopted nodes, and no acknowledged
+//! write is lost.
 
 use shardedstore_operator::coordinator::MoveState;
 use shardedstore_tests::local_harness::{
@@ -63,6 +64,26 @@ async fn operator_killed_mid_move_resumes_and_loses_nothing() -> anyhow::Result<
     let map = client.map().await?;
     let violations = placement_violations(&map);
     anyhow::ensure!(violations.is_empty(), "{violations:?}");
+
+    // The adopted nodes are supervised too: one killed is restarted and rejoins.
+    let old_pid = settled
+        .endpoints
+        .iter()
+        .find(|e| e.id == "node-0")
+        .and_then(|e| e.pid);
+    anyhow::ensure!(old_pid.is_some(), "adopted node-0 has no known pid");
+    store.kill9_node("node-0").await?;
+    wait_until(Duration::from_secs(30), "node-0 restarted", || async {
+        store.status().await.filter(|s| {
+            s.endpoints
+                .iter()
+                .any(|e| e.id == "node-0" && e.running && e.pid.is_some() && e.pid != old_pid)
+        })
+    })
+    .await?;
+    store
+        .wait_settled_at(Some(5), Duration::from_secs(120))
+        .await?;
 
     let report = load.stop().await;
     println!(

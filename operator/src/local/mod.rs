@@ -14,22 +14,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use supervisor::{Ports, Supervisor};
 
-/// Arguments of `shardedstore-operator local`.
-///
-/// Node i listens on 127.0.0.1: client API `port + i`, peer/admin API `peer-port + i`,
-/// metrics `metrics-port + i`. The control endpoint (`--control-port`) answers
-/// `GET /status` (coordinator status as JSON, plus node endpoints) and
-/// `POST /scale` with `{"nodes": N}` (scale out, or drain and remove nodes ≥ N).
-/// A child that exits counts as confirmed dead and is restarted after `--restart-delay-ms`.
-/// Restarting with the same `--data-dir` resumes from the stored map and adopts nodes that
-/// are still running.
+/// Arguments of `shardedstore-operator local` (see [`LOCAL_HELP`] for ports and control).
 #[derive(clap::Args, Debug, Clone)]
+#[command(after_long_help = LOCAL_HELP)]
 pub struct LocalArgs {
     /// Number of storage nodes.
     #[arg(long, default_value_t = 3, env = "SHARDEDSTORE_LOCAL_NODES")]
     pub nodes: u32,
     /// Partition count (fixed once the store exists).
-    #[arg(long, default_value_t = 64, env = "SHARDEDSTORE_LOCAL_PARTITIONS")]
+    #[arg(long, default_value_t = 256, env = "SHARDEDSTORE_LOCAL_PARTITIONS")]
     pub partitions: u32,
     /// Replicas per partition.
     #[arg(
@@ -134,6 +127,23 @@ pub enum LocalError {
     #[error("waiting for a shutdown signal")]
     Signal(#[source] std::io::Error),
 }
+
+/// Extra `--help` text: ports, the control endpoint, restarts.
+const LOCAL_HELP: &str = "\
+Node i listens on 127.0.0.1: client API on --port + i, peer/admin API on --peer-port + i,
+metrics on --metrics-port + i. The partition map is kept in <data-dir>/map.json, node data
+in <data-dir>/node-i/ and node logs in <data-dir>/node-i.log.
+
+Control endpoint (127.0.0.1:--control-port):
+  GET  /status   coordinator status as JSON (map version, partition summary, moves,
+                 per-node replicas and primaries, empty nodes) plus node endpoints and pids
+  POST /scale    body {\"nodes\": N}: start nodes up to N, or drain nodes with ordinal >= N
+                 and stop them once they hold no replica
+
+A node process that exits counts as confirmed dead (its primaries fail over at once) and is
+started again after --restart-delay-ms. Restarting the operator with the same --data-dir
+resumes from the stored map and adopts nodes that are still running.
+Ctrl-C or SIGTERM stops the coordinator and every node.";
 
 /// The store name used in local mode.
 pub const LOCAL_STORE: &str = "local";

@@ -5,7 +5,7 @@
 use crate::coordinator::{MemberNode, Membership};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
@@ -37,8 +37,9 @@ pub struct NodeEndpoint {
 
 struct Slot {
     child: Option<Child>,
-    /// Running, but started by an earlier operator process.
-    adopted: bool,
+    /// Running, but started by an earlier operator process: its pid (from the pid file)
+    /// when known.
+    adopted: Option<Option<u32>>,
     /// When the child was seen exited; it is restarted after the delay.
     exited_at: Option<Instant>,
 }
@@ -139,33 +140,44 @@ impl Supervisor {
 
     /// Is something already answering on the node's peer port (a node left running)?
     fn already_running(&self, ordinal: u32) -> bool {
-        let addr = Self::addr(self.ports.peer, ordinal);
-        addr.parse()
-            .ok()
-            .and_then(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_millis(200)).ok())
-            .is_some()
+        port_open(&Self::addr(self.ports.peer, ordinal))
+    }
+
+    fn pid_file(&self, ordinal: u32) -> PathBuf {
+        self.data_dir
+            .join(format!("{}.pid", Self::node_id(ordinal)))
     }
 
     fn start(&self, ordinal: u32) -> Slot {
         if self.already_running(ordinal) {
             tracing::info!(node = %Self::node_id(ordinal), "adopting a running node");
+            let pid = std::fs::read_to_string(self.pid_file(ordinal))
+                .ok()
+                .and_then(|t| t.trim().parse().ok());
             return Slot {
                 child: None,
-                adopted: true,
+                adopted: Some(pid),
                 exited_at: None,
             };
         }
         match self.spawn(ordinal) {
-            Ok(child) => Slot {
-                child: Some(child),
-                adopted: false,
-                exited_at: None,
-            },
+            Ok(child) => {
+                if let Some(pid) = child.id()
+                    && let Err(e) = std::fs::write(self.pid_file(ordinal), pid.to_string())
+                {
+                    tracing::warn!(error = %e, "writing the pid file");
+                }
+                Slot {
+                    child: Some(child),
+                    adopted: None,
+                    exited_at: None,
+                }
+            }
             Err(e) => {
                 tracing::warn!(node = %Self::node_id(ordinal), error = %e, "starting node");
                 Slot {
                     child: None,
-                    adopted: false,
+                    adopted: None,
                     exited_at: Some(Instant::now()),
                 }
             }
@@ -192,6 +204,17 @@ impl Supervisor {
                         slot.child = None;
                         slot.exited_at = Some(now);
                     }
+                    // An adopted node is not our child: watch its pid (or its port).
+                    let adopted_gone = match slot.adopted {
+                        Some(Some(pid)) => !Path::new(&format!("/proc/{pid}")).exists(),
+                        Some(None) => !port_open(&Self::addr(self.ports.peer, o)),
+                        None => false,
+                    };
+                    if adopted_gone {
+                        tracing::warn!(node = %Self::node_id(o), "adopted node exited");
+                        slot.adopted = None;
+                        slot.exited_at = Some(now);
+                    }
                     slot.exited_at
                         .is_some_and(|t| now >= t + self.restart_delay)
                 }
@@ -214,8 +237,12 @@ impl Supervisor {
                 client_addr: Self::addr(self.ports.client, o),
                 peer_addr: Self::addr(self.ports.peer, o),
                 metrics_addr: Self::addr(self.ports.metrics, o),
-                running: slot.child.is_some() || slot.adopted,
-                pid: slot.child.as_ref().and_then(Child::id),
+                running: slot.child.is_some() || slot.adopted.is_some(),
+                pid: slot
+                    .child
+                    .as_ref()
+                    .and_then(Child::id)
+                    .or(slot.adopted.flatten()),
             })
             .collect()
     }
@@ -262,13 +289,15 @@ impl Supervisor {
             .collect()
     }
 
-    /// Stops every child: SIGTERM, then SIGKILL after a grace period.
+    /// Stops every node, adopted ones included: SIGTERM, then SIGKILL after a grace period.
     pub async fn stop_all(&mut self) {
         for slot in self.slots.values_mut() {
-            let Some(child) = slot.child.as_mut() else {
-                continue;
-            };
-            if let Some(pid) = child.id() {
+            let pid = slot
+                .child
+                .as_ref()
+                .and_then(Child::id)
+                .or(slot.adopted.flatten());
+            if let Some(pid) = pid {
                 // Polite stop first; the node flushes and exits.
                 let _ = Command::new("kill")
                     .arg("-TERM")
@@ -287,6 +316,27 @@ impl Supervisor {
                 let _ = child.kill().await;
             }
         }
+        // Adopted nodes are not our children: wait for their pid to vanish.
+        for pid in self.slots.values().filter_map(|s| s.adopted.flatten()) {
+            let proc_dir = format!("/proc/{pid}");
+            while Path::new(&proc_dir).exists() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if Path::new(&proc_dir).exists() {
+                let _ = Command::new("kill")
+                    .args(["-s", "KILL", &pid.to_string()])
+                    .status()
+                    .await;
+            }
+        }
         self.slots.clear();
     }
+}
+
+/// Does something accept connections on loopback address `addr`? (Refused at once when not.)
+fn port_open(addr: &str) -> bool {
+    addr.parse()
+        .ok()
+        .and_then(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_millis(200)).ok())
+        .is_some()
 }
