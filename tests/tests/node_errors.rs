@@ -198,3 +198,58 @@ async fn a_primary_without_a_lease_refuses_to_serve() -> anyhow::Result<()> {
     assert_eq!(cluster.get(0, "k2").await?.0, 404);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_is_one_hop_and_local_reads_report_staleness() -> anyhow::Result<()> {
+    let cluster = Cluster::start(2, NodeOptions::default())?;
+    cluster.wait_healthy().await?;
+    let mut map = cluster.map_round_robin(1, 2, 2);
+    map.partitions[0].primary = Some("node-0".into());
+    cluster.install(&map).await?;
+    let _beats = cluster.heartbeat_in_background(Duration::from_secs(4));
+
+    // A write through the follower is forwarded to the primary.
+    let (status, version) = cluster.put(1, "k", b"v".to_vec()).await?;
+    assert_eq!((status, version), (201, Some(1)), "{}", cluster.logs(20));
+    // A request already forwarded once is never forwarded again: 421 with the map version.
+    let r = cluster
+        .http
+        .get(format!("http://{}/v1/kv/k", cluster.nodes[1].client_addr))
+        .header("x-shardedstore-forwarded", "node-9")
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 421);
+    let body: serde_json::Value = r.json().await?;
+    assert_eq!(body["error"]["code"], "misdirected");
+    assert_eq!(body["error"]["mapVersion"], 1);
+    // The in-sync follower serves local reads itself, with a staleness bound.
+    let r = wait_until(
+        Duration::from_secs(10),
+        "a local read at the follower",
+        || {
+            let c = &cluster;
+            async move {
+                let r = c
+                    .http
+                    .get(format!(
+                        "http://{}/v1/kv/k?consistency=local",
+                        c.nodes[1].client_addr
+                    ))
+                    .header("x-shardedstore-forwarded", "test")
+                    .send()
+                    .await
+                    .ok()?;
+                (r.status().as_u16() == 200).then_some(r)
+            }
+        },
+    )
+    .await?;
+    let staleness: u64 = r
+        .headers()
+        .get("x-staleness-ms")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no x-staleness-ms"))?;
+    assert!(staleness < 5000, "staleness {staleness}");
+    assert_eq!(r.bytes().await?.as_ref(), b"v");
+    Ok(())
+}
