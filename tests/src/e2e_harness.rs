@@ -147,6 +147,7 @@ impl Cluster {
         Ok(TestNamespace {
             cluster: self.clone(),
             name,
+            passed: std::cell::Cell::new(false),
         })
     }
 }
@@ -184,16 +185,23 @@ fn run(mut cmd: Command, what: &str, input: Option<&str>) -> Result<String, E2eE
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// A namespace that is deleted (waiting up to two minutes) when the guard drops. On a panic
-/// it first prints the store's state and the operator's log tail, to diagnose the failure.
+/// A namespace that is deleted (waiting up to two minutes) when the guard drops. Unless the
+/// test called [`TestNamespace::passed`] (a panic or an early `Err` return), it first prints
+/// the store's state, events and the operator's log tail, to diagnose the failure.
 pub struct TestNamespace {
     cluster: Cluster,
     name: String,
+    passed: std::cell::Cell<bool>,
 }
 
 impl TestNamespace {
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Marks the test as passed: no diagnostics when the guard drops.
+    pub fn passed(&self) {
+        self.passed.set(true);
     }
 
     fn dump_diagnostics(&self) {
@@ -223,7 +231,7 @@ impl TestNamespace {
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() || !self.passed.get() {
             self.dump_diagnostics();
         }
         if std::env::var("SHARDEDSTORE_E2E_KEEP").as_deref() == Ok("1") {

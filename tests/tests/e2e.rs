@@ -233,6 +233,7 @@ async fn e2e_2_store_becomes_ready_and_serves_writes() -> anyhow::Result<()> {
     assert_nothing_lost(&f.client, &ledger).await;
     assert_nothing_lost(&via_service, &ledger[..50]).await;
     assert!(f.client.get("never-written").await?.is_none());
+    f.ns.passed();
     Ok(())
 }
 
@@ -318,6 +319,7 @@ async fn e2e_3_acknowledged_writes_survive_pod_kills() -> anyhow::Result<()> {
     acked.extend(report.acked);
     acked.extend(write_ledger(&f.client, "after", 100).await?);
     assert_nothing_lost(&f.client, &acked).await;
+    f.ns.passed();
     Ok(())
 }
 
@@ -389,6 +391,7 @@ async fn e2e_4_scale_out_and_in() -> anyhow::Result<()> {
     assert!(!report.acked.is_empty(), "the load made progress");
     acked.extend(report.acked);
     assert_nothing_lost(&f.client, &acked).await;
+    f.ns.passed();
     Ok(())
 }
 
@@ -454,5 +457,6 @@ async fn e2e_5_rolling_restart_loses_nothing() -> anyhow::Result<()> {
     assert!(!report.acked.is_empty(), "the load made progress");
     acked.extend(report.acked);
     assert_nothing_lost(&f.client, &acked).await;
+    f.ns.passed();
     Ok(())
 }

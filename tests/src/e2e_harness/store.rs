@@ -2,7 +2,6 @@
 //! map, and reading its pods and map from the cluster.
 
 use super::{Cluster, E2eError};
-use k8s_openapi::List;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use shardedstore_node::map::{NodeId, PartitionMap};
 use shardedstore_operator::crd::{NodeLifecycle, ShardedStore};
@@ -177,7 +176,12 @@ pub fn partition_map(cluster: &Cluster, ns: &str, store: &str) -> Result<Partiti
 /// The storage pods of `store`, by name.
 pub fn node_pods(cluster: &Cluster, ns: &str, store: &str) -> Result<Vec<Pod>, E2eError> {
     let selector = format!("shardedstore.io/store={store}");
-    let mut list: List<Pod> = cluster.get(&["pods", "-n", ns, "-l", &selector])?;
+    // `kubectl get -l` answers a `kind: List`, not a `PodList`.
+    #[derive(serde::Deserialize)]
+    struct Items {
+        items: Vec<Pod>,
+    }
+    let mut list: Items = cluster.get(&["pods", "-n", ns, "-l", &selector])?;
     list.items
         .sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     Ok(list.items)
