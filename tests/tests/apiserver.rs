@@ -469,6 +469,7 @@ async fn reconcile_applies_children_status_scale_and_map_store() -> TestResult {
     assert!(scale.contains("shardedstore.io/store=kv"), "{scale}");
 
     map_store_compare_and_swap(&client, &stores).await?;
+    scale_in_waits_until_pods_hold_no_replica(&client, &plane, &stores, &sts_api).await?;
 
     // Deleting the store garbage-collects every child through the owner references.
     stores.delete("kv", &Default::default()).await?;
@@ -545,6 +546,97 @@ async fn map_store_compare_and_swap(client: &Client, stores: &Api<ShardedStore>)
         .await?
         .unwrap_or_else(|| panic!("map.json was wiped by reconcile"));
     assert_eq!(after.version, 2);
+    Ok(())
+}
+
+/// A stored map (`version`) in which `holder` holds the only replica of partition 0.
+fn map_with_replica_on(holder: &str, version: u64) -> PartitionMap {
+    use shardedstore_node::map::{NodeInfo, NodeState, PartitionEntry};
+    let mut map = PartitionMap::empty("kv", 8, 1, 1);
+    map.version = version;
+    map.nodes.insert(
+        holder.to_owned(),
+        NodeInfo {
+            client_addr: "10.0.0.9:7000".into(),
+            peer_addr: "10.0.0.9:7100".into(),
+            zone: None,
+            state: NodeState::Draining,
+        },
+    );
+    map.partitions[0] = PartitionEntry {
+        epoch: 1,
+        primary: Some(holder.to_owned()),
+        replicas: vec![holder.to_owned()],
+        in_sync: vec![holder.to_owned()],
+        learners: vec![],
+    };
+    map
+}
+
+/// Scale-in removes pods from the top only once the stored map shows they hold nothing.
+async fn scale_in_waits_until_pods_hold_no_replica(
+    client: &Client,
+    plane: &ControlPlane,
+    stores: &Api<ShardedStore>,
+    sts_api: &Api<StatefulSet>,
+) -> TestResult {
+    use shardedstore_operator::k8s_map_store::ConfigMapMapStore;
+    let map_store = ConfigMapMapStore::new(client.clone(), "apps", "kv", None);
+    let (current, rev) = map_store
+        .load()
+        .await?
+        .unwrap_or_else(|| panic!("map missing"));
+    let rev = map_store
+        .compare_and_swap(
+            Some(&rev),
+            &map_with_replica_on("kv-3", current.version + 1),
+        )
+        .await?;
+    stdout_of(&plane.kubectl(&["-n", "apps", "scale", "sst/kv", "--replicas=5"])?);
+    let replicas_are = |n: i32| {
+        let api = sts_api.clone();
+        async move { (api.get("kv").await.ok()?.spec?.replicas == Some(n)).then_some(()) }
+    };
+    eventually(WAIT, "the StatefulSet to scale out to 5", || {
+        replicas_are(5)
+    })
+    .await?;
+    stdout_of(&plane.kubectl(&["-n", "apps", "scale", "sst/kv", "--replicas=3"])?);
+    // kv-4 holds nothing and goes; kv-3 still holds a replica and stays.
+    eventually(WAIT, "the StatefulSet to drop the empty kv-4", || {
+        replicas_are(4)
+    })
+    .await?;
+    let draining = eventually(WAIT, "Progressing=Draining", || {
+        let api = stores.clone();
+        async move {
+            let s = api.get("kv").await.ok()?;
+            let status = s.status?;
+            (status.observed_generation == s.metadata.generation).then_some(())?;
+            status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Progressing")
+                .filter(|c| c.reason == "Draining")
+                .cloned()
+        }
+    })
+    .await?;
+    assert_eq!(draining.status, "True");
+    for _ in 0..10 {
+        assert_eq!(
+            sts_api.get("kv").await?.spec.and_then(|s| s.replicas),
+            Some(4),
+            "a pod holding a replica was removed"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Once the map no longer lists kv-3 (its replica moved), the StatefulSet shrinks.
+    let mut moved = map_with_replica_on("kv-0", current.version + 2);
+    moved.nodes.clear();
+    moved.partitions[0] = Default::default();
+    map_store.compare_and_swap(Some(&rev), &moved).await?;
+    eventually(WAIT, "the StatefulSet to shrink to 3", || replicas_are(3)).await?;
     Ok(())
 }
 

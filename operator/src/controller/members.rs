@@ -9,7 +9,7 @@ use crate::coordinator::{CoordinatorStatus, MemberNode, Settings};
 use crate::crd::{MoveStatus, NodeStatus, PartitionSummary, ShardedStoreSpec};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use shardedstore_node::map::Limits;
+use shardedstore_node::map::{Limits, PartitionMap};
 
 /// The member a pod of `store` stands for; `zone` comes from the label of the pod's node.
 /// `None` for pods that are not ordinals of the store's StatefulSet.
@@ -133,15 +133,12 @@ pub fn view_of(status: &CoordinatorStatus) -> PartitionView {
     }
 }
 
-/// Whether pod `ordinal` of `store` holds no replica, according to the coordinator: it is
-/// listed as empty, or the map does not know it at all.
-pub fn is_drained(store: &str, status: &CoordinatorStatus, ordinal: u32) -> bool {
-    if status.map_version == 0 {
-        // No map yet: no pod holds data.
-        return true;
-    }
+/// Whether pod `ordinal` of `store` holds no replica according to the stored partition map
+/// (the authoritative one, not a coordinator's possibly not yet loaded view). Without any
+/// stored map no pod holds data.
+pub fn is_drained(store: &str, map: Option<&PartitionMap>, ordinal: u32) -> bool {
     let name = format!("{store}-{ordinal}");
-    status.empty_nodes.contains(&name) || !status.nodes.iter().any(|n| n.name == name)
+    map.is_none_or(|m| !m.partitions.iter().any(|p| p.is_member(&name)))
 }
 
 #[cfg(test)]
@@ -247,28 +244,38 @@ mod tests {
     }
 
     #[test]
-    fn drained_means_empty_or_unknown_to_the_map() {
-        let mut status = CoordinatorStatus::default();
-        assert!(is_drained("kv", &status, 4));
-        status.map_version = 3;
-        status.nodes = vec![
-            CoordNode {
-                name: "kv-3".into(),
-                state: NodeState::Draining,
-                replicas: 2,
-                primaries: 1,
-            },
-            CoordNode {
-                name: "kv-4".into(),
-                state: NodeState::Draining,
-                replicas: 0,
-                primaries: 0,
-            },
-        ];
-        status.empty_nodes = vec!["kv-4".into()];
-        assert!(is_drained("kv", &status, 4));
-        assert!(!is_drained("kv", &status, 3));
-        assert!(is_drained("kv", &status, 7));
+    fn drained_means_no_replica_or_learner_in_the_stored_map() {
+        use shardedstore_node::map::PartitionEntry;
+        assert!(is_drained("kv", None, 4));
+        let mut map = PartitionMap::empty("kv", 2, 2, 1);
+        map.partitions[0] = PartitionEntry {
+            epoch: 1,
+            primary: Some("kv-0".into()),
+            replicas: vec!["kv-0".into(), "kv-3".into()],
+            in_sync: vec!["kv-0".into(), "kv-3".into()],
+            learners: vec![],
+        };
+        map.partitions[1].learners = vec!["kv-4".into()];
+        assert!(
+            !is_drained("kv", Some(&map), 3),
+            "a replica holder is not drained"
+        );
+        assert!(!is_drained("kv", Some(&map), 4), "a learner holds data too");
+        assert!(is_drained("kv", Some(&map), 5));
+    }
+
+    #[test]
+    fn coordinator_status_maps_onto_the_crd_status() {
+        let mut status = CoordinatorStatus {
+            map_version: 3,
+            ..CoordinatorStatus::default()
+        };
+        status.nodes = vec![CoordNode {
+            name: "kv-3".into(),
+            state: NodeState::Draining,
+            replicas: 2,
+            primaries: 1,
+        }];
         status.moves.push(crate::coordinator::MoveStatus {
             partition: 1,
             from: Some("kv-3".into()),
@@ -280,6 +287,8 @@ mod tests {
         let view = view_of(&status);
         assert_eq!(view.map_version, 3);
         assert_eq!(view.moves[0].state, "CatchingUp");
+        assert_eq!(view.moves[0].from, "kv-3");
         assert_eq!(view.nodes[0].state, crate::crd::NodeLifecycle::Draining);
+        assert_eq!(view.nodes[0].primaries, 1);
     }
 }

@@ -11,15 +11,16 @@ use super::members;
 use super::rollout;
 use super::status::{self, Observation};
 use super::validate::{self, CapacityProblem};
-use crate::coordinator::{CoordinatorStatus, Membership};
+use crate::coordinator::Membership;
 use crate::crd::ShardedStore;
 use crate::metrics::StoreLabels;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, ListParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
+use shardedstore_node::map::PartitionMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +42,12 @@ pub enum ReconcileError {
         store: String,
         #[source]
         source: kube::Error,
+    },
+    #[error("reading the partition map {name}")]
+    ReadMap {
+        name: String,
+        #[source]
+        source: crate::coordinator::MapStoreError,
     },
     #[error("deleting pod {pod} for the rolling restart")]
     RestartPod {
@@ -65,6 +72,7 @@ impl ReconcileError {
             Self::ListPods { .. } => "ListPodsFailed",
             Self::StartCoordinator { .. } => "CoordinatorFailed",
             Self::RestartPod { .. } => "RestartPodFailed",
+            Self::ReadMap { .. } => "ReadMapFailed",
         }
     }
 }
@@ -174,6 +182,7 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
         .as_ref()
         .and_then(|s| s.status.as_ref())
         .and_then(|s| s.update_revision.clone());
+    let stored_map = read_stored_map(ctx, &owner).await?;
     let last_report = ctx.coordinators.status(&labels).unwrap_or_default();
     let restart = rollout::plan(
         &pods
@@ -182,6 +191,7 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
             .collect::<Vec<_>>(),
         update_revision.as_deref(),
         current_replicas.unwrap_or(0),
+        stored_map.as_ref(),
         &last_report,
     );
 
@@ -210,7 +220,12 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
         })?;
 
     // 4. Build and apply the children.
-    let replicas = replicas_for(&owner.name, desired_nodes, current_replicas, &coordinator);
+    let replicas = replicas_for(
+        &owner.name,
+        desired_nodes,
+        current_replicas,
+        stored_map.as_ref(),
+    );
     let children_ns = owner.namespace.clone();
     apply::apply(&ctx.client, &children_ns, &build::partition_map(&owner)).await?;
     apply::apply(&ctx.client, &children_ns, &build::peer_service(&owner)).await?;
@@ -271,11 +286,25 @@ fn replicas_for(
     store: &str,
     desired: i32,
     current: Option<i32>,
-    coordinator: &CoordinatorStatus,
+    map: Option<&PartitionMap>,
 ) -> i32 {
     build::statefulset_replicas(desired, current, |ordinal| {
-        members::is_drained(store, coordinator, ordinal)
+        members::is_drained(store, map, ordinal)
     })
+}
+
+/// The partition map as stored in its ConfigMap (the source of truth on who holds data).
+async fn read_stored_map(
+    ctx: &Context,
+    owner: &Owner,
+) -> Result<Option<PartitionMap>, ReconcileError> {
+    let name = build::partition_map_name(&owner.name);
+    let cm: Option<ConfigMap> = apply::get_opt(&ctx.client, &owner.namespace, &name).await?;
+    match cm {
+        None => Ok(None),
+        Some(cm) => crate::k8s_map_store::decode(&cm)
+            .map_err(|source| ReconcileError::ReadMap { name, source }),
+    }
 }
 
 /// The rollout facts of a pod of `store`.

@@ -6,6 +6,7 @@
 //! one waits until every pod is Ready again and every partition is fully in sync.
 
 use crate::coordinator::CoordinatorStatus;
+use shardedstore_node::map::PartitionMap;
 
 /// The facts about one storage pod that the rollout needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,11 +57,13 @@ impl Rollout {
     }
 }
 
-/// The next rollout step for pods of a StatefulSet at `update_revision` with `replicas` pods.
+/// The next rollout step for pods of a StatefulSet at `update_revision` with `replicas` pods,
+/// given the stored partition map and the coordinator's latest report.
 pub fn plan(
     pods: &[PodRevision],
     update_revision: Option<&str>,
     replicas: i32,
+    map: Option<&PartitionMap>,
     coordinator: &CoordinatorStatus,
 ) -> Rollout {
     let Some(target_revision) = update_revision else {
@@ -88,8 +91,16 @@ pub fn plan(
             reason: "waiting for every pod to be Ready before restarting the next".to_owned(),
         };
     }
-    let has_map = coordinator.map_version > 0;
-    if has_map && !coordinator.all_in_sync {
+    if let Some(m) = map
+        && coordinator.map_version < m.version
+    {
+        // Just started (e.g. after an operator restart): its view is not the map's yet.
+        return Rollout::Waiting {
+            pending,
+            reason: "waiting for the coordinator to load the partition map".to_owned(),
+        };
+    }
+    if map.is_some() && !coordinator.all_in_sync {
         return Rollout::Waiting {
             pending,
             reason:
@@ -101,12 +112,12 @@ pub fn plan(
     let Some(target) = outdated.pop() else {
         return Rollout::Done;
     };
-    let leads = coordinator
-        .nodes
-        .iter()
-        .find(|n| n.name == target.name)
-        .map_or(0, |n| n.primaries);
-    if has_map && leads > 0 {
+    let leads = map.is_some_and(|m| {
+        m.partitions
+            .iter()
+            .any(|p| p.primary.as_deref() == Some(target.name.as_str()))
+    });
+    if leads {
         Rollout::Cordon {
             pending,
             pod: target.name.clone(),
@@ -123,8 +134,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::coordinator::NodeStatus;
-    use shardedstore_node::map::NodeState;
+    use shardedstore_node::map::PartitionEntry;
 
     fn pod(ordinal: u32, revision: &str) -> PodRevision {
         PodRevision {
@@ -137,20 +147,27 @@ mod tests {
         }
     }
 
-    fn settled(primaries: &[u32]) -> CoordinatorStatus {
+    /// A map (version 4) where partition `i` has primary `kv-<primaries[i]>`.
+    fn map(primaries: &[u32]) -> PartitionMap {
+        let mut m = PartitionMap::empty("kv", u32::try_from(primaries.len()).unwrap_or(0), 1, 1);
+        m.version = 4;
+        for (entry, p) in m.partitions.iter_mut().zip(primaries) {
+            let node = format!("kv-{p}");
+            *entry = PartitionEntry {
+                epoch: 1,
+                primary: Some(node.clone()),
+                replicas: vec![node.clone()],
+                in_sync: vec![node],
+                learners: vec![],
+            };
+        }
+        m
+    }
+
+    fn settled() -> CoordinatorStatus {
         CoordinatorStatus {
             map_version: 4,
             all_in_sync: true,
-            nodes: primaries
-                .iter()
-                .enumerate()
-                .map(|(i, p)| NodeStatus {
-                    name: format!("kv-{i}"),
-                    state: NodeState::Active,
-                    replicas: 3,
-                    primaries: *p,
-                })
-                .collect(),
             ..CoordinatorStatus::default()
         }
     }
@@ -158,17 +175,18 @@ mod tests {
     #[test]
     fn nothing_to_do_when_every_pod_is_current() {
         let pods = [pod(0, "new"), pod(1, "new")];
+        let m = map(&[0, 1]);
         assert_eq!(
-            plan(&pods, Some("new"), 2, &settled(&[1, 1])),
+            plan(&pods, Some("new"), 2, Some(&m), &settled()),
             Rollout::Done
         );
-        assert_eq!(plan(&pods, None, 2, &settled(&[1, 1])), Rollout::Done);
+        assert_eq!(plan(&pods, None, 2, Some(&m), &settled()), Rollout::Done);
     }
 
     #[test]
     fn highest_outdated_pod_is_cordoned_then_deleted_once_it_leads_nothing() {
         let pods = [pod(0, "old"), pod(1, "old"), pod(2, "new")];
-        let step = plan(&pods, Some("new"), 3, &settled(&[2, 1, 1]));
+        let step = plan(&pods, Some("new"), 3, Some(&map(&[0, 1, 2])), &settled());
         assert_eq!(
             step,
             Rollout::Cordon {
@@ -177,7 +195,7 @@ mod tests {
             }
         );
         assert_eq!(step.cordoned(), Some("kv-1"));
-        let step = plan(&pods, Some("new"), 3, &settled(&[3, 0, 1]));
+        let step = plan(&pods, Some("new"), 3, Some(&map(&[0, 0, 2])), &settled());
         assert_eq!(
             step,
             Rollout::Delete {
@@ -186,28 +204,40 @@ mod tests {
                 uid: Some("uid-1".into())
             }
         );
+        assert_eq!(step.cordoned(), Some("kv-1"));
     }
 
     #[test]
-    fn waits_for_ready_pods_and_full_in_sync_between_restarts() {
+    fn waits_for_ready_pods_full_in_sync_and_a_current_coordinator() {
+        let m = map(&[0, 1, 2]);
         let mut pods = vec![pod(0, "old"), pod(1, "new"), pod(2, "new")];
         pods[2].ready = false;
         assert!(matches!(
-            plan(&pods, Some("new"), 3, &settled(&[1, 1, 1])),
+            plan(&pods, Some("new"), 3, Some(&m), &settled()),
             Rollout::Waiting { pending: 1, .. }
         ));
         pods[2].ready = true;
-        let mut lagging = settled(&[1, 1, 1]);
+        let mut lagging = settled();
         lagging.all_in_sync = false;
-        let step = plan(&pods, Some("new"), 3, &lagging);
+        let step = plan(&pods, Some("new"), 3, Some(&m), &lagging);
         assert!(
             matches!(step, Rollout::Waiting { pending: 1, .. }),
             "{step:?}"
         );
         assert_eq!(step.cordoned(), None);
+        // A coordinator that has not loaded the stored map (fresh operator) reports nothing
+        // trustworthy yet.
+        let step = plan(
+            &pods,
+            Some("new"),
+            3,
+            Some(&m),
+            &CoordinatorStatus::default(),
+        );
+        assert!(matches!(step, Rollout::Waiting { .. }), "{step:?}");
         // A missing pod (deleted, not yet recreated) also blocks.
         assert!(matches!(
-            plan(&pods[..2], Some("new"), 3, &settled(&[1, 1, 1])),
+            plan(&pods[..2], Some("new"), 3, Some(&m), &settled()),
             Rollout::Waiting { .. }
         ));
     }
@@ -215,7 +245,7 @@ mod tests {
     #[test]
     fn without_a_map_pods_restart_without_hand_off_and_draining_pods_are_ignored() {
         let pods = [pod(0, "old"), pod(1, "old"), pod(5, "old")];
-        let step = plan(&pods, Some("new"), 2, &CoordinatorStatus::default());
+        let step = plan(&pods, Some("new"), 2, None, &CoordinatorStatus::default());
         assert_eq!(
             step,
             Rollout::Delete {
