@@ -1,7 +1,7 @@
 //! The placement algorithm: keep valid pairs, trim to quotas, fill the gaps, with augmenting
 //! paths when a gap can only be filled by shifting another replica (like a max-flow step).
 
-use super::capacity::Quota;
+use super::capacity::{Quotas, zone_totals};
 use super::primaries::assign_primaries;
 use super::{PlacementNode, Target, TargetPartition};
 use shardedstore_node::map::{NodeState, PartitionMap};
@@ -32,9 +32,6 @@ pub(crate) struct Nodes<'a> {
     pub(crate) active_zones: usize,
     /// Whether each zone index has an Active node.
     zone_active: Vec<bool>,
-    /// No zones, or zones of equal size: an exact ±1 balance is achievable together with
-    /// zone spread. With skewed zones, zone spread wins and balance is best effort.
-    pub(crate) balance_owed: bool,
     pub(crate) by_id: BTreeMap<&'a str, usize>,
 }
 
@@ -62,14 +59,7 @@ impl<'a> Nodes<'a> {
         for &z in &az {
             zone_active[z] = true;
         }
-        let mut sizes = vec![0usize; zones.len()];
-        for i in (0..list.len()).filter(|&i| active[i]) {
-            sizes[zone[i]] += 1;
-        }
-        sizes.retain(|&s| s > 0);
-        let balance_owed = sizes.iter().all(|&s| s == sizes[0]);
         Self {
-            balance_owed,
             zone_active,
             hash: list.iter().map(|n| node_hash(&n.id)).collect(),
             by_id: list
@@ -116,9 +106,7 @@ struct Work<'a, 'n> {
     want_active: Vec<usize>,
     /// Partitions each node holds (Active nodes only are tracked).
     held: Vec<Vec<usize>>,
-    quota: Quota,
-    /// Position of each node among Active nodes (the quota's index).
-    slot: Vec<usize>,
+    quotas: Quotas,
     /// Members of each partition in the previous map (preferred when balance must give way).
     previous: Vec<Vec<usize>>,
 }
@@ -142,13 +130,13 @@ impl Work<'_, '_> {
     fn add(&mut self, p: usize, n: usize) {
         self.members[p].push(n);
         self.held[n].push(p);
-        self.quota.add(self.slot[n]);
+        self.quotas.add(n);
     }
 
     fn remove(&mut self, p: usize, n: usize) {
         self.members[p].retain(|&m| m != n);
         self.held[n].retain(|&q| q != p);
-        self.quota.remove(self.slot[n]);
+        self.quotas.remove(n);
     }
 
     /// Best Active node that accepts `p`: least loaded, then a hash tie-break. Without `room`
@@ -158,14 +146,10 @@ impl Work<'_, '_> {
         (0..self.nodes.list.len())
             .filter(|&n| self.nodes.active[n] && !self.members[p].contains(&n))
             .filter(|&n| !zones || self.nodes.zone_allows(&self.members[p], n, None))
-            .filter(|&n| !room || self.quota.has_room(self.slot[n]))
+            .filter(|&n| !room || self.quotas.has_room(n))
             .min_by_key(|&n| {
                 let fresh = room || !self.previous[p].contains(&n);
-                (
-                    fresh,
-                    self.quota.count(self.slot[n]),
-                    tie(p, self.nodes.hash[n]),
-                )
+                (fresh, self.quotas.count(n), tie(p, self.nodes.hash[n]))
             })
     }
 
@@ -182,14 +166,14 @@ impl Work<'_, '_> {
             }
         }
         while let Some(c) = queue.pop_front() {
-            if self.quota.has_room(self.slot[c]) {
+            if self.quotas.has_room(c) {
                 return self.apply_chain(&parent, c);
             }
             for &q in &self.held[c] {
                 for m in 0..n_nodes {
                     if parent[m].is_none() && self.accepts(q, m, Some(c)) {
                         parent[m] = Some((Some(c), q));
-                        if self.quota.has_room(self.slot[m]) {
+                        if self.quotas.has_room(m) {
                             return self.apply_chain(&parent, m);
                         }
                         queue.push_back(m);
@@ -206,7 +190,7 @@ impl Work<'_, '_> {
         let active: Vec<usize> = (0..self.nodes.list.len())
             .filter(|&n| self.nodes.active[n])
             .collect();
-        let count = |w: &Self, n: usize| w.quota.count(w.slot[n]);
+        let count = |w: &Self, n: usize| w.quotas.count(n);
         for _ in 0..self.members.len() * 2 {
             let mut order = active.clone();
             order.sort_by_key(|&n| (count(self, n), self.nodes.hash[n]));
@@ -214,6 +198,7 @@ impl Work<'_, '_> {
                 order
                     .iter()
                     .take_while(|&&lo| count(self, lo) + 2 <= count(self, hi))
+                    .filter(|&&lo| self.quotas.group(lo) == self.quotas.group(hi))
                     .find_map(|&lo| {
                         self.held[hi]
                             .iter()
@@ -263,10 +248,6 @@ pub fn place(previous: &PartitionMap, nodes: &[PlacementNode], replication_facto
     let n_nodes = nodes.list.len();
     let rf = replication_factor as usize;
     let active_count = nodes.active.iter().filter(|&&a| a).count();
-    let mut slot = vec![usize::MAX; n_nodes];
-    for (i, n) in (0..n_nodes).filter(|&n| nodes.active[n]).enumerate() {
-        slot[n] = i;
-    }
 
     // 1. Keep valid pairs: members on Active or Down nodes, primary first, zone-compatible.
     let partitions = previous.partitions.len();
@@ -326,21 +307,37 @@ pub fn place(previous: &PartitionMap, nodes: &[PlacementNode], replication_facto
         }
     }
 
-    // 3. Per-node quotas: Active nodes hold floor or floor+1 replicas; trim the overloaded,
-    //    letting the most loaded nodes keep the +1 so that the fewest replicas move.
+    // 3. Per-node quotas: each zone gets its share of the replicas (see `Quotas`), spread
+    //    over its nodes ±1; trim the overloaded, letting the most loaded nodes keep the +1 so
+    //    that the fewest replicas move.
     let total: usize = want_active.iter().sum();
-    let quota = Quota::new(total as u32, active_count);
-    let mut limit = vec![0u32; n_nodes];
-    let mut by_load: Vec<usize> = (0..n_nodes).filter(|&n| nodes.active[n]).collect();
-    by_load.sort_by_key(|&n| (std::cmp::Reverse(raw[n]), nodes.hash[n]));
-    let extra = (quota.ceil() - quota.floor()) as usize * (total % active_count.max(1));
-    for (rank, &n) in by_load.iter().enumerate() {
-        limit[n] = if rank < extra {
-            quota.ceil()
-        } else {
-            quota.floor()
-        };
+    let mut group_ids: BTreeMap<usize, usize> = BTreeMap::new();
+    for n in (0..n_nodes).filter(|&n| nodes.active[n]) {
+        let next = group_ids.len();
+        group_ids.entry(nodes.zone[n]).or_insert(next);
     }
+    let group_of: Vec<Option<usize>> = (0..n_nodes)
+        .map(|n| nodes.active[n].then(|| group_ids[&nodes.zone[n]]))
+        .collect();
+    let zones = group_ids.len();
+    let mut sizes = vec![0usize; zones];
+    for g in group_of.iter().flatten() {
+        sizes[*g] += 1;
+    }
+    let (mut lower, mut upper) = (vec![0u32; zones], vec![0u32; zones]);
+    for &a in &want_active {
+        for g in 0..zones {
+            if a >= zones {
+                lower[g] += 1;
+                upper[g] += (a + 1 - zones) as u32;
+            } else if a > 0 {
+                upper[g] += 1;
+            }
+        }
+    }
+    let totals = zone_totals(total as u32, &sizes, &lower, &upper);
+    let quotas = Quotas::new(&group_of, &totals);
+    let limit = quotas.limits(&raw, &nodes.hash);
     for n in (0..n_nodes).filter(|&n| nodes.active[n]) {
         if raw[n] <= limit[n] {
             continue;
@@ -368,8 +365,7 @@ pub fn place(previous: &PartitionMap, nodes: &[PlacementNode], replication_facto
         members: vec![Vec::new(); partitions],
         want_active,
         held: vec![Vec::new(); n_nodes],
-        quota,
-        slot,
+        quotas,
         previous: previous_members,
     };
     for (p, kept) in members.into_iter().enumerate() {
@@ -384,26 +380,31 @@ pub fn place(previous: &PartitionMap, nodes: &[PlacementNode], replication_facto
 
     // 4. Fill: every gap goes to the least-loaded accepting node with room; if none has room,
     //    shift replicas along an augmenting path; as a last resort relax balance, then zones.
+    // Augmenting searches are bounded: once a few fail, balance is not achievable anyway.
+    let mut failed_searches = 0;
     for p in 0..partitions {
         while work.active_members(p) < work.want_active[p] {
             if let Some(n) = work.best(p, true, true) {
                 work.add(p, n);
-            } else if nodes.balance_owed && work.augment(p) {
                 continue;
-            } else if let Some(n) = work
+            }
+            if failed_searches < 3 {
+                if work.augment(p) {
+                    continue;
+                }
+                failed_searches += 1;
+            }
+            match work
                 .best(p, false, true)
                 .or_else(|| work.best(p, false, false))
             {
-                work.add(p, n);
-            } else {
-                break;
+                Some(n) => work.add(p, n),
+                None => break,
             }
         }
     }
 
-    if nodes.balance_owed {
-        work.rebalance();
-    }
+    work.rebalance();
 
     let primaries = assign_primaries(previous, &nodes, &work.members);
     let partitions = work
