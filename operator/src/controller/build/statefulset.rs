@@ -166,10 +166,7 @@ fn env(owner: &Owner) -> Vec<EnvVar> {
             }),
         },
         value("SHARDEDSTORE_DATA_DIR", DATA_DIR.to_owned()),
-        value(
-            "SHARDEDSTORE_CLIENT_ADDR",
-            format!("0.0.0.0:{CLIENT_PORT}"),
-        ),
+        value("SHARDEDSTORE_CLIENT_ADDR", format!("0.0.0.0:{CLIENT_PORT}")),
         value("SHARDEDSTORE_PEER_ADDR", format!("0.0.0.0:{PEER_PORT}")),
         value(
             "SHARDEDSTORE_METRICS_ADDR",
