@@ -39,6 +39,13 @@ impl Round<'_> {
         self.inputs.membership.cordoned.contains(n)
     }
 
+    fn active_or_draining(&self, n: &str) -> bool {
+        matches!(
+            self.states.get(n),
+            Some(NodeState::Active | NodeState::Draining)
+        )
+    }
+
     fn active(&self, n: &str) -> bool {
         self.states.get(n) == Some(&NodeState::Active)
     }
@@ -146,6 +153,20 @@ fn failover(
         .cloned()
         .collect();
     if candidates.is_empty() {
+        // Reported once, when the primary's node is first seen dead.
+        let was_up = |n: &str| {
+            round
+                .inputs
+                .map
+                .and_then(|m| m.nodes.get(n))
+                .is_some_and(|i| matches!(i.state, NodeState::Active | NodeState::Draining))
+        };
+        if old
+            .as_deref()
+            .is_some_and(|o| was_up(o) && !round.active_or_draining(o))
+        {
+            events.push(CoordinatorEvent::PartitionUnavailable { partition: p });
+        }
         return true;
     }
     let positions = round.inputs.obs.positions.get(&(p, e.epoch));

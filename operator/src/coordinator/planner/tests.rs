@@ -295,7 +295,21 @@ fn out_of_sync_replicas_are_never_elected() {
     w.set_dead(&primary, true);
     let p = w.plan();
     assert!(p.calls.iter().all(|c| !matches!(c, Call::Positions { .. })));
+    assert!(
+        p.events
+            .iter()
+            .any(|e| matches!(e, CoordinatorEvent::PartitionUnavailable { partition: 0 })),
+        "{:?}",
+        p.events
+    );
     w.apply(p);
+    assert!(
+        !w.plan()
+            .events
+            .iter()
+            .any(|e| matches!(e, CoordinatorEvent::PartitionUnavailable { .. })),
+        "reported once"
+    );
     let e = &w.map().partitions[0];
     assert_eq!(
         e.primary.as_ref(),
@@ -419,6 +433,19 @@ fn scale_out_moves_replicas_through_learners_within_the_move_budget() {
             .iter()
             .all(|e| e.learners.is_empty() && e.in_sync == e.replicas)
     );
+}
+
+#[test]
+fn settings_reach_the_map_bandwidth_included() {
+    let mut w = World::running(3, 4, 3);
+    w.settings.bandwidth_bytes_per_second = Some(1 << 20);
+    w.settings.min_in_sync = 1;
+    let p = w.plan();
+    let map = p
+        .map
+        .unwrap_or_else(|| panic!("settings change must write the map"));
+    assert_eq!(map.rebalance_bandwidth_bytes_per_second, Some(1 << 20));
+    assert_eq!(map.min_in_sync, 1);
 }
 
 #[test]
