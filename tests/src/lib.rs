@@ -1,6 +1,7 @@
 //! Helpers shared by the ShardedStore integration suites: process harness, waiting with deadlines.
 
 pub mod apiserver_harness;
+pub mod checker;
 pub mod e2e_harness;
 pub mod local_harness;
 pub mod node_harness;

@@ -1,0 +1,21 @@
+//! Fault injection with a per-key linearizability checker (DESIGN.md §8.5).
+//!
+//! - `history`: the recorded operations (invoke/complete times, outcomes).
+//! - `model`: the versioned-register specification and version bindings.
+//! - `search`: the Wing–Gong/Lowe linearizability search for one key.
+//! - `shrink`: reducing a failing key's history to a small witness.
+//! - `check`: checking a whole history key by key.
+//! - `workload`: concurrent clients that record a history against a live store.
+//! - `nemesis`: the seeded fault schedule and its execution on a local-mode store.
+//! - `runner`: one run end to end — start, load under faults, heal, final reads, check.
+
+pub mod check;
+pub mod history;
+pub mod model;
+pub mod search;
+pub mod shrink;
+#[cfg(test)]
+mod tests;
+
+pub use check::{CheckLimits, KeyReport, KeyVerdict, check};
+pub use history::{Command, Cond, Op, Outcome, Response};
