@@ -14,6 +14,7 @@
 //! - [`planner`]: the pure decisions.
 //! - [`summary`]: the pure status computation.
 
+mod calls;
 pub mod handle;
 pub mod input;
 pub mod liveness;

@@ -1,16 +1,17 @@
 //! The coordinator loop: every heartbeat interval, contact the nodes, plan, write the map with
 //! compare-and-swap, push it, start the calls the plan asks for, publish the status.
 
+use super::calls::{self, Outcome};
 use super::input::{Membership, Settings, StoreIdentity};
 use super::liveness::{Health, Liveness};
-use super::planner::{Call, HandoffOutcome, Inputs, Observations, plan};
+use super::planner::{Call, Inputs, Observations, plan};
 use super::status::{CoordinatorEvent, CoordinatorStatus};
 use super::store::{MapStore, MapStoreError, Revision};
 use super::summary::summarize;
 use super::transport::NodeTransport;
 use crate::placement::Target;
 use futures::future::join_all;
-use shardedstore_node::admin_api::{AdmitRequest, HandoffRequest, HeartbeatRequest, LogPosition};
+use shardedstore_node::admin_api::HeartbeatRequest;
 use shardedstore_node::map::{NodeId, PartitionId, PartitionMap};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -28,15 +29,6 @@ enum Contact {
     Alive,
     /// No answer (the reason is logged).
     Silent(String),
-}
-
-/// Answer of a background call.
-enum Outcome {
-    Position(PartitionId, u64, NodeId, LogPosition),
-    Admitted(PartitionId, u64, NodeId),
-    Handoff(PartitionId, HandoffOutcome),
-    Dropped(PartitionId, NodeId),
-    Nothing,
 }
 
 pub(crate) struct Runner {
@@ -363,108 +355,14 @@ impl Runner {
         let Some((map, _)) = &self.map else {
             return;
         };
-        if self.inflight.contains(&call) {
-            return;
-        }
-        let addr = |n: &str| map.nodes.get(n).map(|i| i.peer_addr.clone());
-        let transport = self.transport.clone();
-        let tx = self.results_tx.clone();
-        let handoff_ms = settings.handoff_timeout.as_millis() as u64;
-        self.inflight.insert(call.clone());
-        let key = call.clone();
-        match call {
-            Call::Positions {
-                partition,
-                epoch,
-                nodes,
-            } => {
-                let targets: Vec<(NodeId, Option<String>)> =
-                    nodes.into_iter().map(|n| (n.clone(), addr(&n))).collect();
-                tokio::spawn(async move {
-                    for (node, addr) in targets {
-                        let Some(addr) = addr else { continue };
-                        if let Ok(pos) = transport.position(&addr, partition).await {
-                            let _ = tx.send((
-                                key.clone(),
-                                Outcome::Position(partition, epoch, node, pos),
-                            ));
-                        }
-                    }
-                    let _ = tx.send((key, Outcome::Nothing));
-                });
-            }
-            Call::Admit {
-                partition,
-                epoch,
-                primary,
-                node,
-            } => {
-                let primary_addr = addr(&primary);
-                tokio::spawn(async move {
-                    let req = AdmitRequest {
-                        epoch,
-                        learner: node.clone(),
-                    };
-                    let outcome = match primary_addr {
-                        Some(a) => match transport.admit(&a, partition, &req).await {
-                            Ok(r) if r.ready => Outcome::Admitted(partition, epoch, node),
-                            Ok(_) => Outcome::Nothing,
-                            Err(e) => {
-                                tracing::debug!(error = %e, partition, "admit");
-                                Outcome::Nothing
-                            }
-                        },
-                        None => Outcome::Nothing,
-                    };
-                    let _ = tx.send((key, outcome));
-                });
-            }
-            Call::Handoff {
-                partition,
-                epoch,
-                from,
-                to,
-            } => {
-                let from_addr = addr(&from);
-                tokio::spawn(async move {
-                    let req = HandoffRequest {
-                        epoch,
-                        to: to.clone(),
-                        timeout_ms: handoff_ms,
-                    };
-                    let outcome = match from_addr {
-                        Some(a) => match transport.handoff(&a, partition, &req).await {
-                            Ok(r) => Outcome::Handoff(
-                                partition,
-                                HandoffOutcome {
-                                    epoch,
-                                    to,
-                                    ready: r.ready,
-                                },
-                            ),
-                            Err(e) => {
-                                tracing::debug!(error = %e, partition, "hand-off");
-                                Outcome::Nothing
-                            }
-                        },
-                        None => Outcome::Nothing,
-                    };
-                    let _ = tx.send((key, outcome));
-                });
-            }
-            Call::Drop { node, partition } => {
-                let node_addr = addr(&node);
-                tokio::spawn(async move {
-                    let outcome = match node_addr {
-                        Some(a) => match transport.drop_partition(&a, partition).await {
-                            Ok(()) => Outcome::Dropped(partition, node),
-                            Err(_) => Outcome::Nothing,
-                        },
-                        None => Outcome::Nothing,
-                    };
-                    let _ = tx.send((key, outcome));
-                });
-            }
+        if self.inflight.insert(call.clone()) {
+            calls::spawn(
+                call,
+                map,
+                self.transport.clone(),
+                self.results_tx.clone(),
+                settings.handoff_timeout,
+            );
         }
     }
 }

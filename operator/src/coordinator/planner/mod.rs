@@ -6,6 +6,8 @@
 //! asking positions, learner admission, hand-off, moves) advance by one step per round, so a
 //! restarted coordinator resumes from whatever the stored map says.
 
+mod handoff;
+mod moves;
 mod nodes;
 mod partitions;
 #[cfg(test)]

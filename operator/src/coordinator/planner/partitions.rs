@@ -1,6 +1,8 @@
 //! Per-partition decisions: failover, in-sync shrink and expand, hand-off, moves and cleanup.
 //! Each partition advances by at most one step of a multi-step procedure per round.
 
+use super::handoff::{Handoff, handoff};
+use super::moves::{moves_in_flight, remove_extras, start_move};
 use super::{Call, Inputs};
 use crate::coordinator::liveness::Liveness;
 use crate::coordinator::status::CoordinatorEvent;
@@ -10,62 +12,57 @@ use shardedstore_node::map::{NodeId, NodeState, PartitionEntry, PartitionId, Par
 use std::collections::BTreeMap;
 
 /// Read-only context of one round.
-struct Round<'a> {
-    inputs: &'a Inputs<'a>,
+pub(super) struct Round<'a> {
+    pub(super) inputs: &'a Inputs<'a>,
     /// Version of the stored map (what nodes must hold for admission and hand-off).
-    version: u64,
+    pub(super) version: u64,
     /// Node states after this round's node-table update.
-    states: BTreeMap<NodeId, NodeState>,
+    pub(super) states: BTreeMap<NodeId, NodeState>,
 }
 
 impl Round<'_> {
-    fn alive(&self, n: &str) -> bool {
+    pub(super) fn alive(&self, n: &str) -> bool {
         self.inputs.obs.is_alive(n)
     }
 
     /// Dead for sure: confirmed or fenced, gone from the membership (pod deleted), or no
     /// longer in the map's node list.
-    fn dead(&self, n: &str) -> bool {
+    pub(super) fn dead(&self, n: &str) -> bool {
         self.inputs.obs.liveness(n) == Liveness::Dead
             || self.inputs.membership.node(n).is_none()
             || !self.states.contains_key(n)
     }
 
-    fn current(&self, n: &str) -> bool {
+    pub(super) fn current(&self, n: &str) -> bool {
         self.inputs.obs.has_map(n, self.version)
     }
 
-    fn cordoned(&self, n: &str) -> bool {
+    pub(super) fn cordoned(&self, n: &str) -> bool {
         self.inputs.membership.cordoned.contains(n)
     }
 
-    fn active_or_draining(&self, n: &str) -> bool {
+    pub(super) fn active_or_draining(&self, n: &str) -> bool {
         matches!(
             self.states.get(n),
             Some(NodeState::Active | NodeState::Draining)
         )
     }
 
-    fn active(&self, n: &str) -> bool {
+    pub(super) fn active(&self, n: &str) -> bool {
         self.states.get(n) == Some(&NodeState::Active)
     }
 
     /// May `n` lead? Alive, Active, not cordoned, holding the current map.
-    fn may_lead(&self, n: &str) -> bool {
+    pub(super) fn may_lead(&self, n: &str) -> bool {
         self.alive(n) && self.active(n) && !self.cordoned(n) && self.current(n)
     }
 
-    fn confirmed(&self, n: &str) -> bool {
+    pub(super) fn confirmed(&self, n: &str) -> bool {
         self.inputs
             .membership
             .node(n)
             .is_none_or(|m| m.confirmed_dead)
     }
-}
-
-/// Replicas being moved away: members the target no longer lists.
-fn extras<'e>(e: &'e PartitionEntry, tp: &TargetPartition) -> Vec<&'e NodeId> {
-    e.members().filter(|n| !tp.replicas.contains(n)).collect()
 }
 
 /// Plans every partition; returns true when the map must be rewritten even if unchanged
@@ -111,20 +108,6 @@ pub(super) fn plan_partitions(
     }
     drop_stale(&round, calls);
     force
-}
-
-/// Moves each node takes part in (as destination or source).
-fn moves_in_flight(map: &PartitionMap, target: &Target) -> BTreeMap<NodeId, u32> {
-    let mut busy: BTreeMap<NodeId, u32> = BTreeMap::new();
-    for (e, tp) in map.partitions.iter().zip(&target.partitions) {
-        for l in &e.learners {
-            *busy.entry(l.clone()).or_default() += 1;
-            if let Some(src) = extras(e, tp).into_iter().find(|n| !e.learners.contains(n)) {
-                *busy.entry(src.clone()).or_default() += 1;
-            }
-        }
-    }
-    busy
 }
 
 /// Fails over a partition whose primary is dead (or that has none): asks the live in-sync
@@ -284,182 +267,6 @@ fn expand(
             });
         }
     }
-}
-
-/// Removes members the target dropped: cancelled learners and dead replicas at once, live
-/// replicas once every target replica is in sync. The primary leaves through a hand-off.
-fn remove_extras(
-    round: &Round<'_>,
-    p: PartitionId,
-    e: &mut PartitionEntry,
-    tp: &TargetPartition,
-    primary: &str,
-    events: &mut Vec<CoordinatorEvent>,
-) {
-    let target_in_sync = tp.replicas.iter().all(|n| e.in_sync.contains(n));
-    let leaving: Vec<NodeId> = extras(e, tp)
-        .into_iter()
-        .filter(|n| n.as_str() != primary)
-        .cloned()
-        .collect();
-    for n in leaving {
-        let learner = e.learners.contains(&n);
-        let gone =
-            round.states.get(&n) == Some(&NodeState::Replaced) || !round.states.contains_key(&n);
-        if !(learner || gone || target_in_sync) {
-            continue;
-        }
-        e.learners.retain(|m| *m != n);
-        e.replicas.retain(|m| *m != n);
-        e.in_sync.retain(|m| *m != n);
-        let to = tp
-            .replicas
-            .iter()
-            .find(|t| {
-                !round
-                    .inputs
-                    .map
-                    .is_some_and(|m| m.partitions[p as usize].replicas.contains(t))
-            })
-            .or_else(|| tp.replicas.first())
-            .cloned();
-        match (learner, to) {
-            (true, _) | (false, None) => events.push(CoordinatorEvent::MoveFailed {
-                partition: p,
-                to: n,
-                reason: "cancelled: the placement no longer wants this replica".into(),
-            }),
-            (false, Some(to)) => events.push(CoordinatorEvent::MoveFinished {
-                partition: p,
-                from: Some(n),
-                to,
-            }),
-        }
-    }
-}
-
-enum Handoff {
-    /// No hand-off wanted.
-    None,
-    /// Asked (or asking) the primary; nothing else happens to the partition this round.
-    Pending,
-    Done,
-    /// The primary could not hand off in time: rewrite the map to release it.
-    Aborted,
-}
-
-/// Hands the primary role to another in-sync replica when the primary leaves (move, drain,
-/// cordon) or, when the partition is otherwise settled, for primary balance.
-fn handoff(
-    round: &Round<'_>,
-    p: PartitionId,
-    e: &mut PartitionEntry,
-    tp: &TargetPartition,
-    primary: &str,
-    events: &mut Vec<CoordinatorEvent>,
-    calls: &mut Vec<Call>,
-) -> Handoff {
-    let leaving = !tp.replicas.iter().any(|n| n == primary)
-        || round.cordoned(primary)
-        || !round.active(primary);
-    let settled = e.learners.is_empty() && e.in_sync.len() == e.replicas.len();
-    let eligible = |n: &NodeId| n != primary && e.in_sync.contains(n) && round.may_lead(n);
-    let to = if leaving {
-        tp.primary
-            .iter()
-            .chain(tp.replicas.iter())
-            .chain(e.in_sync.iter())
-            .find(|n| eligible(n))
-            .cloned()
-    } else if settled && !round.inputs.settings.paused {
-        tp.primary.clone().filter(|n| eligible(n))
-    } else {
-        None
-    };
-    let Some(to) = to else {
-        return Handoff::None;
-    };
-    if !round.current(primary) {
-        return Handoff::Pending;
-    }
-    match round.inputs.obs.handoffs.get(&p) {
-        Some(o) if o.epoch == e.epoch && o.to == to && o.ready => {
-            e.epoch += 1;
-            e.primary = Some(to.clone());
-            events.push(CoordinatorEvent::PrimaryHandedOff {
-                partition: p,
-                from: primary.to_owned(),
-                to,
-                epoch: e.epoch,
-            });
-            Handoff::Done
-        }
-        Some(o) if o.epoch == e.epoch && !o.ready => {
-            events.push(CoordinatorEvent::HandoffAborted {
-                partition: p,
-                from: primary.to_owned(),
-                to: o.to.clone(),
-            });
-            Handoff::Aborted
-        }
-        _ => {
-            calls.push(Call::Handoff {
-                partition: p,
-                epoch: e.epoch,
-                from: primary.to_owned(),
-                to,
-            });
-            Handoff::Pending
-        }
-    }
-}
-
-/// Starts one move (adds a learner) where the target wants a replica the partition lacks,
-/// within `maxConcurrentMovesPerNode`; nothing starts while paused.
-fn start_move(
-    round: &Round<'_>,
-    p: PartitionId,
-    e: &mut PartitionEntry,
-    tp: &TargetPartition,
-    busy: &mut BTreeMap<NodeId, u32>,
-    events: &mut Vec<CoordinatorEvent>,
-) {
-    let settings = round.inputs.settings;
-    if settings.paused || !e.learners.is_empty() {
-        return;
-    }
-    let max = settings.max_concurrent_moves_per_node.max(1);
-    let source = extras(e, tp).into_iter().find(|n| round.alive(n)).cloned();
-    if source
-        .as_ref()
-        .is_some_and(|s| busy.get(s).copied().unwrap_or(0) >= max)
-    {
-        return;
-    }
-    let Some(to) = tp
-        .replicas
-        .iter()
-        .find(|n| {
-            !e.is_member(n)
-                && round.alive(n)
-                && round.active(n)
-                && round.current(n)
-                && busy.get(*n).copied().unwrap_or(0) < max
-        })
-        .cloned()
-    else {
-        return;
-    };
-    e.learners.push(to.clone());
-    *busy.entry(to.clone()).or_default() += 1;
-    if let Some(s) = &source {
-        *busy.entry(s.clone()).or_default() += 1;
-    }
-    events.push(CoordinatorEvent::MoveStarted {
-        partition: p,
-        from: source,
-        to,
-    });
 }
 
 /// Drops copies that nodes report as stale under the current map.

@@ -1,0 +1,125 @@
+//! Node calls whose answers feed later planning rounds (positions, admission, hand-off,
+//! dropping stale copies), run in the background so that heartbeats are never held up.
+
+use super::planner::{Call, HandoffOutcome};
+use super::transport::NodeTransport;
+use shardedstore_node::admin_api::{AdmitRequest, HandoffRequest, LogPosition};
+use shardedstore_node::map::{NodeId, PartitionId, PartitionMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Answer of a background call.
+pub(crate) enum Outcome {
+    Position(PartitionId, u64, NodeId, LogPosition),
+    Admitted(PartitionId, u64, NodeId),
+    Handoff(PartitionId, HandoffOutcome),
+    Dropped(PartitionId, NodeId),
+    Nothing,
+}
+
+/// Runs `call` in a background task; its outcome (always at least one message, the last
+/// one marks the call finished) goes to `tx` tagged with the call.
+pub(crate) fn spawn(
+    call: Call,
+    map: &PartitionMap,
+    transport: Arc<dyn NodeTransport>,
+    tx: mpsc::UnboundedSender<(Call, Outcome)>,
+    handoff_timeout: Duration,
+) {
+    let addr = |n: &str| map.nodes.get(n).map(|i| i.peer_addr.clone());
+    let handoff_ms = handoff_timeout.as_millis() as u64;
+    let key = call.clone();
+    match call {
+        Call::Positions {
+            partition,
+            epoch,
+            nodes,
+        } => {
+            let targets: Vec<(NodeId, Option<String>)> =
+                nodes.into_iter().map(|n| (n.clone(), addr(&n))).collect();
+            tokio::spawn(async move {
+                for (node, addr) in targets {
+                    let Some(addr) = addr else { continue };
+                    if let Ok(pos) = transport.position(&addr, partition).await {
+                        let _ =
+                            tx.send((key.clone(), Outcome::Position(partition, epoch, node, pos)));
+                    }
+                }
+                let _ = tx.send((key, Outcome::Nothing));
+            });
+        }
+        Call::Admit {
+            partition,
+            epoch,
+            primary,
+            node,
+        } => {
+            let primary_addr = addr(&primary);
+            tokio::spawn(async move {
+                let req = AdmitRequest {
+                    epoch,
+                    learner: node.clone(),
+                };
+                let outcome = match primary_addr {
+                    Some(a) => match transport.admit(&a, partition, &req).await {
+                        Ok(r) if r.ready => Outcome::Admitted(partition, epoch, node),
+                        Ok(_) => Outcome::Nothing,
+                        Err(e) => {
+                            tracing::debug!(error = %e, partition, "admit");
+                            Outcome::Nothing
+                        }
+                    },
+                    None => Outcome::Nothing,
+                };
+                let _ = tx.send((key, outcome));
+            });
+        }
+        Call::Handoff {
+            partition,
+            epoch,
+            from,
+            to,
+        } => {
+            let from_addr = addr(&from);
+            tokio::spawn(async move {
+                let req = HandoffRequest {
+                    epoch,
+                    to: to.clone(),
+                    timeout_ms: handoff_ms,
+                };
+                let outcome = match from_addr {
+                    Some(a) => match transport.handoff(&a, partition, &req).await {
+                        Ok(r) => Outcome::Handoff(
+                            partition,
+                            HandoffOutcome {
+                                epoch,
+                                to,
+                                ready: r.ready,
+                            },
+                        ),
+                        Err(e) => {
+                            tracing::debug!(error = %e, partition, "hand-off");
+                            Outcome::Nothing
+                        }
+                    },
+                    None => Outcome::Nothing,
+                };
+                let _ = tx.send((key, outcome));
+            });
+        }
+        Call::Drop { node, partition } => {
+            let node_addr = addr(&node);
+            tokio::spawn(async move {
+                let outcome = match node_addr {
+                    Some(a) => match transport.drop_partition(&a, partition).await {
+                        Ok(()) => Outcome::Dropped(partition, node),
+                        Err(_) => Outcome::Nothing,
+                    },
+                    None => Outcome::Nothing,
+                };
+                let _ = tx.send((key, outcome));
+            });
+        }
+    }
+}
