@@ -29,6 +29,10 @@ async fn scale_out_and_in_under_load_stays_balanced_and_keeps_every_write() -> a
     let store = LocalStore::start(LocalOptions::default()).await?;
     let client = store.client()?;
     let load = WriteLoad::start(&client, "scale", 4);
+    anyhow::ensure!(
+        store.scale(2).await.is_err(),
+        "scaling below the replication factor must be refused"
+    );
 
     store.scale(5).await?;
     assert_balanced(&store, 5).await?;

@@ -4,6 +4,7 @@
 use super::supervisor::NodeEndpoint;
 use crate::coordinator::CoordinatorStatus;
 use serde::{Deserialize, Serialize};
+use shardedstore_node::admin_api::{ErrorBody, ErrorDetail};
 use tokio::sync::watch;
 use warp::{Filter, Reply};
 
@@ -23,12 +24,14 @@ pub struct LocalStatus {
     pub coordinator: CoordinatorStatus,
 }
 
-/// Serves the control endpoint on 127.0.0.1:`port` in a background task.
+/// Serves the control endpoint on 127.0.0.1:`port` in a background task. Scaling below
+/// `min_nodes` (the replication factor) is refused with 422.
 pub async fn serve(
     port: u16,
     status: watch::Receiver<CoordinatorStatus>,
     endpoints: watch::Receiver<Vec<NodeEndpoint>>,
     scale: watch::Sender<u32>,
+    min_nodes: u32,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let scale = std::sync::Arc::new(scale);
@@ -49,6 +52,24 @@ pub async fn serve(
         .and(warp::post())
         .and(warp::body::json())
         .map(move |req: ScaleRequest| {
+            if req.nodes < min_nodes {
+                // The same rule as the custom resource's `nodes >= replicationFactor`.
+                let body = ErrorBody {
+                    error: ErrorDetail {
+                        code: "too_few_nodes".to_owned(),
+                        message: format!(
+                            "{} nodes cannot hold {min_nodes} replicas per partition",
+                            req.nodes
+                        ),
+                        map_version: None,
+                    },
+                };
+                return warp::reply::with_status(
+                    warp::reply::json(&body),
+                    warp::http::StatusCode::UNPROCESSABLE_ENTITY,
+                )
+                .into_response();
+            }
             scale.send_replace(req.nodes);
             warp::reply::with_status(warp::reply::json(&req), warp::http::StatusCode::ACCEPTED)
                 .into_response()

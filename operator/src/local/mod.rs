@@ -116,6 +116,15 @@ impl LocalArgs {
 /// Why local mode could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
+    #[error("--nodes ({nodes}) must be at least --replication-factor ({replication_factor})")]
+    TooFewNodes { nodes: u32, replication_factor: u32 },
+    #[error(
+        "--min-in-sync ({min_in_sync}) must be between 1 and --replication-factor ({replication_factor})"
+    )]
+    BadMinInSync {
+        min_in_sync: u32,
+        replication_factor: u32,
+    },
     #[error("creating the data directory {0}")]
     DataDir(PathBuf, #[source] std::io::Error),
     #[error("finding the shardedstore-node binary (pass --node-binary)")]
@@ -170,8 +179,20 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         .map_err(|e| LocalError::DataDir(args.data_dir.clone(), e))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)
         .map_err(|e| LocalError::DataDir(args.data_dir.clone(), e))?;
-    let binary = node_binary(&args)?;
     let settings = args.settings();
+    if args.nodes < settings.replication_factor {
+        return Err(LocalError::TooFewNodes {
+            nodes: args.nodes,
+            replication_factor: settings.replication_factor,
+        });
+    }
+    if settings.min_in_sync == 0 || settings.min_in_sync > settings.replication_factor {
+        return Err(LocalError::BadMinInSync {
+            min_in_sync: settings.min_in_sync,
+            replication_factor: settings.replication_factor,
+        });
+    }
+    let binary = node_binary(&args)?;
     let heartbeat_timeout = settings.heartbeat_interval.max(Duration::from_millis(300)) * 2;
     let transport = AdminClient::new(args.peer_token.clone(), heartbeat_timeout)
         .map_err(LocalError::AdminClient)?;
@@ -194,7 +215,7 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         StoreIdentity {
             name: LOCAL_STORE.to_owned(),
         },
-        settings,
+        settings.clone(),
         supervisor.membership(),
         map_store,
         Arc::new(transport),
@@ -205,6 +226,7 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         coordinator.watch_status(),
         supervisor.endpoints_handle(),
         scale_tx,
+        settings.replication_factor,
     )
     .await
     .map_err(LocalError::Control)?;
