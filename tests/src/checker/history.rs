@@ -82,7 +82,6 @@ impl Op {
         match (&self.command, &self.outcome) {
             (Command::Get, Outcome::Ok(_)) => true,
             (_, Outcome::PreconditionFailed { .. }) => true,
-            (Command::Delete { .. }, Outcome::Ok(Response::Delete { existed: false })) => true,
             _ => false,
         }
     }

@@ -12,10 +12,14 @@
 pub mod check;
 pub mod history;
 pub mod model;
+pub mod nemesis;
+pub mod runner;
 pub mod search;
 pub mod shrink;
 #[cfg(test)]
 mod tests;
+pub mod workload;
 
 pub use check::{CheckLimits, KeyReport, KeyVerdict, check};
 pub use history::{Command, Cond, Op, Outcome, Response};
+pub use runner::{RunConfig, RunReport, run};

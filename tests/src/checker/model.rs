@@ -197,14 +197,13 @@ impl<'a> Model<'a> {
                 };
                 (!self.holds(s, *cond) && reported_ok).then_some(*s)
             }
-            (Command::Delete { cond }, Outcome::Ok(Response::Delete { existed: true })) => {
-                (self.holds(s, *cond) && s.current.is_some()).then_some(State {
+            // The nodes answer 204 to every applied delete, present key or not (DESIGN.md
+            // §5), so `existed` carries no information and is not checked.
+            (Command::Delete { cond }, Outcome::Ok(Response::Delete { .. })) => {
+                self.holds(s, *cond).then_some(State {
                     current: None,
                     floor: s.floor,
                 })
-            }
-            (Command::Delete { .. }, Outcome::Ok(Response::Delete { existed: false })) => {
-                s.current.is_none().then_some(*s)
             }
             (Command::Delete { cond }, Outcome::Indeterminate) => Some(if self.holds(s, *cond) {
                 State {

@@ -1,8 +1,6 @@
 //! Shrinking a non-linearizable history of one key to a small witness. Only steps that keep
-//! the witness honest are taken: removing observations (reads, 412s, deletes of absent
-//! keys) never makes a linearizable history non-linearizable, and neither does removing
-//! writes invoked after every remaining definite operation completed (they can only take
-//! effect after all of them). So the witness is non-linearizable on its own.
+//! the witness honest are taken: removing observations (reads and 412s) never makes a linearizable history non-linearizable, and neither does cutting the
+//! history at some time (see [`cut_at`]). So the witness is non-linearizable on its own.
 
 use super::history::{Nanos, Op, Outcome};
 use super::model::Bindings;
@@ -22,32 +20,67 @@ fn violates(ops: &[Op], bindings: &Bindings, budget: u64) -> bool {
     matches!(search(ops, bindings, budget), Verdict::Violation { .. })
 }
 
-/// Drops, from the end, writes invoked after every other definite operation completed:
-/// they can be linearized last, where nothing observes them.
-fn drop_late_writes(mut ops: Vec<Op>) -> Vec<Op> {
-    ops.sort_by_key(|o| (o.invoke, o.complete));
-    while let Some(last) = ops.last() {
-        let rest = &ops[..ops.len() - 1];
-        let finished: Nanos = rest
-            .iter()
-            .filter(|o| !matches!(o.outcome, Outcome::Indeterminate))
-            .map(|o| o.complete)
-            .max()
-            .unwrap_or(0);
-        if last.may_write() && last.invoke > finished {
-            ops.pop();
+/// Cuts the history at time `end`: drops every operation invoked after it and turns writes
+/// still running then into indeterminate ones. Sound for any `end`: in any linearization of
+/// the original, every definite operation that completed by `end` precedes the dropped
+/// writes, and the writes still running may be taken as never applied from the first
+/// dropped write on. So if the cut history is not linearizable, neither is the original.
+fn cut_at(ops: &[Op], end: Nanos) -> Vec<Op> {
+    ops.iter()
+        .filter(|o| o.invoke <= end)
+        .cloned()
+        .map(|mut o| {
+            if o.complete > end && o.may_write() {
+                o.outcome = Outcome::Indeterminate;
+            }
+            o
+        })
+        .collect()
+}
+
+/// Cuts the history right after its last observation.
+fn cut_after_last_observation(ops: Vec<Op>) -> Vec<Op> {
+    match ops
+        .iter()
+        .filter(|o| o.is_observation())
+        .map(|o| o.complete)
+        .max()
+    {
+        Some(end) => cut_at(&ops, end),
+        None => ops,
+    }
+}
+
+/// The shortest cut of `ops` that still violates (a violating cut stays violating when
+/// cut later, so binary search over completion times finds it).
+fn shortest_violating_cut(ops: &[Op], bindings: &Bindings, budget: u64) -> Vec<Op> {
+    let mut ends: Vec<Nanos> = ops
+        .iter()
+        .filter(|o| !matches!(o.outcome, Outcome::Indeterminate))
+        .map(|o| o.complete)
+        .collect();
+    ends.sort_unstable();
+    ends.dedup();
+    let (mut lo, mut hi) = (0usize, ends.len());
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if violates(&cut_at(ops, ends[mid]), bindings, budget) {
+            hi = mid;
         } else {
-            break;
+            lo = mid + 1;
         }
     }
-    ops
+    match ends.get(lo) {
+        Some(end) => cut_at(ops, *end),
+        None => ops.to_vec(),
+    }
 }
 
 /// A smaller history that still violates linearizability (delta debugging over the
 /// observations, then trimming late writes). `ops` must violate it.
 pub fn shrink(ops: &[Op], bindings: &Bindings, limits: ShrinkLimits) -> Vec<Op> {
     let start = Instant::now();
-    let mut kept: Vec<Op> = ops.to_vec();
+    let mut kept: Vec<Op> = shortest_violating_cut(ops, bindings, limits.budget);
     let mut chunk = kept
         .iter()
         .filter(|o| o.is_observation())
@@ -74,7 +107,7 @@ pub fn shrink(ops: &[Op], bindings: &Bindings, limits: ShrinkLimits) -> Vec<Op> 
                 .filter(|(i, _)| !drop.contains(i))
                 .map(|(_, o)| o.clone())
                 .collect();
-            let candidate = drop_late_writes(candidate);
+            let candidate = cut_after_last_observation(candidate);
             if violates(&candidate, bindings, limits.budget) {
                 kept = candidate;
                 removed_any = true;
@@ -86,7 +119,7 @@ pub fn shrink(ops: &[Op], bindings: &Bindings, limits: ShrinkLimits) -> Vec<Op> 
             chunk /= 2;
         }
     }
-    let trimmed = drop_late_writes(kept.clone());
+    let trimmed = cut_after_last_observation(kept.clone());
     if violates(&trimmed, bindings, limits.budget) {
         trimmed
     } else {
