@@ -268,6 +268,8 @@ type WriterResult = (Vec<(String, String)>, u64);
 pub struct WriteLoad {
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<WriterResult>>,
+    /// Acknowledged writes so far, over all writers (watched by [`WriteLoad::wait_for_acks`]).
+    acked: tokio::sync::watch::Sender<u64>,
 }
 
 /// What a load run achieved.
@@ -283,10 +285,12 @@ impl WriteLoad {
     /// Starts `writers` tasks writing `prefix-<writer>-<n>` keys as fast as acknowledged.
     pub fn start(client: &KvClient, prefix: &str, writers: usize) -> Self {
         let (stop, rx) = tokio::sync::watch::channel(false);
+        let (acked_count, _) = tokio::sync::watch::channel(0u64);
         let tasks = (0..writers)
             .map(|w| {
                 let client = client.clone();
                 let rx = rx.clone();
+                let acked_count = acked_count.clone();
                 let prefix = prefix.to_owned();
                 tokio::spawn(async move {
                     let mut acked = Vec::new();
@@ -300,7 +304,10 @@ impl WriteLoad {
                             .put(&key, value.clone().into_bytes(), Default::default())
                             .await
                         {
-                            Ok(_) => acked.push((key, value)),
+                            Ok(_) => {
+                                acked.push((key, value));
+                                acked_count.send_modify(|n| *n += 1);
+                            }
                             Err(_) => failed += 1,
                         }
                     }
@@ -308,7 +315,25 @@ impl WriteLoad {
                 })
             })
             .collect();
-        Self { stop, tasks }
+        Self {
+            stop,
+            tasks,
+            acked: acked_count,
+        }
+    }
+
+    /// Waits until `more` writes beyond those acknowledged now have been acknowledged
+    /// (the load is making progress), or fails after `timeout`.
+    pub async fn wait_for_acks(&self, more: u64, timeout: Duration) -> anyhow::Result<()> {
+        let mut rx = self.acked.subscribe();
+        let target = *rx.borrow() + more;
+        tokio::time::timeout(timeout, rx.wait_for(|n| *n >= target))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("fewer than {more} writes acknowledged within {timeout:?}")
+            })?
+            .map(|_| ())
+            .map_err(|_| anyhow::anyhow!("the writers stopped"))
     }
 
     /// Acknowledged writes so far are not visible until [`WriteLoad::stop`].
@@ -323,6 +348,33 @@ impl WriteLoad {
         }
         report
     }
+}
+
+/// Fails unless the load acknowledged more than `min_acked` writes and every one of them
+/// reads back with its value.
+pub async fn ensure_none_lost(
+    client: &KvClient,
+    report: &LoadReport,
+    min_acked: usize,
+) -> anyhow::Result<()> {
+    println!(
+        "{} writes acknowledged, {} failed (unacknowledged)",
+        report.acked.len(),
+        report.failed
+    );
+    anyhow::ensure!(
+        report.acked.len() > min_acked,
+        "too little load: {report:?}"
+    );
+    let lost = lost_writes(client, &report.acked).await;
+    anyhow::ensure!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost, e.g. {:?}",
+        lost.len(),
+        report.acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+    Ok(())
 }
 
 /// Reads back every acknowledged write; returns the keys that are missing or wrong.

@@ -126,6 +126,7 @@ fn chart_renders_operator_with_the_rights_it_needs() {
         "statefulsets",
         "poddisruptionbudgets",
         "secrets",
+        "nodes",
     ] {
         assert!(
             rules.contains(needed),

@@ -5,7 +5,7 @@
 
 use shardedstore_operator::coordinator::MoveState;
 use shardedstore_tests::local_harness::{
-    LocalOptions, LocalStore, WriteLoad, lost_writes, placement_violations,
+    LocalOptions, LocalStore, WriteLoad, ensure_none_lost, placement_violations,
 };
 use shardedstore_tests::node_harness::wait_until;
 use std::time::Duration;
@@ -20,7 +20,7 @@ async fn operator_killed_mid_move_resumes_and_loses_nothing() -> anyhow::Result<
     let mut store = LocalStore::start(options).await?;
     let client = store.client()?;
     let load = WriteLoad::start(&client, "restart", 4);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    load.wait_for_acks(50, Duration::from_secs(30)).await?;
 
     store.scale(5).await?;
     let version = wait_until(Duration::from_secs(60), "a move in flight", || async {
@@ -86,19 +86,6 @@ async fn operator_killed_mid_move_resumes_and_loses_nothing() -> anyhow::Result<
         .await?;
 
     let report = load.stop().await;
-    println!(
-        "{} writes acknowledged, {} failed (unacknowledged)",
-        report.acked.len(),
-        report.failed
-    );
-    anyhow::ensure!(report.acked.len() > 100, "too little load: {report:?}");
-    let lost = lost_writes(&client, &report.acked).await;
-    anyhow::ensure!(
-        lost.is_empty(),
-        "{} of {} acknowledged writes lost, e.g. {:?}",
-        lost.len(),
-        report.acked.len(),
-        &lost[..lost.len().min(5)]
-    );
+    ensure_none_lost(&client, &report, 100).await?;
     Ok(())
 }

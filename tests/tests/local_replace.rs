@@ -4,7 +4,7 @@
 
 use shardedstore_node::map::NodeState;
 use shardedstore_tests::local_harness::{
-    LocalOptions, LocalStore, WriteLoad, lost_writes, placement_violations,
+    LocalOptions, LocalStore, WriteLoad, ensure_none_lost, placement_violations,
 };
 use shardedstore_tests::node_harness::wait_until;
 use std::time::Duration;
@@ -21,7 +21,7 @@ async fn dead_node_is_replaced_after_replace_after_and_rejoins_when_back() -> an
     let store = LocalStore::start(options).await?;
     let client = store.client()?;
     let load = WriteLoad::start(&client, "replace", 4);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    load.wait_for_acks(50, Duration::from_secs(30)).await?;
 
     store.kill9_node("node-0").await?;
     wait_until(
@@ -58,19 +58,6 @@ async fn dead_node_is_replaced_after_replace_after_and_rejoins_when_back() -> an
     anyhow::ensure!(violations.is_empty(), "{violations:?}");
 
     let report = load.stop().await;
-    println!(
-        "{} writes acknowledged, {} failed (unacknowledged)",
-        report.acked.len(),
-        report.failed
-    );
-    anyhow::ensure!(report.acked.len() > 100, "too little load: {report:?}");
-    let lost = lost_writes(&client, &report.acked).await;
-    anyhow::ensure!(
-        lost.is_empty(),
-        "{} of {} acknowledged writes lost, e.g. {:?}",
-        lost.len(),
-        report.acked.len(),
-        &lost[..lost.len().min(5)]
-    );
+    ensure_none_lost(&client, &report, 100).await?;
     Ok(())
 }

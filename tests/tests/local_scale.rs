@@ -2,7 +2,7 @@
 //! (placement `check()` on the installed map) and every acknowledged write is intact.
 
 use shardedstore_tests::local_harness::{
-    LocalOptions, LocalStore, WriteLoad, lost_writes, placement_violations,
+    LocalOptions, LocalStore, WriteLoad, ensure_none_lost, placement_violations,
 };
 use std::time::Duration;
 
@@ -50,19 +50,6 @@ async fn scale_out_and_in_under_load_stays_balanced_and_keeps_every_write() -> a
     );
 
     let report = load.stop().await;
-    println!(
-        "{} writes acknowledged, {} failed (unacknowledged)",
-        report.acked.len(),
-        report.failed
-    );
-    anyhow::ensure!(report.acked.len() > 100, "too little load: {report:?}");
-    let lost = lost_writes(&client, &report.acked).await;
-    anyhow::ensure!(
-        lost.is_empty(),
-        "{} of {} acknowledged writes lost, e.g. {:?}",
-        lost.len(),
-        report.acked.len(),
-        &lost[..lost.len().min(5)]
-    );
+    ensure_none_lost(&client, &report, 100).await?;
     Ok(())
 }
