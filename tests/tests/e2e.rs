@@ -272,9 +272,10 @@ async fn e2e_3_acknowledged_writes_survive_pod_kills() -> anyhow::Result<()> {
         },
     )
     .await?;
+    let pod_back = started.elapsed();
     wait_settled(&f.cluster, f.ns(), 3).await?;
     eprintln!(
-        "force-deleted {victim}: settled again in {:.1?}",
+        "force-deleted {victim}: new pod Ready after {pod_back:.1?}, store settled after {:.1?}",
         started.elapsed()
     );
 

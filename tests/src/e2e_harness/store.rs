@@ -193,9 +193,11 @@ mod tests {
     use shardedstore_node::map::PartitionEntry;
     use shardedstore_operator::crd::{NodeStatus, PartitionSummary, ShardedStoreStatus};
 
-    fn settled(nodes: usize) -> ShardedStore {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn settled(nodes: i32) -> Result<ShardedStore, serde_yaml::Error> {
         let mut store: ShardedStore =
-            serde_yaml::from_str(&StoreManifest::small("s", 3).to_yaml()).unwrap();
+            serde_yaml::from_str(&StoreManifest::small("s", 3).to_yaml())?;
         store.metadata.generation = Some(2);
         let ready = k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
             type_: "Ready".to_owned(),
@@ -210,7 +212,7 @@ mod tests {
         store.status = Some(ShardedStoreStatus {
             observed_generation: Some(2),
             conditions: vec![ready],
-            ready_nodes: i32::try_from(nodes).unwrap(),
+            ready_nodes: nodes,
             partition_summary: PartitionSummary {
                 total: 32,
                 healthy: 32,
@@ -226,32 +228,34 @@ mod tests {
                 .collect(),
             ..Default::default()
         });
-        store
+        Ok(store)
     }
 
     #[test]
-    fn manifest_parses_as_a_store() {
+    fn manifest_parses_as_a_store() -> TestResult {
         let m = StoreManifest::small("demo", 3);
-        let store: ShardedStore = serde_yaml::from_str(&m.to_yaml()).unwrap();
+        let store: ShardedStore = serde_yaml::from_str(&m.to_yaml())?;
         assert_eq!(store.spec.nodes, 3);
         assert_eq!(store.spec.partitions, 32);
         assert_eq!(store.spec.replication_factor, 3);
+        Ok(())
     }
 
     #[test]
-    fn a_settled_store_has_no_problems() {
-        assert_eq!(store_problems(&settled(5), 5), Vec::<String>::new());
+    fn a_settled_store_has_no_problems() -> TestResult {
+        assert_eq!(store_problems(&settled(5)?, 5), Vec::<String>::new());
+        Ok(())
     }
 
     #[test]
-    fn each_unsettled_aspect_is_reported() {
+    fn each_unsettled_aspect_is_reported() -> TestResult {
         assert_eq!(
-            store_problems(&settled(3), 5).len(),
+            store_problems(&settled(3)?, 5).len(),
             2,
             "readyNodes and nodes"
         );
-        let mut s = settled(3);
-        let st = s.status.as_mut().unwrap();
+        let mut s = settled(3)?;
+        let st = s.status.as_mut().ok_or("no status")?;
         st.observed_generation = Some(1);
         st.conditions[0].status = "False".to_owned();
         st.partition_summary.healthy = 31;
@@ -272,6 +276,7 @@ mod tests {
         );
         s.status = None;
         assert_eq!(store_problems(&s, 3), vec!["no status yet".to_owned()]);
+        Ok(())
     }
 
     #[test]
