@@ -79,11 +79,10 @@ impl Op {
     /// Whether this operation only observed state (a successful read or a 412): removing it
     /// from a history can neither create nor hide a violation elsewhere.
     pub fn is_observation(&self) -> bool {
-        match (&self.command, &self.outcome) {
-            (Command::Get, Outcome::Ok(_)) => true,
-            (_, Outcome::PreconditionFailed { .. }) => true,
-            _ => false,
-        }
+        matches!(
+            (&self.command, &self.outcome),
+            (Command::Get, Outcome::Ok(_)) | (_, Outcome::PreconditionFailed { .. })
+        )
     }
 
     /// Whether the checker must account for it at all (failed operations and failed or

@@ -208,6 +208,12 @@ pub async fn inject(
         }
         Fault::Scale { nodes } => {
             store.scale(*nodes).await?;
+            // A restarted operator is given the largest size scaled to so far: local mode
+            // does not persist a scale request, and an operator restarted with fewer
+            // `--nodes` while a node is still draining (or not yet drained) takes that node
+            // for dead instead of draining it (see docs/fault-injection.md). The run's
+            // healing scales back in.
+            store.options.nodes = store.options.nodes.max(*nodes);
             Ok(format!("scale to {nodes} nodes"))
         }
     }

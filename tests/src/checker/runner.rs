@@ -234,13 +234,28 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<RunReport> {
 
     // Heal: the operator is running after every fault; undo scaling and wait for every
     // partition to be fully in sync on the original nodes.
-    if store.status().await.is_none() {
-        store.start_operator()?;
+    let healed = async {
+        if store.status().await.is_none() {
+            store.start_operator()?;
+        }
+        store.scale(cfg.nodes).await?;
+        store.options.nodes = cfg.nodes;
+        store
+            .wait_settled_at(Some(cfg.nodes as usize), Duration::from_secs(120))
+            .await
     }
-    store.scale(cfg.nodes).await?;
-    store
-        .wait_settled_at(Some(cfg.nodes as usize), Duration::from_secs(120))
-        .await?;
+    .await;
+    if let Err(e) = healed {
+        let list: Vec<String> = faults
+            .iter()
+            .map(|(at, f)| format!("{at} ms {f}"))
+            .collect();
+        anyhow::bail!(
+            "seed {}: the store did not heal after the faults [{}]: {e}",
+            cfg.seed,
+            list.join("; ")
+        );
+    }
     let reader = build_client(&addrs, Duration::from_secs(3))?;
     for key in &keys {
         let (ops, ok) = final_read(&reader, key, clock, Duration::from_secs(30)).await;
