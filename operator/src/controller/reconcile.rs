@@ -272,8 +272,13 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
     };
     let status = status::compute(&obs, &previous.conditions, &now);
     apply::patch_status(&ctx.client, store, &status).await?;
+    // The coordinator's progress (followers back in sync) reaches the status only through a
+    // reconcile, so keep polling while any partition is not yet healthy.
+    let all_healthy = status.partition_summary.healthy == status.partition_summary.total
+        && status.moves.is_empty();
     let settled = conditions::find(&status.conditions, READY).is_some_and(|c| c.status == "True")
-        && conditions::find(&status.conditions, PROGRESSING).is_some_and(|c| c.status == "False");
+        && conditions::find(&status.conditions, PROGRESSING).is_some_and(|c| c.status == "False")
+        && all_healthy;
     Ok(Action::requeue(if settled {
         REQUEUE_IDLE
     } else {
