@@ -437,11 +437,17 @@ fn misdirected(map: &PartitionMap) -> Answer {
 
 fn serve_error(e: ServeError) -> Answer {
     match e {
-        ServeError::PreconditionFailed => common::error(
-            StatusCode::PRECONDITION_FAILED,
-            "precondition_failed",
-            "the condition does not hold",
-        ),
+        ServeError::PreconditionFailed { current } => {
+            let mut r = common::error(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                "the condition does not hold",
+            );
+            if let Some(v) = current {
+                r.headers_mut().insert(VERSION_HEADER, HeaderValue::from(v));
+            }
+            r
+        }
         ServeError::Unavailable(reason) => {
             common::unavailable(reason, format!("partition unavailable: {reason}"))
         }

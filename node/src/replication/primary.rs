@@ -45,8 +45,9 @@ pub enum ServeError {
     NotPrimary { primary: Option<NodeId> },
     #[error("partition unavailable: {0}")]
     Unavailable(&'static str),
+    /// The condition does not hold against the committed state (`current`: the key's version).
     #[error("precondition failed")]
-    PreconditionFailed,
+    PreconditionFailed { current: Option<u64> },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -285,25 +286,53 @@ impl Replica {
         value: Option<Vec<u8>>,
         condition: Condition,
     ) -> Result<WriteOutcome, ServeError> {
-        let guard = self.write_lock.lock().await;
-        let pending_version = {
-            let st = self.lock();
-            self.serving_check(&st)?;
-            if st.entry.in_sync.len() < st.min_in_sync {
-                return Err(ServeError::Unavailable("below_min_in_sync"));
+        let timeout = self.ctx.config.write_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (guard, current) = loop {
+            let guard = self.write_lock.lock().await;
+            let (pending, term) = {
+                let st = self.lock();
+                let term = self.serving_check(&st)?;
+                if st.entry.in_sync.len() < st.min_in_sync {
+                    return Err(ServeError::Unavailable("below_min_in_sync"));
+                }
+                let pending = st
+                    .primary
+                    .as_ref()
+                    .and_then(|p| p.pending.get(&key).copied());
+                (pending, term)
+            };
+            // With no pending write of this key, the data table is current (writes are
+            // serialized).
+            let current = match pending {
+                Some((version, exists)) => exists.then_some(version),
+                None => self.ctx.store.get(self.partition, &key)?.map(|v| v.version),
+            };
+            // A condition that holds against a pending write may be decided on it: this
+            // write is appended after it and commits only if it does.
+            if condition.holds(current) {
+                break (guard, current);
             }
-            st.primary
-                .as_ref()
-                .and_then(|p| p.pending.get(&key).copied())
+            // A refusal must not reveal a write that may never commit: wait until the pending
+            // write of this key is applied (or this term ends), then decide again.
+            let Some((pending_seq, _)) = pending else {
+                return Err(ServeError::PreconditionFailed { current });
+            };
+            drop(guard);
+            let mut applied = self.applied_tx.subscribe();
+            tokio::select! {
+                r = applied.wait_for(|a| *a >= pending_seq) => {
+                    if r.is_err() {
+                        return Err(ServeError::Unavailable("shutting_down"));
+                    }
+                }
+                // Nothing of this write was appended: the serving check decides next round.
+                _ = term.cancelled() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(ServeError::Unavailable("pending_write_timeout"));
+                }
+            }
         };
-        // With no pending write of this key, the data table is current (writes are serialized).
-        let current = match pending_version {
-            Some((version, exists)) => exists.then_some(version),
-            None => self.ctx.store.get(self.partition, &key)?.map(|v| v.version),
-        };
-        if !condition.holds(current) {
-            return Err(ServeError::PreconditionFailed);
-        }
         let (seq, term, waiter) = {
             let mut st = self.lock();
             let term = self.serving_check(&st)?;
@@ -343,7 +372,6 @@ impl Replica {
         }
         self.advance_commit();
         let mut applied = self.applied_tx.subscribe();
-        let timeout = self.ctx.config.write_timeout;
         tokio::select! {
             r = applied.wait_for(|a| *a >= seq) => {
                 if r.is_err() {
@@ -357,7 +385,9 @@ impl Replica {
             return Err(ServeError::Unavailable("deposed"));
         }
         if !self.ctx.lease.valid() {
-            return Err(ServeError::Unavailable("lease_expired"));
+            // Unlike the serving check's `lease_expired`, the entry is appended and committed:
+            // the write took effect although it cannot be acknowledged.
+            return Err(ServeError::Unavailable("lease_expired_after_append"));
         }
         Ok(WriteOutcome {
             version: seq,

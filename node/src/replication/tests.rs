@@ -2,6 +2,7 @@
 //! epoch fencing, group-commit wake-ups, snapshot + tail install.
 
 use super::frame::{Append, SnapshotChunk, SnapshotEnd, Status};
+use super::primary::{Condition, ServeError};
 use super::replica::Replica;
 use crate::admin_api::LogPosition;
 use crate::context::{Ctx, ReplicationConfig};
@@ -364,4 +365,92 @@ async fn an_epoch_started_without_entries_does_not_mislabel_later_entries() {
     let history = r.lock().history.clone();
     assert_eq!(history.epoch_at(4), 2, "{history:?}");
     assert_eq!(history.epoch_at(3), 1);
+}
+
+fn primary_entry(in_sync: &[&str]) -> PartitionEntry {
+    PartitionEntry {
+        epoch: 2,
+        primary: Some("a".into()),
+        replicas: in_sync.iter().map(|n| (*n).into()).collect(),
+        in_sync: in_sync.iter().map(|n| (*n).into()).collect(),
+        learners: vec![],
+    }
+}
+
+#[tokio::test]
+async fn a_refused_condition_reports_the_committed_version() {
+    let f = plain("a");
+    f.ctx.lease.grant(Duration::from_secs(60));
+    let r = Arc::new(Replica::new(f.ctx.clone(), 0, PartitionDisk::default()));
+    r.apply_map(primary_entry(&["a"]), 1).await;
+    let w = r.write(b"k".to_vec(), Some(b"v".to_vec()), Condition::Always);
+    let version = w.await.unwrap_or_else(|e| panic!("{e}")).version;
+    let refused = r
+        .write(b"k".to_vec(), Some(b"w".to_vec()), Condition::IfAbsent)
+        .await;
+    assert!(
+        matches!(refused, Err(ServeError::PreconditionFailed { current: Some(v) }) if v == version),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_condition_failing_only_against_an_uncommitted_write_is_not_refused() {
+    let f = plain("a");
+    f.ctx.lease.grant(Duration::from_secs(60));
+    let r = Arc::new(Replica::new(f.ctx.clone(), 0, PartitionDisk::default()));
+    // "b" is in sync but never acknowledges: nothing commits.
+    r.apply_map(primary_entry(&["a", "b"]), 1).await;
+    let first = {
+        let r = r.clone();
+        tokio::spawn(async move {
+            r.write(b"k".to_vec(), Some(b"1".to_vec()), Condition::IfAbsent)
+                .await
+        })
+    };
+    let mut progress = r.progress_tx.subscribe();
+    let appended = tokio::time::timeout(
+        Duration::from_secs(10),
+        progress.wait_for(|_| {
+            r.lock()
+                .primary
+                .as_ref()
+                .is_some_and(|p| !p.pending.is_empty())
+        }),
+    )
+    .await;
+    assert!(appended.is_ok(), "the first write was never appended");
+    let mut second = {
+        let r = r.clone();
+        tokio::spawn(async move {
+            r.write(b"k".to_vec(), Some(b"2".to_vec()), Condition::IfAbsent)
+                .await
+        })
+    };
+    // Refusing now would reveal a write that may never commit: the second write must wait.
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut second).await;
+    assert!(
+        early.is_err(),
+        "answered on an uncommitted write: {early:?}"
+    );
+    // The first write never commits: a higher epoch deposes this primary.
+    let reply = r
+        .handle_append(append(3, pos(0, 0), None, 0, vec![]))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reply.epoch, 3);
+    assert!(
+        r.lock().primary.is_none(),
+        "a higher epoch deposes the primary"
+    );
+    let first = tokio::time::timeout(Duration::from_secs(10), first).await;
+    assert!(
+        matches!(first, Ok(Ok(Err(ServeError::Unavailable("deposed"))))),
+        "{first:?}"
+    );
+    let second = tokio::time::timeout(Duration::from_secs(10), second).await;
+    assert!(
+        matches!(second, Ok(Ok(Err(ServeError::NotPrimary { .. })))),
+        "{second:?}"
+    );
 }
