@@ -71,6 +71,17 @@ impl Fixture {
 
 /// Waits until the store is settled at `nodes` (see `store_problems`); returns the store.
 async fn wait_settled(cluster: &Cluster, ns: &str, nodes: u32) -> Result<ShardedStore, E2eError> {
+    wait_settled_after(cluster, ns, nodes, 0).await
+}
+
+/// [`wait_settled`] at a partition map newer than `map_version`: the operator has reacted to
+/// what the test did (a settled status from before the fault does not count).
+async fn wait_settled_after(
+    cluster: &Cluster,
+    ns: &str,
+    nodes: u32,
+    map_version: i64,
+) -> Result<ShardedStore, E2eError> {
     let nodes = usize::try_from(nodes).unwrap_or(usize::MAX);
     wait_for(
         &format!("store {ns}/{STORE} to settle at {nodes} nodes"),
@@ -80,7 +91,11 @@ async fn wait_settled(cluster: &Cluster, ns: &str, nodes: u32) -> Result<Sharded
             let store: ShardedStore = cluster
                 .get(&["sst", STORE, "-n", ns])
                 .map_err(|e| e.to_string())?;
-            let problems = store_problems(&store, nodes);
+            let mut problems = store_problems(&store, nodes);
+            let version = store.status.as_ref().map_or(0, |s| s.map_version);
+            if version <= map_version {
+                problems.push(format!("map version {version}, not yet past {map_version}"));
+            }
             if problems.is_empty() {
                 Ok(store)
             } else {
@@ -144,6 +159,10 @@ fn pod_ready(pod: &Pod) -> bool {
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn map_version(store: &ShardedStore) -> i64 {
+    store.status.as_ref().map_or(0, |s| s.map_version)
 }
 
 fn uid(pod: &Pod) -> String {
@@ -247,6 +266,7 @@ async fn e2e_3_acknowledged_writes_survive_pod_kills() -> anyhow::Result<()> {
     // 1. Force-delete a pod: the operator sees it gone and fails its primaries over.
     let victim = format!("{STORE}-0");
     let old = f.cluster.get::<Pod>(&["pod", &victim, "-n", f.ns()])?;
+    let version = map_version(&f.store()?);
     let started = Instant::now();
     f.cluster.kubectl(&[
         "delete",
@@ -273,7 +293,7 @@ async fn e2e_3_acknowledged_writes_survive_pod_kills() -> anyhow::Result<()> {
     )
     .await?;
     let pod_back = started.elapsed();
-    wait_settled(&f.cluster, f.ns(), 3).await?;
+    wait_settled_after(&f.cluster, f.ns(), 3, version).await?;
     eprintln!(
         "force-deleted {victim}: new pod Ready after {pod_back:.1?}, store settled after {:.1?}",
         started.elapsed()
@@ -284,6 +304,7 @@ async fn e2e_3_acknowledged_writes_survive_pod_kills() -> anyhow::Result<()> {
         let victim = format!("{STORE}-1");
         let pod: Pod = f.cluster.get(&["pod", &victim, "-n", f.ns()])?;
         let restarts = restart_count(&pod);
+        let version = map_version(&f.store()?);
         let started = Instant::now();
         let pid = kill9_node_process(&runtime, &pod)?;
         wait_for(
@@ -301,7 +322,7 @@ async fn e2e_3_acknowledged_writes_survive_pod_kills() -> anyhow::Result<()> {
             },
         )
         .await?;
-        wait_settled(&f.cluster, f.ns(), 3).await?;
+        wait_settled_after(&f.cluster, f.ns(), 3, version).await?;
         eprintln!(
             "kill -9 of pid {pid} in {victim}: settled again in {:.1?}",
             started.elapsed()
