@@ -5,7 +5,7 @@
 use super::history::Op;
 use super::model::{Anomaly, Bindings};
 use super::search::{Verdict, search};
-use super::shrink::{ShrinkLimits, shrink};
+use super::shrink::{ShrinkLimits, earliest_unproven_cut, shrink};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -39,9 +39,11 @@ pub enum KeyVerdict {
         witness: Vec<Op>,
         blocking: Box<Op>,
     },
-    /// The search ran out of budget.
+    /// The search ran out of budget; `from` (ns into the run) is about where the history
+    /// becomes too hard to search (the earliest cut not proven linearizable).
     Unknown {
         steps: u64,
+        from: u64,
     },
 }
 
@@ -74,7 +76,27 @@ pub fn check_key(key: &str, ops: &[Op], limits: CheckLimits) -> KeyReport {
         Err(a) => KeyVerdict::Anomaly(a),
         Ok(bindings) => match search(&relevant, &bindings, limits.budget) {
             Verdict::Linearizable => KeyVerdict::Linearizable,
-            Verdict::Unknown { steps } => KeyVerdict::Unknown { steps },
+            Verdict::Unknown { steps } => {
+                // Too hard as a whole: a cut that violates still proves a violation.
+                match earliest_unproven_cut(&relevant, &bindings, limits.budget / 4) {
+                    (cut, Verdict::Violation { blocking, .. }) => {
+                        let blocking = Box::new(cut[blocking].clone());
+                        let witness = shrink(
+                            &cut,
+                            &bindings,
+                            ShrinkLimits {
+                                budget: limits.budget,
+                                time: limits.shrink_time,
+                            },
+                        );
+                        KeyVerdict::Violation { witness, blocking }
+                    }
+                    (cut, _) => KeyVerdict::Unknown {
+                        steps,
+                        from: cut.iter().map(|o| o.invoke).max().unwrap_or(0),
+                    },
+                }
+            }
             Verdict::Violation { blocking, .. } => {
                 let blocking = Box::new(relevant[blocking].clone());
                 let witness = shrink(

@@ -121,10 +121,12 @@ impl RunReport {
                 KeyVerdict::Linearizable => {
                     writeln!(s, "  key {}: linearizable ({} ops)", k.key, k.relevant)
                 }
-                KeyVerdict::Unknown { steps } => writeln!(
+                KeyVerdict::Unknown { steps, from } => writeln!(
                     s,
-                    "  key {}: UNKNOWN, search budget exhausted after {steps} steps",
-                    k.key
+                    "  key {}: UNKNOWN (seed {}), search budget exhausted after {steps} steps; hard from about {} ms",
+                    k.key,
+                    self.seed,
+                    from / 1_000_000
                 ),
                 KeyVerdict::Anomaly(a) => {
                     writeln!(s, "  key {}: ANOMALY (seed {}): {a}", k.key, self.seed)

@@ -76,6 +76,34 @@ fn shortest_violating_cut(ops: &[Op], bindings: &Bindings, budget: u64) -> Vec<O
     }
 }
 
+/// The earliest cut of `ops` (by completion time) the search cannot prove linearizable
+/// within `budget`, and its verdict. Used when the whole history is too hard to search:
+/// a violating cut proves the whole history violates; an unknown cut at least locates where
+/// the search gets hard.
+pub fn earliest_unproven_cut(ops: &[Op], bindings: &Bindings, budget: u64) -> (Vec<Op>, Verdict) {
+    let mut ends: Vec<Nanos> = ops
+        .iter()
+        .filter(|o| !matches!(o.outcome, Outcome::Indeterminate))
+        .map(|o| o.complete)
+        .collect();
+    ends.sort_unstable();
+    ends.dedup();
+    let (mut lo, mut hi) = (0usize, ends.len());
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if search(&cut_at(ops, ends[mid]), bindings, budget) == Verdict::Linearizable {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    let cut = ends
+        .get(lo)
+        .map_or_else(|| ops.to_vec(), |end| cut_at(ops, *end));
+    let verdict = search(&cut, bindings, budget);
+    (cut, verdict)
+}
+
 /// A smaller history that still violates linearizability (delta debugging over the
 /// observations, then trimming late writes). `ops` must violate it.
 pub fn shrink(ops: &[Op], bindings: &Bindings, limits: ShrinkLimits) -> Vec<Op> {

@@ -27,10 +27,21 @@ pub fn key_name(i: usize) -> String {
     format!("fault-key-{i}")
 }
 
+/// 503 codes the nodes send only before appending anything (primary.rs `serving_check`
+/// and the `minInSync` check, and the forwarding node): such a write was not applied. Every
+/// other 503 (`deposed`, `commit_timeout`, `lease_expired`, ...) may come after the append.
+const REFUSED_BEFORE_APPEND: &[&str] = &[
+    "handing_off",
+    "primary_not_ready",
+    "below_min_in_sync",
+    "not_primary",
+    "no_primary",
+];
+
 /// What a failed request proves about its effect. Only a request never sent, a 421 or a
-/// 4xx proves a write was not applied; a 503 can come after the primary appended the entry
-/// (`deposed`, `commit_timeout`, `lease_expired` after the append), so like a timeout or a
-/// broken connection it leaves the write indeterminate.
+/// 4xx, or a 503 refused before the append ([`REFUSED_BEFORE_APPEND`]), proves a write was
+/// not applied; any other 503 can come after the primary appended the entry, so like a
+/// timeout or a broken connection it leaves the write indeterminate.
 pub fn classify(command: &Command, err: &KvError) -> Outcome {
     let write = !matches!(command, Command::Get);
     match err {
@@ -41,6 +52,11 @@ pub fn classify(command: &Command, err: &KvError) -> Outcome {
         },
         KvError::Indeterminate { .. } if write => Outcome::Indeterminate,
         KvError::Unavailable { last, .. } if write => match last {
+            AttemptError::Unavailable { code, .. }
+                if REFUSED_BEFORE_APPEND.contains(&code.as_str()) =>
+            {
+                Outcome::Failed
+            }
             AttemptError::Unavailable { .. }
             | AttemptError::Timeout { .. }
             | AttemptError::Interrupted { .. } => Outcome::Indeterminate,
@@ -250,6 +266,13 @@ mod tests {
             retry_after: None,
         });
         assert_eq!(classify(&put(), &e503), Outcome::Indeterminate);
+        let refused = unavailable(AttemptError::Unavailable {
+            addr: "a".into(),
+            code: "below_min_in_sync".into(),
+            message: "m".into(),
+            retry_after: None,
+        });
+        assert_eq!(classify(&put(), &refused), Outcome::Failed);
         assert_eq!(classify(&Command::Get, &e503), Outcome::Failed);
         let e421 = unavailable(AttemptError::Misdirected {
             addr: "a".into(),
