@@ -30,7 +30,9 @@ pub enum AttemptError {
         #[source]
         source: reqwest::Error,
     },
-    /// 503: the partition has no primary able to serve, or fewer than `minInSync` replicas.
+    /// 503: the partition has no primary able to serve, or fewer than `minInSync` replicas —
+    /// or, for the codes of [`unavailable_after_append`], the write was appended and its
+    /// outcome is unknown.
     #[error("{addr} answered 503 {code}: {message}")]
     Unavailable {
         addr: String,
@@ -65,8 +67,29 @@ pub enum AttemptError {
 impl AttemptError {
     /// True when the request may have reached the node and been applied.
     pub fn is_ambiguous(&self) -> bool {
-        matches!(self, Self::Timeout { .. } | Self::Interrupted { .. })
+        match self {
+            Self::Timeout { .. } | Self::Interrupted { .. } => true,
+            Self::Unavailable { code, .. } => unavailable_after_append(code),
+            _ => false,
+        }
     }
+}
+
+/// Whether a 503 code may follow the append of the write, which can then still commit (under
+/// this primary or the next one). The other codes (`no_map`, `no_primary`, `lease_expired`,
+/// `below_min_in_sync`, `primary_not_ready`, `handing_off`, `pending_write_timeout`) are
+/// answered before anything is appended. `forward_failed` and `internal` are counted as
+/// ambiguous because the forwarded request or the detached write may have run.
+pub fn unavailable_after_append(code: &str) -> bool {
+    matches!(
+        code,
+        "deposed"
+            | "commit_timeout"
+            | "lease_expired_after_append"
+            | "shutting_down"
+            | "forward_failed"
+            | "internal"
+    )
 }
 
 /// Why fetching the map from one address failed.

@@ -7,9 +7,12 @@ use std::time::Duration;
 /// How the client retries one operation.
 ///
 /// Idempotency. Reads are always safe to repeat. A failure before the request was sent
-/// (connection refused), a 421 or a 503 means the node did not apply the operation, so
-/// every operation is retried after them. A timeout or a connection broken mid-request is
-/// *ambiguous* for a write: the node may have applied it. An unconditional put or delete is
+/// (connection refused), a 421 or a 503 answered before the append (`below_min_in_sync`,
+/// `lease_expired`, …) means the node did not apply the operation, so every operation is
+/// retried after them. A timeout, a connection broken mid-request or a 503 answered after
+/// the append (`deposed`, `commit_timeout`, `lease_expired_after_append`, see
+/// [`super::error::unavailable_after_append`]) is *ambiguous* for a write: it may have been
+/// applied. An unconditional put or delete is
 /// retried anyway when [`RetryPolicy::retry_ambiguous_writes`] is set (the default): applying
 /// it twice leaves the same value, at a higher version. A conditional write retried after
 /// its first attempt was applied finds the version moved on and surfaces
@@ -218,6 +221,54 @@ mod tests {
             ),
             Decision::GiveUp
         );
+    }
+
+    fn unavailable_code(code: &str) -> AttemptError {
+        AttemptError::Unavailable {
+            addr: "n".into(),
+            code: code.into(),
+            message: "m".into(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn only_503s_answered_after_the_append_are_ambiguous() {
+        for code in [
+            "deposed",
+            "commit_timeout",
+            "lease_expired_after_append",
+            "shutting_down",
+            "forward_failed",
+        ] {
+            assert!(unavailable_code(code).is_ambiguous(), "{code}");
+        }
+        for code in [
+            "below_min_in_sync",
+            "handing_off",
+            "primary_not_ready",
+            "no_primary",
+            "no_map",
+            "lease_expired",
+            "pending_write_timeout",
+            "not_primary",
+        ] {
+            assert!(!unavailable_code(code).is_ambiguous(), "{code}");
+        }
+        // Without ambiguous retries, a write stops at once after a post-append 503 ...
+        let strict = RetryPolicy {
+            retry_ambiguous_writes: false,
+            ..RetryPolicy::default()
+        };
+        let after = unavailable_code("deposed");
+        let d = decide(&strict, OpKind::Write, &after, 1, Duration::ZERO, 0.0);
+        assert_eq!(d, Decision::GiveUp);
+        // ... but still retries a pre-append one, and reads retry either.
+        let before = unavailable_code("below_min_in_sync");
+        let d = decide(&strict, OpKind::Write, &before, 1, Duration::ZERO, 0.0);
+        assert!(matches!(d, Decision::Retry { .. }));
+        let d = decide(&strict, OpKind::Read, &after, 1, Duration::ZERO, 0.0);
+        assert!(matches!(d, Decision::Retry { .. }));
     }
 
     #[test]

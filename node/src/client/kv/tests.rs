@@ -544,6 +544,35 @@ async fn a_write_timing_out_without_retries_is_indeterminate() {
 }
 
 #[tokio::test]
+async fn a_write_refused_after_its_append_ends_indeterminate_not_unavailable() {
+    let c = Arc::new(Cluster::default());
+    let (addrs, _servers) = start(&c, 1, true).await;
+    c.set_map(map_over(&addrs, 1, 1, |_| 0));
+    // First attempt: appended, then the primary is deposed; every retry is refused before
+    // the append. The first attempt may still commit, so the outcome is unknown.
+    c.fault("node-0", Fault::Status(503, "deposed", None));
+    for _ in 0..1000 {
+        c.fault("node-0", Fault::Status(503, "below_min_in_sync", None));
+    }
+    let kv = client(&addrs, fast_policy(300));
+    let err = kv.put("k", "v", Condition::Always).await;
+    assert!(
+        matches!(&err, Err(KvError::Indeterminate { attempts, .. }) if *attempts > 1),
+        "{err:?}"
+    );
+    // Only pre-append refusals: nothing was applied.
+    let c = Arc::new(Cluster::default());
+    let (addrs, _servers) = start(&c, 1, true).await;
+    c.set_map(map_over(&addrs, 1, 1, |_| 0));
+    for _ in 0..1000 {
+        c.fault("node-0", Fault::Status(503, "lease_expired", None));
+    }
+    let kv = client(&addrs, fast_policy(300));
+    let err = kv.put("k", "v", Condition::Always).await;
+    assert!(matches!(err, Err(KvError::Unavailable { .. })), "{err:?}");
+}
+
+#[tokio::test]
 async fn a_read_timing_out_is_retried() {
     let c = Arc::new(Cluster::default());
     let (addrs, _servers) = start(&c, 1, true).await;
