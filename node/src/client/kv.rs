@@ -234,8 +234,12 @@ impl KvClient {
         })
     }
 
-    /// Delete `key` (`Condition::IfVersion` makes it conditional). `Ok(false)` when the key
-    /// was absent — which a retried delete whose first attempt was applied also reports.
+    /// Delete `key` (`Condition::IfVersion` / `Condition::IfExists` make it conditional).
+    /// `Ok(true)` once the delete is applied. The node answers 204 whether or not the key
+    /// existed (DESIGN.md §5), so `true` does not say the key was there; `Ok(false)` comes
+    /// only from a 404, which nodes do not send to a delete. To learn whether the key
+    /// existed, delete with `Condition::IfExists`: 412 when it was absent (or, after a retry
+    /// whose first attempt was applied, already deleted).
     pub async fn delete(
         &self,
         key: impl AsRef<[u8]>,

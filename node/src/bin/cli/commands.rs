@@ -115,9 +115,10 @@ pub async fn delete(
     verbose: bool,
 ) -> Result<(), CliError> {
     let condition = if_match.map_or(Condition::Always, Condition::IfVersion);
-    let existed = kv.delete(key, condition).await?;
+    // The node answers 204 whether or not the key existed: nothing more to report.
+    kv.delete(key, condition).await?;
     if verbose {
-        eprintln!("{}", if existed { "deleted" } else { "was absent" });
+        eprintln!("deleted");
     }
     Ok(())
 }

@@ -197,7 +197,7 @@ async fn handle(
             };
             with_version(status, v, Bytes::new())
         }
-        Method::DELETE if current.is_none() => error(404, "not_found", None),
+        // Like the node: 204 whether or not the key existed.
         Method::DELETE if !precondition_ok => error(412, "precondition_failed", None),
         Method::DELETE => {
             store.remove(&key);
@@ -342,7 +342,14 @@ async fn put_get_delete_round_trip_with_versions_and_conditions() {
     assert!(ok(kv
         .delete(key, Condition::IfVersion(second.version))
         .await));
-    assert!(!ok(kv.delete(key, Condition::Always).await));
+    // An absent key: an unconditional delete is applied (204) all the same; only a
+    // conditional one tells that the key was not there.
+    assert!(ok(kv.delete(key, Condition::Always).await));
+    let err = kv.delete(key, Condition::IfExists).await;
+    assert!(
+        matches!(err, Err(KvError::PreconditionFailed { .. })),
+        "{err:?}"
+    );
     assert_eq!(ok(kv.get(key).await), None);
 }
 
