@@ -458,3 +458,22 @@ fn serve_error(e: ServeError) -> Answer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_carries_the_current_version_when_the_key_exists() {
+        let r = serve_error(ServeError::PreconditionFailed { current: Some(7) });
+        assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
+        let version = r
+            .headers()
+            .get(VERSION_HEADER)
+            .and_then(|v| v.to_str().ok());
+        assert_eq!(version, Some("7"));
+        let r = serve_error(ServeError::PreconditionFailed { current: None });
+        assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
+        assert!(r.headers().get(VERSION_HEADER).is_none());
+    }
+}
