@@ -29,8 +29,7 @@ crds:
 
 ## Benchmarks print figures; they never fail on timing.
 bench: release
-	./target/release/shardedstore-operator bench-placement
-	./target/release/shardedstore bench --help >/dev/null
+	bash hack/bench.sh
 
 ## A real Kubernetes built from pinned upstream sources (see docs/local-kubernetes.md).
 k8s-bins:
