@@ -31,7 +31,7 @@ pub struct RunConfig {
 
 impl RunConfig {
     /// The defaults of the test suite: 3 nodes (scaling to 4), 16 partitions, RF 3,
-    /// 4 clients over 5 keys for 20 s, blind writes only.
+    /// 4 clients over 5 keys for 20 s, blind and conditional writes.
     pub fn for_seed(seed: u64) -> Self {
         Self {
             seed,
@@ -44,7 +44,7 @@ impl RunConfig {
                 clients: 4,
                 keys: 5,
                 request_timeout: Duration::from_millis(1500),
-                conditional: false,
+                conditional: true,
             },
             duration: Duration::from_secs(20),
             faults: true,

@@ -17,8 +17,8 @@ pub struct WorkloadConfig {
     pub keys: usize,
     /// Timeout of one request: a write that runs into it is indeterminate.
     pub request_timeout: Duration,
-    /// Also send conditional writes (`If-Match`, `If-None-Match`); without them every
-    /// write is blind (see docs/fault-injection.md for why the suite runs without them).
+    /// Also send conditional writes (`If-Match`, `If-None-Match`, conditional deletes);
+    /// without them every write is blind.
     pub conditional: bool,
 }
 
