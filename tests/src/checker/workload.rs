@@ -27,13 +27,17 @@ pub fn key_name(i: usize) -> String {
     format!("fault-key-{i}")
 }
 
-/// 503 codes the nodes send only before appending anything (primary.rs `serving_check`
-/// and the `minInSync` check, and the forwarding node): such a write was not applied. Every
-/// other 503 (`deposed`, `commit_timeout`, `lease_expired`, ...) may come after the append.
+/// 503 codes the nodes send only before appending anything (primary.rs: the serving check,
+/// the `minInSync` check, waiting out a pending write; the forwarding node): such a write
+/// was not applied. Every other 503 (`deposed`, `commit_timeout`, `shutting_down`,
+/// `lease_expired_after_append`, ...) may come after the append. (Before 163ede0 the nodes
+/// also sent `lease_expired` after the append.)
 const REFUSED_BEFORE_APPEND: &[&str] = &[
     "handing_off",
+    "lease_expired",
     "primary_not_ready",
     "below_min_in_sync",
+    "pending_write_timeout",
     "not_primary",
     "no_primary",
 ];
