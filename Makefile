@@ -1,7 +1,7 @@
 # Entry points named in README.md. Every target works on a fresh clone.
 CARGO ?= cargo
 
-.PHONY: demo build release test lint crds bench k8s-bins control-plane-test cluster-up cluster-down images smoke e2e
+.PHONY: demo build release test lint crds bench fault k8s-bins control-plane-test cluster-up cluster-down images smoke e2e
 
 ## Run it: a 3-node store on 127.0.0.1 (client API of node i on port 7000+i), Ctrl-C stops it.
 demo: build
@@ -30,6 +30,10 @@ crds:
 ## Benchmarks print figures; they never fail on timing.
 bench: release
 	bash hack/bench.sh
+
+## Fault injection over many seeds (SHARDEDSTORE_FAULT_SEEDS, default 20; SHARDEDSTORE_FAULT_SEED=<n> to start at / replay a seed).
+fault: build
+	$(CARGO) test -p shardedstore-tests --test fault_injection many_seeds -- --ignored --nocapture
 
 ## A real Kubernetes built from pinned upstream sources (see docs/local-kubernetes.md).
 k8s-bins:

@@ -7,7 +7,7 @@
 pub mod control;
 pub mod supervisor;
 
-use crate::coordinator::{CoordinatorHandle, FileMapStore, Settings, StoreIdentity};
+use crate::coordinator::{CoordinatorHandle, FileMapStore, MapStore, Settings, StoreIdentity};
 use shardedstore_node::client::AdminClient;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -210,6 +210,14 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         Duration::from_millis(args.restart_delay_ms),
     );
     supervisor.scale(args.nodes);
+    // A restart during a drain (or with fewer --nodes than before) must keep draining the
+    // nodes beyond the count that still hold replicas, not take them for dead.
+    if let Ok(Some((map, _))) = map_store.load().await {
+        for ordinal in Supervisor::holding_beyond(&map, args.nodes) {
+            tracing::info!(node = %Supervisor::node_id(ordinal), "still holds replicas: draining it");
+            supervisor.keep_for_drain(ordinal);
+        }
+    }
     supervisor.reconcile();
     let coordinator = CoordinatorHandle::spawn(
         StoreIdentity {

@@ -89,6 +89,28 @@ impl Supervisor {
         self.desired = nodes;
     }
 
+    /// Runs (or adopts) node `ordinal` although it is beyond the desired count, because the
+    /// stored map still gives it replicas: it must be drained, not taken for dead.
+    pub fn keep_for_drain(&mut self, ordinal: u32) {
+        if !self.slots.contains_key(&ordinal) {
+            let slot = self.start(ordinal);
+            self.slots.insert(ordinal, slot);
+        }
+    }
+
+    /// Ordinals of nodes at or beyond `desired` that the stored `map` still gives a replica
+    /// or learner of some partition (an operator restarted during a drain finds these).
+    pub fn holding_beyond(map: &shardedstore_node::map::PartitionMap, desired: u32) -> Vec<u32> {
+        let ordinals: BTreeSet<u32> = map
+            .partitions
+            .iter()
+            .flat_map(|p| p.members())
+            .filter_map(|id| id.strip_prefix("node-")?.parse::<u32>().ok())
+            .filter(|&o| o >= desired)
+            .collect();
+        ordinals.into_iter().collect()
+    }
+
     /// Stops and forgets drained nodes that hold nothing any more (StatefulSet shrink).
     pub fn retire(&mut self, empty: &[String]) {
         let empty: BTreeSet<&String> = empty.iter().collect();
@@ -339,4 +361,32 @@ fn port_open(addr: &str) -> bool {
         .ok()
         .and_then(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_millis(200)).ok())
         .is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Supervisor;
+    use shardedstore_node::map::{PartitionEntry, PartitionMap};
+
+    #[test]
+    fn nodes_beyond_the_count_that_still_hold_replicas_are_kept_for_draining() {
+        let mut map = PartitionMap::empty("local", 2, 2, 1);
+        map.partitions[0] = PartitionEntry {
+            epoch: 1,
+            primary: Some("node-0".into()),
+            replicas: vec!["node-0".into(), "node-3".into()],
+            in_sync: vec!["node-0".into(), "node-3".into()],
+            learners: vec!["node-1".into()],
+        };
+        map.partitions[1] = PartitionEntry {
+            epoch: 1,
+            primary: Some("node-1".into()),
+            replicas: vec!["node-1".into(), "node-2".into()],
+            in_sync: vec!["node-1".into()],
+            learners: vec!["node-4".into()],
+        };
+        assert_eq!(Supervisor::holding_beyond(&map, 3), vec![3, 4]);
+        assert_eq!(Supervisor::holding_beyond(&map, 5), Vec::<u32>::new());
+        assert_eq!(Supervisor::holding_beyond(&map, 2), vec![2, 3, 4]);
+    }
 }
