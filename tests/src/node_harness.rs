@@ -15,7 +15,9 @@
 //! cluster.wait_healthy().await?;
 //! let map = cluster.map_round_robin(8, 3, 2);
 //! cluster.install(&map).await?;
-//! let _beats = cluster.heartbeat_in_background(std::time::Duration::from_secs(3));
+//! let _beats = cluster
+//!     .heartbeat_in_background(std::time::Duration::from_secs(3))
+//!     .await?;
 //! # Ok(()) }
 //! ```
 
@@ -350,8 +352,10 @@ impl Cluster {
 
     /// Heartbeats every node (by peer address, as of now) every `lease / 4` until the
     /// guard is dropped. Nodes in [`Cluster::heartbeat_skip`] are left out; unreachable
-    /// nodes are ignored.
-    pub fn heartbeat_in_background(&self, lease: Duration) -> TaskGuard {
+    /// nodes are ignored. The first round is sent before this returns, so every running
+    /// node holds a lease when the caller starts writing.
+    pub async fn heartbeat_in_background(&self, lease: Duration) -> anyhow::Result<TaskGuard> {
+        self.heartbeat_all(lease).await?;
         let targets: Vec<(String, String)> = self
             .nodes
             .iter()
@@ -360,7 +364,7 @@ impl Cluster {
         let admin = self.admin.clone();
         let skip = self.heartbeat_skip.clone();
         let store = self.options.store.clone();
-        TaskGuard(tokio::spawn(async move {
+        Ok(TaskGuard(tokio::spawn(async move {
             loop {
                 let skipped = skip.lock().map(|s| s.clone()).unwrap_or_default();
                 for (id, addr) in &targets {
@@ -376,7 +380,7 @@ impl Cluster {
                 }
                 tokio::time::sleep(lease / 4).await;
             }
-        }))
+        })))
     }
 
     /// `PUT` through node `via`'s client port; returns the status and `x-version`.

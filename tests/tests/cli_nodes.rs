@@ -53,7 +53,10 @@ impl Store {
             .install(&map)
             .await
             .unwrap_or_else(|e| panic!("installing the map: {e}"));
-        let heartbeats = cluster.heartbeat_in_background(Duration::from_secs(4));
+        let heartbeats = cluster
+            .heartbeat_in_background(Duration::from_secs(4))
+            .await
+            .unwrap_or_else(|e| panic!("first heartbeat: {e}"));
         let store = Store {
             cluster,
             map,

@@ -206,7 +206,9 @@ async fn forwarding_is_one_hop_and_local_reads_report_staleness() -> anyhow::Res
     let mut map = cluster.map_round_robin(1, 2, 2);
     map.partitions[0].primary = Some("node-0".into());
     cluster.install(&map).await?;
-    let _beats = cluster.heartbeat_in_background(Duration::from_secs(4));
+    let _beats = cluster
+        .heartbeat_in_background(Duration::from_secs(4))
+        .await?;
 
     // A write through the follower is forwarded to the primary.
     let (status, version) = cluster.put(1, "k", b"v".to_vec()).await?;

@@ -18,7 +18,9 @@ async fn failover_after_kill9_keeps_every_acknowledged_write() -> anyhow::Result
     cluster.wait_healthy().await?;
     let map = cluster.map_round_robin(6, 3, 2);
     cluster.install(&map).await?;
-    let _beats = cluster.heartbeat_in_background(Duration::from_secs(4));
+    let _beats = cluster
+        .heartbeat_in_background(Duration::from_secs(4))
+        .await?;
 
     let acked: Acked = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));

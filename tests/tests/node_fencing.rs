@@ -24,7 +24,9 @@ async fn deposed_primary_cannot_complete_a_write() -> anyhow::Result<()> {
     let mut map = cluster.map_round_robin(1, 3, 2);
     map.partitions[0].primary = Some("node-0".into());
     cluster.install(&map).await?;
-    let _beats = cluster.heartbeat_in_background(Duration::from_secs(8));
+    let _beats = cluster
+        .heartbeat_in_background(Duration::from_secs(8))
+        .await?;
 
     let before = key_in(0, 1, "before");
     let (status, version) = cluster.put(0, &before, b"old-epoch".to_vec()).await?;

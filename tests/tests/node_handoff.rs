@@ -15,7 +15,9 @@ async fn handoff_moves_the_primary_without_losing_writes() -> anyhow::Result<()>
     map.partitions[0].replicas = vec!["node-0".into(), "node-1".into()];
     map.partitions[0].in_sync = map.partitions[0].replicas.clone();
     cluster.install(&map).await?;
-    let _beats = cluster.heartbeat_in_background(Duration::from_secs(4));
+    let _beats = cluster
+        .heartbeat_in_background(Duration::from_secs(4))
+        .await?;
 
     let mut versions = Vec::new();
     for i in 0..50 {

@@ -44,7 +44,9 @@ async fn learner_catches_up_by_snapshot_and_tail_and_joins_in_sync() -> anyhow::
     map.limits.max_value_bytes = 1024 * 1024;
     map.rebalance_bandwidth_bytes_per_second = Some(200 * 1024 * 1024);
     cluster.install(&map).await?;
-    let _beats = cluster.heartbeat_in_background(Duration::from_secs(6));
+    let _beats = cluster
+        .heartbeat_in_background(Duration::from_secs(6))
+        .await?;
 
     // ~100 MB of bulk data on node-0.
     let acked: Acked = Arc::default();

@@ -82,7 +82,9 @@ async fn kill9_of_a_single_node_loses_no_acknowledged_write() -> anyhow::Result<
     cluster.wait_healthy().await?;
     let map = cluster.map_round_robin(8, 1, 1);
     cluster.install(&map).await?;
-    let _beats = cluster.heartbeat_in_background(Duration::from_secs(4));
+    let _beats = cluster
+        .heartbeat_in_background(Duration::from_secs(4))
+        .await?;
 
     let acked: Acked = Arc::default();
     let stop = tokio_util_stop::Stop::default();
@@ -141,7 +143,9 @@ async fn a_follower_killed_and_restarted_catches_up() -> anyhow::Result<()> {
         e.primary = Some("node-0".into());
     }
     cluster.install(&map).await?;
-    let _beats = cluster.heartbeat_in_background(Duration::from_secs(4));
+    let _beats = cluster
+        .heartbeat_in_background(Duration::from_secs(4))
+        .await?;
 
     let acked: Acked = Arc::default();
     let stop = tokio_util_stop::Stop::default();
