@@ -163,17 +163,9 @@ impl PeerApi {
                     Err(e) => return frame_error(e),
                 };
                 match self.node.replica_for_peer(p) {
-                    Some(r) => match common::detached(async move { r.handle_append(msg).await })
-                        .await
-                        .unwrap_or(Err(crate::storage::StorageError::WriterGone))
-                    {
-                        Ok(reply) => octets(reply.encode()),
-                        Err(e) => common::error(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "storage",
-                            e.to_string(),
-                        ),
-                    },
+                    Some(r) => stored_reply(
+                        common::detached(async move { r.handle_append(msg).await }).await,
+                    ),
                     None => not_member(0),
                 }
             }
@@ -183,17 +175,9 @@ impl PeerApi {
                     Err(e) => return frame_error(e),
                 };
                 match self.node.replica_for_peer(p) {
-                    Some(r) => match common::detached(async move { r.handle_snapshot(msg).await })
-                        .await
-                        .unwrap_or(Err(crate::storage::StorageError::WriterGone))
-                    {
-                        Ok(reply) => octets(reply.encode()),
-                        Err(e) => common::error(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "storage",
-                            e.to_string(),
-                        ),
-                    },
+                    Some(r) => stored_reply(
+                        common::detached(async move { r.handle_snapshot(msg).await }).await,
+                    ),
                     None => not_member(0),
                 }
             }
@@ -295,6 +279,15 @@ impl PeerApi {
             ),
             Err(e) => common::error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()),
         }
+    }
+}
+
+/// The answer to a replication message a replica handled (detached from the request):
+/// its reply, or a storage error (also when the writer task is gone).
+fn stored_reply(outcome: Option<Result<Reply, crate::storage::StorageError>>) -> Answer {
+    match outcome.unwrap_or(Err(crate::storage::StorageError::WriterGone)) {
+        Ok(reply) => octets(reply.encode()),
+        Err(e) => common::error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()),
     }
 }
 
