@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # `make bench`: the benchmark procedure of docs/benchmarks.md as one command. Prints figures;
 # never fails on timing. Runs placement, then YCSB A/B/C against local mode (1 node RF 1 and
-# 3 nodes RF 3) side by side with Redis (started here when redis-server is installed).
-#   BENCH_DURATION=20s BENCH_CLIENTS=16 hack/bench.sh
+# 3 nodes RF 3) side by side with Redis (started here when redis-server is installed), then
+# ShardedStore next to a 3-member etcd (hack/bench_vs_etcd.py; figures also in
+# docs/benchmarks.json).
+#   BENCH_DURATION=20s BENCH_CLIENTS=16 hack/bench.sh        # everything
+#   BENCH_ONLY=etcd hack/bench.sh                            # only the etcd comparison
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=target/release
@@ -17,9 +20,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== placement"
-"$bin/shardedstore-operator" bench-placement
-"$bin/shardedstore-operator" bench-placement --zones 0
+if [ "${BENCH_ONLY:-}" != etcd ]; then
+  echo "== placement"
+  "$bin/shardedstore-operator" bench-placement
+  "$bin/shardedstore-operator" bench-placement --zones 0
+fi
 
 compare=()
 if command -v redis-server >/dev/null; then
@@ -58,5 +63,14 @@ run_store() { # nodes rf
   wait "$op" 2>/dev/null || true
 }
 
-run_store 1 1
-run_store 3 3
+if [ "${BENCH_ONLY:-}" != etcd ]; then
+  run_store 1 1
+  run_store 3 3
+fi
+
+echo "== ShardedStore vs etcd (3 nodes / 3 members, same machine and disk)"
+tools="$(bash hack/install-tools.sh etcd-benchmark | tail -n 1)"
+k8s="$(bash hack/k8s-bins.sh | tail -n 1)"
+BIN="$bin" ETCD_BIN="$k8s/etcd" ETCD_BENCHMARK_BIN="$tools/etcd-benchmark" \
+  BENCH_DURATION="${duration%s}" BENCH_CLIENTS="${BENCH_ETCD_CLIENTS:-16,64,256,1024}" \
+  python3 hack/bench_vs_etcd.py

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the pinned CLI tools the tests use (helm, promtool) from the Go module proxy into
 # a cache outside the repository, and prints the bin directory on the last line.
-# Usage: hack/install-tools.sh [helm|promtool ...]   (default: all)
+# Usage: hack/install-tools.sh [helm|promtool|etcd-benchmark ...]   (default: helm promtool)
+# etcd-benchmark is etcd's own load generator (go.etcd.io/etcd/v3/tools/benchmark), pinned by
+# the wrapper module hack/etcd-bench/ at the etcd version hack/k8s/ builds; `make bench` uses it.
 set -euo pipefail
 
 HELM_VERSION=v3.22.0
@@ -30,6 +32,16 @@ for tool in "${want[@]}"; do
         nice -n 10 go install -ldflags "-s -w" \
           "github.com/prometheus/prometheus/cmd/promtool@${PROMETHEUS_VERSION}" >&2
         touch "$bin/.promtool-${PROMETHEUS_VERSION}"
+      fi
+      ;;
+    etcd-benchmark)
+      here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+      stamp="$bin/.etcd-benchmark-$(sha256sum "$here/etcd-bench/go.sum" | cut -c1-12)"
+      if ! [ -x "$bin/etcd-benchmark" ] || ! [ -f "$stamp" ]; then
+        echo "building etcd's benchmark tool (hack/etcd-bench)" >&2
+        (cd "$here/etcd-bench" && nice -n 10 go build -ldflags "-s -w" -o "$bin/etcd-benchmark" \
+          go.etcd.io/etcd/v3/tools/benchmark) >&2
+        touch "$stamp"
       fi
       ;;
     *)

@@ -6,8 +6,11 @@
 //! - [`runner`]: the preload phase and the closed loop.
 //! - [`stats`] and [`report`]: measurements and their presentation.
 //! - [`target`]: the system-under-test abstraction and the ShardedStore target;
-//!   [`redis`]: the Redis target.
+//!   [`redis`]: the Redis target; [`etcd`]: the etcd target (HTTP/JSON gateway).
+//! - [`echo`]: a null store (HTTP stack only) that measures the request path's ceiling.
 
+pub mod echo;
+pub mod etcd;
 pub mod redis;
 pub mod report;
 pub mod runner;
@@ -16,6 +19,7 @@ pub mod target;
 pub mod workload;
 pub mod zipf;
 
+pub use etcd::EtcdTarget;
 pub use redis::RedisTarget;
 pub use report::{RunReport, render_comparison, render_text};
 pub use runner::{BenchConfig, Stop, run};
@@ -39,6 +43,8 @@ pub enum BenchError {
         #[source]
         source: std::io::Error,
     },
+    #[error("reaching etcd at {endpoint}: {reason}")]
+    ConnectEtcd { endpoint: String, reason: String },
     #[error("redis at {addr} did not answer PING")]
     RedisHandshake { addr: String },
     #[error("a benchmark client task failed")]

@@ -35,6 +35,8 @@ pub struct RunReport {
     pub errors: BTreeMap<String, u64>,
     /// Reads that found no value.
     pub read_misses: u64,
+    /// Open loop: the scheduled total rate (latency counted from intended send times).
+    pub target_rate: Option<f64>,
     pub preload: Option<PreloadReport>,
 }
 
@@ -62,6 +64,12 @@ pub fn render_text(r: &RunReport) -> String {
         r.value_size,
         r.clients
     );
+    if let Some(rate) = r.target_rate {
+        let _ = writeln!(
+            out,
+            "  open loop at {rate:.0} ops/s scheduled (latency from intended send time)"
+        );
+    }
     if let Some(p) = &r.preload {
         let errors: u64 = p.errors.values().sum();
         let _ = writeln!(
@@ -162,6 +170,7 @@ mod tests {
             }],
             errors: [("update/unavailable".to_owned(), 3)].into(),
             read_misses: 0,
+            target_rate: None,
             preload: None,
         }
     }

@@ -1,5 +1,11 @@
-//! The closed-loop driver: each client task issues its next operation as soon as the previous
-//! one answered, after a preload phase that writes every key once.
+//! The load driver, after a preload phase that writes every key once.
+//!
+//! - Closed loop (default): each client task issues its next operation as soon as the previous
+//!   one answered.
+//! - Open loop (`rate`): operations are scheduled at a fixed total rate, spread evenly over
+//!   the clients, and latency is measured from each operation's *intended* send time. A client
+//!   that falls behind sends at once, and the time it spent behind counts as latency, so a
+//!   stalled server cannot hide its queueing (no coordinated omission).
 
 use super::BenchError;
 use super::report::{PreloadReport, RunReport};
@@ -35,6 +41,32 @@ pub struct BenchConfig {
     pub preload: bool,
     /// Seed of the per-client random streams (same seed, same operation sequence).
     pub seed: u64,
+    /// Open loop: total operations per second over all clients; `None` is a closed loop.
+    pub rate: Option<f64>,
+}
+
+/// Open-loop schedule of one client: its k-th operation is due at `start + offset + k·interval`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Schedule {
+    interval: Duration,
+    offset: Duration,
+}
+
+impl Schedule {
+    /// Client `i` of `clients` sharing `rate` operations per second; staggered so the clients'
+    /// sends interleave instead of arriving in bursts.
+    fn new(rate: f64, clients: usize, i: usize) -> Option<Self> {
+        if !(rate.is_finite() && rate > 0.0) {
+            return None;
+        }
+        let interval = Duration::try_from_secs_f64(clients as f64 / rate).ok()?;
+        let offset = interval.mul_f64(i as f64 / clients as f64);
+        Some(Self { interval, offset })
+    }
+
+    fn due(&self, start: Instant, k: u32) -> Instant {
+        start + self.offset + self.interval * k
+    }
 }
 
 /// Runs of more than this share of failed preload writes abort: measuring a store that
@@ -72,13 +104,26 @@ pub async fn run<T: Target>(target: &T, cfg: &BenchConfig) -> Result<RunReport, 
         let mut rng = SmallRng::seed_from_u64(cfg.seed ^ (i as u64).wrapping_mul(0x9E37_79B9));
         let value = random_value(&mut rng, cfg.value_size);
         let mut rec = Recorder::new()?;
+        let schedule = cfg.rate.and_then(|r| Schedule::new(r, clients, i));
         tasks.push(tokio::spawn(async move {
+            let mut k: u32 = 0;
             while deadline.is_none_or(|d| Instant::now() < d)
                 && issued.fetch_add(1, Ordering::Relaxed) < budget
             {
                 let op = chooser.op(rng.random());
                 let key = key_name(chooser.key(rng.random()));
-                let t0 = Instant::now();
+                let t0 = match schedule {
+                    Some(s) => {
+                        let due = s.due(start, k);
+                        k = k.saturating_add(1);
+                        if deadline.is_some_and(|d| due >= d) {
+                            break;
+                        }
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                    None => Instant::now(),
+                };
                 let result = match op {
                     OpType::Read => session.read(&key).await,
                     OpType::Update => session.write(&key, value.clone()).await.map(|()| true),
@@ -116,6 +161,7 @@ pub async fn run<T: Target>(target: &T, cfg: &BenchConfig) -> Result<RunReport, 
         operations: total.summarize(elapsed),
         errors: total.errors(),
         read_misses: total.read_misses(),
+        target_rate: cfg.rate,
         preload,
     })
 }
@@ -234,6 +280,7 @@ mod tests {
             stop,
             preload: true,
             seed: 1,
+            rate: None,
         }
     }
 
@@ -294,5 +341,68 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(t0.elapsed() < Duration::from_secs(5));
         assert!(report.ops > 0 && report.elapsed_secs >= 0.2);
+    }
+
+    #[test]
+    fn an_open_loop_schedule_spreads_the_rate_over_staggered_clients() {
+        let s0 = Schedule::new(1000.0, 4, 0).unwrap_or_else(|| panic!("schedule"));
+        let s1 = Schedule::new(1000.0, 4, 1).unwrap_or_else(|| panic!("schedule"));
+        assert_eq!(s0.interval, Duration::from_millis(4));
+        assert_eq!(s1.offset, Duration::from_millis(1));
+        let start = Instant::now();
+        assert_eq!(s1.due(start, 2) - start, Duration::from_millis(9));
+        assert!(Schedule::new(0.0, 4, 0).is_none());
+        assert!(Schedule::new(f64::NAN, 4, 0).is_none());
+    }
+
+    /// A target whose every operation takes `delay`: a closed loop never sees more than
+    /// `delay` per operation, an open loop above the target's capacity sees the queue grow.
+    #[derive(Clone)]
+    struct Slow {
+        delay: Duration,
+    }
+
+    impl Session for Slow {
+        async fn read(&mut self, _key: &str) -> Result<bool, &'static str> {
+            tokio::time::sleep(self.delay).await;
+            Ok(true)
+        }
+        async fn write(&mut self, _key: &str, _value: Bytes) -> Result<(), &'static str> {
+            tokio::time::sleep(self.delay).await;
+            Ok(())
+        }
+    }
+
+    impl Target for Slow {
+        type Session = Slow;
+        fn name(&self) -> String {
+            "slow".into()
+        }
+        async fn session(&self) -> Result<Slow, BenchError> {
+            Ok(self.clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn an_open_loop_above_capacity_counts_queueing_as_latency() {
+        let target = Slow {
+            delay: Duration::from_millis(10),
+        };
+        let mut c = cfg(Stop::After(Duration::from_millis(600)), 1.0);
+        c.preload = false;
+        c.clients = 1;
+        // One client can do at most ~100 ops/s; ask for 400/s.
+        c.rate = Some(400.0);
+        let open = run(&target, &c).await.unwrap_or_else(|e| panic!("{e}"));
+        c.rate = None;
+        let closed = run(&target, &c).await.unwrap_or_else(|e| panic!("{e}"));
+        let p99 = |r: &RunReport| r.operations.iter().map(|o| o.p99_us).max().unwrap_or(0);
+        assert!(p99(&closed) < 100_000, "closed loop p99 {}", p99(&closed));
+        assert!(
+            p99(&open) > 200_000,
+            "open loop p99 {} should include the growing queue",
+            p99(&open)
+        );
+        assert_eq!(open.target_rate, Some(400.0));
     }
 }

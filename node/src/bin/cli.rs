@@ -48,6 +48,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Map => commands::map(&kv).await,
         Command::Status => commands::status(&kv).await,
+        Command::EchoServer { listen, value_size } => {
+            commands::echo_server(listen, value_size).await
+        }
         Command::Bench(b) => commands::bench(&kv, &b).await,
     }
 }

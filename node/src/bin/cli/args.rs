@@ -58,6 +58,16 @@ pub enum Command {
     Status,
     /// Run a closed-loop benchmark and print throughput and latency percentiles.
     Bench(BenchArgs),
+    /// Serve a null store (HTTP only: no storage, no replication) to measure the request
+    /// path's ceiling with `bench`; runs until interrupted.
+    EchoServer {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7990")]
+        listen: std::net::SocketAddr,
+        /// Bytes of the value every read returns.
+        #[arg(long, default_value_t = 1024)]
+        value_size: usize,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -148,9 +158,24 @@ pub struct BenchArgs {
     /// Also run the same workload against Redis at ADDR (default 127.0.0.1:6379).
     #[arg(long, env = "SHARDEDSTORE_BENCH_COMPARE_REDIS", value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:6379")]
     pub compare_redis: Option<String>,
+    /// Also run the same workload against etcd, through its HTTP/JSON gateway, at these
+    /// comma-separated client endpoints (e.g. 127.0.0.1:2379,127.0.0.1:22379).
+    #[arg(
+        long,
+        env = "SHARDEDSTORE_BENCH_COMPARE_ETCD",
+        value_name = "ENDPOINTS"
+    )]
+    pub compare_etcd: Option<String>,
+    /// Skip the ShardedStore run (only the --compare-* peers run).
+    #[arg(long, env = "SHARDEDSTORE_BENCH_PEERS_ONLY")]
+    pub peers_only: bool,
     /// Seed of the random operation and key streams.
     #[arg(long, env = "SHARDEDSTORE_BENCH_SEED", default_value_t = 1)]
     pub seed: u64,
+    /// Open loop: schedule this many operations per second in total (spread over the
+    /// clients) and measure latency from each operation's intended send time.
+    #[arg(long, env = "SHARDEDSTORE_BENCH_RATE", value_parser = parse_rate)]
+    pub rate: Option<f64>,
 }
 
 impl BenchArgs {
@@ -181,6 +206,7 @@ impl BenchArgs {
             stop: self.ops.map_or(Stop::After(self.duration), Stop::Ops),
             preload: !self.no_preload,
             seed: self.seed,
+            rate: self.rate,
         }
     }
 }
@@ -192,6 +218,8 @@ pub enum ArgError {
     Duration(String),
     #[error("{0:?} is not a ratio between 0 and 1")]
     Ratio(String),
+    #[error("{0:?} is not a positive rate in operations per second")]
+    Rate(String),
 }
 
 /// `250ms`, `1.5s`, `2m`, `1h`, or a plain number of seconds.
@@ -210,6 +238,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, ArgError> {
         _ => return Err(ArgError::Duration(s.to_owned())),
     };
     Duration::try_from_secs_f64(secs).map_err(|_| ArgError::Duration(s.to_owned()))
+}
+
+pub fn parse_rate(s: &str) -> Result<f64, ArgError> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(ArgError::Rate(s.to_owned())),
+    }
 }
 
 pub fn parse_ratio(s: &str) -> Result<f64, ArgError> {
@@ -332,6 +367,10 @@ mod tests {
         assert!(parse(&["bench", "--workload", "ycsb-a", "--read-ratio", "0.1"]).is_err());
         assert!(parse(&["bench", "--ops", "5", "--duration", "1s"]).is_err());
         assert!(parse(&["bench", "--zipfian", "--uniform"]).is_err());
+        assert_eq!(bench(&["bench", "--rate", "2500"]).rate, Some(2500.0));
+        assert_eq!(bench(&["bench"]).rate, None);
+        assert!(parse(&["bench", "--rate", "0"]).is_err());
+        assert!(parse(&["bench", "--rate", "fast"]).is_err());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 use super::args::{BenchArgs, PutArgs};
 use super::status::{self, Reach};
 use shardedstore_node::bench::{
-    self, BenchError, RedisTarget, RunReport, ShardedStoreTarget, render_comparison, render_text,
+    self, BenchError, EtcdTarget, RedisTarget, RunReport, ShardedStoreTarget, render_comparison,
+    render_text,
 };
 use shardedstore_node::client::kv::{Condition, KvClient, KvError};
 use std::collections::BTreeMap;
@@ -35,6 +36,12 @@ pub enum CliError {
     Bench(#[source] BenchError),
     #[error("starting the async runtime")]
     Runtime(#[source] std::io::Error),
+    #[error("serving the echo server on {addr}")]
+    Serve {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl CliError {
@@ -153,25 +160,40 @@ pub async fn status(kv: &KvClient) -> Result<(), CliError> {
     stdout_write(text.as_bytes())
 }
 
+pub async fn echo_server(addr: std::net::SocketAddr, value_size: usize) -> Result<(), CliError> {
+    let serve_err = |source| CliError::Serve { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(serve_err)?;
+    bench::echo::serve(listener, value_size)
+        .await
+        .map_err(serve_err)
+}
+
 pub async fn bench(kv: &KvClient, args: &BenchArgs) -> Result<(), CliError> {
     let cfg = args.config();
     let mut runs: Vec<RunReport> = Vec::new();
-    let target = ShardedStoreTarget {
-        client: kv.clone(),
-        local_reads: args.local_reads,
-    };
-    runs.push(bench::run(&target, &cfg).await.map_err(CliError::Bench)?);
-    if !args.json {
-        stdout_write(render_text(&runs[0]).as_bytes())?;
+    if !args.peers_only {
+        let target = ShardedStoreTarget {
+            client: kv.clone(),
+            local_reads: args.local_reads,
+        };
+        runs.push(bench::run(&target, &cfg).await.map_err(CliError::Bench)?);
     }
     if let Some(addr) = &args.compare_redis {
         let redis = RedisTarget { addr: addr.clone() };
-        let report = bench::run(&redis, &cfg).await.map_err(CliError::Bench)?;
-        if !args.json {
-            stdout_write(format!("\n{}", render_text(&report)).as_bytes())?;
+        runs.push(bench::run(&redis, &cfg).await.map_err(CliError::Bench)?);
+    }
+    if let Some(endpoints) = &args.compare_etcd {
+        let etcd = EtcdTarget::new(endpoints);
+        runs.push(bench::run(&etcd, &cfg).await.map_err(CliError::Bench)?);
+    }
+    if !args.json {
+        for (i, run) in runs.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "\n" };
+            stdout_write(format!("{sep}{}", render_text(run)).as_bytes())?;
         }
-        runs.push(report);
-        if !args.json {
+        if runs.len() > 1 {
             stdout_write(format!("\n{}", render_comparison(&runs)).as_bytes())?;
         }
     }
