@@ -1,7 +1,8 @@
 # Entry points named in README.md. Every target works on a fresh clone.
 CARGO ?= cargo
 
-.PHONY: demo build release test lint crds bench fault k8s-bins control-plane-test cluster-up cluster-down images smoke e2e
+.PHONY: demo build release test lint crds bench fault k8s-bins control-plane-test cluster-up cluster-down images smoke e2e \
+	multinode-up multinode-down multinode-images e2e-multinode
 
 ## Run it: a 3-node store on 127.0.0.1 (client API of node i on port 7000+i), Ctrl-C stops it.
 demo: build
@@ -39,11 +40,30 @@ fault: build
 k8s-bins:
 	bash hack/k8s-bins.sh
 
+# NODES=1 (default): the single-node cluster; NODES=N (2-9): one control plane and N workers
+# in zones zone-a, zone-b, ... (hack/multinode-up.sh; also `make multinode-up`).
+NODES ?= 1
+
 cluster-up: k8s-bins
-	bash hack/cluster-up.sh
+	@if [ "$(NODES)" = 1 ]; then bash hack/cluster-up.sh; else bash hack/multinode-up.sh $(NODES); fi
 
 cluster-down:
-	bash hack/cluster-down.sh
+	@if [ "$(NODES)" = 1 ]; then bash hack/cluster-down.sh; else bash hack/multinode-down.sh; fi
+
+## The multi-node cluster (docs/local-kubernetes.md): 3 workers unless NODES says otherwise.
+multinode-up: k8s-bins
+	bash hack/multinode-up.sh $(if $(filter-out 1,$(NODES)),$(NODES),3)
+
+multinode-down:
+	bash hack/multinode-down.sh
+
+multinode-images: release
+	bash hack/multinode-images.sh
+
+## The multi-node end-to-end suite (docs/e2e.md), on the cluster of `make multinode-up`.
+e2e-multinode: multinode-images
+	SHARDEDSTORE_E2E_KUBECONFIG=$${SHARDEDSTORE_MN_DIR:-/tmp/shardedstore-multinode}/kubeconfig \
+		$(CARGO) test -p shardedstore-tests --test e2e_multinode -- --ignored --test-threads=1
 
 images: release
 	bash hack/images.sh

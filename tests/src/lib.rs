@@ -4,5 +4,6 @@ pub mod apiserver_harness;
 pub mod checker;
 pub mod e2e_harness;
 pub mod local_harness;
+pub mod multinode_harness;
 pub mod node_harness;
 pub mod tools;

@@ -1,5 +1,5 @@
 // Command hostpath-provisioner is the dynamic volume provisioner of the local
-// single-node cluster (hack/cluster-up.sh). For every pending PersistentVolumeClaim
+// clusters (hack/cluster-up.sh; one per worker in hack/multinode-up.sh). For every pending PersistentVolumeClaim
 // of its StorageClass it creates a hostPath PersistentVolume under -root, pinned
 // to the node, bound to that claim; when a claim is deleted and its volume is
 // Released with reclaim policy Delete, it removes the directory and the volume.
@@ -93,9 +93,11 @@ func (p *provisioner) ours(ctx context.Context, pvc *corev1.PersistentVolumeClai
 		return false
 	}
 	// WaitForFirstConsumer: the scheduler names the node first, as it does for
-	// every topology-aware provisioner.
+	// every topology-aware provisioner. One provisioner runs per node (the
+	// multi-node cluster of hack/multinode-up.sh runs one per worker), and each
+	// takes only the claims placed on its own node: the volume is that node's disk.
 	if sc.VolumeBindingMode != nil && *sc.VolumeBindingMode == storagev1.VolumeBindingWaitForFirstConsumer {
-		return pvc.Annotations[selectedNode] != ""
+		return pvc.Annotations[selectedNode] == p.nodeName
 	}
 	return true
 }

@@ -1,0 +1,104 @@
+//! The workers of the local multi-node cluster (`hack/multinode-up.sh`), driven through
+//! `hack/multinode-worker.sh`: powering one off as a power cut would and back on, and running
+//! a command inside one (its network namespace: what a client on that machine would see).
+
+use super::MultinodeError;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// Worker `index` of the local multi-node cluster (node `mn-worker-<index>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Worker(pub u32);
+
+impl Worker {
+    /// The worker behind a node name of the local cluster (`mn-worker-3` → 3).
+    pub fn of_node(node: &str) -> Option<Self> {
+        node.strip_prefix("mn-worker-")?.parse().ok().map(Self)
+    }
+
+    pub fn node_name(self) -> String {
+        format!("mn-worker-{}", self.0)
+    }
+
+    /// Kills the worker's kubelet, containerd, kube-proxy, volume provisioner and every
+    /// container at once and takes its network link down. Powered on again when the guard
+    /// drops (also when the test fails), unless [`PoweredOff::power_on`] did it first.
+    pub fn power_off(self) -> Result<PoweredOff, MultinodeError> {
+        worker_script(&["poweroff", &self.0.to_string()])?;
+        Ok(PoweredOff {
+            worker: self,
+            on: false,
+        })
+    }
+}
+
+/// A worker that is off; see [`Worker::power_off`].
+#[derive(Debug)]
+pub struct PoweredOff {
+    worker: Worker,
+    on: bool,
+}
+
+impl PoweredOff {
+    /// Restarts the worker's daemons on its old state and waits until its node is Ready.
+    pub fn power_on(mut self) -> Result<(), MultinodeError> {
+        self.on = true;
+        worker_script(&["start", &self.worker.0.to_string()]).map(drop)
+    }
+}
+
+impl Drop for PoweredOff {
+    fn drop(&mut self) {
+        if !self.on
+            && let Err(e) = worker_script(&["start", &self.worker.0.to_string()])
+        {
+            eprintln!("powering worker {} back on: {e}", self.worker.0);
+        }
+    }
+}
+
+/// `curl ARGS` run inside `worker`'s network namespace; curl's stdout.
+pub fn worker_curl(worker: Worker, args: &[&str]) -> Result<String, MultinodeError> {
+    let mut full = vec!["exec", "", "curl"];
+    let index = worker.0.to_string();
+    full[1] = &index;
+    full.extend_from_slice(args);
+    worker_script(&full)
+}
+
+fn worker_script(args: &[&str]) -> Result<String, MultinodeError> {
+    let script: PathBuf = crate::apiserver_harness::repo_root()
+        .join("hack")
+        .join("multinode-worker.sh");
+    let what = format!("hack/multinode-worker.sh {}", args.join(" "));
+    let output = Command::new("bash")
+        .arg(&script)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| MultinodeError::Spawn {
+            what: what.clone(),
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(MultinodeError::CommandFailed {
+            what,
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Worker;
+
+    #[test]
+    fn node_names_map_to_workers() {
+        assert_eq!(Worker::of_node("mn-worker-3"), Some(Worker(3)));
+        assert_eq!(Worker(2).node_name(), "mn-worker-2");
+        assert_eq!(Worker::of_node("shardedstore-local"), None);
+        assert_eq!(Worker::of_node("mn-worker-x"), None);
+    }
+}
