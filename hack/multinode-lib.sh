@@ -315,9 +315,11 @@ mn_start_worker() {
             --v=1
     pid_alive "$wdir/pids/kube-proxy.pid" "$wdir" ||
         mn_start_daemon "$i" kube-proxy "$bin/kube-proxy" --config="$wdir/kube-proxy.yaml" --v=1
+    # (Its own copy of the kubeconfig: the pid guard looks for $wdir in the command line.)
+    cp "$MN_DIR/kubeconfig" "$wdir/provisioner.kubeconfig"
     pid_alive "$wdir/pids/hostpath-provisioner.pid" "$wdir" ||
         mn_start_daemon "$i" hostpath-provisioner "$bin/hostpath-provisioner" \
-            -kubeconfig="$MN_DIR/kubeconfig" -node-name="$(mn_node_name "$i")" \
+            -kubeconfig="$wdir/provisioner.kubeconfig" -node-name="$(mn_node_name "$i")" \
             -root="$(mn_wstate "$i")/volumes" -interval=1s
 }
 
