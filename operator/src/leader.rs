@@ -4,6 +4,13 @@
 //! Expiry is judged the way client-go does it: by how long the Lease has been *observed*
 //! unchanged on this replica's monotonic clock, never by comparing another replica's
 //! `renewTime` with our wall clock (clocks drift; Instants do not jump).
+//!
+//! The holder's side of the same rule ([`Tenure`]): another replica can take over no earlier
+//! than one lease duration after it first saw our last successful renewal, and it cannot see
+//! that renewal before we sent it. So leadership is held until the *send time* of the last
+//! confirmed renewal plus the lease duration, minus a safety margin (one renew period), and
+//! every attempt is cut off at that deadline: a renewal that hangs counts as failed, and the
+//! replica stops coordinating before anyone else may start.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -56,6 +63,44 @@ pub fn decide(
         Some(h) => Decision::Follow {
             holder: h.to_owned(),
         },
+    }
+}
+
+/// How long this replica may still act as leader: the holder's side of the Lease rule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tenure {
+    valid_until: Option<Instant>,
+}
+
+impl Tenure {
+    /// A renewal (or acquisition) sent at `sent` was confirmed by the API server. Another
+    /// replica takes over at `sent + lease_duration` at the earliest; we stop `margin` before.
+    pub fn renewed(&mut self, sent: Instant, lease_duration: Duration, margin: Duration) {
+        self.valid_until = Some(sent + lease_duration.saturating_sub(margin));
+    }
+
+    /// The Lease is someone else's (or leadership was given up).
+    pub fn lost(&mut self) {
+        self.valid_until = None;
+    }
+
+    /// Whether this replica may coordinate at `now`.
+    pub fn holds(&self, now: Instant) -> bool {
+        self.valid_until.is_some_and(|d| now < d)
+    }
+
+    /// How long an attempt starting at `now` may take: a renew period, and never past the
+    /// end of the tenure (a renewal that confirms later than that is of no use).
+    pub fn attempt_timeout(&self, now: Instant, renew_every: Duration) -> Duration {
+        match self.valid_until {
+            Some(d) => renew_every.min(d.saturating_duration_since(now)),
+            None => renew_every,
+        }
+    }
+
+    /// When the tenure ends, if held.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.valid_until
     }
 }
 
@@ -185,30 +230,31 @@ impl LeaderElector {
     }
 
     /// Keeps trying to acquire, then renewing, publishing leadership on `leader`. Leadership
-    /// is given up when no renewal succeeded for the lease duration (minus one renew period,
-    /// so we stop before anyone else may start).
+    /// is given up at the end of the [`Tenure`] of the last confirmed renewal, even while a
+    /// renewal attempt still hangs, so that we stop before anyone else may start.
     pub async fn run(self, leader: watch::Sender<bool>) {
-        let mut last_renewal: Option<Instant> = None;
-        let give_up_after = self.lease_duration.saturating_sub(self.renew_every);
+        let mut tenure = Tenure::default();
         loop {
-            match self.try_acquire_or_renew().await {
-                Ok(true) => {
-                    last_renewal = Some(Instant::now());
-                    leader.send_if_modified(|l| !std::mem::replace(l, true));
-                }
-                Ok(false) => {
-                    last_renewal = None;
-                    leader.send_if_modified(|l| std::mem::replace(l, false));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "leader election round failed");
-                    if last_renewal.is_some_and(|t| t.elapsed() >= give_up_after) {
-                        last_renewal = None;
-                        leader.send_if_modified(|l| std::mem::replace(l, false));
-                    }
-                }
+            let sent = Instant::now();
+            let limit = tenure.attempt_timeout(sent, self.renew_every);
+            match tokio::time::timeout(limit, self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => tenure.renewed(sent, self.lease_duration, self.renew_every),
+                Ok(Ok(false)) => tenure.lost(),
+                Ok(Err(e)) => tracing::warn!(error = %e, "leader election round failed"),
+                Err(_) => tracing::warn!(?limit, "leader election round timed out"),
             }
-            tokio::time::sleep(self.renew_every).await;
+            let holds = tenure.holds(Instant::now());
+            if !holds {
+                tenure.lost();
+            }
+            leader.send_if_modified(|l| std::mem::replace(l, holds) != holds);
+            // Sleep until the next renewal, waking at the end of the tenure to give up on time.
+            let next = tokio::time::Instant::now() + self.renew_every;
+            let wake = match tenure.deadline() {
+                Some(d) => next.min(tokio::time::Instant::from_std(d)),
+                None => next,
+            };
+            tokio::time::sleep_until(wake).await;
         }
     }
 
@@ -258,5 +304,31 @@ mod tests {
             Decision::Follow { holder: "b".into() }
         );
         assert_eq!(decide(Some("b"), "a", LEASE, LEASE), Decision::Acquire);
+    }
+
+    /// Issue item 8 (two operators): leadership ends one lease after the *send* time of the
+    /// last confirmed renewal (minus the margin), however long that renewal took to confirm,
+    /// and an attempt never runs past that end: a hanging renewal is a failed one.
+    #[test]
+    fn tenure_ends_a_lease_after_the_last_confirmed_renewal_was_sent() {
+        const RENEW: Duration = Duration::from_secs(5);
+        let t0 = Instant::now();
+        let mut t = Tenure::default();
+        assert!(!t.holds(t0));
+        assert_eq!(t.attempt_timeout(t0, RENEW), RENEW);
+        // The renewal sent at t0 confirmed only 4 s later: still measured from t0.
+        t.renewed(t0, LEASE, RENEW);
+        let end = t0 + LEASE - RENEW;
+        assert!(t.holds(t0 + Duration::from_secs(4)));
+        assert!(t.holds(end - Duration::from_millis(1)));
+        assert!(!t.holds(end), "another replica may take over at t0 + lease");
+        // An attempt started 8 s in may hang for 2 s at most.
+        assert_eq!(
+            t.attempt_timeout(t0 + Duration::from_secs(8), RENEW),
+            Duration::from_secs(2)
+        );
+        assert_eq!(t.attempt_timeout(end, RENEW), Duration::ZERO);
+        t.lost();
+        assert!(!t.holds(t0));
     }
 }

@@ -20,8 +20,11 @@ pub fn member_of(store: &str, pod: &Pod, zone: Option<String>) -> Option<MemberN
     let ready = status
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    // The storage process is not running when its container terminated or waits to
-    // restart (crash loop), or when no container runs yet (Pending) or any more.
+    // Confirmed dead means the storage process certainly runs no more: its container
+    // terminated or waits to (re)start (crash loop, not yet created), or the pod never ran
+    // or finished (Pending, Failed, Succeeded). A deletionTimestamp alone is no proof (the
+    // kubelet may be slow or cut off from the API server), and neither is phase Unknown
+    // (the kubelet stopped reporting): such pods are suspected, and fenced by their lease.
     let not_running = status
         .and_then(|s| s.container_statuses.as_ref())
         .is_some_and(|cs| {
@@ -31,9 +34,10 @@ pub fn member_of(store: &str, pod: &Pod, zone: Option<String>) -> Option<MemberN
                     .is_some_and(|st| st.terminated.is_some() || st.waiting.is_some())
             })
         });
-    let phase_down = status
-        .and_then(|s| s.phase.as_deref())
-        .is_none_or(|p| p != "Running");
+    let never_ran_or_finished = match status.map(|s| s.phase.as_deref()) {
+        None | Some(None) => true,
+        Some(Some(phase)) => matches!(phase, "Pending" | "Failed" | "Succeeded"),
+    };
     let deleting = pod.metadata.deletion_timestamp.is_some();
     let host = status.and_then(|s| s.pod_ip.clone()).unwrap_or_default();
     let addr = |port: i32| {
@@ -52,7 +56,7 @@ pub fn member_of(store: &str, pod: &Pod, zone: Option<String>) -> Option<MemberN
         peer_addr: addr(PEER_PORT),
         zone,
         ready: ready && !deleting,
-        confirmed_dead: not_running || phase_down || deleting || host.is_empty(),
+        confirmed_dead: not_running || never_ran_or_finished,
     })
 }
 
@@ -197,12 +201,6 @@ mod tests {
                 "failed",
                 "metadata: {name: kv-0}\nstatus:\n  phase: Failed\n  podIP: 10.0.0.1\n".to_owned(),
             ),
-            (
-                "deleted",
-                format!(
-                    "metadata: {{name: kv-0, deletionTimestamp: '2026-01-01T00:00:00Z'}}\nstatus:\n  {running}  conditions: [{{type: Ready, status: 'True'}}]\n"
-                ),
-            ),
         ];
         for (what, yaml) in cases {
             let m = member_of("kv", &pod(&yaml), None).unwrap_or_else(|| panic!("no member"));
@@ -219,6 +217,35 @@ mod tests {
         );
         assert_eq!(m.peer_addr, "[fd00::1]:7100");
         assert!(member_of("kv", &pod("metadata: {name: other-0}\n"), None).is_none());
+    }
+
+    /// Issue item 3 (deleted pods): a pod with a deletionTimestamp whose container still runs,
+    /// or whose kubelet stopped reporting (phase Unknown), is not confirmed dead: its process
+    /// may still serve under a lease, so it is only suspected until fenced.
+    #[test]
+    fn deleting_or_unreported_pods_whose_container_may_run_are_not_confirmed_dead() {
+        let running = "  containerStatuses:\n  - {name: node, image: x, imageID: '', ready: true, restartCount: 0, state: {running: {}}}\n";
+        let cases = [
+            (
+                "deleting, container running",
+                format!(
+                    "metadata: {{name: kv-0, deletionTimestamp: '2026-01-01T00:00:00Z'}}\nstatus:\n  phase: Running\n  podIP: 10.0.0.1\n  conditions: [{{type: Ready, status: 'True'}}]\n{running}"
+                ),
+            ),
+            (
+                "kubelet unreachable",
+                format!(
+                    "metadata: {{name: kv-0}}\nstatus:\n  phase: Unknown\n  podIP: 10.0.0.1\n{running}"
+                ),
+            ),
+        ];
+        for (what, yaml) in cases {
+            let m = member_of("kv", &pod(&yaml), None).unwrap_or_else(|| panic!("no member"));
+            assert!(!m.confirmed_dead && !m.ready, "{what}: {m:?}");
+        }
+        let terminated = "metadata: {name: kv-0, deletionTimestamp: '2026-01-01T00:00:00Z'}\nstatus:\n  phase: Running\n  podIP: 10.0.0.1\n  containerStatuses:\n  - {name: node, image: x, imageID: '', ready: false, restartCount: 0, state: {terminated: {exitCode: 0}}}\n";
+        let m = member_of("kv", &pod(terminated), None).unwrap_or_else(|| panic!("no member"));
+        assert!(m.confirmed_dead, "terminated in Pod status: {m:?}");
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub(crate) enum Outcome {
     Admitted(PartitionId, u64, NodeId),
     Handoff(PartitionId, HandoffOutcome),
     Dropped(PartitionId, NodeId),
+    /// The map a node persisted (map recovery).
+    Map(NodeId, Box<PartitionMap>),
     Nothing,
 }
 
@@ -22,12 +24,15 @@ pub(crate) enum Outcome {
 /// one marks the call finished) goes to `tx` tagged with the call.
 pub(crate) fn spawn(
     call: Call,
-    map: &PartitionMap,
+    map: Option<&PartitionMap>,
     transport: Arc<dyn NodeTransport>,
     tx: mpsc::UnboundedSender<(Call, Outcome)>,
     handoff_timeout: Duration,
 ) {
-    let addr = |n: &str| map.nodes.get(n).map(|i| i.peer_addr.clone());
+    let addr = |n: &str| {
+        map.and_then(|m| m.nodes.get(n))
+            .map(|i| i.peer_addr.clone())
+    };
     let handoff_ms = handoff_timeout.as_millis() as u64;
     let key = call.clone();
     match call {
@@ -117,6 +122,18 @@ pub(crate) fn spawn(
                         Err(_) => Outcome::Nothing,
                     },
                     None => Outcome::Nothing,
+                };
+                let _ = tx.send((key, outcome));
+            });
+        }
+        Call::FetchMap { node, client_addr } => {
+            tokio::spawn(async move {
+                let outcome = match transport.fetch_map(&client_addr).await {
+                    Ok(map) => Outcome::Map(node, Box::new(map)),
+                    Err(e) => {
+                        tracing::warn!(node = %node, error = %e, "fetching the node's map");
+                        Outcome::Nothing
+                    }
                 };
                 let _ = tx.send((key, outcome));
             });

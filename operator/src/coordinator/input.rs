@@ -19,8 +19,9 @@ pub struct MemberNode {
     pub zone: Option<String>,
     /// Pod Ready (local mode: the process is running and answers).
     pub ready: bool,
-    /// Container terminated or pod deleted (local mode: the child process exited).
-    /// The coordinator fails over such a node's primaries at once.
+    /// The storage process certainly runs no more: container terminated (or not started) as
+    /// seen in Pod status; local mode: the child process exited. A deletionTimestamp alone is
+    /// not enough. The coordinator fails over such a node's primaries at once.
     pub confirmed_dead: bool,
 }
 

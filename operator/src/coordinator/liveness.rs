@@ -1,5 +1,10 @@
 //! Failure detection per node: heartbeat bookkeeping that tells alive, suspected (silent, but
-//! its lease may still hold) and dead (confirmed, or silent past lease + drift margin) apart.
+//! its lease may still hold) and dead (confirmed, or silent past lease + drift margin after
+//! the fence reference) apart.
+//!
+//! The fence reference is the latest instant at which the node may have started a lease
+//! this coordinator is responsible for: the last heartbeat sent, and never earlier than the
+//! coordinator's own start (a previous coordinator may have granted a lease just before).
 
 use std::time::{Duration, Instant};
 
@@ -10,16 +15,20 @@ pub enum Liveness {
     Unknown,
     /// Answered its last heartbeat or probe.
     Alive,
-    /// Stopped answering; its lease may still hold, so nothing it leads may move yet.
+    /// Stopped answering (or never answered this coordinator); its lease may still hold, so
+    /// nothing it leads may move yet.
     Suspected,
     /// Confirmed dead, or silent for longer than one lease plus the drift margin after the
-    /// last heartbeat sent: its lease has certainly expired.
+    /// fence reference: its lease has certainly expired.
     Dead,
 }
 
 /// Heartbeat history of one node.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Health {
+    /// When this coordinator started: no lease granted by an earlier coordinator outlives
+    /// `started + lease`, so no fence is measured from before it.
+    started: Instant,
     /// When the last heartbeat (lease grant) was sent, answered or not.
     last_sent: Option<Instant>,
     answered: bool,
@@ -30,6 +39,18 @@ pub struct Health {
 }
 
 impl Health {
+    /// A node first considered by a coordinator that started at `started`.
+    pub fn new(started: Instant) -> Self {
+        Self {
+            started,
+            last_sent: None,
+            answered: false,
+            failing: false,
+            dead_since: None,
+            confirmed_dead: false,
+        }
+    }
+
     /// A heartbeat is about to be sent: from now on the node may hold a lease until
     /// `now + lease` on its own clock.
     pub fn heartbeat_sent(&mut self, now: Instant) {
@@ -44,16 +65,22 @@ impl Health {
         self.confirmed_dead = false;
     }
 
-    /// A heartbeat or probe got no answer.
+    /// A heartbeat or probe got no answer (or the node cannot be contacted at all).
     pub fn failed(&mut self) {
         self.failing = true;
     }
 
-    /// The supervisor (pod watch, child process exit) reports the node dead.
+    /// The supervisor (container terminated in Pod status, child process exit) reports the
+    /// node dead.
     pub fn confirm_dead(&mut self, now: Instant) {
         self.confirmed_dead = true;
         self.failing = true;
         self.dead_since.get_or_insert(now);
+    }
+
+    /// The instant the fence is measured from.
+    pub fn fence_reference(&self) -> Instant {
+        self.last_sent.map_or(self.started, |s| s.max(self.started))
     }
 
     /// Current liveness; `fence` is lease + drift margin.
@@ -68,12 +95,11 @@ impl Health {
                 Liveness::Unknown
             };
         }
-        match self.last_sent {
-            Some(sent) if now < sent + fence => Liveness::Suspected,
-            _ => {
-                self.dead_since.get_or_insert(now);
-                Liveness::Dead
-            }
+        if now < self.fence_reference() + fence {
+            Liveness::Suspected
+        } else {
+            self.dead_since.get_or_insert(now);
+            Liveness::Dead
         }
     }
 
@@ -98,7 +124,7 @@ mod tests {
     #[test]
     fn silent_node_is_suspected_until_the_fence_after_the_last_heartbeat_sent() {
         let t0 = Instant::now();
-        let mut h = Health::default();
+        let mut h = Health::new(t0);
         assert_eq!(h.liveness(t0, FENCE), Liveness::Unknown);
         h.heartbeat_sent(t0);
         h.answered();
@@ -120,10 +146,27 @@ mod tests {
     #[test]
     fn confirmed_death_is_immediate() {
         let t0 = Instant::now();
-        let mut h = Health::default();
+        let mut h = Health::new(t0);
         h.heartbeat_sent(t0);
         h.answered();
         h.confirm_dead(t0);
         assert_eq!(h.liveness(t0, FENCE), Liveness::Dead);
+    }
+
+    /// Issue item 3 (fresh coordinator): a coordinator that just started and has never heard
+    /// from a node waits a full lease plus drift from its own start before presuming it dead,
+    /// because the previous coordinator may have granted it a lease just before.
+    #[test]
+    fn a_fresh_coordinator_waits_a_full_fence_before_presuming_an_unheard_node_dead() {
+        let started = Instant::now();
+        let mut h = Health::new(started);
+        // The first probe fails at once.
+        h.failed();
+        assert_eq!(h.liveness(started, FENCE), Liveness::Suspected);
+        assert_eq!(
+            h.liveness(started + FENCE - Duration::from_millis(1), FENCE),
+            Liveness::Suspected
+        );
+        assert_eq!(h.liveness(started + FENCE, FENCE), Liveness::Dead);
     }
 }

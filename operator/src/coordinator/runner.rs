@@ -1,5 +1,9 @@
 //! The coordinator loop: every heartbeat interval, contact the nodes, plan, write the map with
 //! compare-and-swap, push it, start the calls the plan asks for, publish the status.
+//!
+//! Heartbeats never wait for the map store: while it cannot be read, nodes are heartbeated
+//! from the last known map and only planning and map writes wait. Every map store call is
+//! bounded so that a hung API server cannot stretch the heartbeat interval.
 
 use super::calls::{self, Outcome};
 use super::input::{Membership, Settings, StoreIdentity};
@@ -15,7 +19,7 @@ use shardedstore_node::admin_api::HeartbeatRequest;
 use shardedstore_node::map::{NodeId, PartitionId, PartitionMap};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch};
 
 /// Planning rounds per tick: a map write often enables the next step at once.
@@ -39,8 +43,12 @@ pub(crate) struct Runner {
     settings: watch::Receiver<Settings>,
     status: watch::Sender<CoordinatorStatus>,
     events: broadcast::Sender<CoordinatorEvent>,
+    /// The last map read from or written to the store (kept while the store is unreadable).
     map: Option<(PartitionMap, Revision)>,
+    /// `map` is what the store holds as far as we know; planning waits while it is not.
     loaded: bool,
+    /// When this coordinator started: fences of nodes it has not heard from start here.
+    started: Instant,
     health: BTreeMap<NodeId, Health>,
     obs: Observations,
     target: Option<Target>,
@@ -60,6 +68,7 @@ impl Runner {
         events: broadcast::Sender<CoordinatorEvent>,
     ) -> Self {
         let (results_tx, results_rx) = mpsc::unbounded_channel();
+        let started = Instant::now();
         Self {
             store,
             map_store,
@@ -70,8 +79,9 @@ impl Runner {
             events,
             map: None,
             loaded: false,
+            started,
             health: BTreeMap::new(),
-            obs: Observations::new(Instant::now()),
+            obs: Observations::new(started),
             target: None,
             inflight: BTreeSet::new(),
             results_tx,
@@ -84,7 +94,12 @@ impl Runner {
             if *stop.borrow() {
                 return;
             }
-            self.tick().await;
+            // Stopping (lost leadership, store deleted) interrupts a tick at once: no further
+            // heartbeat or map write leaves this coordinator.
+            tokio::select! {
+                _ = stop.changed() => return,
+                () = self.tick() => {}
+            }
             let interval = self.settings.borrow().heartbeat_interval;
             tokio::select! {
                 _ = stop.changed() => {}
@@ -103,19 +118,15 @@ impl Runner {
         let membership = self.membership.borrow().clone();
         let settings = self.settings.borrow().clone();
         if !self.loaded {
-            match self.map_store.load().await {
-                Ok(map) => {
-                    self.map = map;
-                    self.loaded = true;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "loading the partition map");
-                    return;
-                }
-            }
+            self.reload(&settings).await;
         }
         self.contact_nodes(&membership, &settings).await;
         self.collect_outcomes();
+        if !self.loaded {
+            // Heartbeats went out from the last known map; decisions wait for the store.
+            self.publish_status();
+            return;
+        }
 
         for _ in 0..ROUNDS_PER_TICK {
             let p = {
@@ -147,6 +158,35 @@ impl Runner {
                 break;
             }
         }
+        self.publish_status();
+    }
+
+    /// How long one map store call may take before this tick goes on without it.
+    fn store_timeout(settings: &Settings) -> Duration {
+        settings.heartbeat_interval.max(settings.lease / 4)
+    }
+
+    /// Reads the stored map; on failure keeps the last known one (and `loaded` false).
+    async fn reload(&mut self, settings: &Settings) {
+        let timeout = Self::store_timeout(settings);
+        match tokio::time::timeout(timeout, self.map_store.load()).await {
+            Ok(Ok(map)) => {
+                self.map = map;
+                self.loaded = true;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "loading the partition map; heartbeating from the last known map");
+            }
+            Err(_) => {
+                tracing::warn!(
+                    ?timeout,
+                    "loading the partition map timed out; heartbeating from the last known map"
+                );
+            }
+        }
+    }
+
+    fn publish_status(&self) {
         if let Some((map, _)) = &self.map {
             let status = summarize(map, self.target.as_ref(), &self.obs);
             self.status.send_if_modified(|s| {
@@ -169,9 +209,25 @@ impl Runner {
             map_version: version,
             lease_ms: settings.lease.as_millis() as u64,
         };
+        let started = self.started;
         let mut contacts = Vec::new();
+        // Nodes of the map whose pod (or process) is gone cannot be contacted: silent, so
+        // dead only once fenced (a force-deleted pod's container may still run).
+        if let Some(map) = &map {
+            for id in map.nodes.keys() {
+                if membership.node(id).is_none() {
+                    self.health
+                        .entry(id.clone())
+                        .or_insert_with(|| Health::new(started))
+                        .failed();
+                }
+            }
+        }
         for n in &membership.nodes {
-            let h = self.health.entry(n.id.clone()).or_default();
+            let h = self
+                .health
+                .entry(n.id.clone())
+                .or_insert_with(|| Health::new(started));
             if n.confirmed_dead {
                 h.confirm_dead(now);
                 continue;
@@ -217,7 +273,10 @@ impl Runner {
         .await;
         let mut stale: Vec<(String, String)> = Vec::new();
         for (id, addr, answer) in results {
-            let h = self.health.entry(id.clone()).or_default();
+            let h = self
+                .health
+                .entry(id.clone())
+                .or_insert_with(|| Health::new(started));
             match answer {
                 Contact::Report(report) => {
                     h.answered();
@@ -279,11 +338,18 @@ impl Runner {
 
     async fn write_map(&mut self, next: PartitionMap, events: &[CoordinatorEvent]) -> bool {
         let expected = self.map.as_ref().map(|(_, r)| r.clone());
-        match self
-            .map_store
-            .compare_and_swap(expected.as_ref(), &next)
-            .await
-        {
+        let timeout = Self::store_timeout(&self.settings.borrow());
+        let cas = self.map_store.compare_and_swap(expected.as_ref(), &next);
+        let result = match tokio::time::timeout(timeout, cas).await {
+            Ok(r) => r,
+            Err(_) => {
+                // The write may still land: only a reload tells.
+                tracing::warn!(?timeout, "writing the partition map timed out; reloading");
+                self.loaded = false;
+                return false;
+            }
+        };
+        match result {
             Ok(rev) => {
                 for e in events {
                     self.emit(e.clone());
@@ -319,6 +385,7 @@ impl Runner {
         };
         let epoch = |p: PartitionId| map.entry(p).map_or(0, |e| e.epoch);
         self.obs.handoffs.clear();
+        self.obs.node_maps.clear();
         self.obs.positions.retain(|(p, e), _| epoch(*p) == *e);
         self.obs
             .admitted
@@ -345,6 +412,9 @@ impl Runner {
                 Outcome::Dropped(partition, node) => {
                     self.emit(CoordinatorEvent::ReplicaDropped { partition, node });
                 }
+                Outcome::Map(node, map) => {
+                    self.obs.node_maps.insert(node, *map);
+                }
                 Outcome::Nothing => {}
             }
         }
@@ -352,9 +422,7 @@ impl Runner {
 
     /// Starts `call` in the background unless the same call is still running.
     fn start_call(&mut self, call: Call, settings: &Settings) {
-        let Some((map, _)) = &self.map else {
-            return;
-        };
+        let map = self.map.as_ref().map(|(m, _)| m);
         if self.inflight.insert(call.clone()) {
             calls::spawn(
                 call,

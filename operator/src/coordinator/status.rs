@@ -83,6 +83,12 @@ pub enum CoordinatorEvent {
     MapWritten {
         version: u64,
     },
+    /// The map store held no map (or an older one than a node): the newest map persisted on
+    /// the nodes was written back to it.
+    MapRecovered {
+        version: u64,
+        from: NodeId,
+    },
     Failover {
         partition: PartitionId,
         from: Option<NodeId>,

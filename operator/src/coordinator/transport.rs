@@ -1,5 +1,6 @@
-//! How the coordinator talks to nodes: the `NodeTransport` trait over the admin API, implemented
-//! by the node crate's `AdminClient` (and by in-memory fakes in tests).
+//! How the coordinator talks to nodes: the `NodeTransport` trait over the admin API (and the
+//! client API's `GET /v1/map`, used to recover a lost map), implemented by the node crate's
+//! `AdminClient` (and by in-memory fakes in tests).
 
 use futures::future::BoxFuture;
 use shardedstore_node::admin_api::{
@@ -8,6 +9,31 @@ use shardedstore_node::admin_api::{
 };
 use shardedstore_node::client::{AdminClient, AdminError};
 use shardedstore_node::map::{PartitionId, PartitionMap};
+use std::time::Duration;
+
+/// Bound of one map fetch during recovery.
+const FETCH_MAP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why the map persisted on a node could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchMapError {
+    #[error("building the HTTP client")]
+    BuildClient(#[source] reqwest::Error),
+    #[error("requesting GET /v1/map from {addr}")]
+    Send {
+        addr: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{addr} answered {status} to GET /v1/map")]
+    Status { addr: String, status: u16 },
+    #[error("decoding the map from {addr}")]
+    Decode {
+        addr: String,
+        #[source]
+        source: reqwest::Error,
+    },
+}
 
 /// The admin calls the coordinator makes, addressed by a node's peer address (`host:port`).
 pub trait NodeTransport: Send + Sync {
@@ -48,6 +74,42 @@ pub trait NodeTransport: Send + Sync {
         addr: &'a str,
         partition: PartitionId,
     ) -> BoxFuture<'a, Result<(), AdminError>>;
+
+    /// The map a node has installed (and persisted), from its client API at `client_addr`.
+    fn fetch_map<'a>(
+        &'a self,
+        client_addr: &'a str,
+    ) -> BoxFuture<'a, Result<PartitionMap, FetchMapError>>;
+}
+
+/// `GET /v1/map` on a node's client port. Only used while recovering a lost map, so a
+/// short-lived HTTP client is good enough.
+async fn fetch_map_over_http(addr: &str) -> Result<PartitionMap, FetchMapError> {
+    let http = reqwest::Client::builder()
+        .timeout(FETCH_MAP_TIMEOUT)
+        .build()
+        .map_err(FetchMapError::BuildClient)?;
+    let resp = http
+        .get(format!("http://{addr}/v1/map"))
+        .send()
+        .await
+        .map_err(|source| FetchMapError::Send {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(FetchMapError::Status {
+            addr: addr.to_owned(),
+            status: status.as_u16(),
+        });
+    }
+    resp.json::<PartitionMap>()
+        .await
+        .map_err(|source| FetchMapError::Decode {
+            addr: addr.to_owned(),
+            source,
+        })
 }
 
 impl NodeTransport for AdminClient {
@@ -99,5 +161,12 @@ impl NodeTransport for AdminClient {
         partition: PartitionId,
     ) -> BoxFuture<'a, Result<(), AdminError>> {
         Box::pin(AdminClient::drop_partition(self, addr, partition))
+    }
+
+    fn fetch_map<'a>(
+        &'a self,
+        client_addr: &'a str,
+    ) -> BoxFuture<'a, Result<PartitionMap, FetchMapError>> {
+        Box::pin(fetch_map_over_http(client_addr))
     }
 }

@@ -10,6 +10,9 @@ mod handoff;
 mod moves;
 mod nodes;
 mod partitions;
+mod recover;
+#[cfg(test)]
+mod safety_tests;
 #[cfg(test)]
 mod tests;
 
@@ -46,6 +49,8 @@ pub struct Observations {
     /// Learners (or lagging replicas) the primary reported ready: (partition, epoch, node).
     pub admitted: BTreeSet<(PartitionId, u64, NodeId)>,
     pub handoffs: BTreeMap<PartitionId, HandoffOutcome>,
+    /// Maps fetched from nodes while recovering a lost map.
+    pub node_maps: BTreeMap<NodeId, PartitionMap>,
 }
 
 impl Observations {
@@ -59,6 +64,7 @@ impl Observations {
             positions: BTreeMap::new(),
             admitted: BTreeSet::new(),
             handoffs: BTreeMap::new(),
+            node_maps: BTreeMap::new(),
         }
     }
 
@@ -73,13 +79,14 @@ impl Observations {
         self.liveness(node) == Liveness::Alive
     }
 
-    /// The node answered and holds at least map `version`.
+    /// The node answered and holds exactly map `version` (one that refused it as older
+    /// than its own is not current: the store is behind and gets recovered first).
     fn has_map(&self, node: &str, version: u64) -> bool {
         self.is_alive(node)
             && self
                 .reports
                 .get(node)
-                .is_some_and(|r| r.map_version >= version)
+                .is_some_and(|r| r.map_version == version)
     }
 }
 
@@ -111,6 +118,8 @@ pub enum Call {
         node: NodeId,
         partition: PartitionId,
     },
+    /// Fetch the map a node persisted (map recovery), from its client API.
+    FetchMap { node: NodeId, client_addr: String },
 }
 
 /// The outcome of one planning round.
@@ -138,9 +147,13 @@ pub const BOOTSTRAP_GRACE: Duration = Duration::from_secs(10);
 
 /// Plans one round.
 pub fn plan(inputs: &Inputs<'_>) -> Plan {
-    match inputs.map {
-        None => bootstrap(inputs),
-        Some(map) => evolve(inputs, map),
+    match (inputs.map, recover::newest_on_nodes(inputs)) {
+        (None, Some((node, version))) => recover::recover(inputs, &node, version),
+        (Some(map), Some((node, version))) if version > map.version => {
+            recover::recover(inputs, &node, version)
+        }
+        (None, None) => bootstrap(inputs),
+        (Some(map), _) => evolve(inputs, map),
     }
 }
 
@@ -156,7 +169,7 @@ pub(crate) fn placement_nodes(map: &PartitionMap) -> Vec<PlacementNode> {
         .collect()
 }
 
-/// The first map: once every desired node answers (or enough of them after a grace period).
+/// The first map, when no node holds any: once every desired node answers (or enough of them after a grace period).
 fn bootstrap(inputs: &Inputs<'_>) -> Plan {
     let Inputs {
         store,

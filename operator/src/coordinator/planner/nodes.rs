@@ -49,10 +49,12 @@ pub(super) fn update(
     for id in ids {
         let member = membership.node(&id);
         let previous = map.nodes.get(&id).map(|n| n.state);
-        let liveness = match member {
-            Some(_) => obs.liveness(&id),
-            // Gone from the membership (pod deleted): dead for sure.
-            None => Liveness::Dead,
+        let liveness = match (member, obs.liveness(&id)) {
+            (Some(_), l) => l,
+            // Gone from the membership (pod deleted): dead once fenced, suspected until then
+            // (a force-deleted pod's container may still run).
+            (None, Liveness::Dead) => Liveness::Dead,
+            (None, _) => Liveness::Suspected,
         };
         let draining = member.is_some_and(|m| m.ordinal >= membership.desired_nodes);
         let state = match (liveness, previous) {

@@ -25,12 +25,11 @@ impl Round<'_> {
         self.inputs.obs.is_alive(n)
     }
 
-    /// Dead for sure: confirmed or fenced, gone from the membership (pod deleted), or no
-    /// longer in the map's node list.
+    /// Dead for sure: confirmed or fenced, or no longer in the map's node list. A node gone
+    /// from the membership (pod object deleted) counts only once fenced: a force-deleted pod's
+    /// container may still run (the runner reports such nodes silent).
     pub(super) fn dead(&self, n: &str) -> bool {
-        self.inputs.obs.liveness(n) == Liveness::Dead
-            || self.inputs.membership.node(n).is_none()
-            || !self.states.contains_key(n)
+        self.inputs.obs.liveness(n) == Liveness::Dead || !self.states.contains_key(n)
     }
 
     pub(super) fn current(&self, n: &str) -> bool {

@@ -11,7 +11,7 @@ use shardedstore_node::admin_api::{
 use shardedstore_node::map::{NodeState, PartitionMap};
 use std::time::{Duration, Instant};
 
-fn member(i: u32) -> MemberNode {
+pub(super) fn member(i: u32) -> MemberNode {
     MemberNode {
         id: format!("node-{i}"),
         ordinal: i,
@@ -24,15 +24,15 @@ fn member(i: u32) -> MemberNode {
 }
 
 /// A test world: membership, settings, observations and (once bootstrapped) the map.
-struct World {
-    membership: Membership,
-    settings: Settings,
-    obs: Observations,
-    map: Option<PartitionMap>,
+pub(super) struct World {
+    pub(super) membership: Membership,
+    pub(super) settings: Settings,
+    pub(super) obs: Observations,
+    pub(super) map: Option<PartitionMap>,
 }
 
 impl World {
-    fn new(nodes: u32, partitions: u32, rf: u32) -> Self {
+    pub(super) fn new(nodes: u32, partitions: u32, rf: u32) -> Self {
         let now = Instant::now();
         let mut w = Self {
             membership: Membership {
@@ -56,14 +56,14 @@ impl World {
     }
 
     /// A bootstrapped world whose nodes all hold the current map.
-    fn running(nodes: u32, partitions: u32, rf: u32) -> Self {
+    pub(super) fn running(nodes: u32, partitions: u32, rf: u32) -> Self {
         let mut w = Self::new(nodes, partitions, rf);
         let p = w.plan();
         w.apply(p);
         w
     }
 
-    fn plan(&self) -> Plan {
+    pub(super) fn plan(&self) -> Plan {
         plan(&Inputs {
             store: "s",
             map: self.map.as_ref(),
@@ -74,7 +74,7 @@ impl World {
     }
 
     /// Installs the plan's map (as a successful write plus push to every alive node).
-    fn apply(&mut self, plan: Plan) {
+    pub(super) fn apply(&mut self, plan: Plan) {
         if let Some(map) = plan.map {
             let v = map.version;
             self.map = Some(map);
@@ -85,11 +85,11 @@ impl World {
         }
     }
 
-    fn map(&self) -> &PartitionMap {
+    pub(super) fn map(&self) -> &PartitionMap {
         self.map.as_ref().unwrap_or_else(|| panic!("no map"))
     }
 
-    fn set_alive(&mut self, id: &str) {
+    pub(super) fn set_alive(&mut self, id: &str) {
         self.obs.liveness.insert(id.to_owned(), Liveness::Alive);
         self.obs.dead_since.remove(id);
         let version = self.map.as_ref().map_or(0, |m| m.version);
@@ -103,7 +103,7 @@ impl World {
         );
     }
 
-    fn set_dead(&mut self, id: &str, confirmed: bool) {
+    pub(super) fn set_dead(&mut self, id: &str, confirmed: bool) {
         self.obs.liveness.insert(id.to_owned(), Liveness::Dead);
         self.obs.dead_since.insert(id.to_owned(), self.obs.now);
         self.obs.reports.remove(id);
@@ -115,7 +115,7 @@ impl World {
 
     /// Runs rounds, granting every admission and hand-off the plan asks for, until the map
     /// stops changing; returns the number of rounds.
-    fn settle(&mut self) -> usize {
+    pub(super) fn settle(&mut self) -> usize {
         for round in 0..200 {
             let p = self.plan();
             let calls = p.calls.clone();
@@ -156,7 +156,7 @@ impl World {
                             known.insert(n.clone(), LogPosition::default());
                         }
                     }
-                    Call::Drop { .. } => {}
+                    Call::Drop { .. } | Call::FetchMap { .. } => {}
                 }
             }
             if !changed && calls.is_empty() {
@@ -166,7 +166,7 @@ impl World {
         panic!("did not settle: {:#?}", self.map)
     }
 
-    fn primaries_of(&self, id: &str) -> Vec<u32> {
+    pub(super) fn primaries_of(&self, id: &str) -> Vec<u32> {
         self.map()
             .partitions
             .iter()
@@ -672,13 +672,18 @@ fn a_restarted_coordinator_changes_nothing_until_nodes_answer() {
 }
 
 #[test]
-fn a_node_gone_from_the_membership_counts_as_dead() {
+fn a_node_gone_from_the_membership_counts_as_dead_once_fenced() {
     let mut w = World::running(3, 4, 3);
     let led = w.primaries_of("node-2");
     assert!(!led.is_empty());
     w.membership.nodes.retain(|n| n.id != "node-2");
     w.obs.reports.remove("node-2");
-    w.obs.liveness.remove("node-2");
+    // The runner reports a gone node silent; until its fence passes it is only suspected.
+    w.obs.liveness.insert("node-2".into(), Liveness::Suspected);
+    let p = w.plan();
+    assert!(p.map.is_none(), "{:?}", p.map);
+    assert!(p.calls.is_empty(), "{:?}", p.calls);
+    w.obs.liveness.insert("node-2".into(), Liveness::Dead);
     w.settle();
     assert!(w.primaries_of("node-2").is_empty());
     assert_eq!(w.map().nodes["node-2"].state, NodeState::Down);

@@ -1,0 +1,98 @@
+//! Planner tests of the safety rules: map recovery, never failing over a node that may still
+//! hold a lease, in-sync removal of members that stopped acknowledging.
+
+use super::Call;
+use super::tests::World;
+use crate::coordinator::liveness::Liveness;
+use crate::coordinator::status::CoordinatorEvent;
+
+/// Issue item 5 (losing the map): with no stored map but nodes holding one, the planner
+/// fetches the newest node map and writes it back unchanged instead of bootstrapping.
+#[test]
+fn a_lost_map_is_recovered_from_the_newest_node_not_bootstrapped() {
+    let mut old = World::running(3, 8, 3);
+    // The history went on for a while: version 7 on node-1, 6 on the others.
+    let mut newest = old.map().clone();
+    newest.version = 7;
+    newest.partitions[0].epoch = 4;
+    old.map = None;
+    for (id, r) in old.obs.reports.iter_mut() {
+        r.map_version = if id == "node-1" { 7 } else { 6 };
+    }
+    let p = old.plan();
+    assert!(p.map.is_none(), "must not bootstrap: {:?}", p.map);
+    assert_eq!(
+        p.calls,
+        vec![Call::FetchMap {
+            node: "node-1".into(),
+            client_addr: "127.0.0.1:7001".into()
+        }]
+    );
+    old.obs.node_maps.insert("node-1".into(), newest.clone());
+    let p = old.plan();
+    assert!(
+        p.events.iter().any(
+            |e| matches!(e, CoordinatorEvent::MapRecovered { version: 7, from } if from == "node-1")
+        ),
+        "{:?}",
+        p.events
+    );
+    assert_eq!(p.map.as_ref(), Some(&newest), "written back unchanged");
+    old.apply(p);
+    // From then on the history continues from the nodes' version.
+    old.settings.min_in_sync = 1;
+    let next = old.plan().map.unwrap_or_else(|| panic!("no next map"));
+    assert_eq!(next.version, 8);
+    assert_eq!(next.partitions[0].epoch, 4);
+}
+
+/// Issue item 5: with no stored map, recovery waits (like the first map) until every member
+/// answered or the grace period passed, so that the newest map is not missed.
+#[test]
+fn recovery_waits_for_every_member_before_choosing_the_newest_map() {
+    let mut w = World::new(3, 8, 3);
+    if let Some(r) = w.obs.reports.get_mut("node-0") {
+        r.map_version = 5;
+    }
+    w.obs.liveness.insert("node-2".into(), Liveness::Unknown);
+    let p = w.plan();
+    assert!(p.map.is_none() && p.calls.is_empty(), "{p:?}");
+    w.obs.now += super::BOOTSTRAP_GRACE;
+    let p = w.plan();
+    assert!(p.map.is_none());
+    assert!(matches!(&p.calls[..], [Call::FetchMap { node, .. }] if node == "node-0"));
+}
+
+/// Issue item 5: a node holding a newer map than the store (the store was re-created or
+/// rewound; such a node answers 409 to the store's map) is not "current"; the store adopts
+/// the node's map before anything else is decided.
+#[test]
+fn a_store_behind_a_node_adopts_the_nodes_newer_map() {
+    let mut w = World::running(3, 8, 3);
+    let version = w.map().version;
+    if let Some(r) = w.obs.reports.get_mut("node-2") {
+        r.map_version = version + 3;
+    }
+    // Even a dead primary waits: the newer map may already have failed it over.
+    w.set_dead("node-0", true);
+    let p = w.plan();
+    assert!(p.map.is_none(), "{:?}", p.map);
+    assert!(
+        matches!(&p.calls[..], [Call::FetchMap { node, .. }] if node == "node-2"),
+        "{:?}",
+        p.calls
+    );
+    let mut newer = w.map().clone();
+    newer.version = version + 3;
+    w.obs.node_maps.insert("node-2".into(), newer.clone());
+    let p = w.plan();
+    assert_eq!(p.map, Some(newer));
+}
+
+/// Issue item 5: bootstrapping stays the path of a store whose nodes hold no map at all.
+#[test]
+fn a_store_whose_nodes_hold_no_map_bootstraps() {
+    let w = World::new(3, 8, 3);
+    let p = w.plan();
+    assert_eq!(p.map.map(|m| m.version), Some(1));
+}
