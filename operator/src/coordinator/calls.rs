@@ -103,9 +103,19 @@ pub(crate) fn spawn(
                                 ready: r.ready,
                             },
                         ),
+                        // No answer in time: the primary may be stuck in hand-off (it serves
+                        // nothing until a newer map), so this counts as not ready and is
+                        // aborted by a new map; never re-asked at once.
                         Err(e) => {
-                            tracing::debug!(error = %e, partition, "hand-off");
-                            Outcome::Nothing
+                            tracing::warn!(error = %e, partition, "hand-off failed");
+                            Outcome::Handoff(
+                                partition,
+                                HandoffOutcome {
+                                    epoch,
+                                    to,
+                                    ready: false,
+                                },
+                            )
                         }
                     },
                     None => Outcome::Nothing,

@@ -407,6 +407,9 @@ impl Runner {
                     self.obs.admitted.insert((p, epoch, node));
                 }
                 Outcome::Handoff(p, o) => {
+                    if !o.ready {
+                        self.obs.handoff_failed_at.insert(p, Instant::now());
+                    }
                     self.obs.handoffs.insert(p, o);
                 }
                 Outcome::Dropped(partition, node) => {

@@ -48,6 +48,16 @@ pub(super) fn handoff(
     let Some(to) = to else {
         return Handoff::None;
     };
+    let obs = round.inputs.obs;
+    let retry_at = obs
+        .handoff_failed_at
+        .get(&p)
+        .map(|t| *t + super::HANDOFF_RETRY_AFTER);
+    let answered = obs.handoffs.get(&p).is_some_and(|o| o.epoch == e.epoch);
+    if !answered && retry_at.is_some_and(|t| obs.now < t) {
+        // The last attempt failed and was aborted: the primary serves again for a while.
+        return Handoff::None;
+    }
     if !round.current(primary) {
         return Handoff::Pending;
     }

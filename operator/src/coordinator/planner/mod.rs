@@ -49,6 +49,9 @@ pub struct Observations {
     /// Learners (or lagging replicas) the primary reported ready: (partition, epoch, node).
     pub admitted: BTreeSet<(PartitionId, u64, NodeId)>,
     pub handoffs: BTreeMap<PartitionId, HandoffOutcome>,
+    /// When a hand-off of each partition last failed (not ready in time, or no answer):
+    /// it is not asked again before [`HANDOFF_RETRY_AFTER`] has passed.
+    pub handoff_failed_at: BTreeMap<PartitionId, Instant>,
     /// Maps fetched from nodes while recovering a lost map.
     pub node_maps: BTreeMap<NodeId, PartitionMap>,
 }
@@ -64,6 +67,7 @@ impl Observations {
             positions: BTreeMap::new(),
             admitted: BTreeSet::new(),
             handoffs: BTreeMap::new(),
+            handoff_failed_at: BTreeMap::new(),
             node_maps: BTreeMap::new(),
         }
     }
@@ -141,6 +145,10 @@ pub struct Inputs<'a> {
     pub settings: &'a Settings,
     pub obs: &'a Observations,
 }
+
+/// How long a partition whose hand-off failed keeps its primary before another hand-off is
+/// asked (so that a target that cannot catch up does not stall the primary again and again).
+pub const HANDOFF_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// How long the first map waits for every desired node before starting with enough of them.
 pub const BOOTSTRAP_GRACE: Duration = Duration::from_secs(10);

@@ -96,3 +96,63 @@ fn a_store_whose_nodes_hold_no_map_bootstraps() {
     let p = w.plan();
     assert_eq!(p.map.map(|m| m.version), Some(1));
 }
+
+/// Issue item 4 (hand-offs abortable): a hand-off that was not ready in time (or got no
+/// answer) is aborted with a new map naming the primary again, and is not asked again before
+/// the retry interval, so the primary serves in between instead of being stalled forever.
+#[test]
+fn a_failed_hand_off_is_aborted_and_not_reissued_at_once() {
+    use super::{HANDOFF_RETRY_AFTER, HandoffOutcome};
+    let mut w = World::running(3, 6, 3);
+    let led = w.primaries_of("node-1");
+    assert!(!led.is_empty());
+    w.membership.cordoned.insert("node-1".into());
+    let p = w.plan();
+    let (part, epoch, to) = p
+        .calls
+        .iter()
+        .find_map(|c| match c {
+            Call::Handoff {
+                partition,
+                epoch,
+                to,
+                ..
+            } => Some((*partition, *epoch, to.clone())),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no hand-off asked: {:?}", p.calls));
+    w.apply(p);
+    // The call timed out: the runner records a not-ready answer and the failure time.
+    w.obs.handoffs.insert(
+        part,
+        HandoffOutcome {
+            epoch,
+            to,
+            ready: false,
+        },
+    );
+    w.obs.handoff_failed_at.insert(part, w.obs.now);
+    let version = w.map().version;
+    let p = w.plan();
+    assert!(p.events.iter().any(
+        |e| matches!(e, CoordinatorEvent::HandoffAborted { partition, .. } if *partition == part)
+    ));
+    let map = p
+        .map
+        .clone()
+        .unwrap_or_else(|| panic!("abort writes a map"));
+    assert!(map.version > version);
+    assert_eq!(
+        map.partitions[part as usize].primary.as_deref(),
+        Some("node-1")
+    );
+    w.apply(p);
+    let asks = |p: &super::Plan| {
+        p.calls
+            .iter()
+            .any(|c| matches!(c, Call::Handoff { partition, .. } if *partition == part))
+    };
+    assert!(!asks(&w.plan()), "re-asked at once");
+    w.obs.now += HANDOFF_RETRY_AFTER;
+    assert!(asks(&w.plan()), "asked again after the retry interval");
+}
