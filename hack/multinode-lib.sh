@@ -52,7 +52,7 @@ mn_existing_workers() {
     {
         ip netns list 2>/dev/null | awk '{print $1}' | sed -n "s/^$MN_NETNS_PREFIX\([0-9]\)\$/\1/p"
         for d in /sys/fs/cgroup/*/"$MN_CGROUP_PREFIX"[0-9] "$MN_DIR"/w[0-9] "$MN_STATE"/w[0-9] "$MN_RUN"/w[0-9]; do
-            [[ -e "$d" ]] && echo "${d: -1}"
+            if [[ -e "$d" ]]; then echo "${d: -1}"; fi
         done
     } | sort -u
 }
