@@ -7,13 +7,17 @@
 //! | method | path | body → answer |
 //! |---|---|---|
 //! | POST | `/admin/v1/map` | [`PartitionMap`] → [`InstallMapResponse`] (409 if older than the installed one) |
-//! | POST | `/admin/v1/heartbeat` | [`HeartbeatRequest`] → [`HeartbeatResponse`] |
+//! | GET | `/admin/v1/map` | → the installed (persisted) [`PartitionMap`], also after a restart; 404 `no_map` when none |
+//! | POST | `/admin/v1/heartbeat` | [`HeartbeatRequest`] → [`HeartbeatResponse`] (409 `wrong_store`, 409 `wrong_node`) |
 //! | GET | `/admin/v1/partitions/{p}/position` | → [`LogPosition`] |
 //! | POST | `/admin/v1/partitions/{p}/admit` | [`AdmitRequest`] → [`AdmitResponse`] (primary only) |
 //! | POST | `/admin/v1/partitions/{p}/handoff` | [`HandoffRequest`] → [`HandoffResponse`] (primary only) |
 //! | DELETE | `/admin/v1/partitions/{p}` | → 204 (drops the local copy; refused with 409 while the installed map lists this node as a member) |
 //!
 //! Errors use the same JSON body as the client API: `{"error":{"code","message"}}`.
+//!
+//! Fields added after the first version carry `#[serde(default)]`, so a message from an
+//! older peer still parses (the rules in `docs/protocol.md` say how such a message is treated).
 
 use crate::map::{NodeId, PartitionId};
 use serde::{Deserialize, Serialize};
@@ -29,16 +33,35 @@ pub struct InstallMapResponse {
     pub version: u64,
 }
 
-/// Operator → node, every heartbeat interval. Grants a lease of `lease_ms`, measured on the
-/// node's monotonic clock from receipt.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+/// Operator → node, every heartbeat interval.
+///
+/// Lease rule (`docs/protocol.md`, "Leases"): the node notes its monotonic receipt time of
+/// every heartbeat `(coordinator, seq)` it answers. A heartbeat whose `confirmed_seq` names
+/// such a heartbeat of the same coordinator sets the lease to end at `receipt(confirmed_seq) +
+/// lease_ms`; a heartbeat that confirms nothing never extends the lease. The operator fences
+/// from its receipt of the reply to `confirmed_seq`, which is later than the node's receipt.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct HeartbeatRequest {
-    /// Name of the store; a node of another store refuses (409).
+    /// Name of the store; a node of another store refuses (409 `wrong_store`).
     pub store: String,
     /// Version of the map the operator holds; if the node's is older, the operator pushes the map.
     pub map_version: u64,
     pub lease_ms: u64,
+    /// Id of the node the operator believes it talks to; a node with another id refuses
+    /// (409 `wrong_node`). Empty: not checked (older operators).
+    #[serde(default)]
+    pub node: NodeId,
+    /// Random id of the sending coordinator, new on every coordinator start. Heartbeats of
+    /// another coordinator start a fresh chain: they extend no lease until confirmed.
+    #[serde(default)]
+    pub coordinator: String,
+    /// Number of this heartbeat, increasing per coordinator.
+    #[serde(default)]
+    pub seq: u64,
+    /// Highest `seq` of this coordinator whose reply the operator has received.
+    #[serde(default)]
+    pub confirmed_seq: Option<u64>,
 }
 
 /// Role a node plays for a partition, according to its installed map and local state.
@@ -68,8 +91,16 @@ pub struct FollowerProgress {
     pub node: NodeId,
     /// Highest sequence number the follower has durably appended.
     pub acked_seq: u64,
-    /// Milliseconds since the primary last heard from it.
-    pub last_contact_ms: u64,
+    /// Milliseconds since the primary last heard from it; `None` (JSON `null`) when it has
+    /// not heard from it since it became primary.
+    #[serde(default)]
+    pub last_contact_ms: Option<u64>,
+    /// `None` when the follower has acknowledged every entry the primary holds; else the
+    /// milliseconds since it last acknowledged progress while entries were outstanding (or
+    /// since entries became outstanding). Heartbeat answers do not reset it: a member with
+    /// a hung disk or a broken primary→follower link shows a growing value.
+    #[serde(default)]
+    pub pending_since_ms: Option<u64>,
 }
 
 /// One partition's state on one node.
@@ -90,6 +121,11 @@ pub struct PartitionState {
     pub followers: Vec<FollowerProgress>,
     pub keys: u64,
     pub bytes: u64,
+    /// True when this copy was created empty on this disk while the map already listed the
+    /// node in `inSync` (a lost or foreign data directory): it is no valid in-sync member or
+    /// failover candidate until a map has dropped it from `inSync` (it then rejoins as a learner).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unproven: bool,
 }
 
 /// Node → operator: the answer to a heartbeat.
@@ -100,6 +136,23 @@ pub struct HeartbeatResponse {
     /// Version of the map the node has installed (0 if none).
     pub map_version: u64,
     pub partitions: Vec<PartitionState>,
+    /// Random value chosen at every process start. When it changes, the node restarted and
+    /// leads no partition until a map with a higher epoch names it: the operator fails over
+    /// the partitions it led (possibly to the same node).
+    #[serde(default)]
+    pub incarnation: u64,
+    /// Random identity of the node's database, created with it and kept in its meta table.
+    /// A new value means an empty or foreign data directory: its copies are learners only.
+    #[serde(default)]
+    pub disk_id: String,
+    /// Echo of the request's `seq`.
+    #[serde(default)]
+    pub seq: u64,
+    /// 0 when the storage writer has no pending write; else how long (ms) the oldest pending
+    /// write has waited. A primary stalled beyond a bound gets no lease from heartbeats and
+    /// serves nothing; the operator fails it over.
+    #[serde(default)]
+    pub storage_stalled_ms: u64,
 }
 
 /// Operator → primary: start treating `learner` as a member that must acknowledge before commit.
@@ -109,6 +162,10 @@ pub struct AdmitRequest {
     /// Epoch the operator believes current; a primary at another epoch refuses (409).
     pub epoch: u64,
     pub learner: NodeId,
+    /// How long the primary may wait for the learner to become ready before answering
+    /// `ready: false` (0: answer at once). The operator's call timeout must exceed it.
+    #[serde(default)]
+    pub timeout_ms: u64,
 }
 
 /// Primary → operator. Once `ready`, the learner holds every committed entry and the primary

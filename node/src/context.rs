@@ -1,13 +1,18 @@
-//! Node-wide shared state: identity, storage handles, the lease, the installed map,
-//! configuration of replication, metrics, and the peer client.
+//! Node-wide shared state: identity (node id, incarnation, disk identity), storage handles,
+//! the lease, the installed map, configuration of replication, metrics, and the peer client.
 
+pub use crate::lease::Lease;
 use crate::map::PartitionMap;
 use crate::metrics::NodeMetrics;
 use crate::replication::peer_client::PeerClient;
 use crate::storage::Store;
 use crate::storage::writer::WriterHandle;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// A storage writer stalled longer than this takes no lease from heartbeats and serves
+/// nothing: the operator fails it over instead of waiting for a disk that may never return.
+pub const STORAGE_STALL_BOUND: Duration = Duration::from_secs(2);
 
 /// Tunables of replication and retention (from the command line).
 #[derive(Clone, Debug)]
@@ -36,31 +41,11 @@ impl Default for ReplicationConfig {
     }
 }
 
-/// The node's lease: granted by each heartbeat, measured on the monotonic clock from receipt.
-#[derive(Default)]
-pub struct Lease {
-    until: Mutex<Option<Instant>>,
-}
-
-impl Lease {
-    pub fn grant(&self, duration: Duration) {
-        if let Ok(mut u) = self.until.lock() {
-            *u = Some(Instant::now() + duration);
-        }
-    }
-
-    pub fn valid(&self) -> bool {
-        self.until
-            .lock()
-            .ok()
-            .and_then(|u| *u)
-            .is_some_and(|u| Instant::now() < u)
-    }
-}
-
 /// Everything the node's parts share.
 pub struct Ctx {
     pub node_id: String,
+    /// Random value chosen at every process start (reported in heartbeat answers).
+    pub incarnation: u64,
     pub store_name: String,
     pub store: Store,
     pub writer: WriterHandle,
@@ -85,6 +70,7 @@ impl Ctx {
     ) -> Self {
         Self {
             node_id,
+            incarnation: rand::random(),
             store_name,
             store,
             writer,
@@ -114,6 +100,16 @@ impl Ctx {
     /// Peer address of `node` in the installed map.
     pub fn peer_addr(&self, node: &str) -> Option<String> {
         self.map()?.nodes.get(node).map(|n| n.peer_addr.clone())
+    }
+
+    /// Whether the storage writer has been stuck longer than [`STORAGE_STALL_BOUND`].
+    pub fn storage_stalled(&self) -> bool {
+        self.writer.stalled_for() > STORAGE_STALL_BOUND
+    }
+
+    /// The lease holds and storage is not stalled: the node may serve as primary.
+    pub fn may_serve(&self) -> bool {
+        self.lease.valid() && !self.storage_stalled()
     }
 
     /// Snapshot throughput limit: the map's, else the node's flag (0 = unlimited).

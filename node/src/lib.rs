@@ -7,6 +7,7 @@
 //! - [`storage`]: the redb database and its group-commit writer.
 //! - [`replication`]: epochs, peer frames, commit rule, primary and follower logic.
 //! - [`node`]: the partitions a node holds, map installs, heartbeats, upkeep.
+//! - [`lease`]: the lease rule (heartbeats confirmed by the operator grant the lease).
 //! - [`http`]: the client, peer/admin and metrics HTTP servers.
 //! - [`config`], [`server`]: configuration, start-up and shutdown of the `shardedstore-node` binary.
 
@@ -16,6 +17,7 @@ pub mod client;
 pub mod config;
 pub mod context;
 pub mod http;
+pub mod lease;
 pub mod map;
 pub mod metrics;
 pub mod node;

@@ -3,6 +3,7 @@
 
 use crate::admin_api::{HeartbeatRequest, HeartbeatResponse, LogPosition};
 use crate::context::Ctx;
+use crate::lease::Beat;
 use crate::map::{MapError, PartitionId, PartitionMap};
 use crate::replication::replica::Replica;
 use crate::storage::writer::Command;
@@ -32,6 +33,8 @@ pub enum InstallError {
 pub enum HeartbeatError {
     #[error("heartbeat for store {found}, this node belongs to {expected}")]
     WrongStore { found: String, expected: String },
+    #[error("heartbeat for node {found}, this is node {expected}")]
+    WrongNode { found: String, expected: String },
 }
 
 /// Why a partition was not dropped.
@@ -205,7 +208,7 @@ impl Node {
         Ok(())
     }
 
-    /// Grants the lease and reports every partition's state.
+    /// Applies the lease rule ([`crate::lease`]) and reports every partition's state.
     pub fn heartbeat(&self, req: &HeartbeatRequest) -> Result<HeartbeatResponse, HeartbeatError> {
         if req.store != self.ctx.store_name {
             return Err(HeartbeatError::WrongStore {
@@ -213,7 +216,28 @@ impl Node {
                 expected: self.ctx.store_name.clone(),
             });
         }
-        self.ctx.lease.grant(Duration::from_millis(req.lease_ms));
+        if !req.node.is_empty() && req.node != self.ctx.node_id {
+            return Err(HeartbeatError::WrongNode {
+                found: req.node.clone(),
+                expected: self.ctx.node_id.clone(),
+            });
+        }
+        let stalled = self.ctx.writer.stalled_for();
+        let may_extend = stalled <= crate::context::STORAGE_STALL_BOUND;
+        let lease = Duration::from_millis(req.lease_ms);
+        if req.coordinator.is_empty() {
+            if may_extend {
+                self.ctx.lease.grant_from_receipt(lease);
+            }
+        } else {
+            let beat = Beat {
+                coordinator: &req.coordinator,
+                seq: req.seq,
+                confirmed_seq: req.confirmed_seq,
+                lease,
+            };
+            self.ctx.lease.on_heartbeat(&beat, may_extend);
+        }
         let replicas = self.all();
         for r in &replicas {
             r.advance_commit();
@@ -222,6 +246,10 @@ impl Node {
             node_id: self.ctx.node_id.clone(),
             map_version: self.ctx.map_version(),
             partitions: replicas.iter().map(|r| r.status()).collect(),
+            incarnation: self.ctx.incarnation,
+            disk_id: self.ctx.store.disk_id().to_owned(),
+            seq: req.seq,
+            storage_stalled_ms: stalled.as_millis() as u64,
         })
     }
 

@@ -1,5 +1,8 @@
 //! Start-up and shutdown of a node: open storage, start the writer, load the map, serve the
-//! three ports until SIGTERM/Ctrl-C (or a fatal storage error), then stop gracefully.
+//! three ports until SIGTERM/Ctrl-C, then stop gracefully. A fatal storage error (a failed
+//! write or fsync) aborts the process at once instead: its in-memory state may be ahead of
+//! the disk, and a graceful drain would keep answering probes and heartbeats with positions
+//! that were never persisted. The restart recovers from the database alone.
 
 use crate::config::NodeConfig;
 use crate::context::{Ctx, ReplicationConfig};
@@ -40,8 +43,6 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("a storage commit failed; the node stopped")]
-    Fatal,
 }
 
 fn peer_token(cfg: &NodeConfig) -> Result<String, ServerError> {
@@ -93,18 +94,18 @@ pub async fn run(cfg: NodeConfig) -> Result<(), ServerError> {
     let token = peer_token(&cfg)?;
     let store = Store::open(&cfg.data_dir, &cfg.node_id)?;
     let metrics = Arc::new(NodeMetrics::new()?);
-    let fatal = CancellationToken::new();
-    let writer = {
-        let fatal = fatal.clone();
-        WriterHandle::start(
-            store.clone(),
-            WriterMetrics {
-                batch: metrics.commit_batch_commands.clone(),
-                fsync: metrics.fsync_seconds.clone(),
-            },
-            move |_| fatal.cancel(),
-        )
-    };
+    let writer = WriterHandle::start(
+        store.clone(),
+        WriterMetrics {
+            batch: metrics.commit_batch_commands.clone(),
+            fsync: metrics.fsync_seconds.clone(),
+        },
+        |e| {
+            tracing::error!(error = %e, "fatal storage error: aborting the process");
+            eprintln!("fatal storage error: {e}; aborting");
+            std::process::abort();
+        },
+    );
     let map = store.load_map()?;
     let config = ReplicationConfig {
         log_window: cfg.log_window,
@@ -167,17 +168,11 @@ pub async fn run(cfg: NodeConfig) -> Result<(), ServerError> {
                 .run(),
         ),
     ];
-    let failed = tokio::select! {
-        _ = termination() => false,
-        _ = fatal.cancelled() => true,
-    };
+    termination().await;
     tracing::info!("shutting down");
     shutdown.cancel();
     for s in servers {
         let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
-    }
-    if failed {
-        return Err(ServerError::Fatal);
     }
     Ok(())
 }

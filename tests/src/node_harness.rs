@@ -21,7 +21,7 @@
 //! # Ok(()) }
 //! ```
 
-use shardedstore_node::admin_api::HeartbeatRequest;
+use shardedstore_node::admin_api::{HeartbeatRequest, HeartbeatResponse};
 use shardedstore_node::client::AdminClient;
 use shardedstore_node::map::{NodeInfo, NodeState, PartitionEntry, PartitionMap};
 use std::future::Future;
@@ -217,6 +217,77 @@ impl Drop for TaskGuard {
     }
 }
 
+/// Sends heartbeats as one coordinator does: a random coordinator id, increasing sequence
+/// numbers, and per node the highest sequence number whose answer arrived (`confirmedSeq`).
+/// A node's lease starts at its receipt of a confirmed heartbeat, so granting a lease to a
+/// node takes two heartbeats.
+#[derive(Clone)]
+pub struct Heartbeater {
+    admin: AdminClient,
+    store: String,
+    coordinator: String,
+    seq: Arc<std::sync::atomic::AtomicU64>,
+    confirmed: Arc<Mutex<std::collections::HashMap<String, u64>>>,
+}
+
+impl Heartbeater {
+    pub fn new(admin: AdminClient, store: &str) -> Self {
+        Self {
+            admin,
+            store: store.to_owned(),
+            coordinator: format!("test-{:016x}", rand::random::<u64>()),
+            seq: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            confirmed: Arc::new(Mutex::new(std::collections::HashMap::new())),
+        }
+    }
+
+    /// The request the next heartbeat to `node` would carry.
+    pub fn request(&self, node: &str, lease: Duration) -> HeartbeatRequest {
+        let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let confirmed_seq = self
+            .confirmed
+            .lock()
+            .ok()
+            .and_then(|c| c.get(node).copied());
+        HeartbeatRequest {
+            store: self.store.clone(),
+            map_version: 0,
+            lease_ms: lease.as_millis() as u64,
+            node: node.to_owned(),
+            coordinator: self.coordinator.clone(),
+            seq,
+            confirmed_seq,
+        }
+    }
+
+    /// Sends one heartbeat to `node` at `addr`; its answer confirms it for the next one.
+    pub async fn beat(
+        &self,
+        node: &str,
+        addr: &str,
+        lease: Duration,
+    ) -> anyhow::Result<HeartbeatResponse> {
+        let req = self.request(node, lease);
+        let resp = self.admin.heartbeat(addr, &req).await?;
+        if let Ok(mut c) = self.confirmed.lock() {
+            let e = c.entry(node.to_owned()).or_insert(0);
+            *e = (*e).max(req.seq);
+        }
+        Ok(resp)
+    }
+
+    /// Heartbeats until the node holds a lease (two heartbeats when none was confirmed yet).
+    pub async fn grant(
+        &self,
+        node: &str,
+        addr: &str,
+        lease: Duration,
+    ) -> anyhow::Result<HeartbeatResponse> {
+        self.beat(node, addr, lease).await?;
+        self.beat(node, addr, lease).await
+    }
+}
+
 /// A set of nodes in one temporary directory, with helpers to drive them as the operator would.
 pub struct Cluster {
     pub nodes: Vec<NodeProcess>,
@@ -225,6 +296,8 @@ pub struct Cluster {
     pub http: reqwest::Client,
     /// Nodes the background heartbeat skips (e.g. a partitioned or killed node).
     pub heartbeat_skip: Arc<Mutex<Vec<String>>>,
+    /// The coordinator the helpers heartbeat as.
+    pub heartbeater: Heartbeater,
     dir: tempfile::TempDir,
 }
 
@@ -237,9 +310,11 @@ impl Cluster {
             let id = format!("node-{i}");
             nodes.push(NodeProcess::spawn(&id, &dir.path().join(&id), &options)?);
         }
+        let admin = AdminClient::new(options.token.clone(), Duration::from_secs(10))?;
         Ok(Self {
             nodes,
-            admin: AdminClient::new(options.token.clone(), Duration::from_secs(10))?,
+            heartbeater: Heartbeater::new(admin.clone(), &options.store),
+            admin,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(20))
                 .build()?,
@@ -340,12 +415,7 @@ impl Cluster {
             .iter()
             .filter(|n| n.is_running() && !skip.contains(&n.id))
         {
-            let req = HeartbeatRequest {
-                store: self.options.store.clone(),
-                map_version: 0,
-                lease_ms: lease.as_millis() as u64,
-            };
-            self.admin.heartbeat(&n.peer_addr, &req).await?;
+            self.heartbeater.grant(&n.id, &n.peer_addr, lease).await?;
         }
         Ok(())
     }
@@ -361,9 +431,8 @@ impl Cluster {
             .iter()
             .map(|n| (n.id.clone(), n.peer_addr.clone()))
             .collect();
-        let admin = self.admin.clone();
+        let beats = self.heartbeater.clone();
         let skip = self.heartbeat_skip.clone();
-        let store = self.options.store.clone();
         Ok(TaskGuard(tokio::spawn(async move {
             loop {
                 let skipped = skip.lock().map(|s| s.clone()).unwrap_or_default();
@@ -371,12 +440,7 @@ impl Cluster {
                     if skipped.contains(id) {
                         continue;
                     }
-                    let req = HeartbeatRequest {
-                        store: store.clone(),
-                        map_version: 0,
-                        lease_ms: lease.as_millis() as u64,
-                    };
-                    let _ = admin.heartbeat(addr, &req).await;
+                    let _ = beats.beat(id, addr, lease).await;
                 }
                 tokio::time::sleep(lease / 4).await;
             }

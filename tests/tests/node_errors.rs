@@ -131,6 +131,7 @@ async fn bad_requests_get_documented_errors_and_change_nothing() -> anyhow::Resu
                 store: cluster.options.store.clone(),
                 map_version: 1,
                 lease_ms: 60_000,
+                ..Default::default()
             },
         )
         .await?;

@@ -125,6 +125,7 @@ async fn failover_after_kill9_keeps_every_acknowledged_write() -> anyhow::Result
                     store: cluster.options.store.clone(),
                     map_version: 0,
                     lease_ms: 4000,
+                    ..Default::default()
                 };
                 let beat = cluster.admin.heartbeat(&n.peer_addr, &req).await?;
                 states.push_str(&format!(

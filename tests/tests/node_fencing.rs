@@ -74,6 +74,7 @@ async fn deposed_primary_cannot_complete_a_write() -> anyhow::Result<()> {
                 store: cluster.options.store.clone(),
                 map_version: 1,
                 lease_ms: 8000,
+                ..Default::default()
             },
         )
         .await?;

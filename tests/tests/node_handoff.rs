@@ -78,6 +78,7 @@ async fn handoff_moves_the_primary_without_losing_writes() -> anyhow::Result<()>
                 store: cluster.options.store.clone(),
                 map_version: 2,
                 lease_ms: 4000,
+                ..Default::default()
             },
         )
         .await?;

@@ -20,6 +20,7 @@ async fn beat(cluster: &Cluster, i: usize) -> anyhow::Result<HeartbeatResponse> 
         store: cluster.options.store.clone(),
         map_version: 0,
         lease_ms: 6000,
+        ..Default::default()
     };
     Ok(cluster
         .admin
@@ -158,6 +159,7 @@ async fn learner_catches_up_by_snapshot_and_tail_and_joins_in_sync() -> anyhow::
         let req = AdmitRequest {
             epoch: 1,
             learner: "node-1".into(),
+            timeout_ms: 0,
         };
         let admin = &cluster.admin;
         let addr = &cluster.nodes[0].peer_addr;

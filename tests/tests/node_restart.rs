@@ -189,6 +189,7 @@ async fn a_follower_killed_and_restarted_catches_up() -> anyhow::Result<()> {
                 store: c.options.store.clone(),
                 map_version: 1,
                 lease_ms: 4000,
+                ..Default::default()
             };
             c.admin.heartbeat(&c.nodes[i].peer_addr, &req).await.ok()
         }

@@ -89,6 +89,10 @@ impl PeerApi {
                 ),
             },
             (Method::POST, ["admin", "v1", "map"]) => self.install_map(&body).await,
+            (Method::GET, ["admin", "v1", "map"]) => match self.node.ctx.map() {
+                Some(map) => common::json(StatusCode::OK, &*map),
+                None => common::error(StatusCode::NOT_FOUND, "no_map", "no map installed"),
+            },
             (Method::POST, ["admin", "v1", "heartbeat"]) => self.heartbeat(&body),
             (method, ["admin", "v1", "partitions", p, rest @ ..]) => {
                 let Ok(p) = p.parse::<PartitionId>() else {
@@ -229,6 +233,9 @@ impl PeerApi {
             Ok(resp) => common::json(StatusCode::OK, &resp),
             Err(e @ HeartbeatError::WrongStore { .. }) => {
                 common::error(StatusCode::CONFLICT, "wrong_store", e.to_string())
+            }
+            Err(e @ HeartbeatError::WrongNode { .. }) => {
+                common::error(StatusCode::CONFLICT, "wrong_node", e.to_string())
             }
         }
     }

@@ -217,7 +217,7 @@ impl Replica {
     pub fn advance_commit(self: &Arc<Self>) {
         let advanced = {
             let mut st = self.lock();
-            match commit_input(&st, &self.ctx.node_id, self.ctx.lease.valid()) {
+            match commit_input(&st, &self.ctx.node_id, self.ctx.may_serve()) {
                 Some(input) => match commit_point(&input) {
                     Some(c) if c > st.commit_seq => {
                         st.commit_seq = c;
@@ -254,6 +254,9 @@ impl Replica {
         };
         if p.handoff.is_some() {
             return Err(ServeError::Unavailable("handing_off"));
+        }
+        if self.ctx.storage_stalled() {
+            return Err(ServeError::Unavailable("storage_stalled"));
         }
         if !self.ctx.lease.valid() {
             return Err(ServeError::Unavailable("lease_expired"));
@@ -384,7 +387,7 @@ impl Replica {
         if term.is_cancelled() {
             return Err(ServeError::Unavailable("deposed"));
         }
-        if !self.ctx.lease.valid() {
+        if !self.ctx.may_serve() {
             // Unlike the serving check's `lease_expired`, the entry is appended and committed:
             // the write took effect although it cannot be acknowledged.
             return Err(ServeError::Unavailable("lease_expired_after_append"));

@@ -309,7 +309,7 @@ impl Replica {
         if st.installing.is_some() || !st.entry.is_in_sync(&self.ctx.node_id) {
             return None;
         }
-        if st.primary.is_some() && self.ctx.lease.valid() {
+        if st.primary.is_some() && self.ctx.may_serve() {
             return Some(0);
         }
         st.last_sync.map(|t| t.elapsed().as_millis() as u64)
@@ -335,9 +335,8 @@ impl Replica {
                     .map(|(node, f)| FollowerProgress {
                         node: node.clone(),
                         acked_seq: f.acked.unwrap_or(0),
-                        last_contact_ms: f
-                            .last_contact
-                            .map_or(u64::MAX, |t| t.elapsed().as_millis() as u64),
+                        last_contact_ms: f.last_contact.map(|t| t.elapsed().as_millis() as u64),
+                        pending_since_ms: None,
                     })
                     .collect()
             })
@@ -352,6 +351,7 @@ impl Replica {
             followers,
             keys: st.keys,
             bytes: st.bytes,
+            unproven: false,
         }
     }
 }

@@ -380,7 +380,7 @@ fn primary_entry(in_sync: &[&str]) -> PartitionEntry {
 #[tokio::test]
 async fn a_refused_condition_reports_the_committed_version() {
     let f = plain("a");
-    f.ctx.lease.grant(Duration::from_secs(60));
+    f.ctx.lease.grant_for_tests(Duration::from_secs(60));
     let r = Arc::new(Replica::new(f.ctx.clone(), 0, PartitionDisk::default()));
     r.apply_map(primary_entry(&["a"]), 1).await;
     let w = r.write(b"k".to_vec(), Some(b"v".to_vec()), Condition::Always);
@@ -397,7 +397,7 @@ async fn a_refused_condition_reports_the_committed_version() {
 #[tokio::test]
 async fn a_condition_failing_only_against_an_uncommitted_write_is_not_refused() {
     let f = plain("a");
-    f.ctx.lease.grant(Duration::from_secs(60));
+    f.ctx.lease.grant_for_tests(Duration::from_secs(60));
     let r = Arc::new(Replica::new(f.ctx.clone(), 0, PartitionDisk::default()));
     // "b" is in sync but never acknowledges: nothing commits.
     r.apply_map(primary_entry(&["a", "b"]), 1).await;

@@ -5,6 +5,7 @@
 //! [`writer`] task so that one transaction and one fsync cover many appends.
 
 pub mod codec;
+pub mod faults;
 pub mod tables;
 pub mod writer;
 
@@ -83,6 +84,7 @@ pub struct Versioned {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
+    disk_id: Arc<str>,
 }
 
 impl Store {
@@ -97,17 +99,28 @@ impl Store {
             path: path.display().to_string(),
             source: e.into(),
         })?;
-        let store = Self { db: Arc::new(db) };
-        store.init_meta(node_id)?;
-        Ok(store)
+        let db = Arc::new(db);
+        let disk_id = Self::init_meta(&db, node_id)?;
+        Ok(Self {
+            db,
+            disk_id: disk_id.into(),
+        })
     }
 
     pub(crate) fn db(&self) -> &Arc<Database> {
         &self.db
     }
 
-    fn init_meta(&self, node_id: &str) -> Result<(), StorageError> {
-        let txn = self.db.begin_write().map_err(write_err)?;
+    /// Random identity of this database, created with it (`disk_id` in the meta table).
+    pub fn disk_id(&self) -> &str {
+        &self.disk_id
+    }
+
+    /// Checks format and owner, creating them (and the disk identity) in a new database.
+    /// Returns the disk identity.
+    fn init_meta(db: &Database, node_id: &str) -> Result<String, StorageError> {
+        let txn = db.begin_write().map_err(write_err)?;
+        let disk_id;
         {
             let mut meta = txn.open_table(META).map_err(write_err)?;
             let format = meta
@@ -141,8 +154,22 @@ impl Store {
                         .map_err(write_err)?;
                 }
             }
+            let stored = meta
+                .get("disk_id")
+                .map_err(write_err)?
+                .map(|v| String::from_utf8_lossy(v.value()).into_owned());
+            disk_id = match stored {
+                Some(id) => id,
+                None => {
+                    let id = format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+                    meta.insert("disk_id", id.as_bytes()).map_err(write_err)?;
+                    tracing::info!(disk_id = %id, "created the disk identity of a new database");
+                    id
+                }
+            };
         }
-        txn.commit().map_err(write_err)
+        txn.commit().map_err(write_err)?;
+        Ok(disk_id)
     }
 
     /// The installed partition map, if any.

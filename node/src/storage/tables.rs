@@ -1,7 +1,8 @@
 //! Names and layouts of the redb tables, and the fixed-size encodings of meta values.
 //!
-//! - `meta` (`&str → bytes`): `format`, `node_id`, `map` (JSON) and per partition
-//!   `p/{p}/base`, `p/{p}/history`, `p/{p}/applied`, `p/{p}/stats`, `p/{p}/snapshot`.
+//! - `meta` (`&str → bytes`): `format`, `node_id`, `disk_id` (random, created with the
+//!   database), `map` (JSON) and per partition `p/{p}/base`, `p/{p}/history`,
+//!   `p/{p}/applied`, `p/{p}/stats`, `p/{p}/snapshot`, `p/{p}/unproven`.
 //! - `log.{p}` (`u64 seq → encoded entry`), `data.{p}` (`key → version + value`).
 
 use crate::admin_api::LogPosition;

@@ -1,17 +1,20 @@
 //! The single writer of the database: a dedicated thread that drains every queued command
 //! (log appends of all partitions, applies, compactions, meta updates), executes the batch in
 //! one write transaction, commits it with one fsync when any command needs durability, and
-//! only then wakes each caller.
+//! only then wakes each caller. The handle also tells how long the oldest queued command has
+//! waited ([`WriterHandle::stalled_for`]): a hung disk shows there long before it fails.
 
 use super::codec::{self, LogEntry, Op};
+use super::faults::FaultHooks;
 use super::tables::{self, META, data_table, log_table, meta_key};
 use super::{StorageError, Store, write_err};
 use crate::admin_api::LogPosition;
 use crate::map::PartitionId;
 use crate::replication::epochs::EpochHistory;
 use redb::{Durability, ReadableTable, WriteTransaction};
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most commands executed in one transaction.
@@ -95,6 +98,8 @@ pub trait WriterObserver: Send + 'static {
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: mpsc::UnboundedSender<(Command, Reply)>,
+    /// Queue times of the commands not yet committed, in queue order.
+    queued: Arc<Mutex<VecDeque<Instant>>>,
 }
 
 impl WriterHandle {
@@ -106,14 +111,30 @@ impl WriterHandle {
         on_fatal: impl FnOnce(StorageError) + Send + 'static,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(Mutex::new(VecDeque::new()));
+        let writer = Writer {
+            store,
+            rx,
+            queued: queued.clone(),
+            hooks: FaultHooks::from_env(),
+        };
         std::thread::Builder::new()
             .name("storage-writer".into())
-            .spawn(move || run(store, rx, observer, on_fatal))
+            .spawn(move || writer.run(observer, on_fatal))
             .map_or_else(
                 |e| tracing::error!(error = %e, "cannot start the storage writer thread"),
                 |_| (),
             );
-        Self { tx }
+        Self { tx, queued }
+    }
+
+    /// How long the oldest queued command has waited for its commit (zero when none waits).
+    pub fn stalled_for(&self) -> Duration {
+        self.queued
+            .lock()
+            .ok()
+            .and_then(|q| q.front().map(Instant::elapsed))
+            .unwrap_or_default()
     }
 
     /// Queues a command and waits until its transaction has committed.
@@ -124,9 +145,12 @@ impl WriterHandle {
     /// Queues a command now (commands run in queue order) and returns a handle to await it.
     pub fn submit(&self, cmd: Command) -> Result<Pending, StorageError> {
         let (done, wait) = oneshot::channel();
+        // Queue order and the order of `queued` must agree: both change under this lock.
+        let mut queued = self.queued.lock().unwrap_or_else(|e| e.into_inner());
         self.tx
             .send((cmd, done))
             .map_err(|_| StorageError::WriterGone)?;
+        queued.push_back(Instant::now());
         Ok(Pending(wait))
     }
 }
@@ -140,38 +164,65 @@ impl Pending {
     }
 }
 
-fn run(
+/// The writer thread's state.
+struct Writer {
     store: Store,
-    mut rx: mpsc::UnboundedReceiver<(Command, Reply)>,
-    observer: impl WriterObserver,
-    on_fatal: impl FnOnce(StorageError),
-) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(c) => batch.push(c),
-                Err(_) => break,
-            }
-        }
-        let durable = batch.iter().any(|(c, _)| c.durable());
-        let started = Instant::now();
-        match execute(&store, &batch, durable) {
-            Ok(outcomes) => {
-                observer.batch(batch.len(), durable, started.elapsed().as_secs_f64());
-                for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
-                    let _ = reply.send(Ok(outcome));
+    rx: mpsc::UnboundedReceiver<(Command, Reply)>,
+    queued: Arc<Mutex<VecDeque<Instant>>>,
+    hooks: FaultHooks,
+}
+
+impl Writer {
+    fn run(mut self, observer: impl WriterObserver, on_fatal: impl FnOnce(StorageError)) {
+        while let Some(first) = self.rx.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "storage commit failed; the node stops");
-                for (_, reply) in batch {
-                    let _ = reply.send(Err(StorageError::WriterGone));
+            let durable = batch.iter().any(|(c, _)| c.durable());
+            let started = Instant::now();
+            match self.execute(&batch, durable) {
+                Ok(outcomes) => {
+                    observer.batch(batch.len(), durable, started.elapsed().as_secs_f64());
+                    if let Ok(mut q) = self.queued.lock() {
+                        let n = batch.len().min(q.len());
+                        q.drain(..n);
+                    }
+                    for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
+                        let _ = reply.send(Ok(outcome));
+                    }
                 }
-                on_fatal(e);
-                return;
+                Err(e) => {
+                    // Nobody is woken with success: callers see the writer gone, and the
+                    // node stops at once (`on_fatal`), so no unpersisted position is served.
+                    tracing::error!(error = %e, "storage commit failed; the node stops");
+                    for (_, reply) in batch {
+                        let _ = reply.send(Err(StorageError::WriterGone));
+                    }
+                    on_fatal(e);
+                    return;
+                }
             }
         }
+    }
+
+    fn execute(
+        &self,
+        batch: &[(Command, Reply)],
+        durable: bool,
+    ) -> Result<Vec<Outcome>, StorageError> {
+        if durable {
+            self.hooks.stall();
+            if self.hooks.fail() {
+                return Err(write_err(std::io::Error::other(
+                    "test hook: durable commit failed",
+                )));
+            }
+        }
+        execute(&self.store, batch, durable)
     }
 }
 

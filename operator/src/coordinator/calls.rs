@@ -65,6 +65,7 @@ pub(crate) fn spawn(
                 let req = AdmitRequest {
                     epoch,
                     learner: node.clone(),
+                    timeout_ms: 0,
                 };
                 let outcome = match primary_addr {
                     Some(a) => match transport.admit(&a, partition, &req).await {

@@ -208,6 +208,7 @@ impl Runner {
             store: self.store.name.clone(),
             map_version: version,
             lease_ms: settings.lease.as_millis() as u64,
+            ..HeartbeatRequest::default()
         };
         let started = self.started;
         let mut contacts = Vec::new();

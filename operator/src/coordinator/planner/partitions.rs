@@ -208,9 +208,11 @@ fn shrink(
         .filter(|s| s.epoch == e.epoch && s.role == ReplicaRole::Primary);
     let lagging = |n: &str| {
         report.is_some_and(|s| {
-            s.followers
-                .iter()
-                .any(|f| f.node == n && f.acked_seq < s.commit_seq && f.last_contact_ms > lag)
+            s.followers.iter().any(|f| {
+                f.node == n
+                    && f.acked_seq < s.commit_seq
+                    && f.last_contact_ms.is_none_or(|c| c > lag)
+            })
         })
     };
     let removed: Vec<NodeId> = e

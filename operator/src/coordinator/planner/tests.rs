@@ -99,6 +99,10 @@ impl World {
                 node_id: id.to_owned(),
                 map_version: version,
                 partitions: Vec::new(),
+                incarnation: 0,
+                disk_id: String::new(),
+                seq: 0,
+                storage_stalled_ms: 0,
             },
         );
     }
@@ -345,16 +349,19 @@ fn dead_and_lagging_followers_leave_in_sync() {
             FollowerProgress {
                 node: followers[0].clone(),
                 acked_seq: 40,
-                last_contact_ms: 10_000,
+                last_contact_ms: Some(10_000),
+                pending_since_ms: Some(10_000),
             },
             FollowerProgress {
                 node: followers[1].clone(),
                 acked_seq: 100,
-                last_contact_ms: 5,
+                last_contact_ms: Some(5),
+                pending_since_ms: None,
             },
         ],
         keys: 0,
         bytes: 0,
+        unproven: false,
     });
     let p = w.plan();
     w.apply(p);
@@ -647,6 +654,7 @@ fn stale_copies_reported_by_a_node_are_dropped() {
         followers: Vec::new(),
         keys: 0,
         bytes: 0,
+        unproven: false,
     });
     let p = w.plan();
     assert!(

@@ -1,0 +1,56 @@
+//! Test-only storage fault hooks, honoured only in debug builds (the test profile); a release
+//! binary ignores the variables. They let multi-process tests reproduce disk faults with real
+//! processes:
+//!
+//! - `SHARDEDSTORE_TEST_STALL_FILE=<path>`: while `<path>` exists, the writer holds every
+//!   durable commit before it reaches the disk (a hung fsync). Entries appended meanwhile are
+//!   in memory and already sent to followers; killing the process then loses this unsynced
+//!   tail exactly as a power loss before the fsync would.
+//! - `SHARDEDSTORE_TEST_FAIL_FILE=<path>`: while `<path>` exists, every durable commit fails
+//!   (a failed fsync or write).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The hooks read from the environment at writer start.
+#[derive(Clone, Debug, Default)]
+pub struct FaultHooks {
+    stall_file: Option<PathBuf>,
+    fail_file: Option<PathBuf>,
+}
+
+impl FaultHooks {
+    /// Reads the variables in debug builds; nothing in release builds.
+    pub fn from_env() -> Self {
+        if !cfg!(debug_assertions) {
+            return Self::default();
+        }
+        let path = |name: &str| std::env::var_os(name).map(PathBuf::from);
+        let hooks = Self {
+            stall_file: path("SHARDEDSTORE_TEST_STALL_FILE"),
+            fail_file: path("SHARDEDSTORE_TEST_FAIL_FILE"),
+        };
+        if hooks.stall_file.is_some() || hooks.fail_file.is_some() {
+            tracing::warn!(?hooks, "test-only storage fault hooks are active");
+        }
+        hooks
+    }
+
+    /// Blocks while the stall file exists (called before a durable commit).
+    pub fn stall(&self) {
+        let Some(f) = &self.stall_file else { return };
+        let mut warned = false;
+        while f.exists() {
+            if !warned {
+                tracing::warn!(file = %f.display(), "test hook: durable commit held");
+                warned = true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Whether this durable commit must fail.
+    pub fn fail(&self) -> bool {
+        self.fail_file.as_ref().is_some_and(|f| f.exists())
+    }
+}
