@@ -7,6 +7,7 @@ use crate::metrics::NodeMetrics;
 use crate::replication::peer_client::PeerClient;
 use crate::storage::Store;
 use crate::storage::writer::WriterHandle;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -53,6 +54,12 @@ pub struct Ctx {
     pub lease: Lease,
     pub metrics: Arc<NodeMetrics>,
     pub config: ReplicationConfig,
+    /// Ids of the replication sessions this node opens as a primary.
+    pub sessions: crate::replication::session::SessionIds,
+    /// Set once a heartbeat without a coordinator id arrived: the operator predates the
+    /// incarnation rule and will not fail over a restarted primary, so the restart epoch
+    /// floor is not applied (`docs/protocol.md`, "Epochs on restart").
+    pub legacy_operator: AtomicBool,
     map: RwLock<Option<Arc<PartitionMap>>>,
 }
 
@@ -78,6 +85,8 @@ impl Ctx {
             lease: Lease::default(),
             metrics,
             config,
+            sessions: Default::default(),
+            legacy_operator: AtomicBool::new(false),
             map: RwLock::new(map.map(Arc::new)),
         }
     }

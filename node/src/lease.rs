@@ -158,7 +158,11 @@ mod tests {
         let t0 = Instant::now();
         let mut c = LeaseChain::default();
         c.on_heartbeat(&beat("a", 1, None), t0, true);
-        c.on_heartbeat(&beat("a", 2, Some(1)), t0 + Duration::from_millis(500), true);
+        c.on_heartbeat(
+            &beat("a", 2, Some(1)),
+            t0 + Duration::from_millis(500),
+            true,
+        );
         let granted = c.until();
         // Heartbeat 3 was sent confirming 1 (the reply to 2 had not arrived) and is
         // delivered 10 s later.
@@ -180,7 +184,10 @@ mod tests {
         c.on_heartbeat(&beat("a", 2, Some(1)), t0, true);
         let t5 = t0 + Duration::from_secs(5);
         c.on_heartbeat(&beat("b", 2, Some(1)), t5, true);
-        assert!(!c.valid_at(t5), "seq 1 of coordinator a confirms nothing for b");
+        assert!(
+            !c.valid_at(t5),
+            "seq 1 of coordinator a confirms nothing for b"
+        );
         c.on_heartbeat(&beat("b", 3, Some(2)), t5 + Duration::from_secs(1), true);
         assert_eq!(c.until(), Some(t5 + LEASE));
     }

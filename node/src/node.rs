@@ -6,9 +6,11 @@ use crate::context::Ctx;
 use crate::lease::Beat;
 use crate::map::{MapError, PartitionId, PartitionMap};
 use crate::replication::replica::Replica;
+use crate::replication::roles::unproven_when_created;
 use crate::storage::writer::Command;
 use crate::storage::{PartitionDisk, StorageError};
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -46,17 +48,27 @@ pub enum DropError {
     Storage(#[from] StorageError),
 }
 
+/// The epoch floor of partition `p` after a restart: its entry's epoch in the map persisted
+/// before the start (0 without one).
+fn start_floor(start_map: Option<&PartitionMap>, p: PartitionId) -> u64 {
+    start_map.and_then(|m| m.entry(p)).map_or(0, |e| e.epoch)
+}
+
 /// A storage node.
 pub struct Node {
     pub ctx: Arc<Ctx>,
     replicas: RwLock<BTreeMap<PartitionId, Arc<Replica>>>,
     install_lock: tokio::sync::Mutex<()>,
+    /// The map persisted when the process started: every epoch this node may have led
+    /// before is at most its entry's epoch (maps are persisted before they are obeyed).
+    start_map: Option<Arc<PartitionMap>>,
 }
 
 impl Node {
     /// Loads every partition found on disk (discarding interrupted snapshot installs) and
     /// obeys the persisted map, if any.
     pub async fn start(ctx: Arc<Ctx>) -> Result<Arc<Self>, StorageError> {
+        let start_map = ctx.map();
         let mut replicas = BTreeMap::new();
         for (p, interrupted) in ctx.store.partitions()? {
             if interrupted {
@@ -67,13 +79,19 @@ impl Node {
                 continue;
             }
             let disk = ctx.store.load_partition(p)?;
-            tracing::info!(partition = p, last = ?disk.last, applied = disk.applied_seq, "loaded partition");
-            replicas.insert(p, Replica::new(ctx.clone(), p, disk));
+            tracing::info!(partition = p, last = ?disk.last, applied = disk.applied_seq, unproven = disk.unproven, "loaded partition");
+            let r = Replica::new(ctx.clone(), p, disk);
+            {
+                let mut st = r.lock();
+                st.lead_floor = st.lead_floor.max(start_floor(start_map.as_deref(), p));
+            }
+            replicas.insert(p, r);
         }
         let node = Arc::new(Self {
             ctx,
             replicas: RwLock::new(replicas),
             install_lock: tokio::sync::Mutex::new(()),
+            start_map,
         });
         if let Some(map) = node.ctx.map() {
             let _g = node.install_lock.lock().await;
@@ -105,15 +123,36 @@ impl Node {
             return None;
         }
         let mut replicas = self.replicas.write().ok()?;
+        let mut created = false;
         let r = replicas
             .entry(p)
-            .or_insert_with(|| Replica::new(self.ctx.clone(), p, PartitionDisk::default()))
+            .or_insert_with(|| {
+                created = true;
+                Replica::new(self.ctx.clone(), p, PartitionDisk::default())
+            })
             .clone();
         {
             let mut st = r.lock();
             st.entry = entry.clone();
             st.min_in_sync = map.min_in_sync as usize;
             st.epoch = st.epoch.max(entry.epoch);
+            st.lead_floor = st.lead_floor.max(start_floor(self.start_map.as_deref(), p));
+            if created && unproven_when_created(entry, &self.ctx.node_id) {
+                st.unproven = true;
+                tracing::warn!(
+                    partition = p,
+                    epoch = entry.epoch,
+                    "no copy on this disk although the map lists this node in sync: the new copy is unproven"
+                );
+                // Queued before any append of this copy, so it is durable no later than they are.
+                let cmd = Command::SetUnproven {
+                    partition: p,
+                    unproven: true,
+                };
+                if let Err(e) = self.ctx.writer.submit(cmd) {
+                    tracing::error!(partition = p, error = %e, "persisting the unproven mark");
+                }
+            }
         }
         Some(r)
     }
@@ -209,7 +248,10 @@ impl Node {
     }
 
     /// Applies the lease rule ([`crate::lease`]) and reports every partition's state.
-    pub fn heartbeat(&self, req: &HeartbeatRequest) -> Result<HeartbeatResponse, HeartbeatError> {
+    pub fn heartbeat(
+        self: &Arc<Self>,
+        req: &HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, HeartbeatError> {
         if req.store != self.ctx.store_name {
             return Err(HeartbeatError::WrongStore {
                 found: req.store.clone(),
@@ -228,6 +270,14 @@ impl Node {
         if req.coordinator.is_empty() {
             if may_extend {
                 self.ctx.lease.grant_from_receipt(lease);
+            }
+            if !self.ctx.legacy_operator.swap(true, Ordering::SeqCst) {
+                tracing::warn!(
+                    "heartbeat without a coordinator id: the operator predates the incarnation \
+                     rule; a restarted node may lead its old epochs again"
+                );
+                let node = self.clone();
+                tokio::spawn(async move { node.reobey_map().await });
             }
         } else {
             let beat = Beat {
@@ -253,8 +303,20 @@ impl Node {
         })
     }
 
+    /// Where the partition's durable log ends (entries appended but not yet durable are not
+    /// reported: a failover chooses by positions that survive a crash).
+    /// Obeys the installed map again (after a rule that decides roles changed).
+    async fn reobey_map(&self) {
+        let _g = self.install_lock.lock().await;
+        if let Some(map) = self.ctx.map()
+            && let Err(e) = self.reconcile(&map).await
+        {
+            tracing::error!(error = %e, "obeying the installed map again");
+        }
+    }
+
     pub fn position(&self, p: PartitionId) -> Option<LogPosition> {
-        self.replica(p).map(|r| r.lock().last)
+        self.replica(p).map(|r| r.durable_position())
     }
 
     /// Background upkeep until `shutdown`: log compaction and the stored-data gauges.

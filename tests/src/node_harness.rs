@@ -113,6 +113,9 @@ pub struct NodeProcess {
     pub peer_addr: String,
     pub metrics_addr: String,
     pub data_dir: PathBuf,
+    /// Extra environment of the process (e.g. the test-only storage fault hooks), applied
+    /// at the next (re)start.
+    pub env: Vec<(String, String)>,
     options: NodeOptions,
     child: Option<Child>,
 }
@@ -126,6 +129,7 @@ impl NodeProcess {
             peer_addr: format!("127.0.0.1:{}", free_port()?),
             metrics_addr: format!("127.0.0.1:{}", free_port()?),
             data_dir: data_dir.to_owned(),
+            env: Vec::new(),
             options: options.clone(),
             child: None,
         };
@@ -159,6 +163,7 @@ impl NodeProcess {
             .arg("--metrics-addr")
             .arg(&self.metrics_addr)
             .args(&self.options.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("SHARDEDSTORE_PEER_TOKEN", &self.options.token)
             .env(
                 "RUST_LOG",
@@ -182,6 +187,35 @@ impl NodeProcess {
 
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// Process id while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Waits until the process exits by itself (reaping it); fails after `timeout`.
+    pub async fn wait_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self
+                .child
+                .as_mut()
+                .ok_or_else(|| anyhow::anyhow!("{} is not running", self.id))?;
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{} still running after {timeout:?}",
+                self.id
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The node as it appears in a partition map.

@@ -120,7 +120,14 @@ impl AdminClient {
         req: &AdmitRequest,
     ) -> Result<AdmitResponse, AdminError> {
         let path = format!("/admin/v1/partitions/{partition}/admit");
-        self.call(addr, reqwest::Method::POST, &path, Some(req), None)
+        let extra = Duration::from_millis(req.timeout_ms);
+        self.call(addr, reqwest::Method::POST, &path, Some(req), Some(extra))
+            .await
+    }
+
+    /// The map the node persisted last (`GET /admin/v1/map`), also after a restart.
+    pub async fn map(&self, addr: &str) -> Result<PartitionMap, AdminError> {
+        self.call::<(), _>(addr, reqwest::Method::GET, "/admin/v1/map", None, None)
             .await
     }
 

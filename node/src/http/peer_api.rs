@@ -111,7 +111,7 @@ impl PeerApi {
                             "this node holds no copy",
                         ),
                     },
-                    (Method::POST, ["admit"]) => self.admit(p, &body),
+                    (Method::POST, ["admit"]) => self.admit(p, &body).await,
                     (Method::POST, ["handoff"]) => self.handoff(p, &body).await,
                     (Method::DELETE, []) => self.drop_partition(p).await,
                     _ => common::error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
@@ -240,14 +240,14 @@ impl PeerApi {
         }
     }
 
-    fn admit(&self, p: PartitionId, body: &Bytes) -> Answer {
+    async fn admit(&self, p: PartitionId, body: &Bytes) -> Answer {
         let req: AdmitRequest = match serde_json::from_slice(body) {
             Ok(r) => r,
             Err(e) => return bad_json(e),
         };
         let version = self.node.ctx.map_version();
         match self.node.replica(p) {
-            Some(r) => match r.admit(&req) {
+            Some(r) => match r.admit(&req).await {
                 Ok(resp) => common::json(StatusCode::OK, &resp),
                 Err(e) => refusal(e, version),
             },

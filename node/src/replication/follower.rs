@@ -4,6 +4,7 @@
 use super::epochs::EpochHistory;
 use super::frame::{Append, Probe, ProbeReply, Reply, SnapshotChunk, Status};
 use super::replica::{Replica, SYNC_MARKS, State};
+use super::session::accept;
 use crate::admin_api::LogPosition;
 use crate::storage::StorageError;
 use crate::storage::writer::Command;
@@ -11,16 +12,42 @@ use std::sync::Arc;
 use std::time::Instant;
 
 impl Replica {
-    /// Checks a replication message's epoch; `Some(reply)` rejects it.
-    fn check_epoch(&self, st: &mut State, epoch: u64, leader: &str) -> Option<Status> {
+    /// Checks a replication message's epoch and session; `Some(reply)` rejects it. An
+    /// accepted message returns the receipt time of the previous accepted message of its
+    /// session in `prev` (the instant its content is known to be current from).
+    fn check_epoch(
+        &self,
+        st: &mut State,
+        epoch: u64,
+        leader: &str,
+        session: u64,
+        received: Instant,
+    ) -> Result<Option<Instant>, Status> {
         if epoch < st.epoch {
-            return Some(Status::StaleEpoch);
+            return Err(Status::StaleEpoch);
         }
         self.raise_epoch(st, epoch);
         if st.primary.is_some() || leader == self.ctx.node_id {
-            return Some(Status::Mismatch);
+            return Err(Status::Mismatch);
         }
-        None
+        let Some(newest) = accept(st.session, (epoch, session)) else {
+            tracing::info!(
+                partition = self.partition,
+                epoch,
+                session,
+                newest = st.session.1,
+                "refused a message of an older replication session"
+            );
+            return Err(Status::StaleSession);
+        };
+        let prev = if newest == st.session {
+            st.prev_receipt
+        } else {
+            None
+        };
+        st.session = newest;
+        st.prev_receipt = Some(received);
+        Ok(prev)
     }
 
     fn reply(st: &State, status: Status) -> Reply {
@@ -33,10 +60,12 @@ impl Replica {
 
     /// Follower side of a probe: where this replica's log ends.
     pub async fn handle_probe(&self, msg: Probe) -> ProbeReply {
+        let received = Instant::now();
         let _w = self.write_lock.lock().await;
         let mut st = self.lock();
         let status = self
-            .check_epoch(&mut st, msg.epoch, &msg.leader)
+            .check_epoch(&mut st, msg.epoch, &msg.leader, msg.session, received)
+            .err()
             .unwrap_or(Status::Ok);
         ProbeReply {
             status,
@@ -53,15 +82,17 @@ impl Replica {
     pub async fn handle_append(self: &Arc<Self>, msg: Append) -> Result<Reply, StorageError> {
         let received = Instant::now();
         let _w = self.write_lock.lock().await;
-        let truncate = {
+        let (truncate, current_from) = {
             let mut st = self.lock();
-            if let Some(status) = self.check_epoch(&mut st, msg.epoch, &msg.leader) {
-                return Ok(Self::reply(&st, status));
-            }
+            let current_from =
+                match self.check_epoch(&mut st, msg.epoch, &msg.leader, msg.session, received) {
+                    Ok(prev) => prev,
+                    Err(status) => return Ok(Self::reply(&st, status)),
+                };
             if st.installing.is_some() {
                 return Ok(Self::reply(&st, Status::Mismatch));
             }
-            match msg.truncate_to {
+            let truncate = match msg.truncate_to {
                 Some(t) if t < st.last.last_seq => {
                     if t < st.applied_seq || t < st.base.last_seq {
                         return Ok(Self::reply(&st, Status::Mismatch));
@@ -86,7 +117,8 @@ impl Replica {
                     Some((t, st.history.clone()))
                 }
                 _ => None,
-            }
+            };
+            (truncate, current_from)
         };
         if let Some((after_seq, history)) = truncate {
             self.ctx
@@ -144,13 +176,17 @@ impl Replica {
             if commit > st.commit_seq {
                 st.commit_seq = commit;
             }
-            if msg.commit_seq <= st.applied_seq {
-                st.last_sync = Some(received);
-            } else {
-                if st.sync_marks.len() >= SYNC_MARKS {
-                    st.sync_marks.pop_front();
+            // The commit point in this message was current when the primary sent it, which
+            // is after this replica answered the previous message of the session.
+            if let Some(from) = current_from {
+                if msg.commit_seq <= st.applied_seq {
+                    st.last_sync = Some(st.last_sync.map_or(from, |t| t.max(from)));
+                } else {
+                    if st.sync_marks.len() >= SYNC_MARKS {
+                        st.sync_marks.pop_front();
+                    }
+                    st.sync_marks.push_back((msg.commit_seq, from));
                 }
-                st.sync_marks.push_back((msg.commit_seq, received));
             }
             st.commit_seq > st.applied_seq
         };
@@ -167,11 +203,14 @@ impl Replica {
         self: &Arc<Self>,
         msg: SnapshotChunk,
     ) -> Result<Reply, StorageError> {
+        let received = Instant::now();
         let _w = self.write_lock.lock().await;
         let _a = self.apply_lock.lock().await;
         {
             let mut st = self.lock();
-            if let Some(status) = self.check_epoch(&mut st, msg.epoch, &msg.leader) {
+            if let Err(status) =
+                self.check_epoch(&mut st, msg.epoch, &msg.leader, msg.session, received)
+            {
                 return Ok(Self::reply(&st, status));
             }
             if !msg.first && st.installing != Some(msg.snapshot_id) {

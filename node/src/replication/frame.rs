@@ -3,6 +3,9 @@
 //!
 //! Every frame starts with the version byte [`CODEC_VERSION`] and a kind byte; decoding
 //! rejects unknown versions and kinds, truncated input and trailing bytes.
+//!
+//! Probe, append and snapshot frames end with the sender's replication session id (see
+//! [`super::session`]); a frame without it (from an older node) decodes with session 0.
 
 use crate::admin_api::LogPosition;
 use crate::replication::epochs::EpochHistory;
@@ -20,6 +23,7 @@ const KIND_PROBE_REPLY: u8 = 5;
 pub struct Probe {
     pub epoch: u64,
     pub leader: String,
+    pub session: u64,
 }
 
 /// Replica → primary: its log bounds and epoch history.
@@ -42,6 +46,7 @@ pub struct Append {
     pub prev: LogPosition,
     pub commit_seq: u64,
     pub entries: Vec<Arc<LogEntry>>,
+    pub session: u64,
 }
 
 /// The end of a snapshot: the position the replica's log restarts after.
@@ -62,6 +67,7 @@ pub struct SnapshotChunk {
     pub first: bool,
     pub items: Vec<(Vec<u8>, Vec<u8>)>,
     pub end: Option<SnapshotEnd>,
+    pub session: u64,
 }
 
 /// Outcome of a replication message at the replica.
@@ -76,6 +82,8 @@ pub enum Status {
     NotMember = 3,
     /// A snapshot chunk arrived out of order: restart the snapshot.
     SnapshotOutOfOrder = 4,
+    /// The message belongs to an older replication session than one the replica accepted.
+    StaleSession = 5,
 }
 
 impl Status {
@@ -86,6 +94,7 @@ impl Status {
             2 => Status::Mismatch,
             3 => Status::NotMember,
             4 => Status::SnapshotOutOfOrder,
+            5 => Status::StaleSession,
             tag => {
                 return Err(CodecError::Tag {
                     what: "status",
@@ -144,11 +153,17 @@ fn read_string(r: &mut Reader<'_>) -> Result<String, CodecError> {
     Ok(String::from_utf8_lossy(r.bytes()?).into_owned())
 }
 
+/// The trailing session id (0 when absent: a sender older than sessions).
+fn read_session(r: &mut Reader<'_>) -> Result<u64, CodecError> {
+    if r.at_end() { Ok(0) } else { r.u64() }
+}
+
 impl Probe {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = header(KIND_PROBE);
         w.u64(self.epoch);
         w.bytes(self.leader.as_bytes());
+        w.u64(self.session);
         w.buf
     }
     pub fn decode(b: &[u8]) -> Result<Self, CodecError> {
@@ -156,6 +171,7 @@ impl Probe {
         let p = Self {
             epoch: r.u64()?,
             leader: read_string(&mut r)?,
+            session: read_session(&mut r)?,
         };
         r.finish()?;
         Ok(p)
@@ -206,6 +222,7 @@ impl Append {
         for e in &self.entries {
             w.entry(e);
         }
+        w.u64(self.session);
         w.buf
     }
     pub fn decode(b: &[u8]) -> Result<Self, CodecError> {
@@ -229,6 +246,7 @@ impl Append {
         for _ in 0..n {
             entries.push(Arc::new(r.entry()?));
         }
+        let session = read_session(&mut r)?;
         r.finish()?;
         Ok(Self {
             epoch,
@@ -237,6 +255,7 @@ impl Append {
             prev,
             commit_seq,
             entries,
+            session,
         })
     }
 }
@@ -263,6 +282,7 @@ impl SnapshotChunk {
             }
             None => w.u8(0),
         }
+        w.u64(self.session);
         w.buf
     }
     pub fn decode(b: &[u8]) -> Result<Self, CodecError> {
@@ -293,6 +313,7 @@ impl SnapshotChunk {
                 });
             }
         };
+        let session = read_session(&mut r)?;
         r.finish()?;
         Ok(Self {
             epoch,
@@ -301,6 +322,7 @@ impl SnapshotChunk {
             first,
             items,
             end,
+            session,
         })
     }
 }
@@ -345,6 +367,7 @@ mod tests {
                 seq: 6,
                 op: Op::Delete { key: b"k".to_vec() },
             })],
+            session: 9,
         }
     }
 
@@ -364,8 +387,19 @@ mod tests {
                 keys: 1,
                 bytes: 2,
             }),
+            session: 4,
         };
         assert_eq!(SnapshotChunk::decode(&s.encode()), Ok(s));
+        let p = Probe {
+            epoch: 2,
+            leader: "n".into(),
+            session: 5,
+        };
+        assert_eq!(Probe::decode(&p.encode()), Ok(p));
+        // A frame of a sender older than sessions decodes with session 0.
+        let mut old = append().encode();
+        old.truncate(old.len() - 8);
+        assert_eq!(Append::decode(&old).map(|a| a.session), Ok(0));
         let r = Reply {
             status: Status::Mismatch,
             epoch: 3,
@@ -377,7 +411,8 @@ mod tests {
     #[test]
     fn truncated_garbage_and_wrong_kind_frames_are_rejected() {
         let b = append().encode();
-        for cut in 0..b.len() {
+        // Without its last 8 bytes the frame is a valid sessionless one.
+        for cut in (0..b.len()).filter(|&c| c != b.len() - 8) {
             assert!(Append::decode(&b[..cut]).is_err(), "cut at {cut}");
         }
         assert!(Reply::decode(&b).is_err());

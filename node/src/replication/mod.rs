@@ -8,7 +8,11 @@ pub mod frame;
 pub mod peer_client;
 pub mod primary;
 pub mod replica;
+pub mod roles;
 pub mod sender;
+pub mod session;
 
+#[cfg(test)]
+mod safety_tests;
 #[cfg(test)]
 mod tests;

@@ -3,6 +3,7 @@
 
 use super::commit::{CommitInput, commit_point};
 use super::replica::{Replica, State};
+use super::roles::{LeadCheck, NoLead, may_lead, retain_admitted, still_unproven};
 use crate::admin_api::{AdmitRequest, AdmitResponse, HandoffRequest, HandoffResponse, LogPosition};
 use crate::map::{NodeId, PartitionEntry};
 use crate::storage::codec::{LogEntry, Op};
@@ -10,6 +11,7 @@ use crate::storage::writer::Command;
 use crate::storage::{StorageError, Versioned};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +20,9 @@ pub struct Progress {
     /// Highest sequence number it durably holds in agreement with this log (`None` until probed).
     pub acked: Option<u64>,
     pub last_contact: Option<Instant>,
+    /// Last acknowledged progress, or when entries became outstanding for a member that had
+    /// acknowledged everything ([`Progress::pending_since`]).
+    pub progress_at: Instant,
     /// Stops the replication task to this member.
     pub task: CancellationToken,
 }
@@ -108,6 +113,26 @@ pub struct WriteOutcome {
     pub existed: bool,
 }
 
+impl Progress {
+    /// How long the member has had outstanding entries without acknowledging progress
+    /// (`None` when it holds everything up to `last_seq`).
+    pub fn pending_since(&self, last_seq: u64, now: Instant) -> Option<Duration> {
+        if self.acked.is_some_and(|a| a >= last_seq) {
+            return None;
+        }
+        Some(now.saturating_duration_since(self.progress_at))
+    }
+
+    /// Records an acknowledgement; progress (a higher position) restarts the pending clock.
+    pub fn ack(&mut self, acked: u64, now: Instant) {
+        if self.acked.is_none_or(|a| acked > a) {
+            self.progress_at = now;
+        }
+        self.acked = Some(acked);
+        self.last_contact = Some(now);
+    }
+}
+
 impl Replica {
     /// Obeys a newly installed map entry: takes, keeps or drops the primary role and
     /// starts or stops replication tasks to the members.
@@ -115,15 +140,56 @@ impl Replica {
         let me = self.ctx.node_id.clone();
         let mut spawn = Vec::new();
         let mut new_history = None;
+        let mut clear_unproven = false;
         {
             let mut st = self.lock();
             st.min_in_sync = min_in_sync as usize;
             if entry.epoch > st.epoch {
                 self.raise_epoch(&mut st, entry.epoch);
             }
-            let lead = entry.primary.as_deref() == Some(me.as_str())
-                && entry.epoch == st.epoch
-                && st.installing.is_none();
+            let check = LeadCheck {
+                entry_epoch: entry.epoch,
+                named_primary: entry.primary.as_deref() == Some(me.as_str()),
+                known_epoch: st.epoch,
+                lead_floor: if self.ctx.legacy_operator.load(Ordering::Relaxed) {
+                    0
+                } else {
+                    st.lead_floor
+                },
+                unproven: st.unproven,
+                installing: st.installing.is_some(),
+            };
+            let lead = match may_lead(&check) {
+                Ok(()) => true,
+                Err(NoLead::LedBeforeRestart) if st.primary.is_none() => {
+                    tracing::warn!(
+                        partition = self.partition,
+                        epoch = entry.epoch,
+                        floor = st.lead_floor,
+                        "restarted since possibly leading this epoch: waiting for a higher epoch"
+                    );
+                    false
+                }
+                Err(NoLead::Unproven) => {
+                    tracing::warn!(
+                        partition = self.partition,
+                        epoch = entry.epoch,
+                        "this copy was created empty while listed in sync: not taking the primary role"
+                    );
+                    false
+                }
+                // Already primary at this epoch in this process: keep the role.
+                Err(NoLead::LedBeforeRestart) => true,
+                Err(_) => false,
+            };
+            if st.unproven && !still_unproven(true, &entry, &me) {
+                st.unproven = false;
+                clear_unproven = true;
+                tracing::info!(
+                    partition = self.partition,
+                    "no longer listed in sync: this copy rejoins as a learner"
+                );
+            }
             st.entry = entry.clone();
             if lead {
                 let same_term = st.primary.as_ref().is_some_and(|p| p.epoch == entry.epoch);
@@ -163,7 +229,7 @@ impl Replica {
                         }
                         keep
                     });
-                    p.admitted.retain(|n| entry.learners.contains(n));
+                    retain_admitted(&mut p.admitted, &entry);
                     for m in members {
                         if !p.followers.contains_key(&m) {
                             let task = p.term.child_token();
@@ -172,6 +238,7 @@ impl Replica {
                                 Progress {
                                     acked: None,
                                     last_contact: None,
+                                    progress_at: Instant::now(),
                                     task: task.clone(),
                                 },
                             );
@@ -186,6 +253,15 @@ impl Replica {
                     "giving up the primary role"
                 );
                 p.term.cancel();
+            }
+        }
+        if clear_unproven {
+            let cmd = Command::SetUnproven {
+                partition: self.partition,
+                unproven: false,
+            };
+            if let Err(e) = self.ctx.writer.run(cmd).await {
+                tracing::error!(partition = self.partition, error = %e, "clearing the unproven mark");
             }
         }
         if let Some(history) = new_history {
@@ -349,6 +425,15 @@ impl Replica {
                 None => Op::Delete { key: key.clone() },
             };
             let entry = Arc::new(LogEntry { epoch, seq, op });
+            if let Some(p) = st.primary.as_mut() {
+                // Members that held everything start their pending clock with this entry.
+                let now = Instant::now();
+                for f in p.followers.values_mut() {
+                    if f.acked.is_some_and(|a| a >= seq - 1) {
+                        f.progress_at = now;
+                    }
+                }
+            }
             st.history.record(epoch, seq);
             st.last = LogPosition {
                 last_epoch: epoch,
@@ -398,9 +483,25 @@ impl Replica {
         })
     }
 
-    /// Admits a learner: from now on it must acknowledge before anything commits. Ready
-    /// once it holds every committed entry.
-    pub fn admit(self: &Arc<Self>, req: &AdmitRequest) -> Result<AdmitResponse, AdminRefusal> {
+    /// Admits a learner: from now on it must acknowledge before anything commits (and it
+    /// stays admitted across map installs until a map lists it in sync or drops it). Ready
+    /// once it holds every committed entry; waits up to the request's `timeout_ms` for that.
+    pub async fn admit(
+        self: &Arc<Self>,
+        req: &AdmitRequest,
+    ) -> Result<AdmitResponse, AdminRefusal> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms);
+        let mut progress = self.progress_tx.subscribe();
+        loop {
+            let answer = self.admit_once(req)?;
+            if answer.ready || tokio::time::Instant::now() >= deadline {
+                return Ok(answer);
+            }
+            let _ = tokio::time::timeout_at(deadline, progress.changed()).await;
+        }
+    }
+
+    fn admit_once(self: &Arc<Self>, req: &AdmitRequest) -> Result<AdmitResponse, AdminRefusal> {
         let answer = {
             let mut st = self.lock();
             let commit_seq = st.commit_seq;

@@ -47,6 +47,17 @@ pub struct State {
     pub entry: PartitionEntry,
     pub min_in_sync: usize,
     pub primary: Option<PrimaryState>,
+    /// Highest epoch this replica may have led before the process started; it leads only
+    /// higher epochs ([`super::roles::may_lead`]).
+    pub lead_floor: u64,
+    /// Created empty while listed in sync: no valid in-sync member or failover candidate.
+    pub unproven: bool,
+    /// Newest replication session accepted from a primary ([`super::session`]).
+    pub session: super::session::SessionId,
+    /// Receipt time of the previous message accepted in `session`: the primary sends a
+    /// message only after the answer to the previous one, so what a message says was true
+    /// no earlier than this instant (bounds `x-staleness-ms`).
+    pub prev_receipt: Option<Instant>,
 }
 
 /// One partition held by this node.
@@ -83,6 +94,10 @@ impl Replica {
             entry: PartitionEntry::default(),
             min_in_sync: 1,
             primary: None,
+            lead_floor: epoch,
+            unproven: disk.unproven,
+            session: (0, 0),
+            prev_receipt: None,
         };
         Arc::new(Self {
             partition,
@@ -315,6 +330,12 @@ impl Replica {
         st.last_sync.map(|t| t.elapsed().as_millis() as u64)
     }
 
+    /// Where the durable part of the log ends.
+    pub fn durable_position(&self) -> LogPosition {
+        let st = self.lock();
+        durable_position(&st)
+    }
+
     /// This replica's state for a heartbeat answer.
     pub fn status(&self) -> PartitionState {
         let st = self.lock();
@@ -322,10 +343,12 @@ impl Replica {
         let role = match &st.primary {
             Some(p) if p.handoff.is_some() => ReplicaRole::HandingOff,
             Some(_) => ReplicaRole::Primary,
+            None if st.unproven && st.entry.is_member(me) => ReplicaRole::Learner,
             None if st.entry.replicas.contains(me) => ReplicaRole::Follower,
             None if st.entry.learners.contains(me) => ReplicaRole::Learner,
             None => ReplicaRole::Stale,
         };
+        let now = Instant::now();
         let followers = st
             .primary
             .as_ref()
@@ -336,7 +359,9 @@ impl Replica {
                         node: node.clone(),
                         acked_seq: f.acked.unwrap_or(0),
                         last_contact_ms: f.last_contact.map(|t| t.elapsed().as_millis() as u64),
-                        pending_since_ms: None,
+                        pending_since_ms: f
+                            .pending_since(st.last.last_seq, now)
+                            .map(|d| d.as_millis() as u64),
                     })
                     .collect()
             })
@@ -345,13 +370,27 @@ impl Replica {
             partition: self.partition,
             role,
             epoch: st.epoch,
-            position: st.last,
+            position: durable_position(&st),
             commit_seq: st.commit_seq,
             applied_seq: st.applied_seq,
             followers,
             keys: st.keys,
             bytes: st.bytes,
-            unproven: false,
+            unproven: st.unproven,
+        }
+    }
+}
+
+/// The log position up to the durable point (the whole log once everything is durable).
+fn durable_position(st: &State) -> LogPosition {
+    if st.durable_seq >= st.last.last_seq {
+        st.last
+    } else if st.durable_seq <= st.base.last_seq {
+        st.base
+    } else {
+        LogPosition {
+            last_epoch: st.history.epoch_at(st.durable_seq),
+            last_seq: st.durable_seq,
         }
     }
 }

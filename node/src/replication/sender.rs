@@ -74,8 +74,7 @@ fn record_ack(replica: &Arc<Replica>, member: &str, acked: u64) {
             .as_mut()
             .and_then(|p| p.followers.get_mut(member))
         {
-            f.acked = Some(acked);
-            f.last_contact = Some(Instant::now());
+            f.ack(acked, Instant::now());
         }
         let lag = last.saturating_sub(acked) as i64;
         if lag > replica.ctx.metrics.replication_lag_entries.get() {
@@ -96,9 +95,11 @@ async fn session(replica: &Arc<Replica>, member: &str) -> Result<(), SessionEnd>
     let Some(epoch) = epoch_and_id(replica) else {
         return Ok(());
     };
+    let session = ctx.sessions.next();
     let probe = Probe {
         epoch,
         leader: ctx.node_id.clone(),
+        session,
     };
     let theirs: ProbeReply = ctx
         .peers
@@ -127,7 +128,7 @@ async fn session(replica: &Arc<Replica>, member: &str) -> Result<(), SessionEnd>
     };
     let (mut prev, mut truncate) = match plan {
         CatchUp::Tail { prev, truncate } => (prev, truncate),
-        CatchUp::Snapshot => (send_snapshot(replica, &addr, epoch).await?, false),
+        CatchUp::Snapshot => (send_snapshot(replica, &addr, epoch, session).await?, false),
     };
     if !truncate {
         record_ack(replica, member, prev.last_seq);
@@ -164,6 +165,7 @@ async fn session(replica: &Arc<Replica>, member: &str) -> Result<(), SessionEnd>
             prev,
             commit_seq,
             entries,
+            session,
         };
         let sent_last = msg.entries.last().map_or(prev, |e| LogPosition {
             last_epoch: e.epoch,
@@ -193,6 +195,7 @@ async fn send_snapshot(
     replica: &Arc<Replica>,
     addr: &str,
     epoch: u64,
+    session: u64,
 ) -> Result<LogPosition, SessionEnd> {
     let ctx = &replica.ctx;
     let p = replica.partition;
@@ -246,6 +249,7 @@ async fn send_snapshot(
                 keys: reader.keys,
                 bytes: reader.bytes,
             }),
+            session,
         };
         first = false;
         let reply: Reply = ctx

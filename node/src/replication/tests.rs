@@ -16,9 +16,9 @@ use crate::storage::{PartitionDisk, Store};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-struct Fixture {
+pub(super) struct Fixture {
     _dir: tempfile::TempDir,
-    ctx: Arc<Ctx>,
+    pub(super) ctx: Arc<Ctx>,
 }
 
 fn fixture(node: &str, observer: impl WriterObserver) -> Fixture {
@@ -44,7 +44,7 @@ fn fixture(node: &str, observer: impl WriterObserver) -> Fixture {
     }
 }
 
-fn plain(node: &str) -> Fixture {
+pub(super) fn plain(node: &str) -> Fixture {
     let m = NodeMetrics::new().unwrap_or_else(|e| panic!("{e}"));
     fixture(
         node,
@@ -55,7 +55,7 @@ fn plain(node: &str) -> Fixture {
     )
 }
 
-fn put(epoch: u64, seq: u64, key: &str, value: &str) -> Arc<LogEntry> {
+pub(super) fn put(epoch: u64, seq: u64, key: &str, value: &str) -> Arc<LogEntry> {
     Arc::new(LogEntry {
         epoch,
         seq,
@@ -66,14 +66,14 @@ fn put(epoch: u64, seq: u64, key: &str, value: &str) -> Arc<LogEntry> {
     })
 }
 
-fn pos(e: u64, s: u64) -> LogPosition {
+pub(super) fn pos(e: u64, s: u64) -> LogPosition {
     LogPosition {
         last_epoch: e,
         last_seq: s,
     }
 }
 
-fn append(
+pub(super) fn append(
     epoch: u64,
     prev: LogPosition,
     truncate_to: Option<u64>,
@@ -87,10 +87,11 @@ fn append(
         prev,
         commit_seq: commit,
         entries,
+        session: 0,
     }
 }
 
-async fn wait_applied(r: &Replica, seq: u64) {
+pub(super) async fn wait_applied(r: &Replica, seq: u64) {
     let mut rx = r.applied_tx.subscribe();
     let waited = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|a| *a >= seq)).await;
     assert!(waited.is_ok(), "applied point never reached {seq}");
@@ -268,6 +269,7 @@ async fn snapshot_then_tail_installs_on_a_fresh_replica() {
         first: first_chunk,
         items,
         end,
+        session: 0,
     };
     let reply = r
         .handle_snapshot(chunk(true, 7, first, None))
@@ -367,7 +369,7 @@ async fn an_epoch_started_without_entries_does_not_mislabel_later_entries() {
     assert_eq!(history.epoch_at(3), 1);
 }
 
-fn primary_entry(in_sync: &[&str]) -> PartitionEntry {
+pub(super) fn primary_entry(in_sync: &[&str]) -> PartitionEntry {
     PartitionEntry {
         epoch: 2,
         primary: Some("a".into()),

@@ -184,6 +184,10 @@ impl<'a> Reader<'a> {
         }
         Ok(EpochHistory::from_starts(starts))
     }
+    /// Whether every byte has been read (for optional trailing fields).
+    pub fn at_end(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
     pub fn finish(&self) -> Result<(), CodecError> {
         match self.buf.len() - self.pos {
             0 => Ok(()),

@@ -71,6 +71,9 @@ pub struct PartitionDisk {
     pub applied_seq: u64,
     pub keys: u64,
     pub bytes: u64,
+    /// The copy was created empty while the map listed this node in sync (see
+    /// [`crate::replication::roles`]); kept until a map drops the node from `inSync`.
+    pub unproven: bool,
 }
 
 /// A stored value and its version.
@@ -161,7 +164,11 @@ impl Store {
             disk_id = match stored {
                 Some(id) => id,
                 None => {
-                    let id = format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+                    let id = format!(
+                        "{:016x}{:016x}",
+                        rand::random::<u64>(),
+                        rand::random::<u64>()
+                    );
                     meta.insert("disk_id", id.as_bytes()).map_err(write_err)?;
                     tracing::info!(disk_id = %id, "created the disk identity of a new database");
                     id
@@ -225,6 +232,7 @@ impl Store {
         };
         let applied_seq = get("applied")?.map_or(0, |b| tables::u64_from(&b));
         let (keys, bytes) = get("stats")?.map_or((0, 0), |b| tables::stats_from(&b));
+        let unproven = get("unproven")?.is_some_and(|b| b.first() == Some(&1));
         let last = match txn.open_table(log_table(p).as_def()) {
             Ok(log) => match log.last().map_err(read_err)? {
                 Some((_, v)) => {
@@ -246,6 +254,7 @@ impl Store {
             applied_seq,
             keys,
             bytes,
+            unproven,
         })
     }
 

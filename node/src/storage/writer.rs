@@ -49,6 +49,11 @@ pub enum Command {
         partition: PartitionId,
         base: LogPosition,
     },
+    /// Durably marks a partition's copy as unproven (or clears the mark).
+    SetUnproven {
+        partition: PartitionId,
+        unproven: bool,
+    },
     /// Durably stores the installed map (JSON).
     PutMap { json: Vec<u8> },
     /// Durably deletes every trace of a partition.
@@ -320,10 +325,28 @@ fn apply_command(txn: &WriteTransaction, cmd: &Command) -> Result<Outcome, Stora
                 &tables::position_to(*base),
             )?;
         }
+        Command::SetUnproven {
+            partition,
+            unproven,
+        } => {
+            // The log table marks the partition as held, so the mark is found at start-up.
+            txn.open_table(log_table(*partition).as_def())
+                .map_err(write_err)?;
+            put_meta(
+                txn,
+                &meta_key(*partition, "unproven"),
+                &[u8::from(*unproven)],
+            )?;
+        }
         Command::PutMap { json } => put_meta(txn, "map", json)?,
         Command::DropPartition { partition } => drop_partition(txn, *partition)?,
         Command::SnapshotBegin { partition } => {
+            // A snapshot does not prove a copy in sync: keep the mark across the install.
+            let unproven = get_meta(txn, &meta_key(*partition, "unproven"))?;
             drop_partition(txn, *partition)?;
+            if let Some(mark) = unproven {
+                put_meta(txn, &meta_key(*partition, "unproven"), &mark)?;
+            }
             let name = log_table(*partition);
             txn.open_table(name.as_def()).map_err(write_err)?;
             put_meta(txn, &meta_key(*partition, "snapshot"), &[1])?;
@@ -364,7 +387,9 @@ fn drop_partition(txn: &WriteTransaction, p: PartitionId) -> Result<(), StorageE
     txn.delete_table(data_table(p).as_def())
         .map_err(write_err)?;
     let mut meta = txn.open_table(META).map_err(write_err)?;
-    for what in ["base", "history", "applied", "stats", "snapshot"] {
+    for what in [
+        "base", "history", "applied", "stats", "snapshot", "unproven",
+    ] {
         meta.remove(meta_key(p, what).as_str()).map_err(write_err)?;
     }
     Ok(())

@@ -1,0 +1,219 @@
+//! Unit tests of the safety rules on a replica with a real (temporary) database: sessions,
+//! admission across map installs, the restart epoch floor, unproven copies, pending clocks.
+
+use super::frame::{SnapshotChunk, Status};
+use super::replica::Replica;
+use super::tests::{append, plain, pos, primary_entry, put};
+use crate::admin_api::AdmitRequest;
+use crate::map::PartitionEntry;
+use crate::storage::PartitionDisk;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Issue item 7 (sessions): after a newer session has been accepted, a delayed truncate or
+/// first snapshot chunk of an older session is refused and the log stays as it is.
+#[tokio::test]
+async fn a_delayed_truncate_or_snapshot_of_an_older_session_is_refused() {
+    let f = plain("f");
+    let r = Replica::new(f.ctx.clone(), 0, PartitionDisk::default());
+    let mut first = append(
+        1,
+        pos(0, 0),
+        None,
+        0,
+        (1..=3).map(|s| put(1, s, "k", "v")).collect(),
+    );
+    first.session = 5;
+    let reply = r
+        .handle_append(first)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((reply.status, reply.last), (Status::Ok, pos(1, 3)));
+
+    let mut delayed = append(1, pos(1, 1), Some(1), 0, vec![]);
+    delayed.session = 4;
+    let reply = r
+        .handle_append(delayed)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (reply.status, reply.last),
+        (Status::StaleSession, pos(1, 3))
+    );
+
+    let wipe = SnapshotChunk {
+        epoch: 1,
+        leader: "primary".into(),
+        snapshot_id: 1,
+        first: true,
+        items: vec![],
+        end: None,
+        session: 4,
+    };
+    let reply = r
+        .handle_snapshot(wipe)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (reply.status, reply.last),
+        (Status::StaleSession, pos(1, 3))
+    );
+    let log = f
+        .ctx
+        .store
+        .read_log(0, 1, 10, usize::MAX)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(log.len(), 3);
+
+    // The current session (and a newer one) still work.
+    let mut next = append(1, pos(1, 3), None, 0, vec![put(1, 4, "k", "w")]);
+    next.session = 6;
+    let reply = r
+        .handle_append(next)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((reply.status, reply.last), (Status::Ok, pos(1, 4)));
+}
+
+/// Issue item 6 (stale admission): a lagging replica admitted by the primary stays admitted
+/// (required for every commit) across a map install that changes nothing about it.
+#[tokio::test]
+async fn an_admitted_replica_stays_admitted_across_an_unrelated_map_install() {
+    let f = plain("a");
+    f.ctx.lease.grant_for_tests(Duration::from_secs(60));
+    let r = Arc::new(Replica::new(f.ctx.clone(), 0, PartitionDisk::default()));
+    let entry = PartitionEntry {
+        replicas: vec!["a".into(), "c".into()],
+        ..primary_entry(&["a"])
+    };
+    r.apply_map(entry.clone(), 1).await;
+    let req = AdmitRequest {
+        epoch: 2,
+        learner: "c".into(),
+        timeout_ms: 0,
+    };
+    let answer = r.admit(&req).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(!answer.ready, "c never acknowledged anything");
+    // Another map version (only other partitions changed) re-applies the same entry.
+    r.apply_map(entry, 1).await;
+    let admitted = r
+        .lock()
+        .primary
+        .as_ref()
+        .is_some_and(|p| p.admitted.contains("c"));
+    assert!(
+        admitted,
+        "the admission was forgotten by an unrelated map install"
+    );
+    // So nothing commits without c's acknowledgement.
+    let w = tokio::time::timeout(
+        Duration::from_millis(500),
+        r.write(
+            b"k".to_vec(),
+            Some(b"v".to_vec()),
+            super::primary::Condition::Always,
+        ),
+    )
+    .await;
+    assert!(
+        w.is_err(),
+        "a write committed without the admitted replica: {w:?}"
+    );
+}
+
+/// Issue item 1 (same-epoch restart): a replica whose lead floor is the map's epoch (it
+/// restarted after possibly leading it) does not take the primary role until a higher epoch.
+#[tokio::test]
+async fn a_replica_does_not_lead_at_or_below_its_lead_floor() {
+    let f = plain("a");
+    let r = Arc::new(Replica::new(f.ctx.clone(), 0, PartitionDisk::default()));
+    r.lock().lead_floor = 2;
+    r.apply_map(primary_entry(&["a"]), 1).await;
+    assert!(
+        r.lock().primary.is_none(),
+        "led epoch 2 again after a restart"
+    );
+    let next = PartitionEntry {
+        epoch: 3,
+        ..primary_entry(&["a"])
+    };
+    r.apply_map(next, 1).await;
+    assert!(
+        r.lock().primary.is_some(),
+        "a higher epoch makes it primary"
+    );
+}
+
+/// Issue item 6 (empty disk): an unproven copy does not lead; a map that drops it from
+/// `inSync` clears the mark durably.
+#[tokio::test]
+async fn an_unproven_copy_does_not_lead_until_dropped_from_in_sync() {
+    let f = plain("a");
+    let r = Arc::new(Replica::new(f.ctx.clone(), 0, PartitionDisk::default()));
+    r.lock().unproven = true;
+    f.ctx
+        .writer
+        .run(crate::storage::writer::Command::SetUnproven {
+            partition: 0,
+            unproven: true,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        f.ctx
+            .store
+            .load_partition(0)
+            .map(|d| d.unproven)
+            .unwrap_or(false)
+    );
+    r.apply_map(primary_entry(&["a", "b"]), 1).await;
+    assert!(
+        r.lock().primary.is_none(),
+        "an unproven copy took the primary role"
+    );
+    let demoted = PartitionEntry {
+        epoch: 3,
+        primary: Some("b".into()),
+        replicas: vec!["b".into()],
+        in_sync: vec!["b".into()],
+        learners: vec!["a".into()],
+    };
+    r.apply_map(demoted, 1).await;
+    assert!(!r.lock().unproven);
+    let stored = f
+        .ctx
+        .store
+        .load_partition(0)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!stored.unproven);
+}
+
+/// Issue item 4 (gray failures): the pending clock runs from the last acknowledged
+/// progress, not from contacts, and stops when the member holds everything.
+#[test]
+fn the_pending_clock_runs_from_the_last_acknowledged_progress() {
+    use super::primary::Progress;
+    let t0 = std::time::Instant::now();
+    let mut p = Progress {
+        acked: Some(5),
+        last_contact: Some(t0),
+        progress_at: t0,
+        task: tokio_util::sync::CancellationToken::new(),
+    };
+    assert_eq!(p.pending_since(5, t0), None);
+    let t1 = t0 + Duration::from_secs(3);
+    assert_eq!(p.pending_since(7, t1), Some(Duration::from_secs(3)));
+    // A contact without progress does not reset the clock.
+    p.ack(5, t1);
+    assert_eq!(
+        p.pending_since(7, t1 + Duration::from_secs(1)),
+        Some(Duration::from_secs(4))
+    );
+    p.ack(6, t1 + Duration::from_secs(1));
+    assert_eq!(
+        p.pending_since(7, t1 + Duration::from_secs(2)),
+        Some(Duration::from_secs(1))
+    );
+    p.ack(7, t1 + Duration::from_secs(2));
+    assert_eq!(p.pending_since(7, t1 + Duration::from_secs(9)), None);
+}
