@@ -107,7 +107,12 @@ async fn a_restarted_primary_never_reuses_an_epoch_it_led() -> anyhow::Result<()
     // The followers cannot be reached while node-0 comes back.
     let stopped = Stopped::new(&cluster, &[1, 2])?;
     cluster.nodes[0].start()?;
-    cluster.wait_healthy().await?;
+    let url = format!("http://{}/healthz", cluster.nodes[0].metrics_addr);
+    wait_until(Duration::from_secs(20), "node-0 healthy", || async {
+        let r = cluster.http.get(&url).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await?;
     let n0 = &cluster.nodes[0];
     let after = cluster
         .heartbeater
@@ -143,12 +148,13 @@ async fn a_restarted_primary_never_reuses_an_epoch_it_led() -> anyhow::Result<()
     }
     let next = failover(&map, 0, &best.1);
     cluster.install(&next).await?;
-    let (status, _) = cluster.put(1, "after", b"after".to_vec()).await?;
-    assert!(
-        status == 200 || status == 201,
-        "{status}\n{}",
-        cluster.logs(30)
-    );
+    // The new primary serves once it has committed its suffix (503 until then).
+    wait_until(Duration::from_secs(30), "a write at epoch 2", || async {
+        let (status, _) = cluster.put(1, "after", b"after".to_vec()).await.ok()?;
+        (status == 200 || status == 201).then_some(())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", cluster.logs(30)))?;
     for key in ["acked", "tail", "after"] {
         let want = cluster.get(1, key).await?;
         for i in 0..3 {
@@ -410,8 +416,10 @@ async fn the_persisted_map_is_served_after_a_restart() -> anyhow::Result<()> {
 async fn a_copy_on_an_empty_disk_never_leads() -> anyhow::Result<()> {
     let mut cluster = Cluster::start(3, NodeOptions::default())?;
     cluster.wait_healthy().await?;
-    let mut map = cluster.map_round_robin(1, 3, 2);
-    map.partitions[0].epoch = 2;
+    let first = cluster.map_round_robin(1, 3, 2);
+    cluster.install(&first).await?;
+    // A failover back to node-0 moves the partition past its first epoch.
+    let map = failover(&first, 0, "node-0");
     cluster.install(&map).await?;
     let _beats = cluster
         .heartbeat_in_background(Duration::from_secs(4))
