@@ -264,6 +264,12 @@ impl Runner {
                         }
                     }
                     _ => match transport.heartbeat(&addr, req).await {
+                        // An address reused by another node (pod IP reuse) must not credit
+                        // that node's answers, and its lease, to this one.
+                        Ok(report) if report.node_id != id => Contact::Silent(format!(
+                            "answered as {} at {addr}, expected {id}",
+                            report.node_id
+                        )),
                         Ok(report) => Contact::Report(report),
                         Err(e) => Contact::Silent(e.to_string()),
                     },
