@@ -110,7 +110,7 @@ async fn wait_settled(
             // With more pods than zones, zone spread outranks replica balance (4 pods in 3
             // zones: the two pods sharing a zone split that zone's replicas); primaries must
             // still balance within ±1.
-            if nodes % 3 != 0 {
+            if !nodes.is_multiple_of(3) {
                 problems.retain(|p| !p.starts_with("unbalanced:"));
                 let (_, primaries) = replica_spread(&store);
                 if primaries.1 - primaries.0 > 1 {
