@@ -2,9 +2,12 @@
 //! its lease may still hold) and dead (confirmed, or silent past lease + drift margin after
 //! the fence reference) apart.
 //!
-//! The fence reference is the latest instant at which the node may have started a lease
-//! this coordinator is responsible for: the last heartbeat sent, and never earlier than the
-//! coordinator's own start (a previous coordinator may have granted a lease just before).
+//! The fence reference is the coordinator's receipt of the reply to the last heartbeat it
+//! got a reply for, never earlier than its own start (a previous coordinator may have
+//! granted a lease just before). A node starts a lease at its receipt of heartbeat n only
+//! when a later heartbeat confirms that the reply to n arrived (`confirmedSeq`); its receipt
+//! of n precedes the coordinator's receipt of the reply, so every lease it holds ends before
+//! `reference + lease` (plus clock-rate drift). Unanswered heartbeats never move it.
 
 use std::time::{Duration, Instant};
 
@@ -29,8 +32,10 @@ pub struct Health {
     /// When this coordinator started: no lease granted by an earlier coordinator outlives
     /// `started + lease`, so no fence is measured from before it.
     started: Instant,
-    /// When the last heartbeat (lease grant) was sent, answered or not.
-    last_sent: Option<Instant>,
+    /// Number of the last heartbeat sent.
+    seq: u64,
+    /// Highest heartbeat seq answered, and when its reply was received.
+    replied: Option<(u64, Instant)>,
     answered: bool,
     failing: bool,
     /// When the node was first seen dead (for `replaceAfter`).
@@ -43,7 +48,8 @@ impl Health {
     pub fn new(started: Instant) -> Self {
         Self {
             started,
-            last_sent: None,
+            seq: 0,
+            replied: None,
             answered: false,
             failing: false,
             dead_since: None,
@@ -51,10 +57,18 @@ impl Health {
         }
     }
 
-    /// A heartbeat is about to be sent: from now on the node may hold a lease until
-    /// `now + lease` on its own clock.
-    pub fn heartbeat_sent(&mut self, now: Instant) {
-        self.last_sent = Some(now);
+    /// A heartbeat is about to be sent: its seq, and the highest seq whose reply arrived
+    /// (which the node may then turn into a lease from its receipt of that heartbeat).
+    pub fn next_heartbeat(&mut self, _now: Instant) -> (u64, Option<u64>) {
+        self.seq += 1;
+        (self.seq, self.replied.map(|(s, _)| s))
+    }
+
+    /// The reply to heartbeat `seq` arrived at `at`.
+    pub fn reply_received(&mut self, seq: u64, at: Instant) {
+        if self.replied.is_none_or(|(s, _)| seq > s) {
+            self.replied = Some((seq, at));
+        }
     }
 
     /// The node answered a heartbeat or a probe.
@@ -80,7 +94,8 @@ impl Health {
 
     /// The instant the fence is measured from.
     pub fn fence_reference(&self) -> Instant {
-        self.last_sent.map_or(self.started, |s| s.max(self.started))
+        self.replied
+            .map_or(self.started, |(_, at)| at.max(self.started))
     }
 
     /// Current liveness; `fence` is lease + drift margin.
@@ -122,15 +137,18 @@ mod tests {
     const FENCE: Duration = Duration::from_millis(4500);
 
     #[test]
-    fn silent_node_is_suspected_until_the_fence_after_the_last_heartbeat_sent() {
+    fn silent_node_is_suspected_until_the_fence_after_the_last_reply_received() {
         let t0 = Instant::now();
         let mut h = Health::new(t0);
         assert_eq!(h.liveness(t0, FENCE), Liveness::Unknown);
-        h.heartbeat_sent(t0);
-        h.answered();
-        assert_eq!(h.liveness(t0, FENCE), Liveness::Alive);
+        let (s0, _) = h.next_heartbeat(t0);
         let t1 = t0 + Duration::from_millis(500);
-        h.heartbeat_sent(t1);
+        h.reply_received(s0, t1);
+        h.answered();
+        assert_eq!(h.liveness(t1, FENCE), Liveness::Alive);
+        // The next heartbeat confirms s0 but gets no reply: the fence stays at t1.
+        let (_, confirmed) = h.next_heartbeat(t1 + Duration::from_millis(400));
+        assert_eq!(confirmed, Some(s0));
         h.failed();
         assert!(!h.may_heartbeat(), "a silent node must not get new leases");
         assert_eq!(
@@ -147,7 +165,6 @@ mod tests {
     fn confirmed_death_is_immediate() {
         let t0 = Instant::now();
         let mut h = Health::new(t0);
-        h.heartbeat_sent(t0);
         h.answered();
         h.confirm_dead(t0);
         assert_eq!(h.liveness(t0, FENCE), Liveness::Dead);

@@ -27,8 +27,12 @@ const ROUNDS_PER_TICK: usize = 4;
 
 /// What contacting a node showed.
 enum Contact {
-    /// It answered a heartbeat.
-    Report(shardedstore_node::admin_api::HeartbeatResponse),
+    /// It answered a heartbeat (with this seq, received at this instant).
+    Report(
+        shardedstore_node::admin_api::HeartbeatResponse,
+        u64,
+        Instant,
+    ),
     /// It answered a probe.
     Alive,
     /// No answer (the reason is logged).
@@ -49,6 +53,8 @@ pub(crate) struct Runner {
     loaded: bool,
     /// When this coordinator started: fences of nodes it has not heard from start here.
     started: Instant,
+    /// Random id of this coordinator run: nodes chain heartbeats (and leases) per coordinator.
+    coordinator_id: String,
     health: BTreeMap<NodeId, Health>,
     obs: Observations,
     target: Option<Target>,
@@ -80,6 +86,7 @@ impl Runner {
             map: None,
             loaded: false,
             started,
+            coordinator_id: format!("{:016x}", rand::random::<u64>()),
             health: BTreeMap::new(),
             obs: Observations::new(started),
             target: None,
@@ -239,21 +246,39 @@ impl Runner {
             if !heartbeat && map.is_none() && h.liveness(now, fence) == Liveness::Suspected {
                 continue;
             }
-            if heartbeat {
-                h.heartbeat_sent(now);
-            }
-            contacts.push((n.id.clone(), n.peer_addr.clone(), heartbeat));
+            // Without a map a node can only be asked by heartbeat (the first map waits for it).
+            let request = (heartbeat || map.is_none()).then(|| {
+                let (seq, confirmed_seq) = h.next_heartbeat(now);
+                HeartbeatRequest {
+                    node: n.id.clone(),
+                    coordinator: self.coordinator_id.clone(),
+                    seq,
+                    confirmed_seq,
+                    ..req.clone()
+                }
+            });
+            contacts.push((n.id.clone(), n.peer_addr.clone(), request));
         }
         let transport = &self.transport;
         // Probes of silent nodes must not stretch the tick (and so the heartbeats of the
         // others): they get one heartbeat interval.
         let probe_timeout = settings.heartbeat_interval;
-        let results = join_all(contacts.into_iter().map(|(id, addr, heartbeat)| {
-            let req = &req;
+        let results = join_all(contacts.into_iter().map(|(id, addr, request)| {
             let map = map.as_ref();
             async move {
-                let answer = match map {
-                    Some(map) if !heartbeat => {
+                let answer = match (map, request) {
+                    (_, Some(req)) => match transport.heartbeat(&addr, &req).await {
+                        // An address reused by another node (pod IP reuse) must not credit
+                        // that node's answers, and its lease, to this one.
+                        Ok(report) if report.node_id != id => Contact::Silent(format!(
+                            "answered as {} at {addr}, expected {id}",
+                            report.node_id
+                        )),
+                        // Received now: the fence of this node is measured from here.
+                        Ok(report) => Contact::Report(report, req.seq, Instant::now()),
+                        Err(e) => Contact::Silent(e.to_string()),
+                    },
+                    (Some(map), None) => {
                         let probe = transport.install_map(&addr, map);
                         match tokio::time::timeout(probe_timeout, probe).await {
                             Ok(Ok(_)) => Contact::Alive,
@@ -263,16 +288,7 @@ impl Runner {
                             Err(_) => Contact::Silent("probe timed out".to_owned()),
                         }
                     }
-                    _ => match transport.heartbeat(&addr, req).await {
-                        // An address reused by another node (pod IP reuse) must not credit
-                        // that node's answers, and its lease, to this one.
-                        Ok(report) if report.node_id != id => Contact::Silent(format!(
-                            "answered as {} at {addr}, expected {id}",
-                            report.node_id
-                        )),
-                        Ok(report) => Contact::Report(report),
-                        Err(e) => Contact::Silent(e.to_string()),
-                    },
+                    (None, None) => Contact::Silent("nothing to send".to_owned()),
                 };
                 (id, addr, answer)
             }
@@ -285,8 +301,9 @@ impl Runner {
                 .entry(id.clone())
                 .or_insert_with(|| Health::new(started));
             match answer {
-                Contact::Report(report) => {
+                Contact::Report(report, seq, received) => {
                     h.answered();
+                    h.reply_received(seq, received);
                     if report.map_version < version {
                         stale.push((id.clone(), addr));
                     }
