@@ -2,7 +2,7 @@
 CARGO ?= cargo
 
 .PHONY: demo build release test lint crds bench fault k8s-bins control-plane-test cluster-up cluster-down images smoke e2e \
-	multinode-up multinode-down multinode-images e2e-multinode
+	multinode-up multinode-down multinode-images e2e-multinode bench-backup
 
 ## Run it: a 3-node store on 127.0.0.1 (client API of node i on port 7000+i), Ctrl-C stops it.
 demo: build
@@ -25,12 +25,17 @@ lint:
 
 ## Regenerate crds/ from the Rust types (a test fails when they are stale).
 crds:
-	$(CARGO) run --quiet -p shardedstore-operator -- crd > crds/shardedstore.io_shardedstores.yaml
-	cp crds/shardedstore.io_shardedstores.yaml charts/shardedstore-operator/crds/ 2>/dev/null || true
+	$(CARGO) run --quiet -p shardedstore-operator -- crd --kind store > crds/shardedstore.io_shardedstores.yaml
+	$(CARGO) run --quiet -p shardedstore-operator -- crd --kind backup > crds/shardedstore.io_shardedstorebackups.yaml
+	cp crds/shardedstore.io_shardedstores.yaml crds/shardedstore.io_shardedstorebackups.yaml charts/shardedstore-operator/crds/
 
 ## Benchmarks print figures; they never fail on timing.
 bench: release
 	bash hack/bench.sh
+
+## Backup and restore throughput next to the disk's bandwidth (docs/backup.md).
+bench-backup: release
+	bash hack/bench-backup.sh
 
 ## Fault injection over many seeds (SHARDEDSTORE_FAULT_SEEDS, default 20; SHARDEDSTORE_FAULT_SEED=<n> to start at / replay a seed).
 fault: build

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Builds the pinned CLI tools the tests use (helm, promtool) from the Go module proxy into
-# a cache outside the repository, and prints the bin directory on the last line.
-# Usage: hack/install-tools.sh [helm|promtool|etcd-benchmark ...]   (default: helm promtool)
+# a cache outside the repository, installs moto's S3-compatible server (moto_server, from
+# PyPI into a venv there) for the backup suites, and prints the bin directory on the last line.
+# Usage: hack/install-tools.sh [helm|promtool|moto|etcd-benchmark ...]   (default: helm promtool moto)
 # etcd-benchmark is etcd's own load generator (go.etcd.io/etcd/v3/tools/benchmark), pinned by
 # the wrapper module hack/etcd-bench/ at the etcd version hack/k8s/ builds; `make bench` uses it.
 set -euo pipefail
 
 HELM_VERSION=v3.22.0
 PROMETHEUS_VERSION=v0.316.0 # module github.com/prometheus/prometheus
+MOTO_VERSION=5.2.1
 
 cache="${SHARDEDSTORE_CACHE:-$HOME/.cache/shardedstore}/tools"
 bin="$cache/bin"
@@ -15,7 +17,7 @@ mkdir -p "$bin"
 export GOBIN="$bin" GOFLAGS="-trimpath" CGO_ENABLED=0
 
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(helm promtool)
+[ ${#want[@]} -gt 0 ] || want=(helm promtool moto)
 
 for tool in "${want[@]}"; do
   case "$tool" in
@@ -42,6 +44,18 @@ for tool in "${want[@]}"; do
         (cd "$here/etcd-bench" && nice -n 10 go build -ldflags "-s -w" -o "$bin/etcd-benchmark" \
           go.etcd.io/etcd/v3/tools/benchmark) >&2
         touch "$stamp"
+      fi
+      ;;
+    moto)
+      if ! [ -x "$bin/moto_server" ]; then
+        if command -v moto_server >/dev/null 2>&1 && python3 -c 'import moto.server, flask' 2>/dev/null; then
+          ln -sf "$(command -v moto_server)" "$bin/moto_server"
+        else
+          echo "installing moto[server] ${MOTO_VERSION} into $cache/moto-venv" >&2
+          python3 -m venv "$cache/moto-venv" >&2
+          "$cache/moto-venv/bin/pip" install -q "moto[server]==${MOTO_VERSION}" >&2
+          ln -sf "$cache/moto-venv/bin/moto_server" "$bin/moto_server"
+        fi
       fi
       ;;
     *)

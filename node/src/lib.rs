@@ -1,6 +1,7 @@
 //! ShardedStore storage node: durable, partitioned, replicated key-value server.
 //!
 //! - [`map`]: the partition map and the key → partition function (shared with the operator).
+//! - [`backup`]: backup to and restore from object storage (S3-compatible or a directory).
 //! - [`admin_api`]: wire types of the admin API the operator drives nodes with.
 //! - [`client`]: client library for the client API and the admin API.
 //! - [`bench`]: the `shardedstore bench` load generator.
@@ -12,6 +13,7 @@
 //! - [`config`], [`server`]: configuration, start-up and shutdown of the `shardedstore-node` binary.
 
 pub mod admin_api;
+pub mod backup;
 pub mod bench;
 pub mod client;
 pub mod config;

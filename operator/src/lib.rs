@@ -1,6 +1,8 @@
 //! ShardedStore operator: the `ShardedStore` resource, its reconcile pipeline on Kubernetes,
-//! and the coordinator that owns each store's partition map.
+//! and the coordinator that owns each store's partition map; [`backup`]: ShardedStoreBackup
+//! and restores on Kubernetes.
 
+pub mod backup;
 pub mod config;
 pub mod controller;
 pub mod coordinator;

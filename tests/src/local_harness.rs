@@ -25,6 +25,9 @@ pub struct LocalOptions {
     pub replace_after_secs: u64,
     pub restart_delay_ms: u64,
     pub max_concurrent_moves_per_node: u32,
+    /// Extra arguments and environment of `shardedstore-operator local` (e.g. `--restore-from`).
+    pub extra_args: Vec<String>,
+    pub extra_env: Vec<(String, String)>,
 }
 
 impl Default for LocalOptions {
@@ -38,6 +41,8 @@ impl Default for LocalOptions {
             replace_after_secs: 300,
             restart_delay_ms: 1000,
             max_concurrent_moves_per_node: 2,
+            extra_args: Vec::new(),
+            extra_env: Vec::new(),
         }
     }
 }
@@ -138,6 +143,8 @@ impl LocalStore {
                 "--max-concurrent-moves-per-node",
                 &o.max_concurrent_moves_per_node.to_string(),
             ])
+            .args(&o.extra_args)
+            .envs(o.extra_env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

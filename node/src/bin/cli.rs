@@ -1,8 +1,10 @@
-//! `shardedstore`: the command-line client — get, put, delete, map, status, bench.
+//! `shardedstore`: the command-line client — get, put, delete, map, status, bench, backup, restore.
 
 // A binary's root resolves modules beside it, so the submodules are named by path.
 #[path = "cli/args.rs"]
 mod args;
+#[path = "cli/backup.rs"]
+mod backup;
 #[path = "cli/commands.rs"]
 mod commands;
 #[path = "cli/status.rs"]
@@ -52,6 +54,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             commands::echo_server(listen, value_size).await
         }
         Command::Bench(b) => commands::bench(&kv, &b).await,
+        Command::Backup(b) => Ok(backup::backup(&kv, &b).await?),
+        Command::Restore(r) => Ok(backup::restore(&kv, &r).await?),
     }
 }
 

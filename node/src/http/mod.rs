@@ -1,5 +1,6 @@
 //! The node's HTTP servers: client API, peer/admin API, metrics.
 
+pub mod backup_api;
 pub mod client_api;
 pub mod common;
 pub mod keys;

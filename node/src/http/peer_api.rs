@@ -94,6 +94,9 @@ impl PeerApi {
                 None => common::error(StatusCode::NOT_FOUND, "no_map", "no map installed"),
             },
             (Method::POST, ["admin", "v1", "heartbeat"]) => self.heartbeat(&body),
+            (method, ["admin", "v1", "backup", rest @ ..]) => {
+                super::backup_api::dispatch(&self.node, method, rest, &body).await
+            }
             (method, ["admin", "v1", "partitions", p, rest @ ..]) => {
                 let Ok(p) = p.parse::<PartitionId>() else {
                     return common::error(

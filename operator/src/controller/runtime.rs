@@ -153,15 +153,16 @@ pub async fn run_controller(ctx: Arc<Context>) {
             }
         })
     });
-    controller
+    let backups = crate::backup::run(client.clone(), ctx.config.watch_namespace.clone());
+    let stores = controller
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             match result {
                 Ok((obj, _)) => tracing::debug!(store = %obj, "reconciled"),
                 Err(e) => tracing::debug!(error = %e, "reconcile did not complete"),
             }
-        })
-        .await;
+        });
+    futures::future::join(stores, backups).await;
 }
 
 /// Aborts a helper task when the future owning it completes or is dropped.

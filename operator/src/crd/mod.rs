@@ -1,5 +1,7 @@
-//! The `ShardedStore` custom resource (`shardedstore.io/v1alpha1`) and its CRD YAML.
+//! The `ShardedStore` custom resource (`shardedstore.io/v1alpha1`) and its CRD YAML;
+//! [`backup`]: the `ShardedStoreBackup` resource and a store's `restore` section.
 
+pub mod backup;
 mod spec;
 mod status;
 

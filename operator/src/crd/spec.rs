@@ -145,6 +145,10 @@ pub struct ShardedStoreSpec {
     /// Size limits on keys and values.
     #[serde(default)]
     pub limits: LimitsSpec,
+
+    /// Fill the new store's partitions from a backup before it serves. Set at creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<super::backup::RestoreSpec>,
 }
 
 /// When the kubelet pulls the image.

@@ -3,8 +3,10 @@
 //!
 //! - [`supervisor`]: starts, watches, restarts and stops the `shardedstore-node` children.
 //! - [`control`]: the local control endpoint (`GET /status`, `POST /scale`).
+//! - [`restore`]: `--restore-from`, filling a new store from a backup.
 
 pub mod control;
+pub mod restore;
 pub mod supervisor;
 
 use crate::coordinator::{CoordinatorHandle, FileMapStore, MapStore, Settings, StoreIdentity};
@@ -94,6 +96,8 @@ pub struct LocalArgs {
     /// Throttle of catch-up streams in bytes per second (default unthrottled).
     #[arg(long, env = "SHARDEDSTORE_LOCAL_BANDWIDTH")]
     pub bandwidth_bytes_per_second: Option<u64>,
+    #[command(flatten)]
+    pub restore: restore::RestoreFlags,
 }
 
 impl LocalArgs {
@@ -135,6 +139,8 @@ pub enum LocalError {
     Control(#[source] std::io::Error),
     #[error("waiting for a shutdown signal")]
     Signal(#[source] std::io::Error),
+    #[error("restoring the store")]
+    Restore(#[from] restore::LocalRestoreError),
 }
 
 /// Extra `--help` text: ports, the control endpoint, restarts.
@@ -193,6 +199,7 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         });
     }
     let binary = node_binary(&args)?;
+    let restore_step = restore::prepare(&args.restore, &data_dir).await?;
     let heartbeat_timeout = settings.heartbeat_interval.max(Duration::from_millis(300)) * 2;
     let transport = AdminClient::new(args.peer_token.clone(), heartbeat_timeout)
         .map_err(LocalError::AdminClient)?;
@@ -239,6 +246,17 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
     .await
     .map_err(LocalError::Control)?;
 
+    if let restore::Step::Restore(dest) = &restore_step {
+        let addrs: Vec<String> = (0..args.nodes)
+            .map(|i| format!("127.0.0.1:{}", u32::from(args.port) + i))
+            .collect();
+        if let Err(e) = restore::run(dest, &data_dir, &addrs).await {
+            control.abort();
+            coordinator.stop().await;
+            supervisor.stop_all().await;
+            return Err(e.into());
+        }
+    }
     println!("ShardedStore local mode: data in {}", data_dir.display());
     for line in supervisor.describe() {
         println!("  {line}");

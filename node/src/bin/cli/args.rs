@@ -68,6 +68,10 @@ pub enum Command {
         #[arg(long, default_value_t = 1024)]
         value_size: usize,
     },
+    /// Back up the store to s3://bucket/prefix or file:///path (see docs/backup.md).
+    Backup(super::backup::BackupArgs),
+    /// Restore a backup into the store (or only verify it with --verify-only).
+    Restore(super::backup::RestoreArgs),
 }
 
 #[derive(Args, Debug)]

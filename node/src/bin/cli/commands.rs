@@ -42,6 +42,8 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Backup(#[from] super::backup::BackupCliError),
 }
 
 impl CliError {
