@@ -103,9 +103,21 @@ async fn backup_resource_schema_and_controller_status() -> TestResult {
         other => panic!("a restore with two sources was accepted: {other:?}"),
     }
 
-    let explain = plane.kubectl(&["explain", "sstb.spec.schedule"])?;
-    let text = String::from_utf8_lossy(&explain.stdout);
-    assert!(text.contains("Cron schedule"), "{text}");
+    // `kubectl explain` reads the published schema, which appears shortly after Established.
+    let mut last = String::new();
+    for _ in 0..60 {
+        let out = plane.kubectl(&["explain", "sstb.spec.schedule"])?;
+        last = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if last.contains("Cron schedule") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(last.contains("Cron schedule"), "{last}");
 
     let _controller = AbortOnDrop(tokio::spawn(shardedstore_operator::backup::run(
         client.clone(),

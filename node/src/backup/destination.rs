@@ -239,21 +239,21 @@ mod tests {
     #[test]
     fn locations_parse() {
         assert_eq!(
-            parse_location("s3://bkt/a/b/").expect("parses"),
+            parse_location("s3://bkt/a/b/").unwrap_or_else(|e| panic!("{e:?}")),
             Location::S3 {
                 bucket: "bkt".into(),
                 prefix: "a/b".into()
             }
         );
         assert_eq!(
-            parse_location("s3://bkt").expect("parses"),
+            parse_location("s3://bkt").unwrap_or_else(|e| panic!("{e:?}")),
             Location::S3 {
                 bucket: "bkt".into(),
                 prefix: String::new()
             }
         );
         assert_eq!(
-            parse_location("file:///var/backups").expect("parses"),
+            parse_location("file:///var/backups").unwrap_or_else(|e| panic!("{e:?}")),
             Location::File {
                 path: "/var/backups".into()
             }

@@ -208,9 +208,9 @@ mod tests {
         assert_eq!(m.validate(), Ok(()));
         assert_eq!(m.objects[0].partition, 0);
         assert_eq!((m.total_bytes, m.total_keys), (300, 15));
-        let json = serde_json::to_string(&m).expect("encodes");
+        let json = serde_json::to_string(&m).unwrap_or_else(|e| panic!("{e:?}"));
         assert!(json.contains("\"mapVersion\":7"));
-        let back: Manifest = serde_json::from_str(&json).expect("decodes");
+        let back: Manifest = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(back, m);
     }
 

@@ -54,8 +54,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             commands::echo_server(listen, value_size).await
         }
         Command::Bench(b) => commands::bench(&kv, &b).await,
-        Command::Backup(b) => Ok(backup::backup(&kv, &b).await?),
-        Command::Restore(r) => Ok(backup::restore(&kv, &r).await?),
+        Command::Backup(b) => Ok(backup::backup(&kv, &b).await.map_err(Box::new)?),
+        Command::Restore(r) => Ok(backup::restore(&kv, &r).await.map_err(Box::new)?),
     }
 }
 

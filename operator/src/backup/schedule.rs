@@ -166,7 +166,7 @@ mod tests {
 
     #[test]
     fn daily_hourly_and_steps() {
-        let daily = Schedule::parse("0 3 * * *").expect("parses");
+        let daily = Schedule::parse("0 3 * * *").unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(
             daily.next_after(at(2026, 1, 1, 2, 59)),
             Some(at(2026, 1, 1, 3, 0))
@@ -175,12 +175,12 @@ mod tests {
             daily.next_after(at(2026, 1, 1, 3, 0)),
             Some(at(2026, 1, 2, 3, 0))
         );
-        let every15 = Schedule::parse("*/15 * * * *").expect("parses");
+        let every15 = Schedule::parse("*/15 * * * *").unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(
             every15.next_after(at(2026, 1, 1, 0, 1)),
             Some(at(2026, 1, 1, 0, 15))
         );
-        let list = Schedule::parse("5,35 8-9 * * *").expect("parses");
+        let list = Schedule::parse("5,35 8-9 * * *").unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(
             list.next_after(at(2026, 1, 1, 9, 35)),
             Some(at(2026, 1, 2, 8, 5))
@@ -190,22 +190,22 @@ mod tests {
     #[test]
     fn weekdays_months_and_either_day_rule() {
         // 2026-01-04 is a Sunday.
-        let sunday = Schedule::parse("0 0 * * 7").expect("parses");
+        let sunday = Schedule::parse("0 0 * * 7").unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(
             sunday.next_after(at(2026, 1, 1, 0, 0)),
             Some(at(2026, 1, 4, 0, 0))
         );
-        let yearly = Schedule::parse("0 0 1 1 *").expect("parses");
+        let yearly = Schedule::parse("0 0 1 1 *").unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(
             yearly.next_after(at(2026, 1, 1, 0, 0)),
             Some(at(2027, 1, 1, 0, 0))
         );
-        let either = Schedule::parse("0 0 10 * 0").expect("parses");
+        let either = Schedule::parse("0 0 10 * 0").unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(
             either.next_after(at(2026, 1, 5, 0, 0)),
             Some(at(2026, 1, 10, 0, 0))
         );
-        let feb30 = Schedule::parse("0 0 30 2 *").expect("parses");
+        let feb30 = Schedule::parse("0 0 30 2 *").unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(feb30.next_after(at(2026, 1, 1, 0, 0)), None);
     }
 

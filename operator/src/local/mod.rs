@@ -140,7 +140,7 @@ pub enum LocalError {
     #[error("waiting for a shutdown signal")]
     Signal(#[source] std::io::Error),
     #[error("restoring the store")]
-    Restore(#[from] restore::LocalRestoreError),
+    Restore(#[source] Box<restore::LocalRestoreError>),
 }
 
 /// Extra `--help` text: ports, the control endpoint, restarts.
@@ -199,7 +199,9 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         });
     }
     let binary = node_binary(&args)?;
-    let restore_step = restore::prepare(&args.restore, &data_dir).await?;
+    let restore_step = restore::prepare(&args.restore, &data_dir)
+        .await
+        .map_err(|e| LocalError::Restore(Box::new(e)))?;
     let heartbeat_timeout = settings.heartbeat_interval.max(Duration::from_millis(300)) * 2;
     let transport = AdminClient::new(args.peer_token.clone(), heartbeat_timeout)
         .map_err(LocalError::AdminClient)?;
@@ -254,7 +256,7 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
             control.abort();
             coordinator.stop().await;
             supervisor.stop_all().await;
-            return Err(e.into());
+            return Err(LocalError::Restore(Box::new(e)));
         }
     }
     println!("ShardedStore local mode: data in {}", data_dir.display());

@@ -43,7 +43,7 @@ pub enum CliError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Backup(#[from] super::backup::BackupCliError),
+    Backup(#[from] Box<super::backup::BackupCliError>),
 }
 
 impl CliError {
