@@ -56,6 +56,38 @@ impl Round<'_> {
         self.alive(n) && self.active(n) && !self.cordoned(n) && self.current(n)
     }
 
+    /// The role `n` reports for partition `p` at `epoch`, from its latest heartbeat answer
+    /// (only when that answer was given with the current map installed).
+    pub(super) fn reported_role(&self, n: &str, p: PartitionId, epoch: u64) -> Option<ReplicaRole> {
+        if !self.alive(n) || !self.current(n) {
+            return None;
+        }
+        self.inputs
+            .obs
+            .reports
+            .get(n)?
+            .partitions
+            .iter()
+            .find(|s| s.partition == p && s.epoch == epoch)
+            .map(|s| s.role)
+    }
+
+    /// `n` is named primary of `p` at `epoch`, holds that map, and answers that it does not
+    /// lead: it restarted since it may have led this epoch (it never leads it again: its
+    /// unsynced tail may be gone while followers hold it), or its copy is unproven.
+    pub(super) fn refuses_to_lead(&self, n: &str, p: PartitionId, epoch: u64) -> bool {
+        matches!(
+            self.reported_role(n, p, epoch),
+            Some(ReplicaRole::Follower | ReplicaRole::Learner)
+        )
+    }
+
+    /// An in-sync member that reports itself a learner holds a copy created empty (lost
+    /// disk): never a failover candidate.
+    pub(super) fn unproven(&self, n: &str, p: PartitionId, epoch: u64) -> bool {
+        self.reported_role(n, p, epoch) == Some(ReplicaRole::Learner)
+    }
+
     pub(super) fn confirmed(&self, n: &str) -> bool {
         self.inputs
             .membership
@@ -109,8 +141,10 @@ pub(super) fn plan_partitions(
     force
 }
 
-/// Fails over a partition whose primary is dead (or that has none): asks the live in-sync
-/// members for their positions, then elects the one with the highest (epoch, seq).
+/// Fails over a partition whose primary is dead (or that has none), or whose primary answers
+/// that it will not lead the current epoch (it restarted since, see [`Round::refuses_to_lead`]):
+/// asks the live in-sync members — a restarted primary included — for their durable positions,
+/// then elects the one with the highest (epoch, seq) at epoch + 1, possibly the same node.
 /// Returns true when the partition is handled for this round.
 fn failover(
     round: &Round<'_>,
@@ -120,18 +154,26 @@ fn failover(
     events: &mut Vec<CoordinatorEvent>,
     calls: &mut Vec<Call>,
 ) -> bool {
+    let restarted = e
+        .primary
+        .as_deref()
+        .is_some_and(|n| !round.dead(n) && round.refuses_to_lead(n, p, e.epoch));
     let needs = match &e.primary {
-        Some(primary) => round.dead(primary),
+        Some(primary) => round.dead(primary) || restarted,
         None => !e.in_sync.is_empty(),
     };
     if !needs {
         return false;
     }
     let old = e.primary.clone();
+    // A restarted primary stays a candidate (its durable log may be the longest); a dead one not.
+    let eligible = |n: &NodeId| restarted || Some(n) != old.as_ref();
     let candidates: Vec<NodeId> = e
         .in_sync
         .iter()
-        .filter(|n| Some(*n) != old.as_ref() && round.alive(n) && round.current(n))
+        .filter(|n| {
+            eligible(n) && round.alive(n) && round.current(n) && !round.unproven(n, p, e.epoch)
+        })
         .cloned()
         .collect();
     if candidates.is_empty() {
@@ -179,7 +221,7 @@ fn failover(
     e.epoch += 1;
     e.primary = Some(winner.clone());
     e.in_sync
-        .retain(|n| round.alive(n) && Some(n) != old.as_ref());
+        .retain(|n| round.alive(n) && eligible(n) && !round.unproven(n, p, e.epoch));
     events.push(CoordinatorEvent::Failover {
         partition: p,
         from: old.clone(),

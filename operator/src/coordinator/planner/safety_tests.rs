@@ -156,3 +156,107 @@ fn a_failed_hand_off_is_aborted_and_not_reissued_at_once() {
     w.obs.now += HANDOFF_RETRY_AFTER;
     assert!(asks(&w.plan()), "asked again after the retry interval");
 }
+
+/// Issue item 1 (same-epoch restart): a primary that restarted answers heartbeats again before
+/// anyone saw it dead, but it never leads the epoch it led before (it reports itself a
+/// follower). The planner fails the partition over at epoch + 1 — here back to the same node,
+/// whose durable log is the longest — instead of leaving it without a primary.
+#[test]
+fn a_primary_that_restarted_within_its_lease_is_failed_over_at_a_new_epoch() {
+    use shardedstore_node::admin_api::{LogPosition, PartitionState, ReplicaRole};
+    let mut w = World::running(3, 1, 3);
+    let e = w.map().partitions[0].clone();
+    let primary = e.primary.clone().unwrap_or_else(|| panic!("no primary"));
+    let state = |role| PartitionState {
+        partition: 0,
+        role,
+        epoch: e.epoch,
+        position: LogPosition::default(),
+        commit_seq: 0,
+        applied_seq: 0,
+        followers: Vec::new(),
+        keys: 0,
+        bytes: 0,
+        unproven: false,
+    };
+    // Serving normally: nothing to do.
+    if let Some(r) = w.obs.reports.get_mut(&primary) {
+        r.partitions = vec![state(ReplicaRole::Primary)];
+    }
+    assert!(w.plan().map.is_none());
+    // Restarted: same map, same epoch, but it no longer leads.
+    if let Some(r) = w.obs.reports.get_mut(&primary) {
+        r.partitions = vec![state(ReplicaRole::Follower)];
+        r.incarnation += 1;
+    }
+    let p = w.plan();
+    let asked = p.calls.iter().find_map(|c| match c {
+        Call::Positions { nodes, epoch, .. } => Some((nodes.clone(), *epoch)),
+        _ => None,
+    });
+    let (nodes, epoch) = asked.unwrap_or_else(|| panic!("no positions asked: {p:?}"));
+    assert_eq!(epoch, e.epoch);
+    assert!(
+        nodes.contains(&primary),
+        "the restarted primary is a candidate: {nodes:?}"
+    );
+    let known = w.obs.positions.entry((0, e.epoch)).or_default();
+    for n in &nodes {
+        let last_seq = if *n == primary { 10 } else { 9 };
+        known.insert(
+            n.clone(),
+            LogPosition {
+                last_epoch: e.epoch,
+                last_seq,
+            },
+        );
+    }
+    let next = w.plan().map.unwrap_or_else(|| panic!("no failover"));
+    assert_eq!(next.partitions[0].epoch, e.epoch + 1);
+    assert_eq!(
+        next.partitions[0].primary.as_deref(),
+        Some(primary.as_str())
+    );
+    assert!(next.partitions[0].in_sync.contains(&primary));
+}
+
+/// Issue item 6 (empty disk): an in-sync member whose copy was created empty reports itself a
+/// learner; when the primary dies it is never elected, even with the only answer.
+#[test]
+fn an_unproven_copy_is_never_elected() {
+    use shardedstore_node::admin_api::{LogPosition, PartitionState, ReplicaRole};
+    let mut w = World::running(3, 1, 3);
+    let e = w.map().partitions[0].clone();
+    let primary = e.primary.clone().unwrap_or_else(|| panic!("no primary"));
+    let others: Vec<String> = e
+        .in_sync
+        .iter()
+        .filter(|n| **n != primary)
+        .cloned()
+        .collect();
+    if let Some(r) = w.obs.reports.get_mut(&others[0]) {
+        r.partitions = vec![PartitionState {
+            partition: 0,
+            role: ReplicaRole::Learner,
+            epoch: e.epoch,
+            position: LogPosition::default(),
+            commit_seq: 0,
+            applied_seq: 0,
+            followers: Vec::new(),
+            keys: 0,
+            bytes: 0,
+            unproven: true,
+        }];
+    }
+    w.set_dead(&primary, true);
+    let p = w.plan();
+    let asked: Vec<String> = p
+        .calls
+        .iter()
+        .flat_map(|c| match c {
+            Call::Positions { nodes, .. } => nodes.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(asked, vec![others[1].clone()], "{p:?}");
+}
