@@ -1,7 +1,7 @@
 //! Configuration of the `shardedstore-node` binary: every flag is also an environment variable.
 
 use clap::Parser;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 /// ShardedStore storage node.
@@ -27,6 +27,13 @@ pub struct NodeConfig {
         default_value = "/var/lib/shardedstore"
     )]
     pub data_dir: PathBuf,
+
+    /// The node's own address: when set, the client, peer and metrics listeners bind it
+    /// (keeping the ports of --client-addr, --peer-addr and --metrics-addr) and connections to
+    /// other nodes leave from it. Local mode gives each node its own 127.0.0.x, so that
+    /// firewall rules by address can cut chosen links.
+    #[arg(long, env = "SHARDEDSTORE_HOST")]
+    pub host: Option<IpAddr>,
 
     /// Listen address of the client API.
     #[arg(long, env = "SHARDEDSTORE_CLIENT_ADDR", default_value = "0.0.0.0:7000")]
@@ -81,4 +88,53 @@ pub struct NodeConfig {
     /// How long a client write waits for its commit before answering 503.
     #[arg(long, env = "SHARDEDSTORE_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     pub write_timeout_ms: u64,
+}
+
+impl NodeConfig {
+    /// The configuration with `--host` applied to the three listen addresses.
+    pub fn with_host(mut self) -> Self {
+        if let Some(ip) = self.host {
+            for addr in [
+                &mut self.client_addr,
+                &mut self.peer_addr,
+                &mut self.metrics_addr,
+            ] {
+                addr.set_ip(ip);
+            }
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NodeConfig;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> NodeConfig {
+        NodeConfig::try_parse_from([&["shardedstore-node", "--node-id", "n"], args].concat())
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn host_replaces_the_address_of_every_listener_and_keeps_the_ports() {
+        let cfg = parse(&["--host", "127.0.0.12", "--peer-addr", "0.0.0.0:7301"]).with_host();
+        assert_eq!(cfg.client_addr.to_string(), "127.0.0.12:7000");
+        assert_eq!(cfg.peer_addr.to_string(), "127.0.0.12:7301");
+        assert_eq!(cfg.metrics_addr.to_string(), "127.0.0.12:9100");
+    }
+
+    #[test]
+    fn without_host_the_listen_addresses_stay_as_given() {
+        let cfg = parse(&["--client-addr", "127.0.0.1:7005"]).with_host();
+        assert_eq!(cfg.client_addr.to_string(), "127.0.0.1:7005");
+        assert_eq!(cfg.peer_addr.to_string(), "0.0.0.0:7100");
+    }
+
+    #[test]
+    fn a_host_that_is_not_an_ip_address_is_refused() {
+        let r =
+            NodeConfig::try_parse_from(["shardedstore-node", "--node-id", "n", "--host", "node-1"]);
+        assert!(r.is_err());
+    }
 }

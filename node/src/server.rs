@@ -91,6 +91,7 @@ async fn termination() {
 
 /// Runs a node until it is told to stop.
 pub async fn run(cfg: NodeConfig) -> Result<(), ServerError> {
+    let cfg = cfg.with_host();
     let token = peer_token(&cfg)?;
     let store = Store::open(&cfg.data_dir, &cfg.node_id)?;
     let metrics = Arc::new(NodeMetrics::new()?);
@@ -113,7 +114,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), ServerError> {
         write_timeout: Duration::from_millis(cfg.write_timeout_ms),
         ..ReplicationConfig::default()
     };
-    let peers = PeerClient::new(token.clone(), Duration::from_secs(30))?;
+    let peers = PeerClient::bound(token.clone(), Duration::from_secs(30), cfg.host)?;
     let ctx = Arc::new(Ctx::new(
         cfg.node_id.clone(),
         cfg.store.clone(),
@@ -132,7 +133,8 @@ pub async fn run(cfg: NodeConfig) -> Result<(), ServerError> {
         max_key_bytes: cfg.max_key_bytes,
         max_value_bytes: cfg.max_value_bytes,
     };
-    let client = client_api::ClientApi::new(node.clone(), limits).map_err(ServerError::Forward)?;
+    let client =
+        client_api::ClientApi::new(node.clone(), limits, cfg.host).map_err(ServerError::Forward)?;
     let peer = Arc::new(peer_api::PeerApi {
         node: node.clone(),
         token,

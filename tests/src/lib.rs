@@ -6,6 +6,7 @@ pub mod checker;
 pub mod e2e_harness;
 pub mod local_harness;
 pub mod multinode_harness;
+pub mod netfault;
 pub mod node_harness;
 pub mod s3_server;
 pub mod tools;

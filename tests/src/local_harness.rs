@@ -9,6 +9,7 @@
 use crate::node_harness::{binary_path, wait_until};
 use shardedstore_node::client::KvClient;
 use shardedstore_operator::local::control::{LocalStatus, ScaleRequest};
+use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -28,6 +29,28 @@ pub struct LocalOptions {
     /// Extra arguments and environment of `shardedstore-operator local` (e.g. `--restore-from`).
     pub extra_args: Vec<String>,
     pub extra_env: Vec<(String, String)>,
+    /// Node i binds `node_host_base + i` (else every node binds 127.0.0.1).
+    pub node_host_base: Option<Ipv4Addr>,
+    /// Source address of the operator's connections to the nodes.
+    pub operator_bind: Option<Ipv4Addr>,
+}
+
+impl LocalOptions {
+    /// Gives every node and the operator its own address in a random harness subnet
+    /// (nodes at .10 + i, the operator at .2), so `netfault` can cut links between them.
+    pub fn with_own_addresses(mut self) -> Self {
+        let subnet = u32::from(crate::netfault::random_subnet());
+        self.node_host_base = Some(Ipv4Addr::from(subnet + 10));
+        self.operator_bind = Some(Ipv4Addr::from(subnet + 2));
+        self
+    }
+
+    /// The address node `ordinal` binds.
+    pub fn node_host(&self, ordinal: u32) -> Ipv4Addr {
+        self.node_host_base.map_or(Ipv4Addr::LOCALHOST, |b| {
+            Ipv4Addr::from(u32::from(b) + ordinal)
+        })
+    }
 }
 
 impl Default for LocalOptions {
@@ -43,6 +66,8 @@ impl Default for LocalOptions {
             max_concurrent_moves_per_node: 2,
             extra_args: Vec::new(),
             extra_env: Vec::new(),
+            node_host_base: None,
+            operator_bind: None,
         }
     }
 }
@@ -61,12 +86,20 @@ pub struct LocalStore {
     http: reqwest::Client,
 }
 
-/// A base port with `3 * MAX_NODES + 1` free ports after it (client, peer, metrics, control).
-fn free_base() -> anyhow::Result<u16> {
+/// A base port with `3 * MAX_NODES + 1` free ports after it (client, peer, metrics on each
+/// node's address, control on 127.0.0.1).
+fn free_base(options: &LocalOptions) -> anyhow::Result<u16> {
     for _ in 0..200 {
         let base = 20_000 + (rand::random::<u16>() % 40_000);
+        let host = |i: u16| {
+            if i < 3 * MAX_NODES {
+                options.node_host(u32::from(i % MAX_NODES))
+            } else {
+                Ipv4Addr::LOCALHOST
+            }
+        };
         let all_free = (0..3 * MAX_NODES + 1)
-            .all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+            .all(|i| std::net::TcpListener::bind((host(i), base + i)).is_ok());
         if all_free {
             return Ok(base);
         }
@@ -78,10 +111,11 @@ impl LocalStore {
     /// Starts the operator in local mode and waits until the first map is in place and every
     /// partition is in sync.
     pub async fn start(options: LocalOptions) -> anyhow::Result<Self> {
+        let base = free_base(&options)?;
         let mut store = Self {
             options,
             data_dir: tempfile::tempdir()?,
-            base: free_base()?,
+            base,
             operator: None,
             groups: Vec::new(),
             http: reqwest::Client::builder()
@@ -97,6 +131,26 @@ impl LocalStore {
         self.data_dir.path()
     }
 
+    /// The address node `id` (`node-<i>`) binds.
+    pub fn node_host(&self, id: &str) -> anyhow::Result<Ipv4Addr> {
+        let ordinal: u32 = id
+            .strip_prefix("node-")
+            .and_then(|o| o.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("not a local node id: {id}"))?;
+        Ok(self.options.node_host(ordinal))
+    }
+
+    /// The map as the operator last wrote it (`<data-dir>/map.json`), if readable.
+    pub fn stored_map(&self) -> Option<shardedstore_node::map::PartitionMap> {
+        let bytes = std::fs::read(self.data_dir.path().join("map.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Peer port of node `ordinal`.
+    pub fn peer_port(&self, ordinal: u32) -> u16 {
+        self.base + MAX_NODES + ordinal as u16
+    }
+
     fn control_port(&self) -> u16 {
         self.base + 3 * MAX_NODES
     }
@@ -104,7 +158,7 @@ impl LocalStore {
     /// Client API addresses (`host:port`) of nodes `0..n`.
     pub fn client_addrs(&self, n: u32) -> Vec<String> {
         (0..n as u16)
-            .map(|i| format!("127.0.0.1:{}", self.base + i))
+            .map(|i| format!("{}:{}", self.options.node_host(u32::from(i)), self.base + i))
             .collect()
     }
 
@@ -145,6 +199,8 @@ impl LocalStore {
             ])
             .args(&o.extra_args)
             .envs(o.extra_env.iter().map(|(k, v)| (k, v)))
+            .args(o.node_host_base.map(|b| format!("--node-host-base={b}")))
+            .args(o.operator_bind.map(|b| format!("--bind={b}")))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

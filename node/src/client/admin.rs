@@ -61,7 +61,17 @@ pub struct AdminClient {
 impl AdminClient {
     /// `timeout` bounds every call (heartbeats want it well below the lease).
     pub fn new(token: impl Into<String>, timeout: Duration) -> Result<Self, AdminError> {
+        Self::bound(token, timeout, None)
+    }
+
+    /// Like [`AdminClient::new`], with connections leaving from `local` when given.
+    pub fn bound(
+        token: impl Into<String>,
+        timeout: Duration,
+        local: Option<std::net::IpAddr>,
+    ) -> Result<Self, AdminError> {
         let http = reqwest::Client::builder()
+            .local_address(local)
             .timeout(timeout)
             .connect_timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(30))

@@ -27,8 +27,14 @@ pub struct ClientApi {
 }
 
 impl ClientApi {
-    pub fn new(node: Arc<Node>, default_limits: Limits) -> Result<Arc<Self>, reqwest::Error> {
+    /// Forwarded requests leave from `local` (the node's `--host`) when given.
+    pub fn new(
+        node: Arc<Node>,
+        default_limits: Limits,
+        local: Option<std::net::IpAddr>,
+    ) -> Result<Arc<Self>, reqwest::Error> {
         let http = reqwest::Client::builder()
+            .local_address(local)
             .timeout(Duration::from_secs(15))
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)

@@ -43,7 +43,17 @@ pub const PEER_PROTOCOL_HEADER: &str = "x-shardedstore-protocol";
 
 impl PeerClient {
     pub fn new(token: String, timeout: Duration) -> Result<Self, PeerError> {
+        Self::bound(token, timeout, None)
+    }
+
+    /// Like [`PeerClient::new`], with connections leaving from `local` (the node's `--host`).
+    pub fn bound(
+        token: String,
+        timeout: Duration,
+        local: Option<std::net::IpAddr>,
+    ) -> Result<Self, PeerError> {
         let http = reqwest::Client::builder()
+            .local_address(local)
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(60))

@@ -98,6 +98,14 @@ pub struct LocalArgs {
     pub bandwidth_bytes_per_second: Option<u64>,
     #[command(flatten)]
     pub restore: restore::RestoreFlags,
+    /// Give node i its own loopback address, this one + i (e.g. 127.0.0.10 → node-2 on
+    /// 127.0.0.12), for its listeners and its connections to other nodes (default: every
+    /// node on 127.0.0.1).
+    #[arg(long, env = "SHARDEDSTORE_LOCAL_NODE_HOST_BASE")]
+    pub node_host_base: Option<std::net::Ipv4Addr>,
+    /// Source address of the operator's connections to the nodes (heartbeats, maps, moves).
+    #[arg(long, env = "SHARDEDSTORE_LOCAL_BIND")]
+    pub bind: Option<std::net::IpAddr>,
 }
 
 impl LocalArgs {
@@ -129,6 +137,8 @@ pub enum LocalError {
         min_in_sync: u32,
         replication_factor: u32,
     },
+    #[error("--node-host-base {0} must be a loopback address at most 127.255.255.0")]
+    BadNodeHostBase(std::net::Ipv4Addr),
     #[error("creating the data directory {0}")]
     DataDir(PathBuf, #[source] std::io::Error),
     #[error("finding the shardedstore-node binary (pass --node-binary)")]
@@ -145,8 +155,8 @@ pub enum LocalError {
 
 /// Extra `--help` text: ports, the control endpoint, restarts.
 const LOCAL_HELP: &str = "\
-Node i listens on 127.0.0.1: client API on --port + i, peer/admin API on --peer-port + i,
-metrics on --metrics-port + i. The partition map is kept in <data-dir>/map.json, node data
+Node i listens on 127.0.0.1 (or --node-host-base + i): client API on --port + i, peer/admin
+API on --peer-port + i, metrics on --metrics-port + i. The partition map is kept in <data-dir>/map.json, node data
 in <data-dir>/node-i/ and node logs in <data-dir>/node-i.log.
 
 Control endpoint (127.0.0.1:--control-port):
@@ -179,6 +189,11 @@ fn node_binary(args: &LocalArgs) -> Result<PathBuf, LocalError> {
     }
 }
 
+/// A node host base leaves room for 255 ordinals inside 127.0.0.0/8.
+fn node_host_base_ok(base: std::net::Ipv4Addr) -> bool {
+    base.is_loopback() && u32::from(base) <= u32::from(std::net::Ipv4Addr::new(127, 255, 255, 0))
+}
+
 /// Runs local mode until Ctrl-C or SIGTERM.
 pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
     std::fs::create_dir_all(&args.data_dir)
@@ -198,18 +213,24 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
             replication_factor: settings.replication_factor,
         });
     }
+    if let Some(base) = args.node_host_base
+        && !node_host_base_ok(base)
+    {
+        return Err(LocalError::BadNodeHostBase(base));
+    }
     let binary = node_binary(&args)?;
     let restore_step = restore::prepare(&args.restore, &data_dir)
         .await
         .map_err(|e| LocalError::Restore(Box::new(e)))?;
     let heartbeat_timeout = settings.heartbeat_interval.max(Duration::from_millis(300)) * 2;
-    let transport = AdminClient::new(args.peer_token.clone(), heartbeat_timeout)
+    let transport = AdminClient::bound(args.peer_token.clone(), heartbeat_timeout, args.bind)
         .map_err(LocalError::AdminClient)?;
     let map_store = Arc::new(FileMapStore::new(data_dir.join("map.json")));
     let ports = Ports {
         client: args.port,
         peer: args.peer_port,
         metrics: args.metrics_port,
+        host_base: args.node_host_base,
     };
     let mut supervisor = Supervisor::new(
         binary,
@@ -319,4 +340,17 @@ pub fn init_logging() {
     } else {
         builder.try_init()
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_host_base_ok;
+
+    #[test]
+    fn a_node_host_base_must_be_loopback_with_room_for_the_ordinals() {
+        assert!(node_host_base_ok([127, 0, 0, 10].into()));
+        assert!(node_host_base_ok([127, 255, 255, 0].into()));
+        assert!(!node_host_base_ok([127, 255, 255, 1].into()));
+        assert!(!node_host_base_ok([10, 0, 0, 1].into()));
+    }
 }

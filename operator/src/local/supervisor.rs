@@ -5,18 +5,46 @@
 use crate::coordinator::{MemberNode, Membership};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
-/// Base ports; node i uses base + i.
+/// Base ports; node i uses base + i. Node i listens on `host_base + i` when a host base is
+/// set (each node its own loopback address), else on 127.0.0.1.
 #[derive(Clone, Copy, Debug)]
 pub struct Ports {
     pub client: u16,
     pub peer: u16,
     pub metrics: u16,
+    pub host_base: Option<Ipv4Addr>,
+}
+
+impl Ports {
+    /// The address node `ordinal` listens on.
+    pub fn host(&self, ordinal: u32) -> Ipv4Addr {
+        self.host_base.map_or(Ipv4Addr::LOCALHOST, |base| {
+            Ipv4Addr::from(u32::from(base).saturating_add(ordinal))
+        })
+    }
+
+    fn addr(&self, base: u16, ordinal: u32) -> String {
+        format!("{}:{}", self.host(ordinal), u32::from(base) + ordinal)
+    }
+
+    fn client_addr(&self, ordinal: u32) -> String {
+        self.addr(self.client, ordinal)
+    }
+
+    fn peer_addr(&self, ordinal: u32) -> String {
+        self.addr(self.peer, ordinal)
+    }
+
+    fn metrics_addr(&self, ordinal: u32) -> String {
+        self.addr(self.metrics, ordinal)
+    }
 }
 
 /// Where a node listens, as shown by the control endpoint.
@@ -80,10 +108,6 @@ impl Supervisor {
         format!("node-{ordinal}")
     }
 
-    fn addr(base: u16, ordinal: u32) -> String {
-        format!("127.0.0.1:{}", u32::from(base) + ordinal)
-    }
-
     /// Sets the desired node count: new ordinals start, ordinals at or above it drain.
     pub fn scale(&mut self, nodes: u32) {
         self.desired = nodes;
@@ -139,7 +163,13 @@ impl Supervisor {
             .append(true)
             .open(self.data_dir.join(format!("{id}.log")))?;
         let log2 = log.try_clone()?;
-        Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if self.ports.host_base.is_some() {
+            command
+                .arg("--host")
+                .arg(self.ports.host(ordinal).to_string());
+        }
+        command
             .arg("--node-id")
             .arg(&id)
             .arg("--store")
@@ -147,11 +177,11 @@ impl Supervisor {
             .arg("--data-dir")
             .arg(&dir)
             .arg("--client-addr")
-            .arg(Self::addr(self.ports.client, ordinal))
+            .arg(self.ports.client_addr(ordinal))
             .arg("--peer-addr")
-            .arg(Self::addr(self.ports.peer, ordinal))
+            .arg(self.ports.peer_addr(ordinal))
             .arg("--metrics-addr")
-            .arg(Self::addr(self.ports.metrics, ordinal))
+            .arg(self.ports.metrics_addr(ordinal))
             .env("SHARDEDSTORE_PEER_TOKEN", &self.token)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
@@ -162,7 +192,7 @@ impl Supervisor {
 
     /// Is something already answering on the node's peer port (a node left running)?
     fn already_running(&self, ordinal: u32) -> bool {
-        port_open(&Self::addr(self.ports.peer, ordinal))
+        port_open(&self.ports.peer_addr(ordinal))
     }
 
     fn pid_file(&self, ordinal: u32) -> PathBuf {
@@ -229,7 +259,7 @@ impl Supervisor {
                     // An adopted node is not our child: watch its pid (or its port).
                     let adopted_gone = match slot.adopted {
                         Some(Some(pid)) => !Path::new(&format!("/proc/{pid}")).exists(),
-                        Some(None) => !port_open(&Self::addr(self.ports.peer, o)),
+                        Some(None) => !port_open(&self.ports.peer_addr(o)),
                         None => false,
                     };
                     if adopted_gone {
@@ -256,9 +286,9 @@ impl Supervisor {
             .map(|(&o, slot)| NodeEndpoint {
                 id: Self::node_id(o),
                 ordinal: o,
-                client_addr: Self::addr(self.ports.client, o),
-                peer_addr: Self::addr(self.ports.peer, o),
-                metrics_addr: Self::addr(self.ports.metrics, o),
+                client_addr: self.ports.client_addr(o),
+                peer_addr: self.ports.peer_addr(o),
+                metrics_addr: self.ports.metrics_addr(o),
                 running: slot.child.is_some() || slot.adopted.is_some(),
                 pid: slot
                     .child
@@ -285,8 +315,8 @@ impl Supervisor {
                     MemberNode {
                         id: Self::node_id(o),
                         ordinal: o,
-                        client_addr: Self::addr(self.ports.client, o),
-                        peer_addr: Self::addr(self.ports.peer, o),
+                        client_addr: self.ports.client_addr(o),
+                        peer_addr: self.ports.peer_addr(o),
                         zone: None,
                         ready: !dead,
                         confirmed_dead: dead,
