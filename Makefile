@@ -1,7 +1,7 @@
 # Entry points named in README.md. Every target works on a fresh clone.
 CARGO ?= cargo
 
-.PHONY: demo build release test lint crds bench fault k8s-bins control-plane-test cluster-up cluster-down images smoke e2e \
+.PHONY: demo build release test lint crds bench fault chaos k8s-bins control-plane-test cluster-up cluster-down images smoke e2e \
 	multinode-up multinode-down multinode-images e2e-multinode bench-backup
 
 ## Run it: a 3-node store on 127.0.0.1 (client API of node i on port 7000+i), Ctrl-C stops it.
@@ -40,6 +40,12 @@ bench-backup: release
 ## Fault injection over many seeds (SHARDEDSTORE_FAULT_SEEDS, default 20; SHARDEDSTORE_FAULT_SEED=<n> to start at / replay a seed).
 fault: build
 	$(CARGO) test -p shardedstore-tests --test fault_injection many_seeds -- --ignored --nocapture
+
+## Chaos: CHAOS_SEEDS seeds (default 100) from CHAOS_FIRST_SEED (default 1), or as many as fit
+## in CHAOS_DURATION (e.g. 30m); table in CHAOS_OUT (default target/chaos)/summary.md, failing
+## seeds' histories in CHAOS_OUT/histories. Partitions need root and nft.
+chaos: build
+	$(CARGO) test -p shardedstore-tests --test chaos chaos -- --ignored --nocapture
 
 ## A real Kubernetes built from pinned upstream sources (see docs/local-kubernetes.md).
 k8s-bins:

@@ -111,8 +111,16 @@ impl LocalStore {
     /// Starts the operator in local mode and waits until the first map is in place and every
     /// partition is in sync.
     pub async fn start(options: LocalOptions) -> anyhow::Result<Self> {
+        let mut store = Self::create(options)?;
+        store.launch().await?;
+        Ok(store)
+    }
+
+    /// Chooses ports and a data directory without starting anything (so a test can prepare
+    /// the data directory, e.g. mount a file system per node, before [`LocalStore::launch`]).
+    pub fn create(options: LocalOptions) -> anyhow::Result<Self> {
         let base = free_base(&options)?;
-        let mut store = Self {
+        Ok(Self {
             options,
             data_dir: tempfile::tempdir()?,
             base,
@@ -121,10 +129,15 @@ impl LocalStore {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
                 .build()?,
-        };
-        store.start_operator()?;
-        store.wait_settled(Duration::from_secs(60)).await?;
-        Ok(store)
+        })
+    }
+
+    /// Starts the operator and waits until the first map is in place and every partition
+    /// is in sync.
+    pub async fn launch(&mut self) -> anyhow::Result<()> {
+        self.start_operator()?;
+        self.wait_settled(Duration::from_secs(60)).await?;
+        Ok(())
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -310,8 +323,10 @@ impl LocalStore {
     }
 }
 
-impl Drop for LocalStore {
-    fn drop(&mut self) {
+impl LocalStore {
+    /// SIGKILLs the operator and every node (all process groups created so far) and reaps
+    /// the operator; idempotent. Dropping the store does this too.
+    pub fn kill_all(&mut self) {
         for group in &self.groups {
             let _ = Command::new("kill")
                 .args(["-s", "KILL", "--", &format!("-{group}")])
@@ -321,6 +336,34 @@ impl Drop for LocalStore {
         if let Some(mut c) = self.operator.take() {
             let _ = c.wait();
         }
+        // SIGKILL is delivered asynchronously: give the groups a moment to go away, so a
+        // caller can unmount their file systems next (bounded; zombies hold no files).
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while std::time::Instant::now() < deadline && self.groups.iter().any(|g| group_alive(*g)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Whether any process of group `g` is alive (and not a zombie).
+fn group_alive(g: u32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // Fields after the command (which ends with ')'): state, ppid, pgrp, ...
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let mut f = rest.split_whitespace();
+        let state = f.next();
+        let pgrp = f.nth(1).and_then(|p| p.parse::<u32>().ok());
+        pgrp == Some(g) && state != Some("Z")
+    })
+}
+
+impl Drop for LocalStore {
+    fn drop(&mut self) {
+        self.kill_all();
     }
 }
 

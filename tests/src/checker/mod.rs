@@ -7,15 +7,21 @@
 //! - `check`: checking a whole history key by key.
 //! - `workload`: concurrent clients that record a history against a live store.
 //! - `nemesis`: the seeded fault schedule and its execution on a local-mode store.
+//! - `probe`: per-partition probe writes and map samples (availability, lost writes).
+//! - `availability`: unavailability windows from the probes (pure).
 //! - `runner`: one run end to end — start, load under faults, heal, final reads, check.
+//! - `summary`: the `make chaos` table over many runs.
 
+pub mod availability;
 pub mod check;
 pub mod history;
 pub mod model;
 pub mod nemesis;
+pub mod probe;
 pub mod runner;
 pub mod search;
 pub mod shrink;
+pub mod summary;
 #[cfg(test)]
 mod tests;
 pub mod workload;

@@ -2,12 +2,17 @@
 //! nemesis plays the seed's schedule, heal everything, wait until every partition is in
 //! sync, read every key, and check the history key by key.
 
+use super::availability::{Window, worst_window};
 use super::check::{CheckLimits, KeyReport, KeyVerdict, check};
 use super::history::{Op, Outcome};
-use super::nemesis::{NemesisConfig, inject, schedule};
+use super::nemesis::inject::{Env, Record};
+use super::nemesis::{Kind, NemesisConfig, schedule};
+use super::probe::Probes;
 use super::workload::{WorkloadConfig, build_client, client_loop, final_read, key_name};
-use crate::local_harness::{LocalOptions, LocalStore, MAX_NODES};
-use std::path::PathBuf;
+use crate::local_harness::{LocalOptions, LocalStore, MAX_NODES, lost_writes};
+use crate::netfault::NetFaults;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Everything a run depends on besides timing.
@@ -27,6 +32,10 @@ pub struct RunConfig {
     pub min_gap: Duration,
     pub max_gap: Duration,
     pub limits: CheckLimits,
+    /// Give every process its own address and draw partitions (needs nftables and root).
+    pub network: bool,
+    /// Where failing runs save their history (default: the system temp directory).
+    pub history_dir: Option<PathBuf>,
 }
 
 impl RunConfig {
@@ -51,10 +60,21 @@ impl RunConfig {
             min_gap: Duration::from_millis(500),
             max_gap: Duration::from_millis(2500),
             limits: CheckLimits::default(),
+            network: false,
+            history_dir: None,
         }
     }
 
-    fn nemesis(&self) -> NemesisConfig {
+    /// Like [`RunConfig::for_seed`], with partitions when `nft` is installed.
+    pub fn for_seed_with_network(seed: u64) -> Self {
+        Self {
+            network: crate::tools::find_tool("nft").is_some(),
+            ..Self::for_seed(seed)
+        }
+    }
+
+    /// The nemesis bounds of this run.
+    pub fn nemesis(&self) -> NemesisConfig {
         NemesisConfig {
             keys: self.workload.keys,
             base_nodes: self.nodes,
@@ -63,6 +83,7 @@ impl RunConfig {
             duration: self.duration,
             min_gap: self.min_gap,
             max_gap: self.max_gap,
+            network: self.network,
         }
     }
 }
@@ -84,7 +105,18 @@ pub struct RunReport {
     /// Faults injected, with the time (ms into the run) each began; failed injections are
     /// listed with their error.
     pub faults: Vec<(u64, String)>,
+    /// Injected faults by kind (an overlap counts as itself and as both of its parts).
+    pub kinds: BTreeMap<Kind, usize>,
+    /// Steps whose fault could not be injected (e.g. no in-sync follower at that moment).
+    pub not_injected: usize,
     pub keys: Vec<KeyReport>,
+    /// Acknowledged probe writes.
+    pub probe_acked: usize,
+    /// Acknowledged probe writes missing or wrong after healing.
+    pub lost: Vec<String>,
+    /// The longest time a partition took no write while a majority of its replicas were
+    /// healthy, and the faults around it.
+    pub worst: Option<Window>,
     /// Where the full history was saved (only when a key failed the check).
     pub history_file: Option<PathBuf>,
 }
@@ -96,6 +128,11 @@ impl RunReport {
             .iter()
             .filter(|k| !matches!(k.verdict, KeyVerdict::Linearizable))
             .collect()
+    }
+
+    /// Whether the run found anything wrong: a key not proven linearizable or a lost write.
+    pub fn failed(&self) -> bool {
+        !self.failures().is_empty() || !self.lost.is_empty()
     }
 
     /// A human-readable summary; on failure the seed, the key and its witness.
@@ -115,6 +152,32 @@ impl RunReport {
         );
         for (at, f) in &self.faults {
             let _ = writeln!(s, "  {at:>6} ms  {f}");
+        }
+        let _ = writeln!(
+            s,
+            "  probe writes acknowledged: {}, lost: {}{}",
+            self.probe_acked,
+            self.lost.len(),
+            if self.lost.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (LOST, seed {}: {:?})",
+                    self.seed,
+                    &self.lost[..self.lost.len().min(5)]
+                )
+            }
+        );
+        if let Some(w) = &self.worst {
+            let _ = writeln!(
+                s,
+                "  worst unavailability: partition {} for {} ms ({}..{} ms) around [{}]",
+                w.partition,
+                w.unavailable_ms,
+                w.from_ms,
+                w.to_ms,
+                w.causes.join("; ")
+            );
         }
         for k in &self.keys {
             let _ = match &k.verdict {
@@ -167,8 +230,10 @@ fn count(history: &[Op]) -> Counts {
 }
 
 /// Saves the history as JSON lines, one operation per line.
-fn save(history: &[Op], seed: u64) -> anyhow::Result<PathBuf> {
-    let path = std::env::temp_dir().join(format!("shardedstore-fault-seed-{seed}.jsonl"));
+fn save(history: &[Op], seed: u64, dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let dir = dir.map_or_else(std::env::temp_dir, Path::to_path_buf);
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("shardedstore-fault-seed-{seed}.jsonl"));
     let mut text = String::new();
     for op in history {
         text.push_str(&serde_json::to_string(op)?);
@@ -180,18 +245,28 @@ fn save(history: &[Op], seed: u64) -> anyhow::Result<PathBuf> {
 
 /// Runs the workload under the seed's faults and checks the history.
 pub async fn run(cfg: &RunConfig) -> anyhow::Result<RunReport> {
-    let mut store = LocalStore::start(LocalOptions {
+    // The partition harness first: it sweeps rules left by dead runs before the store starts.
+    let net = if cfg.network {
+        Some(NetFaults::new()?)
+    } else {
+        None
+    };
+    let options = LocalOptions {
         nodes: cfg.nodes,
         partitions: cfg.partitions,
         replication_factor: cfg.replication_factor,
         lease_ms: cfg.lease_ms,
         restart_delay_ms: cfg.restart_delay_ms,
         ..LocalOptions::default()
-    })
-    .await?;
+    };
+    let options = if cfg.network {
+        options.with_own_addresses()
+    } else {
+        options
+    };
+    let mut store = LocalStore::start(options).await?;
     let addrs = store.client_addrs(u32::from(MAX_NODES));
     let keys: Vec<String> = (0..cfg.workload.keys).map(key_name).collect();
-    let control = store.client()?;
     let clock = Instant::now();
     let until = clock + cfg.duration + Duration::from_secs(30);
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -209,8 +284,17 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<RunReport> {
             stopped.clone(),
         )));
     }
+    let probes = Probes::start(
+        &addrs,
+        cfg.partitions,
+        cfg.seed,
+        store.data_dir().join("map.json"),
+        clock,
+    )?;
 
     let mut faults = Vec::new();
+    let mut records: Vec<Record> = Vec::new();
+    let mut not_injected = 0;
     let steps = if cfg.faults {
         schedule(cfg.seed, &cfg.nemesis())
     } else {
@@ -219,24 +303,40 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<RunReport> {
     for step in steps {
         tokio::time::sleep(step.after).await;
         let at = clock.elapsed().as_millis() as u64;
-        let what = match inject(&mut store, &control, &keys, &step.fault).await {
-            Ok(what) => what,
-            Err(e) => format!("{:?} not injected: {e}", step.fault),
+        let mut env = Env {
+            store: &mut store,
+            keys: &keys,
+            net: net.as_ref(),
+            clock,
         };
-        faults.push((at, what));
+        match env.step(&step.fault).await {
+            Ok(r) => {
+                faults.push((at, r.what.clone()));
+                records.push(r);
+            }
+            Err(e) => {
+                not_injected += 1;
+                faults.push((at, format!("{:?} not injected: {e}", step.fault)));
+            }
+        }
     }
     if let Some(rest) = cfg.duration.checked_sub(clock.elapsed()) {
         tokio::time::sleep(rest).await;
     }
     stop.send_replace(true);
+    let span_end = clock.elapsed().as_millis() as u64;
     let mut history = Vec::new();
     for c in clients {
         history.extend(c.await?);
     }
+    let probe = probes.stop().await;
 
-    // Heal: the operator is running after every fault; undo scaling and wait for every
-    // partition to be fully in sync on the original nodes.
+    // Heal: links back, the operator running, scaling undone; wait for every partition to
+    // be fully in sync on the original nodes.
     let healed = async {
+        if let Some(net) = &net {
+            net.heal_all()?;
+        }
         if store.status().await.is_none() {
             store.start_operator()?;
         }
@@ -269,21 +369,39 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<RunReport> {
             store.log_tail(40)
         );
     }
+    let lost = lost_writes(&store.client()?, &probe.acked).await;
 
     let keys_report = check(&history, cfg.limits);
-    let failed = keys_report
-        .iter()
-        .any(|k| !matches!(k.verdict, KeyVerdict::Linearizable));
+    let failed = !lost.is_empty()
+        || keys_report
+            .iter()
+            .any(|k| !matches!(k.verdict, KeyVerdict::Linearizable));
     let history_file = if failed {
-        Some(save(&history, cfg.seed)?)
+        Some(save(&history, cfg.seed, cfg.history_dir.as_deref())?)
     } else {
         None
     };
+    let mut kinds = BTreeMap::new();
+    for k in records.iter().flat_map(|r| &r.kinds) {
+        *kinds.entry(*k).or_insert(0) += 1;
+    }
+    let worst = worst_window(
+        cfg.partitions,
+        &probe.ops,
+        &probe.samples,
+        &records,
+        (0, span_end),
+    );
     Ok(RunReport {
         seed: cfg.seed,
         counts: count(&history),
         faults,
+        kinds,
+        not_injected,
         keys: keys_report,
+        probe_acked: probe.acked.len(),
+        lost,
+        worst,
         history_file,
     })
 }
