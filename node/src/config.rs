@@ -88,6 +88,15 @@ pub struct NodeConfig {
     /// How long a client write waits for its commit before answering 503.
     #[arg(long, env = "SHARDEDSTORE_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     pub write_timeout_ms: u64,
+
+    /// On SIGTERM, keep serving up to this many seconds while the node still leads partitions
+    /// another in-sync replica could take over (the operator hands them off); 0 stops at once.
+    #[arg(
+        long,
+        env = "SHARDEDSTORE_SHUTDOWN_HANDOFF_SECONDS",
+        default_value_t = 0
+    )]
+    pub shutdown_handoff_seconds: u64,
 }
 
 impl NodeConfig {

@@ -10,7 +10,8 @@
 //! - [`node`]: the partitions a node holds, map installs, heartbeats, upkeep.
 //! - [`lease`]: the lease rule (heartbeats confirmed by the operator grant the lease).
 //! - [`http`]: the client, peer/admin and metrics HTTP servers.
-//! - [`config`], [`server`]: configuration, start-up and shutdown of the `shardedstore-node` binary.
+//! - [`config`], [`server`], [`shutdown`]: configuration, start-up and shutdown of the
+//!   `shardedstore-node` binary.
 
 pub mod admin_api;
 pub mod backup;
@@ -25,4 +26,5 @@ pub mod metrics;
 pub mod node;
 pub mod replication;
 pub mod server;
+pub mod shutdown;
 pub mod storage;

@@ -171,6 +171,15 @@ pub async fn run(cfg: NodeConfig) -> Result<(), ServerError> {
         ),
     ];
     termination().await;
+    if cfg.shutdown_handoff_seconds > 0 {
+        let timeout = Duration::from_secs(cfg.shutdown_handoff_seconds);
+        tracing::info!(
+            ?timeout,
+            "terminating: waiting for primaries to be handed off"
+        );
+        let left = crate::shutdown::await_handoff(&node.ctx, timeout).await;
+        tracing::info!(primaries_left = left, "hand-off wait over");
+    }
     tracing::info!("shutting down");
     shutdown.cancel();
     for s in servers {
