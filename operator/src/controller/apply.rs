@@ -13,6 +13,10 @@ use std::fmt::Debug;
 
 /// Field manager of everything the controller writes.
 pub const FIELD_MANAGER: &str = "shardedstore-operator";
+/// Field manager of the `Reconciled` condition written when a reconcile fails. A separate
+/// manager, so applying that one condition leaves the rest of the status in place (an apply
+/// removes the fields its manager owned but left out).
+pub const ERROR_FIELD_MANAGER: &str = "shardedstore-operator-errors";
 
 /// Why writing to the API server failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +43,13 @@ pub enum ApplyError {
     },
     #[error("the peer-token Secret {0} has no usable `token` key")]
     MalformedToken(String),
+    #[error("deleting {kind} {name}")]
+    Delete {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("patching the status of {name}")]
     Status {
         name: String,
@@ -54,6 +65,7 @@ impl ApplyError {
             Self::Read { .. } => "ReadFailed",
             Self::CreateToken { .. } | Self::MalformedToken(_) => "PeerTokenFailed",
             Self::Status { .. } => "StatusPatchFailed",
+            Self::Delete { .. } => "DeleteFailed",
         }
     }
 }
@@ -89,7 +101,28 @@ fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
         "PodDisruptionBudget" => "PodDisruptionBudget",
         "ConfigMap" => "ConfigMap",
         "Secret" => "Secret",
+        "NetworkPolicy" => "NetworkPolicy",
         _ => "object",
+    }
+}
+
+/// Deletes an object that may not exist.
+pub async fn delete_opt<K>(client: &Client, namespace: &str, name: &str) -> Result<(), ApplyError>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    match api.delete(name, &kube::api::DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(source) => Err(ApplyError::Delete {
+            kind: kind_of::<K>(),
+            name: name.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -178,6 +211,28 @@ pub async fn patch_status(
         "status": status,
     });
     api.patch_status(&name, &apply_params(), &Patch::Apply(&body))
+        .await
+        .map(|_| ())
+        .map_err(|source| ApplyError::Status { name, source })
+}
+
+/// Server-side applies one condition of the status (as [`ERROR_FIELD_MANAGER`]), leaving the
+/// other conditions and fields as they are.
+pub async fn patch_condition(
+    client: &Client,
+    store: &ShardedStore,
+    condition: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
+) -> Result<(), ApplyError> {
+    let namespace = store.namespace().unwrap_or_default();
+    let name = store.name_any();
+    let api: Api<ShardedStore> = Api::namespaced(client.clone(), &namespace);
+    let body = serde_json::json!({
+        "apiVersion": ShardedStore::api_version(&()),
+        "kind": ShardedStore::kind(&()),
+        "status": { "conditions": [condition] },
+    });
+    let params = PatchParams::apply(ERROR_FIELD_MANAGER).force();
+    api.patch_status(&name, &params, &Patch::Apply(&body))
         .await
         .map(|_| ())
         .map_err(|source| ApplyError::Status { name, source })

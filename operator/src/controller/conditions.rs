@@ -1,4 +1,4 @@
-//! Status conditions (`Ready`, `Available`, `Progressing`, `Degraded`): merging a freshly
+//! Status conditions (`Ready`, `Available`, `Progressing`, `Degraded`, `Reconciled`): merging a freshly
 //! computed condition with the previous one so `lastTransitionTime` moves only on a flip.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -7,6 +7,9 @@ pub const READY: &str = "Ready";
 pub const AVAILABLE: &str = "Available";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
+/// Whether the last reconcile applied everything; when it did not, the reason is the
+/// failure's category (e.g. `ApplyFailed`) and the message its cause.
+pub const RECONCILED: &str = "Reconciled";
 
 /// A condition as computed, before it gets its timestamps.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! The running coordinators, one per ShardedStore: started on the first reconcile, fed the
 //! observed pods and the spec's settings on every reconcile, stopped when the store goes.
 
-use super::events::{Events, note_of};
+use super::events::{Digest, Events, note_of};
 use crate::coordinator::{
     CoordinatorHandle, CoordinatorStatus, Membership, Settings, StoreIdentity,
 };
@@ -140,8 +140,12 @@ impl Coordinators {
     }
 }
 
-/// Forwards a coordinator's events to metrics and Kubernetes Events, and its status to the
-/// partition gauges, until the coordinator stops.
+/// How often per-partition Events are summarised and published.
+const DIGEST_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Forwards a coordinator's events to metrics and Kubernetes Events (per-partition ones
+/// summarised every [`DIGEST_INTERVAL`]), and its status to the partition gauges, until the
+/// coordinator stops.
 async fn forward(
     mut events: tokio::sync::broadcast::Receiver<crate::coordinator::CoordinatorEvent>,
     mut status: tokio::sync::watch::Receiver<CoordinatorStatus>,
@@ -150,19 +154,32 @@ async fn forward(
     metrics: Arc<Metrics>,
     publisher: Events,
 ) {
+    let mut digest = Digest::default();
+    let mut flush = tokio::time::interval(DIGEST_INTERVAL);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = flush.tick() => {
+                for note in digest.flush() {
+                    publisher.publish(&regarding, note).await;
+                }
+            }
             event = events.recv() => match event {
                 Ok(event) => {
                     metrics.observe_event(&labels, &event);
-                    if let Some(note) = note_of(&event) {
+                    if let Some(note) = note_of(&event).and_then(|n| digest.add(n)) {
                         publisher.publish(&regarding, note).await;
                     }
                 }
                 Err(RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, store = %labels.store, "coordinator events dropped");
                 }
-                Err(RecvError::Closed) => return,
+                Err(RecvError::Closed) => {
+                    for note in digest.flush() {
+                        publisher.publish(&regarding, note).await;
+                    }
+                    return;
+                }
             },
             changed = status.changed() => {
                 if changed.is_err() {

@@ -1,5 +1,10 @@
 //! Kubernetes Events on a ShardedStore: scale steps and invalid specs from the controller,
 //! failovers and moves from the coordinator.
+//!
+//! Per-partition happenings (moves, hand-offs, failovers) come in bursts: a scale-out starts
+//! hundreds of moves, a dead pod fails over every partition it led. They are gathered in a
+//! [`Digest`] and published as one Event per reason and flush interval, naming the count and
+//! the first few partitions.
 
 use crate::coordinator::CoordinatorEvent;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -207,9 +212,115 @@ pub fn note_of(event: &CoordinatorEvent) -> Option<Note> {
     })
 }
 
+/// Reasons whose notes are about one partition and are summarised rather than published
+/// one by one.
+const PER_PARTITION: [&str; 7] = [
+    "Failover",
+    "PrimaryHandedOff",
+    "HandoffAborted",
+    "PartitionUnavailable",
+    "MoveStarted",
+    "MoveFinished",
+    "MoveFailed",
+];
+/// Partitions named in a summary before the rest are only counted.
+const SAMPLES: usize = 5;
+
+/// Notes about single partitions gathered between two flushes, by reason.
+#[derive(Debug, Default)]
+pub struct Digest {
+    pending: Vec<(Note, usize)>,
+}
+
+impl Digest {
+    /// Takes `note` into the digest if it is a per-partition one; otherwise hands it back to
+    /// be published at once.
+    pub fn add(&mut self, note: Note) -> Option<Note> {
+        if !PER_PARTITION.contains(&note.reason) {
+            return Some(note);
+        }
+        match self
+            .pending
+            .iter_mut()
+            .find(|(n, _)| n.reason == note.reason)
+        {
+            Some((summary, count)) => {
+                *count += 1;
+                if *count <= SAMPLES {
+                    summary.message.push_str("; ");
+                    summary.message.push_str(&note.message);
+                }
+            }
+            None => self.pending.push((note, 1)),
+        }
+        None
+    }
+
+    /// One Event per reason for everything gathered since the last flush.
+    pub fn flush(&mut self) -> Vec<Note> {
+        self.pending
+            .drain(..)
+            .map(|(mut note, count)| {
+                let more = count.saturating_sub(SAMPLES);
+                note.message = if more > 0 {
+                    format!("{count} partitions: {} (and {more} more)", note.message)
+                } else {
+                    format!("{count} partition(s): {}", note.message)
+                };
+                note
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_burst_of_moves_becomes_one_event_per_reason() {
+        let mut digest = Digest::default();
+        for p in 0..256 {
+            let note = note_of(&CoordinatorEvent::MoveStarted {
+                partition: p,
+                from: Some("kv-0".into()),
+                to: "kv-3".into(),
+            })
+            .unwrap_or_else(|| panic!("no note"));
+            assert_eq!(digest.add(note), None);
+        }
+        let finished = note_of(&CoordinatorEvent::MoveFinished {
+            partition: 9,
+            from: None,
+            to: "kv-3".into(),
+        })
+        .unwrap_or_else(|| panic!("no note"));
+        assert_eq!(digest.add(finished), None);
+        // Not per partition: published at once.
+        let down = note_of(&CoordinatorEvent::NodeDown {
+            node: "kv-1".into(),
+            confirmed: true,
+        })
+        .unwrap_or_else(|| panic!("no note"));
+        assert_eq!(digest.add(down.clone()), Some(down));
+
+        let notes = digest.flush();
+        assert_eq!(notes.len(), 2);
+        assert_eq!(notes[0].reason, "MoveStarted");
+        assert!(
+            notes[0].message.starts_with("256 partitions: partition 0:")
+                && notes[0].message.contains("partition 4:")
+                && !notes[0].message.contains("partition 5:")
+                && notes[0].message.ends_with("(and 251 more)"),
+            "{}",
+            notes[0].message
+        );
+        assert_eq!(
+            notes[1].message,
+            "1 partition(s): partition 9: replica (new) -> kv-3"
+        );
+        assert!(digest.flush().is_empty());
+    }
 
     #[test]
     fn failovers_and_moves_become_events_heartbeats_do_not() {

@@ -1,7 +1,8 @@
 //! The Kubernetes controller: reconciles each ShardedStore through a pipeline of
 //! validate (pure) → build children (pure) → apply (server-side apply) → status.
 //!
-//! - [`validate`], [`build`], [`status`], [`conditions`], [`members`]: pure steps.
+//! - [`validate`], [`build`], [`status`], [`conditions`], [`members`], [`rollout`],
+//!   [`disruption`]: pure steps.
 //! - [`apply`]: server-side apply of children and status.
 //! - [`reconcile`]: the pipeline and its error policy; [`backoff`]: per-object retry delays.
 //! - [`coordinators`]: one coordinator per store; [`events`]: Kubernetes Events.
@@ -13,6 +14,7 @@ pub mod build;
 pub mod conditions;
 pub mod context;
 pub mod coordinators;
+pub mod disruption;
 pub mod events;
 pub mod members;
 pub mod reconcile;

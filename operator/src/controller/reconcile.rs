@@ -6,16 +6,18 @@ use super::build::{self, BuildError, Owner, STORE_LABEL, selector_string};
 use super::conditions::{self, PROGRESSING, READY};
 use super::context::Context;
 use super::coordinators::Start;
+use super::disruption;
 use super::events::Note;
 use super::members;
 use super::rollout;
-use super::status::{self, Observation};
+use super::status::{self, Observation, RolloutView};
 use super::validate::{self, CapacityProblem};
 use crate::coordinator::Membership;
 use crate::crd::ShardedStore;
 use crate::metrics::StoreLabels;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, ListParams, Preconditions};
 use kube::runtime::controller::Action;
@@ -133,6 +135,8 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
             ready_pods: 0,
             partitions: None,
             restarts_pending: 0,
+            rollout: RolloutView::default(),
+            refused_storage_change: None,
         };
         let status = status::compute(&obs, &previous.conditions, &now);
         apply::patch_status(&ctx.client, store, &status).await?;
@@ -168,9 +172,16 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
     let token = apply::ensure_peer_token(&ctx.client, &owner).await?;
     let pods = list_pods(ctx, &owner).await?;
     let mut members_now = Vec::new();
+    // Pods terminating for a drain or eviction: alive until their container exits, and
+    // cordoned so their primaries are handed off first.
+    let mut terminating = std::collections::BTreeSet::new();
     for pod in &pods {
         let zone = ctx.zone_of(pod, &spec.placement.zone_label).await;
-        if let Some(m) = members::member_of(&owner.name, pod, zone) {
+        if let Some(mut m) = members::member_of(&owner.name, pod, zone) {
+            if disruption::handing_off(pod) {
+                m.confirmed_dead = false;
+                terminating.insert(m.id.clone());
+            }
             members_now.push(m);
         }
     }
@@ -211,7 +222,12 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
             membership: Membership {
                 nodes: members_now,
                 desired_nodes: u32::try_from(desired_nodes).unwrap_or(0),
-                cordoned: restart.cordoned().map(str::to_owned).into_iter().collect(),
+                cordoned: restart
+                    .cordoned()
+                    .map(str::to_owned)
+                    .into_iter()
+                    .chain(terminating)
+                    .collect(),
             },
         })
         .map_err(|source| ReconcileError::StartCoordinator {
@@ -226,6 +242,7 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
         current_replicas,
         stored_map.as_ref(),
     );
+    let view = members::view_of(&coordinator);
     let children_ns = owner.namespace.clone();
     apply::apply(&ctx.client, &children_ns, &build::partition_map(&owner)).await?;
     apply::apply(&ctx.client, &children_ns, &build::peer_service(&owner)).await?;
@@ -233,15 +250,20 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
     apply::apply(
         &ctx.client,
         &children_ns,
-        &build::pod_disruption_budget(&owner),
+        &build::pod_disruption_budget(&owner, disruption::max_unavailable(&spec, Some(&view))),
     )
     .await?;
-    apply::apply(
-        &ctx.client,
-        &children_ns,
-        &build::statefulset(&owner, &spec, replicas),
-    )
-    .await?;
+    match build::network_policy(&owner, &spec) {
+        Some(policy) => {
+            apply::apply(&ctx.client, &children_ns, &policy).await?;
+        }
+        None => {
+            apply::delete_opt::<NetworkPolicy>(&ctx.client, &children_ns, &owner.name).await?;
+        }
+    }
+    let mut desired_sts = build::statefulset(&owner, &spec, replicas);
+    let refused_storage_change = build::keep_volume_claims(&mut desired_sts, current.as_ref());
+    let applied_sts = apply::apply(&ctx.client, &children_ns, &desired_sts).await?;
     publish_scale_events(
         ctx,
         &regarding,
@@ -258,7 +280,8 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
     }
 
     // 5. Status.
-    let view = Some(members::view_of(&coordinator));
+    let rollout_view = rollout_view(&owner.name, &applied_sts, &pods, replicas);
+    let view = Some(view);
     let obs = Observation {
         store_name: &owner.name,
         generation: store.metadata.generation,
@@ -269,6 +292,8 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
         ready_pods,
         partitions: view.as_ref(),
         restarts_pending: restart.pending(),
+        rollout: rollout_view,
+        refused_storage_change,
     };
     let status = status::compute(&obs, &previous.conditions, &now);
     apply::patch_status(&ctx.client, store, &status).await?;
@@ -296,6 +321,29 @@ fn replicas_for(
     build::statefulset_replicas(desired, current, |ordinal| {
         members::is_drained(store, map, ordinal)
     })
+}
+
+/// The pod template as applied (image, update revision) and how many pods of the StatefulSet
+/// run it.
+fn rollout_view(store: &str, sts: &StatefulSet, pods: &[Pod], replicas: i32) -> RolloutView {
+    let image = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.containers.first())
+        .and_then(|c| c.image.clone());
+    let update_revision = sts.status.as_ref().and_then(|s| s.update_revision.clone());
+    let updated = pods
+        .iter()
+        .filter_map(|p| pod_revision(store, p))
+        .filter(|p| i64::from(p.ordinal) < i64::from(replicas) && !p.deleting)
+        .filter(|p| p.revision.is_some() && p.revision == update_revision)
+        .count();
+    RolloutView {
+        image,
+        update_revision,
+        updated_pods: i32::try_from(updated).unwrap_or(i32::MAX),
+    }
 }
 
 /// The partition map as stored in its ConfigMap (the source of truth on who holds data).
@@ -447,7 +495,25 @@ pub fn error_policy(store: Arc<ShardedStore>, error: &ReconcileError, ctx: Arc<C
         message: error_chain(error),
     };
     let events = ctx.events.clone();
-    tokio::spawn(async move { events.publish(&regarding, note).await });
+    let client = ctx.client.clone();
+    let previous = store
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let condition = status::reconcile_failed(
+        &previous,
+        category,
+        error_chain(error),
+        store.metadata.generation,
+        &Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    tokio::spawn(async move {
+        events.publish(&regarding, note).await;
+        if let Err(e) = apply::patch_condition(&client, &store, &condition).await {
+            tracing::warn!(error = %error_chain(&e), "recording the reconcile failure in the status failed");
+        }
+    });
     Action::requeue(delay)
 }
 

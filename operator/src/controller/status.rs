@@ -2,7 +2,7 @@
 //! from the coordinator's view of the partitions.
 
 use super::build::selector_string;
-use super::conditions::{self, AVAILABLE, DEGRADED, Observed, PROGRESSING, READY};
+use super::conditions::{self, AVAILABLE, DEGRADED, Observed, PROGRESSING, READY, RECONCILED};
 use super::validate::{CapacityProblem, SpecProblem};
 use crate::crd::{
     MoveStatus, NodeLifecycle, NodeStatus, PartitionSummary, ShardedStoreSpec, ShardedStoreStatus,
@@ -37,6 +37,19 @@ pub struct Observation<'a> {
     pub partitions: Option<&'a PartitionView>,
     /// Pods still running an old pod template (rolling restart in progress).
     pub restarts_pending: usize,
+    /// The rollout as applied and observed.
+    pub rollout: RolloutView,
+    /// A change the StatefulSet cannot take (its volumes), kept out of what was applied.
+    pub refused_storage_change: Option<String>,
+}
+
+/// The pod template as applied and how many pods run it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RolloutView {
+    pub image: Option<String>,
+    pub update_revision: Option<String>,
+    /// Pods of the StatefulSet on `update_revision`.
+    pub updated_pods: i32,
 }
 
 /// The status to write, keeping previous condition transition times where nothing flipped.
@@ -46,6 +59,9 @@ pub fn compute(obs: &Observation<'_>, previous: &[Condition], now: &Time) -> Sha
         observed_generation: obs.generation,
         conditions: conditions::merge(previous, &observe(obs), obs.generation, now),
         ready_nodes: obs.ready_pods,
+        updated_nodes: obs.rollout.updated_pods,
+        image: obs.rollout.image.clone(),
+        update_revision: obs.rollout.update_revision.clone(),
         selector: selector_string(obs.store_name),
         map_version: view.map_version,
         partition_summary: view.summary,
@@ -202,7 +218,32 @@ fn observe(obs: &Observation<'_>) -> Vec<Observed> {
             format!("{nodes} pods ready, all partitions available"),
         )
     };
-    vec![ready, available, progressing, degraded]
+    let reconciled = if !obs.problems.is_empty() {
+        Observed::new(
+            RECONCILED,
+            false,
+            "InvalidSpec",
+            "nothing was applied: the spec must be fixed first",
+        )
+    } else if let Some(change) = &obs.refused_storage_change {
+        Observed::new(RECONCILED, false, "StorageImmutable", change.clone())
+    } else {
+        Observed::new(RECONCILED, true, "Applied", "every child object is applied")
+    };
+    vec![ready, available, progressing, degraded, reconciled]
+}
+
+/// The `Reconciled` condition of a failed reconcile: the failure's category and its cause.
+pub fn reconcile_failed(
+    previous: &[Condition],
+    category: &'static str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let observed = Observed::new(RECONCILED, false, category, message);
+    let mut merged = conditions::merge(previous, &[observed], generation, now);
+    merged.remove(0)
 }
 
 #[cfg(test)]
@@ -253,6 +294,8 @@ mod tests {
             ready_pods: ready,
             partitions: view,
             restarts_pending: 0,
+            rollout: RolloutView::default(),
+            refused_storage_change: None,
         }
     }
 
@@ -265,6 +308,7 @@ mod tests {
         assert_eq!(cond(&st, AVAILABLE), ("True", "AllPartitionsAvailable"));
         assert_eq!(cond(&st, PROGRESSING), ("False", "Idle"));
         assert_eq!(cond(&st, DEGRADED), ("False", "Healthy"));
+        assert_eq!(cond(&st, RECONCILED), ("True", "Applied"));
         assert_eq!(st.observed_generation, Some(3));
         assert_eq!(st.ready_nodes, 3);
         assert_eq!(st.map_version, 7);
@@ -372,5 +416,46 @@ mod tests {
         let st = compute(&o, &[], &now());
         assert_eq!(cond(&st, PROGRESSING), ("True", "RollingRestart"));
         assert_eq!(cond(&st, READY), ("True", "Ready"));
+    }
+
+    #[test]
+    fn rollout_shows_image_and_updated_pods_and_refused_storage_changes() {
+        let s = spec(3);
+        let v = healthy(4);
+        let mut o = obs(&s, 3, 3, Some(&v));
+        o.restarts_pending = 1;
+        o.rollout = RolloutView {
+            image: Some("node:2".into()),
+            update_revision: Some("kv-abc".into()),
+            updated_pods: 2,
+        };
+        o.refused_storage_change = Some("spec.storage changed".into());
+        let st = compute(&o, &[], &now());
+        assert_eq!(st.image.as_deref(), Some("node:2"));
+        assert_eq!(st.update_revision.as_deref(), Some("kv-abc"));
+        assert_eq!(st.updated_nodes, 2);
+        assert_eq!(cond(&st, RECONCILED), ("False", "StorageImmutable"));
+        // Everything else still works: the store stays Ready.
+        assert_eq!(cond(&st, READY), ("True", "Ready"));
+    }
+
+    #[test]
+    fn a_failed_reconcile_sets_reconciled_false_with_its_category() {
+        let s = spec(3);
+        let v = healthy(4);
+        let st = compute(&obs(&s, 3, 3, Some(&v)), &[], &now());
+        let later = Time(Timestamp::from_second(2000).unwrap_or_else(|e| panic!("{e}")));
+        let c = reconcile_failed(
+            &st.conditions,
+            "ApplyFailed",
+            "applying StatefulSet kv: forbidden".into(),
+            Some(3),
+            &later,
+        );
+        assert_eq!(c.type_, RECONCILED);
+        assert_eq!(c.status, "False");
+        assert_eq!(c.reason, "ApplyFailed");
+        assert_eq!(c.last_transition_time, later);
+        assert!(c.message.contains("forbidden"));
     }
 }

@@ -41,7 +41,7 @@ impl Membership {
     }
 }
 
-/// Store settings the coordinator obeys; defaults are those of DESIGN.md §2 and §4.
+/// Store settings the coordinator obeys; defaults are those of the CRD (operator/src/crd/spec.rs).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     pub replication_factor: u32,

@@ -7,8 +7,8 @@ mod status;
 
 pub use spec::{
     DEFAULT_PARTITIONS, DEFAULT_REPLICATION_FACTOR, DEFAULT_ZONE_LABEL, FailoverSpec,
-    ImagePullPolicy, LimitsSpec, PlacementSpec, RebalanceSpec, ShardedStore, ShardedStoreSpec,
-    StorageSpec,
+    ImagePullPolicy, LimitsSpec, NetworkSpec, PlacementSpec, RebalanceSpec, ShardedStore,
+    ShardedStoreSpec, StorageSpec,
 };
 pub use status::{MoveStatus, NodeLifecycle, NodeStatus, PartitionSummary, ShardedStoreStatus};
 

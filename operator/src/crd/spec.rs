@@ -3,6 +3,7 @@
 //! Doc comments on these fields are user-facing: they become `kubectl explain` text.
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -74,6 +75,19 @@ pub const DEFAULT_ZONE_LABEL: &str = "topology.kubernetes.io/zone";
         description = "Partitions with a replica move in flight"
     ),
     printcolumn(
+        name = "Updated",
+        type_ = "integer",
+        json_path = ".status.updatedNodes",
+        description = "Storage pods running the current pod template"
+    ),
+    printcolumn(
+        name = "Image",
+        type_ = "string",
+        json_path = ".status.image",
+        description = "Image of the current pod template",
+        priority = 1
+    ),
+    printcolumn(
         name = "Status",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status",
@@ -126,8 +140,11 @@ pub struct ShardedStoreSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
-    /// Persistent volume of each storage pod.
+    /// Persistent volume of each storage pod. Fixed at creation: a StatefulSet cannot change
+    /// the volumes of its pods. To grow them, expand each PersistentVolumeClaim
+    /// `data-<store>-<n>` (when its StorageClass allows expansion).
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("storage is immutable: a StatefulSet cannot change its volumes; to grow them, expand each PersistentVolumeClaim data-<store>-<n> instead"))]
     pub storage: StorageSpec,
 
     /// Where storage pods run and how replicas are spread across failure zones.
@@ -149,6 +166,25 @@ pub struct ShardedStoreSpec {
     /// Fill the new store's partitions from a backup before it serves. Set at creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<super::backup::RestoreSpec>,
+
+    /// Which network traffic reaches the storage pods.
+    #[serde(default)]
+    pub network: NetworkSpec,
+}
+
+/// Which network traffic reaches the storage pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkSpec {
+    /// Create a NetworkPolicy: the peer port (replication, admin) accepts only the store's
+    /// pods and the operator; the metrics port accepts anyone; the client port accepts
+    /// `clientsFrom`. Only clusters whose network plugin enforces NetworkPolicies honour it.
+    #[serde(default = "default_true")]
+    pub policy: bool,
+
+    /// Who may reach the client port (port 7000), as NetworkPolicy peers; anyone when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients_from: Vec<NetworkPolicyPeer>,
 }
 
 /// When the kubelet pulls the image.
@@ -311,6 +347,15 @@ impl Default for LimitsSpec {
     }
 }
 
+impl Default for NetworkSpec {
+    fn default() -> Self {
+        Self {
+            policy: true,
+            clients_from: Vec::new(),
+        }
+    }
+}
+
 impl ShardedStoreSpec {
     /// The spec with `image` defaulted to `default_image` when unset.
     pub fn with_default_image(&self, default_image: Option<&str>) -> Self {
@@ -328,6 +373,9 @@ impl ShardedStoreSpec {
     }
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_partitions() -> i32 {
     DEFAULT_PARTITIONS
 }

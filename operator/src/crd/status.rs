@@ -13,7 +13,8 @@ pub struct ShardedStoreStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Ready, Available, Progressing and Degraded.
+    /// Ready, Available, Progressing, Degraded and Reconciled (whether the last reconcile
+    /// applied everything, with the reason when it did not).
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".to_owned()]))]
     pub conditions: Vec<Condition>,
@@ -21,6 +22,19 @@ pub struct ShardedStoreStatus {
     /// Storage pods that are ready.
     #[serde(default)]
     pub ready_nodes: i32,
+
+    /// Storage pods running the current pod template (a rolling restart replaces the others
+    /// one at a time).
+    #[serde(default)]
+    pub updated_nodes: i32,
+
+    /// Image of the current pod template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+
+    /// Revision of the current pod template (the StatefulSet's update revision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_revision: Option<String>,
 
     /// Label selector of the storage pods, in string form (used by the scale subresource).
     #[serde(default)]

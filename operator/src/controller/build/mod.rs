@@ -4,6 +4,8 @@
 //! garbage-collects them with the store and the controller is woken when they change.
 
 mod names;
+mod network;
+mod pod;
 mod services;
 mod singletons;
 mod statefulset;
@@ -13,9 +15,14 @@ pub use names::{
     partition_map_name, peer_service_name, peer_token_name, pod_ordinal, selector_labels,
     selector_string, statefulset_name,
 };
+pub use network::{OPERATOR_COMPONENT_LABEL, network_policy};
+pub use pod::{RUN_AS, SHUTDOWN_HANDOFF_SECONDS, TERMINATION_GRACE_SECONDS};
 pub use services::{client_service, peer_service};
 pub use singletons::{partition_map, peer_token, pod_disruption_budget, random_token};
-pub use statefulset::{ENV_NODE_ID, ENV_PEER_TOKEN, ENV_STORE, statefulset, statefulset_replicas};
+pub use statefulset::{
+    ENV_NODE_ID, ENV_PEER_TOKEN_FILE, ENV_SHUTDOWN_HANDOFF, ENV_STORE, keep_volume_claims,
+    statefulset, statefulset_replicas,
+};
 
 use crate::crd::ShardedStore;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;

@@ -10,13 +10,16 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 
-/// At most one storage pod voluntarily down at a time: with replicationFactor >= 2 every
-/// partition keeps an in-sync replica through a node drain.
-pub fn pod_disruption_budget(owner: &Owner) -> PodDisruptionBudget {
+/// The budget for voluntary disruptions (drains, evictions): `max_unavailable` pods, which
+/// reconcile derives from the partitions' health (`disruption::max_unavailable`). Pods that
+/// are not Ready serve nothing, so evicting them is always allowed: a crash-looping pod must
+/// not block a node drain.
+pub fn pod_disruption_budget(owner: &Owner, max_unavailable: i32) -> PodDisruptionBudget {
     PodDisruptionBudget {
         metadata: owner.child_meta(statefulset_name(&owner.name)),
         spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(1)),
+            max_unavailable: Some(IntOrString::Int(max_unavailable)),
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".to_owned()),
             selector: Some(LabelSelector {
                 match_labels: Some(selector_labels(&owner.name)),
                 match_expressions: None,

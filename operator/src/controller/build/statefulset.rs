@@ -5,18 +5,21 @@ use super::names::{
     CLIENT_PORT, METRICS_PORT, PEER_PORT, TOKEN_KEY, peer_service_name, peer_token_name,
     selector_labels, statefulset_name,
 };
+use super::pod::{
+    SHUTDOWN_HANDOFF_SECONDS, TERMINATION_GRACE_SECONDS, affinity, container_security_context,
+    default_resources, pod_security_context, probes, tmp_volume, topology_spread,
+};
 use crate::crd::ShardedStoreSpec;
 use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
     StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe,
-    SecretKeySelector, TopologySpreadConstraint, VolumeMount, VolumeResourceRequirements,
+    Container, ContainerPort, EnvVar, EnvVarSource, KeyToPath, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, SecretVolumeSource,
+    Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ObjectMeta;
 use std::collections::BTreeMap;
 
@@ -24,8 +27,15 @@ use std::collections::BTreeMap;
 pub const ENV_NODE_ID: &str = "SHARDEDSTORE_NODE_ID";
 /// Environment of the storage node: the store it belongs to.
 pub const ENV_STORE: &str = "SHARDEDSTORE_STORE";
-/// Environment of the storage node: the shared peer/admin token.
-pub const ENV_PEER_TOKEN: &str = "SHARDEDSTORE_PEER_TOKEN";
+/// Environment of the storage node: the file holding the shared peer/admin token (the
+/// Secret is mounted as a file rather than passed in the environment, which leaks into
+/// crash reports and `/proc/<pid>/environ`).
+pub const ENV_PEER_TOKEN_FILE: &str = "SHARDEDSTORE_PEER_TOKEN_FILE";
+const TOKEN_VOLUME: &str = "peer-token";
+const TOKEN_DIR: &str = "/var/run/shardedstore/peer-token";
+/// Environment of the storage node: how long it waits on SIGTERM for its primaries to be
+/// handed off (the operator cordons a terminating pod) before it stops serving.
+pub const ENV_SHUTDOWN_HANDOFF: &str = "SHARDEDSTORE_SHUTDOWN_HANDOFF_SECONDS";
 const DATA_VOLUME: &str = "data";
 const DATA_DIR: &str = "/data";
 
@@ -74,22 +84,17 @@ fn pod_spec(owner: &Owner, spec: &ShardedStoreSpec) -> PodSpec {
     let placement = &spec.placement;
     PodSpec {
         containers: vec![container(owner, spec)],
+        volumes: Some(vec![tmp_volume().0, token_volume(owner)]),
+        security_context: Some(pod_security_context()),
+        // The node never talks to the API server.
+        automount_service_account_token: Some(false),
         node_selector: (!placement.node_selector.is_empty())
             .then(|| placement.node_selector.clone()),
         tolerations: (!placement.tolerations.is_empty()).then(|| placement.tolerations.clone()),
-        affinity: placement.affinity.clone(),
-        // Spread pods over zones so the coordinator can place replicas in distinct zones.
-        topology_spread_constraints: Some(vec![TopologySpreadConstraint {
-            max_skew: 1,
-            topology_key: placement.zone_label.clone(),
-            when_unsatisfiable: "ScheduleAnyway".to_owned(),
-            label_selector: Some(LabelSelector {
-                match_labels: Some(selector_labels(&owner.name)),
-                match_expressions: None,
-            }),
-            ..TopologySpreadConstraint::default()
-        }]),
-        termination_grace_period_seconds: Some(30),
+        affinity: Some(affinity(&owner.name, placement.affinity.as_ref())),
+        // Spread pods over zones (so placement can put replicas in distinct zones) and hosts.
+        topology_spread_constraints: Some(topology_spread(&owner.name, &placement.zone_label)),
+        termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
         enable_service_links: Some(false),
         ..PodSpec::default()
     }
@@ -102,16 +107,7 @@ fn container(owner: &Owner, spec: &ShardedStoreSpec) -> Container {
         protocol: Some("TCP".to_owned()),
         ..ContainerPort::default()
     };
-    let probe = |path: &str, period: i32, failures: i32| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.to_owned()),
-            port: IntOrString::String("metrics".to_owned()),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(period),
-        failure_threshold: Some(failures),
-        ..Probe::default()
-    };
+    let (startup, readiness, liveness) = probes();
     Container {
         name: "node".to_owned(),
         image: spec.image.clone(),
@@ -122,14 +118,25 @@ fn container(owner: &Owner, spec: &ShardedStoreSpec) -> Container {
             port("metrics", METRICS_PORT),
         ]),
         env: Some(env(owner)),
-        resources: spec.resources.clone(),
-        readiness_probe: Some(probe("/readyz", 2, 3)),
-        liveness_probe: Some(probe("/healthz", 10, 6)),
-        volume_mounts: Some(vec![VolumeMount {
-            name: DATA_VOLUME.to_owned(),
-            mount_path: DATA_DIR.to_owned(),
-            ..VolumeMount::default()
-        }]),
+        resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
+        startup_probe: Some(startup),
+        readiness_probe: Some(readiness),
+        liveness_probe: Some(liveness),
+        security_context: Some(container_security_context()),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: DATA_VOLUME.to_owned(),
+                mount_path: DATA_DIR.to_owned(),
+                ..VolumeMount::default()
+            },
+            tmp_volume().1,
+            VolumeMount {
+                name: TOKEN_VOLUME.to_owned(),
+                mount_path: TOKEN_DIR.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ]),
         ..Container::default()
     }
 }
@@ -153,18 +160,7 @@ fn env(owner: &Owner) -> Vec<EnvVar> {
             }),
         },
         value(ENV_STORE, owner.name.clone()),
-        EnvVar {
-            name: ENV_PEER_TOKEN.to_owned(),
-            value: None,
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: peer_token_name(&owner.name),
-                    key: TOKEN_KEY.to_owned(),
-                    optional: Some(false),
-                }),
-                ..EnvVarSource::default()
-            }),
-        },
+        value(ENV_PEER_TOKEN_FILE, format!("{TOKEN_DIR}/{TOKEN_KEY}")),
         value("SHARDEDSTORE_DATA_DIR", DATA_DIR.to_owned()),
         value("SHARDEDSTORE_CLIENT_ADDR", format!("0.0.0.0:{CLIENT_PORT}")),
         value("SHARDEDSTORE_PEER_ADDR", format!("0.0.0.0:{PEER_PORT}")),
@@ -172,7 +168,26 @@ fn env(owner: &Owner) -> Vec<EnvVar> {
             "SHARDEDSTORE_METRICS_ADDR",
             format!("0.0.0.0:{METRICS_PORT}"),
         ),
+        value(ENV_SHUTDOWN_HANDOFF, SHUTDOWN_HANDOFF_SECONDS.to_string()),
     ]
+}
+
+/// The peer-token Secret as a read-only file, readable by the node through its fsGroup.
+fn token_volume(owner: &Owner) -> Volume {
+    Volume {
+        name: TOKEN_VOLUME.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(peer_token_name(&owner.name)),
+            items: Some(vec![KeyToPath {
+                key: TOKEN_KEY.to_owned(),
+                path: TOKEN_KEY.to_owned(),
+                mode: None,
+            }]),
+            default_mode: Some(0o440),
+            optional: Some(false),
+        }),
+        ..Volume::default()
+    }
 }
 
 fn volume_claim(spec: &ShardedStoreSpec) -> PersistentVolumeClaim {
@@ -218,4 +233,52 @@ pub fn statefulset_replicas(
         replicas -= 1;
     }
     replicas
+}
+
+/// Size and class of the data volume of a StatefulSet's claim template.
+fn volume_of(sts: &StatefulSet) -> Option<(Option<String>, Option<String>)> {
+    let pvc = sts
+        .spec
+        .as_ref()?
+        .volume_claim_templates
+        .as_ref()?
+        .first()?;
+    let spec = pvc.spec.as_ref()?;
+    let size = spec
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|r| r.get("storage"))
+        .map(|q| q.0.clone());
+    Some((size, spec.storage_class_name.clone()))
+}
+
+/// Keeps the existing volume claim templates in `desired` when the store asks for others:
+/// the API server refuses any change to them, and failing that apply would stop every other
+/// change too. Returns what was refused, for the status.
+pub fn keep_volume_claims(
+    desired: &mut StatefulSet,
+    current: Option<&StatefulSet>,
+) -> Option<String> {
+    let current = current?;
+    let (was, wanted) = (volume_of(current)?, volume_of(desired)?);
+    if was == wanted {
+        return None;
+    }
+    let existing = current.spec.as_ref()?.volume_claim_templates.clone();
+    if let Some(spec) = desired.spec.as_mut() {
+        spec.volume_claim_templates = existing;
+    }
+    let show = |(size, class): &(Option<String>, Option<String>)| {
+        format!(
+            "size {} class {}",
+            size.as_deref().unwrap_or("unset"),
+            class.as_deref().unwrap_or("(default)")
+        )
+    };
+    Some(format!(
+        "spec.storage asks for {} but the pods' volumes were created with {}; a StatefulSet cannot change its volumes, so the change is not applied (set spec.storage back, or expand each PersistentVolumeClaim data-<store>-<n>)",
+        show(&wanted),
+        show(&was)
+    ))
 }

@@ -42,7 +42,7 @@ fn every_child_has_a_controller_owner_reference_and_the_store_labels() {
         statefulset(&owner, &store.spec, 3).metadata,
         peer_service(&owner).metadata,
         client_service(&owner).metadata,
-        pod_disruption_budget(&owner).metadata,
+        pod_disruption_budget(&owner, 1).metadata,
         partition_map(&owner).metadata,
         peer_token(&owner, "t".into()).metadata,
     ];
@@ -139,13 +139,28 @@ fn statefulset_is_parallel_on_delete_with_ports_probes_and_pvc_template() {
             .map(|f| f.field_path.as_str()),
         Some("metadata.name")
     );
-    let token = env(&c, ENV_PEER_TOKEN)
-        .value_from
-        .as_ref()
-        .and_then(|v| v.secret_key_ref.clone())
+    // The token comes from the Secret, mounted read-only as a file.
+    let token_file = env(&c, ENV_PEER_TOKEN_FILE)
+        .value
+        .clone()
+        .unwrap_or_else(|| panic!("no token file"));
+    let pod_spec = spec.template.spec.clone().unwrap_or_default();
+    let volume = pod_spec
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|v| v.secret)
         .unwrap_or_else(|| panic!("token not from a secret"));
-    assert_eq!(token.name, "orders-peer-token");
-    assert_eq!(token.key, TOKEN_KEY);
+    assert_eq!(volume.secret_name.as_deref(), Some("orders-peer-token"));
+    let mount = c
+        .volume_mounts
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|m| token_file.starts_with(&m.mount_path))
+        .unwrap_or_else(|| panic!("{token_file} is not on a mount"));
+    assert_eq!(mount.read_only, Some(true));
+    assert!(token_file.ends_with(TOKEN_KEY));
     assert_eq!(env(&c, ENV_STORE).value.as_deref(), Some("orders"));
 
     let retention = spec
@@ -180,9 +195,169 @@ fn statefulset_is_parallel_on_delete_with_ports_probes_and_pvc_template() {
     );
     assert_eq!(pod.tolerations.unwrap_or_default().len(), 1);
     let spread = pod.topology_spread_constraints.unwrap_or_default();
+    let keys: Vec<&str> = spread.iter().map(|s| s.topology_key.as_str()).collect();
+    assert_eq!(keys, vec!["example.com/zone", "kubernetes.io/hostname"]);
+    assert!(
+        spread
+            .iter()
+            .all(|s| s.when_unsatisfiable == "ScheduleAnyway")
+    );
+}
+
+#[test]
+fn storage_pods_meet_the_restricted_pod_security_profile() {
+    let store = fixture("minimal.yaml");
+    let sts = statefulset(&owner_of(&store), &store.spec, 3);
+    let pod = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .unwrap_or_default();
+    let psc = pod.security_context.clone().unwrap_or_default();
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(psc.run_as_user, Some(RUN_AS));
+    // fsGroup makes a root-owned fresh volume writable by the node.
+    assert_eq!(psc.fs_group, Some(RUN_AS));
     assert_eq!(
-        spread.first().map(|s| s.topology_key.as_str()),
-        Some("example.com/zone")
+        psc.seccomp_profile.map(|p| p.type_).as_deref(),
+        Some("RuntimeDefault")
+    );
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    let c = only_container(&sts);
+    let sc = c.security_context.clone().unwrap_or_default();
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(
+        sc.capabilities.and_then(|c| c.drop),
+        Some(vec!["ALL".to_owned()])
+    );
+    // The read-only root needs a writable /tmp.
+    let mounts: Vec<String> = c
+        .volume_mounts
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| m.mount_path)
+        .collect();
+    assert_eq!(&mounts[..2], &["/data".to_owned(), "/tmp".to_owned()]);
+    assert!(
+        pod.volumes
+            .unwrap_or_default()
+            .iter()
+            .any(|v| v.name == "tmp" && v.empty_dir.is_some())
+    );
+    // Default requests and limits when the store sets none.
+    let resources = c.resources.clone().unwrap_or_default();
+    for key in ["cpu", "memory"] {
+        assert!(
+            resources
+                .requests
+                .as_ref()
+                .is_some_and(|r| r.contains_key(key)),
+            "request {key}"
+        );
+        assert!(
+            resources
+                .limits
+                .as_ref()
+                .is_some_and(|r| r.contains_key(key)),
+            "limit {key}"
+        );
+    }
+}
+
+#[test]
+fn startup_probe_covers_a_long_recovery_and_sigterm_leaves_time_to_hand_off() {
+    let store = fixture("minimal.yaml");
+    let sts = statefulset(&owner_of(&store), &store.spec, 3);
+    let c = only_container(&sts);
+    let startup = c.startup_probe.clone().unwrap_or_default();
+    let allowed = i64::from(startup.period_seconds.unwrap_or(10))
+        * i64::from(startup.failure_threshold.unwrap_or(3));
+    assert!(allowed >= 30 * 60, "startup probe allows only {allowed}s");
+    let grace = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.termination_grace_period_seconds)
+        .unwrap_or(30);
+    let handoff: i64 = env(&c, ENV_SHUTDOWN_HANDOFF)
+        .value
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no hand-off timeout"));
+    assert!(
+        handoff > 0 && handoff + 10 <= grace,
+        "{handoff}s of {grace}s"
+    );
+}
+
+#[test]
+fn soft_host_anti_affinity_is_added_unless_the_user_sets_one() {
+    let store = fixture("minimal.yaml");
+    let sts = statefulset(&owner_of(&store), &store.spec, 3);
+    let affinity = sts
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.affinity)
+        .unwrap_or_default();
+    let anti = affinity.pod_anti_affinity.unwrap_or_default();
+    assert!(
+        anti.required_during_scheduling_ignored_during_execution
+            .is_none()
+    );
+    let preferred = anti
+        .preferred_during_scheduling_ignored_during_execution
+        .unwrap_or_default();
+    assert_eq!(preferred.len(), 1);
+    assert_eq!(
+        preferred[0].pod_affinity_term.topology_key,
+        "kubernetes.io/hostname"
+    );
+
+    let mut own = store.clone();
+    own.spec.placement.affinity = serde_yaml::from_str(
+        "podAntiAffinity:\n  requiredDuringSchedulingIgnoredDuringExecution:\n  - topologyKey: kubernetes.io/hostname\n    labelSelector: {matchLabels: {a: b}}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let sts = statefulset(&owner_of(&own), &own.spec, 3);
+    let anti = sts
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.affinity)
+        .and_then(|a| a.pod_anti_affinity)
+        .unwrap_or_default();
+    assert!(
+        anti.preferred_during_scheduling_ignored_during_execution
+            .is_none()
+    );
+    assert!(
+        anti.required_during_scheduling_ignored_during_execution
+            .is_some()
+    );
+}
+
+#[test]
+fn a_storage_change_keeps_the_existing_volume_claims_and_says_why() {
+    let store = fixture("minimal.yaml");
+    let owner = owner_of(&store);
+    let current = statefulset(&owner, &store.spec, 3);
+    let mut same = statefulset(&owner, &store.spec, 3);
+    assert_eq!(keep_volume_claims(&mut same, Some(&current)), None);
+    assert_eq!(keep_volume_claims(&mut same, None), None);
+
+    let mut bigger = store.spec.clone();
+    bigger.storage.size = k8s_openapi::apimachinery::pkg::api::resource::Quantity("20Gi".into());
+    let mut desired = statefulset(&owner, &bigger, 3);
+    let refused = keep_volume_claims(&mut desired, Some(&current))
+        .unwrap_or_else(|| panic!("change not noticed"));
+    assert!(
+        refused.contains("20Gi") && refused.contains("10Gi"),
+        "{refused}"
+    );
+    assert_eq!(
+        desired.spec.and_then(|s| s.volume_claim_templates),
+        current.spec.and_then(|s| s.volume_claim_templates)
     );
 }
 
@@ -230,11 +405,15 @@ fn services_select_the_pods_headless_publishes_not_ready_client_prefers_close() 
 }
 
 #[test]
-fn pdb_allows_one_unavailable_pod_and_map_configmap_carries_no_data() {
+fn pdb_takes_the_allowance_and_map_configmap_carries_no_data() {
     let store = fixture("minimal.yaml");
     let owner = owner_of(&store);
-    let pdb = pod_disruption_budget(&owner).spec.unwrap_or_default();
-    assert_eq!(pdb.max_unavailable, Some(IntOrString::Int(1)));
+    let pdb = pod_disruption_budget(&owner, 0).spec.unwrap_or_default();
+    assert_eq!(pdb.max_unavailable, Some(IntOrString::Int(0)));
+    assert_eq!(
+        pdb.unhealthy_pod_eviction_policy.as_deref(),
+        Some("AlwaysAllow")
+    );
     assert_eq!(
         pdb.selector.and_then(|s| s.match_labels),
         Some(selector_labels("kv"))
@@ -286,4 +465,75 @@ fn pod_ordinals_and_selector_string() {
         selector_string("kv"),
         "app.kubernetes.io/name=shardedstore-node,shardedstore.io/store=kv"
     );
+}
+
+#[test]
+fn network_policy_guards_the_peer_port_and_can_be_turned_off() {
+    let store = fixture("minimal.yaml");
+    let owner = owner_of(&store);
+    let policy = network_policy(&owner, &store.spec)
+        .and_then(|p| p.spec)
+        .unwrap_or_else(|| panic!("no policy by default"));
+    let rules = policy.ingress.unwrap_or_default();
+    let port_of = |r: &k8s_openapi::api::networking::v1::NetworkPolicyIngressRule| {
+        r.ports
+            .as_ref()
+            .and_then(|p| p.first())
+            .and_then(|p| p.port.clone())
+    };
+    let peer = rules
+        .iter()
+        .find(|r| port_of(r) == Some(IntOrString::Int(PEER_PORT)))
+        .unwrap_or_else(|| panic!("no peer rule"));
+    let from = peer.from.clone().unwrap_or_default();
+    assert_eq!(from.len(), 2);
+    assert_eq!(
+        from[0]
+            .pod_selector
+            .as_ref()
+            .and_then(|s| s.match_labels.clone()),
+        Some(selector_labels("kv"))
+    );
+    assert!(
+        from[0].namespace_selector.is_none(),
+        "store pods: same namespace only"
+    );
+    let (key, value) = OPERATOR_COMPONENT_LABEL;
+    assert_eq!(
+        from[1]
+            .pod_selector
+            .as_ref()
+            .and_then(|s| s.match_labels.as_ref())
+            .and_then(|l| l.get(key))
+            .map(String::as_str),
+        Some(value)
+    );
+    let client = rules
+        .iter()
+        .find(|r| port_of(r) == Some(IntOrString::Int(CLIENT_PORT)))
+        .unwrap_or_else(|| panic!("no client rule"));
+    assert!(client.from.is_none(), "clients from anywhere by default");
+
+    let mut closed = store.clone();
+    closed.spec.network.clients_from =
+        serde_yaml::from_str("- podSelector: {matchLabels: {role: app}}")
+            .unwrap_or_else(|e| panic!("{e}"));
+    let rules = network_policy(&owner, &closed.spec)
+        .and_then(|p| p.spec)
+        .and_then(|s| s.ingress)
+        .unwrap_or_default();
+    let client = rules
+        .iter()
+        .find(|r| port_of(r) == Some(IntOrString::Int(CLIENT_PORT)))
+        .and_then(|r| r.from.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        client.len(),
+        2,
+        "the listed clients and the store's own pods"
+    );
+
+    let mut off = store.clone();
+    off.spec.network.policy = false;
+    assert!(network_policy(&owner, &off.spec).is_none());
 }
