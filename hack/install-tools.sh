@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the pinned CLI tools the tests use (helm, promtool) from the Go module proxy into
 # a cache outside the repository, installs moto's S3-compatible server (moto_server, from
-# PyPI into a venv there) for the backup suites, and prints the bin directory on the last line.
-# Usage: hack/install-tools.sh [helm|promtool|moto|etcd-benchmark ...]   (default: helm promtool moto)
+# PyPI into a venv there) for the backup suites and checkov (the Kubernetes security linter,
+# from PyPI into a venv there), and prints the bin directory on the last line.
+# Usage: hack/install-tools.sh [helm|promtool|moto|checkov|etcd-benchmark ...]   (default: helm promtool moto checkov)
 # etcd-benchmark is etcd's own load generator (go.etcd.io/etcd/v3/tools/benchmark), pinned by
 # the wrapper module hack/etcd-bench/ at the etcd version hack/k8s/ builds; `make bench` uses it.
 set -euo pipefail
@@ -10,6 +11,7 @@ set -euo pipefail
 HELM_VERSION=v3.22.0
 PROMETHEUS_VERSION=v0.316.0 # module github.com/prometheus/prometheus
 MOTO_VERSION=5.2.1
+CHECKOV_VERSION=3.3.30
 
 cache="${SHARDEDSTORE_CACHE:-$HOME/.cache/shardedstore}/tools"
 bin="$cache/bin"
@@ -17,7 +19,7 @@ mkdir -p "$bin"
 export GOBIN="$bin" GOFLAGS="-trimpath" CGO_ENABLED=0
 
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(helm promtool moto)
+[ ${#want[@]} -gt 0 ] || want=(helm promtool moto checkov)
 
 for tool in "${want[@]}"; do
   case "$tool" in
@@ -57,6 +59,16 @@ for tool in "${want[@]}"; do
           ln -sf "$cache/moto-venv/bin/moto_server" "$bin/moto_server"
         fi
       fi
+      ;;
+    checkov)
+      venv="$cache/checkov-venv"
+      if ! [ -x "$venv/bin/checkov" ] || ! [ -f "$venv/.checkov-${CHECKOV_VERSION}" ]; then
+        echo "installing checkov ${CHECKOV_VERSION}" >&2
+        python3 -m venv "$venv" >&2
+        nice -n 10 "$venv/bin/pip" install --quiet --disable-pip-version-check "checkov==${CHECKOV_VERSION}" >&2
+        touch "$venv/.checkov-${CHECKOV_VERSION}"
+      fi
+      ln -sf "$venv/bin/checkov" "$bin/checkov"
       ;;
     *)
       echo "unknown tool: $tool" >&2

@@ -1,6 +1,6 @@
 // Command hostpath-provisioner is the dynamic volume provisioner of the local
-// clusters (hack/cluster-up.sh; one per worker in hack/multinode-up.sh). For every pending PersistentVolumeClaim
-// of its StorageClass it creates a hostPath PersistentVolume under -root, pinned
+// clusters (hack/cluster-up.sh; one per worker in hack/multinode-up.sh). For every pending
+// PersistentVolumeClaim of its StorageClass it creates a "local" PersistentVolume under -root, pinned
 // to the node, bound to that claim; when a claim is deleted and its volume is
 // Released with reclaim policy Delete, it removes the directory and the volume.
 //
@@ -122,12 +122,11 @@ func (p *provisioner) provisionPending(ctx context.Context) error {
 func (p *provisioner) provision(ctx context.Context, pvc *corev1.PersistentVolumeClaim) error {
 	name := "pvc-" + string(pvc.UID)
 	path := filepath.Join(p.root, name)
-	if err := os.MkdirAll(path, 0o777); err != nil {
+	// Root-owned and not world-writable, like a freshly formatted cloud disk: a pod that
+	// does not run as root can write only through its fsGroup, which the kubelet applies to
+	// "local" volumes (not to hostPath ones).
+	if err := os.MkdirAll(path, 0o755); err != nil {
 		return fmt.Errorf("creating %s: %w", path, err)
-	}
-	// World-writable like other hostPath provisioners: pods run as any user.
-	if err := os.Chmod(path, 0o777); err != nil {
-		return fmt.Errorf("chmod %s: %w", path, err)
 	}
 	reclaim := corev1.PersistentVolumeReclaimDelete
 	className := ""
@@ -137,7 +136,6 @@ func (p *provisioner) provision(ctx context.Context, pvc *corev1.PersistentVolum
 			reclaim = *sc.ReclaimPolicy
 		}
 	}
-	hostPathType := corev1.HostPathDirectory
 	pv := &corev1.PersistentVolume{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:        name,
@@ -154,7 +152,7 @@ func (p *provisioner) provision(ctx context.Context, pvc *corev1.PersistentVolum
 				Namespace: pvc.Namespace, Name: pvc.Name, UID: pvc.UID,
 			},
 			PersistentVolumeSource: corev1.PersistentVolumeSource{
-				HostPath: &corev1.HostPathVolumeSource{Path: path, Type: &hostPathType},
+				Local: &corev1.LocalVolumeSource{Path: path},
 			},
 			NodeAffinity: &corev1.VolumeNodeAffinity{Required: &corev1.NodeSelector{
 				NodeSelectorTerms: []corev1.NodeSelectorTerm{{MatchExpressions: []corev1.NodeSelectorRequirement{{
@@ -182,10 +180,18 @@ func (p *provisioner) deleteReleased(ctx context.Context) error {
 	for i := range volumes.Items {
 		pv := &volumes.Items[i]
 		if pv.Annotations[provisionedBy] != provisionerName || pv.Status.Phase != corev1.VolumeReleased ||
-			pv.Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimDelete || pv.Spec.HostPath == nil {
+			pv.Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimDelete {
 			continue
 		}
-		path := pv.Spec.HostPath.Path
+		var path string
+		switch {
+		case pv.Spec.Local != nil:
+			path = pv.Spec.Local.Path
+		case pv.Spec.HostPath != nil: // volumes made by earlier versions of this provisioner
+			path = pv.Spec.HostPath.Path
+		default:
+			continue
+		}
 		if filepath.Dir(path) != filepath.Clean(p.root) {
 			log.Printf("volume %s: path %s is outside %s, not deleting it", pv.Name, path, p.root)
 			continue
