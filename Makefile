@@ -24,10 +24,15 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## Regenerate crds/ from the Rust types (a test fails when they are stale).
+## A failed generation leaves both copies untouched; a failed copy into the chart fails the target.
 crds:
-	$(CARGO) run --quiet -p shardedstore-operator -- crd --kind store > crds/shardedstore.io_shardedstores.yaml
-	$(CARGO) run --quiet -p shardedstore-operator -- crd --kind backup > crds/shardedstore.io_shardedstorebackups.yaml
+	$(CARGO) run --quiet -p shardedstore-operator -- crd --kind store > crds/.shardedstore.io_shardedstores.yaml.tmp
+	$(CARGO) run --quiet -p shardedstore-operator -- crd --kind backup > crds/.shardedstore.io_shardedstorebackups.yaml.tmp
+	mv crds/.shardedstore.io_shardedstores.yaml.tmp crds/shardedstore.io_shardedstores.yaml
+	mv crds/.shardedstore.io_shardedstorebackups.yaml.tmp crds/shardedstore.io_shardedstorebackups.yaml
 	cp crds/shardedstore.io_shardedstores.yaml crds/shardedstore.io_shardedstorebackups.yaml charts/shardedstore-operator/crds/
+	cmp crds/shardedstore.io_shardedstores.yaml charts/shardedstore-operator/crds/shardedstore.io_shardedstores.yaml
+	cmp crds/shardedstore.io_shardedstorebackups.yaml charts/shardedstore-operator/crds/shardedstore.io_shardedstorebackups.yaml
 
 ## Benchmarks print figures; they never fail on timing.
 bench: release

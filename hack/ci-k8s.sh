@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# The checks CI runs on the real-Kubernetes tooling (issue 4), each cleaning up
-# after itself whether it passes or fails:
+# The checks CI runs on the real-Kubernetes tooling, each cleaning up after itself whether
+# it passes or fails:
 #
 #   hack/ci-k8s.sh control-plane   up, a Deployment's ReplicaSet and Pods appear
 #                                  (controller-manager), garbage collection follows
 #                                  owner references, down leaves nothing behind
 #   hack/ci-k8s.sh cluster         cluster-up, smoke-test.sh, cluster-down
-#   hack/ci-k8s.sh                 both
+#   hack/ci-k8s.sh e2e             cluster-up, make e2e (images, the chart, stores in
+#                                  namespaces enforcing Pod Security "restricted", helm
+#                                  test), cluster-down; prints how long it took
+#   hack/ci-k8s.sh                 control-plane and cluster
 #
 # Builds the pinned binaries first when they are not cached (see
 # docs/local-kubernetes.md for how long that takes). Ends with 'N passed, N failed'.
@@ -43,10 +46,18 @@ check_cluster() {
     "$HACK_DIR/smoke-test.sh"
 }
 
+check_e2e() {
+    local started=$SECONDS
+    trap '"$HACK_DIR/cluster-down.sh"' EXIT # each check runs in its own subshell
+    "$HACK_DIR/cluster-up.sh" >/dev/null
+    make -C "$HACK_DIR/.." e2e
+    log "e2e: cluster-up, images and the suite took $((SECONDS - started))s"
+}
+
 for w in "${what[@]}"; do
     case "$w" in
-    control-plane | cluster) ;;
-    *) die "unknown check '$w' (control-plane, cluster)" ;;
+    control-plane | cluster | e2e) ;;
+    *) die "unknown check '$w' (control-plane, cluster, e2e)" ;;
     esac
     set +e
     (

@@ -144,6 +144,13 @@ impl Cluster {
     pub fn namespace(&self, prefix: &str) -> Result<TestNamespace, E2eError> {
         let name = format!("{prefix}-{:04x}", rand::random::<u16>());
         self.kubectl(&["create", "namespace", &name])?;
+        // Stores must run where Pod Security "restricted" is enforced.
+        self.kubectl(&[
+            "label",
+            "namespace",
+            &name,
+            "pod-security.kubernetes.io/enforce=restricted",
+        ])?;
         Ok(TestNamespace {
             cluster: self.clone(),
             name,

@@ -378,13 +378,13 @@ async fn reconcile_applies_children_status_scale_and_map_store() -> TestResult {
         .map(|b| b.0.len());
     assert_eq!(token_value, Some(64));
 
-    // Status: observedGeneration, selector and the four conditions (no kubelet: pods never Ready).
+    // Status: observedGeneration, selector and the five conditions (no kubelet: pods never Ready).
     let status = eventually(WAIT, "the status", || {
         let api = stores.clone();
         async move {
             let s = api.get("kv").await.ok()?;
             let status = s.status?;
-            (status.observed_generation == s.metadata.generation && status.conditions.len() == 4)
+            (status.observed_generation == s.metadata.generation && status.conditions.len() == 5)
                 .then_some(status)
         }
     })

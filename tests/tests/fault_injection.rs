@@ -1,4 +1,4 @@
-//! Fault injection with a linearizability checker (DESIGN.md §8.5): concurrent clients on a
+//! Fault injection with a linearizability checker (docs/fault-injection.md): concurrent clients on a
 //! few contended keys while a seeded nemesis kills nodes and the operator, freezes
 //! primaries past their lease, scales the store and (with nftables) cuts links, sometimes
 //! two faults at once; afterwards every key's history must be linearizable and every

@@ -1,4 +1,4 @@
-//! Partition-aware client of the nodes' client API (DESIGN.md §5): routes every key straight
+//! Partition-aware client of the nodes' client API (docs/protocol.md): routes every key straight
 //! to its partition's primary using a cached partition map, refreshes the map on 421 and on
 //! connection errors, and retries retryable failures with backoff up to a deadline.
 //!
@@ -236,7 +236,7 @@ impl KvClient {
 
     /// Delete `key` (`Condition::IfVersion` / `Condition::IfExists` make it conditional).
     /// `Ok(true)` once the delete is applied. The node answers 204 whether or not the key
-    /// existed (DESIGN.md §5), so `true` does not say the key was there; `Ok(false)` comes
+    /// existed (docs/protocol.md), so `true` does not say the key was there; `Ok(false)` comes
     /// only from a 404, which nodes do not send to a delete. To learn whether the key
     /// existed, delete with `Condition::IfExists`: 412 when it was absent (or, after a retry
     /// whose first attempt was applied, already deleted).

@@ -1,4 +1,4 @@
-//! The client API (port 7000, DESIGN.md §5): `GET/PUT/DELETE /v1/kv/{key}` and `GET /v1/map`.
+//! The client API (port 7000, docs/protocol.md): `GET/PUT/DELETE /v1/kv/{key}` and `GET /v1/map`.
 //! Requests for partitions this node does not lead are forwarded once to the primary.
 
 use super::common::{self, Answer, BodyError};

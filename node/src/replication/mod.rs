@@ -1,5 +1,5 @@
 //! Replication of partitions: epochs and the leader-epoch rule, peer wire frames, the commit
-//! rule, and the primary and follower sides of the protocol (DESIGN.md §4).
+//! rule, and the primary and follower sides of the protocol (docs/protocol.md).
 
 pub mod commit;
 pub mod epochs;

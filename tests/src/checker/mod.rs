@@ -1,4 +1,4 @@
-//! Fault injection with a per-key linearizability checker (DESIGN.md §8.5).
+//! Fault injection with a per-key linearizability checker (docs/fault-injection.md).
 //!
 //! - `history`: the recorded operations (invoke/complete times, outcomes).
 //! - `model`: the versioned-register specification and version bindings.

@@ -197,8 +197,8 @@ impl<'a> Model<'a> {
                 };
                 (!self.holds(s, *cond) && reported_ok).then_some(*s)
             }
-            // The nodes answer 204 to every applied delete, present key or not (DESIGN.md
-            // §5), so `existed` carries no information and is not checked.
+            // The nodes answer 204 to every applied delete, present key or not
+            // (docs/protocol.md), so `existed` carries no information and is not checked.
             (Command::Delete { cond }, Outcome::Ok(Response::Delete { .. })) => {
                 self.holds(s, *cond).then_some(State {
                     current: None,

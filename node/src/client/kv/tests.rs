@@ -1,4 +1,4 @@
-//! Tests of the KV client against an in-process test double of the client API (DESIGN.md §5):
+//! Tests of the KV client against an in-process test double of the client API (docs/protocol.md):
 //! a few warp servers sharing one in-memory store and a partition map, with scripted faults.
 
 use super::*;
