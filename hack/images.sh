@@ -10,7 +10,9 @@
 #   hack/images.sh [pause|busybox|operator|node]...   (no argument: all four)
 #
 # The Rust binaries come from ${CARGO_TARGET_DIR:-target}/release; when one is
-# missing this runs `cargo build --release`. They are glibc-dynamic, so each image
+# missing this runs `cargo build --release`. SHARDEDSTORE_IMAGES_PROFILE=debug takes them
+# from target/debug instead (`cargo build --workspace --bins`; larger images, but no
+# release build on a slow machine). They are glibc-dynamic, so each image
 # carries the binary, the libraries `ldd` names and the dynamic loader.
 # Needs the cluster's containerd (hack/cluster-up.sh); SHARDEDSTORE_IMAGES_OUT=DIR
 # only writes the OCI archives to DIR instead of importing them.
@@ -112,12 +114,15 @@ build_busybox() {
 }
 
 release_bin() {
-    local target="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/$1"
+    local profile="${SHARDEDSTORE_IMAGES_PROFILE:-release}" flag=(--release)
+    [[ "$profile" == release ]] || flag=()
+    [[ "$profile" == release || "$profile" == debug ]] || die "SHARDEDSTORE_IMAGES_PROFILE must be release or debug"
+    local target="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/$profile/$1"
     if [[ ! -x "$target" ]]; then
-        log "$target missing: cargo build --release"
-        (cd "$REPO_ROOT" && cargo build --release) >&2
+        log "$target missing: cargo build ${flag[*]} --workspace --bins"
+        (cd "$REPO_ROOT" && cargo build "${flag[@]}" --workspace --bins) >&2
     fi
-    [[ -x "$target" ]] || die "cargo build --release produced no $target"
+    [[ -x "$target" ]] || die "cargo build ${flag[*]} produced no $target"
     echo "$target"
 }
 
