@@ -48,3 +48,17 @@ pub fn require_tool(name: &str) -> Option<PathBuf> {
     }
     found
 }
+
+/// True if FUSE file systems can be mounted here (`/dev/fuse` and root). Otherwise the test
+/// fails when `SHARDEDSTORE_REQUIRE_TOOLS=1` and prints a `SKIPPED:` line.
+pub fn require_fuse() -> bool {
+    let Some(why) = shardedstore_faultfs::fuse_unavailable() else {
+        return true;
+    };
+    assert!(
+        std::env::var("SHARDEDSTORE_REQUIRE_TOOLS").as_deref() != Ok("1"),
+        "FUSE unavailable but SHARDEDSTORE_REQUIRE_TOOLS=1: {why}"
+    );
+    eprintln!("SKIPPED: FUSE unavailable: {why}");
+    false
+}

@@ -1,0 +1,418 @@
+//! The fault-injecting file system (`shardedstore-faultfs`) observed for real through a FUSE
+//! mount: a frozen disk blocks fsync until thawed, an fsync delay slows fsync, a capacity
+//! gives ENOSPC, failing fsync/write give EIO, a power loss drops exactly the unsynced data,
+//! and a real `shardedstore-node` whose data directory is on the mount keeps every
+//! acknowledged write across a power loss. Needs root and /dev/fuse (else SKIPPED).
+
+use shardedstore_faultfs::{Command, FaultFs, send_command};
+use shardedstore_node::admin_api::HeartbeatRequest;
+use shardedstore_node::client::AdminClient;
+use shardedstore_node::map::{PartitionEntry, PartitionMap};
+use shardedstore_tests::node_harness::{NodeOptions, NodeProcess, binary_path, wait_until};
+use shardedstore_tests::tools::require_fuse;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A mounted FaultFs over a fresh backing directory; both directories are removed after the
+/// file system (declared first, so dropped last) is unmounted.
+struct Mounted {
+    fs: FaultFs,
+    backing: PathBuf,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+fn mount() -> anyhow::Result<Mounted> {
+    let backing = tempfile::tempdir()?;
+    let mnt = tempfile::tempdir()?;
+    let fs = FaultFs::mount(backing.path(), mnt.path())?;
+    Ok(Mounted {
+        fs,
+        backing: backing.path().to_owned(),
+        _dirs: (backing, mnt),
+    })
+}
+
+impl Mounted {
+    fn path(&self, name: &str) -> PathBuf {
+        self.fs.mountpoint().join(name)
+    }
+}
+
+fn open_rw(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+}
+
+/// Waits (polling, with a deadline) until `check` holds.
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+#[test]
+fn a_frozen_disk_blocks_fsync_until_thawed_while_reads_go_on() -> anyhow::Result<()> {
+    if !require_fuse() {
+        return Ok(());
+    }
+    let m = mount()?;
+    let control = m.fs.control();
+    let file = open_rw(&m.path("f"))?;
+    file.write_all_at(b"before freeze", 0)?;
+    control.freeze();
+    let (done_tx, done_rx) = mpsc::channel();
+    let syncing = file.try_clone()?;
+    let t = std::thread::spawn(move || {
+        let _ = done_tx.send(syncing.sync_all().map_err(|e| e.to_string()));
+    });
+    wait_for("the fsync to block", || control.counters().waiting_ops == 1)?;
+    assert!(
+        done_rx.try_recv().is_err(),
+        "fsync returned on a frozen disk"
+    );
+    // Reads are not blocked, and see the unsynced data.
+    assert_eq!(std::fs::read(m.path("f"))?, b"before freeze");
+    control.thaw();
+    let result = done_rx.recv_timeout(Duration::from_secs(20))?;
+    assert_eq!(result, Ok(()));
+    let _ = t.join();
+    assert_eq!(control.counters().blocked_ops, 1);
+    assert_eq!(std::fs::read(m.backing.join("f"))?, b"before freeze");
+    Ok(())
+}
+
+#[test]
+fn an_fsync_delay_slows_every_fsync() -> anyhow::Result<()> {
+    if !require_fuse() {
+        return Ok(());
+    }
+    let m = mount()?;
+    let control = m.fs.control();
+    let file = open_rw(&m.path("f"))?;
+    file.write_all_at(b"x", 0)?;
+    let delay = Duration::from_millis(300);
+    control.set_fsync_delay(delay);
+    let started = Instant::now();
+    file.sync_data()?;
+    let took = started.elapsed();
+    assert!(took >= delay, "fsync took {took:?} with a {delay:?} delay");
+    control.heal();
+    file.sync_data()?;
+    assert_eq!(control.counters().fsyncs, 2);
+    Ok(())
+}
+
+#[test]
+fn a_full_disk_refuses_growth_with_enospc() -> anyhow::Result<()> {
+    if !require_fuse() {
+        return Ok(());
+    }
+    let m = mount()?;
+    let control = m.fs.control();
+    std::fs::write(m.backing.join("existing"), vec![1u8; 16 * 1024])?;
+    control.set_capacity(Some(64 * 1024));
+    let file = open_rw(&m.path("f"))?;
+    file.write_all_at(&[2u8; 32 * 1024], 0)?;
+    let err = file
+        .write_all_at(&[3u8; 32 * 1024], 32 * 1024).err().ok_or_else(|| anyhow::anyhow!("the write past the capacity succeeded"))?;
+    assert_eq!(err.raw_os_error(), Some(nix_enospc()), "{err}");
+    let err = file.set_len(1 << 20).err().ok_or_else(|| anyhow::anyhow!("growing past capacity"))?;
+    assert_eq!(err.raw_os_error(), Some(nix_enospc()), "{err}");
+    // Overwriting what exists needs no space.
+    file.write_all_at(&[4u8; 1024], 0)?;
+    assert!(control.counters().enospc_errors >= 2);
+    control.set_capacity(None);
+    file.write_all_at(&[3u8; 32 * 1024], 32 * 1024)?;
+    Ok(())
+}
+
+fn nix_enospc() -> i32 {
+    28 // ENOSPC on Linux
+}
+
+fn nix_eio() -> i32 {
+    5 // EIO on Linux
+}
+
+#[test]
+fn a_failing_disk_gives_eio_on_fsync_and_write() -> anyhow::Result<()> {
+    if !require_fuse() {
+        return Ok(());
+    }
+    let m = mount()?;
+    let control = m.fs.control();
+    let file = open_rw(&m.path("f"))?;
+    file.write_all_at(b"data", 0)?;
+    control.fail_fsync(true);
+    let err = file.sync_all().err().ok_or_else(|| anyhow::anyhow!("fsync succeeded on a failing disk"))?;
+    assert_eq!(err.raw_os_error(), Some(nix_eio()), "{err}");
+    let err = file.sync_data().err().ok_or_else(|| anyhow::anyhow!("fdatasync succeeded"))?;
+    assert_eq!(err.raw_os_error(), Some(nix_eio()), "{err}");
+    assert_eq!(control.unsynced_bytes(), 4, "a failed fsync made data durable");
+    control.fail_fsync(false);
+    control.fail_writes(true);
+    let err = file.write_all_at(b"more", 4).err().ok_or_else(|| anyhow::anyhow!("write succeeded"))?;
+    assert_eq!(err.raw_os_error(), Some(nix_eio()), "{err}");
+    control.heal();
+    file.sync_all()?;
+    assert_eq!(control.unsynced_bytes(), 0);
+    assert_eq!(std::fs::read(m.backing.join("f"))?, b"data");
+    let c = control.counters();
+    assert_eq!((c.fsync_errors, c.write_errors), (2, 1));
+    Ok(())
+}
+
+#[test]
+fn power_loss_drops_unsynced_data_and_keeps_synced_data() -> anyhow::Result<()> {
+    if !require_fuse() {
+        return Ok(());
+    }
+    let m = mount()?;
+    let control = m.fs.control();
+    {
+        let file = open_rw(&m.path("log"))?;
+        file.write_all_at(b"AAAA", 0)?;
+        file.sync_data()?;
+        file.write_all_at(b"BBBB", 4)?;
+        file.write_all_at(b"aa", 0)?; // overwrites synced bytes, unsynced
+        assert_eq!(std::fs::read(m.path("log"))?, b"aaAABBBB");
+        // close does not make data durable
+    }
+    // Truncation goes through; unsynced data past the new end is gone at once.
+    let t = open_rw(&m.path("trunc"))?;
+    t.write_all_at(&[7u8; 100], 0)?;
+    t.sync_all()?;
+    t.set_len(50)?;
+    t.write_all_at(b"late", 80)?;
+    assert_eq!(t.metadata()?.len(), 84);
+    drop(t);
+    std::fs::write(m.path("never-synced"), b"gone")?;
+
+    let lost = control.power_loss();
+    assert_eq!(lost.files, 3, "{lost:?}");
+    assert_eq!(lost.bytes, 4 + 2 + 4 + 4, "{lost:?}");
+    assert_eq!(std::fs::read(m.path("log"))?, b"AAAA");
+    assert_eq!(std::fs::read(m.path("trunc"))?, vec![7u8; 50]);
+    assert_eq!(std::fs::read(m.path("never-synced"))?, b"");
+    // The file system goes on working after a power loss.
+    let file = open_rw(&m.path("log"))?;
+    file.write_all_at(b"CC", 4)?;
+    file.sync_all()?;
+    assert_eq!(std::fs::read(m.backing.join("log"))?, b"AAAACC");
+    Ok(())
+}
+
+/// A one-node partition map (rf 1) over `node`.
+fn single_node_map(node: &NodeProcess, store: &str, partitions: u32) -> PartitionMap {
+    let mut map = PartitionMap::empty(store, partitions, 1, 1);
+    map.version = 1;
+    map.nodes.insert(node.id.clone(), node.info());
+    for entry in &mut map.partitions {
+        *entry = PartitionEntry {
+            epoch: 1,
+            primary: Some(node.id.clone()),
+            replicas: vec![node.id.clone()],
+            in_sync: vec![node.id.clone()],
+            learners: Vec::new(),
+        };
+    }
+    map
+}
+
+async fn heartbeat(admin: &AdminClient, node: &NodeProcess, store: &str) -> anyhow::Result<()> {
+    let req = HeartbeatRequest {
+        store: store.to_owned(),
+        map_version: 0,
+        lease_ms: 30_000,
+    };
+    admin.heartbeat(&node.peer_addr, &req).await?;
+    Ok(())
+}
+
+async fn wait_healthy(http: &reqwest::Client, node: &NodeProcess) -> anyhow::Result<()> {
+    let url = format!("http://{}/healthz", node.metrics_addr);
+    wait_until(Duration::from_secs(30), "the node healthy", || {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let r = http.get(&url).send().await.ok()?;
+            r.status().is_success().then_some(())
+        }
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", node.log_tail(30)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_faultfs_keeps_every_acknowledged_write_across_a_power_loss()
+-> anyhow::Result<()> {
+    if !require_fuse() {
+        return Ok(());
+    }
+    let m = mount()?;
+    let control = m.fs.control();
+    let options = NodeOptions::default();
+    let store = options.store.clone();
+    // Declared after the mount, so the node is killed before the file system is unmounted.
+    let mut node = NodeProcess::spawn("node-0", &m.path("node-0"), &options)?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()?;
+    let admin = AdminClient::new(options.token.clone(), Duration::from_secs(10))?;
+    wait_healthy(&http, &node).await?;
+    admin
+        .install_map(&node.peer_addr, &single_node_map(&node, &store, 4))
+        .await?;
+    heartbeat(&admin, &node, &store).await?;
+
+    // A slow disk widens the window in which written data is not yet durable.
+    control.set_fsync_delay(Duration::from_millis(20));
+    let mut acked = Vec::new();
+    let mut in_flight = Vec::new();
+    for i in 0..200u32 {
+        let (key, value) = (format!("k{i}"), format!("value-{i}").into_bytes());
+        let url = format!("http://{}/v1/kv/{key}", node.client_addr);
+        if i < 150 {
+            let r = http.put(&url).body(value.clone()).send().await?;
+            anyhow::ensure!(
+                r.status().is_success(),
+                "put {key}: {}\n{}",
+                r.status(),
+                node.log_tail(20)
+            );
+            acked.push((key, value));
+        } else {
+            // The unacknowledged tail: written concurrently, killed mid-flight.
+            let http = http.clone();
+            in_flight.push(tokio::spawn(async move {
+                let _ = http.put(&url).body(value).send().await;
+            }));
+        }
+    }
+    assert!(control.counters().fsyncs > 0, "the node never fsynced");
+    node.kill9();
+    for t in in_flight {
+        t.abort();
+    }
+    let lost = control.power_loss();
+    eprintln!("power loss dropped {lost:?}");
+    assert!(lost.bytes > 0, "nothing was unsynced at the power loss");
+    control.heal();
+
+    node.start()?;
+    wait_healthy(&http, &node).await?;
+    heartbeat(&admin, &node, &store).await?;
+    for (key, value) in &acked {
+        let url = format!("http://{}/v1/kv/{key}", node.client_addr);
+        let (status, body) = wait_until(Duration::from_secs(20), "the node serving", || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let r = http.get(&url).send().await.ok()?;
+                let status = r.status().as_u16();
+                (status != 503).then_some((status, r.bytes().await.ok()?.to_vec()))
+            }
+        })
+        .await?;
+        assert_eq!(
+            status,
+            200,
+            "acknowledged {key} lost\n{}",
+            node.log_tail(30)
+        );
+        assert_eq!(&body, value, "{key}");
+    }
+    node.kill9();
+    Ok(())
+}
+
+/// Stops the `shardedstore-faultfs` binary with SIGTERM (it unmounts); if it does not
+/// exit, kills it and detaches the mount lazily.
+struct ServerGuard {
+    child: std::process::Child,
+    mountpoint: PathBuf,
+}
+
+fn is_mounted(mountpoint: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split(' ').nth(1) == Some(&*mountpoint.to_string_lossy()))
+        })
+        .unwrap_or(false)
+}
+
+impl ServerGuard {
+    fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "faultfs did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() && self.stop().is_err() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if is_mounted(&self.mountpoint) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.mountpoint)
+                .status();
+        }
+    }
+}
+
+#[test]
+fn the_binary_mounts_obeys_its_control_socket_and_unmounts_on_sigterm() -> anyhow::Result<()> {
+    if !require_fuse() {
+        return Ok(());
+    }
+    let (backing, mnt, ctl) = (tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?);
+    let socket = ctl.path().join("ctl.sock");
+    let mountpoint = mnt.path().canonicalize()?;
+    let child = std::process::Command::new(binary_path("shardedstore-faultfs")?)
+        .arg("mount")
+        .arg("--backing")
+        .arg(backing.path())
+        .arg("--mountpoint")
+        .arg(&mountpoint)
+        .arg("--control")
+        .arg(&socket)
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let mut server = ServerGuard { child, mountpoint };
+    wait_for("the control socket", || {
+        send_command(&socket, Command::Status).is_ok()
+    })?;
+    assert!(is_mounted(&server.mountpoint));
+    std::fs::write(server.mountpoint.join("f"), b"unsynced")?;
+    let status = send_command(&socket, Command::Status)?;
+    assert!(status.contains("unsynced_bytes=8"), "{status}");
+    assert_eq!(send_command(&socket, Command::PowerLoss)?, "files=1 bytes=8");
+    assert_eq!(std::fs::read(server.mountpoint.join("f"))?, b"");
+    let exit = server.stop()?;
+    assert!(exit.success(), "{exit:?}");
+    assert!(!is_mounted(&server.mountpoint), "still mounted after SIGTERM");
+    assert!(!socket.exists(), "control socket left behind");
+    Ok(())
+}
