@@ -37,7 +37,9 @@ pub enum Command {
 pub enum CommandError {
     #[error("empty command")]
     Empty,
-    #[error("unknown command {0:?} (expected freeze, thaw, fsync-delay, capacity, fail-fsync, fail-writes, power-loss, heal or status)")]
+    #[error(
+        "unknown command {0:?} (expected freeze, thaw, fsync-delay, capacity, fail-fsync, fail-writes, power-loss, heal or status)"
+    )]
     Unknown(String),
     #[error("{command} takes {expected}, got {got:?}")]
     BadArgument {

@@ -19,15 +19,22 @@ pub enum FaultFsError {
     },
     #[error("{path} is not a directory")]
     NotADirectory { path: PathBuf },
-    #[error("the mount point {mountpoint} and the backing directory {backing} must not contain each other")]
-    Nested { mountpoint: PathBuf, backing: PathBuf },
+    #[error(
+        "the mount point {mountpoint} and the backing directory {backing} must not contain each other"
+    )]
+    Nested {
+        mountpoint: PathBuf,
+        backing: PathBuf,
+    },
     #[error("mounting FUSE at {path} (needs /dev/fuse and root): {source}")]
     Mount {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("unmounting {path}: {source} (it was detached lazily instead and disappears once its last open file is closed)")]
+    #[error(
+        "unmounting {path}: {source} (it was detached lazily instead and disappears once its last open file is closed)"
+    )]
     UnmountBusy {
         path: PathBuf,
         #[source]

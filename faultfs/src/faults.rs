@@ -222,7 +222,9 @@ impl Shared {
 
     pub(crate) fn count_write(&self, bytes: u64) {
         self.counters.writes.fetch_add(1, Ordering::SeqCst);
-        self.counters.bytes_written.fetch_add(bytes, Ordering::SeqCst);
+        self.counters
+            .bytes_written
+            .fetch_add(bytes, Ordering::SeqCst);
     }
 
     pub(crate) fn count_enospc(&self) {

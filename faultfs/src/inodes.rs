@@ -95,7 +95,11 @@ mod tests {
         t.renamed(Path::new("a"), Path::new("b"));
         assert_eq!(t.path(10), Some(Path::new("b")));
         assert_eq!(t.path(11), Some(Path::new("b/f")));
-        assert_eq!(t.path(12), Some(Path::new("ab")), "a prefix of a name is not a parent");
+        assert_eq!(
+            t.path(12),
+            Some(Path::new("ab")),
+            "a prefix of a name is not a parent"
+        );
         assert_eq!(t.path(13), None, "the replaced target is forgotten");
     }
 

@@ -56,7 +56,8 @@ fn serve(backing: PathBuf, mountpoint: PathBuf, control: PathBuf) -> Result<(), 
     let mut stop = SigSet::empty();
     stop.add(Signal::SIGTERM);
     stop.add(Signal::SIGINT);
-    stop.thread_block().map_err(|e| format!("blocking signals: {e}"))?;
+    stop.thread_block()
+        .map_err(|e| format!("blocking signals: {e}"))?;
     let fs = FaultFs::mount(&backing, &mountpoint).map_err(|e| e.to_string())?;
     if control.exists() {
         std::fs::remove_file(&control)
@@ -75,7 +76,9 @@ fn serve(backing: PathBuf, mountpoint: PathBuf, control: PathBuf) -> Result<(), 
         fs.mountpoint().display(),
         control.display()
     );
-    let signal = stop.wait().map_err(|e| format!("waiting for a signal: {e}"))?;
+    let signal = stop
+        .wait()
+        .map_err(|e| format!("waiting for a signal: {e}"))?;
     eprintln!("faultfs: {signal:?}, unmounting");
     let _ = std::fs::remove_file(&control);
     fs.unmount().map_err(|e| e.to_string())

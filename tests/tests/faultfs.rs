@@ -124,9 +124,14 @@ fn a_full_disk_refuses_growth_with_enospc() -> anyhow::Result<()> {
     let file = open_rw(&m.path("f"))?;
     file.write_all_at(&[2u8; 32 * 1024], 0)?;
     let err = file
-        .write_all_at(&[3u8; 32 * 1024], 32 * 1024).err().ok_or_else(|| anyhow::anyhow!("the write past the capacity succeeded"))?;
+        .write_all_at(&[3u8; 32 * 1024], 32 * 1024)
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("the write past the capacity succeeded"))?;
     assert_eq!(err.raw_os_error(), Some(nix_enospc()), "{err}");
-    let err = file.set_len(1 << 20).err().ok_or_else(|| anyhow::anyhow!("growing past capacity"))?;
+    let err = file
+        .set_len(1 << 20)
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("growing past capacity"))?;
     assert_eq!(err.raw_os_error(), Some(nix_enospc()), "{err}");
     // Overwriting what exists needs no space.
     file.write_all_at(&[4u8; 1024], 0)?;
@@ -154,14 +159,27 @@ fn a_failing_disk_gives_eio_on_fsync_and_write() -> anyhow::Result<()> {
     let file = open_rw(&m.path("f"))?;
     file.write_all_at(b"data", 0)?;
     control.fail_fsync(true);
-    let err = file.sync_all().err().ok_or_else(|| anyhow::anyhow!("fsync succeeded on a failing disk"))?;
+    let err = file
+        .sync_all()
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("fsync succeeded on a failing disk"))?;
     assert_eq!(err.raw_os_error(), Some(nix_eio()), "{err}");
-    let err = file.sync_data().err().ok_or_else(|| anyhow::anyhow!("fdatasync succeeded"))?;
+    let err = file
+        .sync_data()
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("fdatasync succeeded"))?;
     assert_eq!(err.raw_os_error(), Some(nix_eio()), "{err}");
-    assert_eq!(control.unsynced_bytes(), 4, "a failed fsync made data durable");
+    assert_eq!(
+        control.unsynced_bytes(),
+        4,
+        "a failed fsync made data durable"
+    );
     control.fail_fsync(false);
     control.fail_writes(true);
-    let err = file.write_all_at(b"more", 4).err().ok_or_else(|| anyhow::anyhow!("write succeeded"))?;
+    let err = file
+        .write_all_at(b"more", 4)
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("write succeeded"))?;
     assert_eq!(err.raw_os_error(), Some(nix_eio()), "{err}");
     control.heal();
     file.sync_all()?;
@@ -253,8 +271,8 @@ async fn wait_healthy(http: &reqwest::Client, node: &NodeProcess) -> anyhow::Res
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_on_faultfs_keeps_every_acknowledged_write_across_a_power_loss()
--> anyhow::Result<()> {
+async fn a_node_on_faultfs_keeps_every_acknowledged_write_across_a_power_loss() -> anyhow::Result<()>
+{
     if !require_fuse() {
         return Ok(());
     }
@@ -387,7 +405,11 @@ fn the_binary_mounts_obeys_its_control_socket_and_unmounts_on_sigterm() -> anyho
     if !require_fuse() {
         return Ok(());
     }
-    let (backing, mnt, ctl) = (tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?);
+    let (backing, mnt, ctl) = (
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    );
     let socket = ctl.path().join("ctl.sock");
     let mountpoint = mnt.path().canonicalize()?;
     let child = std::process::Command::new(binary_path("shardedstore-faultfs")?)
@@ -408,11 +430,17 @@ fn the_binary_mounts_obeys_its_control_socket_and_unmounts_on_sigterm() -> anyho
     std::fs::write(server.mountpoint.join("f"), b"unsynced")?;
     let status = send_command(&socket, Command::Status)?;
     assert!(status.contains("unsynced_bytes=8"), "{status}");
-    assert_eq!(send_command(&socket, Command::PowerLoss)?, "files=1 bytes=8");
+    assert_eq!(
+        send_command(&socket, Command::PowerLoss)?,
+        "files=1 bytes=8"
+    );
     assert_eq!(std::fs::read(server.mountpoint.join("f"))?, b"");
     let exit = server.stop()?;
     assert!(exit.success(), "{exit:?}");
-    assert!(!is_mounted(&server.mountpoint), "still mounted after SIGTERM");
+    assert!(
+        !is_mounted(&server.mountpoint),
+        "still mounted after SIGTERM"
+    );
     assert!(!socket.exists(), "control socket left behind");
     Ok(())
 }

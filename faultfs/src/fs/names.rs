@@ -73,7 +73,11 @@ impl Inner {
         let rel = self.child(parent, name)?;
         let path = self.root().join(&rel);
         let mut options = OpenOptions::new();
-        options.read(true).write(true).create(true).mode(mode & 0o7777);
+        options
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(mode & 0o7777);
         if flags & OFlag::O_EXCL.bits() != 0 {
             options.create_new(true);
         }
