@@ -244,8 +244,7 @@ impl Shared {
     /// The logical length of `ino` if it has unsynced data.
     pub(crate) fn overlay_len(&self, ino: u64) -> Option<u64> {
         let slot = self.existing_slot(ino)?;
-        let len = lock(&slot).as_ref().map(Overlay::len);
-        len
+        lock(&slot).as_ref().map(Overlay::len)
     }
 
     /// Forgets the unsynced data of a file that no longer exists.

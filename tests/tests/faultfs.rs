@@ -292,38 +292,57 @@ async fn a_node_on_faultfs_keeps_every_acknowledged_write_across_a_power_loss() 
         .await?;
     heartbeat(&admin, &node, &store).await?;
 
-    // A slow disk widens the window in which written data is not yet durable.
-    control.set_fsync_delay(Duration::from_millis(20));
     let mut acked = Vec::new();
-    let mut in_flight = Vec::new();
-    for i in 0..200u32 {
+    for i in 0..150u32 {
         let (key, value) = (format!("k{i}"), format!("value-{i}").into_bytes());
         let url = format!("http://{}/v1/kv/{key}", node.client_addr);
-        if i < 150 {
-            let r = http.put(&url).body(value.clone()).send().await?;
-            anyhow::ensure!(
-                r.status().is_success(),
-                "put {key}: {}\n{}",
-                r.status(),
-                node.log_tail(20)
-            );
-            acked.push((key, value));
-        } else {
-            // The unacknowledged tail: written concurrently, killed mid-flight.
-            let http = http.clone();
-            in_flight.push(tokio::spawn(async move {
-                let _ = http.put(&url).body(value).send().await;
-            }));
-        }
+        let r = http.put(&url).body(value.clone()).send().await?;
+        anyhow::ensure!(
+            r.status().is_success(),
+            "put {key}: {}\n{}",
+            r.status(),
+            node.log_tail(20)
+        );
+        acked.push((key, value));
     }
     assert!(control.counters().fsyncs > 0, "the node never fsynced");
+
+    // The unacknowledged tail: with a slow disk, writes sit in the database file unsynced
+    // (waiting for their fsync) when the power goes.
+    let logged = control.unsynced_bytes(); // the node's log is never fsynced
+    control.set_fsync_delay(Duration::from_secs(2));
+    let mut in_flight = Vec::new();
+    for i in 150..200u32 {
+        let url = format!("http://{}/v1/kv/k{i}", node.client_addr);
+        let http = http.clone();
+        in_flight.push(tokio::spawn(async move {
+            let _ = http.put(&url).body(format!("value-{i}")).send().await;
+        }));
+    }
+    let disk = control.clone();
+    wait_until(Duration::from_secs(20), "unsynced database pages", || {
+        let disk = disk.clone();
+        async move { (disk.unsynced_bytes() >= logged + 4096).then_some(()) }
+    })
+    .await?;
+    // Power fails at the instant of the kill: SIGKILL, drop the unsynced data, then reap
+    // (the delayed fsync in flight is refused, so nothing written before it lands).
+    let pid = node
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("node not running"))?;
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()?;
+    let lost = control.power_loss();
     node.kill9();
     for t in in_flight {
         t.abort();
     }
-    let lost = control.power_loss();
     eprintln!("power loss dropped {lost:?}");
-    assert!(lost.bytes > 0, "nothing was unsynced at the power loss");
+    assert!(
+        lost.files >= 2 && lost.bytes >= 4096,
+        "the database had no unsynced data at the power loss: {lost:?}"
+    );
     control.heal();
 
     node.start()?;

@@ -359,23 +359,20 @@ impl Filesystem for PassThrough {
             Err(e) => return reply.error(e),
         };
         let frsize = st.fragment_size().max(1);
-        let (mut blocks, mut bfree, mut bavail) = (
-            st.blocks() as u64,
-            st.blocks_free() as u64,
-            st.blocks_available() as u64,
-        );
+        let (mut blocks, mut bfree, mut bavail) =
+            (st.blocks(), st.blocks_free(), st.blocks_available());
         if let Some(capacity) = self.inner.shared.faults().capacity {
             let used = self.inner.used_bytes().unwrap_or(capacity);
-            blocks = capacity / frsize as u64;
-            bfree = capacity.saturating_sub(used) / frsize as u64;
+            blocks = capacity / frsize;
+            bfree = capacity.saturating_sub(used) / frsize;
             bavail = bfree;
         }
         reply.statfs(
             blocks,
             bfree,
             bavail,
-            st.files() as u64,
-            st.files_free() as u64,
+            st.files(),
+            st.files_free(),
             u32::try_from(st.block_size()).unwrap_or(4096),
             u32::try_from(st.name_max()).unwrap_or(255),
             u32::try_from(frsize).unwrap_or(4096),
