@@ -5,10 +5,11 @@
 //! acknowledged write across a power loss. Needs root and /dev/fuse (else SKIPPED).
 
 use shardedstore_faultfs::{Command, FaultFs, send_command};
-use shardedstore_node::admin_api::HeartbeatRequest;
 use shardedstore_node::client::AdminClient;
 use shardedstore_node::map::{PartitionEntry, PartitionMap};
-use shardedstore_tests::node_harness::{NodeOptions, NodeProcess, binary_path, wait_until};
+use shardedstore_tests::node_harness::{
+    Heartbeater, NodeOptions, NodeProcess, binary_path, wait_until,
+};
 use shardedstore_tests::tools::require_fuse;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -247,13 +248,10 @@ fn single_node_map(node: &NodeProcess, store: &str, partitions: u32) -> Partitio
     map
 }
 
-async fn heartbeat(admin: &AdminClient, node: &NodeProcess, store: &str) -> anyhow::Result<()> {
-    let req = HeartbeatRequest {
-        store: store.to_owned(),
-        map_version: 0,
-        lease_ms: 30_000,
-    };
-    admin.heartbeat(&node.peer_addr, &req).await?;
+async fn heartbeat(beats: &Heartbeater, node: &NodeProcess) -> anyhow::Result<()> {
+    beats
+        .grant(&node.id, &node.peer_addr, Duration::from_secs(30))
+        .await?;
     Ok(())
 }
 
@@ -286,21 +284,29 @@ async fn a_node_on_faultfs_keeps_every_acknowledged_write_across_a_power_loss() 
         .timeout(Duration::from_secs(20))
         .build()?;
     let admin = AdminClient::new(options.token.clone(), Duration::from_secs(10))?;
+    let beats = Heartbeater::new(admin.clone(), &store);
     wait_healthy(&http, &node).await?;
     admin
         .install_map(&node.peer_addr, &single_node_map(&node, &store, 4))
         .await?;
-    heartbeat(&admin, &node, &store).await?;
+    heartbeat(&beats, &node).await?;
 
     let mut acked = Vec::new();
     for i in 0..150u32 {
         let (key, value) = (format!("k{i}"), format!("value-{i}").into_bytes());
         let url = format!("http://{}/v1/kv/{key}", node.client_addr);
-        let r = http.put(&url).body(value.clone()).send().await?;
+        // A fresh primary may refuse writes (503) until it has been admitted; retry those.
+        let status = wait_until(Duration::from_secs(30), "the write accepted", || {
+            let (http, url, value) = (http.clone(), url.clone(), value.clone());
+            async move {
+                let r = http.put(&url).body(value).send().await.ok()?;
+                (r.status().as_u16() != 503).then_some(r.status())
+            }
+        })
+        .await?;
         anyhow::ensure!(
-            r.status().is_success(),
-            "put {key}: {}\n{}",
-            r.status(),
+            status.is_success(),
+            "put {key}: {status}\n{}",
             node.log_tail(20)
         );
         acked.push((key, value));
@@ -347,7 +353,14 @@ async fn a_node_on_faultfs_keeps_every_acknowledged_write_across_a_power_loss() 
 
     node.start()?;
     wait_healthy(&http, &node).await?;
-    heartbeat(&admin, &node, &store).await?;
+    heartbeat(&beats, &node).await?;
+    // A restarted node leads no epoch it led before: fail over to it at the next epoch.
+    let mut next = single_node_map(&node, &store, 4);
+    next.version += 1;
+    for e in &mut next.partitions {
+        e.epoch += 1;
+    }
+    admin.install_map(&node.peer_addr, &next).await?;
     for (key, value) in &acked {
         let url = format!("http://{}/v1/kv/{key}", node.client_addr);
         let (status, body) = wait_until(Duration::from_secs(20), "the node serving", || {
