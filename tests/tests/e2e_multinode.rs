@@ -30,7 +30,7 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(300);
 const POLL: Duration = Duration::from_secs(1);
 /// The worker the host reaches Services through (`hack/multinode-lib.sh`): never powered off.
 const SPARE_WORKER: &str = "mn-worker-1";
-/// The operator's default lease and the bound DESIGN.md gives for taking writes again after
+/// The operator's default lease and the bound docs/protocol.md gives for taking writes again after
 /// a node stops answering: lease + 5 s.
 const LEASE: Duration = Duration::from_secs(4);
 const FAILOVER_BOUND: Duration = Duration::from_secs(4 + 5);
