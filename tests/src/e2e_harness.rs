@@ -284,3 +284,18 @@ where
         tokio::time::sleep(interval).await;
     }
 }
+
+/// Ready and not being deleted.
+pub fn pod_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The partition-map version the store's status reports (0 before the first).
+pub fn map_version(store: &shardedstore_operator::crd::ShardedStore) -> i64 {
+    store.status.as_ref().map_or(0, |s| s.map_version)
+}

@@ -483,6 +483,38 @@ pub async fn ensure_none_lost(
     Ok(())
 }
 
+/// Writes `n` keys `prefix-<i>` one by one; every write must be acknowledged.
+pub async fn write_ledger(
+    client: &KvClient,
+    prefix: &str,
+    n: usize,
+) -> anyhow::Result<Vec<(String, String)>> {
+    use anyhow::Context as _;
+    let mut ledger = Vec::with_capacity(n);
+    for i in 0..n {
+        let key = format!("{prefix}-{i}");
+        let value = format!("{prefix}-value-{i}-{}", rand::random::<u32>());
+        client
+            .put(&key, value.clone().into_bytes(), Default::default())
+            .await
+            .with_context(|| format!("put {key}"))?;
+        ledger.push((key, value));
+    }
+    Ok(ledger)
+}
+
+/// Every acknowledged write reads back with its value.
+pub async fn assert_nothing_lost(client: &KvClient, acked: &[(String, String)]) {
+    let lost = lost_writes(client, acked).await;
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(10)]
+    );
+}
+
 /// Reads back every acknowledged write; returns the keys that are missing or wrong.
 pub async fn lost_writes(client: &KvClient, acked: &[(String, String)]) -> Vec<String> {
     let mut lost = Vec::new();

@@ -15,10 +15,10 @@ use shardedstore_node::client::KvClient;
 use shardedstore_operator::crd::ShardedStore;
 use shardedstore_tests::e2e_harness::{
     self, Cluster, ContainerRuntime, E2eError, StoreManifest, TestNamespace, install_operator,
-    kill9_node_process, node_pods, partition_map, placement_on_removed_nodes, store_problems,
-    wait_for,
+    kill9_node_process, map_version, node_pods, partition_map, placement_on_removed_nodes,
+    pod_ready, store_problems, wait_for,
 };
-use shardedstore_tests::local_harness::{WriteLoad, lost_writes};
+use shardedstore_tests::local_harness::{WriteLoad, assert_nothing_lost, write_ledger};
 use std::time::{Duration, Instant};
 
 const STORE: &str = "e2e";
@@ -120,50 +120,6 @@ fn store_client(cluster: &Cluster, ns: &str, direct: bool) -> anyhow::Result<KvC
     Ok(KvClient::builder(&[format!("{ip}:7000")])
         .direct_routing(direct)
         .build()?)
-}
-
-/// Writes `n` keys `prefix-<i>` one by one; every write must be acknowledged.
-async fn write_ledger(
-    client: &KvClient,
-    prefix: &str,
-    n: usize,
-) -> anyhow::Result<Vec<(String, String)>> {
-    let mut ledger = Vec::with_capacity(n);
-    for i in 0..n {
-        let key = format!("{prefix}-{i}");
-        let value = format!("{prefix}-value-{i}-{}", rand::random::<u32>());
-        client
-            .put(&key, value.clone().into_bytes(), Default::default())
-            .await
-            .with_context(|| format!("put {key}"))?;
-        ledger.push((key, value));
-    }
-    Ok(ledger)
-}
-
-/// Every acknowledged write reads back with its value.
-async fn assert_nothing_lost(client: &KvClient, acked: &[(String, String)]) {
-    let lost = lost_writes(client, acked).await;
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged writes lost, e.g. {:?}",
-        lost.len(),
-        acked.len(),
-        &lost[..lost.len().min(10)]
-    );
-}
-
-fn pod_ready(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn map_version(store: &ShardedStore) -> i64 {
-    store.status.as_ref().map_or(0, |s| s.map_version)
 }
 
 fn uid(pod: &Pod) -> String {

@@ -15,9 +15,9 @@ use shardedstore_node::map::{NodeState, PartitionMap};
 use shardedstore_operator::crd::ShardedStore;
 use shardedstore_tests::e2e_harness::{
     Cluster, E2eError, OPERATOR_NAMESPACE, StoreManifest, TestNamespace, install_operator,
-    node_pods, partition_map, replica_spread, store_problems, wait_for,
+    map_version, node_pods, partition_map, pod_ready, replica_spread, store_problems, wait_for,
 };
-use shardedstore_tests::local_harness::{WriteLoad, lost_writes};
+use shardedstore_tests::local_harness::{WriteLoad, assert_nothing_lost, write_ledger};
 use shardedstore_tests::multinode_harness::{
     ClusterNode, Worker, choose_victim, pod_node, pod_zones, primaries_per, zone_spread_problems,
     zoned_nodes,
@@ -147,50 +147,6 @@ fn store_client(cluster: &Cluster, ns: &str) -> anyhow::Result<KvClient> {
         }
     }
     Ok(KvClient::builder(&seeds).direct_routing(true).build()?)
-}
-
-/// Writes `n` keys `prefix-<i>` one by one; every write must be acknowledged.
-async fn write_ledger(
-    client: &KvClient,
-    prefix: &str,
-    n: usize,
-) -> anyhow::Result<Vec<(String, String)>> {
-    let mut ledger = Vec::with_capacity(n);
-    for i in 0..n {
-        let key = format!("{prefix}-{i}");
-        let value = format!("{prefix}-value-{i}-{}", rand::random::<u32>());
-        client
-            .put(&key, value.clone().into_bytes(), Default::default())
-            .await
-            .with_context(|| format!("put {key}"))?;
-        ledger.push((key, value));
-    }
-    Ok(ledger)
-}
-
-/// Every acknowledged write reads back with its value.
-async fn assert_nothing_lost(client: &KvClient, acked: &[(String, String)]) {
-    let lost = lost_writes(client, acked).await;
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged writes lost, e.g. {:?}",
-        lost.len(),
-        acked.len(),
-        &lost[..lost.len().min(10)]
-    );
-}
-
-fn map_version(store: &ShardedStore) -> i64 {
-    store.status.as_ref().map_or(0, |s| s.map_version)
-}
-
-fn pod_ready(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn pod_name(pod: &Pod) -> String {
