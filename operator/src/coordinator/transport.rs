@@ -7,6 +7,7 @@ use shardedstore_node::admin_api::{
     AdmitRequest, AdmitResponse, HandoffRequest, HandoffResponse, HeartbeatRequest,
     HeartbeatResponse, InstallMapResponse, LogPosition,
 };
+use shardedstore_node::client::kv::{KvClient, KvError, MapFetchError};
 use shardedstore_node::client::{AdminClient, AdminError};
 use shardedstore_node::map::{PartitionId, PartitionMap};
 use std::time::Duration;
@@ -18,21 +19,9 @@ const FETCH_MAP_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
 pub enum FetchMapError {
     #[error("building the HTTP client")]
-    BuildClient(#[source] reqwest::Error),
-    #[error("requesting GET /v1/map from {addr}")]
-    Send {
-        addr: String,
-        #[source]
-        source: reqwest::Error,
-    },
-    #[error("{addr} answered {status} to GET /v1/map")]
-    Status { addr: String, status: u16 },
-    #[error("decoding the map from {addr}")]
-    Decode {
-        addr: String,
-        #[source]
-        source: reqwest::Error,
-    },
+    BuildClient(#[source] KvError),
+    #[error(transparent)]
+    Fetch(#[from] MapFetchError),
 }
 
 /// The admin calls the coordinator makes, addressed by a node's peer address (`host:port`).
@@ -82,34 +71,15 @@ pub trait NodeTransport: Send + Sync {
     ) -> BoxFuture<'a, Result<PartitionMap, FetchMapError>>;
 }
 
-/// `GET /v1/map` on a node's client port. Only used while recovering a lost map, so a
-/// short-lived HTTP client is good enough.
+/// `GET /v1/map` on a node's client port, through the client library (the map is validated
+/// as every client validates it). Only used while recovering a lost map, so a short-lived
+/// client is good enough.
 async fn fetch_map_over_http(addr: &str) -> Result<PartitionMap, FetchMapError> {
-    let http = reqwest::Client::builder()
-        .timeout(FETCH_MAP_TIMEOUT)
+    let client = KvClient::builder(&[addr])
+        .request_timeout(FETCH_MAP_TIMEOUT)
         .build()
         .map_err(FetchMapError::BuildClient)?;
-    let resp = http
-        .get(format!("http://{addr}/v1/map"))
-        .send()
-        .await
-        .map_err(|source| FetchMapError::Send {
-            addr: addr.to_owned(),
-            source,
-        })?;
-    let status = resp.status();
-    if !status.is_success() {
-        return Err(FetchMapError::Status {
-            addr: addr.to_owned(),
-            status: status.as_u16(),
-        });
-    }
-    resp.json::<PartitionMap>()
-        .await
-        .map_err(|source| FetchMapError::Decode {
-            addr: addr.to_owned(),
-            source,
-        })
+    Ok(client.map_from(addr).await?)
 }
 
 impl NodeTransport for AdminClient {
