@@ -165,7 +165,9 @@ pub fn local_cluster_dir() -> PathBuf {
         .map_or_else(|| PathBuf::from("/tmp/shardedstore-cluster"), PathBuf::from)
 }
 
-fn run(mut cmd: Command, what: &str, input: Option<&str>) -> Result<String, E2eError> {
+/// Runs `cmd` (fed `input` on stdin, if any) and returns its stdout; a failure to start or a
+/// non-zero exit is an error naming `what` with the command's stderr.
+pub fn run(mut cmd: Command, what: &str, input: Option<&str>) -> Result<String, E2eError> {
     let spawn_error = |source| E2eError::Spawn {
         what: what.to_owned(),
         source,

@@ -28,18 +28,6 @@ pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 pub enum MultinodeError {
     #[error(transparent)]
     Cluster(#[from] E2eError),
-    #[error("running {what}")]
-    Spawn {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("`{what}` failed ({status}):\n{stderr}")]
-    CommandFailed {
-        what: String,
-        status: String,
-        stderr: String,
-    },
     #[error("not a multi-zone cluster: {0}")]
     NotMultiZone(String),
     #[error("malformed HTTP answer from inside a worker: {0:?}")]

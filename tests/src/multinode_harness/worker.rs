@@ -4,7 +4,7 @@
 
 use super::MultinodeError;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// Worker `index` of the local multi-node cluster (node `mn-worker-<index>`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,23 +71,9 @@ fn worker_script(args: &[&str]) -> Result<String, MultinodeError> {
         .join("hack")
         .join("multinode-worker.sh");
     let what = format!("hack/multinode-worker.sh {}", args.join(" "));
-    let output = Command::new("bash")
-        .arg(&script)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| MultinodeError::Spawn {
-            what: what.clone(),
-            source,
-        })?;
-    if !output.status.success() {
-        return Err(MultinodeError::CommandFailed {
-            what,
-            status: output.status.to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script).args(args);
+    Ok(crate::e2e_harness::run(cmd, &what, None)?)
 }
 
 #[cfg(test)]
