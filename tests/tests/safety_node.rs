@@ -8,7 +8,7 @@ use shardedstore_node::admin_api::{
     HandoffRequest, HeartbeatRequest, HeartbeatResponse, ReplicaRole,
 };
 use shardedstore_node::map::{PartitionMap, partition_of};
-use shardedstore_tests::node_harness::{Cluster, Heartbeater, NodeOptions, wait_until};
+use shardedstore_tests::node_harness::{Cluster, Heartbeater, NodeOptions, TaskGuard, wait_until};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -40,6 +40,34 @@ fn restart_with(cluster: &mut Cluster, i: usize, env: &[(&str, &PathBuf)]) -> an
     n.start()
 }
 
+/// A store of `nodes` nodes whose nodes `hooked` run with a test-only storage hook `hook`
+/// (a flag file per node), one partition replicated on all of them (min in-sync
+/// `min_in_sync`), heartbeated in the background, with a first write `first_key`
+/// acknowledged.
+async fn hooked_store(
+    nodes: usize,
+    min_in_sync: u32,
+    hook: &str,
+    hooked: &[(usize, &PathBuf)],
+    first_key: &str,
+) -> anyhow::Result<(Cluster, PartitionMap, TaskGuard)> {
+    let mut cluster = Cluster::start(nodes, options(2000))?;
+    for (i, flag) in hooked {
+        restart_with(&mut cluster, *i, &[(hook, flag)])?;
+    }
+    cluster.wait_healthy().await?;
+    let map = cluster.map_round_robin(1, nodes as u32, min_in_sync);
+    cluster.install(&map).await?;
+    let beats = cluster
+        .heartbeat_in_background(Duration::from_secs(4))
+        .await?;
+    let (status, _) = cluster
+        .put(0, first_key, first_key.as_bytes().to_vec())
+        .await?;
+    assert_eq!(status, 201, "{}", cluster.logs(20));
+    Ok((cluster, map, beats))
+}
+
 /// The next map version with `partition` at `epoch + 1` led by `primary`.
 fn failover(map: &PartitionMap, partition: usize, primary: &str) -> PartitionMap {
     let mut next = map.clone();
@@ -65,16 +93,7 @@ async fn beat(c: &Cluster, i: usize) -> anyhow::Result<HeartbeatResponse> {
 async fn a_restarted_primary_never_reuses_an_epoch_it_led() -> anyhow::Result<()> {
     let hooks = tempfile::tempdir()?;
     let stall = hooks.path().join("stall");
-    let mut cluster = Cluster::start(3, options(2000))?;
-    restart_with(&mut cluster, 0, &[(STALL, &stall)])?;
-    cluster.wait_healthy().await?;
-    let map = cluster.map_round_robin(1, 3, 2);
-    cluster.install(&map).await?;
-    let _beats = cluster
-        .heartbeat_in_background(Duration::from_secs(4))
-        .await?;
-    let (status, _) = cluster.put(0, "acked", b"acked".to_vec()).await?;
-    assert_eq!(status, 201, "{}", cluster.logs(20));
+    let (mut cluster, map, _beats) = hooked_store(3, 2, STALL, &[(0, &stall)], "acked").await?;
     let incarnation = beat(&cluster, 0).await?.incarnation;
 
     // node-0's fsync hangs: the entry reaches the followers' disks, not its own.
@@ -275,17 +294,8 @@ async fn hung_disks_show_in_heartbeats_and_stop_a_primary() -> anyhow::Result<()
     let hooks = tempfile::tempdir()?;
     let stall0 = hooks.path().join("stall-0");
     let stall1 = hooks.path().join("stall-1");
-    let mut cluster = Cluster::start(2, options(2000))?;
-    restart_with(&mut cluster, 0, &[(STALL, &stall0)])?;
-    restart_with(&mut cluster, 1, &[(STALL, &stall1)])?;
-    cluster.wait_healthy().await?;
-    let map = cluster.map_round_robin(1, 2, 1);
-    cluster.install(&map).await?;
-    let _beats = cluster
-        .heartbeat_in_background(Duration::from_secs(4))
-        .await?;
-    let (status, _) = cluster.put(0, "k", b"v".to_vec()).await?;
-    assert_eq!(status, 201, "{}", cluster.logs(20));
+    let (cluster, map, _beats) =
+        hooked_store(2, 1, STALL, &[(0, &stall0), (1, &stall1)], "k").await?;
 
     // The follower's disk hangs: the write stays pending, heartbeats still answer.
     std::fs::write(&stall1, b"")?;
@@ -359,16 +369,7 @@ async fn a_failed_commit_aborts_the_node_and_it_restarts_cleanly() -> anyhow::Re
     use std::os::unix::process::ExitStatusExt;
     let hooks = tempfile::tempdir()?;
     let fail = hooks.path().join("fail");
-    let mut cluster = Cluster::start(1, options(2000))?;
-    restart_with(&mut cluster, 0, &[(FAIL, &fail)])?;
-    cluster.wait_healthy().await?;
-    let map = cluster.map_round_robin(1, 1, 1);
-    cluster.install(&map).await?;
-    let _beats = cluster
-        .heartbeat_in_background(Duration::from_secs(4))
-        .await?;
-    let (status, _) = cluster.put(0, "acked", b"acked".to_vec()).await?;
-    assert_eq!(status, 201, "{}", cluster.logs(20));
+    let (mut cluster, map, _beats) = hooked_store(1, 1, FAIL, &[(0, &fail)], "acked").await?;
     std::fs::write(&fail, b"")?;
     let _ = cluster.put(0, "lost", b"never acked".to_vec()).await;
     let exit = cluster.nodes[0].wait_exit(Duration::from_secs(20)).await?;
