@@ -87,7 +87,9 @@ check "pod from a locally built image is Running and Ready"
 
 [[ "$(kc -n "$ns" get pvc data -o jsonpath='{.status.phase}')" == Bound ]] || die "claim is not Bound"
 pv="$(kc -n "$ns" get pvc data -o jsonpath='{.spec.volumeName}')"
-path="$(kc get pv "$pv" -o jsonpath='{.spec.hostPath.path}')"
+# The provisioner makes "local" volumes (the kubelet applies fsGroup to those).
+path="$(kc get pv "$pv" -o jsonpath='{.spec.local.path}')"
+[[ -n "$path" ]] || die "volume $pv has no local path"
 grep -q '^boot ' "$path/boots" || die "the pod's write is not in $path/boots"
 check "claim bound to $pv, the pod wrote $path/boots"
 
