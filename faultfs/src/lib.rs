@@ -23,9 +23,11 @@ mod inodes;
 mod mount;
 mod overlay;
 mod socket;
+mod stale;
 
 pub use command::{Command, CommandError};
 pub use error::FaultFsError;
 pub use faults::{Counters, FaultControl, Faults, PowerLoss};
 pub use mount::{FaultFs, fuse_unavailable};
 pub use socket::{send_command, serve_control};
+pub use stale::{FaultMount, faultfs_mounts, stale, sweep_stale_mounts};

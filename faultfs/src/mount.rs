@@ -82,7 +82,7 @@ impl FaultFs {
         })?;
         let mut config = Config::default();
         config.mount_options = vec![
-            MountOption::FSName(format!("faultfs:{}", backing.display())),
+            MountOption::FSName(crate::stale::source(std::process::id(), &backing)),
             MountOption::Subtype("faultfs".into()),
             MountOption::DefaultPermissions,
             MountOption::RW,

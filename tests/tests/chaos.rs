@@ -3,10 +3,12 @@
 //! - `CHAOS_SEEDS` seeds (default 100) from `CHAOS_FIRST_SEED` (default 1), or as many as fit
 //!   in `CHAOS_DURATION` (`90s`, `30m`, `2h`) when that is set;
 //! - `CHAOS_OUT` (default `target/chaos`): `summary.md` (rewritten after every seed, so a
-//!   stopped run still leaves its table) and `histories/` with the failing seeds' histories.
+//!   stopped run still leaves its table), `runs/seed-<n>.txt` with every seed's report (its
+//!   faults, what they did, the verdicts) and `histories/` with the failing seeds' histories.
 //!
-//! Partitions are drawn when `nft` is installed (the run needs root); with
-//! `SHARDEDSTORE_REQUIRE_TOOLS=1` a missing `nft` is an error.
+//! Partitions are drawn when `nft` is installed, disk faults and power losses when FUSE can
+//! be mounted (both need root); with `SHARDEDSTORE_REQUIRE_TOOLS=1` a missing `nft` or FUSE
+//! is an error.
 
 use shardedstore_tests::checker::RunConfig;
 use shardedstore_tests::checker::runner::run;
@@ -47,13 +49,16 @@ async fn chaos() -> anyhow::Result<()> {
         |_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/chaos"),
         PathBuf::from,
     );
-    std::fs::create_dir_all(&out)?;
+    let runs = out.join("runs");
+    std::fs::create_dir_all(&runs)?;
     let network = shardedstore_tests::tools::require_tool("nft").is_some();
+    let disk = shardedstore_tests::tools::require_fuse();
     let commit = commit();
     println!(
-        "chaos on {commit}: {} from seed {first}; partitions {}; output {}",
+        "chaos on {commit}: {} from seed {first}; partitions {}; disk faults {}; output {}",
         budget.map_or(format!("{seeds} seeds"), |b| format!("seeds for {b:?}")),
         if network { "on" } else { "off (no nft)" },
+        if disk { "on" } else { "off (no FUSE)" },
         out.display()
     );
     let started = Instant::now();
@@ -69,9 +74,15 @@ async fn chaos() -> anyhow::Result<()> {
         }
         let mut cfg = RunConfig::for_seed(seed);
         cfg.network = network;
+        cfg.disk = disk;
         cfg.history_dir = Some(out.join("histories"));
         let t = Instant::now();
         let result = run(&cfg).await.map_err(|e| format!("{e:#}"));
+        let text = match &result {
+            Ok(r) => r.render(),
+            Err(e) => format!("seed {seed}: DID NOT COMPLETE: {e}\n"),
+        };
+        std::fs::write(runs.join(format!("seed-{seed}.txt")), text)?;
         match &result {
             Ok(r) if r.failed() => println!("{}", r.render()),
             Ok(r) => println!(

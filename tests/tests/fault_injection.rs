@@ -1,7 +1,8 @@
 //! Fault injection with a linearizability checker (docs/fault-injection.md): concurrent clients on a
 //! few contended keys while a seeded nemesis kills nodes and the operator, freezes
-//! primaries past their lease, scales the store and (with nftables) cuts links, sometimes
-//! two faults at once; afterwards every key's history must be linearizable and every
+//! primaries past their lease, scales the store, (with nftables) cuts links and (with FUSE)
+//! hangs, slows, fills and fails nodes' disks and cuts the power of one node or of all,
+//! sometimes two faults at once; afterwards every key's history must be linearizable and every
 //! acknowledged probe write readable. Replay a seed with `SHARDEDSTORE_FAULT_SEED=<seed>
 //! make fault`; `make chaos` runs many seeds and prints a table.
 
@@ -13,12 +14,18 @@ fn network() -> bool {
     shardedstore_tests::tools::require_tool("nft").is_some()
 }
 
+/// Whether disk faults are drawn: FUSE can be mounted (required in CI).
+fn disk() -> bool {
+    shardedstore_tests::tools::require_fuse()
+}
+
 /// Runs one seed and fails with the rendered report unless every key is linearizable and
 /// no acknowledged write was lost. `SHARDEDSTORE_FAULT_CONDITIONAL=0` leaves conditional
 /// writes out of the workload.
-async fn run_seed(seed: u64, network: bool) -> anyhow::Result<RunReport> {
+async fn run_seed(seed: u64, network: bool, disk: bool) -> anyhow::Result<RunReport> {
     let mut cfg = RunConfig::for_seed(seed);
     cfg.network = network;
+    cfg.disk = disk;
     cfg.workload.conditional =
         std::env::var("SHARDEDSTORE_FAULT_CONDITIONAL").map_or(true, |v| v != "0");
     let report = run(&cfg).await?;
@@ -44,22 +51,23 @@ async fn run_seed(seed: u64, network: bool) -> anyhow::Result<RunReport> {
     Ok(report)
 }
 
-/// The fewest seeds whose schedules together draw every fault kind (every kind but the
-/// partitions when `nft` is missing outside CI).
+/// The fewest seeds whose schedules together draw every fault kind (outside CI, every kind
+/// but the partitions when `nft` is missing and the disk faults when FUSE is).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn histories_under_faults_are_linearizable_for_fixed_seeds() -> anyhow::Result<()> {
-    let network = network();
+    let (network, disk) = (network(), disk());
     let mut cfg = RunConfig::for_seed(0);
     cfg.network = network;
+    cfg.disk = disk;
     let kinds: Vec<Kind> = Kind::ALL
         .into_iter()
-        .filter(|k| network || !k.needs_network())
+        .filter(|k| (network || !k.needs_network()) && (disk || !k.needs_disk()))
         .collect();
     let seeds = covering_seeds(&cfg.nemesis(), &kinds, 500);
     println!("seeds {seeds:?} cover {kinds:?}");
     let mut seen = std::collections::BTreeSet::new();
     for seed in seeds {
-        seen.extend(run_seed(seed, network).await?.kinds.into_keys());
+        seen.extend(run_seed(seed, network, disk).await?.kinds.into_keys());
     }
     // Every kind must have been injected, not only scheduled.
     let missing: Vec<&Kind> = kinds.iter().filter(|k| !seen.contains(k)).collect();
@@ -83,10 +91,10 @@ async fn histories_under_faults_are_linearizable_for_many_seeds() -> anyhow::Res
             .as_secs(),
     };
     println!("seeds {first}..{}", first + count);
-    let network = network();
+    let (network, disk) = (network(), disk());
     let mut failed = Vec::new();
     for seed in first..first + count {
-        if let Err(e) = run_seed(seed, network).await {
+        if let Err(e) = run_seed(seed, network, disk).await {
             println!("{e:#}");
             failed.push(seed);
         }

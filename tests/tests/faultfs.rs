@@ -2,7 +2,8 @@
 //! mount: a frozen disk blocks fsync until thawed, an fsync delay slows fsync, a capacity
 //! gives ENOSPC, failing fsync/write give EIO, a power loss drops exactly the unsynced data,
 //! and a real `shardedstore-node` whose data directory is on the mount keeps every
-//! acknowledged write across a power loss. Needs root and /dev/fuse (else SKIPPED).
+//! acknowledged write across a power loss; the mount of a server killed with SIGKILL is
+//! swept. Needs root and /dev/fuse (else SKIPPED).
 
 use shardedstore_faultfs::{Command, FaultFs, send_command};
 use shardedstore_node::client::AdminClient;
@@ -474,5 +475,56 @@ fn the_binary_mounts_obeys_its_control_socket_and_unmounts_on_sigterm() -> anyho
         "still mounted after SIGTERM"
     );
     assert!(!socket.exists(), "control socket left behind");
+    Ok(())
+}
+
+#[test]
+fn mounts_of_a_killed_server_are_swept_and_live_ones_are_kept() -> anyhow::Result<()> {
+    if !require_fuse() {
+        return Ok(());
+    }
+    let (backing, mnt, ctl) = (
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    );
+    let socket = ctl.path().join("ctl.sock");
+    let mountpoint = mnt.path().canonicalize()?;
+    let child = std::process::Command::new(binary_path("shardedstore-faultfs")?)
+        .arg("mount")
+        .arg("--backing")
+        .arg(backing.path())
+        .arg("--mountpoint")
+        .arg(&mountpoint)
+        .arg("--control")
+        .arg(&socket)
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let mut server = ServerGuard { child, mountpoint };
+    wait_for("the control socket", || {
+        send_command(&socket, Command::Status).is_ok()
+    })?;
+    // A live mount of this process is never swept (nor the live server's). (Stale mounts
+    // of other dead runs on this machine may be swept along.)
+    let live = mount()?;
+    let swept = shardedstore_faultfs::sweep_stale_mounts()?;
+    assert!(
+        !swept.contains(&server.mountpoint) && !swept.iter().any(|m| m == live.fs.mountpoint()),
+        "{swept:?}"
+    );
+    assert!(is_mounted(&server.mountpoint) && is_mounted(live.fs.mountpoint()));
+    // SIGKILL: the server cannot unmount, the mount stays behind, dead.
+    server.child.kill()?;
+    server.child.wait()?;
+    assert!(is_mounted(&server.mountpoint), "the kernel unmounted it");
+    let swept = shardedstore_faultfs::sweep_stale_mounts()?;
+    assert!(swept.contains(&server.mountpoint), "{swept:?}");
+    assert!(
+        !is_mounted(&server.mountpoint),
+        "still mounted after the sweep"
+    );
+    assert!(is_mounted(live.fs.mountpoint()), "a live mount was swept");
+    std::fs::write(live.path("f"), b"still served")?;
+    assert_eq!(std::fs::read(live.path("f"))?, b"still served");
     Ok(())
 }

@@ -5,6 +5,7 @@
 use super::availability::{Window, worst_window};
 use super::check::{CheckLimits, KeyReport, KeyVerdict, check};
 use super::history::{Op, Outcome};
+use super::nemesis::disks::Disks;
 use super::nemesis::inject::{Env, Record};
 use super::nemesis::{Kind, NemesisConfig, schedule};
 use super::probe::Probes;
@@ -34,6 +35,9 @@ pub struct RunConfig {
     pub limits: CheckLimits,
     /// Give every process its own address and draw partitions (needs nftables and root).
     pub network: bool,
+    /// Put every node's data directory on its own faultfs mount and draw disk faults and
+    /// power losses (needs FUSE and root).
+    pub disk: bool,
     /// Where failing runs save their history (default: the system temp directory).
     pub history_dir: Option<PathBuf>,
 }
@@ -61,14 +65,17 @@ impl RunConfig {
             max_gap: Duration::from_millis(2500),
             limits: CheckLimits::default(),
             network: false,
+            disk: false,
             history_dir: None,
         }
     }
 
-    /// Like [`RunConfig::for_seed`], with partitions when `nft` is installed.
-    pub fn for_seed_with_network(seed: u64) -> Self {
+    /// Like [`RunConfig::for_seed`], with partitions when `nft` is installed and disk
+    /// faults when FUSE can be mounted.
+    pub fn for_seed_with_tools(seed: u64) -> Self {
         Self {
             network: crate::tools::find_tool("nft").is_some(),
+            disk: shardedstore_faultfs::fuse_unavailable().is_none(),
             ..Self::for_seed(seed)
         }
     }
@@ -84,6 +91,7 @@ impl RunConfig {
             min_gap: self.min_gap,
             max_gap: self.max_gap,
             network: self.network,
+            disk: self.disk,
         }
     }
 }
@@ -243,6 +251,13 @@ fn save(history: &[Op], seed: u64, dir: Option<&Path>) -> anyhow::Result<PathBuf
     Ok(path)
 }
 
+/// The store and the disks its nodes write to, dropped in this order: the processes die
+/// before their file systems are unmounted.
+struct Rig {
+    store: LocalStore,
+    disks: Option<Disks>,
+}
+
 /// Runs the workload under the seed's faults and checks the history.
 pub async fn run(cfg: &RunConfig) -> anyhow::Result<RunReport> {
     // The partition harness first: it sweeps rules left by dead runs before the store starts.
@@ -264,7 +279,19 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<RunReport> {
     } else {
         options
     };
-    let mut store = LocalStore::start(options).await?;
+    // The nodes' disks are mounted inside the store's data directory before it starts;
+    // `Rig` drops (kills) the store before it unmounts the disks.
+    let mut rig = Rig {
+        store: LocalStore::create(options)?,
+        disks: None,
+    };
+    if cfg.disk {
+        let disks = Disks::mount(rig.store.data_dir(), cfg.nemesis().max_nodes)?;
+        rig.disks = Some(disks);
+    }
+    rig.store.launch().await?;
+    let Rig { store, disks } = &mut rig;
+    let disks = disks.as_ref();
     let addrs = store.client_addrs(u32::from(MAX_NODES));
     let keys: Vec<String> = (0..cfg.workload.keys).map(key_name).collect();
     let clock = Instant::now();
@@ -304,9 +331,10 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<RunReport> {
         tokio::time::sleep(step.after).await;
         let at = clock.elapsed().as_millis() as u64;
         let mut env = Env {
-            store: &mut store,
+            store: &mut *store,
             keys: &keys,
             net: net.as_ref(),
+            disks,
             clock,
         };
         match env.step(&step.fault).await {
@@ -334,6 +362,9 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<RunReport> {
     // Heal: links back, the operator running, scaling undone; wait for every partition to
     // be fully in sync on the original nodes.
     let healed = async {
+        if let Some(disks) = disks {
+            disks.heal_all();
+        }
         if let Some(net) = &net {
             net.heal_all()?;
         }

@@ -2,10 +2,12 @@
 //! start every part of the fault, hold it, heal it in reverse order. Each step returns a
 //! [`Record`] naming the nodes it made unhealthy and when, for the availability report.
 
-use super::{Fault, Kind, Role, Shape, fault_time};
+use super::disks::Disks;
+use super::{DiskFault, Fault, Kind, Role, Shape, fault_time};
 use crate::local_harness::LocalStore;
 use crate::netfault::{Cut, NetFaults};
 use crate::node_harness::wait_until;
+use shardedstore_faultfs::FaultControl;
 use shardedstore_node::map::{PartitionEntry, PartitionMap};
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -17,6 +19,8 @@ pub struct Env<'a> {
     pub keys: &'a [String],
     /// The partition harness (required by partition faults).
     pub net: Option<&'a NetFaults>,
+    /// The nodes' faultfs disks (required by disk faults and power losses).
+    pub disks: Option<&'a Disks>,
     /// Start of the run: record times are milliseconds since then.
     pub clock: Instant,
 }
@@ -54,6 +58,7 @@ enum Undo {
     Continue(#[allow(dead_code)] Continue),
     RestartOperator,
     Heal(Vec<Cut>),
+    HealDisk(FaultControl),
 }
 
 /// A started part of a fault.
@@ -113,6 +118,11 @@ impl Env<'_> {
     fn net(&self) -> anyhow::Result<&NetFaults> {
         self.net
             .ok_or_else(|| anyhow::anyhow!("partition faults need the netfault harness"))
+    }
+
+    fn disks(&self) -> anyhow::Result<&Disks> {
+        self.disks
+            .ok_or_else(|| anyhow::anyhow!("disk faults need the nodes' data on faultfs"))
     }
 
     fn operator_host(&self) -> anyhow::Result<Ipv4Addr> {
@@ -255,6 +265,101 @@ impl Env<'_> {
                     undo: Undo::Heal(cuts),
                 })
             }
+            Fault::Disk {
+                key,
+                role,
+                disk,
+                millis,
+            } => {
+                let node = resolve(entry(&self.map()?, self.key(*key))?, *role)?;
+                let disks = self.disks()?;
+                let control = disks.control(&node)?;
+                let what = match *disk {
+                    DiskFault::Hang => {
+                        control.freeze();
+                        "hang the disk of".to_owned()
+                    }
+                    DiskFault::SlowFsync { millis } => {
+                        control.set_fsync_delay(Duration::from_millis(millis));
+                        format!("fsync +{millis} ms on the disk of")
+                    }
+                    DiskFault::Full { slack } => {
+                        let capacity = disks.used_bytes(&node)? + slack;
+                        control.set_capacity(Some(capacity));
+                        format!("ENOSPC beyond {capacity} bytes on the disk of")
+                    }
+                    DiskFault::FsyncEio => {
+                        control.fail_fsync(true);
+                        "EIO on every fsync on the disk of".to_owned()
+                    }
+                };
+                // A slow disk leaves the node healthy: the store should keep serving.
+                let slow = matches!(disk, DiskFault::SlowFsync { .. });
+                Ok(Active {
+                    what: format!(
+                        "{what} {node} for {millis} ms ({role:?} of {})",
+                        self.key(*key)
+                    ),
+                    nodes: if slow { Vec::new() } else { vec![(node, hold)] },
+                    undo: Undo::HealDisk(control),
+                })
+            }
+            Fault::PowerLoss { key, role } => {
+                let node = resolve(entry(&self.map()?, self.key(*key))?, *role)?;
+                let control = self.disks()?.control(&node)?;
+                let pid = self.pid(&node).await?;
+                // SIGKILL, then drop the unsynced data at once: the supervisor reaps and
+                // restarts the node later (restart delay), on what its disk kept.
+                signal(pid, "KILL")?;
+                let lost = control.power_loss();
+                let down = Duration::from_millis(self.store.options.restart_delay_ms);
+                Ok(Active {
+                    what: format!(
+                        "power loss of {node} ({role:?} of {}): {} unsynced bytes in {} files dropped",
+                        self.key(*key),
+                        lost.bytes,
+                        lost.files
+                    ),
+                    nodes: vec![(node, down)],
+                    undo: Undo::Nothing,
+                })
+            }
+            Fault::PowerLossAll => {
+                let disks = self.disks()?;
+                let status = self
+                    .store
+                    .status()
+                    .await
+                    .ok_or_else(|| anyhow::anyhow!("control endpoint not answering"))?;
+                let nodes: Vec<(String, u32)> = status
+                    .endpoints
+                    .iter()
+                    .filter_map(|e| Some((e.id.clone(), e.pid?)))
+                    .collect();
+                // Every node dies before any disk loses its data, as in one power cut (a
+                // node that already died is down anyway).
+                let nodes: Vec<(String, u32)> = nodes
+                    .into_iter()
+                    .filter(|(_, pid)| signal(*pid, "KILL").is_ok())
+                    .collect();
+                anyhow::ensure!(!nodes.is_empty(), "no running node to cut the power of");
+                let (mut files, mut bytes) = (0, 0);
+                for (_, control) in disks.all() {
+                    let lost = control.power_loss();
+                    files += lost.files;
+                    bytes += lost.bytes;
+                }
+                let down = Duration::from_millis(self.store.options.restart_delay_ms);
+                let ids: Vec<&str> = nodes.iter().map(|(id, _)| id.as_str()).collect();
+                Ok(Active {
+                    what: format!(
+                        "power loss of every node ({}): {bytes} unsynced bytes in {files} files dropped",
+                        ids.join(", ")
+                    ),
+                    nodes: nodes.iter().map(|(id, _)| (id.clone(), down)).collect(),
+                    undo: Undo::Nothing,
+                })
+            }
             Fault::Overlap(..) => anyhow::bail!("an overlap is not a single part"),
         }
     }
@@ -277,6 +382,10 @@ impl Env<'_> {
                     },
                 )
                 .await?;
+                Ok(())
+            }
+            Undo::HealDisk(control) => {
+                control.heal();
                 Ok(())
             }
             Undo::Heal(cuts) => {

@@ -7,131 +7,15 @@
 //! Victims are named by role ("the primary of key 3's partition", "its second in-sync
 //! follower") and resolved against the map when the fault starts.
 
+pub mod disks;
+mod fault;
 pub mod inject;
+
+pub use fault::{DiskFault, Fault, Kind, Role, Shape, fault_time};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::time::Duration;
-
-/// Which replica of a key's partition a fault hits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Primary,
-    /// The `n`-th in-sync follower (modulo their number).
-    Follower(u32),
-}
-
-/// How a partition cuts the network (see `netfault::Cut`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Shape {
-    /// The node is cut from every other node and from the operator (clients still reach it).
-    Isolate { role: Role },
-    /// The primary cannot open connections to one in-sync follower; the follower still
-    /// reaches the primary.
-    PrimaryToFollower { follower: u32 },
-    /// The operator and the node cannot reach each other.
-    OperatorFrom { role: Role },
-    /// Packets from the primary to one follower are lost (or the other way round).
-    OneWay { follower: u32, to_follower: bool },
-}
-
-/// One fault.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Fault {
-    /// `kill -9` the node holding `role` for key number `key`.
-    KillNode { key: usize, role: Role },
-    /// SIGSTOP that node for `millis`, then SIGCONT: longer than the lease, so a frozen
-    /// primary is failed over while it is still alive.
-    PauseNode { key: usize, role: Role, millis: u64 },
-    /// `kill -9` the operator, keep it down for `millis`, restart it on the same data dir.
-    KillOperator { millis: u64 },
-    /// Ask the control endpoint for `nodes` nodes (moves partitions under load).
-    Scale { nodes: u32 },
-    /// Cut links around the replicas of key number `key`'s partition for `millis`.
-    Partition {
-        key: usize,
-        shape: Shape,
-        millis: u64,
-    },
-    /// Two faults at once: `first` starts, then `second`; both are held for the longer of
-    /// their times, then `second` heals, then `first`.
-    Overlap(Box<Fault>, Box<Fault>),
-}
-
-/// The kind of a fault, for counting (the `make chaos` table has one column per kind).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Kind {
-    Kill,
-    Pause,
-    OperatorKill,
-    Scale,
-    Isolate,
-    PrimaryToFollower,
-    OperatorCut,
-    OneWay,
-    Overlap,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 9] = [
-        Kind::Kill,
-        Kind::Pause,
-        Kind::OperatorKill,
-        Kind::Scale,
-        Kind::Isolate,
-        Kind::PrimaryToFollower,
-        Kind::OperatorCut,
-        Kind::OneWay,
-        Kind::Overlap,
-    ];
-
-    /// Short name used in tables and logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Kill => "kill",
-            Kind::Pause => "pause",
-            Kind::OperatorKill => "op-kill",
-            Kind::Scale => "scale",
-            Kind::Isolate => "isolate",
-            Kind::PrimaryToFollower => "p->f",
-            Kind::OperatorCut => "op-cut",
-            Kind::OneWay => "one-way",
-            Kind::Overlap => "overlap",
-        }
-    }
-
-    /// Whether the kind needs the partition harness (nftables).
-    pub fn needs_network(self) -> bool {
-        matches!(
-            self,
-            Kind::Isolate | Kind::PrimaryToFollower | Kind::OperatorCut | Kind::OneWay
-        )
-    }
-}
-
-impl Fault {
-    /// The kinds this fault exercises (an overlap counts as itself and as both parts).
-    pub fn kinds(&self) -> Vec<Kind> {
-        match self {
-            Fault::KillNode { .. } => vec![Kind::Kill],
-            Fault::PauseNode { .. } => vec![Kind::Pause],
-            Fault::KillOperator { .. } => vec![Kind::OperatorKill],
-            Fault::Scale { .. } => vec![Kind::Scale],
-            Fault::Partition { shape, .. } => vec![match shape {
-                Shape::Isolate { .. } => Kind::Isolate,
-                Shape::PrimaryToFollower { .. } => Kind::PrimaryToFollower,
-                Shape::OperatorFrom { .. } => Kind::OperatorCut,
-                Shape::OneWay { .. } => Kind::OneWay,
-            }],
-            Fault::Overlap(a, b) => {
-                let mut k = vec![Kind::Overlap];
-                k.extend(a.kinds());
-                k.extend(b.kinds());
-                k
-            }
-        }
-    }
-}
 
 /// One step of a schedule: wait `after`, then inject `fault`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,18 +37,9 @@ pub struct NemesisConfig {
     pub max_gap: Duration,
     /// Draw partitions (needs nftables and root).
     pub network: bool,
-}
-
-/// How long a fault keeps the store disturbed before the nemesis moves on (scale steps
-/// return at once; the moves run under the following faults).
-pub fn fault_time(fault: &Fault) -> Duration {
-    match fault {
-        Fault::PauseNode { millis, .. }
-        | Fault::KillOperator { millis }
-        | Fault::Partition { millis, .. } => Duration::from_millis(*millis),
-        Fault::KillNode { .. } | Fault::Scale { .. } => Duration::ZERO,
-        Fault::Overlap(a, b) => fault_time(a).max(fault_time(b)),
-    }
+    /// Draw disk faults and power losses (needs the nodes' data directories on faultfs
+    /// mounts: FUSE and root).
+    pub disk: bool,
 }
 
 /// Draws the parts of one schedule; `nodes` tracks scaling so scale steps alternate.
@@ -218,12 +93,48 @@ impl Draw<'_> {
         }
     }
 
-    /// A single fault (no overlap).
+    fn key(&mut self) -> usize {
+        self.rng.random_range(0..self.cfg.keys.max(1))
+    }
+
+    /// A disk fault on one replica of a key's partition: a hang, a full disk and failing
+    /// fsyncs last past the lease; a slow disk (20-400 ms per fsync) from 1 s to three leases.
+    fn disk(&mut self) -> Fault {
+        let (key, role) = (self.key(), self.role());
+        let lease = self.cfg.lease.as_millis() as u64;
+        let (disk, millis) = match self.rng.random_range(0..4u32) {
+            0 => (DiskFault::Hang, self.past_lease()),
+            1 => (
+                DiskFault::SlowFsync {
+                    millis: self.rng.random_range(20..=400),
+                },
+                self.rng.random_range(1000..=3 * lease.max(1000)),
+            ),
+            2 => (
+                DiskFault::Full {
+                    slack: self.rng.random_range(0..=256 * 1024),
+                },
+                self.past_lease(),
+            ),
+            _ => (DiskFault::FsyncEio, self.past_lease()),
+        };
+        Fault::Disk {
+            key,
+            role,
+            disk,
+            millis,
+        }
+    }
+
+    /// A single fault (no overlap). Weights: kill 20, pause 15, operator kill 15, scale 15,
+    /// with the partition harness partitions 35, with faultfs disk faults 32, power loss of
+    /// one node 8 and of all nodes 4.
     fn single(&mut self) -> Fault {
-        let key = self.rng.random_range(0..self.cfg.keys.max(1));
-        let role = self.role();
+        let (key, role) = (self.key(), self.role());
         let network = if self.cfg.network { 35 } else { 0 };
-        match self.rng.random_range(0..65 + network) {
+        let disk = if self.cfg.disk { 44 } else { 0 };
+        let n = self.rng.random_range(0..65 + network + disk);
+        match n {
             0..20 => Fault::KillNode { key, role },
             20..35 => Fault::PauseNode {
                 key,
@@ -234,33 +145,40 @@ impl Draw<'_> {
                 millis: self.rng.random_range(200..=2000),
             },
             50..65 => self.scale(),
-            _ => self.partition(),
+            _ if n < 65 + network => self.partition(),
+            _ => match n - 65 - network {
+                0..32 => self.disk(),
+                32..40 => Fault::PowerLoss { key, role },
+                _ => Fault::PowerLossAll,
+            },
         }
     }
 
-    /// Two faults at once: a move, a kill or a pause, with a partition (or, without the
-    /// partition harness, a pause) on top.
+    fn pause(&mut self) -> Fault {
+        Fault::PauseNode {
+            key: self.key(),
+            role: self.role(),
+            millis: self.past_lease(),
+        }
+    }
+
+    /// Two faults at once: a move, a kill, a pause or (with faultfs) a disk fault, with a
+    /// partition or a disk fault on top (a pause when neither harness is there).
     fn overlap(&mut self) -> Fault {
-        let first = match self.rng.random_range(0..3u32) {
+        let first = match self.rng.random_range(0..4u32) {
             0 => self.scale(),
             1 => Fault::KillNode {
-                key: self.rng.random_range(0..self.cfg.keys.max(1)),
+                key: self.key(),
                 role: self.role(),
             },
-            _ => Fault::PauseNode {
-                key: self.rng.random_range(0..self.cfg.keys.max(1)),
-                role: self.role(),
-                millis: self.past_lease(),
-            },
+            3 if self.cfg.disk => self.disk(),
+            _ => self.pause(),
         };
-        let second = if self.cfg.network {
-            self.partition()
-        } else {
-            Fault::PauseNode {
-                key: self.rng.random_range(0..self.cfg.keys.max(1)),
-                role: self.role(),
-                millis: self.past_lease(),
-            }
+        let second = match (self.cfg.network, self.cfg.disk) {
+            (true, true) if self.rng.random_bool(0.5) => self.partition(),
+            (true, true) | (false, true) => self.disk(),
+            (true, false) => self.partition(),
+            (false, false) => self.pause(),
         };
         Fault::Overlap(Box::new(first), Box::new(second))
     }

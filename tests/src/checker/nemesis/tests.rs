@@ -3,6 +3,10 @@
 use super::*;
 
 fn cfg(network: bool) -> NemesisConfig {
+    with_tools(network, true)
+}
+
+fn with_tools(network: bool, disk: bool) -> NemesisConfig {
     NemesisConfig {
         keys: 5,
         base_nodes: 3,
@@ -12,6 +16,7 @@ fn cfg(network: bool) -> NemesisConfig {
         min_gap: Duration::from_millis(500),
         max_gap: Duration::from_millis(3000),
         network,
+        disk,
     }
 }
 
@@ -34,7 +39,26 @@ fn check_bounds(f: &Fault, c: &NemesisConfig) {
             assert!(*millis > 2000, "must outlast the lease: {f:?}");
             assert!(*key < c.keys);
         }
-        Fault::KillNode { key, .. } => assert!(*key < c.keys),
+        Fault::KillNode { key, .. } | Fault::PowerLoss { key, .. } => assert!(*key < c.keys),
+        Fault::Disk {
+            key, disk, millis, ..
+        } => {
+            assert!(*key < c.keys);
+            match disk {
+                DiskFault::SlowFsync { millis: d } => {
+                    assert!((20..=400).contains(d), "{f:?}");
+                    assert!(*millis >= 1000, "{f:?}");
+                }
+                DiskFault::Full { slack } => {
+                    assert!(*slack <= 256 * 1024, "{f:?}");
+                    assert!(*millis > 2000, "must outlast the lease: {f:?}");
+                }
+                DiskFault::Hang | DiskFault::FsyncEio => {
+                    assert!(*millis > 2000, "must outlast the lease: {f:?}")
+                }
+            }
+        }
+        Fault::PowerLossAll => {}
         Fault::Scale { nodes } => assert!((3..=4).contains(nodes)),
         Fault::KillOperator { millis } => assert!(*millis <= 2000),
         Fault::Overlap(a, b) => {
@@ -101,6 +125,26 @@ fn without_the_partition_harness_no_partition_is_drawn() {
 }
 
 #[test]
+fn without_faultfs_no_disk_fault_is_drawn_and_with_it_both_power_losses_are() {
+    let c = with_tools(true, false);
+    for f in (0..100).flat_map(|s| schedule(s, &c)).map(|s| s.fault) {
+        assert!(
+            f.kinds().iter().all(|k| !k.needs_disk()),
+            "{f:?} needs faultfs"
+        );
+    }
+    let all = all_faults(false, 50);
+    assert!(all.iter().any(|f| matches!(f, Fault::PowerLoss { .. })));
+    assert!(all.iter().any(|f| matches!(f, Fault::PowerLossAll)));
+    // A disk fault during a move, and a disk fault together with a partition.
+    let all = all_faults(true, 100);
+    assert!(all.iter().any(|f| matches!(f, Fault::Overlap(a, b)
+        if matches!(**a, Fault::Scale { .. }) && matches!(**b, Fault::Disk { .. }))));
+    assert!(all.iter().any(|f| matches!(f, Fault::Overlap(a, b)
+        if matches!(**a, Fault::Disk { .. }) && matches!(**b, Fault::Partition { .. }))));
+}
+
+#[test]
 fn covering_seeds_together_draw_every_kind() {
     let c = cfg(true);
     let seeds = covering_seeds(&c, &Kind::ALL, 200);
@@ -114,5 +158,5 @@ fn covering_seeds_together_draw_every_kind() {
         Kind::ALL.len(),
         "seeds {seeds:?} cover {kinds:?}"
     );
-    assert!(seeds.len() <= 4, "{seeds:?}");
+    assert!(seeds.len() <= 6, "{seeds:?}");
 }
