@@ -48,7 +48,8 @@ fault: build
 
 ## Chaos: CHAOS_SEEDS seeds (default 100) from CHAOS_FIRST_SEED (default 1), or as many as fit
 ## in CHAOS_DURATION (e.g. 30m); table in CHAOS_OUT (default target/chaos)/summary.md, failing
-## seeds' histories in CHAOS_OUT/histories. Partitions need root and nft.
+## seeds' histories in CHAOS_OUT/histories, every seed's report in CHAOS_OUT/runs. Partitions
+## need root and nft, disk faults and power losses root and /dev/fuse (docs/reliability.md).
 chaos: build
 	$(CARGO) test -p shardedstore-tests --test chaos chaos -- --ignored --nocapture
 
