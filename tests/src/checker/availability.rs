@@ -3,7 +3,9 @@
 //! partition's replicas were healthy (not killed, frozen or cut off by the nemesis), and
 //! the faults active around it.
 
+use super::nemesis::Kind;
 use super::nemesis::inject::Record;
+use std::collections::BTreeMap;
 
 /// One probe write: a unique key of `partition`, acknowledged (`ok`) or not.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +72,40 @@ fn majority_healthy(
     healthy * 2 > replicas.len()
 }
 
+/// The stretches between acknowledged probe writes of `partition` (and the ends of `span`).
+fn gaps(partition: u32, probes: &[ProbeOp], span: (u64, u64)) -> Vec<(u64, u64)> {
+    let mut marks: Vec<u64> = probes
+        .iter()
+        .filter(|o| o.partition == partition && o.ok)
+        .map(|o| o.complete_ms.clamp(span.0, span.1))
+        .collect();
+    marks.push(span.0);
+    marks.push(span.1);
+    marks.sort_unstable();
+    marks.windows(2).map(|w| (w[0], w[1])).collect()
+}
+
+/// Time within `a..b` during which a majority of `partition`'s replicas was healthy.
+fn unavailable(
+    partition: u32,
+    (a, b): (u64, u64),
+    samples: &[ReplicaSample],
+    records: &[Record],
+) -> u64 {
+    (a..b)
+        .step_by(STEP_MS as usize)
+        .filter(|t| majority_healthy(partition as usize, *t, samples, records))
+        .count() as u64
+        * STEP_MS
+}
+
+/// The faults active within a second before `from..to` or during it.
+fn around(records: &[Record], (from, to): (u64, u64)) -> impl Iterator<Item = &Record> {
+    records
+        .iter()
+        .filter(move |r| r.start_ms <= to && r.end_ms + CAUSE_LEAD_MS >= from)
+}
+
 /// The longest unavailability over all partitions within `span` (ms since the run start).
 pub fn worst_window(
     partitions: u32,
@@ -80,21 +116,8 @@ pub fn worst_window(
 ) -> Option<Window> {
     let mut worst: Option<Window> = None;
     for p in 0..partitions {
-        let mut marks: Vec<u64> = probes
-            .iter()
-            .filter(|o| o.partition == p && o.ok)
-            .map(|o| o.complete_ms.clamp(span.0, span.1))
-            .collect();
-        marks.push(span.0);
-        marks.push(span.1);
-        marks.sort_unstable();
-        for w in marks.windows(2) {
-            let (a, b) = (w[0], w[1]);
-            let unavailable = (a..b)
-                .step_by(STEP_MS as usize)
-                .filter(|t| majority_healthy(p as usize, *t, samples, records))
-                .count() as u64
-                * STEP_MS;
+        for (a, b) in gaps(p, probes, span) {
+            let unavailable = unavailable(p, (a, b), samples, records);
             if worst
                 .as_ref()
                 .is_none_or(|x| unavailable > x.unavailable_ms)
@@ -110,13 +133,37 @@ pub fn worst_window(
         }
     }
     worst.map(|mut w| {
-        w.causes = records
-            .iter()
-            .filter(|r| r.start_ms <= w.to_ms && r.end_ms + CAUSE_LEAD_MS >= w.from_ms)
+        w.causes = around(records, (w.from_ms, w.to_ms))
             .map(|r| format!("{} ms {}", r.start_ms, r.what))
             .collect();
         w
     })
+}
+
+/// For every fault kind injected, the longest unavailability (as in [`worst_window`]) of a
+/// stretch that a fault of that kind was active around: how long each kind of fault kept a
+/// partition from taking writes while a majority of its replicas was healthy.
+pub fn worst_by_kind(
+    partitions: u32,
+    probes: &[ProbeOp],
+    samples: &[ReplicaSample],
+    records: &[Record],
+    span: (u64, u64),
+) -> BTreeMap<Kind, u64> {
+    let mut worst: BTreeMap<Kind, u64> = records
+        .iter()
+        .flat_map(|r| r.kinds.iter().map(|k| (*k, 0)))
+        .collect();
+    for p in 0..partitions {
+        for gap in gaps(p, probes, span) {
+            let unavailable = unavailable(p, gap, samples, records);
+            for k in around(records, gap).flat_map(|r| &r.kinds) {
+                let w = worst.entry(*k).or_insert(0);
+                *w = (*w).max(unavailable);
+            }
+        }
+    }
+    worst
 }
 
 #[cfg(test)]
@@ -182,6 +229,32 @@ mod tests {
             .unwrap_or_else(|| panic!("no window"));
         assert_eq!((w.from_ms, w.to_ms), (1000, 5000));
         assert_eq!(w.unavailable_ms, 1000);
+    }
+
+    #[test]
+    fn each_kind_is_charged_the_worst_stretch_it_was_active_around() {
+        let mut probes: Vec<ProbeOp> = (0..=10).map(|i| ok(0, i * 100)).collect();
+        probes.extend((30..=60).map(|i| ok(0, i * 100)));
+        probes.extend((90..=100).map(|i| ok(0, i * 100)));
+        let mut kill = record(1100, 1200, &["a"]);
+        kill.kinds = vec![Kind::Kill];
+        let mut hang = record(6500, 6600, &["b"]);
+        hang.kinds = vec![Kind::Overlap, Kind::DiskHang, Kind::Isolate];
+        let mut scale = record(4000, 4000, &[]);
+        scale.kinds = vec![Kind::Scale];
+        let w = worst_by_kind(1, &probes, &sample(), &[kill, hang, scale], (0, 10_000));
+        // kill: the 1000..3000 gap; the hang and the isolation of the overlap: 6000..9000; the
+        // scale step happened while writes went on (gaps of 100 ms around it).
+        let expect: BTreeMap<Kind, u64> = [
+            (Kind::Kill, 2000),
+            (Kind::Overlap, 3000),
+            (Kind::DiskHang, 3000),
+            (Kind::Isolate, 3000),
+            (Kind::Scale, 100),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(w, expect);
     }
 
     #[test]

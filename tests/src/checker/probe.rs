@@ -151,3 +151,37 @@ impl Probes {
         report
     }
 }
+
+/// Reads back every acknowledged probe write after healing (a read that fails is retried for
+/// up to 5 s) and describes each one that is not there with its value: `<key>: absent`,
+/// `<key>: holds <v>, acknowledged <w>`, or `<key>: unreadable (<error>)`.
+pub async fn verify(client: &KvClient, acked: &[(String, String)]) -> Vec<String> {
+    let mut lost = Vec::new();
+    for (key, value) in acked {
+        let mut last_error = String::new();
+        let mut found = None;
+        for _ in 0..20 {
+            match client.get(key).await {
+                Ok(v) => {
+                    found = Some(v);
+                    break;
+                }
+                Err(e) => {
+                    last_error = e.to_string();
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+        match found {
+            Some(Some(v)) if v.value.as_ref() == value.as_bytes() => {}
+            Some(Some(v)) => lost.push(format!(
+                "{key}: holds {:?} @{}, acknowledged {value:?}",
+                String::from_utf8_lossy(&v.value),
+                v.version
+            )),
+            Some(None) => lost.push(format!("{key}: absent")),
+            None => lost.push(format!("{key}: unreadable ({last_error})")),
+        }
+    }
+    lost
+}

@@ -2,15 +2,15 @@
 //! nemesis plays the seed's schedule, heal everything, wait until every partition is in
 //! sync, read every key, and check the history key by key.
 
-use super::availability::{Window, worst_window};
+use super::availability::{Window, worst_by_kind, worst_window};
 use super::check::{CheckLimits, KeyReport, KeyVerdict, check};
 use super::history::{Op, Outcome};
 use super::nemesis::disks::Disks;
 use super::nemesis::inject::{Env, Record};
 use super::nemesis::{Kind, NemesisConfig, schedule};
-use super::probe::Probes;
+use super::probe::{Probes, verify};
 use super::workload::{WorkloadConfig, build_client, client_loop, final_read, key_name};
-use crate::local_harness::{LocalOptions, LocalStore, MAX_NODES, lost_writes};
+use crate::local_harness::{LocalOptions, LocalStore, MAX_NODES};
 use crate::netfault::NetFaults;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -120,11 +120,13 @@ pub struct RunReport {
     pub keys: Vec<KeyReport>,
     /// Acknowledged probe writes.
     pub probe_acked: usize,
-    /// Acknowledged probe writes missing or wrong after healing.
+    /// Acknowledged probe writes missing, wrong or unreadable after healing (described).
     pub lost: Vec<String>,
     /// The longest time a partition took no write while a majority of its replicas were
     /// healthy, and the faults around it.
     pub worst: Option<Window>,
+    /// Per fault kind injected, the longest such unavailability it was active around (ms).
+    pub worst_by_kind: BTreeMap<Kind, u64>,
     /// Where the full history was saved (only when a key failed the check).
     pub history_file: Option<PathBuf>,
 }
@@ -186,6 +188,14 @@ impl RunReport {
                 w.to_ms,
                 w.causes.join("; ")
             );
+        }
+        if !self.worst_by_kind.is_empty() {
+            let by_kind: Vec<String> = self
+                .worst_by_kind
+                .iter()
+                .map(|(k, ms)| format!("{} {ms} ms", k.name()))
+                .collect();
+            let _ = writeln!(s, "  worst unavailability by kind: {}", by_kind.join(", "));
         }
         for k in &self.keys {
             let _ = match &k.verdict {
@@ -249,6 +259,25 @@ fn save(history: &[Op], seed: u64, dir: Option<&Path>) -> anyhow::Result<PathBuf
     }
     std::fs::write(&path, text)?;
     Ok(path)
+}
+
+/// Copies the store's logs (operator and nodes) and its map next to a failing run's
+/// history, into `shardedstore-fault-seed-<seed>-logs/`.
+fn save_logs(data_dir: &Path, seed: u64, dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let dir = dir.map_or_else(std::env::temp_dir, Path::to_path_buf);
+    let to = dir.join(format!("shardedstore-fault-seed-{seed}-logs"));
+    std::fs::create_dir_all(&to)?;
+    for entry in std::fs::read_dir(data_dir)? {
+        let path = entry?.path();
+        let keep = path.extension().is_some_and(|e| e == "log" || e == "json");
+        if keep
+            && path.is_file()
+            && let Some(name) = path.file_name()
+        {
+            std::fs::copy(&path, to.join(name))?;
+        }
+    }
+    Ok(to)
 }
 
 /// The store and the disks its nodes write to, dropped in this order: the processes die
@@ -400,7 +429,7 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<RunReport> {
             store.log_tail(40)
         );
     }
-    let lost = lost_writes(&store.client()?, &probe.acked).await;
+    let lost = verify(&store.client()?, &probe.acked).await;
 
     let keys_report = check(&history, cfg.limits);
     let failed = !lost.is_empty()
@@ -408,6 +437,8 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<RunReport> {
             .iter()
             .any(|k| !matches!(k.verdict, KeyVerdict::Linearizable));
     let history_file = if failed {
+        let logs = save_logs(store.data_dir(), cfg.seed, cfg.history_dir.as_deref())?;
+        eprintln!("seed {}: logs saved to {}", cfg.seed, logs.display());
         Some(save(&history, cfg.seed, cfg.history_dir.as_deref())?)
     } else {
         None
@@ -416,13 +447,9 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<RunReport> {
     for k in records.iter().flat_map(|r| &r.kinds) {
         *kinds.entry(*k).or_insert(0) += 1;
     }
-    let worst = worst_window(
-        cfg.partitions,
-        &probe.ops,
-        &probe.samples,
-        &records,
-        (0, span_end),
-    );
+    let span = (0, span_end);
+    let worst = worst_window(cfg.partitions, &probe.ops, &probe.samples, &records, span);
+    let worst_by_kind = worst_by_kind(cfg.partitions, &probe.ops, &probe.samples, &records, span);
     Ok(RunReport {
         seed: cfg.seed,
         counts: count(&history),
@@ -433,6 +460,7 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<RunReport> {
         probe_acked: probe.acked.len(),
         lost,
         worst,
+        worst_by_kind,
         history_file,
     })
 }

@@ -22,6 +22,8 @@ pub struct Summary {
     pub probe_acked: usize,
     /// The worst unavailability and its seed.
     pub worst: Option<(u64, Window)>,
+    /// Per fault kind, the worst unavailability it was active around (ms).
+    pub worst_by_kind: BTreeMap<Kind, u64>,
     /// Seeds that found something (violation, anomaly, unknown verdict, lost write).
     pub failing: Vec<u64>,
     /// Seeds whose run did not complete (the store did not heal, a final read never
@@ -44,6 +46,10 @@ impl Summary {
             *self.kinds.entry(*k).or_insert(0) += n;
         }
         self.not_injected += r.not_injected;
+        for (k, ms) in &r.worst_by_kind {
+            let w = self.worst_by_kind.entry(*k).or_insert(0);
+            *w = (*w).max(*ms);
+        }
         for k in &r.keys {
             self.ops_checked += k.relevant;
             match k.verdict {
@@ -107,13 +113,27 @@ impl Summary {
         );
         let _ = writeln!(s);
         let names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
-        let _ = writeln!(s, "| {} | not injected |", names.join(" | "));
-        let _ = writeln!(s, "|{}---|", "---|".repeat(names.len()));
+        let _ = writeln!(s, "| | {} | not injected |", names.join(" | "));
+        let _ = writeln!(s, "|---|{}---|", "---|".repeat(names.len()));
         let counts: Vec<String> = Kind::ALL
             .iter()
             .map(|k| self.kinds.get(k).copied().unwrap_or(0).to_string())
             .collect();
-        let _ = writeln!(s, "| {} | {} |", counts.join(" | "), self.not_injected);
+        let _ = writeln!(
+            s,
+            "| injected | {} | {} |",
+            counts.join(" | "),
+            self.not_injected
+        );
+        let worst: Vec<String> = Kind::ALL
+            .iter()
+            .map(|k| {
+                self.worst_by_kind
+                    .get(k)
+                    .map_or("-".to_owned(), |ms| format!("{:.1}", *ms as f64 / 1000.0))
+            })
+            .collect();
+        let _ = writeln!(s, "| worst unavailability (s) | {} | |", worst.join(" | "));
         if let Some((seed, w)) = &self.worst {
             let _ = writeln!(
                 s,
@@ -204,6 +224,9 @@ mod tests {
                 unavailable_ms: worst_ms,
                 causes: vec!["1000 ms kill -9 node-1".into()],
             }),
+            worst_by_kind: [(Kind::Kill, worst_ms), (Kind::Isolate, worst_ms * 3 / 5)]
+                .into_iter()
+                .collect(),
             history_file: None,
         }
     }
@@ -237,5 +260,14 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("Failing seeds: [2]"));
+        // Kill, pause, op-kill, scale, isolate: the worst of the runs per kind.
+        assert!(
+            table.contains("| worst unavailability (s) | 2.5 | - | - | - | 1.5 | - |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| injected | 4 | 0 | 0 | 2 | 2 |"),
+            "{table}"
+        );
     }
 }
