@@ -18,7 +18,17 @@ const PERIOD: Duration = Duration::from_millis(200);
 const TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// What the probe writers of one partition produced.
-type WriterOut = (Vec<ProbeOp>, Vec<(String, String)>);
+type WriterOut = (Vec<ProbeOp>, Vec<Acked>);
+
+/// An acknowledged probe write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Acked {
+    pub key: String,
+    pub value: String,
+    pub partition: u32,
+    /// When the acknowledgement arrived (ms since the run start).
+    pub at_ms: u64,
+}
 
 /// The running probes of a run.
 pub struct Probes {
@@ -32,8 +42,8 @@ pub struct Probes {
 pub struct ProbeReport {
     pub ops: Vec<ProbeOp>,
     pub samples: Vec<ReplicaSample>,
-    /// Acknowledged probe writes: (key, value).
-    pub acked: Vec<(String, String)>,
+    /// Acknowledged probe writes.
+    pub acked: Vec<Acked>,
 }
 
 /// The `n`-th key (from `from`) that falls into `partition`.
@@ -68,14 +78,20 @@ async fn writer(
         let invoke_ms = ms_since(clock);
         let put = client.put(&key, value.clone().into_bytes(), Default::default());
         let ok = matches!(tokio::time::timeout(TIMEOUT, put).await, Ok(Ok(_)));
+        let complete_ms = ms_since(clock);
         ops.push(ProbeOp {
             partition,
             invoke_ms,
-            complete_ms: ms_since(clock),
+            complete_ms,
             ok,
         });
         if ok {
-            acked.push((key, value));
+            acked.push(Acked {
+                key,
+                value,
+                partition,
+                at_ms: complete_ms,
+            });
         }
         let _ = tokio::time::timeout(PERIOD, stop.changed()).await;
     }
@@ -153,15 +169,15 @@ impl Probes {
 }
 
 /// Reads back every acknowledged probe write after healing (a read that fails is retried for
-/// up to 5 s) and describes each one that is not there with its value: `<key>: absent`,
-/// `<key>: holds <v>, acknowledged <w>`, or `<key>: unreadable (<error>)`.
-pub async fn verify(client: &KvClient, acked: &[(String, String)]) -> Vec<String> {
+/// up to 5 s) and describes each one that is not there: its key, partition and time of
+/// acknowledgement, and whether it is absent, holds another value, or cannot be read.
+pub async fn verify(client: &KvClient, acked: &[Acked]) -> Vec<String> {
     let mut lost = Vec::new();
-    for (key, value) in acked {
+    for a in acked {
         let mut last_error = String::new();
         let mut found = None;
         for _ in 0..20 {
-            match client.get(key).await {
+            match client.get(&a.key).await {
                 Ok(v) => {
                     found = Some(v);
                     break;
@@ -172,16 +188,21 @@ pub async fn verify(client: &KvClient, acked: &[(String, String)]) -> Vec<String
                 }
             }
         }
-        match found {
-            Some(Some(v)) if v.value.as_ref() == value.as_bytes() => {}
-            Some(Some(v)) => lost.push(format!(
-                "{key}: holds {:?} @{}, acknowledged {value:?}",
+        let what = match found {
+            Some(Some(v)) if v.value.as_ref() == a.value.as_bytes() => continue,
+            Some(Some(v)) => format!(
+                "holds {:?} @{}, acknowledged {:?}",
                 String::from_utf8_lossy(&v.value),
-                v.version
-            )),
-            Some(None) => lost.push(format!("{key}: absent")),
-            None => lost.push(format!("{key}: unreadable ({last_error})")),
-        }
+                v.version,
+                a.value
+            ),
+            Some(None) => "absent".to_owned(),
+            None => format!("unreadable ({last_error})"),
+        };
+        lost.push(format!(
+            "{} (partition {}, acknowledged at {} ms): {what}",
+            a.key, a.partition, a.at_ms
+        ));
     }
     lost
 }

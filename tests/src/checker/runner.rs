@@ -172,9 +172,9 @@ impl RunReport {
                 String::new()
             } else {
                 format!(
-                    " (LOST, seed {}: {:?})",
+                    " (LOST, seed {}):\n    {}",
                     self.seed,
-                    &self.lost[..self.lost.len().min(5)]
+                    self.lost.join("\n    ")
                 )
             }
         );
