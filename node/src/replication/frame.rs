@@ -9,7 +9,7 @@
 
 use crate::admin_api::LogPosition;
 use crate::replication::epochs::EpochHistory;
-use crate::storage::codec::{CODEC_VERSION, CodecError, LogEntry, Reader, Writer};
+use crate::storage::codec::{CODEC_VERSION, CodecError, LogEntry, MIN_ENTRY, Reader, Writer};
 use std::sync::Arc;
 
 const KIND_PROBE: u8 = 1;
@@ -241,8 +241,8 @@ impl Append {
         };
         let prev = read_position(&mut r)?;
         let commit_seq = r.u64()?;
-        let n = r.u32()? as usize;
-        let mut entries = Vec::with_capacity(n.min(4096));
+        let n = r.count("log entries", MIN_ENTRY)?;
+        let mut entries = Vec::with_capacity(n);
         for _ in 0..n {
             entries.push(Arc::new(r.entry()?));
         }
@@ -291,8 +291,9 @@ impl SnapshotChunk {
         let leader = read_string(&mut r)?;
         let snapshot_id = r.u64()?;
         let first = r.u8()? != 0;
-        let n = r.u32()? as usize;
-        let mut items = Vec::with_capacity(n.min(4096));
+        // An item is at least its two u32 length prefixes.
+        let n = r.count("snapshot items", 8)?;
+        let mut items = Vec::with_capacity(n);
         for _ in 0..n {
             let k = r.bytes()?.to_vec();
             let v = r.bytes()?.to_vec();
@@ -420,6 +421,37 @@ mod tests {
         let mut huge = b[..2].to_vec();
         huge.extend_from_slice(&[0xff; 64]);
         assert!(Append::decode(&huge).is_err());
+    }
+
+    /// Found by the `peer_frame` fuzz target: a 27-byte snapshot frame claiming 419 million
+    /// items made the replica reserve room for 4,096 of them (192 KiB) before reading any.
+    #[test]
+    fn item_counts_beyond_the_frame_are_refused_before_allocating() {
+        let crash = [
+            1, 3, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0x19,
+        ];
+        assert_eq!(
+            SnapshotChunk::decode(&crash),
+            Err(CodecError::Count {
+                what: "snapshot items",
+                count: 0x1900_0000,
+                remaining: 0,
+            })
+        );
+        // An append frame claiming more entries than its bytes can hold.
+        let mut a = append();
+        a.entries.clear();
+        let mut b = a.encode();
+        let count_at = b.len() - 8 - 4;
+        b[count_at..count_at + 4].copy_from_slice(&4096u32.to_le_bytes());
+        assert_eq!(
+            Append::decode(&b),
+            Err(CodecError::Count {
+                what: "log entries",
+                count: 4096,
+                remaining: 8,
+            })
+        );
     }
 
     proptest::proptest! {

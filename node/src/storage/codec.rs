@@ -21,6 +21,12 @@ pub enum CodecError {
     Trailing(usize),
     #[error("length {len} exceeds the limit {limit}")]
     TooLong { len: usize, limit: usize },
+    #[error("{count} {what} cannot fit in the {remaining} bytes left")]
+    Count {
+        what: &'static str,
+        count: usize,
+        remaining: usize,
+    },
 }
 
 /// A client mutation, as replicated in the log.
@@ -110,6 +116,11 @@ pub struct Reader<'a> {
 /// Upper bound on any single length-prefixed field (a key or value is far smaller).
 const MAX_FIELD: usize = 64 * 1024 * 1024;
 
+/// Smallest encoding of one epoch-history pair (two u64).
+const MIN_HISTORY_PAIR: usize = 16;
+/// Smallest encoding of one log entry: epoch, seq, op tag and a key length (a delete of `""`).
+pub const MIN_ENTRY: usize = 8 + 8 + 1 + 4;
+
 impl<'a> Reader<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
         Self { buf, pos: 0 }
@@ -151,6 +162,21 @@ impl<'a> Reader<'a> {
         }
         self.take(len)
     }
+    /// Reads a u32 item count and checks that `count` items of at least `min_item` bytes each
+    /// fit in the rest of the input, so that a caller may allocate room for `count` items:
+    /// the allocation is then bounded by the input's size, never by what a length field claims.
+    pub fn count(&mut self, what: &'static str, min_item: usize) -> Result<usize, CodecError> {
+        let count = self.u32()? as usize;
+        let remaining = self.buf.len() - self.pos;
+        if count.saturating_mul(min_item) > remaining {
+            return Err(CodecError::Count {
+                what,
+                count,
+                remaining,
+            });
+        }
+        Ok(count)
+    }
     pub fn op(&mut self) -> Result<Op, CodecError> {
         match self.u8()? {
             1 => {
@@ -171,13 +197,7 @@ impl<'a> Reader<'a> {
         Ok(LogEntry { epoch, seq, op })
     }
     pub fn history(&mut self) -> Result<EpochHistory, CodecError> {
-        let n = self.u32()? as usize;
-        if n > 1_000_000 {
-            return Err(CodecError::TooLong {
-                len: n,
-                limit: 1_000_000,
-            });
-        }
+        let n = self.count("epoch history pairs", MIN_HISTORY_PAIR)?;
         let mut starts = Vec::with_capacity(n);
         for _ in 0..n {
             starts.push((self.u64()?, self.u64()?));
@@ -281,5 +301,30 @@ mod tests {
         assert!(decode_value(&v[..3]).is_err());
         let h = EpochHistory::from_starts(vec![(1, 1), (4, 10)]);
         assert_eq!(decode_history(&encode_history(&h)), Ok(h));
+    }
+
+    /// Found by the `storage_codec` fuzz target: a 5-byte record claiming 65,280 history
+    /// pairs made the decoder reserve 1 MiB before noticing the input was too short.
+    #[test]
+    fn a_history_count_beyond_the_input_is_refused_before_allocating() {
+        assert_eq!(
+            decode_history(&[1, 0x00, 0xff, 0x00, 0x00]),
+            Err(CodecError::Count {
+                what: "epoch history pairs",
+                count: 0xff00,
+                remaining: 0,
+            })
+        );
+        // One pair short of the claim: refused up front too.
+        let mut b = encode_history(&EpochHistory::from_starts(vec![(1, 1), (2, 5)]));
+        b.truncate(b.len() - 16);
+        assert_eq!(
+            decode_history(&b),
+            Err(CodecError::Count {
+                what: "epoch history pairs",
+                count: 2,
+                remaining: 16,
+            })
+        );
     }
 }
