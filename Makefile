@@ -2,7 +2,7 @@
 CARGO ?= cargo
 
 .PHONY: demo build release test lint crds bench fault chaos k8s-bins control-plane-test cluster-up cluster-down images smoke e2e \
-	multinode-up multinode-down multinode-images e2e-multinode bench-backup
+	multinode-up multinode-down multinode-images e2e-multinode bench-backup fuzz
 
 ## Run it: a 3-node store on 127.0.0.1 (client API of node i on port 7000+i), Ctrl-C stops it.
 demo: build
@@ -52,6 +52,14 @@ fault: build
 ## need root and nft, disk faults and power losses root and /dev/fuse (docs/reliability.md).
 chaos: build
 	$(CARGO) test -p shardedstore-tests --test chaos chaos -- --ignored --nocapture
+
+## Fuzzing (docs/fuzzing.md): every fuzz target FUZZ_SECONDS (default 600) each, or only
+## FUZZ_TARGET=<name>; FUZZ_JOBS targets at a time (default 1). Exits 1 when a target crashed.
+FUZZ_SECONDS ?= 600
+FUZZ_JOBS ?= 1
+FUZZ_TARGET ?=
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_JOBS=$(FUZZ_JOBS) bash hack/fuzz.sh $(FUZZ_TARGET)
 
 ## A real Kubernetes built from pinned upstream sources (see docs/local-kubernetes.md).
 k8s-bins:
