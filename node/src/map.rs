@@ -125,7 +125,16 @@ pub struct PartitionMap {
     /// nodes fall back to their own `--catchup-bytes-per-second` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebalance_bandwidth_bytes_per_second: Option<u64>,
+    /// The store is being filled from a backup: nodes refuse client reads and writes
+    /// (503 `restoring`) except the restore's own, which carry [`RESTORE_TOKEN_HEADER`]
+    /// with the store's peer token. The operator clears it once the restore is complete.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restoring: bool,
 }
+
+/// Header carrying the store's peer token on the client requests of a restore, the only
+/// client requests a node serves while the map says `restoring`.
+pub const RESTORE_TOKEN_HEADER: &str = "x-shardedstore-restore-token";
 
 /// Why a map is malformed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -154,6 +163,7 @@ impl PartitionMap {
             nodes: BTreeMap::new(),
             partitions: vec![PartitionEntry::default(); partitions as usize],
             rebalance_bandwidth_bytes_per_second: None,
+            restoring: false,
         }
     }
 
@@ -255,5 +265,13 @@ mod tests {
         assert!(json.contains("\"replicationFactor\":3"), "{json}");
         let back: PartitionMap = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, m);
+        // `restoring` is written only when set, so older readers see the same map.
+        assert!(!json.contains("restoring"), "{json}");
+        let mut r = m.clone();
+        r.restoring = true;
+        let json = serde_json::to_string(&r).unwrap_or_default();
+        assert!(json.contains("\"restoring\":true"), "{json}");
+        let back: PartitionMap = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, r);
     }
 }

@@ -133,8 +133,8 @@ pub async fn run(cfg: NodeConfig) -> Result<(), ServerError> {
         max_key_bytes: cfg.max_key_bytes,
         max_value_bytes: cfg.max_value_bytes,
     };
-    let client =
-        client_api::ClientApi::new(node.clone(), limits, cfg.host).map_err(ServerError::Forward)?;
+    let client = client_api::ClientApi::new(node.clone(), limits, cfg.host, token.clone())
+        .map_err(ServerError::Forward)?;
     let peer = Arc::new(peer_api::PeerApi {
         node: node.clone(),
         token,

@@ -1,6 +1,6 @@
 //! A real S3-compatible server for the backup suites: moto's server mode (`moto_server`,
-//! installed by `hack/install-tools.sh moto`), started on a free loopback port and killed
-//! when dropped.
+//! installed by `hack/install-tools.sh moto`), started on a free port (loopback, or an
+//! address pods reach for the e2e suite) and killed when dropped.
 
 use crate::node_harness::wait_until;
 use crate::tools::require_tool;
@@ -19,23 +19,27 @@ pub struct S3Server {
 }
 
 impl S3Server {
-    /// Starts the server, or `None` (after printing `SKIPPED:`) when moto is not installed.
+    /// Starts the server on loopback, or `None` (after printing `SKIPPED:`) when moto is not
+    /// installed.
     pub async fn start() -> anyhow::Result<Option<Self>> {
+        Self::start_on("127.0.0.1").await
+    }
+
+    /// Starts the server listening on `host` (an address of this machine).
+    pub async fn start_on(host: &str) -> anyhow::Result<Option<Self>> {
         let Some(bin) = require_tool("moto_server") else {
             return Ok(None);
         };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = std::net::TcpListener::bind((host, 0))?.local_addr()?.port();
         let child = Command::new(bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-H", host, "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
         let server = Self {
             child,
-            endpoint: format!("http://127.0.0.1:{port}"),
+            endpoint: format!("http://{host}:{port}"),
         };
         let http = reqwest::Client::new();
         let url = format!("{}/", server.endpoint);

@@ -1,19 +1,30 @@
 //! The ShardedStoreBackup resource against a real kube-apiserver + etcd: CRD schema, CEL rule
 //! of `spec.restore.from`, `kubectl explain` and printer columns, and the real backup
 //! controller reporting an invalid schedule, a missing store and a waiting schedule in the
-//! status. (Backups themselves run in the multi-process suites `backup_s3` and `backup_file`.)
+//! status. Retention: the controller backs up a real (local-mode) store every minute into
+//! moto's S3 server and, with `keep: 1`, deletes the older backup from the bucket — checked
+//! by listing the bucket. (Backups and restores under load run in `backup_s3` and
+//! `backup_file`; on a real cluster in the e2e suite.)
 //!
-//! Skipped, with a printed reason, only when the Kubernetes binaries have not been built.
+//! Skipped, with a printed reason, only when the Kubernetes binaries (or moto) are missing.
 
+use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, CustomResourceExt};
+use shardedstore_node::backup::Destination;
+use shardedstore_operator::controller::build::{
+    MAP_KEY, TOKEN_KEY, partition_map_name, peer_token_name,
+};
 use shardedstore_operator::crd::ShardedStore;
 use shardedstore_operator::crd::backup::{
     BackupPhase, ShardedStoreBackup, ShardedStoreBackupSpec, ShardedStoreBackupStatus,
 };
 use shardedstore_tests::apiserver_harness::{ControlPlane, eventually};
+use shardedstore_tests::local_harness::{LocalOptions, LocalStore};
+use shardedstore_tests::s3_server::{ACCESS_KEY_ID, REGION, S3Server, SECRET_ACCESS_KEY};
 use std::time::Duration;
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -192,6 +203,136 @@ async fn backup_resource_schema_and_controller_status() -> TestResult {
     assert!(
         table.contains("Scheduled") && table.contains("Failed"),
         "{table}"
+    );
+    Ok(())
+}
+
+/// Every object name in `bucket`.
+async fn list_bucket(
+    s3: &S3Server,
+    bucket: &str,
+) -> Result<Vec<String>, Box<dyn std::error::Error + Send + Sync>> {
+    let opened = Destination::new(format!("s3://{bucket}"), s3.options()).open()?;
+    let objects: Vec<_> = opened.store.list(None).try_collect().await?;
+    let mut names: Vec<String> = objects
+        .into_iter()
+        .map(|o| o.location.to_string())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_schedule_deletes_aged_out_backups_from_the_bucket() -> TestResult {
+    let Some(plane) = ControlPlane::start()? else {
+        return Ok(());
+    };
+    let Some(s3) = S3Server::start().await? else {
+        return Ok(());
+    };
+    s3.create_bucket("retention").await?;
+    let store = LocalStore::start(LocalOptions {
+        partitions: 4,
+        ..LocalOptions::default()
+    })
+    .await?;
+    let kv = store.client()?;
+    for i in 0..100 {
+        kv.put(format!("kept-{i}"), vec![b'v'; 100], Default::default())
+            .await?;
+    }
+    let map = kv.map().await?;
+
+    let client = plane.client().await?;
+    install(&client, ShardedStore::crd()).await?;
+    install(&client, ShardedStoreBackup::crd()).await?;
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "retention"}}))?;
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
+    // What the store controller publishes for store `kv`: its partition map and peer token
+    // (here those of the local-mode store), plus the bucket's credentials.
+    let pp = PostParams::default();
+    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": partition_map_name("kv")},
+        "data": {MAP_KEY: serde_json::to_string(&*map)?},
+    }))?;
+    Api::<ConfigMap>::namespaced(client.clone(), "retention")
+        .create(&pp, &cm)
+        .await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "retention");
+    let token: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": peer_token_name("kv")},
+        "stringData": {TOKEN_KEY: "local-peer-token"},
+    }))?;
+    secrets.create(&pp, &token).await?;
+    let creds: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "s3-creds"},
+        "stringData": {"AWS_ACCESS_KEY_ID": ACCESS_KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY},
+    }))?;
+    secrets.create(&pp, &creds).await?;
+
+    let _controller = AbortOnDrop(tokio::spawn(shardedstore_operator::backup::run(
+        client.clone(),
+        Some("retention".into()),
+    )));
+    let api: Api<ShardedStoreBackup> = Api::namespaced(client.clone(), "retention");
+    let yaml = format!(
+        "store: kv\ndestination:\n  url: s3://retention/kv\n  s3: {{endpoint: '{}', region: {REGION}, credentialsSecret: s3-creds}}\nschedule: '* * * * *'\nkeep: 1\n",
+        s3.endpoint
+    );
+    api.create(&pp, &backup("every-minute", &yaml)?).await?;
+
+    // A backup at the next minute, then one a minute later, which ages the first out.
+    let wait = Duration::from_secs(150);
+    let first = eventually(wait, "the first scheduled backup", || {
+        let api = api.clone();
+        async move {
+            let s = api.get("every-minute").await.ok()?.status?;
+            (s.phase == BackupPhase::Completed).then(|| s.backups.first().cloned())?
+        }
+    })
+    .await?;
+    let first_prefix = first.url.trim_start_matches("s3://retention/").to_owned();
+    let listed = list_bucket(&s3, "retention").await?;
+    println!("after the first backup: {listed:?}");
+    assert!(
+        listed.contains(&format!("{first_prefix}/manifest.json")),
+        "{listed:?}"
+    );
+    assert_eq!(
+        listed
+            .iter()
+            .filter(|n| n.starts_with(&format!("{first_prefix}/")))
+            .count(),
+        5,
+        "manifest + 4 partition objects: {listed:?}"
+    );
+
+    let second = eventually(wait, "the second backup to replace the first", || {
+        let api = api.clone();
+        let first = first.url.clone();
+        async move {
+            let s = api.get("every-minute").await.ok()?.status?;
+            (s.phase == BackupPhase::Completed && s.backups.len() == 1 && s.backups[0].url != first)
+                .then(|| s.backups[0].clone())
+        }
+    })
+    .await?;
+    let second_prefix = second.url.trim_start_matches("s3://retention/").to_owned();
+    let listed = list_bucket(&s3, "retention").await?;
+    println!("after the second backup: {listed:?}");
+    assert!(
+        listed
+            .iter()
+            .all(|n| n.starts_with(&format!("{second_prefix}/"))),
+        "objects of the aged-out backup {first_prefix} are still in the bucket: {listed:?}"
+    );
+    assert_eq!(listed.len(), 5, "{listed:?}");
+    assert!(
+        listed.contains(&format!("{second_prefix}/manifest.json")),
+        "{listed:?}"
     );
     Ok(())
 }

@@ -1,12 +1,13 @@
 //! Backup to a real S3-compatible server (moto's server mode, started by the test) with the
 //! real CLI, under write load, then restore into new local-mode stores with the same and a
 //! different partition count: every write acknowledged before the backup began must be there.
-//! Also: a replica killed while it exports a partition is replaced by another replica.
+//! Also: a replica killed while it exports a partition is replaced by another replica, and
+//! the store restored from that backup refuses plain clients until the restore is complete.
 
 use shardedstore_node::backup::Destination;
 use shardedstore_node::backup::manifest::Manifest;
 use shardedstore_node::backup::restore::read_manifest;
-use shardedstore_tests::backup_support::{Ack, TimedLoad, cli, wait_restored};
+use shardedstore_tests::backup_support::{Ack, TimedLoad, cli, wait_restored, watch_restore_gate};
 use shardedstore_tests::local_harness::{LocalOptions, LocalStore, lost_writes};
 use shardedstore_tests::s3_server::S3Server;
 use std::time::{Duration, Instant};
@@ -199,6 +200,12 @@ async fn a_replica_killed_during_its_export_is_replaced_by_another() -> anyhow::
         ..LocalOptions::default()
     })
     .await?;
+    // The new store refuses plain clients until every key is in (503 `restoring`).
+    let gate = watch_restore_gate(&restored, Duration::from_secs(180)).await?;
+    println!(
+        "restore gate: {} plain reads refused while restoring, served {:?} after it finished",
+        gate.refused, gate.opened_after
+    );
     wait_restored(&restored, Duration::from_secs(180)).await?;
     let lost = lost_writes(&restored.client()?, &written).await;
     check(&written, &lost, "restore after a replica died mid-backup")

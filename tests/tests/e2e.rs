@@ -11,14 +11,22 @@
 use anyhow::Context as _;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use shardedstore_node::backup::Destination;
 use shardedstore_node::client::KvClient;
 use shardedstore_operator::crd::ShardedStore;
+use shardedstore_operator::crd::backup::{
+    BackupPhase, ShardedStoreBackup, ShardedStoreBackupStatus,
+};
+use shardedstore_tests::backup_support::{
+    TimedLoad, copy_damaged, plain_read, probe_client, refused_by_gate, served,
+};
 use shardedstore_tests::e2e_harness::{
     self, Cluster, ContainerRuntime, E2eError, StoreManifest, TestNamespace, install_operator,
     kill9_node_process, map_version, node_pods, partition_map, placement_on_removed_nodes,
     pod_ready, store_problems, wait_for,
 };
 use shardedstore_tests::local_harness::{WriteLoad, assert_nothing_lost, write_ledger};
+use shardedstore_tests::s3_server::{ACCESS_KEY_ID, REGION, S3Server, SECRET_ACCESS_KEY};
 use std::time::{Duration, Instant};
 
 const STORE: &str = "e2e";
@@ -111,7 +119,17 @@ async fn wait_settled_after(
 /// its primary's pod IP from the partition map; without, every request goes through the
 /// Service (and the receiving node forwards to the primary).
 fn store_client(cluster: &Cluster, ns: &str, direct: bool) -> anyhow::Result<KvClient> {
-    let svc: Service = cluster.get(&["service", STORE, "-n", ns])?;
+    store_client_of(cluster, ns, STORE, direct)
+}
+
+/// [`store_client`] of store `name`.
+fn store_client_of(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    direct: bool,
+) -> anyhow::Result<KvClient> {
+    let svc: Service = cluster.get(&["service", name, "-n", ns])?;
     let ip = svc
         .spec
         .and_then(|s| s.cluster_ip)
@@ -615,6 +633,282 @@ async fn e2e_5_rolling_restart_loses_nothing() -> anyhow::Result<()> {
     assert!(!report.acked.is_empty(), "the load made progress");
     acked.extend(report.acked);
     assert_nothing_lost(&f.client, &acked).await;
+    f.ns.passed();
+    Ok(())
+}
+
+/// Address of this machine that pods reach (moto listens there for the backup test): the
+/// local cluster's node IP unless `SHARDEDSTORE_E2E_S3_HOST` says otherwise.
+fn s3_host() -> String {
+    std::env::var("SHARDEDSTORE_E2E_S3_HOST").unwrap_or_else(|_| "10.250.0.1".to_owned())
+}
+
+/// The ShardedStoreBackup's status once `done` holds, polled every second.
+async fn backup_status(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    what: &str,
+    done: impl Fn(&ShardedStoreBackupStatus) -> bool,
+) -> Result<ShardedStoreBackupStatus, E2eError> {
+    wait_for(what, SETTLE_TIMEOUT, POLL, || {
+        let b: ShardedStoreBackup = cluster
+            .get(&["sstb", name, "-n", ns])
+            .map_err(|e| e.to_string())?;
+        let s = b.status.unwrap_or_default();
+        if done(&s) {
+            Ok(s)
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await
+}
+
+/// The `Restored` condition of store `name`, if it has one.
+fn restored_condition(cluster: &Cluster, ns: &str, name: &str) -> Option<(String, String, String)> {
+    let store: ShardedStore = cluster.get(&["sst", name, "-n", ns]).ok()?;
+    store
+        .status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Restored")
+        .map(|c| (c.status, c.reason, c.message))
+}
+
+/// Applies store `name` (`nodes` pods, `partitions`, RF `rf`) restoring from `from` (the
+/// YAML of `spec.restore.from`, indented by six spaces).
+fn apply_restoring_store(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    (nodes, partitions, rf): (u32, u32, u32),
+    from: &str,
+) -> Result<(), E2eError> {
+    let mut manifest = StoreManifest::small(name, nodes);
+    manifest.partitions = partitions;
+    manifest.replication_factor = rf;
+    let yaml = format!("{}  restore:\n    from:\n{from}", manifest.to_yaml());
+    cluster.kubectl_with_input(
+        &["apply", "--server-side", "-n", ns, "-f", "-"],
+        Some(&yaml),
+    )?;
+    Ok(())
+}
+
+/// Probes the pods of store `name` with plain client reads until its `Restored` condition
+/// is `True` and a read is served. Fails when a read is served before the condition is
+/// `True`, or when no read was ever refused. Returns how many reads were refused.
+async fn watch_gate_until_restored(cluster: &Cluster, ns: &str, name: &str) -> anyhow::Result<u32> {
+    let http = probe_client()?;
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    let mut refused = 0;
+    while Instant::now() < deadline {
+        let addrs: Vec<String> = partition_map(cluster, ns, name)
+            .map(|m| m.nodes.values().map(|n| n.client_addr.clone()).collect())
+            .unwrap_or_default();
+        for addr in &addrs {
+            let answer = plain_read(&http, addr).await;
+            if refused_by_gate(&answer) {
+                refused += 1;
+            } else if served(&answer) {
+                let condition = restored_condition(cluster, ns, name);
+                anyhow::ensure!(
+                    condition.as_ref().is_some_and(|c| c.0 == "True"),
+                    "{addr} served a plain read while the restore was not complete: {condition:?}"
+                );
+                anyhow::ensure!(
+                    refused > 0,
+                    "no read was refused before the restore completed"
+                );
+                return Ok(refused);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    anyhow::bail!(
+        "no plain read was served within {SETTLE_TIMEOUT:?} ({refused} refused; Restored: {:?})",
+        restored_condition(cluster, ns, name)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs a cluster: make e2e"]
+async fn e2e_7_backup_to_s3_under_load_then_restore_into_a_new_store() -> anyhow::Result<()> {
+    let f = Fixture::start("sst-e2e-backup", 3).await?;
+    let host = s3_host();
+    let Some(s3) = S3Server::start_on(&host).await? else {
+        anyhow::bail!("moto_server is missing: bash hack/install-tools.sh moto");
+    };
+    s3.create_bucket("e2e-backups").await?;
+    f.cluster.kubectl_with_input(
+        &["apply", "-n", f.ns(), "-f", "-"],
+        Some(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: backup-s3}}\nstringData: {{AWS_ACCESS_KEY_ID: {ACCESS_KEY_ID}, AWS_SECRET_ACCESS_KEY: {SECRET_ACCESS_KEY}}}\n"
+        )),
+    )?;
+    let s3_yaml = format!(
+        "{{endpoint: '{}', region: {REGION}, credentialsSecret: backup-s3}}",
+        s3.endpoint
+    );
+    let url = format!("s3://e2e-backups/{}/once", f.ns());
+
+    // Back up under write load; every write acknowledged before the resource exists must
+    // be in the backup.
+    let load = TimedLoad::start(&f.client, "bk", 2, 100);
+    load.wait_for(1000, SETTLE_TIMEOUT).await?;
+    let began = Instant::now();
+    f.cluster.kubectl_with_input(
+        &["apply", "-n", f.ns(), "-f", "-"],
+        Some(&format!(
+            "apiVersion: shardedstore.io/v1alpha1\nkind: ShardedStoreBackup\nmetadata: {{name: once}}\nspec:\n  store: {STORE}\n  destination:\n    url: {url}\n    s3: {s3_yaml}\n"
+        )),
+    )?;
+    let status = backup_status(&f.cluster, f.ns(), "once", "the backup to finish", |s| {
+        matches!(s.phase, BackupPhase::Completed | BackupPhase::Failed)
+    })
+    .await?;
+    let during = load.wait_for(1, Duration::from_secs(10)).await;
+    let acks = load.stop().await;
+    during?;
+    eprintln!(
+        "backup of {} keys, {} bytes in {} partitions: {:?} .. {:?}",
+        status.keys,
+        status.size_bytes,
+        status.partitions_done,
+        status.start_time,
+        status.completion_time
+    );
+    assert_eq!(status.phase, BackupPhase::Completed, "{status:?}");
+    assert_eq!((status.partitions_total, status.partitions_done), (32, 32));
+    assert_eq!(status.partitions.len(), 32, "per-partition progress");
+    assert!(
+        status
+            .partitions
+            .iter()
+            .all(|p| p.replica.starts_with("e2e-") && p.seq > 0)
+    );
+    assert_eq!(
+        status.partitions.iter().map(|p| p.bytes).sum::<i64>(),
+        status.size_bytes
+    );
+    assert!(status.size_bytes > 0 && status.map_version.is_some_and(|v| v > 0));
+    let (start, end) = (
+        status.start_time.clone().unwrap_or_default(),
+        status.completion_time.clone().unwrap_or_default(),
+    );
+    let parse = |t: &str| chrono::DateTime::parse_from_rfc3339(t).ok();
+    assert!(
+        parse(&start).zip(parse(&end)).is_some_and(|(a, b)| a <= b),
+        "start {start:?}, completion {end:?}"
+    );
+    let complete = status.conditions.iter().find(|c| c.type_ == "Complete");
+    assert!(complete.is_some_and(|c| c.status == "True"), "{status:?}");
+    let before: Vec<(String, String)> = acks
+        .iter()
+        .filter(|a| a.acked_at < began)
+        .map(|a| (a.key.clone(), a.value.clone()))
+        .collect();
+    assert!(
+        status.keys >= before.len() as i64,
+        "{} keys < {} acknowledged",
+        status.keys,
+        before.len()
+    );
+    let table = f.cluster.kubectl(&["get", "sstb", "-n", f.ns()])?;
+    eprintln!("{table}");
+    assert!(table.contains("Completed"), "{table}");
+
+    // Delete the store, then restore into a new one with another partition count. It must
+    // refuse plain clients until every key is in.
+    let started = Instant::now();
+    f.cluster.kubectl(&[
+        "delete",
+        "sst",
+        STORE,
+        "-n",
+        f.ns(),
+        "--wait=true",
+        "--timeout=120s",
+    ])?;
+    wait_for("the store's pods to be gone", SETTLE_TIMEOUT, POLL, || {
+        let n = node_pods(&f.cluster, f.ns(), STORE)
+            .map_err(|e| e.to_string())?
+            .len();
+        (n == 0).then_some(()).ok_or(format!("{n} pods left"))
+    })
+    .await?;
+    apply_restoring_store(
+        &f.cluster,
+        f.ns(),
+        "restored",
+        (3, 16, 3),
+        "      backup: once\n",
+    )?;
+    let refused = watch_gate_until_restored(&f.cluster, f.ns(), "restored").await?;
+    let condition = restored_condition(&f.cluster, f.ns(), "restored");
+    eprintln!(
+        "restored in {:.1?} after the delete; {refused} plain reads refused meanwhile; {condition:?}",
+        started.elapsed()
+    );
+    let restored = store_client_of(&f.cluster, f.ns(), "restored", true)?;
+    assert_eq!(restored.map().await?.partitions.len(), 16);
+    assert_nothing_lost(&restored, &before).await;
+    eprintln!(
+        "all {} writes acknowledged before the backup began read back",
+        before.len()
+    );
+    restored
+        .put("after-restore", b"x".to_vec(), Default::default())
+        .await?;
+    f.cluster.kubectl(&[
+        "delete",
+        "sst",
+        "restored",
+        "-n",
+        f.ns(),
+        "--wait=true",
+        "--timeout=120s",
+    ])?;
+
+    // A damaged copy of the backup is refused with a clear condition, and the store keeps
+    // refusing clients (it is empty, not restored).
+    let damaged = format!("s3://e2e-backups/{}/damaged", f.ns());
+    copy_damaged(
+        &Destination::new(url.clone(), s3.options()),
+        &Destination::new(damaged.clone(), s3.options()),
+        "partition-00003.snap",
+    )
+    .await?;
+    apply_restoring_store(
+        &f.cluster,
+        f.ns(),
+        "refused",
+        (1, 4, 1),
+        &format!("      url: {damaged}\n      s3: {s3_yaml}\n"),
+    )?;
+    let condition = wait_for(
+        "the damaged backup to be refused",
+        SETTLE_TIMEOUT,
+        POLL,
+        || match restored_condition(&f.cluster, f.ns(), "refused") {
+            Some(c) if c.1 == "BackupRefused" => Ok(c),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await?;
+    eprintln!("damaged backup: {condition:?}");
+    assert!(
+        condition.2.contains("partition-00003.snap") && condition.2.contains("corrupt"),
+        "{condition:?}"
+    );
+    let map = partition_map(&f.cluster, f.ns(), "refused")?;
+    assert!(map.restoring, "the refused store's map still gates clients");
+    let http = probe_client()?;
+    for node in map.nodes.values() {
+        let answer = plain_read(&http, &node.client_addr).await;
+        assert!(refused_by_gate(&answer), "{}: {answer:?}", node.client_addr);
+    }
     f.ns.passed();
     Ok(())
 }

@@ -82,6 +82,7 @@ pub struct KvClientBuilder {
     policy: RetryPolicy,
     zone: Option<String>,
     direct: bool,
+    restore_token: Option<String>,
 }
 
 impl KvClientBuilder {
@@ -115,11 +116,26 @@ impl KvClientBuilder {
         self
     }
 
+    /// Marks every request as the restore's own with the store's peer token: nodes serve
+    /// such requests while the map says `restoring` (and refuse all others).
+    pub fn restore_token(mut self, peer_token: impl Into<String>) -> Self {
+        self.restore_token = Some(peer_token.into());
+        self
+    }
+
     pub fn build(self) -> Result<KvClient, KvError> {
         if self.seeds.is_empty() {
             return Err(KvError::NoEndpoints);
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &self.restore_token {
+            let mut value = reqwest::header::HeaderValue::from_str(token)
+                .map_err(|_| KvError::BadRestoreToken)?;
+            value.set_sensitive(true);
+            headers.insert(crate::map::RESTORE_TOKEN_HEADER, value);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .connect_timeout(self.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
@@ -173,6 +189,7 @@ impl KvClient {
             policy: RetryPolicy::default(),
             zone: None,
             direct: true,
+            restore_token: None,
         }
     }
 

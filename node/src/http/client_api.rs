@@ -3,7 +3,7 @@
 
 use super::common::{self, Answer, BodyError};
 use super::keys::{KeyError, decode_key};
-use crate::map::{Limits, PartitionMap};
+use crate::map::{Limits, PartitionMap, RESTORE_TOKEN_HEADER};
 use crate::node::Node;
 use crate::replication::primary::{Condition, ServeError};
 use bytes::{Buf, Bytes};
@@ -24,6 +24,9 @@ pub struct ClientApi {
     http: reqwest::Client,
     /// Limits used before any map is installed.
     default_limits: Limits,
+    /// The store's peer token: a restore's client requests carry it while the map says
+    /// `restoring`.
+    peer_token: String,
 }
 
 impl ClientApi {
@@ -32,6 +35,7 @@ impl ClientApi {
         node: Arc<Node>,
         default_limits: Limits,
         local: Option<std::net::IpAddr>,
+        peer_token: String,
     ) -> Result<Arc<Self>, reqwest::Error> {
         let http = reqwest::Client::builder()
             .local_address(local)
@@ -43,6 +47,7 @@ impl ClientApi {
             node,
             http,
             default_limits,
+            peer_token,
         }))
     }
 }
@@ -105,6 +110,25 @@ fn with_header(mut a: Answer, name: &'static str, value: u64) -> Answer {
         a.headers_mut().insert(name, v);
     }
     a
+}
+
+/// The answer refusing a client request while the store is being restored, or `None`
+/// when the request may be served: the map does not say `restoring`, or the request is
+/// the restore's own (it carries the peer token in [`RESTORE_TOKEN_HEADER`]).
+fn restore_gate(map: &PartitionMap, headers: &HeaderMap, peer_token: &str) -> Option<Answer> {
+    if !map.restoring {
+        return None;
+    }
+    let restorer = headers
+        .get(RESTORE_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|given| common::token_matches(given, peer_token));
+    (!restorer).then(|| {
+        common::unavailable(
+            "restoring",
+            "the store is being restored from a backup and serves once the restore is complete",
+        )
+    })
 }
 
 fn wants_local(query: &str) -> bool {
@@ -217,6 +241,9 @@ impl ClientApi {
                 common::unavailable("no_map", "no partition map installed yet"),
             );
         };
+        if let Some(refused) = restore_gate(&map, &headers, &self.peer_token) {
+            return (op, refused);
+        }
         let forwarded = headers.contains_key(FORWARDED_HEADER);
         let req = Request {
             method,
@@ -364,6 +391,7 @@ impl ClientApi {
             http::header::IF_MATCH,
             http::header::IF_NONE_MATCH,
             http::header::CONTENT_TYPE,
+            http::HeaderName::from_static(RESTORE_TOKEN_HEADER),
         ] {
             if let Some(v) = req.headers.get(&h) {
                 out = out.header(h, v.clone());
@@ -481,5 +509,19 @@ mod tests {
         let r = serve_error(ServeError::PreconditionFailed { current: None });
         assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
         assert!(r.headers().get(VERSION_HEADER).is_none());
+    }
+
+    #[test]
+    fn a_restoring_store_serves_only_the_restore() {
+        let mut map = PartitionMap::empty("s", 1, 1, 1);
+        let mut headers = HeaderMap::new();
+        assert!(restore_gate(&map, &headers, "tok").is_none());
+        map.restoring = true;
+        let refused = restore_gate(&map, &headers, "tok").map(|a| a.status());
+        assert_eq!(refused, Some(StatusCode::SERVICE_UNAVAILABLE));
+        headers.insert(RESTORE_TOKEN_HEADER, HeaderValue::from_static("wrong"));
+        assert!(restore_gate(&map, &headers, "tok").is_some());
+        headers.insert(RESTORE_TOKEN_HEADER, HeaderValue::from_static("tok"));
+        assert!(restore_gate(&map, &headers, "tok").is_none());
     }
 }

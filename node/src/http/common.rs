@@ -156,17 +156,21 @@ pub fn check_token(headers: &HeaderMap, token: &str) -> Result<(), TokenError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or(TokenError::Missing)?;
-    // Compare in constant time with respect to the content.
+    if !token_matches(given, token) {
+        return Err(TokenError::Wrong);
+    }
+    Ok(())
+}
+
+/// `given == token`, compared in constant time with respect to the content.
+pub fn token_matches(given: &str, token: &str) -> bool {
     let a = given.as_bytes();
     let b = token.as_bytes();
     let mut diff = a.len() ^ b.len();
     for i in 0..a.len().max(b.len()) {
         diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
     }
-    if diff != 0 {
-        return Err(TokenError::Wrong);
-    }
-    Ok(())
+    diff == 0
 }
 
 #[cfg(test)]

@@ -74,14 +74,24 @@ pub async fn peer_token(client: &Client, ns: &str, store: &str) -> Result<String
     token_of(&secret).ok_or(AccessError::Token(name))
 }
 
+fn client_builder(map: &PartitionMap) -> shardedstore_node::client::KvClientBuilder {
+    let seeds: Vec<String> = map.nodes.values().map(|n| n.client_addr.clone()).collect();
+    KvClient::builder(&seeds).retry_policy(RetryPolicy {
+        deadline: Duration::from_secs(60),
+        ..RetryPolicy::default()
+    })
+}
+
 /// A client of the store through its nodes' addresses in `map` (pod IPs).
 pub fn store_client(map: &PartitionMap) -> Result<KvClient, AccessError> {
-    let seeds: Vec<String> = map.nodes.values().map(|n| n.client_addr.clone()).collect();
-    KvClient::builder(&seeds)
-        .retry_policy(RetryPolicy {
-            deadline: Duration::from_secs(60),
-            ..RetryPolicy::default()
-        })
+    client_builder(map).build().map_err(AccessError::Client)
+}
+
+/// The restore's client: its requests carry the peer token, so the nodes of a store that
+/// is still being restored (and refuses every other client) serve them.
+pub fn restore_client(map: &PartitionMap, peer_token: &str) -> Result<KvClient, AccessError> {
+    client_builder(map)
+        .restore_token(peer_token)
         .build()
         .map_err(AccessError::Client)
 }

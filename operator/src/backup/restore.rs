@@ -42,6 +42,13 @@ impl StoreRestoreError {
     }
 }
 
+/// The store waits for a restore and serves only its writes: `spec.restore` is set and the
+/// `Restored` condition is not `True` (a refused backup keeps the gate closed: the store is
+/// empty, not restored; removing `spec.restore` opens it).
+pub fn gates_clients(store: &ShardedStore) -> bool {
+    store.spec.restore.is_some() && !restored_condition(store).is_some_and(|c| c.status == "True")
+}
+
 fn restored_condition(store: &ShardedStore) -> Option<&Condition> {
     store
         .status
@@ -128,7 +135,8 @@ async fn restore_store(client: Client, store: ShardedStore) {
     let outcome = async {
         let dest = resolve(&client, &ns, &spec.from).await?;
         let map = access::store_map(&client, &ns, &name).await?;
-        let kv = access::store_client(&map)?;
+        let token = access::peer_token(&client, &ns, &name).await?;
+        let kv = access::restore_client(&map, &token)?;
         set_condition(
             &client,
             &store,

@@ -12,7 +12,7 @@ use super::members;
 use super::rollout;
 use super::status::{self, Observation, RolloutView};
 use super::validate::{self, CapacityProblem};
-use crate::coordinator::Membership;
+use crate::coordinator::{Membership, Settings};
 use crate::crd::ShardedStore;
 use crate::metrics::StoreLabels;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -218,7 +218,10 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
             regarding: regarding.clone(),
             owner: owner.owner_ref.clone(),
             token,
-            settings: members::settings_for(&spec, &ctx.config),
+            settings: Settings {
+                restoring: crate::backup::restore::gates_clients(store),
+                ..members::settings_for(&spec, &ctx.config)
+            },
             membership: Membership {
                 nodes: members_now,
                 desired_nodes: u32::try_from(desired_nodes).unwrap_or(0),

@@ -70,6 +70,9 @@ pub struct Settings {
     pub lag_timeout: Duration,
     /// How long a primary may wait for the target of a hand-off to catch up.
     pub handoff_timeout: Duration,
+    /// The store is being filled from a backup: the map says `restoring`, so nodes serve
+    /// only the restore's own client requests.
+    pub restoring: bool,
 }
 
 impl Default for Settings {
@@ -89,6 +92,7 @@ impl Default for Settings {
             heartbeat_interval: Duration::from_millis(500),
             lag_timeout: Duration::from_secs(2),
             handoff_timeout: Duration::from_secs(5),
+            restoring: false,
         }
     }
 }

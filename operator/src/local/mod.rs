@@ -200,7 +200,7 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         .map_err(|e| LocalError::DataDir(args.data_dir.clone(), e))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)
         .map_err(|e| LocalError::DataDir(args.data_dir.clone(), e))?;
-    let settings = args.settings();
+    let mut settings = args.settings();
     if args.nodes < settings.replication_factor {
         return Err(LocalError::TooFewNodes {
             nodes: args.nodes,
@@ -222,6 +222,8 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
     let restore_step = restore::prepare(&args.restore, &data_dir)
         .await
         .map_err(|e| LocalError::Restore(Box::new(e)))?;
+    // Until the restore is complete the nodes serve only its writes.
+    settings.restoring = matches!(restore_step, restore::Step::Restore(_));
     let heartbeat_timeout = settings.heartbeat_interval.max(Duration::from_millis(300)) * 2;
     let transport = AdminClient::bound(args.peer_token.clone(), heartbeat_timeout, args.bind)
         .map_err(LocalError::AdminClient)?;
@@ -273,7 +275,14 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         let addrs: Vec<String> = (0..args.nodes)
             .map(|i| format!("127.0.0.1:{}", u32::from(args.port) + i))
             .collect();
-        if let Err(e) = restore::run(dest, &data_dir, &addrs).await {
+        let restored = restore::run(dest, &data_dir, &addrs, &args.peer_token, || {
+            coordinator.update_settings(Settings {
+                restoring: false,
+                ..settings.clone()
+            })
+        })
+        .await;
+        if let Err(e) = restored {
             control.abort();
             coordinator.stop().await;
             supervisor.stop_all().await;

@@ -33,6 +33,8 @@ pub enum LocalRestoreError {
     Client(#[source] KvError),
     #[error("the store did not get a primary for every partition within {0:?}")]
     NotServing(Duration),
+    #[error("the nodes still refused clients {0:?} after the restore")]
+    StillGated(Duration),
     #[error("writing the restore marker {0}")]
     Marker(PathBuf, #[source] std::io::Error),
 }
@@ -72,17 +74,22 @@ pub async fn prepare(flags: &RestoreFlags, data_dir: &Path) -> Result<Step, Loca
     Ok(Step::Restore(dest))
 }
 
-/// Waits until every partition has a primary, then writes the backup into the store.
+/// Waits until every partition has a primary, then writes the backup into the store (its
+/// requests carry the peer token: the nodes serve nothing else while the map says
+/// `restoring`), then calls `open_gate` and waits until the nodes serve every client.
 pub async fn run(
     dest: &Destination,
     data_dir: &Path,
     client_addrs: &[String],
+    peer_token: &str,
+    open_gate: impl FnOnce(),
 ) -> Result<(), LocalRestoreError> {
     let kv = KvClient::builder(client_addrs)
         .retry_policy(RetryPolicy {
             deadline: Duration::from_secs(60),
             ..RetryPolicy::default()
         })
+        .restore_token(peer_token)
         .build()
         .map_err(LocalRestoreError::Client)?;
     let wait = Duration::from_secs(120);
@@ -110,6 +117,14 @@ pub async fn run(
     let done = marker(data_dir, "done");
     std::fs::write(&done, &dest.url).map_err(|e| LocalRestoreError::Marker(done.clone(), e))?;
     let _ = std::fs::remove_file(marker(data_dir, "pending"));
+    open_gate();
+    let opened = Instant::now();
+    while !kv.map().await.is_ok_and(|m| !m.restoring) {
+        if opened.elapsed() > wait {
+            return Err(LocalRestoreError::StillGated(wait));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     println!(
         "restored {} keys ({} bytes) from {} in {:.1} s",
         m.total_keys,

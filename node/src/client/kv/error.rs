@@ -124,6 +124,8 @@ pub enum KvError {
     NoEndpoints,
     #[error("building the HTTP client")]
     BuildClient(#[source] reqwest::Error),
+    #[error("the restore token is not a valid HTTP header value")]
+    BadRestoreToken,
     #[error("the key is empty")]
     EmptyKey,
     /// `.` and `..` cannot travel as a URL path segment (URL parsers resolve them away).
@@ -188,7 +190,7 @@ impl KvError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::NoEndpoints => "no_endpoints",
-            Self::BuildClient(_) => "build_client",
+            Self::BuildClient(_) | Self::BadRestoreToken => "build_client",
             Self::EmptyKey | Self::UnaddressableKey(_) => "invalid_key",
             Self::KeyTooLarge { .. } => "key_too_large",
             Self::ValueTooLarge { .. } => "value_too_large",

@@ -208,6 +208,7 @@ fn bootstrap(inputs: &Inputs<'_>) -> Plan {
     );
     map.limits = settings.limits;
     map.rebalance_bandwidth_bytes_per_second = settings.bandwidth_bytes_per_second;
+    map.restoring = settings.restoring;
     for n in alive {
         map.nodes
             .insert(n.id.clone(), nodes::info(n, NodeState::Active));
@@ -236,6 +237,7 @@ fn evolve(inputs: &Inputs<'_>, current: &PartitionMap) -> Plan {
     next.min_in_sync = inputs.settings.min_in_sync;
     next.limits = inputs.settings.limits;
     next.rebalance_bandwidth_bytes_per_second = inputs.settings.bandwidth_bytes_per_second;
+    next.restoring = inputs.settings.restoring;
 
     nodes::update(inputs, &mut next, &mut events);
     let target = place(

@@ -456,6 +456,27 @@ fn settings_reach_the_map_bandwidth_included() {
 }
 
 #[test]
+fn a_restoring_store_starts_gated_and_the_gate_lifts_with_a_new_map() {
+    let mut w = World::new(3, 4, 3);
+    w.settings.restoring = true;
+    let p = w.plan();
+    w.apply(p);
+    assert!(
+        w.map().restoring,
+        "the first map of a restoring store is gated"
+    );
+    assert!(w.plan().map.is_none(), "nothing changes while it restores");
+    w.settings.restoring = false;
+    let v = w.map().version;
+    let map = w
+        .plan()
+        .map
+        .unwrap_or_else(|| panic!("lifting the gate must write the map"));
+    assert!(!map.restoring);
+    assert_eq!(map.version, v + 1);
+}
+
+#[test]
 fn paused_rebalance_starts_no_move() {
     let mut w = World::running(3, 12, 3);
     w.settings.paused = true;
