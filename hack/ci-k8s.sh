@@ -8,7 +8,11 @@
 #   hack/ci-k8s.sh cluster         cluster-up, smoke-test.sh, cluster-down
 #   hack/ci-k8s.sh e2e             cluster-up, make e2e (images, the chart, stores in
 #                                  namespaces enforcing Pod Security "restricted", helm
-#                                  test), cluster-down; prints how long it took
+#                                  test, backup and restore through S3), cluster-down;
+#                                  prints how long each stage took. With
+#                                  SHARDEDSTORE_IMAGES_PROFILE=debug the images carry the
+#                                  debug binaries (`cargo build --workspace --bins`, which
+#                                  `make test` built already) instead of a release build
 #   hack/ci-k8s.sh                 control-plane and cluster
 #
 # Builds the pinned binaries first when they are not cached (see
@@ -47,10 +51,21 @@ check_cluster() {
 }
 
 check_e2e() {
-    local started=$SECONDS
+    local started=$SECONDS stage=$SECONDS root="$HACK_DIR/.."
     trap '"$HACK_DIR/cluster-down.sh"' EXIT # each check runs in its own subshell
     "$HACK_DIR/cluster-up.sh" >/dev/null
-    make -C "$HACK_DIR/.." e2e
+    log "e2e: cluster-up took $((SECONDS - stage))s"
+    if [[ "${SHARDEDSTORE_IMAGES_PROFILE:-release}" == debug ]]; then
+        stage=$SECONDS
+        (cd "$root" && cargo build --workspace --bins)
+        "$HACK_DIR/images.sh"
+        log "e2e: debug build and images took $((SECONDS - stage))s"
+        stage=$SECONDS
+        (cd "$root" && cargo test -p shardedstore-tests --test e2e -- --ignored --test-threads=1)
+        log "e2e: the suite took $((SECONDS - stage))s"
+    else
+        make -C "$root" e2e
+    fi
     log "e2e: cluster-up, images and the suite took $((SECONDS - started))s"
 }
 
