@@ -46,7 +46,7 @@ impl StoreRestoreError {
 /// `Restored` condition is not `True` (a refused backup keeps the gate closed: the store is
 /// empty, not restored; removing `spec.restore` opens it).
 pub fn gates_clients(store: &ShardedStore) -> bool {
-    store.spec.restore.is_some() && !restored_condition(store).is_some_and(|c| c.status == "True")
+    store.spec.restore.is_some() && restored_condition(store).is_none_or(|c| c.status != "True")
 }
 
 fn restored_condition(store: &ShardedStore) -> Option<&Condition> {
