@@ -2,6 +2,7 @@
 //!
 //! - `CHAOS_SEEDS` seeds (default 100) from `CHAOS_FIRST_SEED` (default 1), or as many as fit
 //!   in `CHAOS_DURATION` (`90s`, `30m`, `2h`) when that is set;
+//! - `CHAOS_BUDGET`: search steps per key before a verdict is *unknown* (default 20 M);
 //! - `CHAOS_OUT` (default `target/chaos`): `summary.md` (rewritten after every seed, so a
 //!   stopped run still leaves its table), `runs/seed-<n>.txt` with every seed's report (its
 //!   faults, what they did, the verdicts) and `histories/` with the failing seeds' histories.
@@ -49,6 +50,10 @@ async fn chaos() -> anyhow::Result<()> {
         |_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/chaos"),
         PathBuf::from,
     );
+    let budget_steps = match std::env::var("CHAOS_BUDGET") {
+        Ok(_) => Some(env_u64("CHAOS_BUDGET", 0)?),
+        Err(_) => None,
+    };
     let runs = out.join("runs");
     std::fs::create_dir_all(&runs)?;
     let network = shardedstore_tests::tools::require_tool("nft").is_some();
@@ -76,6 +81,9 @@ async fn chaos() -> anyhow::Result<()> {
         cfg.network = network;
         cfg.disk = disk;
         cfg.history_dir = Some(out.join("histories"));
+        if let Some(budget) = budget_steps {
+            cfg.limits.budget = budget;
+        }
         let t = Instant::now();
         let result = run(&cfg).await.map_err(|e| format!("{e:#}"));
         let text = match &result {

@@ -105,17 +105,25 @@ async fn histories_under_faults_are_linearizable_for_many_seeds() -> anyhow::Res
 
 /// Re-checks a history saved by a failing run (`SHARDEDSTORE_FAULT_HISTORY=<file.jsonl>`),
 /// without starting a store: for working on the checker or studying a witness.
+/// `SHARDEDSTORE_FAULT_BUDGET=<steps>` raises the search budget per key (to settle an
+/// unknown verdict).
 #[test]
 #[ignore = "replay: set SHARDEDSTORE_FAULT_HISTORY"]
 fn saved_history_is_linearizable() -> anyhow::Result<()> {
     use shardedstore_tests::checker::{CheckLimits, KeyVerdict, Op, check};
     let path = std::env::var("SHARDEDSTORE_FAULT_HISTORY")?;
+    let mut limits = CheckLimits::default();
+    if let Ok(b) = std::env::var("SHARDEDSTORE_FAULT_BUDGET") {
+        limits.budget = b
+            .parse()
+            .map_err(|_| anyhow::anyhow!("SHARDEDSTORE_FAULT_BUDGET={b:?} is not a number"))?;
+    }
     let history: Vec<Op> = std::fs::read_to_string(&path)?
         .lines()
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
     let mut failed = 0;
-    for k in check(&history, CheckLimits::default()) {
+    for k in check(&history, limits) {
         match &k.verdict {
             KeyVerdict::Linearizable => println!("{}: linearizable ({} ops)", k.key, k.relevant),
             KeyVerdict::Violation { witness, blocking } => {
