@@ -8,5 +8,6 @@ pub mod local_harness;
 pub mod multinode_harness;
 pub mod netfault;
 pub mod node_harness;
+pub mod partition_probes;
 pub mod s3_server;
 pub mod tools;

@@ -3,7 +3,7 @@
 
 use super::commit::{CommitInput, commit_point};
 use super::replica::{Replica, State};
-use super::roles::{LeadCheck, NoLead, may_lead, retain_admitted, still_unproven};
+use super::roles::{Admissions, LeadCheck, NoLead, may_lead, still_unproven};
 use crate::admin_api::{AdmitRequest, AdmitResponse, HandoffRequest, HandoffResponse, LogPosition};
 use crate::map::{NodeId, PartitionEntry};
 use crate::storage::codec::{LogEntry, Op};
@@ -38,7 +38,7 @@ pub struct PrimaryState {
     pub handoff: Option<NodeId>,
     pub followers: BTreeMap<NodeId, Progress>,
     /// Learners that must acknowledge before anything commits.
-    pub admitted: BTreeSet<NodeId>,
+    pub admitted: Admissions,
     /// Latest appended but not yet applied write per key: `(version, exists)`.
     pub pending: HashMap<Vec<u8>, (u64, bool)>,
 }
@@ -213,7 +213,7 @@ impl Replica {
                         barrier_seq,
                         handoff: None,
                         followers: BTreeMap::new(),
-                        admitted: BTreeSet::new(),
+                        admitted: Admissions::default(),
                         pending: HashMap::new(),
                     });
                 }
@@ -229,7 +229,8 @@ impl Replica {
                         }
                         keep
                     });
-                    retain_admitted(&mut p.admitted, &entry);
+                    p.admitted.retain(&entry);
+                    p.admitted.forget_lapsed(Instant::now());
                     for m in members {
                         if !p.followers.contains_key(&m) {
                             let task = p.term.child_token();
@@ -483,17 +484,32 @@ impl Replica {
         })
     }
 
-    /// Admits a learner: from now on it must acknowledge before anything commits (and it
-    /// stays admitted across map installs until a map lists it in sync or drops it). Ready
-    /// once it holds every committed entry; waits up to the request's `timeout_ms` for that.
+    /// Admits a learner: until the request's `timeout_ms` passes it must acknowledge before
+    /// anything commits. Ready once it holds every committed entry; waits up to `timeout_ms`
+    /// for that. A ready answer confirms the admission (kept across map installs until a map
+    /// lists the learner in sync or drops it); otherwise it lapses at the deadline, also when
+    /// the caller gave up (issue item 4: an admission cannot stall writes for longer than its
+    /// call; [`Admissions`]).
     pub async fn admit(
         self: &Arc<Self>,
         req: &AdmitRequest,
     ) -> Result<AdmitResponse, AdminRefusal> {
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms);
+        let timeout = Duration::from_millis(req.timeout_ms);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let lapses_at = Instant::now() + timeout;
         let mut progress = self.progress_tx.subscribe();
+        let mut timer = None;
         loop {
-            let answer = self.admit_once(req)?;
+            let answer = self.admit_once(req, lapses_at)?;
+            if timer.is_none() && !answer.ready {
+                // Recompute the commit point once the admission lapsed, even if this call
+                // is dropped (the caller gave up) before its deadline.
+                let replica = self.clone();
+                timer = Some(tokio::spawn(async move {
+                    tokio::time::sleep_until(deadline).await;
+                    replica.advance_commit();
+                }));
+            }
             if answer.ready || tokio::time::Instant::now() >= deadline {
                 return Ok(answer);
             }
@@ -501,7 +517,11 @@ impl Replica {
         }
     }
 
-    fn admit_once(self: &Arc<Self>, req: &AdmitRequest) -> Result<AdmitResponse, AdminRefusal> {
+    fn admit_once(
+        self: &Arc<Self>,
+        req: &AdmitRequest,
+        lapses_at: Instant,
+    ) -> Result<AdmitResponse, AdminRefusal> {
         let answer = {
             let mut st = self.lock();
             let commit_seq = st.commit_seq;
@@ -518,10 +538,14 @@ impl Replica {
             if !is_member || req.learner == self.ctx.node_id {
                 return Err(AdminRefusal::NotMember(req.learner.clone()));
             }
-            p.admitted.insert(req.learner.clone());
+            p.admitted.admit(&req.learner, lapses_at);
             let acked = p.followers.get(&req.learner).and_then(|f| f.acked);
+            let ready = acked.is_some_and(|a| a >= commit_seq);
+            if ready {
+                p.admitted.confirm(&req.learner);
+            }
             AdmitResponse {
-                ready: acked.is_some_and(|a| a >= commit_seq),
+                ready,
                 learner_acked_seq: acked.unwrap_or(0),
                 commit_seq,
             }
@@ -591,7 +615,7 @@ fn commit_input(st: &State, me: &str, lease_valid: bool) -> Option<CommitInput> 
         .collect();
     required_acks.extend(
         p.admitted
-            .iter()
+            .required(Instant::now())
             .filter(|n| !st.entry.in_sync.contains(n))
             .map(ack),
     );

@@ -1,9 +1,10 @@
 //! Pure rules deciding when a replica may take the primary role and whom it must wait for:
 //! the epoch floor after a restart, unproven copies on an empty or foreign disk, and which
-//! admitted learners stay admitted across map installs (`docs/protocol.md`).
+//! admitted learners the primary waits for (`docs/protocol.md`).
 
 use crate::map::{NodeId, PartitionEntry};
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
+use std::time::Instant;
 
 /// What decides whether a replica may lead the epoch a map entry names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,15 +70,72 @@ pub fn still_unproven(unproven: bool, entry: &PartitionEntry, me: &str) -> bool 
     unproven && entry.is_in_sync(me)
 }
 
-/// Admitted learners stay admitted across map installs until the map lists them in sync
-/// (they are then required as in-sync members) or drops them.
-pub fn retain_admitted(admitted: &mut BTreeSet<NodeId>, entry: &PartitionEntry) {
-    admitted.retain(|n| entry.is_member(n) && !entry.is_in_sync(n));
+/// Learners (or lagging replicas) the primary waits for before anything commits.
+///
+/// An admission is *provisional* while the admit call that made it has not answered ready:
+/// it lapses at that call's deadline, so an admission of a member that never catches up (a
+/// hung disk, a broken link) cannot stall the partition's writes for longer than one call
+/// (issue item 4, gray failures: admit calls are abortable). Once a call answered ready the
+/// admission is *confirmed*: the operator may list the learner in `inSync` on the strength of
+/// that answer, so it is kept (across map installs, issue item 6) until a map lists the
+/// learner in sync (it is then required as an in-sync member) or drops it.
+///
+/// Letting a provisional admission lapse is safe: the operator lists a learner in `inSync`
+/// only after a ready answer, and from a ready answer on the admission never lapses, so every
+/// commit after that answer waited for the learner.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Admissions {
+    /// `None`: confirmed; `Some(deadline)`: provisional until then.
+    members: BTreeMap<NodeId, Option<Instant>>,
+}
+
+impl Admissions {
+    /// Admits `n` provisionally until `deadline` (a confirmed admission stays confirmed; a
+    /// later call extends a provisional one).
+    pub fn admit(&mut self, n: &str, deadline: Instant) {
+        let slot = self.members.entry(n.to_owned()).or_insert(Some(deadline));
+        if let Some(d) = slot {
+            *d = (*d).max(deadline);
+        }
+    }
+
+    /// An admit call answered ready for `n`: its admission no longer lapses.
+    pub fn confirm(&mut self, n: &str) {
+        self.members.insert(n.to_owned(), None);
+    }
+
+    /// Whether the primary must wait for `n` at `now`.
+    pub fn requires(&self, n: &str, now: Instant) -> bool {
+        self.members
+            .get(n)
+            .is_some_and(|d| d.is_none_or(|d| now < d))
+    }
+
+    /// The members the primary must wait for at `now`.
+    pub fn required(&self, now: Instant) -> impl Iterator<Item = &NodeId> {
+        self.members
+            .iter()
+            .filter(move |(_, d)| d.is_none_or(|d| now < d))
+            .map(|(n, _)| n)
+    }
+
+    /// Obeys a map entry: admissions of members it lists in sync (now required as in-sync
+    /// members) or no longer lists at all end; others stay, confirmed or not.
+    pub fn retain(&mut self, entry: &PartitionEntry) {
+        self.members
+            .retain(|n, _| entry.is_member(n) && !entry.is_in_sync(n));
+    }
+
+    /// Forgets provisional admissions that lapsed before `now`.
+    pub fn forget_lapsed(&mut self, now: Instant) {
+        self.members.retain(|_, d| d.is_none_or(|d| now < d));
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn check() -> LeadCheck {
         LeadCheck {
@@ -141,14 +199,42 @@ mod tests {
     /// that do not list it in sync.
     #[test]
     fn an_admitted_learner_stays_admitted_across_unrelated_maps() {
-        let mut admitted: BTreeSet<NodeId> = ["c".to_string()].into();
-        retain_admitted(&mut admitted, &entry(2, &["a", "b"], &["c"]));
-        assert!(admitted.contains("c"));
+        let now = Instant::now();
+        let later = now + Duration::from_secs(60);
+        let mut a = Admissions::default();
+        a.admit("c", later);
+        a.retain(&entry(2, &["a", "b"], &["c"]));
+        assert!(a.requires("c", now));
         // Listed in sync: required as an in-sync member from now on.
-        retain_admitted(&mut admitted, &entry(2, &["a", "b", "c"], &[]));
-        assert!(admitted.is_empty());
-        let mut admitted: BTreeSet<NodeId> = ["c".to_string()].into();
-        retain_admitted(&mut admitted, &entry(2, &["a", "b"], &[]));
-        assert!(admitted.is_empty(), "a dropped learner is forgotten");
+        a.retain(&entry(2, &["a", "b", "c"], &[]));
+        assert!(!a.requires("c", now));
+        let mut a = Admissions::default();
+        a.confirm("c");
+        a.retain(&entry(2, &["a", "b"], &[]));
+        assert!(!a.requires("c", now), "a dropped learner is forgotten");
+    }
+
+    /// Issue item 4 (gray failures; admit calls abortable): a provisional admission lapses at
+    /// its call's deadline, a confirmed one (the call answered ready) never does.
+    #[test]
+    fn a_provisional_admission_lapses_at_its_deadline_a_confirmed_one_never() {
+        let now = Instant::now();
+        let deadline = now + Duration::from_secs(5);
+        let mut a = Admissions::default();
+        a.admit("c", deadline);
+        a.admit("d", deadline);
+        assert!(a.requires("c", now));
+        assert!(!a.requires("c", deadline), "lapsed at the deadline");
+        a.confirm("d");
+        a.admit("d", now);
+        let far = now + Duration::from_secs(3600);
+        assert!(a.requires("d", far), "a confirmed admission stays");
+        assert_eq!(a.required(far).collect::<Vec<_>>(), vec!["d"]);
+        // A later call extends a provisional admission.
+        a.admit("c", now + Duration::from_secs(9));
+        assert!(a.requires("c", deadline));
+        a.forget_lapsed(far);
+        assert!(!a.requires("c", now));
+        assert!(a.requires("d", far));
     }
 }

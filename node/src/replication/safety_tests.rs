@@ -90,17 +90,27 @@ async fn an_admitted_replica_stays_admitted_across_an_unrelated_map_install() {
     let req = AdmitRequest {
         epoch: 2,
         learner: "c".into(),
-        timeout_ms: 0,
+        timeout_ms: 60_000,
     };
-    let answer = r.admit(&req).await.unwrap_or_else(|e| panic!("{e}"));
-    assert!(!answer.ready, "c never acknowledged anything");
+    // The call waits for c (which never acknowledges); its admission holds meanwhile.
+    let call = {
+        let r = r.clone();
+        tokio::spawn(async move { r.admit(&req).await })
+    };
+    let admitted = |r: &Replica| {
+        r.lock()
+            .primary
+            .as_ref()
+            .is_some_and(|p| p.admitted.requires("c", std::time::Instant::now()))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !admitted(&r) {
+        assert!(std::time::Instant::now() < deadline, "c never admitted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     // Another map version (only other partitions changed) re-applies the same entry.
     r.apply_map(entry, 1).await;
-    let admitted = r
-        .lock()
-        .primary
-        .as_ref()
-        .is_some_and(|p| p.admitted.contains("c"));
+    let admitted = admitted(&r);
     assert!(
         admitted,
         "the admission was forgotten by an unrelated map install"
@@ -118,6 +128,41 @@ async fn an_admitted_replica_stays_admitted_across_an_unrelated_map_install() {
     assert!(
         w.is_err(),
         "a write committed without the admitted replica: {w:?}"
+    );
+    call.abort();
+}
+
+/// Issue item 4 (gray failures; admit calls abortable): an admission whose call ends without
+/// the learner becoming ready lapses, and writes commit again without it.
+#[tokio::test]
+async fn an_admission_that_never_becomes_ready_lapses_with_its_call() {
+    let f = plain("a");
+    f.ctx.lease.grant_for_tests(Duration::from_secs(60));
+    let r = Arc::new(Replica::new(f.ctx.clone(), 0, PartitionDisk::default()));
+    let entry = PartitionEntry {
+        replicas: vec!["a".into(), "c".into()],
+        ..primary_entry(&["a"])
+    };
+    r.apply_map(entry, 1).await;
+    let req = AdmitRequest {
+        epoch: 2,
+        learner: "c".into(),
+        timeout_ms: 300,
+    };
+    let answer = r.admit(&req).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(!answer.ready, "c never acknowledged anything");
+    let w = tokio::time::timeout(
+        Duration::from_secs(5),
+        r.write(
+            b"k".to_vec(),
+            Some(b"v".to_vec()),
+            super::primary::Condition::Always,
+        ),
+    )
+    .await;
+    assert!(
+        matches!(w, Ok(Ok(_))),
+        "the lapsed admission still stalls writes: {w:?}"
     );
 }
 

@@ -62,10 +62,13 @@ pub(crate) fn spawn(
         } => {
             let primary_addr = addr(&primary);
             tokio::spawn(async move {
+                // The same timeout as a hand-off: the primary waits for the learner at most
+                // this long (and stops waiting when not ready by then), the HTTP call allows
+                // 5 s more, so a live primary always answers first.
                 let req = AdmitRequest {
                     epoch,
                     learner: node.clone(),
-                    timeout_ms: 0,
+                    timeout_ms: handoff_ms,
                 };
                 let outcome = match primary_addr {
                     Some(a) => match transport.admit(&a, partition, &req).await {

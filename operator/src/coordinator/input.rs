@@ -65,10 +65,14 @@ pub struct Settings {
     /// Added to the lease before a node that stopped answering is presumed dead.
     pub drift_margin: Duration,
     pub heartbeat_interval: Duration,
-    /// A follower whose acknowledged position is behind the primary's commit point and
-    /// that has not been heard from for this long is removed from `inSync`.
+    /// Gray-failure bound: a follower that has had entries outstanding without acknowledging
+    /// progress for this long (the primary's `pendingSinceMs`, measured from its last
+    /// acknowledged progress, never reset by heartbeat answers) leaves `inSync`, down to
+    /// `minInSync`; such a member is not admitted again until it progresses.
     pub lag_timeout: Duration,
-    /// How long a primary may wait for the target of a hand-off to catch up.
+    /// How long a primary may wait in a hand-off or an admit call (the node waits at most
+    /// this long, the HTTP call allows 5 s more; an admission that is not ready by then
+    /// lapses, a hand-off that is not ready is aborted).
     pub handoff_timeout: Duration,
     /// The store is being filled from a backup: the map says `restoring`, so nodes serve
     /// only the restore's own client requests.

@@ -6,6 +6,7 @@
 //! asking positions, learner admission, hand-off, moves) advance by one step per round, so a
 //! restarted coordinator resumes from whatever the stored map says.
 
+mod gray;
 mod handoff;
 mod moves;
 mod nodes;

@@ -1,13 +1,14 @@
 //! Per-partition decisions: failover, in-sync shrink and expand, hand-off, moves and cleanup.
 //! Each partition advances by at most one step of a multi-step procedure per round.
 
+use super::gray::{stuck_members, worth_admitting};
 use super::handoff::{Handoff, handoff};
 use super::moves::{moves_in_flight, remove_extras, start_move};
 use super::{Call, Inputs};
 use crate::coordinator::liveness::Liveness;
 use crate::coordinator::status::CoordinatorEvent;
 use crate::placement::{Target, TargetPartition};
-use shardedstore_node::admin_api::{LogPosition, ReplicaRole};
+use shardedstore_node::admin_api::{LogPosition, PartitionState, ReplicaRole};
 use shardedstore_node::map::{NodeId, NodeState, PartitionEntry, PartitionId, PartitionMap};
 use std::collections::BTreeMap;
 
@@ -232,7 +233,25 @@ fn failover(
     true
 }
 
-/// Removes dead and lagging followers from `inSync` (never the primary).
+/// The primary's report of `p` at the entry's epoch, from its latest heartbeat answer.
+fn primary_report<'a>(
+    round: &'a Round<'_>,
+    p: PartitionId,
+    e: &PartitionEntry,
+    primary: &str,
+) -> Option<&'a PartitionState> {
+    round
+        .inputs
+        .obs
+        .reports
+        .get(primary)
+        .and_then(|r| r.partitions.iter().find(|s| s.partition == p))
+        .filter(|s| s.epoch == e.epoch && s.role == ReplicaRole::Primary)
+}
+
+/// Removes dead followers from `inSync`, and followers stuck without acknowledging progress
+/// for longer than the lag timeout (issue item 4, gray failures: [`super::gray`]) down to
+/// `minInSync`. Never the primary.
 fn shrink(
     round: &Round<'_>,
     p: PartitionId,
@@ -240,29 +259,23 @@ fn shrink(
     primary: &str,
     events: &mut Vec<CoordinatorEvent>,
 ) {
-    let lag = round.inputs.settings.lag_timeout.as_millis() as u64;
-    let report = round
-        .inputs
-        .obs
-        .reports
-        .get(primary)
-        .and_then(|r| r.partitions.iter().find(|s| s.partition == p))
-        .filter(|s| s.epoch == e.epoch && s.role == ReplicaRole::Primary);
-    let lagging = |n: &str| {
-        report.is_some_and(|s| {
-            s.followers.iter().any(|f| {
-                f.node == n
-                    && f.acked_seq < s.commit_seq
-                    && f.last_contact_ms.is_none_or(|c| c > lag)
-            })
-        })
-    };
-    let removed: Vec<NodeId> = e
+    let bound = round.inputs.settings.lag_timeout.as_millis() as u64;
+    let mut removed: Vec<NodeId> = e
         .in_sync
         .iter()
-        .filter(|n| n.as_str() != primary && (round.dead(n) || lagging(n)))
+        .filter(|n| n.as_str() != primary && round.dead(n))
         .cloned()
         .collect();
+    if let Some(report) = primary_report(round, p, e, primary) {
+        let alive: Vec<NodeId> = e
+            .in_sync
+            .iter()
+            .filter(|n| !removed.contains(n))
+            .cloned()
+            .collect();
+        let min = round.inputs.settings.min_in_sync as usize;
+        removed.extend(stuck_members(report, &alive, primary, bound, min));
+    }
     for n in removed {
         e.in_sync.retain(|m| *m != n);
         events.push(CoordinatorEvent::InSyncShrunk {
@@ -285,6 +298,18 @@ fn expand(
     if !round.current(primary) {
         return;
     }
+    // A member the primary reports stuck is not admitted (issue item 4): the primary would
+    // wait for it until the call ends.
+    let bound = round.inputs.settings.lag_timeout.as_millis() as u64;
+    let report = primary_report(round, p, e, primary);
+    let worth = |n: &NodeId| {
+        report.is_none_or(|r| {
+            r.followers
+                .iter()
+                .find(|f| f.node == *n)
+                .is_none_or(|f| worth_admitting(f, r.commit_seq, bound))
+        })
+    };
     let waiting: Vec<NodeId> = e
         .members()
         .filter(|n| !e.in_sync.contains(n) && round.alive(n) && round.current(n))
@@ -301,7 +326,7 @@ fn expand(
                 partition: p,
                 node: n,
             });
-        } else {
+        } else if worth(&n) {
             calls.push(Call::Admit {
                 partition: p,
                 epoch: e.epoch,
