@@ -8,6 +8,14 @@
 //! when a later heartbeat confirms that the reply to n arrived (`confirmedSeq`); its receipt
 //! of n precedes the coordinator's receipt of the reply, so every lease it holds ends before
 //! `reference + lease` (plus clock-rate drift). Unanswered heartbeats never move it.
+//!
+//! A node that answers but reports its storage stalled beyond the node's bound (a hung
+//! disk: it cannot persist, so it can neither lead nor acknowledge) is treated like a silent
+//! one (issue item 4, a primary that cannot persist is failed over): from the instant the
+//! coordinator learns it, its heartbeats carry a zero lease, so every lease it may hold was
+//! granted by a heartbeat sent before that instant and ends before `instant + lease` (plus
+//! drift). It is suspected until then, dead afterwards, and alive again once it reports its
+//! storage moving.
 
 use std::time::{Duration, Instant};
 
@@ -40,6 +48,9 @@ pub struct Health {
     failing: bool,
     /// When the node was first seen dead (for `replaceAfter`).
     dead_since: Option<Instant>,
+    /// When this coordinator learned that the node's storage is stalled (it stopped granting
+    /// leases then), while it stays stalled.
+    stalled_since: Option<Instant>,
     confirmed_dead: bool,
 }
 
@@ -53,8 +64,30 @@ impl Health {
             answered: false,
             failing: false,
             dead_since: None,
+            stalled_since: None,
             confirmed_dead: false,
         }
+    }
+
+    /// The node answered heartbeat `seq` (reply received at `at`), reporting whether its
+    /// storage is stalled beyond the node's bound. A stalled node gets zero-lease heartbeats
+    /// from now on ([`Health::may_grant_lease`]) and is fenced from now.
+    pub fn reported(&mut self, seq: u64, at: Instant, storage_stalled: bool) {
+        self.answered = true;
+        self.failing = false;
+        self.confirmed_dead = false;
+        self.reply_received(seq, at);
+        if storage_stalled {
+            self.stalled_since.get_or_insert(at);
+        } else {
+            self.stalled_since = None;
+            self.dead_since = None;
+        }
+    }
+
+    /// Whether heartbeats to the node may grant a lease (not while its storage is stalled).
+    pub fn may_grant_lease(&self) -> bool {
+        self.stalled_since.is_none()
     }
 
     /// A heartbeat is about to be sent: its seq, and the highest seq whose reply arrived
@@ -103,14 +136,21 @@ impl Health {
         if self.confirmed_dead {
             return Liveness::Dead;
         }
-        if !self.failing {
-            return if self.answered {
-                Liveness::Alive
-            } else {
-                Liveness::Unknown
-            };
-        }
-        if now < self.fence_reference() + fence {
+        // Both references bound every lease the node may hold; the earlier one counts.
+        let reference = match (self.failing, self.stalled_since) {
+            (false, None) => {
+                return if self.answered {
+                    Liveness::Alive
+                } else {
+                    Liveness::Unknown
+                };
+            }
+            (false, Some(stalled)) => stalled,
+            (true, stalled) => {
+                stalled.map_or(self.fence_reference(), |s| s.min(self.fence_reference()))
+            }
+        };
+        if now < reference + fence {
             Liveness::Suspected
         } else {
             self.dead_since.get_or_insert(now);
@@ -159,6 +199,55 @@ mod tests {
         assert_eq!(h.dead_since(), Some(t1 + FENCE));
         h.answered();
         assert_eq!(h.liveness(t1 + FENCE, FENCE), Liveness::Alive);
+    }
+
+    /// Issue item 4 (a primary that cannot persist is failed over): a node reporting its
+    /// storage stalled gets no lease from then on, is suspected for a fence and then dead,
+    /// and is alive again once its storage moves.
+    #[test]
+    fn a_node_with_stalled_storage_is_fenced_from_when_it_was_learned() {
+        let t0 = Instant::now();
+        let mut h = Health::new(t0);
+        let (s1, _) = h.next_heartbeat(t0);
+        h.reported(s1, t0, false);
+        assert!(h.may_grant_lease());
+        let t1 = t0 + Duration::from_secs(1);
+        let (s2, _) = h.next_heartbeat(t1);
+        h.reported(s2, t1, true);
+        assert!(
+            !h.may_grant_lease(),
+            "a stalled node gets zero-lease heartbeats"
+        );
+        assert!(
+            h.may_heartbeat(),
+            "it is still asked (its reports tell when it recovers)"
+        );
+        assert_eq!(h.liveness(t1, FENCE), Liveness::Suspected);
+        // Later stalled reports do not move the reference.
+        let t2 = t1 + Duration::from_secs(2);
+        let (s3, _) = h.next_heartbeat(t2);
+        h.reported(s3, t2, true);
+        assert_eq!(
+            h.liveness(t1 + FENCE - Duration::from_millis(1), FENCE),
+            Liveness::Suspected
+        );
+        assert_eq!(h.liveness(t1 + FENCE, FENCE), Liveness::Dead);
+        let dead_since = h.dead_since();
+        assert_eq!(dead_since, Some(t1 + FENCE));
+        let t3 = t1 + FENCE + Duration::from_secs(1);
+        let (s4, _) = h.next_heartbeat(t3);
+        h.reported(s4, t3, true);
+        assert_eq!(h.liveness(t3, FENCE), Liveness::Dead);
+        assert_eq!(
+            h.dead_since(),
+            dead_since,
+            "still dead since then (replaceAfter)"
+        );
+        let (s5, _) = h.next_heartbeat(t3);
+        h.reported(s5, t3, false);
+        assert_eq!(h.liveness(t3, FENCE), Liveness::Alive);
+        assert!(h.may_grant_lease());
+        assert_eq!(h.dead_since(), None);
     }
 
     #[test]

@@ -193,6 +193,13 @@ impl Runner {
         }
     }
 
+    /// Whether a heartbeat answer shows the node's storage stalled beyond the node's own
+    /// bound (past which it takes no lease and serves nothing itself).
+    fn storage_stalled(report: &shardedstore_node::admin_api::HeartbeatResponse) -> bool {
+        Duration::from_millis(report.storage_stalled_ms)
+            > shardedstore_node::context::STORAGE_STALL_BOUND
+    }
+
     fn publish_status(&self) {
         if let Some((map, _)) = &self.map {
             let status = summarize(map, self.target.as_ref(), &self.obs);
@@ -254,6 +261,9 @@ impl Runner {
                     coordinator: self.coordinator_id.clone(),
                     seq,
                     confirmed_seq,
+                    // A node whose storage is stalled gets heartbeats that grant nothing, so
+                    // its lease runs out by its fence (`liveness.rs`).
+                    lease_ms: if h.may_grant_lease() { req.lease_ms } else { 0 },
                     ..req.clone()
                 }
             });
@@ -302,8 +312,15 @@ impl Runner {
                 .or_insert_with(|| Health::new(started));
             match answer {
                 Contact::Report(report, seq, received) => {
-                    h.answered();
-                    h.reply_received(seq, received);
+                    let stalled = Self::storage_stalled(&report);
+                    if stalled && h.may_grant_lease() {
+                        tracing::warn!(
+                            node = %id,
+                            stalled_ms = report.storage_stalled_ms,
+                            "storage stalled: no more leases; failed over once fenced"
+                        );
+                    }
+                    h.reported(seq, received, stalled);
                     if report.map_version < version {
                         stale.push((id.clone(), addr));
                     }
