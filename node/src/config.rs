@@ -97,6 +97,44 @@ pub struct NodeConfig {
         default_value_t = 0
     )]
     pub shutdown_handoff_seconds: u64,
+
+    /// PEM certificate chain served on the client and peer ports. With --tls-key both ports
+    /// speak TLS only (peer traffic then needs TLS and the peer token); `/metrics` stays HTTP.
+    #[arg(long, env = "SHARDEDSTORE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "SHARDEDSTORE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA bundle (PEM) trusted when this node calls other nodes over TLS (replication,
+    /// forwarded requests); default: the system's roots.
+    #[arg(long, env = "SHARDEDSTORE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// CA bundle (PEM) whose client certificates authenticate clients on the client port
+    /// (mutual TLS). Clients without one must then present a token from --client-token-file.
+    #[arg(long, env = "SHARDEDSTORE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// File of bearer tokens accepted on the client port, one per line (blank lines and
+    /// `#` comments ignored). Requests without a valid token get 401 (missing) or 403 (wrong).
+    #[arg(long, env = "SHARDEDSTORE_CLIENT_TOKEN_FILE")]
+    pub client_token_file: Option<PathBuf>,
+
+    /// Zone of this node (in Kubernetes the `topology.kubernetes.io/zone` label of its
+    /// Kubernetes node). Local reads forwarded by this node prefer replicas in the same zone;
+    /// without it, the zone recorded for this node in the map is used.
+    #[arg(long, env = "SHARDEDSTORE_ZONE")]
+    pub zone: Option<String>,
+
+    /// Largest request body accepted on the peer port (replication frames, admin calls).
+    #[arg(
+        long,
+        env = "SHARDEDSTORE_MAX_PEER_BODY_BYTES",
+        default_value_t = 256 * 1024 * 1024
+    )]
+    pub max_peer_body_bytes: usize,
 }
 
 impl NodeConfig {

@@ -10,6 +10,8 @@
 //! - [`node`]: the partitions a node holds, map installs, heartbeats, upkeep.
 //! - [`lease`]: the lease rule (heartbeats confirmed by the operator grant the lease).
 //! - [`http`]: the client, peer/admin and metrics HTTP servers.
+//! - [`tls`]: certificates and keys, rustls server and client configurations, the
+//!   process-wide rustls crypto provider.
 //! - [`config`], [`server`], [`shutdown`]: configuration, start-up and shutdown of the
 //!   `shardedstore-node` binary.
 
@@ -28,3 +30,4 @@ pub mod replication;
 pub mod server;
 pub mod shutdown;
 pub mod storage;
+pub mod tls;

@@ -6,13 +6,15 @@
 
 use crate::config::NodeConfig;
 use crate::context::{Ctx, ReplicationConfig};
-use crate::http::{client_api, metrics_api, peer_api};
+use crate::http::auth::ClientAuth;
+use crate::http::{client_api, metrics_api, peer_api, serve};
 use crate::map::Limits;
 use crate::metrics::{MetricsError, NodeMetrics, WriterMetrics};
 use crate::node::Node;
 use crate::replication::peer_client::{PeerClient, PeerError};
 use crate::storage::writer::WriterHandle;
 use crate::storage::{StorageError, Store};
+use crate::tls::{ClientTls, ServerTls};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,8 +37,12 @@ pub enum ServerError {
     Metrics(#[from] MetricsError),
     #[error("building the peer client")]
     Peer(#[from] PeerError),
-    #[error("building the forwarding client")]
-    Forward(#[source] reqwest::Error),
+    #[error("setting up the client API")]
+    ClientApi(#[from] client_api::ClientApiError),
+    #[error("loading the TLS certificate and key")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("setting up client authentication")]
+    Auth(#[from] crate::http::auth::AuthConfigError),
     #[error("binding {addr}")]
     Bind {
         addr: SocketAddr,
@@ -114,7 +120,42 @@ pub async fn run(cfg: NodeConfig) -> Result<(), ServerError> {
         write_timeout: Duration::from_millis(cfg.write_timeout_ms),
         ..ReplicationConfig::default()
     };
-    let peers = PeerClient::bound(token.clone(), Duration::from_secs(30), cfg.host)?;
+    let tls = cfg.tls_cert.clone().zip(cfg.tls_key.clone());
+    let https = tls.is_some();
+    let outgoing = ClientTls {
+        ca: cfg.tls_ca.clone(),
+        ..ClientTls::default()
+    };
+    let (client_tls, peer_tls) = match &tls {
+        Some((cert, key)) => {
+            let client = ServerTls {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: cfg.tls_client_ca.clone(),
+                // Forwarding nodes and token holders connect without a client certificate;
+                // the client API checks who they are.
+                client_cert_optional: true,
+            };
+            let peer = ServerTls {
+                client_ca: None,
+                ..client.clone()
+            };
+            (Some(client.server_config()?), Some(peer.server_config()?))
+        }
+        None => (None, None),
+    };
+    let auth = ClientAuth::load(
+        cfg.client_token_file.as_deref(),
+        cfg.tls_client_ca.is_some(),
+        &token,
+    )?;
+    let peers = PeerClient::with_tls(
+        token.clone(),
+        Duration::from_secs(30),
+        &outgoing,
+        https,
+        cfg.host,
+    )?;
     let ctx = Arc::new(Ctx::new(
         cfg.node_id.clone(),
         cfg.store.clone(),
@@ -129,15 +170,23 @@ pub async fn run(cfg: NodeConfig) -> Result<(), ServerError> {
     let shutdown = CancellationToken::new();
     tokio::spawn(node.clone().upkeep(shutdown.clone()));
 
-    let limits = Limits {
-        max_key_bytes: cfg.max_key_bytes,
-        max_value_bytes: cfg.max_value_bytes,
+    let settings = client_api::ClientApiSettings {
+        default_limits: Limits {
+            max_key_bytes: cfg.max_key_bytes,
+            max_value_bytes: cfg.max_value_bytes,
+        },
+        auth,
+        tls: outgoing,
+        https,
+        peer_token: token.clone(),
+        zone: cfg.zone.clone(),
+        local: cfg.host,
     };
-    let client = client_api::ClientApi::new(node.clone(), limits, cfg.host, token.clone())
-        .map_err(ServerError::Forward)?;
+    let client = client_api::ClientApi::new(node.clone(), settings)?;
     let peer = Arc::new(peer_api::PeerApi {
         node: node.clone(),
         token,
+        max_body: cfg.max_peer_body_bytes,
     });
     let client_listener = bind(cfg.client_addr).await?;
     let peer_listener = bind(cfg.peer_addr).await?;
@@ -147,28 +196,31 @@ pub async fn run(cfg: NodeConfig) -> Result<(), ServerError> {
         client = %cfg.client_addr,
         peer = %cfg.peer_addr,
         metrics = %cfg.metrics_addr,
+        tls = https,
+        client_auth = client.auth_enabled(),
         map_version = node.ctx.map_version(),
         "node serving"
     );
+    // `/metrics` stays plain HTTP so Prometheus scrapes it without client credentials.
     let servers = [
-        tokio::spawn(
-            warp::serve(client_api::routes(client))
-                .incoming(client_listener)
-                .graceful(shutdown.clone().cancelled_owned())
-                .run(),
-        ),
-        tokio::spawn(
-            warp::serve(peer_api::routes(peer))
-                .incoming(peer_listener)
-                .graceful(shutdown.clone().cancelled_owned())
-                .run(),
-        ),
-        tokio::spawn(
-            warp::serve(metrics_api::routes(node.clone()))
-                .incoming(metrics_listener)
-                .graceful(shutdown.clone().cancelled_owned())
-                .run(),
-        ),
+        tokio::spawn(serve::serve(
+            client_listener,
+            client_tls,
+            warp::service(client_api::routes(client)),
+            shutdown.clone(),
+        )),
+        tokio::spawn(serve::serve(
+            peer_listener,
+            peer_tls,
+            warp::service(peer_api::routes(peer)),
+            shutdown.clone(),
+        )),
+        tokio::spawn(serve::serve(
+            metrics_listener,
+            None,
+            warp::service(metrics_api::routes(node.clone())),
+            shutdown.clone(),
+        )),
     ];
     termination().await;
     if cfg.shutdown_handoff_seconds > 0 {

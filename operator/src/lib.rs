@@ -7,7 +7,6 @@ pub mod config;
 pub mod controller;
 pub mod coordinator;
 pub mod crd;
-pub mod crypto;
 pub mod k8s_map_store;
 pub mod leader;
 pub mod local;

@@ -38,7 +38,7 @@ enum CrdKind {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    shardedstore_operator::crypto::install_default_provider();
+    shardedstore_node::tls::install_crypto_provider();
     match Cli::parse().command {
         Command::Run(config) => {
             shardedstore_operator::telemetry::init();

@@ -134,7 +134,7 @@ impl ControlPlane {
         )
         .await
         .map_err(|source| HarnessError::Kubeconfig { path, source })?;
-        shardedstore_operator::crypto::install_default_provider();
+        shardedstore_node::tls::install_crypto_provider();
         kube::Client::try_from(config).map_err(HarnessError::Client)
     }
 

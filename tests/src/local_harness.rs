@@ -26,7 +26,8 @@ pub struct LocalOptions {
     pub replace_after_secs: u64,
     pub restart_delay_ms: u64,
     pub max_concurrent_moves_per_node: u32,
-    /// Extra arguments and environment of `shardedstore-operator local` (e.g. `--restore-from`).
+    /// Extra arguments and environment of `shardedstore-operator local` (e.g. `--restore-from`,
+    /// `--tls-dir DIR`).
     pub extra_args: Vec<String>,
     pub extra_env: Vec<(String, String)>,
     /// Node i binds `node_host_base + i` (else every node binds 127.0.0.1).
@@ -126,7 +127,7 @@ impl LocalStore {
             base,
             operator: None,
             groups: Vec::new(),
-            http: reqwest::Client::builder()
+            http: shardedstore_node::tls::http_client_builder(&Default::default())?
                 .timeout(Duration::from_secs(5))
                 .build()?,
         })

@@ -349,7 +349,7 @@ impl Cluster {
             nodes,
             heartbeater: Heartbeater::new(admin.clone(), &options.store),
             admin,
-            http: reqwest::Client::builder()
+            http: shardedstore_node::tls::http_client_builder(&Default::default())?
                 .timeout(Duration::from_secs(20))
                 .build()?,
             options,

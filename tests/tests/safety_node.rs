@@ -147,7 +147,7 @@ async fn a_restarted_primary_never_reuses_an_epoch_it_led() -> anyhow::Result<()
         "the restarted node leads the epoch it led before: {state:?}"
     );
     // A write now must not take seq 2 in epoch 1.
-    let short = reqwest::Client::builder()
+    let short = shardedstore_node::tls::http_client_builder(&Default::default())?
         .timeout(Duration::from_secs(3))
         .build()?;
     let _ = short

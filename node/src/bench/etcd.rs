@@ -88,14 +88,17 @@ impl Target for EtcdTarget {
         }
         let base =
             &self.endpoints[self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len()];
-        let http = reqwest::Client::builder()
-            .timeout(TIMEOUT)
-            .pool_max_idle_per_host(1)
-            .build()
-            .map_err(|e| BenchError::ConnectEtcd {
-                endpoint: base.clone(),
-                reason: e.to_string(),
-            })?;
+        let http = {
+            crate::tls::install_crypto_provider();
+            reqwest::Client::builder()
+        }
+        .timeout(TIMEOUT)
+        .pool_max_idle_per_host(1)
+        .build()
+        .map_err(|e| BenchError::ConnectEtcd {
+            endpoint: base.clone(),
+            reason: e.to_string(),
+        })?;
         let session = EtcdSession {
             http,
             put_url: format!("{base}/v3/kv/put"),

@@ -13,7 +13,8 @@ mod status;
 use args::{Cli, Command};
 use clap::Parser;
 use commands::CliError;
-use shardedstore_node::client::kv::{KvClient, RetryPolicy};
+use shardedstore_node::client::kv::{KvClient, LocalReadOptions, RetryPolicy};
+use shardedstore_node::tls::ClientTls;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -37,13 +38,33 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         deadline: cli.timeout,
         ..RetryPolicy::default()
     };
-    let kv = KvClient::builder(&cli.endpoints)
+    let tls = ClientTls {
+        ca: cli.ca.clone(),
+        cert: cli.client_cert.clone(),
+        key: cli.client_key.clone(),
+    };
+    let mut kv = KvClient::builder(&cli.endpoints)
         .request_timeout(cli.timeout.min(Duration::from_secs(5)))
         .retry_policy(policy)
         .direct_routing(!cli.via_endpoints)
-        .build()?;
+        .tls(tls);
+    if let Some(t) = &cli.token {
+        kv = kv.token(t.clone());
+    }
+    let kv = kv.build()?;
     match cli.command {
-        Command::Get { key, local } => commands::get(&kv, &key, local, cli.verbose).await,
+        Command::Get {
+            key,
+            local,
+            min_version,
+            max_staleness_ms,
+        } => {
+            let local = local.then_some(LocalReadOptions {
+                min_version,
+                max_staleness: max_staleness_ms.map(Duration::from_millis),
+            });
+            commands::get(&kv, &key, local, cli.verbose).await
+        }
         Command::Put(p) => commands::put(&kv, p, cli.verbose).await,
         Command::Delete { key, if_match } => {
             commands::delete(&kv, &key, if_match, cli.verbose).await
@@ -60,6 +81,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
 }
 
 fn main() -> ExitCode {
+    shardedstore_node::tls::install_crypto_provider();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -88,6 +110,41 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("outer")]
     struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn tls_and_session_flags_parse_beside_the_key_argument() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "shardedstore",
+            "--ca",
+            "ca.pem",
+            "--cert",
+            "c.pem",
+            "--key",
+            "k.pem",
+            "--token",
+            "t",
+            "get",
+            "some-key",
+            "--local",
+            "--min-version",
+            "42",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            cli.client_key.as_deref(),
+            Some(std::path::Path::new("k.pem"))
+        );
+        assert_eq!(cli.token.as_deref(), Some("t"));
+        match cli.command {
+            Command::Get {
+                key, min_version, ..
+            } => assert_eq!((key.as_str(), min_version), ("some-key", Some(42))),
+            other => panic!("parsed {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["shardedstore", "--cert", "c.pem", "map"]).is_err());
+    }
 
     #[test]
     fn error_chains_print_on_one_line() {

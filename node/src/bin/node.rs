@@ -20,6 +20,7 @@ fn init_logs() {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    shardedstore_node::tls::install_crypto_provider();
     let cfg = NodeConfig::parse();
     init_logs();
     match shardedstore_node::server::run(cfg).await {

@@ -5,6 +5,7 @@ use crate::admin_api::{
     HandoffResponse, HeartbeatRequest, HeartbeatResponse, InstallMapResponse, LogPosition,
 };
 use crate::map::{PartitionId, PartitionMap};
+use crate::tls::ClientTls;
 use std::time::Duration;
 
 /// Why an admin call failed.
@@ -12,6 +13,8 @@ use std::time::Duration;
 pub enum AdminError {
     #[error("building the HTTP client")]
     BuildClient(#[source] reqwest::Error),
+    #[error("loading the TLS settings of the admin client")]
+    Tls(#[source] crate::tls::TlsError),
     #[error("sending {path} to {addr}")]
     Send {
         addr: String,
@@ -56,12 +59,14 @@ impl AdminError {
 pub struct AdminClient {
     http: reqwest::Client,
     token: String,
+    /// `https` when the nodes' peer ports serve TLS.
+    scheme: &'static str,
 }
 
 impl AdminClient {
     /// `timeout` bounds every call (heartbeats want it well below the lease).
     pub fn new(token: impl Into<String>, timeout: Duration) -> Result<Self, AdminError> {
-        Self::bound(token, timeout, None)
+        Self::with_tls(token, timeout, &ClientTls::default(), false, None)
     }
 
     /// Like [`AdminClient::new`], with connections leaving from `local` when given.
@@ -70,7 +75,20 @@ impl AdminClient {
         timeout: Duration,
         local: Option<std::net::IpAddr>,
     ) -> Result<Self, AdminError> {
-        let http = reqwest::Client::builder()
+        Self::with_tls(token, timeout, &ClientTls::default(), false, local)
+    }
+
+    /// A client of nodes whose peer ports serve TLS (when `https`), trusting what `tls` says
+    /// (the store's CA with `--tls-ca`); connections leave from `local` when given.
+    pub fn with_tls(
+        token: impl Into<String>,
+        timeout: Duration,
+        tls: &ClientTls,
+        https: bool,
+        local: Option<std::net::IpAddr>,
+    ) -> Result<Self, AdminError> {
+        let http = crate::tls::http_client_builder(tls)
+            .map_err(AdminError::Tls)?
             .local_address(local)
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -80,6 +98,7 @@ impl AdminClient {
         Ok(Self {
             http,
             token: token.into(),
+            scheme: crate::tls::scheme(https),
         })
     }
 
@@ -193,7 +212,7 @@ impl AdminClient {
     ) -> Result<reqwest::Response, AdminError> {
         let mut req = self
             .http
-            .request(method, format!("http://{addr}{path}"))
+            .request(method, format!("{}://{addr}{path}", self.scheme))
             .bearer_auth(&self.token)
             .header(
                 "x-shardedstore-protocol",

@@ -2,6 +2,10 @@
 //! to its partition's primary using a cached partition map, refreshes the map on 421 and on
 //! connection errors, and retries retryable failures with backoff up to a deadline.
 //!
+//! A client is also a session: it remembers per partition the highest version it wrote or
+//! read and sends it with `consistency=local` reads (`x-min-version`), so those reads never
+//! go back in time (read-your-writes, monotonic reads). Clones share the session.
+//!
 //! - `route`: pure routing — endpoints, key encoding, which node serves a key.
 //! - `retry`: the retry policy as pure functions ([`RetryPolicy`] documents what a retried
 //!   write means).
@@ -23,14 +27,16 @@ mod unreachable;
 
 pub use error::{AttemptError, KvError, MapFetchError};
 pub use retry::{Decision, OpKind, RetryPolicy, backoff, decide};
-pub use route::{encode_key, parse_endpoints};
+pub use route::{encode_key, parse_endpoints, wants_https};
 
-use crate::map::PartitionMap;
+use crate::map::{PartitionId, PartitionMap};
+use crate::tls::ClientTls;
 use bytes::Bytes;
 use map_cache::Staleness;
 use request::{Op, Success};
+use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use unreachable::Unreachable;
 
@@ -48,6 +54,21 @@ pub struct LocalRead {
     pub version: u64,
     /// Upper bound on how old the serving replica's state may be (`x-staleness-ms`).
     pub staleness: Option<Duration>,
+    /// The node whose replica answered (`x-served-by`).
+    pub served_by: Option<String>,
+    /// The partition version the answer's state includes (`x-session-version`): pass it as
+    /// `min_version` to another client to carry the session over.
+    pub session_version: u64,
+}
+
+/// Options of a `consistency=local` read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalReadOptions {
+    /// The answer must include this partition version, on top of what this client's session
+    /// already requires (e.g. a version handed over from another process).
+    pub min_version: Option<u64>,
+    /// Largest acceptable staleness; a staler replica hands the read to the primary.
+    pub max_staleness: Option<Duration>,
 }
 
 /// Condition of a put or delete.
@@ -83,9 +104,26 @@ pub struct KvClientBuilder {
     zone: Option<String>,
     direct: bool,
     restore_token: Option<String>,
+    tls: ClientTls,
+    https: bool,
+    token: Option<String>,
 }
 
 impl KvClientBuilder {
+    /// TLS trust (`ca`) and identity (`cert`/`key`, for mutual TLS). Any of them makes the
+    /// client speak HTTPS, as do `https://` endpoints.
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.https |= tls.is_configured();
+        self.tls = tls;
+        self
+    }
+
+    /// Bearer token sent with every request (`--client-token-file` on the nodes).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
     /// Timeout of one attempt (default 5 s); the retry deadline bounds the whole operation.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
@@ -134,7 +172,9 @@ impl KvClientBuilder {
             value.set_sensitive(true);
             headers.insert(crate::map::RESTORE_TOKEN_HEADER, value);
         }
-        let http = reqwest::Client::builder()
+            .default_headers(headers)
+        let http = crate::tls::http_client_builder(&self.tls)
+            .map_err(KvError::TlsConfig)?
             .default_headers(headers)
             .connect_timeout(self.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
@@ -149,6 +189,9 @@ impl KvClientBuilder {
                 policy: self.policy,
                 zone: self.zone,
                 direct: self.direct,
+                scheme: crate::tls::scheme(self.https),
+                token: self.token,
+                sessions: Mutex::new(HashMap::new()),
                 map: RwLock::new(None),
                 refresh: tokio::sync::Mutex::new(None),
                 next_seed: AtomicUsize::new(0),
@@ -172,6 +215,11 @@ struct Inner {
     policy: RetryPolicy,
     zone: Option<String>,
     direct: bool,
+    /// `http` or `https`.
+    scheme: &'static str,
+    token: Option<String>,
+    /// Highest version written or read per partition: the session.
+    sessions: Mutex<HashMap<PartitionId, u64>>,
     map: RwLock<Option<Arc<PartitionMap>>>,
     /// Serializes map refreshes; holds when the last one finished.
     refresh: tokio::sync::Mutex<Option<Instant>>,
@@ -183,6 +231,9 @@ impl KvClient {
     /// A builder from seed endpoints (`host:port` of client APIs; comma lists are split).
     pub fn builder<S: AsRef<str>>(seeds: &[S]) -> KvClientBuilder {
         KvClientBuilder {
+            https: wants_https(seeds),
+            tls: ClientTls::default(),
+            token: None,
             seeds: parse_endpoints(seeds),
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(1),
@@ -205,9 +256,7 @@ impl KvClient {
 
     /// Linearizable read (served by the primary). `None` when the key is absent.
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Versioned>, KvError> {
-        let answer = self
-            .execute(key.as_ref(), &Op::Get { local: false })
-            .await?;
+        let answer = self.execute(key.as_ref(), &Op::Get { local: None }).await?;
         Ok(answer.map(|a| Versioned {
             value: a.body,
             version: a.version,
@@ -216,13 +265,58 @@ impl KvClient {
 
     /// Read from an in-sync replica's applied state (`consistency=local`): possibly stale,
     /// by at most the returned staleness, but answered without going to the primary.
+    /// The read includes everything this client wrote or read before in the key's partition.
     pub async fn get_local(&self, key: impl AsRef<[u8]>) -> Result<Option<LocalRead>, KvError> {
-        let answer = self.execute(key.as_ref(), &Op::Get { local: true }).await?;
+        self.get_local_with(key, LocalReadOptions::default()).await
+    }
+
+    /// A `consistency=local` read with a staleness bound or an extra minimum version.
+    pub async fn get_local_with(
+        &self,
+        key: impl AsRef<[u8]>,
+        options: LocalReadOptions,
+    ) -> Result<Option<LocalRead>, KvError> {
+        let op = Op::Get {
+            local: Some(options),
+        };
+        let answer = self.execute(key.as_ref(), &op).await?;
         Ok(answer.map(|a| LocalRead {
             value: a.body,
             version: a.version,
             staleness: a.staleness,
+            served_by: a.served_by,
+            session_version: a.session_version.unwrap_or(a.version).max(a.version),
         }))
+    }
+
+    /// This client's session version for `key`'s partition (0 before any answer, or before
+    /// the map is known).
+    pub fn session_version(&self, key: impl AsRef<[u8]>) -> u64 {
+        self.cached_map()
+            .map_or(0, |m| self.session_of(m.partition_of(key.as_ref())))
+    }
+
+    pub(crate) fn session_of(&self, partition: PartitionId) -> u64 {
+        self.inner
+            .sessions
+            .lock()
+            .map_or(0, |s| s.get(&partition).copied().unwrap_or(0))
+    }
+
+    /// Raises the session version of `partition` to `version` (never lowers it).
+    pub(crate) fn advance_session(&self, partition: PartitionId, version: u64) {
+        if let Ok(mut s) = self.inner.sessions.lock() {
+            let v = s.entry(partition).or_insert(0);
+            *v = (*v).max(version);
+        }
+    }
+
+    /// Adds the bearer token, when the client has one.
+    pub(crate) fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.inner.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
     }
 
     /// Write `value` under `key`, optionally conditional. See [`RetryPolicy`] for what a
@@ -243,6 +337,8 @@ impl KvClient {
             status: 0,
             version: 0,
             staleness: None,
+            session_version: None,
+            served_by: None,
             body: Bytes::new(),
         });
         Ok(PutResult {
@@ -277,7 +373,10 @@ impl KvClient {
             attempts += 1;
             let last = match self.refresh_map(&Staleness::default()).await {
                 Ok(map) => return Ok(map),
-                Err(e) => e,
+                Err(e) => match e.into_fatal() {
+                    Ok(fatal) => return Err(fatal),
+                    Err(e) => e,
+                },
             };
             let jitter = rand::random::<f64>();
             match decide(

@@ -1,54 +1,96 @@
 //! The client API (port 7000, docs/protocol.md): `GET/PUT/DELETE /v1/kv/{key}` and `GET /v1/map`.
-//! Requests for partitions this node does not lead are forwarded once to the primary.
+//! Requests for partitions this node does not lead are forwarded once to the primary;
+//! `consistency=local` reads are served from an in-sync replica ([`local_read`]).
+//! Every key answer names the node that served it (`x-served-by`).
 
+mod forward;
+mod local_read;
+
+use super::auth::ClientAuth;
 use super::common::{self, Answer, BodyError};
 use super::keys::{KeyError, decode_key};
+use super::serve::ConnInfo;
 use crate::map::{Limits, PartitionMap, RESTORE_TOKEN_HEADER};
 use crate::node::Node;
 use crate::replication::primary::{Condition, ServeError};
+use crate::tls::{ClientTls, TlsError};
 use bytes::{Buf, Bytes};
 use futures::Stream;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use warp::Filter;
+
+pub use local_read::ReadOptions;
 
 /// Marks a request forwarded by another node; such a request is never forwarded again.
 pub const FORWARDED_HEADER: &str = "x-shardedstore-forwarded";
 pub const VERSION_HEADER: &str = "x-version";
 pub const STALENESS_HEADER: &str = "x-staleness-ms";
+/// Id of the node whose replica answered a key request.
+pub const SERVED_BY_HEADER: &str = "x-served-by";
+/// Session token of a read: the partition's applied sequence number at the serving replica
+/// when it read (never below `x-version`). Pass the largest seen back as `x-min-version`.
+pub const SESSION_VERSION_HEADER: &str = "x-session-version";
+/// A local read answers from a state that includes this partition sequence number.
+pub const MIN_VERSION_HEADER: &str = "x-min-version";
+
+/// Why the client API could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientApiError {
+    #[error("loading the TLS settings of the forwarding client")]
+    Tls(#[source] TlsError),
+    #[error("building the forwarding client")]
+    Build(#[source] reqwest::Error),
+}
+
+/// How the client API authenticates, forwards and places itself.
+#[derive(Clone, Debug, Default)]
+pub struct ClientApiSettings {
+    /// Limits used before any map is installed.
+    pub default_limits: Limits,
+    pub auth: ClientAuth,
+    /// Trust of the forwarding client (other nodes' client ports).
+    pub tls: ClientTls,
+    /// Other nodes' client ports serve TLS.
+    pub https: bool,
+    /// Sent as the bearer token of forwarded requests when authentication is on.
+    pub peer_token: String,
+    /// This node's zone (`--zone`); else the map's.
+    pub zone: Option<String>,
+    /// Source address of forwarded requests (the node's `--host`).
+    pub local: Option<std::net::IpAddr>,
+}
 
 /// State of the client API server.
 pub struct ClientApi {
     node: Arc<Node>,
     http: reqwest::Client,
-    /// Limits used before any map is installed.
-    default_limits: Limits,
-    /// The store's peer token: a restore's client requests carry it while the map says
-    /// `restoring`.
-    peer_token: String,
+    settings: ClientApiSettings,
 }
 
 impl ClientApi {
-    /// Forwarded requests leave from `local` (the node's `--host`) when given.
-    pub fn new(
-        node: Arc<Node>,
-        default_limits: Limits,
-        local: Option<std::net::IpAddr>,
-        peer_token: String,
-    ) -> Result<Arc<Self>, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .local_address(local)
+    /// Forwarded requests leave from `settings.local` (the node's `--host`) when given.
+    pub fn new(node: Arc<Node>, settings: ClientApiSettings) -> Result<Arc<Self>, ClientApiError> {
+        let http = crate::tls::http_client_builder(&settings.tls)
+            .map_err(ClientApiError::Tls)?
+            .local_address(settings.local)
             .timeout(Duration::from_secs(15))
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
-            .build()?;
+            .build()
+            .map_err(ClientApiError::Build)?;
         Ok(Arc::new(Self {
             node,
             http,
-            default_limits,
-            peer_token,
+            settings,
         }))
+    }
+
+    /// True when requests must authenticate (tokens or client certificates).
+    pub fn auth_enabled(&self) -> bool {
+        self.settings.auth.is_enabled()
     }
 }
 
@@ -60,19 +102,34 @@ pub fn routes(
         .and(warp::path::full())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<ConnInfo>())
         .and(warp::body::stream())
         .then(
             move |method: Method,
                   path: warp::path::FullPath,
                   query: String,
                   headers: HeaderMap,
+                  conn: Option<ConnInfo>,
                   body| {
                 let api = api.clone();
                 async move {
                     let started = Instant::now();
-                    let (op, answer) = api
-                        .dispatch(method, path.as_str(), &query, headers, body)
-                        .await;
+                    let mut body = Box::pin(body);
+                    let (op, answer) =
+                        match api.settings.auth.check(conn.unwrap_or_default(), &headers) {
+                            Ok(()) => {
+                                api.dispatch(method, path.as_str(), &query, &headers, &mut body)
+                                    .await
+                            }
+                            Err(e) => ("auth", e.answer()),
+                        };
+                    // An answer given before the body was read (refusal, oversized value)
+                    // drains it, so the client receives the answer and not a reset.
+                    let answer = if answer.status().is_client_error() {
+                        common::answer_early(answer, &headers, &mut body).await
+                    } else {
+                        answer
+                    };
                     api.node
                         .ctx
                         .metrics
@@ -122,7 +179,7 @@ fn restore_gate(map: &PartitionMap, headers: &HeaderMap, peer_token: &str) -> Op
     let restorer = headers
         .get(RESTORE_TOKEN_HEADER)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|given| common::token_matches(given, peer_token));
+        .is_some_and(|given| common::equal_in_constant_time(given, peer_token));
     (!restorer).then(|| {
         common::unavailable(
             "restoring",
@@ -131,13 +188,16 @@ fn restore_gate(map: &PartitionMap, headers: &HeaderMap, peer_token: &str) -> Op
     })
 }
 
-fn wants_local(query: &str) -> bool {
-    query.split('&').any(|kv| kv == "consistency=local")
+fn with_served_by(mut a: Answer, node: &str) -> Answer {
+    if let Ok(v) = HeaderValue::from_str(node) {
+        a.headers_mut().insert(SERVED_BY_HEADER, v);
+    }
+    a
 }
 
 impl ClientApi {
     fn limits(&self, map: Option<&PartitionMap>) -> Limits {
-        map.map_or(self.default_limits, |m| m.limits)
+        map.map_or(self.settings.default_limits, |m| m.limits)
     }
 
     async fn dispatch<S, B>(
@@ -145,11 +205,11 @@ impl ClientApi {
         method: Method,
         path: &str,
         query: &str,
-        headers: HeaderMap,
-        body: S,
+        headers: &HeaderMap,
+        body: &mut Pin<Box<S>>,
     ) -> (&'static str, Answer)
     where
-        S: Stream<Item = Result<B, warp::Error>>,
+        S: Stream<Item = Result<B, warp::Error>> + ?Sized,
         B: Buf,
     {
         if path == "/v1/map" {
@@ -208,7 +268,7 @@ impl ClientApi {
                 );
             }
         };
-        let cond = match condition(&headers) {
+        let cond = match condition(headers) {
             Ok(c) => c,
             Err(m) => {
                 return (
@@ -219,7 +279,7 @@ impl ClientApi {
         };
         let value = if method == Method::PUT {
             let max = limits.max_value_bytes as usize;
-            if common::content_length(&headers).is_some_and(|n| n > max as u64) {
+            if common::content_length(headers).is_some_and(|n| n > max as u64) {
                 return (op, value_too_large(max));
             }
             match common::read_body(body, max).await {
@@ -241,7 +301,7 @@ impl ClientApi {
                 common::unavailable("no_map", "no partition map installed yet"),
             );
         };
-        if let Some(refused) = restore_gate(&map, &headers, &self.peer_token) {
+        if let Some(refused) = restore_gate(&map, &headers, &self.settings.peer_token) {
             return (op, refused);
         }
         let forwarded = headers.contains_key(FORWARDED_HEADER);
@@ -249,12 +309,15 @@ impl ClientApi {
             method,
             path,
             query,
-            headers: &headers,
+            headers,
             forwarded,
         };
         let answer = match op {
-            "get" if wants_local(query) => self.get_local(&map, key, &req).await,
-            "get" => self.get(&map, key, &req).await,
+            "get" => match ReadOptions::parse(query, headers) {
+                Ok(o) if o.local => self.get_local(&map, key, &req, &o).await,
+                Ok(_) => self.get(&map, key, &req).await,
+                Err(m) => common::error(StatusCode::BAD_REQUEST, "bad_read_options", m),
+            },
             _ => self.write(&map, key, value, cond, &req).await,
         };
         (op, answer)
@@ -262,54 +325,28 @@ impl ClientApi {
 
     async fn get(&self, map: &PartitionMap, key: Vec<u8>, req: &Request<'_>) -> Answer {
         let p = map.partition_of(&key);
-        let result = match self.node.replica(p) {
-            Some(r) => r.read(&key).await,
-            None => Err(not_primary(map, p)),
+        let (result, applied) = match self.node.replica(p) {
+            Some(r) => {
+                let applied = *r.applied_tx.borrow();
+                (r.read(&key).await, applied)
+            }
+            None => (Err(not_primary(map, p)), 0),
         };
-        match result {
+        let answer = match result {
             Ok(Some(v)) => value_answer(v.version, v.value),
             Ok(None) => common::error(StatusCode::NOT_FOUND, "not_found", "no such key"),
-            Err(ServeError::NotPrimary { .. }) => self.to_primary(map, p, req, Bytes::new()).await,
-            Err(e) => serve_error(e),
-        }
+            Err(ServeError::NotPrimary { .. }) => {
+                return self.to_primary(map, p, req, Bytes::new()).await;
+            }
+            Err(e) => return serve_error(e),
+        };
+        self.served_here(answer, applied)
     }
 
-    async fn get_local(&self, map: &PartitionMap, key: Vec<u8>, req: &Request<'_>) -> Answer {
-        let p = map.partition_of(&key);
-        if let Some(r) = self.node.replica(p)
-            && let Some(staleness) = r.local_read_staleness()
-        {
-            let answer = match r.read_applied(&key) {
-                Ok(Some(v)) => value_answer(v.version, v.value),
-                Ok(None) => common::error(StatusCode::NOT_FOUND, "not_found", "no such key"),
-                Err(e) => serve_error(e),
-            };
-            return with_header(answer, STALENESS_HEADER, staleness);
-        }
-        if req.forwarded {
-            return misdirected(map);
-        }
-        let Some(entry) = map.entry(p) else {
-            return misdirected(map);
-        };
-        let me = &self.node.ctx.node_id;
-        let my_zone = map.nodes.get(me).and_then(|n| n.zone.clone());
-        let candidates: Vec<&String> = entry.in_sync.iter().filter(|n| *n != me).collect();
-        let nearest = candidates
-            .iter()
-            .find(|n| {
-                my_zone.is_some() && map.nodes.get(**n).and_then(|i| i.zone.clone()) == my_zone
-            })
-            .or_else(|| {
-                candidates
-                    .iter()
-                    .find(|n| entry.primary.as_ref() == Some(**n))
-            })
-            .or_else(|| candidates.first());
-        match nearest.and_then(|n| map.nodes.get(*n)) {
-            Some(info) => self.forward(&info.client_addr, req, Bytes::new()).await,
-            None => common::unavailable("no_replica", "no in-sync replica of the partition"),
-        }
+    /// Marks an answer of this node's replica: served-by and the session version.
+    fn served_here(&self, answer: Answer, applied: u64) -> Answer {
+        let answer = with_served_by(answer, &self.node.ctx.node_id);
+        with_header(answer, SESSION_VERSION_HEADER, applied)
     }
 
     async fn write(
@@ -338,7 +375,8 @@ impl ClientApi {
                     (true, false) => StatusCode::CREATED,
                     (false, _) => StatusCode::NO_CONTENT,
                 };
-                with_header(common::empty(status), VERSION_HEADER, o.version)
+                let a = with_header(common::empty(status), VERSION_HEADER, o.version);
+                self.served_here(a, o.version)
             }
             Err(ServeError::NotPrimary { .. }) => {
                 self.to_primary(map, p, req, value.unwrap_or_default())
@@ -374,61 +412,10 @@ impl ClientApi {
             None => misdirected(map),
         }
     }
-
-    async fn forward(&self, addr: &str, req: &Request<'_>, body: Bytes) -> Answer {
-        self.node.ctx.metrics.forwarded_requests.inc();
-        let mut url = format!("http://{addr}{}", req.path);
-        if !req.query.is_empty() {
-            url.push('?');
-            url.push_str(req.query);
-        }
-        let mut out = self
-            .http
-            .request(req.method.clone(), url)
-            .header(FORWARDED_HEADER, self.node.ctx.node_id.as_str())
-            .body(body);
-        for h in [
-            http::header::IF_MATCH,
-            http::header::IF_NONE_MATCH,
-            http::header::CONTENT_TYPE,
-            http::HeaderName::from_static(RESTORE_TOKEN_HEADER),
-        ] {
-            if let Some(v) = req.headers.get(&h) {
-                out = out.header(h, v.clone());
-            }
-        }
-        let resp = match out.send().await {
-            Ok(r) => r,
-            Err(e) => {
-                return common::unavailable("forward_failed", format!("forwarding to {addr}: {e}"));
-            }
-        };
-        let status = resp.status();
-        let mut headers = HeaderMap::new();
-        for h in [
-            VERSION_HEADER,
-            STALENESS_HEADER,
-            "retry-after",
-            "content-type",
-        ] {
-            if let Some(v) = resp.headers().get(h) {
-                headers.insert(h, v.clone());
-            }
-        }
-        let body = match resp.bytes().await {
-            Ok(b) => b,
-            Err(e) => {
-                return common::unavailable("forward_failed", format!("reading from {addr}: {e}"));
-            }
-        };
-        let mut answer = http::Response::new(body);
-        *answer.status_mut() = status;
-        *answer.headers_mut() = headers;
-        answer
-    }
 }
 
 /// The parts of a request needed to forward it.
+#[derive(Clone)]
 struct Request<'a> {
     method: Method,
     path: &'a str,

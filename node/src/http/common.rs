@@ -1,4 +1,5 @@
-//! Helpers shared by the HTTP servers: JSON error answers, bounded body reading, peer-token checks.
+//! Helpers shared by the HTTP servers: JSON error answers, bounded body reading and draining,
+//! bearer-token checks.
 
 use crate::admin_api::{ErrorBody, ErrorDetail};
 use bytes::{Buf, Bytes};
@@ -103,13 +104,16 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// Reads a body of at most `limit` bytes, failing as soon as it grows past the limit.
-pub async fn read_body<S, B>(body: S, limit: usize) -> Result<Bytes, BodyError>
+/// Reads a body of at most `limit` bytes, failing as soon as it grows past the limit (the
+/// rest is left in `body`, for [`drain`]).
+pub async fn read_body<S, B>(
+    body: &mut std::pin::Pin<Box<S>>,
+    limit: usize,
+) -> Result<Bytes, BodyError>
 where
-    S: Stream<Item = Result<B, warp::Error>>,
+    S: Stream<Item = Result<B, warp::Error>> + ?Sized,
     B: Buf,
 {
-    let mut body = std::pin::pin!(body);
     let mut out = Vec::new();
     while let Some(chunk) = body.next().await {
         let mut chunk = chunk.map_err(BodyError::Read)?;
@@ -129,9 +133,9 @@ where
 /// Why a peer request is not authenticated.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
-    #[error("missing peer token")]
+    #[error("missing bearer token (send `Authorization: Bearer <token>`)")]
     Missing,
-    #[error("wrong peer token")]
+    #[error("wrong bearer token")]
     Wrong,
 }
 
@@ -149,28 +153,92 @@ impl TokenError {
     }
 }
 
-/// Checks `Authorization: Bearer <token>`.
-pub fn check_token(headers: &HeaderMap, token: &str) -> Result<(), TokenError> {
-    let given = headers
+/// The token of `Authorization: Bearer <token>`, if present.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(TokenError::Missing)?;
-    if !token_matches(given, token) {
-        return Err(TokenError::Wrong);
-    }
-    Ok(())
 }
 
-/// `given == token`, compared in constant time with respect to the content.
-pub fn token_matches(given: &str, token: &str) -> bool {
+/// Compares two secrets in time independent of where they differ.
+pub fn equal_in_constant_time(given: &str, expected: &str) -> bool {
     let a = given.as_bytes();
-    let b = token.as_bytes();
+    let b = expected.as_bytes();
     let mut diff = a.len() ^ b.len();
     for i in 0..a.len().max(b.len()) {
         diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
     }
     diff == 0
+}
+
+/// Checks `Authorization: Bearer <token>`.
+pub fn check_token(headers: &HeaderMap, token: &str) -> Result<(), TokenError> {
+    let given = bearer(headers).ok_or(TokenError::Missing)?;
+    if !equal_in_constant_time(given, token) {
+        return Err(TokenError::Wrong);
+    }
+    Ok(())
+}
+
+/// Body bytes read and thrown away after an early answer (refused token, oversized body),
+/// so the client receives the answer instead of a connection reset; larger bodies are cut
+/// off and the connection closed.
+pub const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
+/// How long an early answer waits for the rest of the body.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads and discards what is left of a request body, up to [`DRAIN_LIMIT`] bytes and
+/// [`DRAIN_TIMEOUT`]. `true` when the body ended (the connection can be kept).
+///
+/// An HTTP server that answers before reading the body and then closes the connection makes
+/// the kernel reset it while the client is still sending; the client then sees a reset or
+/// a broken pipe instead of the answer (e.g. a 413). Draining first avoids that.
+pub async fn drain<S, B>(body: &mut std::pin::Pin<Box<S>>, already: u64) -> bool
+where
+    S: Stream<Item = Result<B, warp::Error>> + ?Sized,
+    B: Buf,
+{
+    let mut seen = already;
+    let work = async {
+        while let Some(chunk) = body.next().await {
+            let Ok(chunk) = chunk else { return false };
+            seen += chunk.remaining() as u64;
+            if seen > DRAIN_LIMIT {
+                return false;
+            }
+        }
+        true
+    };
+    tokio::time::timeout(DRAIN_TIMEOUT, work)
+        .await
+        .unwrap_or(false)
+}
+
+/// Marks an answer as the last on its connection.
+pub fn closing(mut a: Answer) -> Answer {
+    a.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    a
+}
+
+/// Finishes an answer given before the whole request body was read: drains the body (when
+/// `Content-Length` says it fits the drain limit) or else closes the connection after it.
+pub async fn answer_early<S, B>(
+    answer: Answer,
+    headers: &HeaderMap,
+    body: &mut std::pin::Pin<Box<S>>,
+) -> Answer
+where
+    S: Stream<Item = Result<B, warp::Error>> + ?Sized,
+    B: Buf,
+{
+    if content_length(headers).is_some_and(|n| n > DRAIN_LIMIT) || !drain(body, 0).await {
+        return closing(answer);
+    }
+    answer
 }
 
 #[cfg(test)]
@@ -204,13 +272,15 @@ mod tests {
             Ok::<_, warp::Error>(Bytes::from_static(b"abc")),
             Ok(Bytes::from_static(b"def")),
         ]);
+        let mut chunks = Box::pin(chunks);
         assert!(matches!(
-            read_body(chunks, 5).await,
+            read_body(&mut chunks, 5).await,
             Err(BodyError::TooLarge(5))
         ));
+        assert!(drain(&mut chunks, 6).await, "the rest is drained");
         let chunks = futures::stream::iter(vec![Ok::<_, warp::Error>(Bytes::from_static(b"abc"))]);
         assert_eq!(
-            read_body(chunks, 5).await.ok(),
+            read_body(&mut Box::pin(chunks), 5).await.ok(),
             Some(Bytes::from_static(b"abc"))
         );
     }

@@ -1,7 +1,7 @@
 //! The peer port (7100): replication frames (`/peer/v1/...`) and the admin API
 //! (`/admin/v1/...`, see [`crate::admin_api`]), both behind the peer token.
 
-use super::common::{self, Answer};
+use super::common::{self, Answer, BodyError};
 use crate::admin_api::{AdmitRequest, HandoffRequest, HeartbeatRequest};
 use crate::map::{PartitionId, PartitionMap};
 use crate::node::{DropError, HeartbeatError, InstallError, Node};
@@ -14,13 +14,12 @@ use http::{HeaderMap, Method, StatusCode};
 use std::sync::Arc;
 use warp::Filter;
 
-/// Largest replication frame or admin body accepted.
-const MAX_PEER_BODY: usize = 256 * 1024 * 1024;
-
 /// State of the peer server.
 pub struct PeerApi {
     pub node: Arc<Node>,
     pub token: String,
+    /// Largest replication frame or admin body accepted (`--max-peer-body-bytes`).
+    pub max_body: usize,
 }
 
 /// The warp filter serving the peer port.
@@ -64,18 +63,28 @@ impl PeerApi {
         S: Stream<Item = Result<B, warp::Error>>,
         B: Buf,
     {
+        let mut body = Box::pin(body);
         if let Err(e) = common::check_token(&headers, &self.token) {
             tracing::warn!(path, error = %e, "peer request refused");
-            return e.answer();
+            return common::answer_early(e.answer(), &headers, &mut body).await;
         }
-        let body = match common::read_body(body, MAX_PEER_BODY).await {
+        let too_large = || {
+            common::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the body exceeds {} bytes", self.max_body),
+            )
+        };
+        if common::content_length(&headers).is_some_and(|n| n > self.max_body as u64) {
+            return common::answer_early(too_large(), &headers, &mut body).await;
+        }
+        let body = match common::read_body(&mut body, self.max_body).await {
             Ok(b) => b,
+            Err(BodyError::TooLarge(_)) => {
+                return common::answer_early(too_large(), &headers, &mut body).await;
+            }
             Err(e) => {
-                return common::error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    e.to_string(),
-                );
+                return common::error(StatusCode::BAD_REQUEST, "bad_body", e.to_string());
             }
         };
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();

@@ -2,6 +2,7 @@
 
 use crate::map::PartitionId;
 use crate::storage::codec::CodecError;
+use crate::tls::ClientTls;
 use std::time::Duration;
 
 /// Why a replication call failed.
@@ -9,6 +10,8 @@ use std::time::Duration;
 pub enum PeerError {
     #[error("building the peer HTTP client")]
     Build(#[source] reqwest::Error),
+    #[error("loading the TLS settings of the peer client")]
+    Tls(#[source] crate::tls::TlsError),
     #[error("sending {kind} to {addr}")]
     Send {
         addr: String,
@@ -36,23 +39,30 @@ pub enum PeerError {
 pub struct PeerClient {
     http: reqwest::Client,
     token: String,
+    /// `https` when the store's peer ports serve TLS.
+    scheme: &'static str,
 }
 
 /// Header marking replication requests (and their protocol version).
 pub const PEER_PROTOCOL_HEADER: &str = "x-shardedstore-protocol";
 
 impl PeerClient {
+    /// A plain-HTTP peer client.
     pub fn new(token: String, timeout: Duration) -> Result<Self, PeerError> {
-        Self::bound(token, timeout, None)
+        Self::with_tls(token, timeout, &ClientTls::default(), false, None)
     }
 
-    /// Like [`PeerClient::new`], with connections leaving from `local` (the node's `--host`).
-    pub fn bound(
+    /// A peer client speaking HTTPS (when `https`) and trusting what `tls` says; connections
+    /// leave from `local` (the node's `--host`) when given.
+    pub fn with_tls(
         token: String,
         timeout: Duration,
+        tls: &ClientTls,
+        https: bool,
         local: Option<std::net::IpAddr>,
     ) -> Result<Self, PeerError> {
-        let http = reqwest::Client::builder()
+        let http = crate::tls::http_client_builder(tls)
+            .map_err(PeerError::Tls)?
             .local_address(local)
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(2))
@@ -60,7 +70,11 @@ impl PeerClient {
             .tcp_nodelay(true)
             .build()
             .map_err(PeerError::Build)?;
-        Ok(Self { http, token })
+        Ok(Self {
+            http,
+            token,
+            scheme: crate::tls::scheme(https),
+        })
     }
 
     /// POSTs `body` to `/peer/v1/partitions/{p}/{kind}` and decodes the answer with `decode`.
@@ -72,7 +86,8 @@ impl PeerClient {
         body: Vec<u8>,
         decode: fn(&[u8]) -> Result<T, CodecError>,
     ) -> Result<T, PeerError> {
-        let url = format!("http://{addr}/peer/v1/partitions/{partition}/{kind}");
+        let scheme = self.scheme;
+        let url = format!("{scheme}://{addr}/peer/v1/partitions/{partition}/{kind}");
         let resp = self
             .http
             .post(url)

@@ -4,13 +4,16 @@
 //! - [`supervisor`]: starts, watches, restarts and stops the `shardedstore-node` children.
 //! - [`control`]: the local control endpoint (`GET /status`, `POST /scale`).
 //! - [`restore`]: `--restore-from`, filling a new store from a backup.
+//! - [`tls`]: certificates for `--tls-dir` (given, or generated for a demo).
 
 pub mod control;
 pub mod restore;
 pub mod supervisor;
+pub mod tls;
 
 use crate::coordinator::{CoordinatorHandle, FileMapStore, MapStore, Settings, StoreIdentity};
 use shardedstore_node::client::AdminClient;
+use shardedstore_node::tls::ClientTls;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,6 +109,53 @@ pub struct LocalArgs {
     /// Source address of the operator's connections to the nodes (heartbeats, maps, moves).
     #[arg(long, env = "SHARDEDSTORE_LOCAL_BIND")]
     pub bind: Option<std::net::IpAddr>,
+    /// Serve the client and peer ports over TLS with `ca.pem`, `node.pem` and `node-key.pem`
+    /// from this directory; when it holds none, a demo CA and certificates are generated
+    /// there (plus `client.pem`/`client-key.pem` for mutual TLS).
+    #[arg(long, env = "SHARDEDSTORE_LOCAL_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Require clients to present a certificate signed by the --tls-dir CA (or a token from
+    /// --client-token-file).
+    #[arg(long, requires = "tls_dir", env = "SHARDEDSTORE_LOCAL_MTLS")]
+    pub mtls: bool,
+    /// Bearer tokens accepted on the client ports, one per line (passed to every node).
+    #[arg(long, env = "SHARDEDSTORE_CLIENT_TOKEN_FILE")]
+    pub client_token_file: Option<PathBuf>,
+}
+
+impl LocalArgs {
+    /// TLS material and the node flags that use it (and client authentication).
+    fn security(&self) -> Result<(Option<tls::TlsFiles>, Vec<std::ffi::OsString>), LocalError> {
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        let files = match &self.tls_dir {
+            Some(dir) => {
+                let files = tls::prepare(dir).map_err(LocalError::Tls)?;
+                // Nodes may run with another working directory: hand them absolute paths.
+                let abs = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or(p.to_owned());
+                Some(tls::TlsFiles {
+                    ca: abs(&files.ca),
+                    node_cert: abs(&files.node_cert),
+                    node_key: abs(&files.node_key),
+                    client_cert: files.client_cert.as_deref().map(abs),
+                    client_key: files.client_key.as_deref().map(abs),
+                })
+            }
+            None => None,
+        };
+        if let Some(f) = &files {
+            args.extend(["--tls-cert".into(), f.node_cert.clone().into()]);
+            args.extend(["--tls-key".into(), f.node_key.clone().into()]);
+            args.extend(["--tls-ca".into(), f.ca.clone().into()]);
+            if self.mtls {
+                args.extend(["--tls-client-ca".into(), f.ca.clone().into()]);
+            }
+        }
+        if let Some(t) = &self.client_token_file {
+            let t = std::fs::canonicalize(t).map_err(|e| LocalError::DataDir(t.clone(), e))?;
+            args.extend(["--client-token-file".into(), t.into()]);
+        }
+        Ok((files, args))
+    }
 }
 
 impl LocalArgs {
@@ -151,6 +201,8 @@ pub enum LocalError {
     Signal(#[source] std::io::Error),
     #[error("restoring the store")]
     Restore(#[source] Box<restore::LocalRestoreError>),
+    #[error("preparing the TLS certificates")]
+    Tls(#[source] tls::LocalTlsError),
 }
 
 /// Extra `--help` text: ports, the control endpoint, restarts.
@@ -224,9 +276,20 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         .map_err(|e| LocalError::Restore(Box::new(e)))?;
     // Until the restore is complete the nodes serve only its writes.
     settings.restoring = matches!(restore_step, restore::Step::Restore(_));
+    let (tls_files, node_args) = args.security()?;
     let heartbeat_timeout = settings.heartbeat_interval.max(Duration::from_millis(300)) * 2;
-    let transport = AdminClient::bound(args.peer_token.clone(), heartbeat_timeout, args.bind)
-        .map_err(LocalError::AdminClient)?;
+    let trust = ClientTls {
+        ca: tls_files.as_ref().map(|f| f.ca.clone()),
+        ..ClientTls::default()
+    };
+    let transport = AdminClient::with_tls(
+        args.peer_token.clone(),
+        heartbeat_timeout,
+        &trust,
+        tls_files.is_some(),
+        args.bind,
+    )
+    .map_err(LocalError::AdminClient)?;
     let map_store = Arc::new(FileMapStore::new(data_dir.join("map.json")));
     let ports = Ports {
         client: args.port,
@@ -241,6 +304,7 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         args.peer_token.clone(),
         Duration::from_millis(args.restart_delay_ms),
     );
+    supervisor.set_node_args(node_args);
     supervisor.scale(args.nodes);
     // A restart during a drain (or with fewer --nodes than before) must keep draining the
     // nodes beyond the count that still hold replicas, not take them for dead.
@@ -292,6 +356,14 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
     println!("ShardedStore local mode: data in {}", data_dir.display());
     for line in supervisor.describe() {
         println!("  {line}");
+    }
+    if let Some(f) = &tls_files {
+        println!(
+            "  TLS: client and peer ports speak HTTPS; CA {} (shardedstore --ca {} -e https://127.0.0.1:{})",
+            f.ca.display(),
+            f.ca.display(),
+            args.port
+        );
     }
     println!("  control: http://127.0.0.1:{}/status", args.control_port);
     println!("Ctrl-C stops everything.");

@@ -82,6 +82,8 @@ pub struct Supervisor {
     desired: u32,
     slots: BTreeMap<u32, Slot>,
     endpoints: watch::Sender<Vec<NodeEndpoint>>,
+    /// Extra flags of every node (TLS, client authentication).
+    node_args: Vec<std::ffi::OsString>,
 }
 
 impl Supervisor {
@@ -101,7 +103,13 @@ impl Supervisor {
             desired: 0,
             slots: BTreeMap::new(),
             endpoints: watch::channel(Vec::new()).0,
+            node_args: Vec::new(),
         }
+    }
+
+    /// Extra flags passed to every node started from now on.
+    pub fn set_node_args(&mut self, args: Vec<std::ffi::OsString>) {
+        self.node_args = args;
     }
 
     pub fn node_id(ordinal: u32) -> String {
@@ -182,6 +190,7 @@ impl Supervisor {
             .arg(self.ports.peer_addr(ordinal))
             .arg("--metrics-addr")
             .arg(self.ports.metrics_addr(ordinal))
+            .args(&self.node_args)
             .env("SHARDEDSTORE_PEER_TOKEN", &self.token)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))

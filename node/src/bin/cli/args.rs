@@ -30,6 +30,34 @@ pub struct Cli {
     /// Print versions and details to stderr.
     #[arg(short, long, env = "SHARDEDSTORE_VERBOSE", global = true)]
     pub verbose: bool,
+    /// CA bundle (PEM) that signed the nodes' certificates; implies HTTPS (as do `https://`
+    /// endpoints). Without it, HTTPS trusts the system's roots.
+    #[arg(long, env = "SHARDEDSTORE_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; needs --key.
+    #[arg(
+        long = "cert",
+        env = "SHARDEDSTORE_CERT",
+        requires = "client_key",
+        global = true
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(
+        long = "key",
+        env = "SHARDEDSTORE_KEY",
+        requires = "client_cert",
+        global = true
+    )]
+    pub client_key: Option<PathBuf>,
+    /// Bearer token sent with every request (when the nodes require client tokens).
+    #[arg(
+        long,
+        env = "SHARDEDSTORE_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -42,6 +70,13 @@ pub enum Command {
         /// Read from the nearest in-sync replica (possibly stale) instead of the primary.
         #[arg(long)]
         local: bool,
+        /// With --local: answer from a state that includes this version (a version printed by
+        /// an earlier put or get with -v), waiting briefly or asking the primary otherwise.
+        #[arg(long, value_name = "VERSION", requires = "local")]
+        min_version: Option<u64>,
+        /// With --local: the largest acceptable staleness; a staler replica asks the primary.
+        #[arg(long, value_name = "MS", requires = "local")]
+        max_staleness_ms: Option<u64>,
     },
     /// Write KEY; the value comes from VALUE, --file, or standard input.
     Put(PutArgs),

@@ -7,7 +7,7 @@ use shardedstore_node::bench::{
     self, BenchError, EtcdTarget, RedisTarget, RunReport, ShardedStoreTarget, render_comparison,
     render_text,
 };
-use shardedstore_node::client::kv::{Condition, KvClient, KvError};
+use shardedstore_node::client::kv::{Condition, KvClient, KvError, LocalRead, LocalReadOptions};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -63,23 +63,28 @@ fn stdout_write(bytes: &[u8]) -> Result<(), CliError> {
     out.flush().map_err(CliError::WriteOutput)
 }
 
-pub async fn get(kv: &KvClient, key: &str, local: bool, verbose: bool) -> Result<(), CliError> {
-    let (value, version, staleness) = if local {
-        match kv.get_local(key).await? {
-            Some(r) => (r.value, r.version, r.staleness),
+/// `local`: a `consistency=local` read with these options; `None`: linearizable.
+pub async fn get(
+    kv: &KvClient,
+    key: &str,
+    local: Option<LocalReadOptions>,
+    verbose: bool,
+) -> Result<(), CliError> {
+    let (value, line) = match local {
+        Some(options) => match kv.get_local_with(key, options).await? {
+            Some(r) => {
+                let line = local_read_line(&r);
+                (r.value, line)
+            }
             None => return Err(CliError::NotFound(key.to_owned())),
-        }
-    } else {
-        match kv.get(key).await? {
-            Some(v) => (v.value, v.version, None),
+        },
+        None => match kv.get(key).await? {
+            Some(v) => (v.value, format!("version {}", v.version)),
             None => return Err(CliError::NotFound(key.to_owned())),
-        }
+        },
     };
     if verbose {
-        match staleness {
-            Some(s) => eprintln!("version {version} (staleness at most {} ms)", s.as_millis()),
-            None => eprintln!("version {version}"),
-        }
+        eprintln!("{line}");
     }
     stdout_write(&value)?;
     // A terminal gets a final newline; pipes get the exact bytes.
@@ -87,6 +92,22 @@ pub async fn get(kv: &KvClient, key: &str, local: bool, verbose: bool) -> Result
         stdout_write(b"\n")?;
     }
     Ok(())
+}
+
+/// What `get --local -v` reports: the version, the session version to pass on with
+/// `--min-version`, the serving node and the staleness bound.
+pub fn local_read_line(r: &LocalRead) -> String {
+    let mut line = format!(
+        "version {} session-version {}",
+        r.version, r.session_version
+    );
+    if let Some(node) = &r.served_by {
+        line.push_str(&format!(" served-by {node}"));
+    }
+    if let Some(s) = r.staleness {
+        line.push_str(&format!(" staleness-ms {}", s.as_millis()));
+    }
+    line
 }
 
 pub async fn put(kv: &KvClient, args: PutArgs, verbose: bool) -> Result<(), CliError> {

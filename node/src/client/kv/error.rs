@@ -65,6 +65,42 @@ pub enum AttemptError {
 }
 
 impl AttemptError {
+    /// The error to give up with at once, when no retry can fix this failure: a failed TLS
+    /// handshake, or a node refusing this client while fetching the map.
+    pub fn into_fatal(self) -> Result<KvError, AttemptError> {
+        match self {
+            Self::MapUnavailable {
+                tried,
+                last: Some(last),
+            } => match *last {
+                MapFetchError::Send { addr, source }
+                    if crate::tls::handshake_error(&source).is_some() =>
+                {
+                    Ok(KvError::Tls { addr, source })
+                }
+                MapFetchError::Refused {
+                    addr,
+                    status,
+                    code,
+                    message,
+                } if status != 400 => Ok(KvError::Unauthorized {
+                    addr,
+                    status,
+                    code,
+                    message,
+                }),
+                MapFetchError::Refused { code, message, .. } => {
+                    Ok(KvError::BadRequest { code, message })
+                }
+                other => Err(Self::MapUnavailable {
+                    tried,
+                    last: Some(Box::new(other)),
+                }),
+            },
+            other => Err(other),
+        }
+    }
+
     /// True when the request may have reached the node and been applied.
     pub fn is_ambiguous(&self) -> bool {
         match self {
@@ -103,6 +139,14 @@ pub enum MapFetchError {
     },
     #[error("{addr} answered {status} to GET /v1/map")]
     Status { addr: String, status: u16 },
+    /// 400, 401 or 403: the node refused this client (credentials, or HTTP to a TLS port).
+    #[error("{addr} refused GET /v1/map with {status} ({code}): {message}")]
+    Refused {
+        addr: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("decoding the map from {addr}")]
     Decode {
         addr: String,
@@ -126,6 +170,8 @@ pub enum KvError {
     BuildClient(#[source] reqwest::Error),
     #[error("the restore token is not a valid HTTP header value")]
     BadRestoreToken,
+    #[error("loading the TLS settings")]
+    TlsConfig(#[source] crate::tls::TlsError),
     #[error("the key is empty")]
     EmptyKey,
     /// `.` and `..` cannot travel as a URL path segment (URL parsers resolve them away).
@@ -176,6 +222,22 @@ pub enum KvError {
     /// A success answer lacked a valid `x-version` header.
     #[error("{addr} answered {status} without a valid x-version header")]
     MissingVersion { addr: String, status: u16 },
+    /// 401 or 403: the node wants a (different) bearer token or client certificate.
+    #[error("{addr} refused the request with {status} ({code}): {message}")]
+    Unauthorized {
+        addr: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// The TLS handshake failed (an unknown certificate authority, a name mismatch, a
+    /// required client certificate): no retry can fix it.
+    #[error("TLS with {addr} failed (is the store's CA given, e.g. with --ca?)")]
+    Tls {
+        addr: String,
+        #[source]
+        source: reqwest::Error,
+    },
     /// The request could not be built (e.g. a malformed endpoint address).
     #[error("request to {addr} could not be made")]
     Transport {
@@ -190,7 +252,7 @@ impl KvError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::NoEndpoints => "no_endpoints",
-            Self::BuildClient(_) | Self::BadRestoreToken => "build_client",
+            Self::BuildClient(_) | Self::BadRestoreToken | Self::TlsConfig(_) => "build_client",
             Self::EmptyKey | Self::UnaddressableKey(_) => "invalid_key",
             Self::KeyTooLarge { .. } => "key_too_large",
             Self::ValueTooLarge { .. } => "value_too_large",
@@ -201,6 +263,8 @@ impl KvError {
             Self::Rejected { .. } => "rejected",
             Self::MissingVersion { .. } => "missing_version",
             Self::Transport { .. } => "transport",
+            Self::Unauthorized { .. } => "unauthorized",
+            Self::Tls { .. } => "tls",
         }
     }
 }

@@ -22,20 +22,32 @@ pub(super) struct Staleness {
 impl KvClient {
     /// Fetch the map from one node's client API (`status` uses it to probe every node).
     pub async fn map_from(&self, addr: &str) -> Result<PartitionMap, MapFetchError> {
-        let url = format!("http://{addr}/v1/map");
+        let url = format!("{}://{addr}/v1/map", self.inner.scheme);
         let send_err = |source| MapFetchError::Send {
             addr: addr.to_owned(),
             source,
         };
         let resp = self
-            .inner
-            .http
-            .get(url)
+            .authorized(self.inner.http.get(url))
             .timeout(self.inner.request_timeout)
             .send()
             .await
             .map_err(send_err)?;
         let status = resp.status();
+        if matches!(status.as_u16(), 400 | 401 | 403) {
+            let body = resp.bytes().await.unwrap_or_default();
+            let (code, message) = match serde_json::from_slice::<crate::admin_api::ErrorBody>(&body)
+            {
+                Ok(b) => (b.error.code, b.error.message),
+                Err(_) => ("unknown".to_owned(), String::from_utf8_lossy(&body).into()),
+            };
+            return Err(MapFetchError::Refused {
+                addr: addr.to_owned(),
+                status: status.as_u16(),
+                code,
+                message,
+            });
+        }
         if !status.is_success() {
             return Err(MapFetchError::Status {
                 addr: addr.to_owned(),

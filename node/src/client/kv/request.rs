@@ -2,9 +2,10 @@
 //! key, build the HTTP request, send it, classify the answer.
 
 use super::map_cache::Staleness;
+use super::response::MIN_VERSION_HEADER;
 use super::response::{self, Answer, Context};
 use super::retry::{Decision, OpKind, decide};
-use super::{AttemptError, Condition, KvClient, KvError, route};
+use super::{AttemptError, Condition, KvClient, KvError, LocalReadOptions, route};
 use crate::map::PartitionMap;
 use bytes::Bytes;
 use std::time::{Duration, Instant};
@@ -12,9 +13,17 @@ use std::time::{Duration, Instant};
 /// What one request does.
 #[derive(Clone, Debug)]
 pub(super) enum Op {
-    Get { local: bool },
-    Put { value: Bytes, condition: Condition },
-    Delete { condition: Condition },
+    /// A read: linearizable, or `consistency=local` with these options.
+    Get {
+        local: Option<LocalReadOptions>,
+    },
+    Put {
+        value: Bytes,
+        condition: Condition,
+    },
+    Delete {
+        condition: Condition,
+    },
 }
 
 impl Op {
@@ -58,6 +67,8 @@ impl KvClient {
                     status,
                     version,
                     staleness,
+                    session_version,
+                    served_by,
                     body,
                 } => {
                     // `attempt` made sure every answer but a delete's carries a version.
@@ -65,12 +76,17 @@ impl KvClient {
                         status,
                         version: version.unwrap_or(0),
                         staleness,
+                        session_version,
+                        served_by,
                         body,
                     }));
                 }
                 Answer::NotFound => return Ok(None),
                 Answer::Fail(e) => return Err(e),
-                Answer::Retry(e) => e,
+                Answer::Retry(e) => match e.into_fatal() {
+                    Ok(fatal) => return Err(fatal),
+                    Err(e) => e,
+                },
             };
             ambiguous |= err.is_ambiguous();
             if let AttemptError::Connect { addr, .. } = &err
@@ -140,7 +156,7 @@ impl KvClient {
             return Answer::Fail(e);
         }
         let routed = match op {
-            Op::Get { local: true } => route::local_read_addr(
+            Op::Get { local: Some(_) } => route::local_read_addr(
                 map,
                 key,
                 self.inner.zone.as_deref(),
@@ -156,14 +172,25 @@ impl KvClient {
             // Any node accepts any key and forwards it.
             _ => self.rotated_seeds().swap_remove(0),
         };
-        let local = matches!(op, Op::Get { local: true });
-        let url = route::kv_url(&addr, key, local);
+        let local = match op {
+            Op::Get { local } => local.as_ref(),
+            _ => None,
+        };
+        let partition = map.partition_of(key);
+        let url = route::kv_url(self.inner.scheme, &addr, key, local);
         let http = &self.inner.http;
         let mut req = match op {
             Op::Get { .. } => http.get(url),
             Op::Put { value, .. } => http.put(url).body(value.clone()),
             Op::Delete { .. } => http.delete(url),
         };
+        req = self.authorized(req);
+        if let Some(o) = local {
+            let min = o.min_version.unwrap_or(0).max(self.session_of(partition));
+            if min > 0 {
+                req = req.header(MIN_VERSION_HEADER, min.to_string());
+            }
+        }
         match op {
             Op::Put {
                 condition: Condition::IfVersion(v),
@@ -207,6 +234,15 @@ impl KvClient {
             Ok(body) => response::classify(&ctx, status, &headers, body),
             Err(e) => return transport_failure(&addr, e),
         };
+        if let Answer::Success {
+            version,
+            session_version,
+            ..
+        } = &answer
+        {
+            let seen = version.unwrap_or(0).max(session_version.unwrap_or(0));
+            self.advance_session(partition, seen);
+        }
         match (op, answer) {
             (
                 Op::Get { .. } | Op::Put { .. },
@@ -233,12 +269,17 @@ pub(super) struct Success {
     pub(super) status: u16,
     pub(super) version: u64,
     pub(super) staleness: Option<Duration>,
+    pub(super) session_version: Option<u64>,
+    pub(super) served_by: Option<String>,
     pub(super) body: Bytes,
 }
 
 fn transport_failure(addr: &str, source: reqwest::Error) -> Answer {
     let addr = addr.to_owned();
-    if source.is_builder() {
+    if crate::tls::handshake_error(&source).is_some() {
+        // An unknown CA or a refused client certificate: retrying cannot help.
+        Answer::Fail(KvError::Tls { addr, source })
+    } else if source.is_builder() {
         Answer::Fail(KvError::Transport { addr, source })
     } else if source.is_connect() {
         Answer::Retry(AttemptError::Connect { addr, source })

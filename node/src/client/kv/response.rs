@@ -13,6 +13,12 @@ use std::time::Duration;
 pub const VERSION_HEADER: &str = "x-version";
 /// Header bounding the age of a `consistency=local` read.
 pub const STALENESS_HEADER: &str = "x-staleness-ms";
+/// Header naming the node whose replica answered.
+pub const SERVED_BY_HEADER: &str = "x-served-by";
+/// Header carrying a read's session version (the serving replica's applied point).
+pub const SESSION_VERSION_HEADER: &str = "x-session-version";
+/// Request header: a local read must answer from a state including this version.
+pub const MIN_VERSION_HEADER: &str = "x-min-version";
 
 /// What the request was, for error reporting.
 #[derive(Clone, Copy, Debug)]
@@ -30,6 +36,8 @@ pub enum Answer {
         status: u16,
         version: Option<u64>,
         staleness: Option<Duration>,
+        session_version: Option<u64>,
+        served_by: Option<String>,
         body: Bytes,
     },
     NotFound,
@@ -74,6 +82,8 @@ pub fn classify(ctx: &Context<'_>, status: StatusCode, headers: &HeaderMap, body
             staleness: header(headers, STALENESS_HEADER)
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_millis),
+            session_version: header(headers, SESSION_VERSION_HEADER).and_then(parse_version),
+            served_by: header(headers, SERVED_BY_HEADER).map(str::to_owned),
             body,
         };
     }
@@ -110,6 +120,12 @@ pub fn classify(ctx: &Context<'_>, status: StatusCode, headers: &HeaderMap, body
             max: ctx.limits.max_value_bytes,
         }),
         StatusCode::BAD_REQUEST => Answer::Fail(KvError::BadRequest { code, message }),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Answer::Fail(KvError::Unauthorized {
+            addr,
+            status: status.as_u16(),
+            code,
+            message,
+        }),
         _ => Answer::Fail(KvError::Rejected {
             addr,
             status: status.as_u16(),
@@ -165,6 +181,7 @@ mod tests {
                 version,
                 staleness,
                 body,
+                ..
             } => {
                 assert_eq!(status, 200);
                 assert_eq!(version, Some(9));

@@ -1,10 +1,11 @@
 //! Routing as pure functions: endpoint lists, key encoding, and which node serves a key.
 
+use super::LocalReadOptions;
 use super::error::{AttemptError, KvError};
 use crate::map::{Limits, PartitionMap};
 
 /// Normalize endpoint arguments: each may be a comma-separated list, may carry an
-/// `http://` scheme or a trailing `/`; empty items are dropped.
+/// `http://` or `https://` scheme or a trailing `/`; empty items are dropped.
 pub fn parse_endpoints<S: AsRef<str>>(items: &[S]) -> Vec<String> {
     items
         .iter()
@@ -12,10 +13,19 @@ pub fn parse_endpoints<S: AsRef<str>>(items: &[S]) -> Vec<String> {
         .map(|e| {
             let e = e.trim();
             let e = e.strip_prefix("http://").unwrap_or(e);
+            let e = e.strip_prefix("https://").unwrap_or(e);
             e.trim_end_matches('/').to_owned()
         })
         .filter(|e| !e.is_empty())
         .collect()
+}
+
+/// True when any endpoint argument names the `https` scheme.
+pub fn wants_https<S: AsRef<str>>(items: &[S]) -> bool {
+    items
+        .iter()
+        .flat_map(|item| item.as_ref().split(','))
+        .any(|e| e.trim().starts_with("https://"))
 }
 
 /// Percent-encode a key as one URL path segment: every byte outside the RFC 3986
@@ -68,10 +78,17 @@ pub fn check_value(value: &[u8], limits: &Limits) -> Result<(), KvError> {
     Ok(())
 }
 
-/// URL of a key on the node at `addr`.
-pub fn kv_url(addr: &str, key: &[u8], local: bool) -> String {
-    let suffix = if local { "?consistency=local" } else { "" };
-    format!("http://{addr}/v1/kv/{}{suffix}", encode_key(key))
+/// URL of a key on the node at `addr`; a local read carries its consistency and staleness
+/// bound in the query.
+pub fn kv_url(scheme: &str, addr: &str, key: &[u8], local: Option<&LocalReadOptions>) -> String {
+    let mut url = format!("{scheme}://{addr}/v1/kv/{}", encode_key(key));
+    if let Some(o) = local {
+        url.push_str("?consistency=local");
+        if let Some(max) = o.max_staleness {
+            url.push_str(&format!("&max-staleness-ms={}", max.as_millis()));
+        }
+    }
+    url
 }
 
 /// Client address of the primary of `key`'s partition.
@@ -152,9 +169,11 @@ mod tests {
 
     #[test]
     fn endpoints_accept_lists_schemes_and_repeats() {
-        let got = parse_endpoints(&["a:1, b:2", "http://c:3/", " ", "d:4,"]);
-        assert_eq!(got, vec!["a:1", "b:2", "c:3", "d:4"]);
+        let got = parse_endpoints(&["a:1, b:2", "http://c:3/", " ", "d:4,", "https://e:5"]);
+        assert_eq!(got, vec!["a:1", "b:2", "c:3", "d:4", "e:5"]);
         assert!(parse_endpoints::<&str>(&[]).is_empty());
+        assert!(wants_https(&["a:1,https://e:5"]));
+        assert!(!wants_https(&["a:1", "http://c:3"]));
     }
 
     #[test]
@@ -164,9 +183,22 @@ mod tests {
         assert_eq!(encode_key(b"A-z.0_9~"), "A-z.0_9~");
         assert_eq!(encode_key(&[0x00, 0xff, b'+']), "%00%FF%2B");
         assert_eq!(encode_key("é".as_bytes()), "%C3%A9");
+        let local = LocalReadOptions::default();
         assert_eq!(
-            kv_url("h:7000", b"x y", true),
+            kv_url("http", "h:7000", b"x y", Some(&local)),
             "http://h:7000/v1/kv/x%20y?consistency=local"
+        );
+        let bounded = LocalReadOptions {
+            max_staleness: Some(std::time::Duration::from_millis(250)),
+            ..local
+        };
+        assert_eq!(
+            kv_url("https", "h:7000", b"k", Some(&bounded)),
+            "https://h:7000/v1/kv/k?consistency=local&max-staleness-ms=250"
+        );
+        assert_eq!(
+            kv_url("http", "h:7000", b"k", None),
+            "http://h:7000/v1/kv/k"
         );
     }
 

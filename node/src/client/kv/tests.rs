@@ -23,6 +23,8 @@ struct Hit {
     method: Method,
     key: Vec<u8>,
     local: bool,
+    /// `x-min-version` of the request.
+    min_version: Option<u64>,
 }
 
 #[derive(Default)]
@@ -133,6 +135,10 @@ async fn handle(
         method: method.clone(),
         key: key.clone(),
         local,
+        min_version: headers
+            .get("x-min-version")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()),
     });
     let fault = lock(&c.faults).get_mut(&node).and_then(VecDeque::pop_front);
     match fault {
@@ -518,6 +524,38 @@ async fn local_reads_go_to_an_in_sync_replica_and_report_staleness() {
     assert_eq!(got.staleness, Some(Duration::from_millis(7)));
     let hit = c.hits().pop().unwrap_or_else(|| panic!("no hit"));
     assert!(hit.local);
+}
+
+#[tokio::test]
+async fn local_reads_carry_the_session_version_of_the_partition() {
+    let c = Arc::new(Cluster::default());
+    let (addrs, _servers) = start(&c, 2, true).await;
+    let mut m = map_over(&addrs, 2, 1, |_| 0);
+    for e in &mut m.partitions {
+        e.in_sync = vec!["node-1".into(), "node-0".into()];
+    }
+    c.set_map(m);
+    let kv = client(&addrs, fast_policy(2000));
+    let w1 = ok(kv.put("k", "v1", Condition::Always).await).version;
+    ok(kv.get_local("k").await);
+    assert_eq!(c.hits().pop().and_then(|h| h.min_version), Some(w1));
+    let w2 = ok(kv.put("k", "v2", Condition::Always).await).version;
+    assert!(w2 > w1);
+    assert_eq!(kv.session_version("k"), w2);
+    // An explicit minimum above the session wins; clones share the session.
+    let other = kv.clone();
+    let opts = LocalReadOptions {
+        min_version: Some(w2 + 10),
+        ..LocalReadOptions::default()
+    };
+    ok(other.get_local_with("k", opts).await);
+    assert_eq!(c.hits().pop().and_then(|h| h.min_version), Some(w2 + 10));
+    ok(other.get_local("k").await);
+    assert_eq!(c.hits().pop().and_then(|h| h.min_version), Some(w2));
+    // A fresh client has no session: its first local read carries no minimum.
+    let fresh = client(&addrs, fast_policy(2000));
+    ok(fresh.get_local("k").await);
+    assert_eq!(c.hits().pop().and_then(|h| h.min_version), None);
 }
 
 #[tokio::test]

@@ -1,0 +1,246 @@
+//! TLS material for the node's servers and for every HTTP client of a store (peer client,
+//! forwarder, admin client, KV client, CLI): PEM loading, rustls server and client
+//! configurations, and the process-wide rustls crypto provider (ring).
+//!
+//! One rustls crypto provider per process, ring, installed by [`install_crypto_provider`]:
+//! two are linked in (ring for our clients and servers and the Kubernetes client, aws-lc-rs
+//! for the S3 client of backups), so rustls cannot choose one by itself and a client built
+//! before a choice would panic. Every binary and test harness calls it first, and every
+//! `reqwest` client in the workspace is built through [`http_client_builder`], which calls
+//! it too (reqwest's rustls backend needs a provider even for a plain-HTTP client).
+
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Why TLS material could not be loaded or used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("reading certificates from {path}")]
+    ReadCerts {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{path} holds no PEM certificate")]
+    NoCerts { path: PathBuf },
+    #[error("reading the private key from {path}")]
+    ReadKey {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("adding a CA certificate from {path}")]
+    BadCa {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("building the client-certificate verifier")]
+    ClientVerifier(#[source] rustls::server::VerifierBuilderError),
+    #[error("building the TLS configuration")]
+    Config(#[source] rustls::Error),
+    #[error("--cert and --key go together (mutual TLS needs both)")]
+    HalfIdentity,
+}
+
+/// Makes ring the process-wide rustls crypto provider (a second call, or an earlier choice,
+/// changes nothing).
+pub fn install_crypto_provider() {
+    // An error only says a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Every certificate in a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let read = |source| TlsError::ReadCerts {
+        path: path.to_owned(),
+        source,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(read)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read)?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCerts {
+            path: path.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|source| TlsError::ReadKey {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots.add(cert).map_err(|source| TlsError::BadCa {
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    Ok(roots)
+}
+
+/// What a server port presents and whom it trusts.
+#[derive(Clone, Debug, Default)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA whose client certificates are verified (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+    /// With a client CA: also accept connections without a client certificate (they must then
+    /// authenticate otherwise, e.g. with a bearer token).
+    pub client_cert_optional: bool,
+}
+
+impl ServerTls {
+    /// A rustls server configuration offering HTTP/2 and HTTP/1.1.
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let certs = load_certs(&self.cert)?;
+        let key = load_key(&self.key)?;
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(TlsError::Config)?;
+        let builder = match &self.client_ca {
+            Some(ca) => {
+                let mut v =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider());
+                if self.client_cert_optional {
+                    v = v.allow_unauthenticated();
+                }
+                builder.with_client_cert_verifier(v.build().map_err(TlsError::ClientVerifier)?)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
+            .with_single_cert(certs, key)
+            .map_err(TlsError::Config)?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// TLS settings of an HTTP client: whom to trust and, for mutual TLS, which identity to show.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientTls {
+    /// CA bundle trusted for servers (default: the system's roots).
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain and key for mutual TLS.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl ClientTls {
+    /// True when any TLS option is set (callers then speak `https`).
+    pub fn is_configured(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some()
+    }
+
+    /// A rustls client configuration (HTTP/1.1).
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, TlsError> {
+        let roots = match &self.ca {
+            Some(ca) => roots(ca)?,
+            None => {
+                let mut roots = RootCertStore::empty();
+                // Unreadable system certificates leave fewer roots; the handshake then says so.
+                let native = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(native.certs);
+                roots
+            }
+        };
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(TlsError::Config)?
+            .with_root_certificates(roots);
+        let mut config = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => builder
+                .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
+                .map_err(TlsError::Config)?,
+            (None, None) => builder.with_no_client_auth(),
+            _ => return Err(TlsError::HalfIdentity),
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+}
+
+/// A reqwest client builder that speaks TLS as `tls` says (also for `https://` URLs when
+/// `tls` is empty: the system roots are trusted then).
+pub fn http_client_builder(tls: &ClientTls) -> Result<reqwest::ClientBuilder, TlsError> {
+    install_crypto_provider();
+    Ok(reqwest::Client::builder().tls_backend_preconfigured(tls.client_config()?))
+}
+
+/// URL scheme of a store's ports.
+pub fn scheme(tls: bool) -> &'static str {
+    if tls { "https" } else { "http" }
+}
+
+/// The rustls error behind a failed request, if the failure was a TLS handshake. Looks
+/// through the whole cause chain, into `io::Error`s and boxed errors (HTTP client layers box
+/// their causes, and a box's `source()` skips the error it holds).
+pub fn handshake_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(r) = e.downcast_ref::<rustls::Error>() {
+        return Some(r);
+    }
+    if let Some(io) = e.downcast_ref::<std::io::Error>()
+        && let Some(inner) = io.get_ref()
+        && let Some(r) = handshake_error(inner)
+    {
+        return Some(r);
+    }
+    e.source().and_then(handshake_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_an_identity_is_refused() {
+        let t = ClientTls {
+            ca: None,
+            cert: Some("c.pem".into()),
+            key: None,
+        };
+        assert!(matches!(t.client_config(), Err(TlsError::HalfIdentity)));
+    }
+
+    #[test]
+    fn a_missing_file_names_its_path() {
+        let e = load_certs(Path::new("/nonexistent/ca.pem"));
+        let text = e.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(text.contains("/nonexistent/ca.pem"), "{text}");
+    }
+
+    #[test]
+    fn handshake_errors_are_found_behind_nested_io_errors() {
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+        let twice = std::io::Error::other(io);
+        assert!(handshake_error(&twice).is_some());
+        let other = std::io::Error::other("refused");
+        assert!(handshake_error(&other).is_none());
+    }
+
+    #[test]
+    fn a_default_client_trusts_the_system_roots() {
+        install_crypto_provider();
+        assert!(!ClientTls::default().is_configured());
+        assert!(http_client_builder(&ClientTls::default()).is_ok());
+    }
+}
