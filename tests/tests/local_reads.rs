@@ -33,7 +33,6 @@ fn follower_of(map: &PartitionMap, key: &str) -> Option<(String, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet verified end to end on CI; run with --ignored"]
 async fn local_reads_name_their_node_and_keep_session_guarantees() -> anyhow::Result<()> {
     let store = LocalStore::start(LocalOptions {
         nodes: 3,

@@ -63,7 +63,6 @@ async fn start_store(dir: &Path) -> anyhow::Result<(LocalStore, Certs)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet verified end to end on CI; run with --ignored"]
 async fn a_tls_store_serves_authenticated_clients_and_refuses_the_rest() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (store, certs) = start_store(dir.path()).await?;

@@ -113,7 +113,7 @@ impl ClientApi {
                         staleness,
                     )
                 }
-                _ => self.from_primary(map, key, req).await,
+                _ => self.read_at_primary(map, key, req).await,
             };
         }
         if req.forwarded {
@@ -127,7 +127,7 @@ impl ClientApi {
 
     /// A linearizable read instead of a local one (at most one more hop, to the primary,
     /// which never forwards it further).
-    async fn from_primary(&self, map: &PartitionMap, key: Vec<u8>, req: &Request<'_>) -> Answer {
+    async fn read_at_primary(&self, map: &PartitionMap, key: Vec<u8>, req: &Request<'_>) -> Answer {
         let plain = Request {
             query: "",
             forwarded: false,
