@@ -172,7 +172,6 @@ impl KvClientBuilder {
             value.set_sensitive(true);
             headers.insert(crate::map::RESTORE_TOKEN_HEADER, value);
         }
-            .default_headers(headers)
         let http = crate::tls::http_client_builder(&self.tls)
             .map_err(KvError::TlsConfig)?
             .default_headers(headers)

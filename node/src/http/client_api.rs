@@ -301,7 +301,7 @@ impl ClientApi {
                 common::unavailable("no_map", "no partition map installed yet"),
             );
         };
-        if let Some(refused) = restore_gate(&map, &headers, &self.settings.peer_token) {
+        if let Some(refused) = restore_gate(&map, headers, &self.settings.peer_token) {
             return (op, refused);
         }
         let forwarded = headers.contains_key(FORWARDED_HEADER);
