@@ -55,7 +55,9 @@ async fn hooked_store(
     for (i, flag) in hooked {
         restart_with(&mut cluster, *i, &[(hook, flag)])?;
     }
-    cluster.wait_healthy().await?;
+    if let Err(e) = cluster.wait_healthy().await {
+        anyhow::bail!("{e}\n{}", cluster.logs(40));
+    }
     let map = cluster.map_round_robin(1, nodes as u32, min_in_sync);
     cluster.install(&map).await?;
     let beats = cluster

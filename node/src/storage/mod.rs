@@ -2,11 +2,14 @@
 //! and a data table, plus a meta table (format, node id, installed map, per-partition state).
 //!
 //! Reads go straight to the database; every write goes through the group-commit
-//! [`writer`] task so that one transaction and one fsync cover many appends.
+//! [`writer`] task so that one transaction and one fsync cover many appends. Log appends are
+//! made durable by the node's write-ahead log ([`wal`]); the database is committed durably
+//! only at checkpoints.
 
 pub mod codec;
 pub mod faults;
 pub mod tables;
+pub mod wal;
 pub mod writer;
 
 use crate::admin_api::LogPosition;
@@ -18,8 +21,12 @@ use std::path::Path;
 use std::sync::Arc;
 use tables::{META, data_table, log_table, meta_key};
 
-/// Version of the on-disk layout; stored under `format` in the meta table.
-pub const STORAGE_FORMAT: u32 = 1;
+/// Version of the on-disk layout; stored under `format` in the meta table. Format 2 adds the
+/// write-ahead log (`node.wal`): a format-1 database is upgraded when opened, and a build that
+/// only knows format 1 refuses a format-2 directory instead of ignoring its log.
+pub const STORAGE_FORMAT: u32 = 2;
+/// Older layouts this build opens (and upgrades).
+const UPGRADABLE_FORMATS: [u32; 1] = [1];
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +57,8 @@ pub enum StorageError {
     DecodeMap(#[source] serde_json::Error),
     #[error("the writer task has stopped")]
     WriterGone,
+    #[error("the write-ahead log is already owned by a writer")]
+    WalTaken,
 }
 
 pub(crate) fn read_err(e: impl Into<redb::Error>) -> StorageError {
@@ -88,6 +97,8 @@ pub struct Versioned {
 pub struct Store {
     db: Arc<Database>,
     disk_id: Arc<str>,
+    /// The recovered write-ahead log until the writer takes it.
+    wal: Arc<std::sync::Mutex<Option<wal::Wal>>>,
 }
 
 impl Store {
@@ -98,16 +109,58 @@ impl Store {
             source,
         })?;
         let path = dir.join("node.redb");
+        if !path.exists() {
+            Self::create_atomically(dir, &path, node_id)?;
+        }
         let db = Database::create(&path).map_err(|e| StorageError::Open {
             path: path.display().to_string(),
             source: e.into(),
         })?;
         let db = Arc::new(db);
         let disk_id = Self::init_meta(&db, node_id)?;
+        let wal = wal::recover(&db, dir)?;
         Ok(Self {
             db,
             disk_id: disk_id.into(),
+            wal: Arc::new(std::sync::Mutex::new(Some(wal))),
         })
+    }
+
+    /// Hands the write-ahead log to the (single) writer.
+    pub(crate) fn take_wal(&self) -> Result<wal::Wal, StorageError> {
+        self.wal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or(StorageError::WalTaken)
+    }
+
+    /// Creates and initialises a new database under a temporary name and renames it into
+    /// place, so a crash while creating it never leaves a half-written `node.redb` that no
+    /// later start can open (a fresh directory is then simply created again).
+    fn create_atomically(dir: &Path, path: &Path, node_id: &str) -> Result<(), StorageError> {
+        let tmp = dir.join("node.redb.creating");
+        let io = |source: std::io::Error| StorageError::CreateDir {
+            path: tmp.display().to_string(),
+            source,
+        };
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {
+                tracing::warn!(path = %tmp.display(), "removed a database whose creation was interrupted")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        let db = Database::create(&tmp).map_err(|e| StorageError::Open {
+            path: tmp.display().to_string(),
+            source: e.into(),
+        })?;
+        Self::init_meta(&db, node_id)?;
+        drop(db);
+        std::fs::rename(&tmp, path).map_err(io)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)
     }
 
     pub(crate) fn db(&self) -> &Arc<Database> {
@@ -131,10 +184,17 @@ impl Store {
                 .map_err(write_err)?
                 .map(|v| tables::u32_from(v.value()));
             match format {
-                Some(f) if f != STORAGE_FORMAT => {
-                    return Err(StorageError::UnsupportedFormat { found: f });
+                Some(STORAGE_FORMAT) => {}
+                Some(f) if UPGRADABLE_FORMATS.contains(&f) => {
+                    tracing::info!(
+                        from = f,
+                        to = STORAGE_FORMAT,
+                        "upgrading the database format"
+                    );
+                    meta.insert("format", &STORAGE_FORMAT.to_le_bytes()[..])
+                        .map_err(write_err)?;
                 }
-                Some(_) => {}
+                Some(f) => return Err(StorageError::UnsupportedFormat { found: f }),
                 None => {
                     meta.insert("format", &STORAGE_FORMAT.to_le_bytes()[..])
                         .map_err(write_err)?;

@@ -1,12 +1,24 @@
 //! The single writer of the database: a dedicated thread that drains every queued command
 //! (log appends of all partitions, applies, compactions, meta updates), executes the batch in
-//! one write transaction, commits it with one fsync when any command needs durability, and
-//! only then wakes each caller. The handle also tells how long the oldest queued command has
-//! waited ([`WriterHandle::stalled_for`]): a hung disk shows there long before it fails.
+//! one write transaction and only then wakes each caller.
+//!
+//! Durability per batch, one fsync at most:
+//! - a batch whose durable commands are all log commands (appends, truncations, epoch
+//!   histories) is written to the write-ahead log as one record and `fdatasync`ed there; the
+//!   database transaction is then committed without fsync;
+//! - a batch holding another durable command (a map, a snapshot's start or end, a dropped
+//!   partition, an unproven mark), or arriving when a checkpoint is due, is committed to the
+//!   database durably — a checkpoint — and the log starts its next generation ([`wal`]);
+//! - a batch of non-durable commands only (applies, compactions, snapshot chunks) is committed
+//!   without fsync.
+//!
+//! The handle also tells how long the oldest queued command has waited
+//! ([`WriterHandle::stalled_for`]): a hung disk shows there long before it fails.
 
 use super::codec::{self, LogEntry, Op};
 use super::faults::FaultHooks;
 use super::tables::{self, META, data_table, log_table, meta_key};
+use super::wal::{self, Wal};
 use super::{StorageError, Store, write_err};
 use crate::admin_api::LogPosition;
 use crate::map::PartitionId;
@@ -117,8 +129,19 @@ impl WriterHandle {
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(Mutex::new(VecDeque::new()));
+        let wal = match store.take_wal() {
+            Ok(wal) => wal,
+            Err(e) => {
+                // A second writer on one store would interleave two logs: refuse it. The
+                // receiver is dropped, so every command fails with `WriterGone`.
+                tracing::error!(error = %e, "cannot start a second storage writer");
+                on_fatal(e);
+                return Self { tx, queued };
+            }
+        };
         let writer = Writer {
             store,
+            wal,
             rx,
             queued: queued.clone(),
             hooks: FaultHooks::from_env(),
@@ -172,6 +195,7 @@ impl Pending {
 /// The writer thread's state.
 struct Writer {
     store: Store,
+    wal: Wal,
     rx: mpsc::UnboundedReceiver<(Command, Reply)>,
     queued: Arc<Mutex<VecDeque<Instant>>>,
     hooks: FaultHooks,
@@ -215,7 +239,7 @@ impl Writer {
     }
 
     fn execute(
-        &self,
+        &mut self,
         batch: &[(Command, Reply)],
         durable: bool,
     ) -> Result<Vec<Outcome>, StorageError> {
@@ -227,28 +251,37 @@ impl Writer {
                 )));
             }
         }
-        execute(&self.store, batch, durable)
+        let checkpoint =
+            self.wal.checkpoint_due() || batch.iter().any(|(c, _)| c.durable() && !wal::logged(c));
+        let mut txn = self.store.db().begin_write().map_err(write_err)?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for (cmd, _) in batch {
+            outcomes.push(apply_command(&txn, cmd)?);
+        }
+        if checkpoint {
+            // Everything the log holds, and this batch, reach the database durably; the log's
+            // next generation starts empty.
+            let next = self.wal.generation() + 1;
+            {
+                let mut meta = txn.open_table(META).map_err(write_err)?;
+                meta.insert(wal::GENERATION_KEY, &next.to_le_bytes()[..])
+                    .map_err(write_err)?;
+            }
+            txn.set_durability(Durability::Immediate)
+                .map_err(write_err)?;
+            txn.commit().map_err(write_err)?;
+            self.wal.checkpointed(next);
+            return Ok(outcomes);
+        }
+        if let Some(record) = Wal::encode_batch(batch.iter().map(|(c, _)| c)) {
+            // The durability point: the record is on disk before anyone is told.
+            self.wal.append(&record)?;
+        }
+        txn.set_durability(Durability::None).map_err(write_err)?;
+        txn.commit().map_err(write_err)?;
+        self.wal.note_volatile_commit();
+        Ok(outcomes)
     }
-}
-
-fn execute(
-    store: &Store,
-    batch: &[(Command, Reply)],
-    durable: bool,
-) -> Result<Vec<Outcome>, StorageError> {
-    let mut txn = store.db().begin_write().map_err(write_err)?;
-    let level = if durable {
-        Durability::Immediate
-    } else {
-        Durability::None
-    };
-    txn.set_durability(level).map_err(write_err)?;
-    let mut outcomes = Vec::with_capacity(batch.len());
-    for (cmd, _) in batch {
-        outcomes.push(apply_command(&txn, cmd)?);
-    }
-    txn.commit().map_err(write_err)?;
-    Ok(outcomes)
 }
 
 fn put_meta(txn: &WriteTransaction, key: &str, value: &[u8]) -> Result<(), StorageError> {
@@ -266,7 +299,10 @@ fn get_meta(txn: &WriteTransaction, key: &str) -> Result<Option<Vec<u8>>, Storag
     Ok(v)
 }
 
-fn apply_command(txn: &WriteTransaction, cmd: &Command) -> Result<Outcome, StorageError> {
+pub(super) fn apply_command(
+    txn: &WriteTransaction,
+    cmd: &Command,
+) -> Result<Outcome, StorageError> {
     match cmd {
         Command::Append {
             partition,
