@@ -346,6 +346,7 @@ fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)] // a failed step should name itself in the test output
 mod tests {
     use super::*;
     use crate::replication::epochs::EpochHistory;
