@@ -9,6 +9,14 @@ use prometheus::{
 };
 use std::time::Instant;
 
+mod phases;
+pub use phases::{WritePhase, WritePhases, WriteTimer, replicated_through};
+
+/// Bucket bounds for write-path latencies: 0.1 ms to 1 s.
+const WRITE_PATH_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5,
+];
+
 /// Why the metrics could not be registered.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -34,6 +42,10 @@ pub struct NodeMetrics {
     pub log_entries: IntGauge,
     pub forwarded_requests: IntCounter,
     pub rejected_frames: IntCounter,
+    /// Primary: time from a write's arrival at its partition to each [`WritePhase`].
+    pub write_phase_seconds: HistogramVec,
+    /// Follower: time from an append's arrival to its entries being durable.
+    pub follower_append_seconds: Histogram,
 }
 
 impl NodeMetrics {
@@ -102,6 +114,21 @@ impl NodeMetrics {
             "shardedstore_rejected_peer_frames_total",
             "Malformed replication frames rejected on the peer port",
         )?;
+        let write_phase_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "shardedstore_write_phase_duration_seconds",
+                "Primary: time from a write's arrival to each phase (local_durable, replicated, committed, applied, acknowledged)",
+            )
+            .buckets(WRITE_PATH_BUCKETS.to_vec()),
+            &["phase"],
+        )?;
+        let follower_append_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "shardedstore_follower_append_duration_seconds",
+                "Follower: time from a replication append's arrival to its entries being durable",
+            )
+            .buckets(WRITE_PATH_BUCKETS.to_vec()),
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_seconds.clone()))?;
         registry.register(Box::new(replication_lag_entries.clone()))?;
@@ -113,6 +140,8 @@ impl NodeMetrics {
         registry.register(Box::new(log_entries.clone()))?;
         registry.register(Box::new(forwarded_requests.clone()))?;
         registry.register(Box::new(rejected_frames.clone()))?;
+        registry.register(Box::new(write_phase_seconds.clone()))?;
+        registry.register(Box::new(follower_append_seconds.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -126,6 +155,8 @@ impl NodeMetrics {
             log_entries,
             forwarded_requests,
             rejected_frames,
+            write_phase_seconds,
+            follower_append_seconds,
         })
     }
 

@@ -168,6 +168,8 @@ impl Replica {
         };
         if let Some(p) = pending {
             p.wait().await?;
+            let m = &self.ctx.metrics.follower_append_seconds;
+            m.observe(received.elapsed().as_secs_f64());
         }
         let apply = {
             let mut st = self.lock();

@@ -6,6 +6,7 @@ use super::replica::{Replica, State};
 use super::roles::{Admissions, LeadCheck, NoLead, may_lead, still_unproven};
 use crate::admin_api::{AdmitRequest, AdmitResponse, HandoffRequest, HandoffResponse, LogPosition};
 use crate::map::{NodeId, PartitionEntry};
+use crate::metrics::{WritePhase, replicated_through};
 use crate::storage::codec::{LogEntry, Op};
 use crate::storage::writer::Command;
 use crate::storage::{StorageError, Versioned};
@@ -294,10 +295,18 @@ impl Replica {
     pub fn advance_commit(self: &Arc<Self>) {
         let advanced = {
             let mut st = self.lock();
-            match commit_input(&st, &self.ctx.node_id, self.ctx.may_serve()) {
+            let input = commit_input(&st, &self.ctx.node_id, self.ctx.may_serve());
+            if let Some(r) = input
+                .as_ref()
+                .and_then(|i| replicated_through(&i.required_acks))
+            {
+                self.phases.reached(WritePhase::Replicated, r);
+            }
+            match input {
                 Some(input) => match commit_point(&input) {
                     Some(c) if c > st.commit_seq => {
                         st.commit_seq = c;
+                        self.phases.reached(WritePhase::Committed, c);
                         true
                     }
                     point => {
@@ -366,6 +375,7 @@ impl Replica {
         value: Option<Vec<u8>>,
         condition: Condition,
     ) -> Result<WriteOutcome, ServeError> {
+        let arrived = Instant::now();
         let timeout = self.ctx.config.write_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let (guard, current) = loop {
@@ -413,7 +423,7 @@ impl Replica {
                 }
             }
         };
-        let (seq, term, waiter) = {
+        let (seq, term, waiter, timer) = {
             let mut st = self.lock();
             let term = self.serving_check(&st)?;
             let epoch = st.epoch;
@@ -426,6 +436,7 @@ impl Replica {
                 None => Op::Delete { key: key.clone() },
             };
             let entry = Arc::new(LogEntry { epoch, seq, op });
+            let timer = self.phases.start(seq, arrived);
             if let Some(p) = st.primary.as_mut() {
                 // Members that held everything start their pending clock with this entry.
                 let now = Instant::now();
@@ -450,7 +461,7 @@ impl Replica {
                 entries: vec![entry],
                 history: st.history.clone(),
             })?;
-            (seq, term, waiter)
+            (seq, term, waiter, timer)
         };
         drop(guard);
         self.bump();
@@ -458,6 +469,8 @@ impl Replica {
         {
             let mut st = self.lock();
             st.durable_seq = st.durable_seq.max(seq);
+            self.phases
+                .reached(WritePhase::LocalDurable, st.durable_seq);
         }
         self.advance_commit();
         let mut applied = self.applied_tx.subscribe();
@@ -478,6 +491,7 @@ impl Replica {
             // the write took effect although it cannot be acknowledged.
             return Err(ServeError::Unavailable("lease_expired_after_append"));
         }
+        timer.acknowledged();
         Ok(WriteOutcome {
             version: seq,
             existed: current.is_some(),

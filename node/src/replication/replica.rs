@@ -8,6 +8,7 @@ use super::primary::PrimaryState;
 use crate::admin_api::{FollowerProgress, LogPosition, PartitionState, ReplicaRole};
 use crate::context::Ctx;
 use crate::map::{PartitionEntry, PartitionId};
+use crate::metrics::WritePhase;
 use crate::storage::codec::LogEntry;
 use crate::storage::writer::Command;
 use crate::storage::{PartitionDisk, StorageError};
@@ -71,6 +72,8 @@ pub struct Replica {
     /// Serializes changes to the log (client writes, replication messages, compaction).
     pub(crate) write_lock: tokio::sync::Mutex<()>,
     pub(crate) apply_lock: tokio::sync::Mutex<()>,
+    /// Per-phase latency of this partition's writes (metrics only).
+    pub(crate) phases: crate::metrics::WritePhases,
 }
 
 impl Replica {
@@ -99,6 +102,7 @@ impl Replica {
             session: (0, 0),
             prev_receipt: None,
         };
+        let phases = crate::metrics::WritePhases::new(&ctx.metrics.write_phase_seconds);
         Arc::new(Self {
             partition,
             ctx,
@@ -107,6 +111,7 @@ impl Replica {
             progress_tx: watch::channel(0).0,
             write_lock: tokio::sync::Mutex::new(()),
             apply_lock: tokio::sync::Mutex::new(()),
+            phases,
         })
     }
 
@@ -255,6 +260,7 @@ impl Replica {
             {
                 let mut st = self.lock();
                 st.applied_seq = upto;
+                self.phases.reached(WritePhase::Applied, upto);
                 st.keys = outcome.keys;
                 st.bytes = outcome.bytes;
                 while let Some(&(c, t)) = st.sync_marks.front() {

@@ -1,0 +1,104 @@
+//! The per-phase write latency histograms on `/metrics`: three node processes, RF 3; after
+//! real writes through the primary every phase counted each write exactly once, the phases
+//! come in their order, and both followers timed their durable appends.
+
+use shardedstore_tests::node_harness::{Cluster, NodeOptions, metric_value, wait_until};
+use std::time::Duration;
+
+const PHASES: [&str; 5] = [
+    "local_durable",
+    "replicated",
+    "committed",
+    "applied",
+    "acknowledged",
+];
+const PHASE: &str = "shardedstore_write_phase_duration_seconds";
+const FOLLOWER: &str = "shardedstore_follower_append_duration_seconds";
+
+/// `(count, sum)` of every phase at the primary.
+fn phases(text: &str) -> Vec<(f64, f64)> {
+    PHASES
+        .iter()
+        .map(|p| {
+            let filter = format!("phase=\"{p}\"");
+            (
+                metric_value(text, &format!("{PHASE}_count"), &filter),
+                metric_value(text, &format!("{PHASE}_sum"), &filter),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_phases_count_every_replicated_write() -> anyhow::Result<()> {
+    let cluster = Cluster::start(3, NodeOptions::default())?;
+    cluster.wait_healthy().await?;
+    // One partition led by node-0, followed by node-1 and node-2, all in sync.
+    let map = cluster.map_round_robin(1, 3, 2);
+    cluster.install(&map).await?;
+    let _beats = cluster
+        .heartbeat_in_background(Duration::from_secs(4))
+        .await?;
+
+    let text = cluster.metrics(0).await?;
+    for p in PHASES {
+        assert!(
+            text.contains(&format!("{PHASE}_bucket{{phase=\"{p}\",le=\"0.0001\"}}")),
+            "phase {p} is not exported:\n{text}"
+        );
+    }
+    wait_until(
+        Duration::from_secs(20),
+        "the primary accepts writes",
+        || async {
+            let (status, _) = cluster.put(0, "warm-up", b"w".to_vec()).await.ok()?;
+            matches!(status, 200 | 201).then_some(())
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", cluster.logs(30)))?;
+
+    let before = phases(&cluster.metrics(0).await?);
+    let follower_before = [
+        metric_value(&cluster.metrics(1).await?, &format!("{FOLLOWER}_count"), ""),
+        metric_value(&cluster.metrics(2).await?, &format!("{FOLLOWER}_count"), ""),
+    ];
+    const WRITES: f64 = 5.0;
+    for i in 0..WRITES as usize {
+        let (status, _) = cluster.put(0, &format!("k{i}"), vec![b'x'; 1024]).await?;
+        assert!(matches!(status, 200 | 201), "put k{i} answered {status}");
+    }
+    let after = phases(&cluster.metrics(0).await?);
+
+    let delta: Vec<(f64, f64)> = before
+        .iter()
+        .zip(&after)
+        .map(|((c0, s0), (c1, s1))| (c1 - c0, s1 - s0))
+        .collect();
+    for (p, (count, sum)) in PHASES.iter().zip(&delta) {
+        assert_eq!(
+            *count, WRITES,
+            "phase {p} counted {count} of {WRITES} writes"
+        );
+        assert!(*sum > 0.0, "phase {p} recorded no time");
+    }
+    // Each write reaches the phases in order, so the summed latencies grow phase by phase
+    // (replicated and local durable happen in parallel; committed follows both).
+    let sum = |p: &str| delta[PHASES.iter().position(|x| *x == p).unwrap_or(0)].1;
+    assert!(sum("committed") >= sum("local_durable"), "{delta:?}");
+    assert!(sum("committed") >= sum("replicated"), "{delta:?}");
+    assert!(sum("applied") >= sum("committed"), "{delta:?}");
+    assert!(sum("acknowledged") >= sum("applied"), "{delta:?}");
+
+    for (i, before) in follower_before.iter().enumerate() {
+        let text = cluster.metrics(i + 1).await?;
+        let count = metric_value(&text, &format!("{FOLLOWER}_count"), "");
+        assert!(
+            count - before >= WRITES,
+            "node-{} timed {} durable appends for {WRITES} writes",
+            i + 1,
+            count - before
+        );
+    }
+    Ok(())
+}
