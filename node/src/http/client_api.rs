@@ -141,7 +141,7 @@ pub fn routes(
 }
 
 /// Parsed conditional headers; the error is the message of a 400 answer.
-fn condition(headers: &HeaderMap) -> Result<Condition, &'static str> {
+pub fn condition(headers: &HeaderMap) -> Result<Condition, &'static str> {
     let if_match = headers.get(http::header::IF_MATCH).map(|v| v.to_str());
     let if_none = headers.get(http::header::IF_NONE_MATCH).map(|v| v.to_str());
     match (if_match, if_none) {
