@@ -143,6 +143,11 @@ pub enum MapError {
     UnsupportedFormat(u32),
     #[error("map has no partitions")]
     NoPartitions,
+    #[error("replicationFactor {replication_factor} and minInSync {min_in_sync}: need 1 <= minInSync <= replicationFactor")]
+    BadReplication {
+        replication_factor: u32,
+        min_in_sync: u32,
+    },
     #[error("partition {partition}: {problem}")]
     BadPartition {
         partition: PartitionId,
@@ -186,6 +191,12 @@ impl PartitionMap {
         }
         if self.partitions.is_empty() {
             return Err(MapError::NoPartitions);
+        }
+        if self.min_in_sync == 0 || self.min_in_sync > self.replication_factor {
+            return Err(MapError::BadReplication {
+                replication_factor: self.replication_factor,
+                min_in_sync: self.min_in_sync,
+            });
         }
         for (i, p) in self.partitions.iter().enumerate() {
             let bad = |problem: String| MapError::BadPartition {
@@ -256,6 +267,21 @@ mod tests {
         assert!(matches!(m.validate(), Err(MapError::BadPartition { .. })));
         m.partitions[0].in_sync.push("a".into());
         assert_eq!(m.validate(), Ok(()));
+    }
+
+    #[test]
+    fn validate_rejects_min_in_sync_out_of_bounds() {
+        for (rf, min) in [(3, 0), (3, 4), (1, 2)] {
+            let m = PartitionMap::empty("s", 1, rf, min);
+            assert_eq!(
+                m.validate(),
+                Err(MapError::BadReplication {
+                    replication_factor: rf,
+                    min_in_sync: min
+                })
+            );
+        }
+        assert_eq!(PartitionMap::empty("s", 1, 3, 3).validate(), Ok(()));
     }
 
     #[test]

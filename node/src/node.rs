@@ -18,8 +18,10 @@ use tokio_util::sync::CancellationToken;
 /// Why a map was not installed.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
-    #[error("invalid map")]
+    #[error("invalid map: {0}")]
     Invalid(#[from] MapError),
+    #[error("the map has {offered} partitions, the installed map {installed}: the partition count never changes")]
+    PartitionCount { offered: u32, installed: u32 },
     #[error("the map belongs to store {found}, this node to {expected}")]
     WrongStore { found: String, expected: String },
     #[error("map version {offered} is older than the installed version {installed}")]
@@ -168,6 +170,14 @@ impl Node {
             });
         }
         let _g = self.install_lock.lock().await;
+        if let Some(current) = self.ctx.map()
+            && current.partition_count() != map.partition_count()
+        {
+            return Err(InstallError::PartitionCount {
+                offered: map.partition_count(),
+                installed: current.partition_count(),
+            });
+        }
         let installed = self.ctx.map_version();
         if map.version == installed && installed > 0 {
             return Ok(installed);

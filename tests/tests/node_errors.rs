@@ -91,6 +91,36 @@ async fn bad_requests_get_documented_errors_and_change_nothing() -> anyhow::Resu
         .await?;
     assert_eq!(r.status().as_u16(), 403);
 
+    // Authenticated but bad maps: minInSync out of bounds is 400; a map of another
+    // partition count is 409 (the partition count never changes); nothing installed.
+    let mut bad_min = newer.clone();
+    bad_min.min_in_sync = 2;
+    let r = http
+        .post(&url)
+        .bearer_auth(&cluster.options.token)
+        .json(&bad_min)
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 400);
+    let body: serde_json::Value = r.json().await?;
+    assert_eq!(code(&body), "invalid_map");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("minInSync")),
+        "{body}"
+    );
+    let mut regrown = cluster.map_round_robin(8, 1, 1);
+    regrown.version = 2;
+    let r = http
+        .post(&url)
+        .bearer_auth(&cluster.options.token)
+        .json(&regrown)
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 409);
+    assert_eq!(code(&r.json().await?), "partition_count");
+
     // Garbage and truncated replication frames: 400, logged, node keeps serving.
     let append_url = format!("http://{}/peer/v1/partitions/0/append", node.peer_addr);
     for body in [b"garbage".to_vec(), vec![1u8, 2, 0, 0], vec![1u8]] {

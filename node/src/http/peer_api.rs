@@ -226,6 +226,9 @@ impl PeerApi {
             Err(e @ InstallError::WrongStore { .. }) => {
                 common::error(StatusCode::CONFLICT, "wrong_store", e.to_string())
             }
+            Err(e @ InstallError::PartitionCount { .. }) => {
+                common::error(StatusCode::CONFLICT, "partition_count", e.to_string())
+            }
             Err(e @ InstallError::Older { installed, .. }) => common::error_with_map(
                 StatusCode::CONFLICT,
                 "stale_map",
