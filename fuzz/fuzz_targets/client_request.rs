@@ -2,10 +2,11 @@
 //! key under the key-size limit (`keys::decode_key`), the conditional headers `If-Match` /
 //! `If-None-Match` (`client_api::condition`), `Content-Length` (`common::content_length`,
 //! checked against the value-size limit before the body is read) and the bearer token
-//! (`common::check_token`).
+//! (`common::check_token`), and the read options of a `GET` (`ReadOptions::parse`: the query's
+//! `consistency` and `max-staleness-ms`, the `x-min-version` session header).
 //!
 //! The input is split at newlines into: the path, `If-Match`, `If-None-Match`,
-//! `Content-Length`, `Authorization`; a header whose bytes are not a valid header value is
+//! `Content-Length`, `Authorization`, the query string, `x-min-version`; a header whose bytes are not a valid header value is
 //! left out, and a missing field means a missing header. The key limit comes from the
 //! input's length, so short limits are exercised too.
 //!
@@ -13,12 +14,14 @@
 //! non-empty, within the limit, and `encode_key` gives a path segment without `/` that
 //! decodes back to it; a refused oversized key reports a length above the limit; both
 //! conditional headers together are refused; `If-Match: <n>` yields exactly version `n`; a
-//! parsed `Content-Length` is the header's decimal value; only `Bearer <token>` authenticates.
+//! parsed `Content-Length` is the header's decimal value; only `Bearer <token>` authenticates;
+//! accepted read options carry exactly the query's and the header's values.
 #![no_main]
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use libfuzzer_sys::fuzz_target;
-use shardedstore_node::http::client_api::condition;
+use shardedstore_node::http::client_api::local_read::ReadOptions;
+use shardedstore_node::http::client_api::{MIN_VERSION_HEADER, condition};
 use shardedstore_node::http::common::{TokenError, check_token, content_length};
 use shardedstore_node::http::keys::{KeyError, decode_key, encode_key};
 use shardedstore_node::replication::primary::Condition;
@@ -64,6 +67,32 @@ fn check_condition(headers: &HeaderMap) {
     }
 }
 
+fn check_read_options(query: &[u8], headers: &HeaderMap) {
+    let Ok(query) = std::str::from_utf8(query) else {
+        return;
+    };
+    let Ok(o) = ReadOptions::parse(query, headers) else {
+        return;
+    };
+    let mut local = false;
+    let mut staleness = None;
+    for pair in query.split('&').filter(|s| !s.is_empty()) {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("consistency", v) => local = v == "local",
+            ("max-staleness-ms", v) => staleness = v.parse::<u64>().ok(),
+            _ => {}
+        }
+    }
+    assert_eq!((o.local, o.max_staleness_ms), (local, staleness), "query {query:?}");
+    let min = headers
+        .get(MIN_VERSION_HEADER)
+        .map(|h| h.to_str().map(|s| s.trim().parse::<u64>()));
+    match min {
+        None => assert_eq!(o.min_version, 0),
+        Some(v) => assert_eq!(v, Ok(Ok(o.min_version))),
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     shardedstore_fuzz::with_allocation_limit(data.len(), || {
         let mut fields = data.split(|&b| b == b'\n');
@@ -73,6 +102,13 @@ fuzz_target!(|data: &[u8]| {
         insert(&mut headers, header::IF_NONE_MATCH, fields.next());
         insert(&mut headers, header::CONTENT_LENGTH, fields.next());
         insert(&mut headers, header::AUTHORIZATION, fields.next());
+        let query = fields.next().unwrap_or_default();
+        insert(
+            &mut headers,
+            HeaderName::from_static(MIN_VERSION_HEADER),
+            fields.next(),
+        );
+        check_read_options(query, &headers);
 
         if let Ok(path) = std::str::from_utf8(path) {
             check_key(path, data.len() % 64 + 1);

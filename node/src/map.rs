@@ -143,7 +143,9 @@ pub enum MapError {
     UnsupportedFormat(u32),
     #[error("map has no partitions")]
     NoPartitions,
-    #[error("replicationFactor {replication_factor} and minInSync {min_in_sync}: need 1 <= minInSync <= replicationFactor")]
+    #[error(
+        "replicationFactor {replication_factor} and minInSync {min_in_sync}: need 1 <= minInSync <= replicationFactor"
+    )]
     BadReplication {
         replication_factor: u32,
         min_in_sync: u32,

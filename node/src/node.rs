@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 pub enum InstallError {
     #[error("invalid map: {0}")]
     Invalid(#[from] MapError),
-    #[error("the map has {offered} partitions, the installed map {installed}: the partition count never changes")]
+    #[error(
+        "the map has {offered} partitions, the installed map {installed}: the partition count never changes"
+    )]
     PartitionCount { offered: u32, installed: u32 },
     #[error("the map belongs to store {found}, this node to {expected}")]
     WrongStore { found: String, expected: String },

@@ -4,7 +4,7 @@
 //! Every key answer names the node that served it (`x-served-by`).
 
 mod forward;
-mod local_read;
+pub mod local_read;
 
 use super::auth::ClientAuth;
 use super::common::{self, Answer, BodyError};
