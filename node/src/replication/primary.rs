@@ -3,7 +3,9 @@
 
 use super::commit::{CommitInput, commit_point};
 use super::replica::{Replica, State};
-use super::roles::{Admissions, LeadCheck, NoLead, may_lead, still_unproven};
+use super::roles::{
+    Admissions, LeadCheck, NoLead, holds_every_committed, may_lead, still_unproven,
+};
 use crate::admin_api::{AdmitRequest, AdmitResponse, HandoffRequest, HandoffResponse, LogPosition};
 use crate::map::{NodeId, PartitionEntry};
 use crate::metrics::{WritePhase, replicated_through};
@@ -18,8 +20,15 @@ use tokio_util::sync::CancellationToken;
 
 /// A member's replication progress as the primary sees it.
 pub struct Progress {
-    /// Highest sequence number it durably holds in agreement with this log (`None` until probed).
+    /// Highest sequence number it durably holds in agreement with this log, as proven by the
+    /// live replication session to it: `None` from the start of every session until its probe
+    /// is answered (finding C1: a position acknowledged in an earlier session may be gone, e.g.
+    /// the member restarted and discarded an interrupted snapshot install, or a snapshot install
+    /// just emptied it).
     pub acked: Option<u64>,
+    /// Highest position acknowledged in this term (any session): only a position above it
+    /// counts as progress for [`Progress::progress_at`], so re-probing is not progress.
+    pub high: Option<u64>,
     pub last_contact: Option<Instant>,
     /// Last acknowledged progress, or when entries became outstanding for a member that had
     /// acknowledged everything ([`Progress::pending_since`]).
@@ -124,13 +133,32 @@ impl Progress {
         Some(now.saturating_duration_since(self.progress_at))
     }
 
-    /// Records an acknowledgement; progress (a higher position) restarts the pending clock.
+    /// A member's progress when this node takes the primary role or adds the member.
+    pub fn new(task: CancellationToken, now: Instant) -> Self {
+        Self {
+            acked: None,
+            high: None,
+            last_contact: None,
+            progress_at: now,
+            task,
+        }
+    }
+
+    /// Records an acknowledgement; progress (a higher position than any this term) restarts
+    /// the pending clock.
     pub fn ack(&mut self, acked: u64, now: Instant) {
-        if self.acked.is_none_or(|a| acked > a) {
+        if self.high.is_none_or(|h| acked > h) {
             self.progress_at = now;
+            self.high = Some(acked);
         }
         self.acked = Some(acked);
         self.last_contact = Some(now);
+    }
+
+    /// A replication session to the member starts (or ended): nothing it held before is
+    /// proven any more until the new session's probe is answered.
+    pub fn unprove(&mut self) {
+        self.acked = None;
     }
 }
 
@@ -235,15 +263,8 @@ impl Replica {
                     for m in members {
                         if !p.followers.contains_key(&m) {
                             let task = p.term.child_token();
-                            p.followers.insert(
-                                m.clone(),
-                                Progress {
-                                    acked: None,
-                                    last_contact: None,
-                                    progress_at: Instant::now(),
-                                    task: task.clone(),
-                                },
-                            );
+                            p.followers
+                                .insert(m.clone(), Progress::new(task.clone(), Instant::now()));
                             spawn.push((m, task));
                         }
                     }
@@ -554,7 +575,7 @@ impl Replica {
             }
             p.admitted.admit(&req.learner, lapses_at);
             let acked = p.followers.get(&req.learner).and_then(|f| f.acked);
-            let ready = acked.is_some_and(|a| a >= commit_seq);
+            let ready = holds_every_committed(acked, commit_seq, p.barrier_seq);
             if ready {
                 p.admitted.confirm(&req.learner);
             }

@@ -70,6 +70,25 @@ pub fn still_unproven(unproven: bool, entry: &PartitionEntry, me: &str) -> bool 
     unproven && entry.is_in_sync(me)
 }
 
+/// Finding C1 (stale admission after a restart): whether a member holds every entry of the
+/// partition that may be committed, so that the primary may answer an admission `ready`.
+///
+/// `proven` is the member's position proven to this primary in this epoch by the live
+/// replication session (a probe answer or an append acknowledgement; `None` until the session
+/// to it re-probed, see [`super::primary::Progress`]). `commit_seq` is the primary's commit
+/// point, `barrier_seq` where its log ended when it took the role.
+///
+/// The commit point alone is not enough: a primary that just took the role (after a
+/// failover, or a restart of every node) starts from the commit point it knew before, which
+/// may be far below what the previous primary acknowledged: a follower learns the commit
+/// point one append late, and a restarted node only from the applied point of its last
+/// database checkpoint. Every entry acknowledged before this epoch is in the primary's log up
+/// to `barrier_seq` (it was elected with the longest log among in-sync members, each holding
+/// every committed entry), and every entry committed since is at most `commit_seq`.
+pub fn holds_every_committed(proven: Option<u64>, commit_seq: u64, barrier_seq: u64) -> bool {
+    proven.is_some_and(|a| a >= commit_seq.max(barrier_seq))
+}
+
 /// Learners (or lagging replicas) the primary waits for before anything commits.
 ///
 /// An admission is *provisional* while the admit call that made it has not answered ready:
@@ -164,6 +183,22 @@ mod tests {
             ..restarted
         };
         assert_eq!(may_lead(&next), Ok(()));
+    }
+
+    /// Finding C1 (stale admission after a restart of every node): a learner is ready only
+    /// when its proven position reaches the primary's commit point *and* where the primary's
+    /// log ended when it took the role; a position not proven in the live session never is.
+    #[test]
+    fn a_learner_is_ready_only_past_the_commit_point_and_the_role_barrier() {
+        // Restarted primary: commit point 20 (last checkpoint), log ends at 25.
+        assert!(!holds_every_committed(Some(20), 20, 25));
+        assert!(!holds_every_committed(Some(24), 20, 25));
+        assert!(holds_every_committed(Some(25), 20, 25));
+        // Later in the term the commit point leads.
+        assert!(!holds_every_committed(Some(29), 30, 25));
+        assert!(holds_every_committed(Some(30), 30, 25));
+        // Not (re-)probed in the live session.
+        assert!(!holds_every_committed(None, 0, 0));
     }
 
     fn entry(epoch: u64, in_sync: &[&str], learners: &[&str]) -> PartitionEntry {

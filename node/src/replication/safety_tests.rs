@@ -239,12 +239,8 @@ async fn an_unproven_copy_does_not_lead_until_dropped_from_in_sync() {
 fn the_pending_clock_runs_from_the_last_acknowledged_progress() {
     use super::primary::Progress;
     let t0 = std::time::Instant::now();
-    let mut p = Progress {
-        acked: Some(5),
-        last_contact: Some(t0),
-        progress_at: t0,
-        task: tokio_util::sync::CancellationToken::new(),
-    };
+    let mut p = Progress::new(tokio_util::sync::CancellationToken::new(), t0);
+    p.ack(5, t0);
     assert_eq!(p.pending_since(5, t0), None);
     let t1 = t0 + Duration::from_secs(3);
     assert_eq!(p.pending_since(7, t1), Some(Duration::from_secs(3)));
@@ -261,4 +257,13 @@ fn the_pending_clock_runs_from_the_last_acknowledged_progress() {
     );
     p.ack(7, t1 + Duration::from_secs(2));
     assert_eq!(p.pending_since(7, t1 + Duration::from_secs(9)), None);
+    // A new session re-probes: nothing is proven meanwhile, and re-acknowledging the same
+    // position is no progress.
+    p.unprove();
+    assert_eq!(p.acked, None);
+    p.ack(7, t1 + Duration::from_secs(10));
+    assert_eq!(
+        p.pending_since(8, t1 + Duration::from_secs(11)),
+        Some(Duration::from_secs(9))
+    );
 }

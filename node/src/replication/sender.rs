@@ -45,6 +45,7 @@ pub async fn replicate(replica: Arc<Replica>, member: NodeId, task: Cancellation
             Ok(()) => return,
             Err(e) => e,
         };
+        unprove(&replica, &member);
         if let SessionEnd::Fenced(epoch) = &err {
             let mut st = replica.lock();
             replica.raise_epoch(&mut st, *epoch);
@@ -84,6 +85,19 @@ fn record_ack(replica: &Arc<Replica>, member: &str, acked: u64) {
     replica.advance_commit();
 }
 
+/// Forgets what `member` was proven to hold (a session starts or ended): until the next probe
+/// is answered it is neither counted for the commit point nor answered ready to an admission.
+fn unprove(replica: &Replica, member: &str) {
+    let mut st = replica.lock();
+    if let Some(f) = st
+        .primary
+        .as_mut()
+        .and_then(|p| p.followers.get_mut(member))
+    {
+        f.unprove();
+    }
+}
+
 fn epoch_and_id(replica: &Replica) -> Option<u64> {
     replica.lock().primary.as_ref().map(|p| p.epoch)
 }
@@ -96,6 +110,7 @@ async fn session(replica: &Arc<Replica>, member: &str) -> Result<(), SessionEnd>
         return Ok(());
     };
     let session = ctx.sessions.next();
+    unprove(replica, member);
     let probe = Probe {
         epoch,
         leader: ctx.node_id.clone(),
