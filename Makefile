@@ -2,7 +2,7 @@
 CARGO ?= cargo
 
 .PHONY: demo build release test lint crds bench fault chaos k8s-bins control-plane-test cluster-up cluster-down images smoke e2e \
-	multinode-up multinode-down multinode-images e2e-multinode bench-backup fuzz
+	multinode-up multinode-down multinode-images e2e-multinode bench-backup bench-failover profile fuzz
 
 ## Run it: a 3-node store on 127.0.0.1 (client API of node i on port 7000+i), Ctrl-C stops it.
 demo: build
@@ -37,6 +37,15 @@ crds:
 ## Benchmarks print figures; they never fail on timing.
 bench: release
 	bash hack/bench.sh
+
+## Failover (20 x kill -9 of a primary under write load) and catch-up of a new node only
+## (also part of `make bench`; docs/benchmarks.md).
+bench-failover: release
+	bash hack/bench.sh failover
+
+## CPU profile of the write path at peak: perf + inferno flamegraph in target/profile/.
+profile: release
+	bash hack/profile.sh
 
 ## Backup and restore throughput next to the disk's bandwidth (docs/backup.md).
 bench-backup: release

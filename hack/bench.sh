@@ -3,12 +3,17 @@
 # never fails on timing. Runs placement, then YCSB A/B/C against local mode (1 node RF 1 and
 # 3 nodes RF 3) side by side with Redis (started here when redis-server is installed), then
 # ShardedStore next to a 3-member etcd (hack/bench_vs_etcd.py; figures also in
-# docs/benchmarks.json).
+# docs/benchmarks.json), then failover and catch-up (hack/bench_failover.py, merged into the
+# same JSON).
 #   BENCH_DURATION=20s BENCH_CLIENTS=16 hack/bench.sh        # everything
 #   BENCH_ONLY=etcd hack/bench.sh                            # only the etcd comparison
+#   hack/bench.sh failover                                   # only failover and catch-up
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=target/release
+if [ "${1:-}" = failover ]; then
+  BIN="$bin" exec python3 hack/bench_failover.py
+fi
 duration="${BENCH_DURATION:-10s}"
 clients="${BENCH_CLIENTS:-16}"
 work="$(mktemp -d /tmp/shardedstore-bench.XXXXXX)"
@@ -74,3 +79,8 @@ k8s="$(bash hack/k8s-bins.sh | tail -n 1)"
 BIN="$bin" ETCD_BIN="$k8s/etcd" ETCD_BENCHMARK_BIN="$tools/etcd-benchmark" \
   BENCH_DURATION="${duration%s}" BENCH_CLIENTS="${BENCH_ETCD_CLIENTS:-16,64,256,1024}" \
   python3 hack/bench_vs_etcd.py
+
+if [ "${BENCH_ONLY:-}" != etcd ]; then
+  echo "== failover and catch-up (local mode, 3 nodes, RF 3)"
+  BIN="$bin" python3 hack/bench_failover.py
+fi

@@ -231,6 +231,7 @@ def main():
         stop_all()
         logs.close()
         shutil.rmtree(work, ignore_errors=True)
+    result["machine"]["load_average_at_end"] = os.getloadavg()
     with open(OUT, "w") as f:
         json.dump(result, f, indent=2)
         f.write("\n")

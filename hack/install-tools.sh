@@ -3,10 +3,11 @@
 # a cache outside the repository, installs moto's S3-compatible server (moto_server, from
 # PyPI into a venv there) for the backup suites and checkov (the Kubernetes security linter,
 # from PyPI into a venv there), and prints the bin directory on the last line.
-# Usage: hack/install-tools.sh [helm|promtool|moto|checkov|etcd-benchmark|cargo-fuzz ...]   (default: helm promtool moto checkov)
+# Usage: hack/install-tools.sh [helm|promtool|moto|checkov|etcd-benchmark|cargo-fuzz|inferno ...]   (default: helm promtool moto checkov)
 # etcd-benchmark is etcd's own load generator (go.etcd.io/etcd/v3/tools/benchmark), pinned by
 # the wrapper module hack/etcd-bench/ at the etcd version hack/k8s/ builds; `make bench` uses it.
 # cargo-fuzz is built from crates.io with `cargo install --locked`; `make fuzz` uses it.
+# inferno (inferno-collapse-perf, inferno-flamegraph) likewise; `make profile` uses it.
 set -euo pipefail
 
 HELM_VERSION=v3.22.0
@@ -14,6 +15,7 @@ PROMETHEUS_VERSION=v0.316.0 # module github.com/prometheus/prometheus
 MOTO_VERSION=5.2.1
 CHECKOV_VERSION=3.3.30
 CARGO_FUZZ_VERSION=0.13.2 # crates.io; `make fuzz` (hack/fuzz.sh) uses it
+INFERNO_VERSION=0.12.8    # crates.io; `make profile` (hack/profile.sh) uses it
 
 cache="${SHARDEDSTORE_CACHE:-$HOME/.cache/shardedstore}/tools"
 bin="$cache/bin"
@@ -71,6 +73,14 @@ for tool in "${want[@]}"; do
         touch "$venv/.checkov-${CHECKOV_VERSION}"
       fi
       ln -sf "$venv/bin/checkov" "$bin/checkov"
+      ;;
+    inferno)
+      if ! [ -x "$bin/inferno-flamegraph" ] || ! [ -f "$bin/.inferno-${INFERNO_VERSION}" ]; then
+        echo "installing inferno ${INFERNO_VERSION}" >&2
+        nice -n 10 cargo install --quiet --locked --root "$cache" inferno --version "${INFERNO_VERSION}" \
+          --no-default-features --features cli >&2
+        touch "$bin/.inferno-${INFERNO_VERSION}"
+      fi
       ;;
     cargo-fuzz)
       if ! [ -x "$bin/cargo-fuzz" ] || ! "$bin/cargo-fuzz" --version 2>/dev/null | grep -q " ${CARGO_FUZZ_VERSION}$"; then

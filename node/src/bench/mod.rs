@@ -8,9 +8,12 @@
 //! - [`target`]: the system-under-test abstraction and the ShardedStore target;
 //!   [`redis`]: the Redis target; [`etcd`]: the etcd target (HTTP/JSON gateway).
 //! - [`echo`]: a null store (HTTP stack only) that measures the request path's ceiling.
+//! - [`failover`]: kill -9 a primary in local mode under write load, time until writes are
+//!   acknowledged again.
 
 pub mod echo;
 pub mod etcd;
+pub mod failover;
 pub mod redis;
 pub mod report;
 pub mod runner;

@@ -75,6 +75,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             commands::echo_server(listen, value_size).await
         }
         Command::Bench(b) => commands::bench(&kv, &b).await,
+        Command::BenchFailover(f) => commands::bench_failover(&kv, &f).await,
         Command::Backup(b) => Ok(backup::backup(&kv, &b).await.map_err(Box::new)?),
         Command::Restore(r) => Ok(backup::restore(&kv, &r).await.map_err(Box::new)?),
     }

@@ -93,6 +93,9 @@ pub enum Command {
     Status,
     /// Run a closed-loop benchmark and print throughput and latency percentiles.
     Bench(BenchArgs),
+    /// Local mode only: kill -9 the node leading the most partitions under write load, RUNS
+    /// times, and print kill → first acknowledged write per affected partition (p50/p99/max).
+    BenchFailover(FailoverArgs),
     /// Serve a null store (HTTP only: no storage, no replication) to measure the request
     /// path's ceiling with `bench`; runs until interrupted.
     EchoServer {
@@ -215,6 +218,44 @@ pub struct BenchArgs {
     /// clients) and measure latency from each operation's intended send time.
     #[arg(long, env = "SHARDEDSTORE_BENCH_RATE", value_parser = parse_rate)]
     pub rate: Option<f64>,
+}
+
+#[derive(Args, Debug)]
+pub struct FailoverArgs {
+    /// The local mode control endpoint (`shardedstore-operator local --control-port`).
+    #[arg(
+        long,
+        env = "SHARDEDSTORE_BENCH_CONTROL",
+        default_value = "127.0.0.1:7700"
+    )]
+    pub control: String,
+    /// Kills to make.
+    #[arg(long, env = "SHARDEDSTORE_BENCH_FAILOVER_RUNS", default_value_t = 20)]
+    pub runs: u32,
+    /// Bytes per written value.
+    #[arg(long, env = "SHARDEDSTORE_BENCH_VALUE_SIZE", default_value_t = 1024)]
+    pub value_size: usize,
+    /// How long a run waits for every affected partition to acknowledge a write.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub run_timeout: Duration,
+    /// How long to wait before a run for every node to run and every partition to be in sync.
+    #[arg(long, default_value = "180s", value_parser = parse_duration)]
+    pub settle_timeout: Duration,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl FailoverArgs {
+    pub fn config(&self) -> shardedstore_node::bench::failover::FailoverConfig {
+        shardedstore_node::bench::failover::FailoverConfig {
+            control: self.control.clone(),
+            runs: self.runs,
+            value_size: self.value_size,
+            run_timeout: self.run_timeout,
+            settle_timeout: self.settle_timeout,
+        }
+    }
 }
 
 impl BenchArgs {

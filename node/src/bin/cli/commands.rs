@@ -1,7 +1,7 @@
 //! The subcommands: each takes parsed arguments and a client, does its I/O, and reports
 //! failures as [`CliError`] with the exit code the documentation promises.
 
-use super::args::{BenchArgs, PutArgs};
+use super::args::{BenchArgs, FailoverArgs, PutArgs};
 use super::status::{self, Reach};
 use shardedstore_node::bench::{
     self, BenchError, EtcdTarget, RedisTarget, RunReport, ShardedStoreTarget, render_comparison,
@@ -34,6 +34,8 @@ pub enum CliError {
     Encode(#[source] serde_json::Error),
     #[error("benchmark")]
     Bench(#[source] BenchError),
+    #[error(transparent)]
+    Failover(#[from] bench::failover::FailoverError),
     #[error("starting the async runtime")]
     Runtime(#[source] std::io::Error),
     #[error("serving the echo server on {addr}")]
@@ -191,6 +193,17 @@ pub async fn echo_server(addr: std::net::SocketAddr, value_size: usize) -> Resul
     bench::echo::serve(listener, value_size)
         .await
         .map_err(serve_err)
+}
+
+pub async fn bench_failover(kv: &KvClient, args: &FailoverArgs) -> Result<(), CliError> {
+    let report = bench::failover::run(kv, &args.config()).await?;
+    if args.json {
+        let mut json = serde_json::to_vec_pretty(&report).map_err(CliError::Encode)?;
+        json.push(b'\n');
+        stdout_write(&json)
+    } else {
+        stdout_write(bench::failover::render(&report).as_bytes())
+    }
 }
 
 pub async fn bench(kv: &KvClient, args: &BenchArgs) -> Result<(), CliError> {

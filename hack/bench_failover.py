@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""`make bench`, part 3 (or `make bench-failover` alone): failover and catch-up of ShardedStore
+in local mode (3 nodes, RF 3, 64 partitions), on real processes started here and stopped at
+the end.
+
+  failover  `shardedstore bench-failover`: BENCH_FAILOVER_RUNS (default 20) times, kill -9 the
+            node leading the most partitions under write load (one writer per partition) and
+            time kill → first acknowledged write sent after the kill, per affected partition;
+            the killed node is restarted by local mode and back in sync before the next run.
+  catch-up  preload BENCH_CATCHUP_MIB (default 256) MiB per replica, scale to 4 nodes and
+            time how fast the new node fills its replicas (log tail or snapshot, whichever
+            the primary uses: the growth of its shardedstore_stored_bytes), next to the
+            sequential write bandwidth of the same disk (hack/disk_limits.py).
+Merges "failover", "catch_up" and the load average before/after into BENCH_JSON (default
+docs/benchmarks.json, created when missing) and prints them.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.environ.get("BIN", os.path.join(ROOT, "target", "release"))
+RUNS = int(os.environ.get("BENCH_FAILOVER_RUNS", "20"))
+CATCHUP_MIB = int(os.environ.get("BENCH_CATCHUP_MIB", "256"))
+OUT = os.environ.get("BENCH_JSON", os.path.join(ROOT, "docs", "benchmarks.json"))
+PORT, PEER, METRICS, CONTROL = 7400, 7500, 7600, 7700
+VALUE = 16384
+
+procs = []
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def stop_all():
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    for p in procs:
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def get(url, timeout=2):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read().decode()
+
+
+def control_status():
+    try:
+        return json.loads(get(f"http://127.0.0.1:{CONTROL}/status"))
+    except (OSError, ValueError):
+        return None
+
+
+def wait_until(what, check, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = check()
+        if v:
+            return v
+        time.sleep(0.2)
+    raise SystemExit(f"{what} not reached within {timeout} s")
+
+
+def settled(nodes):
+    s = control_status()
+    return bool(s and s.get("allInSync") and s.get("balanced") and len(s["endpoints"]) == nodes
+                and all(e["running"] for e in s["endpoints"]))
+
+
+def new_node_holds_replicas():
+    s = control_status() or {}
+    return any(n["name"] == "node-3" and n["replicas"] > 0 for n in s.get("nodes", [])) \
+        and not s.get("moves")
+
+
+def stored_bytes(ordinal):
+    try:
+        text = get(f"http://127.0.0.1:{METRICS + ordinal}/metrics")
+    except OSError:
+        return None
+    m = re.search(r'^shardedstore_stored_bytes (\S+)$', text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def catch_up(endpoints):
+    keys = max(1, CATCHUP_MIB * 1024 * 1024 // VALUE)
+    log(f"== catch-up: preload {keys} keys x {VALUE} B ({CATCHUP_MIB} MiB per replica)")
+    subprocess.run([os.path.join(BIN, "shardedstore"), "--endpoint", endpoints, "bench", "--json",
+                    "--read-ratio", "0", "--uniform", "--clients", "64", "--keys", str(keys),
+                    "--value-size", str(VALUE), "--ops", "1"], check=True, capture_output=True)
+    wait_until("settled before scaling", lambda: settled(3), 120)
+    req = urllib.request.Request(f"http://127.0.0.1:{CONTROL}/scale", data=b'{"nodes": 4}',
+                                 headers={"content-type": "application/json"}, method="POST")
+    urllib.request.urlopen(req, timeout=5).read()
+    scaled = time.monotonic()
+    samples = []  # (t, bytes) whenever the counter moved
+    last = 0.0
+    deadline = scaled + 600
+    while time.monotonic() < deadline:
+        b = stored_bytes(3)
+        now = time.monotonic()
+        if b is not None and b > last:
+            samples.append((now, b))
+            last = b
+        if settled(4) and new_node_holds_replicas():
+            break
+        time.sleep(0.1)
+    else:
+        raise SystemExit("the new node did not finish catching up within 600 s")
+    done = time.monotonic()
+    if not samples:
+        raise SystemExit("the new node settled without storing anything (nothing was preloaded?)")
+    total = samples[-1][1]
+    streaming = max(samples[-1][0] - samples[0][0], 1e-3)
+    # The best one-second window: the rate of a single stream without the gaps between moves.
+    best = 0.0
+    for i, (t0, b0) in enumerate(samples):
+        for t1, b1 in samples[i + 1:]:
+            if t1 - t0 >= 1.0:
+                best = max(best, (b1 - b0) / (t1 - t0))
+                break
+    mib = 1024 * 1024
+    return {
+        "received_mib": round(total / mib, 1),
+        "scale_to_settled_s": round(done - scaled, 1),
+        "first_to_last_byte_s": round(streaming, 1),
+        "mib_per_sec_overall": round(total / mib / (done - scaled), 1),
+        "mib_per_sec_streaming": round(total / mib / streaming, 1),
+        "mib_per_sec_best_1s": round(best / mib, 1),
+    }
+
+
+def main():
+    # A SIGTERM (e.g. from `timeout`) stops the processes started here too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    work = tempfile.mkdtemp(prefix="shardedstore-bench-failover.")
+    logs = open(os.path.join(work, "processes.log"), "w")
+    result = {"load_average_before": os.getloadavg()}
+    try:
+        log("== limits: data disk")
+        result["disk"] = json.loads(subprocess.run(
+            [sys.executable, os.path.join(ROOT, "hack", "disk_limits.py"), os.path.join(work, "disk")],
+            check=True, capture_output=True, text=True).stdout)
+        log("== ShardedStore: local mode, 3 nodes, RF 3 (kill -9 restarts after 1 s)")
+        p = subprocess.Popen([os.path.join(BIN, "shardedstore-operator"), "local", "--nodes", "3",
+                              "--replication-factor", "3", "--partitions", "64", "--port", str(PORT),
+                              "--peer-port", str(PEER), "--metrics-port", str(METRICS),
+                              "--control-port", str(CONTROL), "--restart-delay-ms", "1000",
+                              "--node-binary", os.path.join(BIN, "shardedstore-node"),
+                              "--data-dir", os.path.join(work, "store")],
+                             stdout=logs, stderr=subprocess.STDOUT, start_new_session=True)
+        procs.append(p)
+        wait_until("ShardedStore settled", lambda: settled(3), 120)
+        endpoints = ",".join(f"127.0.0.1:{PORT + i}" for i in range(3))
+
+        log(f"== failover: {RUNS} x kill -9 of the node leading the most partitions")
+        out = subprocess.run([os.path.join(BIN, "shardedstore"), "--endpoint", endpoints,
+                              "bench-failover", "--control", f"127.0.0.1:{CONTROL}",
+                              "--runs", str(RUNS), "--json"],
+                             check=True, capture_output=True, text=True).stdout
+        fo = json.loads(out)
+        result["failover"] = {k: fo[k] for k in ("samples", "timed_out", "p50_ms", "p99_ms", "max_ms")}
+        result["failover"]["runs"] = len(fo["runs"])
+        result["failover"]["per_run_max_ms"] = [round(max(r["recovered_ms"], default=0)) for r in fo["runs"]]
+        log(json.dumps(result["failover"]))
+
+        result["catch_up"] = catch_up(endpoints)
+        seq = result["disk"]["sequential_write"]["mib_per_sec"]
+        result["catch_up"]["disk_sequential_mib_per_sec"] = round(seq, 1)
+        result["catch_up"]["share_of_disk_bandwidth_streaming"] = round(
+            result["catch_up"]["mib_per_sec_streaming"] / seq, 3) if seq else None
+        log(json.dumps(result["catch_up"]))
+    finally:
+        stop_all()
+        logs.close()
+        shutil.rmtree(work, ignore_errors=True)
+    result["load_average_after"] = os.getloadavg()
+    merged = {}
+    if os.path.exists(OUT):
+        with open(OUT) as f:
+            merged = json.load(f)
+    merged["failover_and_catch_up"] = result
+    with open(OUT, "w") as f:
+        json.dump(merged, f, indent=2)
+        f.write("\n")
+    fo, cu = result["failover"], result["catch_up"]
+    print(f"\nfailover (kill -9 → first acknowledged write sent after it), {fo['samples']} partitions "
+          f"over {fo['runs']} kills: p50 {fo['p50_ms']:.0f} ms, p99 {fo['p99_ms']:.0f} ms, "
+          f"max {fo['max_ms']:.0f} ms, {fo['timed_out']} without a write within the run timeout")
+    print(f"catch-up of a new node (scale 3 → 4): {cu['received_mib']} MiB in {cu['scale_to_settled_s']} s "
+          f"({cu['mib_per_sec_overall']} MiB/s overall, {cu['mib_per_sec_streaming']} MiB/s first to last "
+          f"byte, best 1 s {cu['mib_per_sec_best_1s']} MiB/s) vs the disk's sequential "
+          f"{cu['disk_sequential_mib_per_sec']} MiB/s")
+    print(f"load average before {result['load_average_before']}, after {result['load_average_after']}")
+
+
+if __name__ == "__main__":
+    main()
