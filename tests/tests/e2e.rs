@@ -276,8 +276,13 @@ fn events_mentioning(
     reason: &str,
     text: &str,
 ) -> Result<usize, E2eError> {
-    let list: k8s_openapi::List<k8s_openapi::api::events::v1::Event> =
-        cluster.get(&["events.v1.events.k8s.io", "-n", ns])?;
+    // `kubectl get` answers `kind: List, apiVersion: v1`, which `k8s_openapi::List<Event>`
+    // refuses (it wants `EventList` of `events.k8s.io/v1`): decode the items only.
+    #[derive(serde::Deserialize)]
+    struct Items {
+        items: Vec<k8s_openapi::api::events::v1::Event>,
+    }
+    let list: Items = cluster.get(&["events.v1.events.k8s.io", "-n", ns])?;
     Ok(list
         .items
         .iter()
