@@ -112,6 +112,12 @@ pub struct NodeConfig {
     #[arg(long, env = "SHARDEDSTORE_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
 
+    /// Verify other nodes' certificates for this name instead of the address dialled: on
+    /// Kubernetes the map addresses nodes by pod IP while all of a store's nodes serve one
+    /// certificate naming the store's client Service.
+    #[arg(long, env = "SHARDEDSTORE_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+
     /// CA bundle (PEM) whose client certificates authenticate clients on the client port
     /// (mutual TLS). Clients without one must then present a token from --client-token-file.
     #[arg(long, env = "SHARDEDSTORE_TLS_CLIENT_CA", requires = "tls_cert")]

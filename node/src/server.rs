@@ -124,6 +124,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), ServerError> {
     let https = tls.is_some();
     let outgoing = ClientTls {
         ca: cfg.tls_ca.clone(),
+        server_name: cfg.tls_server_name.clone(),
         ..ClientTls::default()
     };
     let (client_tls, peer_tls) = match &tls {

@@ -10,8 +10,10 @@
 //! it too (reqwest's rustls backend needs a provider even for a plain-HTTP client).
 
 use rustls::RootCertStore;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -45,6 +47,12 @@ pub enum TlsError {
     Config(#[source] rustls::Error),
     #[error("--cert and --key go together (mutual TLS needs both)")]
     HalfIdentity,
+    #[error("the CA given in memory ({what}) holds no usable PEM certificate")]
+    BadCaPem { what: String },
+    #[error("{0:?} is not a DNS name or IP address to verify servers for")]
+    BadServerName(String),
+    #[error("building the server-certificate verifier")]
+    ServerVerifier(#[source] rustls::client::VerifierBuilderError),
 }
 
 /// Makes ring the process-wide rustls crypto provider (a second call, or an earlier choice,
@@ -139,33 +147,63 @@ impl ServerTls {
 pub struct ClientTls {
     /// CA bundle trusted for servers (default: the system's roots).
     pub ca: Option<PathBuf>,
+    /// CA bundle trusted for servers, as PEM text (e.g. read from a Kubernetes Secret);
+    /// trusted together with `ca`.
+    pub ca_pem: Option<String>,
     /// Client certificate chain and key for mutual TLS.
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// Verify every server's certificate for this DNS name (or IP) instead of the host
+    /// dialled. A store on Kubernetes serves one certificate naming the store's Service
+    /// while its map addresses nodes by pod IP, which no certificate issued in advance can
+    /// name. The chain is still verified against the trusted CA.
+    pub server_name: Option<String>,
 }
 
 impl ClientTls {
     /// True when any TLS option is set (callers then speak `https`).
     pub fn is_configured(&self) -> bool {
-        self.ca.is_some() || self.cert.is_some()
+        self.ca.is_some() || self.ca_pem.is_some() || self.cert.is_some()
     }
 
     /// A rustls client configuration (HTTP/1.1).
     pub fn client_config(&self) -> Result<rustls::ClientConfig, TlsError> {
-        let roots = match &self.ca {
-            Some(ca) => roots(ca)?,
-            None => {
+        let roots = match (&self.ca, &self.ca_pem) {
+            (None, None) => {
                 let mut roots = RootCertStore::empty();
                 // Unreadable system certificates leave fewer roots; the handshake then says so.
                 let native = rustls_native_certs::load_native_certs();
                 roots.add_parsable_certificates(native.certs);
                 roots
             }
+            (file, pem) => {
+                let mut all = match file {
+                    Some(ca) => roots(ca)?,
+                    None => RootCertStore::empty(),
+                };
+                if let Some(pem) = pem {
+                    for cert in pem_certs(pem)? {
+                        all.add(cert).map_err(|source| TlsError::BadCa {
+                            path: PathBuf::from("(in memory)"),
+                            source,
+                        })?;
+                    }
+                }
+                all
+            }
         };
         let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(TlsError::Config)?
-            .with_root_certificates(roots);
+            .map_err(TlsError::Config)?;
+        let builder = match &self.server_name {
+            None => builder.with_root_certificates(roots),
+            Some(name) => {
+                let verifier = NamedServerVerifier::new(roots, name)?;
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(verifier))
+            }
+        };
         let mut config = match (&self.cert, &self.key) {
             (Some(cert), Some(key)) => builder
                 .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
@@ -175,6 +213,75 @@ impl ClientTls {
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(config)
+    }
+}
+
+/// Every certificate of a PEM text; at least one.
+pub fn pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bad = || TlsError::BadCaPem {
+        what: "ca.crt".to_owned(),
+    };
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| bad())?;
+    if certs.is_empty() {
+        return Err(bad());
+    }
+    Ok(certs)
+}
+
+/// Verifies a server's chain against the trusted roots as usual, but for a fixed name
+/// (see [`ClientTls::server_name`]) instead of the host the connection was made to.
+#[derive(Debug)]
+struct NamedServerVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    name: ServerName<'static>,
+}
+
+impl NamedServerVerifier {
+    fn new(roots: RootCertStore, name: &str) -> Result<Self, TlsError> {
+        let name = ServerName::try_from(name.to_owned())
+            .map_err(|_| TlsError::BadServerName(name.to_owned()))?;
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(TlsError::ServerVerifier)?;
+        Ok(Self { inner, name })
+    }
+}
+
+impl ServerCertVerifier for NamedServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _dialled: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 
@@ -213,11 +320,24 @@ mod tests {
     #[test]
     fn half_an_identity_is_refused() {
         let t = ClientTls {
-            ca: None,
             cert: Some("c.pem".into()),
-            key: None,
+            ..ClientTls::default()
         };
         assert!(matches!(t.client_config(), Err(TlsError::HalfIdentity)));
+    }
+
+    #[test]
+    fn a_ca_text_without_certificates_and_a_bad_server_name_are_refused() {
+        let t = ClientTls {
+            ca_pem: Some("not a certificate".to_owned()),
+            ..ClientTls::default()
+        };
+        assert!(matches!(t.client_config(), Err(TlsError::BadCaPem { .. })));
+        let t = ClientTls {
+            server_name: Some("not a name!".to_owned()),
+            ..ClientTls::default()
+        };
+        assert!(matches!(t.client_config(), Err(TlsError::BadServerName(_))));
     }
 
     #[test]

@@ -212,6 +212,33 @@ async fn a_tls_store_serves_authenticated_clients_and_refuses_the_rest() -> anyh
         "the client port wants credentials"
     );
 
+    // A fixed server name (what nodes on Kubernetes use: the map has pod IPs, the
+    // certificate names the store's Service): verified for that name, not the address dialled.
+    let named = |name: &str| -> anyhow::Result<reqwest::Client> {
+        Ok(shardedstore_node::tls::http_client_builder(&ClientTls {
+            ca_pem: Some(std::fs::read_to_string(&certs.ca)?),
+            server_name: Some(name.to_owned()),
+            ..ClientTls::default()
+        })?
+        .timeout(Duration::from_secs(5))
+        .build()?)
+    };
+    let r = named("localhost")?.post(&url).body("{}").send().await?;
+    assert_eq!(r.status().as_u16(), 401, "verified for localhost");
+    let e = named("elsewhere.example")?
+        .post(&url)
+        .body("{}")
+        .send()
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a certificate not naming the server name was accepted"))?;
+    let why = shardedstore_node::tls::handshake_error(&e).map(ToString::to_string);
+    assert!(
+        why.as_deref()
+            .is_some_and(|w| w.contains("not valid for name \"elsewhere.example\"")),
+        "{why:?} / {e:?}"
+    );
+
     // Metrics stay plain HTTP and scrapeable.
     let r = plain
         .get(format!("http://{}/metrics", node0.metrics_addr))

@@ -11,6 +11,8 @@ use std::time::Duration;
 pub enum PeerCallError {
     #[error("building the HTTP client")]
     Build(#[source] reqwest::Error),
+    #[error("the TLS settings of the HTTP client")]
+    Tls(#[source] crate::tls::TlsError),
     #[error("calling {addr}")]
     Send {
         addr: String,
@@ -37,12 +39,24 @@ pub enum PeerCallError {
 pub struct BackupPeers {
     http: reqwest::Client,
     token: String,
+    /// `https` when the nodes' peer ports serve TLS.
+    scheme: &'static str,
 }
 
 impl BackupPeers {
     /// `export_timeout` bounds one partition's export (it streams the whole partition).
     pub fn new(token: impl Into<String>, export_timeout: Duration) -> Result<Self, PeerCallError> {
-        let http = reqwest::Client::builder()
+        Self::with_tls(token, export_timeout, None)
+    }
+
+    /// Like [`BackupPeers::new`], over TLS trusting `tls` when given (the store serves TLS).
+    pub fn with_tls(
+        token: impl Into<String>,
+        export_timeout: Duration,
+        tls: Option<&crate::tls::ClientTls>,
+    ) -> Result<Self, PeerCallError> {
+        let http = crate::tls::http_client_builder(&tls.cloned().unwrap_or_default())
+            .map_err(PeerCallError::Tls)?
             .connect_timeout(Duration::from_secs(3))
             .timeout(export_timeout)
             .build()
@@ -50,6 +64,7 @@ impl BackupPeers {
         Ok(Self {
             http,
             token: token.into(),
+            scheme: crate::tls::scheme(tls.is_some()),
         })
     }
 
@@ -57,7 +72,8 @@ impl BackupPeers {
         let req = self
             .http
             .get(format!(
-                "http://{addr}/admin/v1/backup/partitions/{p}/point"
+                "{}://{addr}/admin/v1/backup/partitions/{p}/point",
+                self.scheme
             ))
             .timeout(Duration::from_secs(5));
         self.send(addr, req).await
@@ -72,7 +88,8 @@ impl BackupPeers {
         let req = self
             .http
             .post(format!(
-                "http://{addr}/admin/v1/backup/partitions/{p}/export"
+                "{}://{addr}/admin/v1/backup/partitions/{p}/export",
+                self.scheme
             ))
             .json(body);
         self.send(addr, req).await

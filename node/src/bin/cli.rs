@@ -42,6 +42,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         ca: cli.ca.clone(),
         cert: cli.client_cert.clone(),
         key: cli.client_key.clone(),
+        server_name: cli.tls_server_name.clone(),
+        ca_pem: None,
     };
     let mut kv = KvClient::builder(&cli.endpoints)
         .request_timeout(cli.timeout.min(Duration::from_secs(5)))

@@ -9,6 +9,7 @@ use kube::{Api, Client};
 use shardedstore_node::backup::S3Options;
 use shardedstore_node::client::{KvClient, KvError, RetryPolicy};
 use shardedstore_node::map::PartitionMap;
+use shardedstore_node::tls::ClientTls;
 use std::time::Duration;
 
 /// Why a store or a bucket could not be reached.
@@ -33,6 +34,8 @@ pub enum AccessError {
     CredentialKey { secret: String, key: &'static str },
     #[error("building the store client")]
     Client(#[source] KvError),
+    #[error("the store's TLS Secrets")]
+    Tls(#[source] crate::controller::tls::TlsSecretError),
 }
 
 async fn get<K>(api: &Api<K>, kind: &'static str, name: &str) -> Result<K, AccessError>
@@ -74,29 +77,72 @@ pub async fn peer_token(client: &Client, ns: &str, store: &str) -> Result<String
     token_of(&secret).ok_or(AccessError::Token(name))
 }
 
-fn client_builder(map: &PartitionMap) -> shardedstore_node::client::KvClientBuilder {
+/// How the operator trusts the nodes of `store` (`None` when it does not serve TLS).
+pub async fn store_tls(
+    client: &Client,
+    ns: &str,
+    store: &crate::crd::ShardedStore,
+) -> Result<Option<ClientTls>, AccessError> {
+    let name = kube::ResourceExt::name_any(store);
+    crate::controller::tls::store_client_tls(client, ns, &name, store.spec.tls.as_ref())
+        .await
+        .map_err(AccessError::Tls)
+}
+
+/// The ShardedStore `name`.
+pub async fn store(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<crate::crd::ShardedStore, AccessError> {
+    let api: Api<crate::crd::ShardedStore> = Api::namespaced(client.clone(), ns);
+    get(&api, "ShardedStore", name).await
+}
+
+/// Over TLS the requests carry the peer token, which the nodes accept on their client port
+/// whatever client authentication they require (it only travels encrypted).
+fn client_builder(
+    map: &PartitionMap,
+    tls: Option<&ClientTls>,
+    peer_token: &str,
+) -> shardedstore_node::client::KvClientBuilder {
     let seeds: Vec<String> = map.nodes.values().map(|n| n.client_addr.clone()).collect();
-    KvClient::builder(&seeds).retry_policy(RetryPolicy {
+    let builder = KvClient::builder(&seeds).retry_policy(RetryPolicy {
         deadline: Duration::from_secs(60),
         ..RetryPolicy::default()
-    })
+    });
+    match tls {
+        Some(tls) => builder.tls(tls.clone()).token(peer_token),
+        None => builder,
+    }
 }
 
 /// A client of the store through its nodes' addresses in `map` (pod IPs).
-pub fn store_client(map: &PartitionMap) -> Result<KvClient, AccessError> {
-    client_builder(map).build().map_err(AccessError::Client)
+pub fn store_client(
+    map: &PartitionMap,
+    tls: Option<&ClientTls>,
+    peer_token: &str,
+) -> Result<KvClient, AccessError> {
+    client_builder(map, tls, peer_token)
+        .build()
+        .map_err(AccessError::Client)
 }
 
 /// The restore's client: its requests carry the peer token, so the nodes of a store that
 /// is still being restored (and refuses every other client) serve them.
-pub fn restore_client(map: &PartitionMap, peer_token: &str) -> Result<KvClient, AccessError> {
-    client_builder(map)
+pub fn restore_client(
+    map: &PartitionMap,
+    tls: Option<&ClientTls>,
+    peer_token: &str,
+) -> Result<KvClient, AccessError> {
+    client_builder(map, tls, peer_token)
         .restore_token(peer_token)
         .build()
         .map_err(AccessError::Client)
 }
 
-fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+/// The text of `key` in a Secret (`data`, or `stringData` of an object not yet stored).
+pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
     secret
         .data
         .as_ref()

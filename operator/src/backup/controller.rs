@@ -266,8 +266,11 @@ async fn execute(
     let map = access::store_map(client, &ns, store).await?;
     let token = access::peer_token(client, &ns, store).await?;
     let s3 = access::s3_options(client, &ns, obj.spec.destination.s3.as_ref()).await?;
-    let kv = access::store_client(&map)?;
-    let peers = BackupPeers::new(token, Duration::from_secs(6 * 3600)).map_err(RunError::Peers)?;
+    let store_obj = access::store(client, &ns, store).await?;
+    let tls = access::store_tls(client, &ns, &store_obj).await?;
+    let kv = access::store_client(&map, tls.as_ref(), &token)?;
+    let peers = BackupPeers::with_tls(token, Duration::from_secs(6 * 3600), tls.as_ref())
+        .map_err(RunError::Peers)?;
     let mut settings = BackupSettings::new(Destination::new(url, s3));
     settings.parallelism = obj.spec.parallelism.unwrap_or(4).max(1) as usize;
     let on_event = |e: BackupEvent| {

@@ -136,7 +136,8 @@ async fn restore_store(client: Client, store: ShardedStore) {
         let dest = resolve(&client, &ns, &spec.from).await?;
         let map = access::store_map(&client, &ns, &name).await?;
         let token = access::peer_token(&client, &ns, &name).await?;
-        let kv = access::restore_client(&map, &token)?;
+        let tls = access::store_tls(&client, &ns, &store).await?;
+        let kv = access::restore_client(&map, tls.as_ref(), &token)?;
         set_condition(
             &client,
             &store,

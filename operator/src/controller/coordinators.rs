@@ -3,13 +3,14 @@
 
 use super::events::{Digest, Events, note_of};
 use crate::coordinator::{
-    CoordinatorHandle, CoordinatorStatus, Membership, Settings, StoreIdentity,
+    CoordinatorHandle, CoordinatorStatus, Membership, NodeClients, Settings, StoreIdentity,
 };
 use crate::k8s_map_store::ConfigMapMapStore;
 use crate::metrics::{Metrics, StoreLabels};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use shardedstore_node::client::{AdminClient, AdminError};
+use shardedstore_node::client::AdminError;
+use shardedstore_node::tls::ClientTls;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,6 +23,8 @@ pub struct Start {
     pub regarding: ObjectReference,
     pub owner: OwnerReference,
     pub token: String,
+    /// How to trust the nodes when the store serves TLS.
+    pub tls: Option<ClientTls>,
     pub settings: Settings,
     pub membership: Membership,
 }
@@ -29,6 +32,7 @@ pub struct Start {
 struct Running {
     handle: CoordinatorHandle,
     token: String,
+    tls: Option<ClientTls>,
     settings: Settings,
     forwarder: JoinHandle<()>,
 }
@@ -56,11 +60,13 @@ impl Coordinators {
     }
 
     /// Makes sure the store's coordinator runs with these inputs; returns its latest status.
-    /// A changed peer token restarts it (its transport authenticates with the token).
+    /// A changed peer token or CA restarts it (its transport authenticates with the token and
+    /// trusts the CA).
     pub fn ensure(&self, start: Start) -> Result<CoordinatorStatus, AdminError> {
         let mut running = self.lock();
         if let Some(r) = running.get_mut(&start.labels)
             && r.token == start.token
+            && r.tls == start.tls
         {
             if r.settings != start.settings {
                 r.handle.update_settings(start.settings.clone());
@@ -74,7 +80,12 @@ impl Coordinators {
             drop(old.handle);
         }
         let timeout = (start.settings.lease / 2).max(Duration::from_millis(200));
-        let transport = Arc::new(AdminClient::new(start.token.clone(), timeout)?);
+        let transport = Arc::new(NodeClients::new(
+            start.token.clone(),
+            timeout,
+            start.tls.clone(),
+            None,
+        )?);
         let map_store = Arc::new(ConfigMapMapStore::new(
             self.client.clone(),
             &start.labels.namespace,
@@ -105,6 +116,7 @@ impl Coordinators {
             Running {
                 handle,
                 token: start.token,
+                tls: start.tls,
                 settings: start.settings,
                 forwarder,
             },

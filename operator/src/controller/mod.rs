@@ -6,6 +6,7 @@
 //! - [`apply`]: server-side apply of children and status.
 //! - [`reconcile`]: the pipeline and its error policy; [`backoff`]: per-object retry delays.
 //! - [`coordinators`]: one coordinator per store; [`events`]: Kubernetes Events.
+//! - [`tls`]: a store's TLS Secrets, checked, and the trust of the operator's clients.
 //! - [`context`], [`runtime`]: shared state, watches, leader election and the process.
 
 pub mod apply;
@@ -21,6 +22,7 @@ pub mod reconcile;
 pub mod rollout;
 pub mod runtime;
 pub mod status;
+pub mod tls;
 pub mod validate;
 
 pub use context::Context;

@@ -11,6 +11,7 @@ use super::events::Note;
 use super::members;
 use super::rollout;
 use super::status::{self, Observation, RolloutView};
+use super::tls::{self, TLS_SECRET_INVALID, TlsSecretError, TlsSecretProblem};
 use super::validate::{self, CapacityProblem};
 use crate::coordinator::{Membership, Settings};
 use crate::crd::ShardedStore;
@@ -31,6 +32,9 @@ use std::time::Duration;
 const REQUEUE_BUSY: Duration = Duration::from_secs(5);
 /// Requeue interval of a settled store.
 const REQUEUE_IDLE: Duration = Duration::from_secs(60);
+/// Requeue interval while the TLS Secrets are missing or malformed (Secrets are not
+/// watched: the store picks a fixed Secret up within this interval).
+const REQUEUE_TLS: Duration = Duration::from_secs(10);
 
 /// Why a reconciliation failed (transiently: it is retried with backoff).
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +61,8 @@ pub enum ReconcileError {
         #[source]
         source: kube::Error,
     },
+    #[error(transparent)]
+    TlsSecret(#[from] TlsSecretError),
     #[error("starting the coordinator of {store}")]
     StartCoordinator {
         store: String,
@@ -75,6 +81,7 @@ impl ReconcileError {
             Self::StartCoordinator { .. } => "CoordinatorFailed",
             Self::RestartPod { .. } => "RestartPodFailed",
             Self::ReadMap { .. } => "ReadMapFailed",
+            Self::TlsSecret(_) => "ReadTLSSecretFailed",
         }
     }
 }
@@ -137,6 +144,7 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
             restarts_pending: 0,
             rollout: RolloutView::default(),
             refused_storage_change: None,
+            blocked: None,
         };
         let status = status::compute(&obs, &previous.conditions, &now);
         apply::patch_status(&ctx.client, store, &status).await?;
@@ -157,6 +165,23 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
         return Ok(Action::await_change());
     }
     let capacity = validate::check_capacity(&spec);
+
+    // The TLS Secrets: a missing or malformed one stops the reconcile, named in the
+    // conditions, until it is fixed (pods could not start with it anyway).
+    let tls = match tls::store_client_tls(
+        &ctx.client,
+        &owner.namespace,
+        &owner.name,
+        spec.tls.as_ref(),
+    )
+    .await
+    {
+        Ok(tls) => tls,
+        Err(TlsSecretError::Invalid(problem)) => {
+            return blocked_by_tls(store, ctx, &spec, &owner.name, &problem).await;
+        }
+        Err(e) => return Err(e.into()),
+    };
 
     // 2. Observe what exists: the StatefulSet, the pods, the peer token.
     let current: Option<StatefulSet> = apply::get_opt(
@@ -218,6 +243,7 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
             regarding: regarding.clone(),
             owner: owner.owner_ref.clone(),
             token,
+            tls,
             settings: Settings {
                 restoring: crate::backup::restore::gates_clients(store),
                 ..members::settings_for(&spec, &ctx.config)
@@ -297,6 +323,7 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
         restarts_pending: restart.pending(),
         rollout: rollout_view,
         refused_storage_change,
+        blocked: None,
     };
     let status = status::compute(&obs, &previous.conditions, &now);
     apply::patch_status(&ctx.client, store, &status).await?;
@@ -312,6 +339,53 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
     } else {
         REQUEUE_BUSY
     }))
+}
+
+/// The status of a store whose TLS Secrets are unusable: nothing is applied, the reason is
+/// in the conditions (and in a Warning Event when it first appears or changes), and the
+/// store is looked at again soon.
+async fn blocked_by_tls(
+    store: &ShardedStore,
+    ctx: &Context,
+    spec: &crate::crd::ShardedStoreSpec,
+    name: &str,
+    problem: &TlsSecretProblem,
+) -> Result<Action, ReconcileError> {
+    let previous = store.status.clone().unwrap_or_default();
+    let message = problem.to_string();
+    let obs = Observation {
+        store_name: name,
+        generation: store.metadata.generation,
+        spec,
+        problems: &[],
+        capacity: None,
+        statefulset_replicas: 0,
+        ready_pods: 0,
+        partitions: None,
+        restarts_pending: 0,
+        rollout: RolloutView::default(),
+        refused_storage_change: None,
+        blocked: Some((TLS_SECRET_INVALID, message.clone())),
+    };
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let status = status::compute(&obs, &previous.conditions, &now);
+    apply::patch_status(&ctx.client, store, &status).await?;
+    let already = conditions::find(&previous.conditions, READY)
+        .is_some_and(|c| c.reason == TLS_SECRET_INVALID && c.message == message);
+    if !already {
+        ctx.events
+            .publish(
+                &store.object_ref(&()),
+                Note {
+                    warning: true,
+                    reason: TLS_SECRET_INVALID,
+                    action: "Validate",
+                    message,
+                },
+            )
+            .await;
+    }
+    Ok(Action::requeue(REQUEUE_TLS))
 }
 
 /// StatefulSet replicas: shrink only past pods the coordinator reports as holding nothing.

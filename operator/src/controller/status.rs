@@ -41,6 +41,9 @@ pub struct Observation<'a> {
     pub rollout: RolloutView,
     /// A change the StatefulSet cannot take (its volumes), kept out of what was applied.
     pub refused_storage_change: Option<String>,
+    /// Something outside the spec that stops the reconcile before anything is applied
+    /// (e.g. the TLS Secret is missing): the condition reason and the message.
+    pub blocked: Option<(&'static str, String)>,
 }
 
 /// The pod template as applied and how many pods run it.
@@ -119,6 +122,8 @@ fn observe(obs: &Observation<'_>) -> Vec<Observed> {
             "InvalidSpec",
             "the spec must be fixed first",
         )
+    } else if let Some((reason, message)) = &obs.blocked {
+        Observed::new(PROGRESSING, false, reason, message.clone())
     } else if draining {
         Observed::new(
             PROGRESSING,
@@ -199,6 +204,8 @@ fn observe(obs: &Observation<'_>) -> Vec<Observed> {
     let ready = if !obs.problems.is_empty() {
         let text: Vec<String> = obs.problems.iter().map(ToString::to_string).collect();
         Observed::new(READY, false, "InvalidSpec", text.join("; "))
+    } else if let Some((reason, message)) = &obs.blocked {
+        Observed::new(READY, false, reason, message.clone())
     } else if let Some(problem) = obs.capacity {
         Observed::new(READY, false, "InsufficientCapacity", problem.to_string())
     } else if obs.ready_pods < nodes {
@@ -224,6 +231,13 @@ fn observe(obs: &Observation<'_>) -> Vec<Observed> {
             false,
             "InvalidSpec",
             "nothing was applied: the spec must be fixed first",
+        )
+    } else if let Some((reason, message)) = &obs.blocked {
+        Observed::new(
+            RECONCILED,
+            false,
+            reason,
+            format!("nothing was applied: {message}"),
         )
     } else if let Some(change) = &obs.refused_storage_change {
         Observed::new(RECONCILED, false, "StorageImmutable", change.clone())
@@ -296,6 +310,7 @@ mod tests {
             restarts_pending: 0,
             rollout: RolloutView::default(),
             refused_storage_change: None,
+            blocked: None,
         }
     }
 
@@ -343,6 +358,22 @@ mod tests {
             "{msg}"
         );
         assert_eq!(cond(&st, PROGRESSING), ("False", "InvalidSpec"));
+    }
+
+    #[test]
+    fn a_blocked_reconcile_names_its_reason_in_every_condition_it_stops() {
+        let s = spec(3);
+        let mut o = obs(&s, 0, 0, None);
+        o.blocked = Some((
+            "TLSSecretInvalid",
+            "Secret kv-tls has no key ca.crt".to_owned(),
+        ));
+        let st = compute(&o, &[], &now());
+        assert_eq!(cond(&st, READY), ("False", "TLSSecretInvalid"));
+        assert_eq!(cond(&st, PROGRESSING), ("False", "TLSSecretInvalid"));
+        assert_eq!(cond(&st, RECONCILED), ("False", "TLSSecretInvalid"));
+        let ready = conditions::find(&st.conditions, READY).map(|c| c.message.clone());
+        assert_eq!(ready.as_deref(), Some("Secret kv-tls has no key ca.crt"));
     }
 
     #[test]

@@ -31,4 +31,4 @@ pub use status::{
     CoordinatorEvent, CoordinatorStatus, MoveState, MoveStatus, NodeStatus, PartitionSummary,
 };
 pub use store::{FileMapStore, MapStore, MapStoreError, Revision};
-pub use transport::NodeTransport;
+pub use transport::{NodeClients, NodeTransport};

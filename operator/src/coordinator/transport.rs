@@ -1,6 +1,6 @@
 //! How the coordinator talks to nodes: the `NodeTransport` trait over the admin API (and the
-//! client API's `GET /v1/map`, used to recover a lost map), implemented by the node crate's
-//! `AdminClient` (and by in-memory fakes in tests).
+//! client API's `GET /v1/map`, used to recover a lost map), implemented by [`NodeClients`]
+//! over the node crate's `AdminClient` and client library (and by in-memory fakes in tests).
 
 use futures::future::BoxFuture;
 use shardedstore_node::admin_api::{
@@ -10,6 +10,7 @@ use shardedstore_node::admin_api::{
 use shardedstore_node::client::kv::{KvClient, KvError, MapFetchError};
 use shardedstore_node::client::{AdminClient, AdminError};
 use shardedstore_node::map::{PartitionId, PartitionMap};
+use shardedstore_node::tls::ClientTls;
 use std::time::Duration;
 
 /// Bound of one map fetch during recovery.
@@ -71,24 +72,58 @@ pub trait NodeTransport: Send + Sync {
     ) -> BoxFuture<'a, Result<PartitionMap, FetchMapError>>;
 }
 
-/// `GET /v1/map` on a node's client port, through the client library (the map is validated
-/// as every client validates it). Only used while recovering a lost map, so a short-lived
-/// client is good enough.
-async fn fetch_map_over_http(addr: &str) -> Result<PartitionMap, FetchMapError> {
-    let client = KvClient::builder(&[addr])
-        .request_timeout(FETCH_MAP_TIMEOUT)
-        .build()
-        .map_err(FetchMapError::BuildClient)?;
-    Ok(client.map_from(addr).await?)
+/// How the coordinator reaches a store's nodes: the admin client (peer ports) and, for
+/// `GET /v1/map` on the client ports, the same trust and the peer token (which nodes accept
+/// on their client port too, whatever client authentication they require).
+#[derive(Clone, Debug)]
+pub struct NodeClients {
+    admin: AdminClient,
+    /// `Some` when the store serves TLS.
+    tls: Option<ClientTls>,
+    token: String,
 }
 
-impl NodeTransport for AdminClient {
+impl NodeClients {
+    /// Clients of a store's nodes, over TLS trusting `tls` when given; `timeout` bounds every
+    /// admin call, connections leave from `local` when given.
+    pub fn new(
+        token: impl Into<String>,
+        timeout: Duration,
+        tls: Option<ClientTls>,
+        local: Option<std::net::IpAddr>,
+    ) -> Result<Self, AdminError> {
+        let token = token.into();
+        let admin = AdminClient::with_tls(
+            token.clone(),
+            timeout,
+            &tls.clone().unwrap_or_default(),
+            tls.is_some(),
+            local,
+        )?;
+        Ok(Self { admin, tls, token })
+    }
+
+    /// `GET /v1/map` on a node's client port, through the client library (the map is
+    /// validated as every client validates it). Only used while recovering a lost map, so a
+    /// short-lived client is good enough.
+    async fn fetch_map_over_http(&self, addr: &str) -> Result<PartitionMap, FetchMapError> {
+        let mut builder = KvClient::builder(&[addr]).request_timeout(FETCH_MAP_TIMEOUT);
+        if let Some(tls) = &self.tls {
+            // The token only ever travels encrypted.
+            builder = builder.tls(tls.clone()).token(self.token.clone());
+        }
+        let client = builder.build().map_err(FetchMapError::BuildClient)?;
+        Ok(client.map_from(addr).await?)
+    }
+}
+
+impl NodeTransport for NodeClients {
     fn install_map<'a>(
         &'a self,
         addr: &'a str,
         map: &'a PartitionMap,
     ) -> BoxFuture<'a, Result<InstallMapResponse, AdminError>> {
-        Box::pin(AdminClient::install_map(self, addr, map))
+        Box::pin(self.admin.install_map(addr, map))
     }
 
     fn heartbeat<'a>(
@@ -96,7 +131,7 @@ impl NodeTransport for AdminClient {
         addr: &'a str,
         req: &'a HeartbeatRequest,
     ) -> BoxFuture<'a, Result<HeartbeatResponse, AdminError>> {
-        Box::pin(AdminClient::heartbeat(self, addr, req))
+        Box::pin(self.admin.heartbeat(addr, req))
     }
 
     fn position<'a>(
@@ -104,7 +139,7 @@ impl NodeTransport for AdminClient {
         addr: &'a str,
         partition: PartitionId,
     ) -> BoxFuture<'a, Result<LogPosition, AdminError>> {
-        Box::pin(AdminClient::position(self, addr, partition))
+        Box::pin(self.admin.position(addr, partition))
     }
 
     fn admit<'a>(
@@ -113,7 +148,7 @@ impl NodeTransport for AdminClient {
         partition: PartitionId,
         req: &'a AdmitRequest,
     ) -> BoxFuture<'a, Result<AdmitResponse, AdminError>> {
-        Box::pin(AdminClient::admit(self, addr, partition, req))
+        Box::pin(self.admin.admit(addr, partition, req))
     }
 
     fn handoff<'a>(
@@ -122,7 +157,7 @@ impl NodeTransport for AdminClient {
         partition: PartitionId,
         req: &'a HandoffRequest,
     ) -> BoxFuture<'a, Result<HandoffResponse, AdminError>> {
-        Box::pin(AdminClient::handoff(self, addr, partition, req))
+        Box::pin(self.admin.handoff(addr, partition, req))
     }
 
     fn drop_partition<'a>(
@@ -130,13 +165,13 @@ impl NodeTransport for AdminClient {
         addr: &'a str,
         partition: PartitionId,
     ) -> BoxFuture<'a, Result<(), AdminError>> {
-        Box::pin(AdminClient::drop_partition(self, addr, partition))
+        Box::pin(self.admin.drop_partition(addr, partition))
     }
 
     fn fetch_map<'a>(
         &'a self,
         client_addr: &'a str,
     ) -> BoxFuture<'a, Result<PartitionMap, FetchMapError>> {
-        Box::pin(fetch_map_over_http(client_addr))
+        Box::pin(self.fetch_map_over_http(client_addr))
     }
 }

@@ -4,6 +4,7 @@
 pub mod backup;
 mod spec;
 mod status;
+mod tls;
 
 pub use spec::{
     DEFAULT_PARTITIONS, DEFAULT_REPLICATION_FACTOR, DEFAULT_ZONE_LABEL, FailoverSpec,
@@ -11,6 +12,7 @@ pub use spec::{
     ShardedStoreSpec, StorageSpec,
 };
 pub use status::{MoveStatus, NodeLifecycle, NodeStatus, PartitionSummary, ShardedStoreStatus};
+pub use tls::{CLIENT_TOKENS_KEY, TlsSpec};
 
 use kube::CustomResourceExt;
 

@@ -101,6 +101,7 @@ pub const DEFAULT_ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 )]
 #[x_kube(validation = Rule::new("self.nodes >= self.replicationFactor").message("nodes must be at least replicationFactor"))]
 #[x_kube(validation = Rule::new("!has(self.minInSync) || self.minInSync <= self.replicationFactor").message("minInSync must not exceed replicationFactor"))]
+#[x_kube(validation = Rule::new("has(self.tls) == has(oldSelf.tls)").message("tls cannot be turned on or off on an existing store (all of its nodes must speak the same protocol); create a new store with tls and restore a backup into it"))]
 #[serde(rename_all = "camelCase")]
 pub struct ShardedStoreSpec {
     /// Number of storage pods. `kubectl scale` changes this field. Lowering it drains the
@@ -170,6 +171,12 @@ pub struct ShardedStoreSpec {
     /// Which network traffic reaches the storage pods.
     #[serde(default)]
     pub network: NetworkSpec,
+
+    /// Serve the client and peer ports over TLS with the certificate of a Secret, and
+    /// optionally authenticate clients. Set at creation: all nodes of a store must speak the
+    /// same protocol, so TLS cannot be turned on or off on a running store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<super::tls::TlsSpec>,
 }
 
 /// Which network traffic reaches the storage pods.

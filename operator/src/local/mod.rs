@@ -11,8 +11,9 @@ pub mod restore;
 pub mod supervisor;
 pub mod tls;
 
-use crate::coordinator::{CoordinatorHandle, FileMapStore, MapStore, Settings, StoreIdentity};
-use shardedstore_node::client::AdminClient;
+use crate::coordinator::{
+    CoordinatorHandle, FileMapStore, MapStore, NodeClients, Settings, StoreIdentity,
+};
 use shardedstore_node::tls::ClientTls;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -282,11 +283,10 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         ca: tls_files.as_ref().map(|f| f.ca.clone()),
         ..ClientTls::default()
     };
-    let transport = AdminClient::with_tls(
+    let transport = NodeClients::new(
         args.peer_token.clone(),
         heartbeat_timeout,
-        &trust,
-        tls_files.is_some(),
+        tls_files.is_some().then_some(trust),
         args.bind,
     )
     .map_err(LocalError::AdminClient)?;

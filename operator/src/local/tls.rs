@@ -163,6 +163,7 @@ mod tests {
             ca: Some(files.ca),
             cert: files.client_cert,
             key: files.client_key,
+            ..shardedstore_node::tls::ClientTls::default()
         };
         assert!(client.client_config().is_ok());
     }

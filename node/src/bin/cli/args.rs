@@ -50,6 +50,11 @@ pub struct Cli {
         global = true
     )]
     pub client_key: Option<PathBuf>,
+    /// Verify the nodes' certificate for this name instead of the address dialled (a store
+    /// on Kubernetes serves one certificate naming its client Service,
+    /// `<store>.<namespace>.svc`, while its map addresses pods by IP).
+    #[arg(long, env = "SHARDEDSTORE_TLS_SERVER_NAME", global = true)]
+    pub tls_server_name: Option<String>,
     /// Bearer token sent with every request (when the nodes require client tokens).
     #[arg(
         long,

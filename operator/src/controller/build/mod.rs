@@ -9,6 +9,7 @@ mod pod;
 mod services;
 mod singletons;
 mod statefulset;
+mod tls;
 
 pub use names::{
     CLIENT_PORT, MAP_KEY, METRICS_PORT, PEER_PORT, STORE_LABEL, TOKEN_KEY, client_service_name,
@@ -23,6 +24,7 @@ pub use statefulset::{
     ENV_NODE_ID, ENV_PEER_TOKEN_FILE, ENV_SHUTDOWN_HANDOFF, ENV_STORE, keep_volume_claims,
     statefulset, statefulset_replicas,
 };
+pub use tls::{TLS_CA_KEY, TLS_CERT_KEY, TLS_KEY_KEY, tls_server_name};
 
 use crate::crd::ShardedStore;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;

@@ -9,6 +9,7 @@ use super::pod::{
     SHUTDOWN_HANDOFF_SECONDS, TERMINATION_GRACE_SECONDS, affinity, container_security_context,
     default_resources, pod_security_context, probes, tmp_volume, topology_spread,
 };
+use super::tls::tls_pod_parts;
 use crate::crd::ShardedStoreSpec;
 use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
@@ -82,9 +83,12 @@ pub fn statefulset(owner: &Owner, spec: &ShardedStoreSpec, replicas: i32) -> Sta
 
 fn pod_spec(owner: &Owner, spec: &ShardedStoreSpec) -> PodSpec {
     let placement = &spec.placement;
+    let (tls_volumes, _, _) = tls_pod_parts(spec.tls.as_ref(), &owner.name, &owner.namespace);
+    let mut volumes = vec![tmp_volume().0, token_volume(owner)];
+    volumes.extend(tls_volumes);
     PodSpec {
         containers: vec![container(owner, spec)],
-        volumes: Some(vec![tmp_volume().0, token_volume(owner)]),
+        volumes: Some(volumes),
         security_context: Some(pod_security_context()),
         // The node never talks to the API server.
         automount_service_account_token: Some(false),
@@ -108,6 +112,24 @@ fn container(owner: &Owner, spec: &ShardedStoreSpec) -> Container {
         ..ContainerPort::default()
     };
     let (startup, readiness, liveness) = probes();
+    let (_, tls_mounts, tls_env) = tls_pod_parts(spec.tls.as_ref(), &owner.name, &owner.namespace);
+    let mut env = env(owner);
+    env.extend(tls_env);
+    let mut mounts = vec![
+        VolumeMount {
+            name: DATA_VOLUME.to_owned(),
+            mount_path: DATA_DIR.to_owned(),
+            ..VolumeMount::default()
+        },
+        tmp_volume().1,
+        VolumeMount {
+            name: TOKEN_VOLUME.to_owned(),
+            mount_path: TOKEN_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    ];
+    mounts.extend(tls_mounts);
     Container {
         name: "node".to_owned(),
         image: spec.image.clone(),
@@ -117,26 +139,13 @@ fn container(owner: &Owner, spec: &ShardedStoreSpec) -> Container {
             port("peer", PEER_PORT),
             port("metrics", METRICS_PORT),
         ]),
-        env: Some(env(owner)),
+        env: Some(env),
         resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
         startup_probe: Some(startup),
         readiness_probe: Some(readiness),
         liveness_probe: Some(liveness),
         security_context: Some(container_security_context()),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: DATA_VOLUME.to_owned(),
-                mount_path: DATA_DIR.to_owned(),
-                ..VolumeMount::default()
-            },
-            tmp_volume().1,
-            VolumeMount {
-                name: TOKEN_VOLUME.to_owned(),
-                mount_path: TOKEN_DIR.to_owned(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-        ]),
+        volume_mounts: Some(mounts),
         ..Container::default()
     }
 }

@@ -537,3 +537,86 @@ fn network_policy_guards_the_peer_port_and_can_be_turned_off() {
     off.spec.network.policy = false;
     assert!(network_policy(&owner, &off.spec).is_none());
 }
+
+#[test]
+fn tls_mounts_the_secrets_and_passes_the_node_flags() {
+    let mut store = fixture("minimal.yaml");
+    let owner = owner_of(&store);
+    let plain = only_container(&statefulset(&owner, &store.spec, 3));
+    let has_env = |c: &Container, name: &str| {
+        c.env
+            .as_ref()
+            .is_some_and(|e| e.iter().any(|v| v.name == name))
+    };
+    assert!(!has_env(&plain, "SHARDEDSTORE_TLS_CERT"));
+
+    store.spec.tls = Some(crate::crd::TlsSpec {
+        secret_name: "kv-tls".to_owned(),
+        client_tokens_secret_name: Some("kv-tokens".to_owned()),
+        mutual_tls: true,
+    });
+    let sts = statefulset(&owner, &store.spec, 3);
+    let c = only_container(&sts);
+    let value = |name: &str| env(&c, name).value.clone().unwrap_or_default();
+    assert_eq!(
+        value("SHARDEDSTORE_TLS_CERT"),
+        "/var/run/shardedstore/tls/tls.crt"
+    );
+    assert_eq!(
+        value("SHARDEDSTORE_TLS_KEY"),
+        "/var/run/shardedstore/tls/tls.key"
+    );
+    assert_eq!(
+        value("SHARDEDSTORE_TLS_CA"),
+        "/var/run/shardedstore/tls/ca.crt"
+    );
+    assert_eq!(
+        value("SHARDEDSTORE_TLS_CLIENT_CA"),
+        "/var/run/shardedstore/tls/ca.crt"
+    );
+    assert_eq!(value("SHARDEDSTORE_TLS_SERVER_NAME"), "kv.apps.svc");
+    assert_eq!(
+        value("SHARDEDSTORE_CLIENT_TOKEN_FILE"),
+        "/var/run/shardedstore/client-tokens/tokens"
+    );
+    let pod = sts
+        .spec
+        .and_then(|s| s.template.spec)
+        .unwrap_or_else(|| panic!("no pod spec"));
+    let secret_of = |volume: &str| {
+        pod.volumes
+            .as_ref()
+            .and_then(|vs| vs.iter().find(|v| v.name == volume))
+            .and_then(|v| v.secret.clone())
+            .unwrap_or_else(|| panic!("no secret volume {volume}"))
+    };
+    let tls = secret_of("tls");
+    assert_eq!(tls.secret_name.as_deref(), Some("kv-tls"));
+    assert_eq!(tls.default_mode, Some(0o440));
+    let keys: Vec<String> = tls
+        .items
+        .unwrap_or_default()
+        .into_iter()
+        .map(|k| k.key)
+        .collect();
+    assert_eq!(keys, ["tls.crt", "tls.key", "ca.crt"]);
+    assert_eq!(
+        secret_of("client-tokens").secret_name.as_deref(),
+        Some("kv-tokens")
+    );
+    let mounts = c.volume_mounts.unwrap_or_default();
+    for (volume, dir) in [
+        ("tls", "/var/run/shardedstore/tls"),
+        ("client-tokens", "/var/run/shardedstore/client-tokens"),
+    ] {
+        let m = mounts
+            .iter()
+            .find(|m| m.name == volume)
+            .unwrap_or_else(|| panic!("no mount of {volume}"));
+        assert_eq!(m.mount_path, dir);
+        assert_eq!(m.read_only, Some(true));
+    }
+    // Probes stay on the plain-HTTP metrics port.
+    let probe_port = c.readiness_probe.and_then(|p| p.http_get).map(|h| h.port);
+    assert_eq!(probe_port, Some(IntOrString::String("metrics".to_owned())));
+}
