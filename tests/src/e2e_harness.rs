@@ -14,6 +14,7 @@
 mod faults;
 mod operator;
 mod store;
+mod tls;
 
 pub use faults::{ContainerRuntime, kill9_node_process};
 pub use operator::{OPERATOR_NAMESPACE, OPERATOR_RELEASE, install_operator};
@@ -21,6 +22,7 @@ pub use store::{
     StoreManifest, node_pods, partition_map, placement_on_removed_nodes, replica_spread,
     store_problems,
 };
+pub use tls::{StoreCerts, apply_tls_secret, apply_tokens_secret, store_certs};
 
 use serde::de::DeserializeOwned;
 use std::io::Write;
