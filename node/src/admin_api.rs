@@ -153,6 +153,11 @@ pub struct HeartbeatResponse {
     /// serves nothing; the operator fails it over.
     #[serde(default)]
     pub storage_stalled_ms: u64,
+    /// The storage is stalled beyond the bound and the node revoked its lease at its receipt
+    /// of this heartbeat: it holds none and takes none from any heartbeat it received so far
+    /// (the operator may fail it over at once, `docs/protocol.md`, "Gray failures").
+    #[serde(default)]
+    pub lease_revoked: bool,
 }
 
 /// Operator → primary: start treating `learner` as a member that must acknowledge before commit.

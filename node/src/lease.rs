@@ -31,25 +31,38 @@ pub struct LeaseChain {
     /// `(seq, receipt, lease)` of heartbeats of `coordinator`, oldest first.
     receipts: VecDeque<(u64, Instant, Duration)>,
     until: Option<Instant>,
+    /// Highest seq of `coordinator` at whose receipt the lease was revoked (storage stalled):
+    /// no heartbeat up to it is ever confirmed into a lease again.
+    revoked_through: Option<u64>,
 }
 
 impl LeaseChain {
     /// Notes a heartbeat received at `now` (before it is answered) and extends the lease if
     /// it confirms an earlier heartbeat of the same coordinator. `may_extend` false (storage
-    /// stalled) records the receipt but grants nothing.
+    /// stalled) revokes the lease through this heartbeat ([`LeaseChain::revoke_through`]):
+    /// the answer then tells the operator that this node holds no lease and never gets one
+    /// back from a heartbeat it received so far.
     pub fn on_heartbeat(&mut self, beat: &Beat<'_>, now: Instant, may_extend: bool) {
         if beat.coordinator != self.coordinator {
             // A new coordinator starts a fresh chain; a lease granted by the previous one
             // stays (its fence covers it) but is not extended by this heartbeat.
             self.coordinator = beat.coordinator.to_owned();
             self.receipts.clear();
-        } else if may_extend {
-            let confirmed = beat.confirmed_seq.and_then(|c| {
-                self.receipts
-                    .iter()
-                    .find(|(seq, _, _)| *seq == c)
-                    .map(|&(_, at, lease)| at + lease.min(beat.lease))
-            });
+            self.revoked_through = None;
+        }
+        if !may_extend {
+            self.revoke_through(beat.seq);
+        } else {
+            let revoked = self.revoked_through;
+            let confirmed = beat
+                .confirmed_seq
+                .filter(|c| revoked.is_none_or(|r| *c > r))
+                .and_then(|c| {
+                    self.receipts
+                        .iter()
+                        .find(|(seq, _, _)| *seq == c)
+                        .map(|&(_, at, lease)| at + lease.min(beat.lease))
+                });
             if let Some(end) = confirmed {
                 self.until = Some(self.until.map_or(end, |u| u.max(end)));
             }
@@ -76,6 +89,17 @@ impl LeaseChain {
     /// Ends the lease at once (storage stalled: serve nothing).
     pub fn revoke(&mut self) {
         self.until = None;
+    }
+
+    /// Ends the lease at once and for good as far as heartbeats up to `seq` go: every receipt
+    /// so far is forgotten and no heartbeat at or below `seq` is confirmed later, so a lease
+    /// exists again only from a heartbeat received after this instant that the operator sent
+    /// after it learned of the revocation (issue item 4: the operator may then fail the node
+    /// over at once instead of waiting a lease).
+    pub fn revoke_through(&mut self, seq: u64) {
+        self.until = None;
+        self.receipts.clear();
+        self.revoked_through = Some(self.revoked_through.map_or(seq, |r| r.max(seq)));
     }
 }
 
@@ -151,6 +175,33 @@ mod tests {
         assert!(!c.valid_at(t0 + LEASE));
     }
 
+    /// Issue item 4 (a hung disk under a primary): a heartbeat received while the storage is
+    /// stalled revokes the lease at once, and no heartbeat received before or at it is
+    /// confirmed into a lease later, also once the storage moves again: only heartbeats
+    /// received afterwards (sent after the operator learned of the revocation) count.
+    #[test]
+    fn a_stalled_storage_revokes_the_lease_through_that_heartbeat() {
+        let t0 = Instant::now();
+        let mut c = LeaseChain::default();
+        c.on_heartbeat(&beat("a", 1, None), t0, true);
+        c.on_heartbeat(&beat("a", 2, Some(1)), t0, true);
+        assert!(c.valid_at(t0));
+        // Heartbeat 4 overtook 3 (received before the revocation).
+        c.on_heartbeat(&beat("a", 4, Some(1)), t0, true);
+        c.on_heartbeat(&beat("a", 3, Some(1)), t0, false);
+        assert!(!c.valid_at(t0), "revoked at once");
+        let t1 = t0 + Duration::from_millis(100);
+        // The storage moves again; heartbeats sent before the operator learned of it confirm
+        // heartbeats received before or at the revocation: nothing.
+        c.on_heartbeat(&beat("a", 5, Some(4)), t1, true);
+        c.on_heartbeat(&beat("a", 6, Some(3)), t1, true);
+        assert!(!c.valid_at(t1));
+        // Heartbeat 7 (received after the revocation) confirmed by 8: a lease again.
+        c.on_heartbeat(&beat("a", 7, Some(3)), t1, true);
+        c.on_heartbeat(&beat("a", 8, Some(7)), t1, true);
+        assert_eq!(c.until(), Some(t1 + LEASE));
+    }
+
     /// Issue item 2: a late heartbeat (delivered after the operator gave up on it, so it
     /// confirms only old heartbeats) never moves the lease end past what was granted.
     #[test]
@@ -212,6 +263,12 @@ mod tests {
         c.on_heartbeat(&beat("a", 2, Some(1)), t0, false);
         assert_eq!(c.until(), None);
         c.on_heartbeat(&beat("a", 3, Some(2)), t0, true);
+        assert_eq!(
+            c.until(),
+            None,
+            "heartbeat 2 came with the stall: never a lease"
+        );
+        c.on_heartbeat(&beat("a", 4, Some(3)), t0, true);
         assert_eq!(c.until(), Some(t0 + LEASE));
     }
 }

@@ -279,6 +279,7 @@ impl Node {
         let stalled = self.ctx.writer.stalled_for();
         let may_extend = stalled <= crate::context::STORAGE_STALL_BOUND;
         let lease = Duration::from_millis(req.lease_ms);
+        let lease_revoked = !may_extend && !req.coordinator.is_empty();
         if req.coordinator.is_empty() {
             if may_extend {
                 self.ctx.lease.grant_from_receipt(lease);
@@ -312,6 +313,7 @@ impl Node {
             disk_id: self.ctx.store.disk_id().to_owned(),
             seq: req.seq,
             storage_stalled_ms: stalled.as_millis() as u64,
+            lease_revoked,
         })
     }
 

@@ -51,6 +51,9 @@ pub struct Health {
     /// When this coordinator learned that the node's storage is stalled (it stopped granting
     /// leases then), while it stays stalled.
     stalled_since: Option<Instant>,
+    /// The newest report said the node revoked its lease (storage stalled): it holds none
+    /// and gets none back while it stays stalled (its heartbeats carry a zero lease).
+    revoked: bool,
     confirmed_dead: bool,
 }
 
@@ -65,22 +68,32 @@ impl Health {
             failing: false,
             dead_since: None,
             stalled_since: None,
+            revoked: false,
             confirmed_dead: false,
         }
     }
 
     /// The node answered heartbeat `seq` (reply received at `at`), reporting whether its
-    /// storage is stalled beyond the node's bound. A stalled node gets zero-lease heartbeats
-    /// from now on ([`Health::may_grant_lease`]) and is fenced from now.
-    pub fn reported(&mut self, seq: u64, at: Instant, storage_stalled: bool) {
+    /// storage is stalled beyond the node's bound and whether it revoked its lease for it. A
+    /// stalled node gets zero-lease heartbeats from now on ([`Health::may_grant_lease`]) and
+    /// is fenced from now; one that revoked its lease holds none, so it is dead at once
+    /// (its partitions fail over without waiting a lease). The answer to an older heartbeat
+    /// than one already answered says nothing new about the storage.
+    pub fn reported(&mut self, seq: u64, at: Instant, storage_stalled: bool, revoked: bool) {
         self.answered = true;
         self.failing = false;
         self.confirmed_dead = false;
+        let newest = self.replied.is_none_or(|(s, _)| seq > s);
         self.reply_received(seq, at);
+        if !newest {
+            return;
+        }
         if storage_stalled {
             self.stalled_since.get_or_insert(at);
+            self.revoked = revoked;
         } else {
             self.stalled_since = None;
+            self.revoked = false;
             self.dead_since = None;
         }
     }
@@ -133,7 +146,8 @@ impl Health {
 
     /// Current liveness; `fence` is lease + drift margin.
     pub fn liveness(&mut self, now: Instant, fence: Duration) -> Liveness {
-        if self.confirmed_dead {
+        if self.confirmed_dead || (self.revoked && self.stalled_since.is_some()) {
+            self.dead_since.get_or_insert(now);
             return Liveness::Dead;
         }
         // Both references bound every lease the node may hold; the earlier one counts.
@@ -209,11 +223,11 @@ mod tests {
         let t0 = Instant::now();
         let mut h = Health::new(t0);
         let (s1, _) = h.next_heartbeat(t0);
-        h.reported(s1, t0, false);
+        h.reported(s1, t0, false, false);
         assert!(h.may_grant_lease());
         let t1 = t0 + Duration::from_secs(1);
         let (s2, _) = h.next_heartbeat(t1);
-        h.reported(s2, t1, true);
+        h.reported(s2, t1, true, false);
         assert!(
             !h.may_grant_lease(),
             "a stalled node gets zero-lease heartbeats"
@@ -226,7 +240,7 @@ mod tests {
         // Later stalled reports do not move the reference.
         let t2 = t1 + Duration::from_secs(2);
         let (s3, _) = h.next_heartbeat(t2);
-        h.reported(s3, t2, true);
+        h.reported(s3, t2, true, false);
         assert_eq!(
             h.liveness(t1 + FENCE - Duration::from_millis(1), FENCE),
             Liveness::Suspected
@@ -236,7 +250,7 @@ mod tests {
         assert_eq!(dead_since, Some(t1 + FENCE));
         let t3 = t1 + FENCE + Duration::from_secs(1);
         let (s4, _) = h.next_heartbeat(t3);
-        h.reported(s4, t3, true);
+        h.reported(s4, t3, true, false);
         assert_eq!(h.liveness(t3, FENCE), Liveness::Dead);
         assert_eq!(
             h.dead_since(),
@@ -244,10 +258,35 @@ mod tests {
             "still dead since then (replaceAfter)"
         );
         let (s5, _) = h.next_heartbeat(t3);
-        h.reported(s5, t3, false);
+        h.reported(s5, t3, false, false);
         assert_eq!(h.liveness(t3, FENCE), Liveness::Alive);
         assert!(h.may_grant_lease());
         assert_eq!(h.dead_since(), None);
+    }
+
+    /// Issue item 4 (a primary whose disk hangs is failed over within lease + 5 s): a node
+    /// that revoked its lease for a stalled storage is dead at once; the answer to an older
+    /// heartbeat changes nothing; a report of moving storage makes it alive again.
+    #[test]
+    fn a_node_that_revoked_its_lease_is_dead_at_once() {
+        let t0 = Instant::now();
+        let mut h = Health::new(t0);
+        let (s1, _) = h.next_heartbeat(t0);
+        let (s2, _) = h.next_heartbeat(t0);
+        h.reported(s2, t0, false, false);
+        // The older heartbeat's answer arrives late: it does not count.
+        h.reported(s1, t0, true, true);
+        assert_eq!(h.liveness(t0, FENCE), Liveness::Alive);
+        let (s3, _) = h.next_heartbeat(t0);
+        h.reported(s3, t0, true, true);
+        assert!(!h.may_grant_lease());
+        assert_eq!(h.liveness(t0, FENCE), Liveness::Dead);
+        assert_eq!(h.dead_since(), Some(t0));
+        let t1 = t0 + Duration::from_secs(1);
+        let (s4, _) = h.next_heartbeat(t1);
+        h.reported(s4, t1, false, false);
+        assert_eq!(h.liveness(t1, FENCE), Liveness::Alive);
+        assert!(h.may_grant_lease());
     }
 
     #[test]

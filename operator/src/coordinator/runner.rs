@@ -317,10 +317,11 @@ impl Runner {
                         tracing::warn!(
                             node = %id,
                             stalled_ms = report.storage_stalled_ms,
-                            "storage stalled: no more leases; failed over once fenced"
+                            revoked = report.lease_revoked,
+                            "storage stalled: no more leases; failed over once fenced (at once when it revoked its lease)"
                         );
                     }
-                    h.reported(seq, received, stalled);
+                    h.reported(seq, received, stalled, stalled && report.lease_revoked);
                     if report.map_version < version {
                         stale.push((id.clone(), addr));
                     }

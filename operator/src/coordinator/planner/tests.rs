@@ -103,6 +103,7 @@ impl World {
                 disk_id: String::new(),
                 seq: 0,
                 storage_stalled_ms: 0,
+                lease_revoked: false,
             },
         );
     }
