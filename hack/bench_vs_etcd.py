@@ -16,7 +16,8 @@ What runs (every figure comes from a real process started here and stopped at th
 Writes the figures as JSON (BENCH_JSON, default docs/benchmarks.json) with machine and commit.
 
 Environment: BENCH_DURATION (s, default 10), BENCH_CLIENTS, BENCH_YCSB_CLIENTS, BENCH_KEYS
-(default 100000), ETCD_BIN, ETCD_BENCHMARK_BIN, BIN (ShardedStore binaries, target/release).
+(default 100000), ETCD_BIN, ETCD_BENCHMARK_BIN, BIN (ShardedStore binaries, target/release),
+BENCH_COMMIT (the commit recorded, default HEAD).
 """
 import json
 import os
@@ -131,8 +132,9 @@ def main():
     result = {
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                     "load_average_at_start": os.getloadavg()},
-        "commit": subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-                                 capture_output=True, text=True).stdout.strip(),
+        # BENCH_COMMIT: the commit the binaries were built from, when it is not HEAD.
+        "commit": os.environ.get("BENCH_COMMIT") or subprocess.run(
+            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "params": {"duration_s": int(DURATION), "keys": KEYS, "value_bytes": VALUE,
                    "clients": CLIENTS, "ycsb_clients": YCSB_CLIENTS},
