@@ -4,7 +4,8 @@
 # in the workspace's release profile), drives it with `shardedstore bench --read-ratio 0`,
 # records the three node processes with `perf record -g` (DWARF call graphs: release code
 # has no frame pointers), folds the stacks with inferno (hack/install-tools.sh inferno) and
-# writes a flamegraph SVG plus the top costs (self and inclusive) as text.
+# writes a flamegraph SVG plus the top costs (self and inclusive) as text, and the per-phase
+# write latency the nodes measured during the run (hack/phase_summary.py).
 #   hack/profile.sh                         # output in target/profile/
 #   PROFILE_SECONDS=20 PROFILE_CLIENTS=256 PROFILE_OUT=/tmp/prof hack/profile.sh
 # Needs perf (linux-perf) and permission to profile (root, or kernel.perf_event_paranoid <= 1).
@@ -55,6 +56,11 @@ perf record -F "$freq" --call-graph dwarf,32768 -p "$pids" -o "$work/perf.data" 
 wait "$load" || true
 load=""
 cat "$work/bench.txt"
+# Where the writes' time went on the servers during the run (per-phase histograms).
+for i in 0 1 2; do
+  curl -sf "http://127.0.0.1:$((7600 + i))/metrics" >"$out/metrics-node-$i.txt" || true
+done
+python3 hack/phase_summary.py "$out"/metrics-node-*.txt | tee "$out/phases.txt"
 
 echo "folding stacks (perf script can take minutes)" >&2
 nice perf script -i "$work/perf.data" 2>/dev/null | "$tools/inferno-collapse-perf" >"$out/write-path.folded"
