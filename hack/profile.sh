@@ -17,7 +17,8 @@ seconds="${PROFILE_SECONDS:-15}"
 clients="${PROFILE_CLIENTS:-256}"
 freq="${PROFILE_FREQUENCY:-299}"
 out="${PROFILE_OUT:-target/profile}"
-port=7400
+# Ports: client base+0.., peer +100, metrics +200, control +300 (PROFILE_PORT, default 7400).
+port="${PROFILE_PORT:-7400}"
 command -v perf >/dev/null || { echo "perf not found (apt-get install linux-perf)" >&2; exit 1; }
 for b in shardedstore shardedstore-node shardedstore-operator; do
   [ -x "$bin/$b" ] || { echo "$bin/$b missing: run make release first" >&2; exit 1; }
@@ -36,7 +37,7 @@ cleanup() {
 trap cleanup EXIT
 
 "$bin/shardedstore-operator" local --nodes 3 --replication-factor 3 --partitions 64 \
-  --port "$port" --peer-port 7500 --metrics-port 7600 --control-port 7700 \
+  --port "$port" --peer-port $((port + 100)) --metrics-port $((port + 200)) --control-port $((port + 300)) \
   --node-binary "$bin/shardedstore-node" --data-dir "$work/store" >"$work/store.log" 2>&1 &
 op=$!
 endpoints="127.0.0.1:$port,127.0.0.1:$((port + 1)),127.0.0.1:$((port + 2))"
@@ -58,12 +59,12 @@ load=""
 cat "$work/bench.txt"
 # Where the writes' time went on the servers during the run (per-phase histograms).
 for i in 0 1 2; do
-  curl -sf "http://127.0.0.1:$((7600 + i))/metrics" >"$out/metrics-node-$i.txt" || true
+  curl -sf "http://127.0.0.1:$((port + 200 + i))/metrics" >"$out/metrics-node-$i.txt" || true
 done
 python3 hack/phase_summary.py "$out"/metrics-node-*.txt | tee "$out/phases.txt"
 
 echo "folding stacks (perf script can take minutes)" >&2
-nice perf script -i "$work/perf.data" 2>/dev/null | "$tools/inferno-collapse-perf" >"$out/write-path.folded"
+nice -n 19 perf script -i "$work/perf.data" 2>/dev/null | "$tools/inferno-collapse-perf" >"$out/write-path.folded"
 "$tools/inferno-flamegraph" --title "ShardedStore write path, 3 nodes RF 3, $clients clients" \
   <"$out/write-path.folded" >"$out/write-path.svg"
 python3 hack/profile_top.py "$out/write-path.folded" | tee "$out/top.txt"
