@@ -89,6 +89,7 @@ pub fn settings_for(spec: &ShardedStoreSpec, config: &RunConfig) -> Settings {
         replace_after: parse_duration(&spec.failover.replace_after)
             .unwrap_or(defaults.replace_after),
         max_concurrent_replacements: non_negative(spec.failover.max_concurrent_replacements),
+        lag_timeout: super::validate::lag_timeout(spec).unwrap_or(defaults.lag_timeout),
         lease: config.node_lease(),
         heartbeat_interval: config.heartbeat_interval(),
         ..defaults

@@ -27,6 +27,8 @@ pub enum SpecProblem {
     NoImage,
     #[error("failover.replaceAfter {0:?} is not a duration such as 90s, 5m or 1h30m")]
     BadReplaceAfter(String),
+    #[error("failover.lagTimeout {0:?} is not a positive duration such as 2s or 1500ms")]
+    BadLagTimeout(String),
     #[error("rebalance.maxConcurrentMovesPerNode must be at least 1, got {0}")]
     NoMovesAllowed(i32),
     #[error("rebalance.bandwidthBytesPerSecond must be positive, got {0}")]
@@ -93,6 +95,11 @@ pub fn validate(spec: &ShardedStoreSpec) -> Vec<SpecProblem> {
             spec.failover.replace_after.clone(),
         ));
     }
+    if lag_timeout(spec).is_none() {
+        problems.push(SpecProblem::BadLagTimeout(
+            spec.failover.lag_timeout.clone(),
+        ));
+    }
     if spec.failover.max_concurrent_replacements < 1 {
         problems.push(SpecProblem::NoReplacementsAllowed(
             spec.failover.max_concurrent_replacements,
@@ -121,6 +128,11 @@ pub fn check_capacity(spec: &ShardedStoreSpec) -> Option<CapacityProblem> {
 }
 
 /// Parses durations like `500ms`, `90s`, `5m`, `1h30m` (units ms, s, m, h; at least one part).
+/// The spec's follower lag bound, when it is a positive duration.
+pub fn lag_timeout(spec: &ShardedStoreSpec) -> Option<Duration> {
+    parse_duration(&spec.failover.lag_timeout).filter(|d| !d.is_zero())
+}
+
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let mut total = Duration::ZERO;
     let mut rest = text;
@@ -168,7 +180,7 @@ mod tests {
     fn every_problem_is_reported_at_once() {
         let s = spec(
             "nodes: 0\nimage: ' '\npartitions: 5000\nreplicationFactor: 2\nminInSync: 3\n\
-             failover: {replaceAfter: soon, maxConcurrentReplacements: 0}\n\
+             failover: {replaceAfter: soon, maxConcurrentReplacements: 0, lagTimeout: 0s}\n\
              rebalance: {maxConcurrentMovesPerNode: 0, bandwidthBytesPerSecond: 0}\n\
              limits: {maxKeyBytes: 0, maxValueBytes: 10}\nplacement: {zoneLabel: ''}\n",
         );
@@ -186,6 +198,7 @@ mod tests {
                 SpecProblem::NoMovesAllowed(0),
                 SpecProblem::NonPositiveBandwidth(0),
                 SpecProblem::BadReplaceAfter("soon".into()),
+                SpecProblem::BadLagTimeout("0s".into()),
                 SpecProblem::NoReplacementsAllowed(0),
                 SpecProblem::NonPositiveLimit {
                     field: "maxKeyBytes",

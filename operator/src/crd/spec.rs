@@ -319,6 +319,14 @@ pub struct FailoverSpec {
     #[serde(default = "default_max_replacements")]
     #[schemars(range(min = 1, max = 100))]
     pub max_concurrent_replacements: i32,
+
+    /// Follower lag bound: an in-sync replica that has had entries outstanding without
+    /// acknowledging progress for this long (a hung disk, a broken link from its primary)
+    /// leaves the in-sync set (never below `minInSync`), as a duration such as `2s` or
+    /// `1500ms`. Writes to its partitions wait for it until then.
+    #[serde(default = "default_lag_timeout")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub lag_timeout: String,
 }
 
 impl Default for FailoverSpec {
@@ -326,6 +334,7 @@ impl Default for FailoverSpec {
         Self {
             replace_after: default_replace_after(),
             max_concurrent_replacements: default_max_replacements(),
+            lag_timeout: default_lag_timeout(),
         }
     }
 }
@@ -403,6 +412,9 @@ fn default_replace_after() -> String {
 }
 fn default_max_replacements() -> i32 {
     1
+}
+fn default_lag_timeout() -> String {
+    "2s".to_owned()
 }
 fn default_max_key_bytes() -> i32 {
     1024

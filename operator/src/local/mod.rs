@@ -90,6 +90,15 @@ pub struct LocalArgs {
         env = "SHARDEDSTORE_LOCAL_RESTART_DELAY_MS"
     )]
     pub restart_delay_ms: u64,
+    /// Follower lag bound in milliseconds: an in-sync follower with entries outstanding and
+    /// no acknowledged progress for this long leaves the in-sync set (never below min-in-sync).
+    #[arg(
+        long,
+        default_value_t = 2000,
+        value_parser = clap::value_parser!(u64).range(1..),
+        env = "SHARDEDSTORE_LOCAL_LAG_TIMEOUT_MS"
+    )]
+    pub lag_timeout_ms: u64,
     /// Moves a node may take part in at once.
     #[arg(
         long,
@@ -171,6 +180,7 @@ impl LocalArgs {
             replace_after: Duration::from_secs(self.replace_after_secs),
             lease: Duration::from_millis(self.lease_ms),
             heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
+            lag_timeout: Duration::from_millis(self.lag_timeout_ms),
             ..Settings::default()
         }
     }
