@@ -510,3 +510,135 @@ async fn the_client_follows_a_failover_through_connection_errors_and_a_map_refre
         b"after"
     );
 }
+
+/// The `-v` line of `get --local`, as `(version, session-version, served-by, staleness-ms)`.
+fn local_line(o: &Output) -> (u64, u64, String, u64) {
+    let text = stderr(o);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("version "))
+        .unwrap_or_else(|| panic!("no version line: {text}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let field = |name: &str| {
+        let at = words
+            .iter()
+            .position(|w| *w == name)
+            .unwrap_or_else(|| panic!("no {name} in {line}"));
+        words.get(at + 1).copied().unwrap_or_default().to_owned()
+    };
+    let num = |name: &str| {
+        field(name)
+            .parse::<u64>()
+            .unwrap_or_else(|e| panic!("{name} in {line}: {e}"))
+    };
+    (
+        num("version"),
+        num("session-version"),
+        field("served-by"),
+        num("staleness-ms"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_file_carries_the_session_between_invocations() {
+    let cluster = Store::start(3, 4).await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("session.json");
+    let session = file.to_string_lossy().into_owned();
+    let key = "carried";
+    let p = cluster.map.partition_of(key.as_bytes());
+    let entry = &cluster.map.partitions[p as usize];
+    let primary = entry.primary.clone().unwrap_or_default();
+    let follower = entry
+        .in_sync
+        .iter()
+        .find(|n| **n != primary)
+        .cloned()
+        .unwrap_or_else(|| panic!("no follower of partition {p}"));
+    let follower_ep = cluster
+        .cluster
+        .nodes
+        .iter()
+        .find(|n| n.id == follower)
+        .map(|n| n.client_addr.clone())
+        .unwrap_or_default();
+
+    // A put records its version in the file; the next process's local read includes it.
+    let put = cli(
+        &follower_ep,
+        &["--session", &session, "-v", "put", key, "v1"],
+        None,
+    );
+    assert_ok(&put);
+    let version: u64 = stderr(&put)
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no version: {}", stderr(&put)));
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("no session file: {e}")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(saved["store"], cluster.map.store.as_str());
+    assert_eq!(saved["partitions"][p.to_string()], version);
+    let args = [
+        "--session",
+        &session,
+        "--via-endpoints",
+        "-v",
+        "get",
+        "--local",
+        key,
+    ];
+    let read = cli(&follower_ep, &args, None);
+    assert_ok(&read);
+    assert_eq!(stdout(&read), "v1");
+    let (v, s, by, _) = local_line(&read);
+    assert!(v == version && s >= version, "{}", stderr(&read));
+    assert_eq!(
+        by, follower,
+        "the follower holds the write and answers itself"
+    );
+
+    // The file is what the next read sends: a session ahead of every replica makes the
+    // follower wait for it and then hand the read to the primary (staleness 0).
+    let ahead = serde_json::json!({
+        "store": cluster.map.store,
+        "partitions": { p.to_string(): version + 1000 },
+    });
+    std::fs::write(&file, ahead.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let read = cli(&follower_ep, &args, None);
+    assert_ok(&read);
+    let (_, _, by, staleness) = local_line(&read);
+    assert_eq!(
+        (by.as_str(), staleness),
+        (primary.as_str(), 0),
+        "{}",
+        stderr(&read)
+    );
+    // The same versions saved for another store are not sent.
+    let foreign = serde_json::json!({
+        "store": "another-store",
+        "partitions": { p.to_string(): version + 1000 },
+    });
+    std::fs::write(&file, foreign.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let read = cli(&follower_ep, &args, None);
+    assert_ok(&read);
+    assert_eq!(local_line(&read).2, follower, "{}", stderr(&read));
+
+    // A file that is not a session is refused and left alone.
+    std::fs::write(&file, "not a session").unwrap_or_else(|e| panic!("{e}"));
+    let bad = cli(&follower_ep, &args, None);
+    assert_eq!(code(&bad), 1);
+    assert!(
+        stderr(&bad).contains("is not a session"),
+        "{}",
+        stderr(&bad)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap_or_default(),
+        "not a session"
+    );
+}

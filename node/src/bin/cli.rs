@@ -7,6 +7,8 @@ mod args;
 mod backup;
 #[path = "cli/commands.rs"]
 mod commands;
+#[path = "cli/session.rs"]
+mod session;
 #[path = "cli/status.rs"]
 mod status;
 
@@ -53,8 +55,23 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     if let Some(t) = &cli.token {
         kv = kv.token(t.clone());
     }
+    if let Some(z) = &cli.zone {
+        kv = kv.zone(z.clone());
+    }
+    if let Some(path) = &cli.session {
+        kv = kv.session(session::load(path)?);
+    }
     let kv = kv.build()?;
-    match cli.command {
+    let result = command(&kv, cli.command, cli.verbose).await;
+    // What the command saw before a failure counts too (versions only ever grow).
+    if let Some(path) = &cli.session {
+        session::save(path, &kv.session())?;
+    }
+    result
+}
+
+async fn command(kv: &KvClient, command: Command, verbose: bool) -> Result<(), CliError> {
+    match command {
         Command::Get {
             key,
             local,
@@ -65,21 +82,19 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 min_version,
                 max_staleness: max_staleness_ms.map(Duration::from_millis),
             });
-            commands::get(&kv, &key, local, cli.verbose).await
+            commands::get(kv, &key, local, verbose).await
         }
-        Command::Put(p) => commands::put(&kv, p, cli.verbose).await,
-        Command::Delete { key, if_match } => {
-            commands::delete(&kv, &key, if_match, cli.verbose).await
-        }
-        Command::Map => commands::map(&kv).await,
-        Command::Status => commands::status(&kv).await,
+        Command::Put(p) => commands::put(kv, p, verbose).await,
+        Command::Delete { key, if_match } => commands::delete(kv, &key, if_match, verbose).await,
+        Command::Map => commands::map(kv).await,
+        Command::Status => commands::status(kv).await,
         Command::EchoServer { listen, value_size } => {
             commands::echo_server(listen, value_size).await
         }
-        Command::Bench(b) => commands::bench(&kv, &b).await,
-        Command::BenchFailover(f) => commands::bench_failover(&kv, &f).await,
-        Command::Backup(b) => Ok(backup::backup(&kv, &b).await.map_err(Box::new)?),
-        Command::Restore(r) => Ok(backup::restore(&kv, &r).await.map_err(Box::new)?),
+        Command::Bench(b) => commands::bench(kv, &b).await,
+        Command::BenchFailover(f) => commands::bench_failover(kv, &f).await,
+        Command::Backup(b) => Ok(backup::backup(kv, &b).await.map_err(Box::new)?),
+        Command::Restore(r) => Ok(backup::restore(kv, &r).await.map_err(Box::new)?),
     }
 }
 

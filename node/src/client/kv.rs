@@ -4,7 +4,8 @@
 //!
 //! A client is also a session: it remembers per partition the highest version it wrote or
 //! read and sends it with `consistency=local` reads (`x-min-version`), so those reads never
-//! go back in time (read-your-writes, monotonic reads). Clones share the session.
+//! go back in time (read-your-writes, monotonic reads). Clones share the session; [`Session`]
+//! carries it to another client or process.
 //!
 //! - `route`: pure routing — endpoints, key encoding, which node serves a key.
 //! - `retry`: the retry policy as pure functions ([`RetryPolicy`] documents what a retried
@@ -13,6 +14,7 @@
 //! - `map_cache`: the cached partition map and its refreshes.
 //! - `request`: the retry loop and one attempt.
 //! - `unreachable`: map addresses to route around after failed connections.
+//! - `session`: the session as data.
 //! - `error`: the error types.
 
 mod error;
@@ -21,6 +23,7 @@ mod request;
 mod response;
 mod retry;
 mod route;
+mod session;
 #[cfg(test)]
 mod tests;
 mod unreachable;
@@ -28,13 +31,13 @@ mod unreachable;
 pub use error::{AttemptError, KvError, MapFetchError};
 pub use retry::{Decision, OpKind, RetryPolicy, backoff, decide};
 pub use route::{encode_key, parse_endpoints, wants_https};
+pub use session::Session;
 
 use crate::map::{PartitionId, PartitionMap};
 use crate::tls::ClientTls;
 use bytes::Bytes;
 use map_cache::Staleness;
 use request::{Op, Success};
-use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -107,6 +110,7 @@ pub struct KvClientBuilder {
     tls: ClientTls,
     https: bool,
     token: Option<String>,
+    session: Session,
 }
 
 impl KvClientBuilder {
@@ -154,6 +158,13 @@ impl KvClientBuilder {
         self
     }
 
+    /// Starts from `session` (e.g. saved by [`KvClient::session`] of an earlier client) instead
+    /// of an empty one.
+    pub fn session(mut self, session: Session) -> Self {
+        self.session = session;
+        self
+    }
+
     /// Marks every request as the restore's own with the store's peer token: nodes serve
     /// such requests while the map says `restoring` (and refuse all others).
     pub fn restore_token(mut self, peer_token: impl Into<String>) -> Self {
@@ -190,7 +201,7 @@ impl KvClientBuilder {
                 direct: self.direct,
                 scheme: crate::tls::scheme(self.https),
                 token: self.token,
-                sessions: Mutex::new(HashMap::new()),
+                session: Mutex::new(self.session),
                 map: RwLock::new(None),
                 refresh: tokio::sync::Mutex::new(None),
                 next_seed: AtomicUsize::new(0),
@@ -218,7 +229,7 @@ struct Inner {
     scheme: &'static str,
     token: Option<String>,
     /// Highest version written or read per partition: the session.
-    sessions: Mutex<HashMap<PartitionId, u64>>,
+    session: Mutex<Session>,
     map: RwLock<Option<Arc<PartitionMap>>>,
     /// Serializes map refreshes; holds when the last one finished.
     refresh: tokio::sync::Mutex<Option<Instant>>,
@@ -240,6 +251,7 @@ impl KvClient {
             zone: None,
             direct: true,
             restore_token: None,
+            session: Session::default(),
         }
     }
 
@@ -291,22 +303,32 @@ impl KvClient {
     /// This client's session version for `key`'s partition (0 before any answer, or before
     /// the map is known).
     pub fn session_version(&self, key: impl AsRef<[u8]>) -> u64 {
-        self.cached_map()
-            .map_or(0, |m| self.session_of(m.partition_of(key.as_ref())))
+        self.cached_map().map_or(0, |m| {
+            self.session_of(&m.store, m.partition_of(key.as_ref()))
+        })
     }
 
-    pub(crate) fn session_of(&self, partition: PartitionId) -> u64 {
+    /// A copy of this client's session, to hand to [`KvClientBuilder::session`] of another
+    /// client (or to save, as the CLI's `--session` does).
+    pub fn session(&self) -> Session {
         self.inner
-            .sessions
+            .session
             .lock()
-            .map_or(0, |s| s.get(&partition).copied().unwrap_or(0))
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn session_of(&self, store: &str, partition: PartitionId) -> u64 {
+        self.inner
+            .session
+            .lock()
+            .map_or(0, |s| s.version(store, partition))
     }
 
     /// Raises the session version of `partition` to `version` (never lowers it).
-    pub(crate) fn advance_session(&self, partition: PartitionId, version: u64) {
-        if let Ok(mut s) = self.inner.sessions.lock() {
-            let v = s.entry(partition).or_insert(0);
-            *v = (*v).max(version);
+    pub(crate) fn advance_session(&self, store: &str, partition: PartitionId, version: u64) {
+        if let Ok(mut s) = self.inner.session.lock() {
+            s.advance(store, partition, version);
         }
     }
 

@@ -63,6 +63,15 @@ pub struct Cli {
         global = true
     )]
     pub token: Option<String>,
+    /// Zone of this client (e.g. the `topology.kubernetes.io/zone` of its machine): `get
+    /// --local` goes straight to an in-sync replica in this zone when there is one.
+    #[arg(long, env = "SHARDEDSTORE_ZONE", global = true)]
+    pub zone: Option<String>,
+    /// Keep the session in FILE (JSON; created when missing): every command records the
+    /// versions it wrote or read there, and `get --local` answers from a state that includes
+    /// them — read-your-writes and monotonic reads across invocations.
+    #[arg(long, value_name = "FILE", env = "SHARDEDSTORE_SESSION", global = true)]
+    pub session: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }

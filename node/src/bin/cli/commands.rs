@@ -46,6 +46,24 @@ pub enum CliError {
     },
     #[error(transparent)]
     Backup(#[from] Box<super::backup::BackupCliError>),
+    #[error("reading the session file {}", .path.display())]
+    SessionRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the session file {} is not a session (delete it to start a new one)", .path.display())]
+    SessionFormat {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("writing the session file {}", .path.display())]
+    SessionWrite {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl CliError {

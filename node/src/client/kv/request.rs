@@ -186,7 +186,10 @@ impl KvClient {
         };
         req = self.authorized(req);
         if let Some(o) = local {
-            let min = o.min_version.unwrap_or(0).max(self.session_of(partition));
+            let min = o
+                .min_version
+                .unwrap_or(0)
+                .max(self.session_of(&map.store, partition));
             if min > 0 {
                 req = req.header(MIN_VERSION_HEADER, min.to_string());
             }
@@ -241,7 +244,7 @@ impl KvClient {
         } = &answer
         {
             let seen = version.unwrap_or(0).max(session_version.unwrap_or(0));
-            self.advance_session(partition, seen);
+            self.advance_session(&map.store, partition, seen);
         }
         match (op, answer) {
             (

@@ -559,6 +559,41 @@ async fn local_reads_carry_the_session_version_of_the_partition() {
 }
 
 #[tokio::test]
+async fn a_session_handed_to_a_new_client_carries_on() {
+    let c = Arc::new(Cluster::default());
+    let (addrs, _servers) = start(&c, 2, true).await;
+    let mut m = map_over(&addrs, 2, 1, |_| 0);
+    for e in &mut m.partitions {
+        e.in_sync = vec!["node-1".into(), "node-0".into()];
+    }
+    c.set_map(m);
+    let kv = client(&addrs, fast_policy(2000));
+    let w = ok(kv.put("k", "v1", Condition::Always).await).version;
+    let saved = kv.session();
+    assert!(saved.store.is_some(), "the session names its store");
+    let seeds: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    let next = KvClient::builder(&seeds)
+        .retry_policy(fast_policy(2000))
+        .session(saved.clone())
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    ok(next.get_local("k").await);
+    assert_eq!(c.hits().pop().and_then(|h| h.min_version), Some(w));
+    // The same versions saved for another store count for nothing here.
+    let foreign = Session {
+        store: Some("another-store".into()),
+        ..saved
+    };
+    let stranger = KvClient::builder(&seeds)
+        .retry_policy(fast_policy(2000))
+        .session(foreign)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    ok(stranger.get_local("k").await);
+    assert_eq!(c.hits().pop().and_then(|h| h.min_version), None);
+}
+
+#[tokio::test]
 async fn a_write_timing_out_without_retries_is_indeterminate() {
     let c = Arc::new(Cluster::default());
     let (addrs, _servers) = start(&c, 1, true).await;
