@@ -91,11 +91,13 @@ multinode-up: k8s-bins
 multinode-down:
 	bash hack/multinode-down.sh
 
-multinode-images: release
+# SHARDEDSTORE_IMAGES_PROFILE=debug: images from the debug binaries (no release build).
+multinode-images: $(if $(filter debug,$(SHARDEDSTORE_IMAGES_PROFILE)),build,release)
 	bash hack/multinode-images.sh
 
 ## The multi-node end-to-end suite (docs/e2e.md), on the cluster of `make multinode-up`.
-e2e-multinode: multinode-images
+## (`build`: the zone-local tests run the debug `shardedstore` CLI inside a worker.)
+e2e-multinode: multinode-images build
 	SHARDEDSTORE_E2E_KUBECONFIG=$${SHARDEDSTORE_MN_DIR:-/tmp/shardedstore-multinode}/kubeconfig \
 		$(CARGO) test -p shardedstore-tests --test e2e_multinode -- --ignored --test-threads=1
 

@@ -16,7 +16,9 @@ mod operator;
 mod store;
 mod tls;
 
-pub use faults::{ContainerRuntime, kill9_node_process};
+pub use faults::{
+    ContainerRuntime, PausedProcess, kill9_node_process, node_process, pause_node_process,
+};
 pub use operator::{OPERATOR_NAMESPACE, OPERATOR_RELEASE, install_operator};
 pub use store::{
     StoreManifest, node_pods, partition_map, placement_on_removed_nodes, replica_spread,

@@ -5,13 +5,16 @@
 //! - this file: workers, zones, pure checks.
 //! - `worker`: driving the local multi-node cluster's workers (`hack/multinode-worker.sh`).
 //! - `http`: one HTTP exchange from inside a worker's network namespace, parsed.
+//! - `cli`: the `shardedstore` CLI run inside a worker (a client in that worker's zone).
 //!
 //! Works on any cluster whose nodes carry `topology.kubernetes.io/zone`; powering workers off
 //! and sending requests from inside them needs the local cluster of `hack/multinode-up.sh`.
 
+mod cli;
 mod http;
 mod worker;
 
+pub use cli::{LocalAnswer, WorkerCli, parse_local_read, parse_put_version};
 pub use http::{HttpAnswer, parse_answer};
 pub use worker::{PoweredOff, Worker, worker_curl};
 
@@ -32,6 +35,8 @@ pub enum MultinodeError {
     NotMultiZone(String),
     #[error("malformed HTTP answer from inside a worker: {0:?}")]
     MalformedAnswer(String),
+    #[error("the CLI inside a worker: {0}")]
+    Cli(String),
 }
 
 /// A schedulable machine of the cluster and its zone.

@@ -32,8 +32,19 @@ fn key_of(prefix: &str, p: u32, partitions: u32) -> String {
 impl PartitionProbes {
     /// Starts one probe per partition of `map` now.
     pub fn start(client: &KvClient, map: &PartitionMap, prefix: &str) -> Self {
+        Self::start_since(client, map, prefix, Instant::now())
+    }
+
+    /// Starts one probe per partition of `map` now; their times count from `since` (the
+    /// moment the fault began, when injecting it took a while).
+    pub fn start_since(
+        client: &KvClient,
+        map: &PartitionMap,
+        prefix: &str,
+        since: Instant,
+    ) -> Self {
         let partitions = map.partitions.len() as u32;
-        let started = Instant::now();
+        let started = since;
         let tasks = (0..partitions)
             .map(|p| {
                 let key = key_of(prefix, p, partitions);

@@ -1,5 +1,6 @@
 //! Killing a storage node's process with SIGKILL from the host, as a crash would: the
-//! container dies, kubelet restarts it in the same pod on the same volume.
+//! container dies, kubelet restarts it in the same pod on the same volume. Pausing it with
+//! SIGSTOP (a replica that falls behind: a stalled VM, a long GC pause) until SIGCONT.
 //!
 //! This needs the node's container runtime on this host, which the local cluster of
 //! `hack/cluster-up.sh` is (containerd at `SHARDEDSTORE_E2E_CONTAINERD_SOCK`, default
@@ -24,7 +25,14 @@ impl ContainerRuntime {
             || PathBuf::from("/run/shardedstore-cluster/containerd.sock"),
             PathBuf::from,
         );
-        let runtime = Self { socket };
+        Self::at(socket)
+    }
+
+    /// The containerd listening on `socket`, if it exists and `ctr` answers.
+    pub fn at(socket: impl Into<PathBuf>) -> Option<Self> {
+        let runtime = Self {
+            socket: socket.into(),
+        };
         (runtime.socket.exists() && runtime.ctr(&["version"]).is_ok()).then_some(runtime)
     }
 
@@ -50,8 +58,8 @@ fn task_pid_in(listing: &str, id: &str) -> Option<u32> {
     })
 }
 
-/// Sends SIGKILL to the storage process (container `node`) of `pod`; returns its host pid.
-pub fn kill9_node_process(runtime: &ContainerRuntime, pod: &Pod) -> Result<u32, E2eError> {
+/// Host pid of the storage process (container `node`, running) of `pod`.
+pub fn node_process(runtime: &ContainerRuntime, pod: &Pod) -> Result<u32, E2eError> {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let id = pod
         .status
@@ -63,11 +71,67 @@ pub fn kill9_node_process(runtime: &ContainerRuntime, pod: &Pod) -> Result<u32, 
         .and_then(|id| id.strip_prefix("containerd://"))
         .ok_or_else(|| E2eError::NoContainer { pod: name.clone() })?
         .to_owned();
-    let pid = runtime.task_pid(&id)?;
+    runtime.task_pid(&id)
+}
+
+fn signal(pid: u32, sig: &str, what: &str) -> Result<(), E2eError> {
     let mut cmd = Command::new("kill");
-    cmd.args(["-KILL", &pid.to_string()]);
-    run(cmd, &format!("kill -KILL {pid} (node of {name})"), None)?;
+    cmd.args([&format!("-{sig}"), &pid.to_string()]);
+    run(cmd, &format!("kill -{sig} {pid} ({what})"), None).map(drop)
+}
+
+/// Sends SIGKILL to the storage process (container `node`) of `pod`; returns its host pid.
+pub fn kill9_node_process(runtime: &ContainerRuntime, pod: &Pod) -> Result<u32, E2eError> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let pid = node_process(runtime, pod)?;
+    signal(pid, "KILL", &format!("node of {name}"))?;
     Ok(pid)
+}
+
+/// Stops the storage process of `pod` with SIGSTOP: it keeps its connections and sockets
+/// but answers nothing and applies nothing until [`PausedProcess::resume`] (or the guard's
+/// drop, also when a test fails) sends SIGCONT.
+pub fn pause_node_process(
+    runtime: &ContainerRuntime,
+    pod: &Pod,
+) -> Result<PausedProcess, E2eError> {
+    let what = format!(
+        "node of {}",
+        pod.metadata.name.as_deref().unwrap_or_default()
+    );
+    let pid = node_process(runtime, pod)?;
+    signal(pid, "STOP", &what)?;
+    Ok(PausedProcess {
+        pid,
+        what,
+        resumed: false,
+    })
+}
+
+/// A storage process stopped by [`pause_node_process`].
+#[derive(Debug)]
+pub struct PausedProcess {
+    pid: u32,
+    what: String,
+    resumed: bool,
+}
+
+impl PausedProcess {
+    /// Lets the process run again (SIGCONT).
+    pub fn resume(mut self) -> Result<(), E2eError> {
+        self.resumed = true;
+        signal(self.pid, "CONT", &self.what)
+    }
+}
+
+impl Drop for PausedProcess {
+    fn drop(&mut self) {
+        if !self.resumed
+            && let Err(e) = signal(self.pid, "CONT", &self.what)
+        {
+            eprintln!("resuming {}: {e}", self.what);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,15 @@
 //! The workers of the local multi-node cluster (`hack/multinode-up.sh`), driven through
-//! `hack/multinode-worker.sh`: powering one off as a power cut would and back on, and running
-//! a command inside one (its network namespace: what a client on that machine would see).
+//! `hack/multinode-worker.sh`: powering one off as a power cut would and back on, running
+//! a command inside one (its network namespace: what a client on that machine would see),
+//! and its containerd.
 
 use super::MultinodeError;
+use crate::e2e_harness::ContainerRuntime;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Output};
+
+/// Where `hack/multinode-lib.sh` puts the workers' containerd sockets (`MN_RUN`).
+const RUN_DIR: &str = "/run/shardedstore-multinode";
 
 /// Worker `index` of the local multi-node cluster (node `mn-worker-<index>`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +23,25 @@ impl Worker {
 
     pub fn node_name(self) -> String {
         format!("mn-worker-{}", self.0)
+    }
+
+    /// The worker's containerd, if it is running.
+    pub fn containerd(self) -> Option<ContainerRuntime> {
+        ContainerRuntime::at(format!("{RUN_DIR}/w{}/containerd.sock", self.0))
+    }
+
+    /// Runs `program ARGS` inside the worker (its network and UTS namespaces and cgroup), as
+    /// a process on that machine would; its exit status and output, whatever the status.
+    pub fn run(self, program: &str, args: &[&str]) -> Result<Output, MultinodeError> {
+        let index = self.0.to_string();
+        let mut cmd = Command::new("bash");
+        cmd.arg(script()).args(["exec", &index, program]).args(args);
+        cmd.output().map_err(|e| {
+            MultinodeError::Cluster(crate::e2e_harness::E2eError::Spawn {
+                what: format!("{program} in worker {index}"),
+                source: e,
+            })
+        })
     }
 
     /// Kills the worker's kubelet, containerd, kube-proxy, volume provisioner and every
@@ -66,10 +90,14 @@ pub fn worker_curl(worker: Worker, args: &[&str]) -> Result<String, MultinodeErr
     worker_script(&full)
 }
 
-fn worker_script(args: &[&str]) -> Result<String, MultinodeError> {
-    let script: PathBuf = crate::apiserver_harness::repo_root()
+fn script() -> PathBuf {
+    crate::apiserver_harness::repo_root()
         .join("hack")
-        .join("multinode-worker.sh");
+        .join("multinode-worker.sh")
+}
+
+fn worker_script(args: &[&str]) -> Result<String, MultinodeError> {
+    let script = script();
     let what = format!("hack/multinode-worker.sh {}", args.join(" "));
     let mut cmd = Command::new("bash");
     cmd.arg(&script).args(args);
