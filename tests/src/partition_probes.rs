@@ -98,6 +98,32 @@ impl PartitionProbes {
     }
 }
 
+impl PartitionProbes {
+    /// Waits until every partition acknowledged its probe (failing after `limit`), and
+    /// returns the acknowledged (key, value) pairs with each partition's time since the
+    /// start — for a test that reports the times before judging them.
+    pub async fn times(
+        self,
+        limit: Duration,
+    ) -> anyhow::Result<(Vec<(String, String)>, Vec<(u32, Duration)>)> {
+        let deadline = tokio::time::Instant::from_std(self.started + limit);
+        let _stop = StopOnDrop(self.tasks.iter().map(|(_, t)| t.abort_handle()).collect());
+        let mut acked = Vec::new();
+        let mut times = Vec::new();
+        for (p, task) in self.tasks {
+            match tokio::time::timeout_at(deadline, task).await {
+                Ok(Ok((key, value, at))) => {
+                    times.push((p, at.duration_since(self.started)));
+                    acked.push((key, value));
+                }
+                Ok(Err(e)) => anyhow::bail!("probe of partition {p} failed: {e}"),
+                Err(_) => anyhow::bail!("partition {p} took no write within {limit:?}"),
+            }
+        }
+        Ok((acked, times))
+    }
+}
+
 /// Aborts the probe tasks when dropped.
 struct StopOnDrop(Vec<tokio::task::AbortHandle>);
 
