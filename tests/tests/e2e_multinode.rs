@@ -792,6 +792,8 @@ async fn mn_4_drain_of_a_worker_under_write_load() -> anyhow::Result<()> {
         other_node,
         "--pod-selector",
         &format!("shardedstore.io/store={STORE}"),
+        // The pods' emptyDir scratch volume must not be what refuses the drain.
+        "--delete-emptydir-data",
         "--timeout=20s",
     ]);
     match second {
