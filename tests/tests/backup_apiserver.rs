@@ -251,9 +251,18 @@ async fn a_schedule_deletes_aged_out_backups_from_the_bucket() -> TestResult {
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &ns)
         .await?;
-    // What the store controller publishes for store `kv`: its partition map and peer token
-    // (here those of the local-mode store), plus the bucket's credentials.
+    // The ShardedStore `kv` itself (the backup controller reads its TLS settings; no store
+    // controller runs here), then what the store controller publishes for it: its partition
+    // map and peer token (here those of the local-mode store), plus the bucket's credentials.
     let pp = PostParams::default();
+    let store_obj: ShardedStore = serde_json::from_value(serde_json::json!({
+        "apiVersion": "shardedstore.io/v1alpha1", "kind": "ShardedStore",
+        "metadata": {"name": "kv"},
+        "spec": {"nodes": 3, "partitions": 4}
+    }))?;
+    Api::<ShardedStore>::namespaced(client.clone(), "retention")
+        .create(&pp, &store_obj)
+        .await?;
     let cm: ConfigMap = serde_json::from_value(serde_json::json!({
         "metadata": {"name": partition_map_name("kv")},
         "data": {MAP_KEY: serde_json::to_string(&*map)?},
