@@ -2,11 +2,11 @@
 //! key's register is checked alone), learn the version bindings, search, and shrink what
 //! fails into a witness.
 
-use super::history::Op;
+use super::history::{Command, Op, Outcome, Response};
 use super::model::{Anomaly, Bindings};
 use super::search::{Verdict, search};
 use super::shrink::{ShrinkLimits, earliest_unproven_cut, shrink};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 /// Limits of a check.
@@ -68,13 +68,51 @@ pub fn check(history: &[Op], limits: CheckLimits) -> Vec<KeyReport> {
         .collect()
 }
 
+/// The history without the indeterminate writes and deletes no read observed, or `None`
+/// when there are none. A linearization of that history is one of the whole history in
+/// which those operations never took effect (which an indeterminate operation may do), so
+/// when it is linearizable, so is the whole. The converse does not hold (an unobserved
+/// write may be what made a later 412 or `created: false` possible), so any other verdict
+/// is taken from the whole history.
+fn without_unobserved_indeterminate(ops: &[Op]) -> Option<Vec<Op>> {
+    let observed: HashSet<&str> = ops
+        .iter()
+        .filter_map(|o| match (&o.command, &o.outcome) {
+            (Command::Get, Outcome::Ok(Response::Read(Some((value, _))))) => Some(value.as_str()),
+            _ => None,
+        })
+        .collect();
+    let unobserved = |o: &Op| {
+        matches!(o.outcome, Outcome::Indeterminate)
+            && match &o.command {
+                Command::Put { value, .. } => !observed.contains(value.as_str()),
+                Command::Delete { .. } => true,
+                Command::Get => false,
+            }
+    };
+    ops.iter()
+        .any(unobserved)
+        .then(|| ops.iter().filter(|o| !unobserved(o)).cloned().collect())
+}
+
+/// Searches the reduced history of [`without_unobserved_indeterminate`] first (with a
+/// quarter of the budget) and the whole one only when that does not prove it linearizable.
+fn search_reduced_first(ops: &[Op], bindings: &Bindings, budget: u64) -> Verdict {
+    if let Some(reduced) = without_unobserved_indeterminate(ops)
+        && search(&reduced, bindings, budget / 4) == Verdict::Linearizable
+    {
+        return Verdict::Linearizable;
+    }
+    search(ops, bindings, budget)
+}
+
 /// Checks the history of one key.
 pub fn check_key(key: &str, ops: &[Op], limits: CheckLimits) -> KeyReport {
     let mut relevant: Vec<Op> = ops.iter().filter(|o| o.is_relevant()).cloned().collect();
     relevant.sort_by_key(|o| (o.invoke, o.complete));
     let verdict = match Bindings::learn(ops) {
         Err(a) => KeyVerdict::Anomaly(a),
-        Ok(bindings) => match search(&relevant, &bindings, limits.budget) {
+        Ok(bindings) => match search_reduced_first(&relevant, &bindings, limits.budget) {
             Verdict::Linearizable => KeyVerdict::Linearizable,
             Verdict::Unknown { steps } => {
                 // Too hard as a whole: a cut that violates still proves a violation.

@@ -148,6 +148,11 @@ impl<'a> Model<'a> {
         }
     }
 
+    /// The operation (index) whose write produced `value`, if any.
+    pub fn writer_of(&self, value: &str) -> Option<usize> {
+        self.writer.get(value).map(|&w| w as usize)
+    }
+
     fn current_version(&self, s: &State) -> Option<u64> {
         s.current.and_then(|w| self.version[w as usize])
     }

@@ -3,9 +3,10 @@
 //! operation whenever the model allows, backtrack when an operation's completion is reached
 //! before it could be linearized, and never revisit a (set of linearized operations, state)
 //! pair. Indeterminate operations complete "at infinity": each may take effect at any point
-//! after its invocation, or never.
+//! after its invocation, or never — except that one whose value a read returned must take
+//! effect before that read completes, so it completes there (see [`deadlines`]).
 
-use super::history::{Op, Outcome};
+use super::history::{Command, Op, Outcome, Response};
 use super::model::{Bindings, Model, State};
 use std::collections::HashSet;
 
@@ -33,12 +34,39 @@ struct Event {
     time: u64,
 }
 
+/// The time by which each operation must have taken effect in any linearization: its
+/// completion when the client learned the outcome; for an indeterminate write, the earliest
+/// completion of a read that returned its value (the read saw it, so the write precedes the
+/// read's linearization point, which precedes the read's completion), else never
+/// (`u64::MAX`: it may take effect at any time, or not at all). This only removes orders no
+/// linearization can have, so it changes no verdict; it spares the search from trying the
+/// write at every later point of a long history.
+fn deadlines(ops: &[Op], model: &Model<'_>) -> Vec<u64> {
+    let mut deadline: Vec<u64> = ops
+        .iter()
+        .map(|o| match o.outcome {
+            Outcome::Indeterminate => u64::MAX,
+            _ => o.complete,
+        })
+        .collect();
+    for op in ops {
+        if let (Command::Get, Outcome::Ok(Response::Read(Some((value, _))))) =
+            (&op.command, &op.outcome)
+            && let Some(w) = model.writer_of(value)
+            && matches!(ops[w].outcome, Outcome::Indeterminate)
+        {
+            deadline[w] = deadline[w].min(op.complete.max(ops[w].invoke));
+        }
+    }
+    deadline
+}
+
 /// Checks `ops` (the relevant operations of one key) against the register model.
 pub fn search(ops: &[Op], bindings: &Bindings, budget: u64) -> Verdict {
     let model = Model::new(ops, bindings);
+    let deadline = deadlines(ops, &model);
     let mut events: Vec<Event> = Vec::with_capacity(2 * ops.len());
     for (i, op) in ops.iter().enumerate() {
-        let indeterminate = matches!(op.outcome, Outcome::Indeterminate);
         events.push(Event {
             op: i,
             call: true,
@@ -47,7 +75,7 @@ pub fn search(ops: &[Op], bindings: &Bindings, budget: u64) -> Verdict {
         events.push(Event {
             op: i,
             call: false,
-            time: if indeterminate { u64::MAX } else { op.complete },
+            time: deadline[i],
         });
     }
     // Calls before completions at equal times: the more permissive order.

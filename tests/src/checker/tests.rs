@@ -341,3 +341,83 @@ fn many_concurrent_clients_stay_tractable() {
     }
     assert!(is_linearizable(&h));
 }
+
+/// A long run of writes that timed out while a node was down, none of them ever read,
+/// followed by reads that all still see the value before them: each unread write may have taken
+/// effect at any later point, so the plain search tries them everywhere and ran out of
+/// budget on such chaos histories. Dropping the writes no read observed proves it quickly.
+#[test]
+fn many_unobserved_indeterminate_writes_are_settled_within_a_small_budget() {
+    let mut h = vec![put(0, 0, 1, "a", Cond::Always, 1, true)];
+    for i in 0..40u64 {
+        h.push(put_unknown(
+            1 + i as usize % 8,
+            2 + i,
+            &format!("lost{i}"),
+            Cond::Always,
+        ));
+    }
+    // Every read still sees "a": none of the timed-out writes took effect.
+    for i in 0..40u64 {
+        h.push(get(
+            10 + i as usize % 4,
+            52 + 2 * i,
+            53 + 2 * i,
+            Some(("a", 1)),
+        ));
+    }
+    let limits = CheckLimits {
+        budget: 200_000,
+        ..CheckLimits::default()
+    };
+    assert!(matches!(
+        check_key("k", &h, limits).verdict,
+        KeyVerdict::Linearizable
+    ));
+}
+
+/// An unread timed-out write can be the only explanation of a later 412 or of a put that
+/// found the key present: the reduced search fails there and the whole history decides.
+#[test]
+fn an_unobserved_indeterminate_write_still_explains_a_later_412() {
+    let h = [
+        put_unknown(0, 0, "w", Cond::Always),
+        put_412(1, 5, 6, "x", Cond::IfAbsent),
+        get(2, 7, 8, Some(("w", 3))),
+    ];
+    assert!(is_linearizable(&h));
+    let h = [
+        put_unknown(0, 0, "w", Cond::Always),
+        put_412(1, 5, 6, "x", Cond::IfAbsent),
+    ];
+    assert!(is_linearizable(&h));
+    let h = [
+        put_unknown(0, 0, "w", Cond::Always),
+        put(1, 5, 6, "x", Cond::Always, 9, false),
+    ];
+    assert!(is_linearizable(&h));
+    // Without the unknown write, neither answer has an explanation.
+    assert!(is_violation(&[put_412(1, 5, 6, "x", Cond::IfAbsent)]));
+    assert!(is_violation(&[put(1, 5, 6, "x", Cond::Always, 9, false)]));
+}
+
+/// A timed-out write that a read saw must precede that read; the search no longer tries it
+/// after the read, and a history that needs it both before and after is still refused.
+#[test]
+fn an_observed_indeterminate_write_takes_effect_before_the_read_that_saw_it() {
+    let h = [
+        put(0, 0, 1, "a", Cond::Always, 1, true),
+        put_unknown(1, 2, "b", Cond::Always),
+        get(2, 3, 4, Some(("b", 2))),
+        get(2, 5, 6, Some(("a", 1))),
+    ];
+    assert!(is_violation(&h));
+    let h = [
+        put(0, 0, 1, "a", Cond::Always, 1, true),
+        put_unknown(1, 2, "b", Cond::Always),
+        get(2, 3, 4, Some(("a", 1))),
+        get(2, 5, 6, Some(("b", 2))),
+        get(3, 7, 8, Some(("b", 2))),
+    ];
+    assert!(is_linearizable(&h));
+}
