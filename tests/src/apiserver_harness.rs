@@ -186,3 +186,137 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The error type of the API-server test helpers below.
+pub type TestError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long the helpers below wait for the API server to act.
+const API_WAIT: Duration = Duration::from_secs(60);
+
+/// Applies `crd` (server-side) and waits until the API server reports it Established.
+pub async fn install_crd(
+    client: &kube::Client,
+    crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> Result<(), TestError> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, Patch, PatchParams};
+    let name = crd.metadata.name.clone().unwrap_or_default();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        &name,
+        &PatchParams::apply("shardedstore-tests").force(),
+        &Patch::Apply(crd),
+    )
+    .await?;
+    eventually(
+        API_WAIT,
+        &format!("the CRD {name} to be Established"),
+        || {
+            let crds = crds.clone();
+            let name = name.clone();
+            async move {
+                crds.get(&name)
+                    .await
+                    .ok()?
+                    .status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+                    .then_some(())
+            }
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Creates the namespace `name` with `labels` (e.g. a Pod Security enforcement level).
+pub async fn create_namespace(
+    client: &kube::Client,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Result<(), TestError> {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{Api, PostParams};
+    let labels: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+        .collect();
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": labels}
+    }))?;
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
+    Ok(())
+}
+
+/// A ShardedStore named `name` with the spec given as YAML.
+pub fn store(
+    name: &str,
+    yaml_spec: &str,
+) -> Result<shardedstore_operator::crd::ShardedStore, serde_yaml::Error> {
+    let spec: shardedstore_operator::crd::ShardedStoreSpec = serde_yaml::from_str(yaml_spec)?;
+    Ok(shardedstore_operator::crd::ShardedStore::new(name, spec))
+}
+
+/// The status, reason and message of `store`'s condition `type_`.
+pub fn condition(
+    store: &shardedstore_operator::crd::ShardedStore,
+    type_: &str,
+) -> Option<(String, String, String)> {
+    store
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// The operator's settings for a test: quick heartbeats (500 ms) and node leases (4 s), a
+/// leader lease the test does not contend for.
+pub fn operator_config(identity: &str) -> shardedstore_operator::config::RunConfig {
+    shardedstore_operator::config::RunConfig {
+        metrics_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        lease_name: "unused".into(),
+        lease_namespace: "default".into(),
+        identity: Some(identity.into()),
+        leader_lease_seconds: 15,
+        leader_renew_seconds: 5,
+        heartbeat_interval_ms: 500,
+        node_lease_ms: 4000,
+        default_node_image: None,
+        watch_namespace: None,
+    }
+}
+
+/// The operator's store controller running in this test's process, aborted when dropped
+/// (however the test ends).
+pub struct InProcessOperator {
+    task: tokio::task::JoinHandle<()>,
+    pub metrics: std::sync::Arc<shardedstore_operator::metrics::Metrics>,
+}
+
+impl InProcessOperator {
+    pub fn start(
+        client: &kube::Client,
+        config: shardedstore_operator::config::RunConfig,
+    ) -> Result<Self, TestError> {
+        let metrics = std::sync::Arc::new(shardedstore_operator::metrics::Metrics::new()?);
+        let ctx = std::sync::Arc::new(shardedstore_operator::controller::Context::new(
+            client.clone(),
+            config,
+            metrics.clone(),
+            "test".into(),
+        ));
+        let task = tokio::spawn(shardedstore_operator::controller::run_controller(ctx));
+        Ok(Self { task, metrics })
+    }
+}
+
+impl Drop for InProcessOperator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -6,57 +6,23 @@
 //! Skipped, with a printed reason, only when the Kubernetes binaries have not been built.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, CustomResourceExt, Resource, ResourceExt};
 use shardedstore_node::map::PartitionMap;
 use shardedstore_operator::coordinator::{MapStore, MapStoreError};
-use shardedstore_operator::crd::{ShardedStore, ShardedStoreSpec};
-use shardedstore_tests::apiserver_harness::{ControlPlane, eventually};
-use std::sync::Arc;
+use shardedstore_operator::crd::ShardedStore;
+use shardedstore_tests::apiserver_harness::{
+    ControlPlane, InProcessOperator, create_namespace, eventually, install_crd, operator_config,
+    store,
+};
 use std::time::Duration;
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn install_crd(client: &Client) -> TestResult {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(
-        "shardedstores.shardedstore.io",
-        &PatchParams::apply("shardedstore-tests").force(),
-        &Patch::Apply(ShardedStore::crd()),
-    )
-    .await?;
-    eventually(WAIT, "the CRD to be Established", || {
-        let crds = crds.clone();
-        async move {
-            let crd = crds.get("shardedstores.shardedstore.io").await.ok()?;
-            crd.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-                .then_some(())
-        }
-    })
-    .await?;
-    Ok(())
-}
-
-async fn create_namespace(client: &Client, name: &str) -> TestResult {
-    let api: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
-    api.create(&PostParams::default(), &ns).await?;
-    Ok(())
-}
-
-fn store(name: &str, yaml_spec: &str) -> Result<ShardedStore, serde_yaml::Error> {
-    let spec: ShardedStoreSpec = serde_yaml::from_str(yaml_spec)?;
-    Ok(ShardedStore::new(name, spec))
-}
 
 /// The message of an API rejection, failing the test if the call succeeded.
 fn rejection<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> String {
@@ -85,8 +51,8 @@ async fn crd_schema_cel_rules_printer_columns_scale_and_leader_election() -> Tes
         return Ok(());
     };
     let client = plane.client().await?;
-    install_crd(&client).await?;
-    create_namespace(&client, "crd").await?;
+    install_crd(&client, ShardedStore::crd()).await?;
+    create_namespace(&client, "crd", &[]).await?;
     let api: Api<ShardedStore> = Api::namespaced(client.clone(), "crd");
     let pp = PostParams::default();
 
@@ -245,46 +211,16 @@ async fn leader_election(client: &Client) -> TestResult {
     Ok(())
 }
 
-/// Aborts the in-process controller when the test ends, however it ends.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_applies_children_status_scale_and_map_store() -> TestResult {
     let Some(plane) = ControlPlane::start()? else {
         return Ok(());
     };
     let client = plane.client().await?;
-    install_crd(&client).await?;
-    create_namespace(&client, "apps").await?;
+    install_crd(&client, ShardedStore::crd()).await?;
+    create_namespace(&client, "apps", &[]).await?;
 
-    let config = shardedstore_operator::config::RunConfig {
-        metrics_addr: "127.0.0.1:0".parse()?,
-        lease_name: "unused".into(),
-        lease_namespace: "default".into(),
-        identity: Some("test".into()),
-        leader_lease_seconds: 15,
-        leader_renew_seconds: 5,
-        heartbeat_interval_ms: 500,
-        node_lease_ms: 4000,
-        default_node_image: None,
-        watch_namespace: None,
-    };
-    let metrics = Arc::new(shardedstore_operator::metrics::Metrics::new()?);
-    let ctx = Arc::new(shardedstore_operator::controller::Context::new(
-        client.clone(),
-        config,
-        metrics.clone(),
-        "test".into(),
-    ));
-    let _controller = AbortOnDrop(tokio::spawn(
-        shardedstore_operator::controller::run_controller(ctx),
-    ));
+    let _operator = InProcessOperator::start(&client, operator_config("test"))?;
 
     let stores: Api<ShardedStore> = Api::namespaced(client.clone(), "apps");
     let created = stores
@@ -711,8 +647,8 @@ async fn two_operator_replicas_only_the_leader_reconciles_and_it_hands_over() ->
         return Ok(());
     };
     let client = plane.client().await?;
-    install_crd(&client).await?;
-    create_namespace(&client, "ha").await?;
+    install_crd(&client, ShardedStore::crd()).await?;
+    create_namespace(&client, "ha", &[]).await?;
 
     let a = Replica::start(&client, "replica-a");
     eventually(WAIT, "replica-a to hold the Lease", || {

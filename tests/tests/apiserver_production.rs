@@ -7,19 +7,20 @@
 //! Skipped, with a printed reason, only when the Kubernetes binaries (or helm) are missing.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, CustomResourceExt, ResourceExt};
-use shardedstore_operator::crd::{ShardedStore, ShardedStoreSpec};
-use shardedstore_tests::apiserver_harness::{ControlPlane, eventually, repo_root};
+use shardedstore_operator::crd::ShardedStore;
+use shardedstore_tests::apiserver_harness::{
+    ControlPlane, InProcessOperator, condition, create_namespace, eventually, install_crd,
+    operator_config, repo_root, store,
+};
 use shardedstore_tests::tools::require_tool;
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -27,93 +28,16 @@ type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 const WAIT: Duration = Duration::from_secs(60);
 const RESTRICTED: &str = "pod-security.kubernetes.io/enforce";
 
-async fn install_crd(client: &Client) -> TestResult {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(
-        "shardedstores.shardedstore.io",
-        &PatchParams::apply("shardedstore-tests").force(),
-        &Patch::Apply(ShardedStore::crd()),
-    )
-    .await?;
-    eventually(WAIT, "the CRD to be Established", || {
-        let crds = crds.clone();
-        async move {
-            let crd = crds.get("shardedstores.shardedstore.io").await.ok()?;
-            crd.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-                .then_some(())
-        }
-    })
-    .await?;
-    Ok(())
-}
-
-/// A namespace enforcing Pod Security "restricted".
-async fn restricted_namespace(client: &Client, name: &str) -> TestResult {
-    let api: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name, "labels": {RESTRICTED: "restricted"}}
-    }))?;
-    api.create(&PostParams::default(), &ns).await?;
-    Ok(())
-}
-
-fn store(name: &str, yaml_spec: &str) -> Result<ShardedStore, serde_yaml::Error> {
-    let spec: ShardedStoreSpec = serde_yaml::from_str(yaml_spec)?;
-    Ok(ShardedStore::new(name, spec))
-}
-
-fn condition(store: &ShardedStore, type_: &str) -> Option<(String, String, String)> {
-    store
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restricted_pods_policies_status_and_the_chart_on_a_real_apiserver() -> TestResult {
     let Some(plane) = ControlPlane::start()? else {
         return Ok(());
     };
     let client = plane.client().await?;
-    install_crd(&client).await?;
-    restricted_namespace(&client, "prod").await?;
+    install_crd(&client, ShardedStore::crd()).await?;
+    create_namespace(&client, "prod", &[(RESTRICTED, "restricted")]).await?;
 
-    let config = shardedstore_operator::config::RunConfig {
-        metrics_addr: "127.0.0.1:0".parse()?,
-        lease_name: "unused".into(),
-        lease_namespace: "default".into(),
-        identity: Some("test".into()),
-        leader_lease_seconds: 15,
-        leader_renew_seconds: 5,
-        heartbeat_interval_ms: 500,
-        node_lease_ms: 4000,
-        default_node_image: None,
-        watch_namespace: None,
-    };
-    let metrics = Arc::new(shardedstore_operator::metrics::Metrics::new()?);
-    let ctx = Arc::new(shardedstore_operator::controller::Context::new(
-        client.clone(),
-        config,
-        metrics,
-        "test".into(),
-    ));
-    let _controller = AbortOnDrop(tokio::spawn(
-        shardedstore_operator::controller::run_controller(ctx),
-    ));
+    let _operator = InProcessOperator::start(&client, operator_config("test"))?;
 
     storage_is_immutable_and_children_are_production_ready(&client).await?;
     reconcile_errors_reach_the_reconciled_condition(&client).await?;
@@ -291,7 +215,7 @@ async fn chart_passes_server_side_dry_run(plane: &ControlPlane, client: &Client)
     let Some(helm) = require_tool("helm") else {
         return Ok(());
     };
-    restricted_namespace(client, "ops").await?;
+    create_namespace(client, "ops", &[(RESTRICTED, "restricted")]).await?;
     let rendered = Command::new(helm)
         .args([
             "template",
