@@ -126,6 +126,45 @@ pub struct Model<'a> {
     version: Vec<Option<u64>>,
     /// Index of the write that produced each value.
     writer: HashMap<&'a str, u32>,
+    /// The index a write stands under in [`State::current`]: its own, except for an
+    /// interchangeable write (see [`interchangeable`]), which stands under the first of its
+    /// class, so states that differ only in which of them took effect are one state.
+    stands_as: Vec<u32>,
+}
+
+/// Classes of interchangeable operations: indeterminate writes whose value no read returned
+/// and indeterminate deletes, grouped by condition. Two members of a class have the same
+/// effect on every state (a write's value is never read and its version never learned, so
+/// no later operation can tell which one took effect), and neither ever has to take effect.
+/// So a linearization that applies a later-invoked member while an earlier one is still
+/// pending stays valid with the two swapped; the search may apply the members of a class in
+/// invocation order only. For each operation: the member of its class invoked just before
+/// it, if any.
+pub fn interchangeable(ops: &[Op]) -> Vec<Option<usize>> {
+    let observed: std::collections::HashSet<&str> = ops
+        .iter()
+        .filter_map(|o| match (&o.command, &o.outcome) {
+            (Command::Get, Outcome::Ok(Response::Read(Some((value, _))))) => Some(value.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..ops.len()).collect();
+    order.sort_by_key(|&i| (ops[i].invoke, i));
+    let mut last: HashMap<(bool, Cond), usize> = HashMap::new();
+    let mut previous = vec![None; ops.len()];
+    for i in order {
+        let op = &ops[i];
+        if !matches!(op.outcome, Outcome::Indeterminate) {
+            continue;
+        }
+        let class = match &op.command {
+            Command::Put { value, cond } if !observed.contains(value.as_str()) => (true, *cond),
+            Command::Delete { cond } => (false, *cond),
+            _ => continue,
+        };
+        previous[i] = last.insert(class, i);
+    }
+    previous
 }
 
 impl<'a> Model<'a> {
@@ -141,10 +180,20 @@ impl<'a> Model<'a> {
                 _ => version.push(None),
             }
         }
+        let previous = interchangeable(ops);
+        let mut stands_as: Vec<u32> = (0..ops.len() as u32).collect();
+        let mut order: Vec<usize> = (0..ops.len()).collect();
+        order.sort_by_key(|&i| (ops[i].invoke, i));
+        for i in order {
+            if let Some(p) = previous[i] {
+                stands_as[i] = stands_as[p];
+            }
+        }
         Self {
             ops,
             version,
             writer,
+            stands_as,
         }
     }
 
@@ -169,7 +218,7 @@ impl<'a> Model<'a> {
     /// when the operation's answer is impossible in state `s`.
     pub fn step(&self, s: &State, i: usize) -> Option<State> {
         let op = &self.ops[i];
-        let me = Some(i as u32);
+        let me = Some(self.stands_as[i]);
         match (&op.command, &op.outcome) {
             (Command::Get, Outcome::Ok(Response::Read(None))) => s.current.is_none().then_some(*s),
             (Command::Get, Outcome::Ok(Response::Read(Some((value, _))))) => {

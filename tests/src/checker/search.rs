@@ -7,7 +7,7 @@
 //! effect before that read completes, so it completes there (see [`deadlines`]).
 
 use super::history::{Command, Op, Outcome, Response};
-use super::model::{Bindings, Model, State};
+use super::model::{Bindings, Model, State, interchangeable};
 use std::collections::HashSet;
 
 /// Result of the search.
@@ -65,6 +65,7 @@ fn deadlines(ops: &[Op], model: &Model<'_>) -> Vec<u64> {
 pub fn search(ops: &[Op], bindings: &Bindings, budget: u64) -> Verdict {
     let model = Model::new(ops, bindings);
     let deadline = deadlines(ops, &model);
+    let previous = interchangeable(ops);
     let mut events: Vec<Event> = Vec::with_capacity(2 * ops.len());
     for (i, op) in ops.iter().enumerate() {
         events.push(Event {
@@ -128,15 +129,19 @@ pub fn search(ops: &[Op], bindings: &Bindings, budget: u64) -> Verdict {
         let e = events[cur];
         if e.call {
             let op = e.op;
-            let stepped = model.step(&state, op).and_then(|s2| {
-                linearized[op / 64] |= 1 << (op % 64);
-                if seen.insert((linearized.clone(), s2)) {
-                    Some(s2)
-                } else {
-                    linearized[op / 64] &= !(1 << (op % 64));
-                    None
-                }
-            });
+            let in_turn = previous[op].is_none_or(|p| linearized[p / 64] & (1 << (p % 64)) != 0);
+            let stepped = in_turn
+                .then(|| model.step(&state, op))
+                .flatten()
+                .and_then(|s2| {
+                    linearized[op / 64] |= 1 << (op % 64);
+                    if seen.insert((linearized.clone(), s2)) {
+                        Some(s2)
+                    } else {
+                        linearized[op / 64] &= !(1 << (op % 64));
+                        None
+                    }
+                });
             match stepped {
                 Some(s2) => {
                     stack.push((cur, state));

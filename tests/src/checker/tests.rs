@@ -421,3 +421,51 @@ fn an_observed_indeterminate_write_takes_effect_before_the_read_that_saw_it() {
     ];
     assert!(is_linearizable(&h));
 }
+
+/// The same burst of unread timed-out writes, but now the history needs one of them (a
+/// 412 on `If-None-Match` after the key was deleted) and a timed-out delete (reads of an
+/// absent key): the reduced search cannot settle it, and the whole search settles it only
+/// because it applies interchangeable timed-out writes in invocation order instead of
+/// trying every subset of them.
+#[test]
+fn interchangeable_timed_out_writes_are_tried_in_order_not_as_subsets() {
+    let mut h = vec![put(0, 0, 1, "a", Cond::Always, 1, true)];
+    for i in 0..30u64 {
+        h.push(put_unknown(
+            1 + i as usize % 8,
+            2 + i,
+            &format!("lost{i}"),
+            Cond::Always,
+        ));
+    }
+    for i in 0..20u64 {
+        h.push(get(
+            10 + i as usize % 4,
+            40 + 2 * i,
+            41 + 2 * i,
+            Some(("a", 1)),
+        ));
+    }
+    h.push(op(
+        20,
+        90,
+        91,
+        Command::Delete { cond: Cond::Always },
+        Outcome::Indeterminate,
+    ));
+    for i in 0..10u64 {
+        h.push(get(10 + i as usize % 4, 100 + 2 * i, 101 + 2 * i, None));
+    }
+    h.push(put_412(21, 130, 131, "late", Cond::IfAbsent));
+    let limits = CheckLimits {
+        budget: 200_000,
+        ..CheckLimits::default()
+    };
+    assert!(matches!(
+        check_key("k", &h, limits).verdict,
+        KeyVerdict::Linearizable
+    ));
+    // A read of "a" after the 412 has no explanation: "a" is gone for good.
+    h.push(get(22, 140, 141, Some(("a", 1))));
+    assert!(is_violation(&h));
+}
