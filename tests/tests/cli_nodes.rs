@@ -460,13 +460,12 @@ async fn the_client_follows_a_failover_through_connection_errors_and_a_map_refre
             .unwrap_or_else(|e| panic!("put k{i}: {e}"));
     }
     assert_eq!(kv.cached_map().map(|m| m.version), Some(1));
-    let led_by_node0 = (0..30)
-        .filter(|i| {
+    let first_led_by_node0 = (0..30)
+        .find(|i| {
             let p = store.map.partition_of(format!("k{i}").as_bytes());
             store.map.partitions[p as usize].primary.as_deref() == Some("node-0")
         })
-        .count();
-    assert!(led_by_node0 > 0, "some reads must hit the dead primary");
+        .unwrap_or_else(|| panic!("some reads must hit the dead primary"));
 
     // node-0 dies; the test (playing the operator) promotes an in-sync follower of each
     // partition it led, a little later, while the client already retries.
@@ -480,17 +479,30 @@ async fn the_client_follows_a_failover_through_connection_errors_and_a_map_refre
             e.epoch += 1;
         }
     }
+    let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let reads = tokio::spawn({
         let kv = kv.clone();
+        let started = started.clone();
         async move {
             let mut got = Vec::new();
             for i in 0..30 {
+                started.store(i + 1, std::sync::atomic::Ordering::SeqCst);
                 got.push(kv.get(format!("k{i}")).await.map(|v| v.map(|v| v.value)));
             }
             got
         }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The new map is installed only once the client is on a read that node-0 led.
+    wait_until(
+        Duration::from_secs(10),
+        "the client to reach a key the dead node led",
+        || {
+            let started = started.load(std::sync::atomic::Ordering::SeqCst);
+            async move { (started > first_led_by_node0).then_some(()) }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     store
         .cluster
         .install_on(&next, &["node-1", "node-2"])
