@@ -237,7 +237,8 @@ impl Drop for Stopped {
 
 /// Issue item 2 (lease start): a heartbeat grants a lease only once a later heartbeat
 /// confirms that the operator received its answer; a late heartbeat (confirming only old
-/// ones) or a new coordinator's first heartbeat never extends it.
+/// ones) or a new coordinator's first heartbeat never extends it. Issue item 11 (node id
+/// checked in heartbeats): a heartbeat meant for another node id is refused (409).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unconfirmed_or_late_heartbeat_grants_no_lease() -> anyhow::Result<()> {
     let cluster = Cluster::start(1, options(2000))?;

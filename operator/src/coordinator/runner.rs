@@ -33,8 +33,8 @@ enum Contact {
         u64,
         Instant,
     ),
-    /// It answered a probe.
-    Alive,
+    /// It answered a probe (a heartbeat that grants no lease).
+    Probed(shardedstore_node::admin_api::HeartbeatResponse),
     /// No answer (the reason is logged).
     Silent(String),
 }
@@ -56,6 +56,9 @@ pub(crate) struct Runner {
     /// Random id of this coordinator run: nodes chain heartbeats (and leases) per coordinator.
     coordinator_id: String,
     health: BTreeMap<NodeId, Health>,
+    /// Disk identity each node answered with, since this coordinator started (the first
+    /// answer is the baseline: a copy persisted before reports itself unproven anyway).
+    disk_ids: BTreeMap<NodeId, String>,
     obs: Observations,
     target: Option<Target>,
     inflight: BTreeSet<Call>,
@@ -88,6 +91,7 @@ impl Runner {
             started,
             coordinator_id: format!("{:016x}", rand::random::<u64>()),
             health: BTreeMap::new(),
+            disk_ids: BTreeMap::new(),
             obs: Observations::new(started),
             target: None,
             inflight: BTreeSet::new(),
@@ -180,6 +184,7 @@ impl Runner {
             Ok(Ok(map)) => {
                 self.map = map;
                 self.loaded = true;
+                self.settle_new_disks();
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "loading the partition map; heartbeating from the last known map");
@@ -248,60 +253,61 @@ impl Runner {
                 continue;
             }
             let heartbeat = h.may_heartbeat();
-            // A silent node gets no lease, but a probe (the map, no lease) may show it is
-            // back before it is presumed dead.
+            // A silent node gets no lease, but a probe (a heartbeat granting no lease) may show
+            // it is back before it is presumed dead. Without a map a node is only heartbeated
+            // (the first map waits for it).
             if !heartbeat && map.is_none() && h.liveness(now, fence) == Liveness::Suspected {
                 continue;
             }
-            // Without a map a node can only be asked by heartbeat (the first map waits for it).
-            let request = (heartbeat || map.is_none()).then(|| {
-                let (seq, confirmed_seq) = h.next_heartbeat(now);
-                HeartbeatRequest {
-                    node: n.id.clone(),
-                    coordinator: self.coordinator_id.clone(),
-                    seq,
-                    confirmed_seq,
-                    // A node whose storage is stalled gets heartbeats that grant nothing, so
-                    // its lease runs out by its fence (`liveness.rs`).
-                    lease_ms: if h.may_grant_lease() { req.lease_ms } else { 0 },
-                    ..req.clone()
-                }
-            });
-            contacts.push((n.id.clone(), n.peer_addr.clone(), request));
+            let full = heartbeat || map.is_none();
+            let (seq, confirmed_seq) = h.next_heartbeat(now);
+            let request = HeartbeatRequest {
+                node: n.id.clone(),
+                coordinator: self.coordinator_id.clone(),
+                seq,
+                confirmed_seq,
+                // A node whose storage is stalled gets heartbeats that grant nothing, so its
+                // lease runs out by its fence (`liveness.rs`); so does a probed one.
+                lease_ms: if full && h.may_grant_lease() {
+                    req.lease_ms
+                } else {
+                    0
+                },
+                ..req.clone()
+            };
+            contacts.push((n.id.clone(), n.peer_addr.clone(), full, request));
         }
         let transport = &self.transport;
         // Probes of silent nodes must not stretch the tick (and so the heartbeats of the
-        // others): they get one heartbeat interval.
+        // others): they get one heartbeat interval. A probe no longer installs the map: the
+        // map is pushed after the answer showed the node's disk identity (issue item 6: a
+        // node back on an empty disk gets no map that lists it in sync).
         let probe_timeout = settings.heartbeat_interval;
-        let results = join_all(contacts.into_iter().map(|(id, addr, request)| {
-            let map = map.as_ref();
-            async move {
-                let answer = match (map, request) {
-                    (_, Some(req)) => match transport.heartbeat(&addr, &req).await {
-                        // An address reused by another node (pod IP reuse) must not credit
-                        // that node's answers, and its lease, to this one.
-                        Ok(report) if report.node_id != id => Contact::Silent(format!(
-                            "answered as {} at {addr}, expected {id}",
-                            report.node_id
-                        )),
-                        // Received now: the fence of this node is measured from here.
-                        Ok(report) => Contact::Report(report, req.seq, Instant::now()),
-                        Err(e) => Contact::Silent(e.to_string()),
-                    },
-                    (Some(map), None) => {
-                        let probe = transport.install_map(&addr, map);
-                        match tokio::time::timeout(probe_timeout, probe).await {
-                            Ok(Ok(_)) => Contact::Alive,
-                            // A node refusing an older map (409) is alive all the same.
-                            Ok(Err(e)) if e.status().is_some() => Contact::Alive,
-                            Ok(Err(e)) => Contact::Silent(e.to_string()),
-                            Err(_) => Contact::Silent("probe timed out".to_owned()),
-                        }
+        let results = join_all(contacts.into_iter().map(|(id, addr, full, req)| async move {
+            let answer = if full {
+                transport.heartbeat(&addr, &req).await
+            } else {
+                match tokio::time::timeout(probe_timeout, transport.heartbeat(&addr, &req)).await
+                {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return (id, addr, Contact::Silent("probe timed out".to_owned()));
                     }
-                    (None, None) => Contact::Silent("nothing to send".to_owned()),
-                };
-                (id, addr, answer)
-            }
+                }
+            };
+            let contact = match answer {
+                // An address reused by another node (pod IP reuse) must not credit that
+                // node's answers, and its lease, to this one.
+                Ok(report) if report.node_id != id => Contact::Silent(format!(
+                    "answered as {} at {addr}, expected {id}",
+                    report.node_id
+                )),
+                // Received now: the fence of this node is measured from here.
+                Ok(report) if full => Contact::Report(report, req.seq, Instant::now()),
+                Ok(report) => Contact::Probed(report),
+                Err(e) => Contact::Silent(e.to_string()),
+            };
+            (id, addr, contact)
         }))
         .await;
         let mut stale: Vec<(String, String)> = Vec::new();
@@ -322,12 +328,19 @@ impl Runner {
                         );
                     }
                     h.reported(seq, received, stalled, stalled && report.lease_revoked);
-                    if report.map_version < version {
+                    self.note_disk(&id, &report.disk_id);
+                    if report.map_version < version && !self.obs.new_disks.contains(&id) {
                         stale.push((id.clone(), addr));
                     }
                     self.obs.reports.insert(id, report);
                 }
-                Contact::Alive => h.answered(),
+                Contact::Probed(report) => {
+                    h.answered();
+                    self.note_disk(&id, &report.disk_id);
+                    if report.map_version < version && !self.obs.new_disks.contains(&id) {
+                        stale.push((id.clone(), addr));
+                    }
+                }
                 Contact::Silent(error) => {
                     tracing::debug!(node = %id, %error, "no answer");
                     let was_alive = h.may_heartbeat();
@@ -402,7 +415,9 @@ impl Runner {
                     .map
                     .iter()
                     .flat_map(|(m, _)| m.nodes.iter())
-                    .filter(|(id, _)| self.obs.is_alive(id))
+                    .filter(|(id, _)| {
+                        self.obs.is_alive(id) && !self.obs.new_disks.contains(*id)
+                    })
                     .map(|(id, n)| (id.clone(), n.peer_addr.clone()))
                     .collect();
                 self.push_map(alive).await;
@@ -420,8 +435,47 @@ impl Runner {
         }
     }
 
+    /// Notes the disk identity a node answered with. Another one than before (an empty or
+    /// foreign data directory) makes it a new disk (issue item 6): what it answered from its
+    /// old disk (admission, log positions, hand-off readiness) is forgotten, and while the
+    /// stored map lists it in sync it gets no map and the planner drops it from `inSync`.
+    fn note_disk(&mut self, id: &str, disk_id: &str) {
+        if disk_id.is_empty() {
+            return;
+        }
+        match self.disk_ids.insert(id.to_owned(), disk_id.to_owned()) {
+            Some(old) if old != disk_id => {
+                tracing::warn!(
+                    node = %id,
+                    old = %old,
+                    new = %disk_id,
+                    "the node answers with a new disk identity (empty or foreign data directory): \
+                     it leaves every inSync set and rejoins as a learner"
+                );
+                self.obs.new_disks.insert(id.to_owned());
+                self.obs.admitted.retain(|(_, _, n)| n != id);
+                for positions in self.obs.positions.values_mut() {
+                    positions.remove(id);
+                }
+                self.obs.handoffs.retain(|_, o| o.to != id);
+                self.settle_new_disks();
+            }
+            _ => {}
+        }
+    }
+
+    /// A node on a new disk stops being one once the stored map lists it in no `inSync`:
+    /// from then on it is an ordinary learner or lagging replica.
+    fn settle_new_disks(&mut self) {
+        let map = self.map.as_ref().map(|(m, _)| m);
+        self.obs.new_disks.retain(|n| {
+            map.is_some_and(|m| m.partitions.iter().any(|e| e.is_in_sync(n)))
+        });
+    }
+
     /// Drops observations a new map made stale.
     fn after_write(&mut self) {
+        self.settle_new_disks();
         let Some((map, _)) = &self.map else {
             return;
         };

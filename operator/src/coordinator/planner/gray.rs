@@ -136,9 +136,9 @@ mod tests {
         assert!(stuck_members(&r, &ids(&["a", "b"]), "a", 2000, 2).is_empty());
     }
 
-    /// Minor review point: a member the new primary has not heard from yet (no contact, no
-    /// acknowledgement) is not removed the instant the primary starts; only its pending clock
-    /// decides.
+    /// Issue item 11 (minor review point, `last_contact` of never-contacted followers): a
+    /// member the new primary has not heard from yet (no contact, no acknowledgement) is not
+    /// removed the instant the primary starts; only its pending clock decides.
     #[test]
     fn a_never_contacted_member_is_judged_by_its_pending_clock() {
         let fresh = follower("b", 0, None, Some(100));

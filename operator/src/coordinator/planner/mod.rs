@@ -55,6 +55,12 @@ pub struct Observations {
     pub handoff_failed_at: BTreeMap<PartitionId, Instant>,
     /// Maps fetched from nodes while recovering a lost map.
     pub node_maps: BTreeMap<NodeId, PartitionMap>,
+    /// Nodes that answered with another disk identity than before in this coordinator's
+    /// life (an empty or foreign data directory) while the stored map still lists them in
+    /// sync. Until a stored map lists them in no `inSync`, they are removed from every
+    /// `inSync`, never elected, handed off to or admitted, and get no map pushed (issue
+    /// item 6).
+    pub new_disks: BTreeSet<NodeId>,
 }
 
 impl Observations {
@@ -70,6 +76,7 @@ impl Observations {
             handoffs: BTreeMap::new(),
             handoff_failed_at: BTreeMap::new(),
             node_maps: BTreeMap::new(),
+            new_disks: BTreeSet::new(),
         }
     }
 

@@ -83,10 +83,34 @@ impl Round<'_> {
         )
     }
 
-    /// An in-sync member that reports itself a learner holds a copy created empty (lost
-    /// disk): never a failover candidate.
+    /// `n` answered with a new disk identity (empty or foreign data directory) and a stored
+    /// map has not yet dropped it from every `inSync` ([`super::Observations::new_disks`]).
+    pub(super) fn new_disk(&self, n: &str) -> bool {
+        self.inputs.obs.new_disks.contains(n)
+    }
+
+    /// Issue item 6: `n`'s copy of `p` may hold less than was committed although a map lists
+    /// it in sync — its disk identity changed, or it reports the copy unproven (created empty
+    /// while listed in sync; an in-sync member reporting itself a learner is such a copy). It
+    /// is no valid in-sync member: never a failover candidate nor a hand-off target, and
+    /// removed from `inSync` (even below `minInSync`) until admitted again.
     pub(super) fn unproven(&self, n: &str, p: PartitionId, epoch: u64) -> bool {
-        self.reported_role(n, p, epoch) == Some(ReplicaRole::Learner)
+        if self.new_disk(n) {
+            return true;
+        }
+        if !self.alive(n) || !self.current(n) {
+            return false;
+        }
+        self.inputs
+            .obs
+            .reports
+            .get(n)
+            .and_then(|r| {
+                r.partitions
+                    .iter()
+                    .find(|s| s.partition == p && s.epoch == epoch)
+            })
+            .is_some_and(|s| s.unproven || s.role == ReplicaRole::Learner)
     }
 
     pub(super) fn confirmed(&self, n: &str) -> bool {
@@ -122,6 +146,7 @@ pub(super) fn plan_partitions(
         let Some(tp) = target.partition(p) else {
             continue;
         };
+        drop_unproven(&round, p, e, events);
         if failover(&round, p, e, tp, events, calls) {
             continue;
         }
@@ -143,9 +168,10 @@ pub(super) fn plan_partitions(
 }
 
 /// Fails over a partition whose primary is dead (or that has none), or whose primary answers
-/// that it will not lead the current epoch (it restarted since, see [`Round::refuses_to_lead`]):
-/// asks the live in-sync members — a restarted primary included — for their durable positions,
-/// then elects the one with the highest (epoch, seq) at epoch + 1, possibly the same node.
+/// that it will not lead the current epoch (it restarted since, see [`Round::refuses_to_lead`]),
+/// or whose primary lost its copy ([`Round::unproven`]): asks the live in-sync members — a
+/// restarted primary included, one that lost its copy not — for their durable positions, then
+/// elects the one with the highest (epoch, seq) at epoch + 1, possibly the same node.
 /// Returns true when the partition is handled for this round.
 fn failover(
     round: &Round<'_>,
@@ -155,12 +181,18 @@ fn failover(
     events: &mut Vec<CoordinatorEvent>,
     calls: &mut Vec<Call>,
 ) -> bool {
-    let restarted = e
+    // A primary on a new disk (or reporting its copy unproven) lost what it held: it is
+    // failed over and is no candidate.
+    let lost = e
         .primary
         .as_deref()
-        .is_some_and(|n| !round.dead(n) && round.refuses_to_lead(n, p, e.epoch));
+        .is_some_and(|n| !round.dead(n) && round.unproven(n, p, e.epoch));
+    let restarted = !lost
+        && e.primary
+            .as_deref()
+            .is_some_and(|n| !round.dead(n) && round.refuses_to_lead(n, p, e.epoch));
     let needs = match &e.primary {
-        Some(primary) => round.dead(primary) || restarted,
+        Some(primary) => round.dead(primary) || restarted || lost,
         None => !e.in_sync.is_empty(),
     };
     if !needs {
@@ -178,6 +210,25 @@ fn failover(
         .cloned()
         .collect();
     if candidates.is_empty() {
+        if lost {
+            // Nobody else may lead now. The node that lost its copy must not keep the role:
+            // the partition goes without a primary (and without the lost copies in `inSync`)
+            // until an in-sync member that holds the data answers again.
+            let epoch = e.epoch;
+            let gone: Vec<NodeId> = e
+                .in_sync
+                .iter()
+                .filter(|n| round.unproven(n, p, epoch))
+                .cloned()
+                .collect();
+            e.primary = None;
+            e.in_sync.retain(|n| !gone.contains(n));
+            for node in gone {
+                events.push(CoordinatorEvent::InSyncShrunk { partition: p, node });
+            }
+            events.push(CoordinatorEvent::PartitionUnavailable { partition: p });
+            return true;
+        }
         // Reported once, when the primary's node is first seen dead.
         let was_up = |n: &str| {
             round
@@ -219,10 +270,11 @@ fn failover(
         return true;
     };
     let winner = (*winner).clone();
+    let epoch = e.epoch;
     e.epoch += 1;
     e.primary = Some(winner.clone());
     e.in_sync
-        .retain(|n| round.alive(n) && eligible(n) && !round.unproven(n, p, e.epoch));
+        .retain(|n| round.alive(n) && eligible(n) && !round.unproven(n, p, epoch));
     events.push(CoordinatorEvent::Failover {
         partition: p,
         from: old.clone(),
@@ -231,6 +283,29 @@ fn failover(
         confirmed: old.as_deref().is_some_and(|o| round.confirmed(o)),
     });
     true
+}
+
+/// Issue item 6: removes from `inSync` every member other than the primary whose copy is
+/// unproven or on a new disk ([`Round::unproven`]), whether or not the primary is alive. Such
+/// a member holds nothing proven: it must not count toward `minInSync` nor the commit rule,
+/// even if this leaves fewer than `minInSync` members (writes then wait until it is admitted
+/// again, which is the safe outcome). A primary in that state is failed over ([`failover`]).
+fn drop_unproven(
+    round: &Round<'_>,
+    p: PartitionId,
+    e: &mut PartitionEntry,
+    events: &mut Vec<CoordinatorEvent>,
+) {
+    let gone: Vec<NodeId> = e
+        .in_sync
+        .iter()
+        .filter(|n| e.primary.as_ref() != Some(*n) && round.unproven(n, p, e.epoch))
+        .cloned()
+        .collect();
+    for node in gone {
+        e.in_sync.retain(|m| *m != node);
+        events.push(CoordinatorEvent::InSyncShrunk { partition: p, node });
+    }
 }
 
 /// The primary's report of `p` at the entry's epoch, from its latest heartbeat answer.
@@ -312,7 +387,9 @@ fn expand(
     };
     let waiting: Vec<NodeId> = e
         .members()
-        .filter(|n| !e.in_sync.contains(n) && round.alive(n) && round.current(n))
+        .filter(|n| {
+            !e.in_sync.contains(n) && round.alive(n) && round.current(n) && !round.new_disk(n)
+        })
         .cloned()
         .collect();
     for n in waiting {

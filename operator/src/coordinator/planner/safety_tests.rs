@@ -260,3 +260,196 @@ fn an_unproven_copy_is_never_elected() {
         .collect();
     assert_eq!(asked, vec![others[1].clone()], "{p:?}");
 }
+
+/// The primary and the two followers of partition 0 of a running RF 3 world.
+fn roles(w: &World) -> (String, String, String) {
+    let e = &w.map().partitions[0];
+    let primary = e.primary.clone().unwrap_or_else(|| panic!("no primary"));
+    let others: Vec<String> = e
+        .in_sync
+        .iter()
+        .filter(|n| **n != primary)
+        .cloned()
+        .collect();
+    assert_eq!(others.len(), 2, "{e:?}");
+    (primary, others[0].clone(), others[1].clone())
+}
+
+/// Issue item 6 (empty disk): an in-sync follower that answers with a new disk identity holds
+/// nothing proven; it leaves `inSync` at once, even when that drops the partition below
+/// `minInSync` (writes then stall until it is admitted again, which is the safe outcome: a
+/// member that holds nothing must not count).
+#[test]
+fn a_follower_on_a_new_disk_leaves_in_sync_even_below_min_in_sync() {
+    let mut w = World::running(3, 1, 3);
+    assert_eq!(w.map().min_in_sync, 2);
+    let (primary, wiped, other) = roles(&w);
+    w.set_dead(&other, true);
+    w.obs.new_disks.insert(wiped.clone());
+    let p = w.plan();
+    let map = p.map.clone().unwrap_or_else(|| panic!("no map written"));
+    assert_eq!(map.partitions[0].in_sync, vec![primary.clone()], "{map:?}");
+    assert_eq!(map.partitions[0].primary.as_deref(), Some(primary.as_str()));
+    assert!(p.events.iter().any(
+        |e| matches!(e, CoordinatorEvent::InSyncShrunk { node, .. } if *node == wiped)
+    ));
+    // The same holds with both followers alive: the new disk is dropped, the other stays.
+    let mut w = World::running(3, 1, 3);
+    let (primary, wiped, other) = roles(&w);
+    w.obs.new_disks.insert(wiped.clone());
+    let map = w.plan().map.unwrap_or_else(|| panic!("no map written"));
+    let mut in_sync = map.partitions[0].in_sync.clone();
+    in_sync.sort();
+    let mut want = vec![primary, other];
+    want.sort();
+    assert_eq!(in_sync, want);
+}
+
+/// Issue item 6 (empty disk): an in-sync follower that reports its copy unproven (created
+/// empty while listed in sync) leaves `inSync` like one on a new disk, with the primary alive
+/// (not only when the primary fails).
+#[test]
+fn a_follower_reporting_an_unproven_copy_leaves_in_sync() {
+    use shardedstore_node::admin_api::{LogPosition, PartitionState, ReplicaRole};
+    let mut w = World::running(3, 1, 3);
+    let epoch = w.map().partitions[0].epoch;
+    let (primary, wiped, other) = roles(&w);
+    w.set_dead(&other, true);
+    if let Some(r) = w.obs.reports.get_mut(&wiped) {
+        r.partitions = vec![PartitionState {
+            partition: 0,
+            role: ReplicaRole::Learner,
+            epoch,
+            position: LogPosition::default(),
+            commit_seq: 0,
+            applied_seq: 0,
+            followers: Vec::new(),
+            keys: 0,
+            bytes: 0,
+            unproven: true,
+        }];
+    }
+    let map = w.plan().map.unwrap_or_else(|| panic!("no map written"));
+    assert_eq!(map.partitions[0].in_sync, vec![primary]);
+    assert!(map.partitions[0].replicas.contains(&wiped), "it stays a replica");
+}
+
+/// Issue item 6 (empty disk): a primary that comes back on a new disk before anyone saw it
+/// dead (it may even report itself primary: at epoch 1 its empty copy is not marked) is
+/// failed over to another in-sync member — never to itself — and leaves `inSync`.
+#[test]
+fn a_primary_on_a_new_disk_is_failed_over_never_to_itself() {
+    use shardedstore_node::admin_api::LogPosition;
+    let mut w = World::running(3, 1, 3);
+    let epoch = w.map().partitions[0].epoch;
+    let (primary, a, b) = roles(&w);
+    w.obs.new_disks.insert(primary.clone());
+    let p = w.plan();
+    let mut asked: Vec<String> = p
+        .calls
+        .iter()
+        .flat_map(|c| match c {
+            Call::Positions { nodes, .. } => nodes.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    asked.sort();
+    let mut want = vec![a.clone(), b.clone()];
+    want.sort();
+    assert_eq!(asked, want, "{p:?}");
+    let known = w.obs.positions.entry((0, epoch)).or_default();
+    for n in [&a, &b] {
+        known.insert(
+            n.clone(),
+            LogPosition {
+                last_epoch: epoch,
+                last_seq: 5,
+            },
+        );
+    }
+    let map = w.plan().map.unwrap_or_else(|| panic!("no failover"));
+    let e = &map.partitions[0];
+    assert_eq!(e.epoch, epoch + 1);
+    assert!(e.primary.as_ref().is_some_and(|n| *n != primary), "{e:?}");
+    assert!(!e.in_sync.contains(&primary), "{e:?}");
+}
+
+/// Issue item 6 (empty disk): a primary on a new disk with no other live in-sync member keeps
+/// no role: the partition goes without a primary (unavailable) rather than being led by a
+/// copy that holds nothing, and is failed over to a member that held the data once it answers.
+#[test]
+fn a_primary_on_a_new_disk_without_candidates_loses_the_role() {
+    use shardedstore_node::admin_api::LogPosition;
+    let mut w = World::running(3, 1, 3);
+    let epoch = w.map().partitions[0].epoch;
+    let (primary, a, b) = roles(&w);
+    w.set_dead(&a, false);
+    w.set_dead(&b, false);
+    w.obs.new_disks.insert(primary.clone());
+    let p = w.plan();
+    let map = p.map.clone().unwrap_or_else(|| panic!("no map written"));
+    let e = &map.partitions[0];
+    assert_eq!(e.primary, None, "{e:?}");
+    assert!(!e.in_sync.contains(&primary), "{e:?}");
+    assert!(
+        p.events
+            .iter()
+            .any(|e| matches!(e, CoordinatorEvent::PartitionUnavailable { partition: 0 }))
+    );
+    w.apply(p);
+    w.obs.new_disks.clear();
+    w.set_alive(&a);
+    if let Some(m) = w.membership.nodes.iter_mut().find(|n| n.id == a) {
+        m.ready = true;
+    }
+    let p = w.plan();
+    assert!(
+        p.calls
+            .iter()
+            .any(|c| matches!(c, Call::Positions { nodes, .. } if *nodes == vec![a.clone()])),
+        "{p:?}"
+    );
+    w.obs.positions.entry((0, epoch)).or_default().insert(
+        a.clone(),
+        LogPosition {
+            last_epoch: epoch,
+            last_seq: 5,
+        },
+    );
+    let map = w.plan().map.unwrap_or_else(|| panic!("no failover"));
+    assert_eq!(map.partitions[0].primary.as_deref(), Some(a.as_str()));
+}
+
+/// Issue item 6 (empty disk): a node on a new disk is no hand-off target, and an admission
+/// it was granted from its old disk does not list it in sync again; it is admitted through
+/// the primary once a map dropped it from `inSync`.
+#[test]
+fn a_new_disk_is_neither_handed_off_to_nor_listed_in_sync_from_an_old_admission() {
+    let mut w = World::running(3, 1, 3);
+    let epoch = w.map().partitions[0].epoch;
+    let (primary, wiped, other) = roles(&w);
+    w.obs.new_disks.insert(wiped.clone());
+    w.obs.admitted.insert((0, epoch, wiped.clone()));
+    w.membership.cordoned.insert(primary.clone());
+    let p = w.plan();
+    for c in &p.calls {
+        if let Call::Handoff { to, .. } = c {
+            assert_eq!(*to, other, "{p:?}");
+        }
+    }
+    let map = p.map.clone().unwrap_or_else(|| panic!("no map written"));
+    assert!(!map.partitions[0].in_sync.contains(&wiped), "{map:?}");
+    w.apply(p);
+    // The map no longer lists it in sync: the runner forgets the new disk; the stale
+    // admission is not taken for a new one, the primary is asked again.
+    w.obs.new_disks.clear();
+    w.obs.admitted.clear();
+    w.membership.cordoned.clear();
+    let p = w.plan();
+    assert!(
+        p.calls
+            .iter()
+            .any(|c| matches!(c, Call::Admit { node, .. } if *node == wiped)),
+        "{p:?}"
+    );
+}
