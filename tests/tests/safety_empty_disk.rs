@@ -84,7 +84,7 @@ async fn watch_maps(store: &LocalStore, window: Duration) -> Vec<PartitionMap> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_back_on_an_empty_disk_is_not_in_sync_nor_elected_until_admitted()
 -> anyhow::Result<()> {
-    let mut store = LocalStore::start(LocalOptions::default()).await?;
+    let store = LocalStore::start(LocalOptions::default()).await?;
     let lease = Duration::from_millis(store.options.lease_ms);
     let client = store.client()?;
     let load = WriteLoad::start(&client, "disk", 4);
