@@ -198,7 +198,10 @@ async fn a_node_back_on_an_empty_disk_is_not_in_sync_nor_elected_until_admitted(
         acked.len(),
         &lost[..lost.len().min(5)]
     );
-    println!("{} acknowledged writes read back from node-2 alone", acked.len());
+    println!(
+        "{} acknowledged writes read back from node-2 alone",
+        acked.len()
+    );
     store.wait_settled(Duration::from_secs(90)).await?;
     Ok(())
 }

@@ -283,32 +283,37 @@ impl Runner {
         // map is pushed after the answer showed the node's disk identity (issue item 6: a
         // node back on an empty disk gets no map that lists it in sync).
         let probe_timeout = settings.heartbeat_interval;
-        let results = join_all(contacts.into_iter().map(|(id, addr, full, req)| async move {
-            let answer = if full {
-                transport.heartbeat(&addr, &req).await
-            } else {
-                match tokio::time::timeout(probe_timeout, transport.heartbeat(&addr, &req)).await
-                {
-                    Ok(r) => r,
-                    Err(_) => {
-                        return (id, addr, Contact::Silent("probe timed out".to_owned()));
-                    }
-                }
-            };
-            let contact = match answer {
-                // An address reused by another node (pod IP reuse) must not credit that
-                // node's answers, and its lease, to this one.
-                Ok(report) if report.node_id != id => Contact::Silent(format!(
-                    "answered as {} at {addr}, expected {id}",
-                    report.node_id
-                )),
-                // Received now: the fence of this node is measured from here.
-                Ok(report) if full => Contact::Report(report, req.seq, Instant::now()),
-                Ok(report) => Contact::Probed(report),
-                Err(e) => Contact::Silent(e.to_string()),
-            };
-            (id, addr, contact)
-        }))
+        let results = join_all(
+            contacts
+                .into_iter()
+                .map(|(id, addr, full, req)| async move {
+                    let answer = if full {
+                        transport.heartbeat(&addr, &req).await
+                    } else {
+                        match tokio::time::timeout(probe_timeout, transport.heartbeat(&addr, &req))
+                            .await
+                        {
+                            Ok(r) => r,
+                            Err(_) => {
+                                return (id, addr, Contact::Silent("probe timed out".to_owned()));
+                            }
+                        }
+                    };
+                    let contact = match answer {
+                        // An address reused by another node (pod IP reuse) must not credit that
+                        // node's answers, and its lease, to this one.
+                        Ok(report) if report.node_id != id => Contact::Silent(format!(
+                            "answered as {} at {addr}, expected {id}",
+                            report.node_id
+                        )),
+                        // Received now: the fence of this node is measured from here.
+                        Ok(report) if full => Contact::Report(report, req.seq, Instant::now()),
+                        Ok(report) => Contact::Probed(report),
+                        Err(e) => Contact::Silent(e.to_string()),
+                    };
+                    (id, addr, contact)
+                }),
+        )
         .await;
         let mut stale: Vec<(String, String)> = Vec::new();
         for (id, addr, answer) in results {
@@ -415,9 +420,7 @@ impl Runner {
                     .map
                     .iter()
                     .flat_map(|(m, _)| m.nodes.iter())
-                    .filter(|(id, _)| {
-                        self.obs.is_alive(id) && !self.obs.new_disks.contains(*id)
-                    })
+                    .filter(|(id, _)| self.obs.is_alive(id) && !self.obs.new_disks.contains(*id))
                     .map(|(id, n)| (id.clone(), n.peer_addr.clone()))
                     .collect();
                 self.push_map(alive).await;
@@ -468,9 +471,9 @@ impl Runner {
     /// from then on it is an ordinary learner or lagging replica.
     fn settle_new_disks(&mut self) {
         let map = self.map.as_ref().map(|(m, _)| m);
-        self.obs.new_disks.retain(|n| {
-            map.is_some_and(|m| m.partitions.iter().any(|e| e.is_in_sync(n)))
-        });
+        self.obs
+            .new_disks
+            .retain(|n| map.is_some_and(|m| m.partitions.iter().any(|e| e.is_in_sync(n))));
     }
 
     /// Drops observations a new map made stale.

@@ -33,10 +33,7 @@ pub(super) fn handoff(
         || !round.active(primary);
     let settled = e.learners.is_empty() && e.in_sync.len() == e.replicas.len();
     let eligible = |n: &NodeId| {
-        n != primary
-            && e.in_sync.contains(n)
-            && round.may_lead(n)
-            && !round.unproven(n, p, e.epoch)
+        n != primary && e.in_sync.contains(n) && round.may_lead(n) && !round.unproven(n, p, e.epoch)
     };
     let to = if leaving {
         tp.primary

@@ -290,9 +290,11 @@ fn a_follower_on_a_new_disk_leaves_in_sync_even_below_min_in_sync() {
     let map = p.map.clone().unwrap_or_else(|| panic!("no map written"));
     assert_eq!(map.partitions[0].in_sync, vec![primary.clone()], "{map:?}");
     assert_eq!(map.partitions[0].primary.as_deref(), Some(primary.as_str()));
-    assert!(p.events.iter().any(
-        |e| matches!(e, CoordinatorEvent::InSyncShrunk { node, .. } if *node == wiped)
-    ));
+    assert!(
+        p.events
+            .iter()
+            .any(|e| matches!(e, CoordinatorEvent::InSyncShrunk { node, .. } if *node == wiped))
+    );
     // The same holds with both followers alive: the new disk is dropped, the other stays.
     let mut w = World::running(3, 1, 3);
     let (primary, wiped, other) = roles(&w);
@@ -331,7 +333,10 @@ fn a_follower_reporting_an_unproven_copy_leaves_in_sync() {
     }
     let map = w.plan().map.unwrap_or_else(|| panic!("no map written"));
     assert_eq!(map.partitions[0].in_sync, vec![primary]);
-    assert!(map.partitions[0].replicas.contains(&wiped), "it stays a replica");
+    assert!(
+        map.partitions[0].replicas.contains(&wiped),
+        "it stays a replica"
+    );
 }
 
 /// Issue item 6 (empty disk): a primary that comes back on a new disk before anyone saw it
