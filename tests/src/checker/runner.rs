@@ -436,7 +436,10 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<RunReport> {
         || keys_report
             .iter()
             .any(|k| !matches!(k.verdict, KeyVerdict::Linearizable));
-    let history_file = if failed {
+    // CHAOS_KEEP_LOGS=1 keeps the nodes' and the operator's logs of passing seeds too
+    // (to study a long unavailability window, which does not fail a seed).
+    let keep = failed || std::env::var_os("CHAOS_KEEP_LOGS").is_some_and(|v| v == "1");
+    let history_file = if keep {
         let logs = save_logs(store.data_dir(), cfg.seed, cfg.history_dir.as_deref())?;
         eprintln!("seed {}: logs saved to {}", cfg.seed, logs.display());
         Some(save(&history, cfg.seed, cfg.history_dir.as_deref())?)
