@@ -215,7 +215,11 @@ impl LocalStore {
             .envs(o.extra_env.iter().map(|(k, v)| (k, v)))
             .args(o.node_host_base.map(|b| format!("--node-host-base={b}")))
             .args(o.operator_bind.map(|b| format!("--bind={b}")))
-            .env("RUST_LOG", "info")
+            // SHARDEDSTORE_LOCAL_LOG (a RUST_LOG filter) raises the processes' log level.
+            .env(
+                "RUST_LOG",
+                std::env::var("SHARDEDSTORE_LOCAL_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
