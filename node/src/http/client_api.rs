@@ -325,16 +325,17 @@ impl ClientApi {
 
     async fn get(&self, map: &PartitionMap, key: Vec<u8>, req: &Request<'_>) -> Answer {
         let p = map.partition_of(&key);
-        let (result, applied) = match self.node.replica(p) {
-            Some(r) => {
-                let applied = *r.applied_tx.borrow();
-                (r.read(&key).await, applied)
-            }
-            None => (Err(not_primary(map, p)), 0),
+        let result = match self.node.replica(p) {
+            Some(r) => r.read(&key).await,
+            None => Err(not_primary(map, p)),
         };
-        let answer = match result {
-            Ok(Some(v)) => value_answer(v.version, v.value),
-            Ok(None) => common::error(StatusCode::NOT_FOUND, "not_found", "no such key"),
+        let (answer, applied) = match result {
+            // The state read holds the value's version: the session version is never below it.
+            Ok((Some(v), applied)) => (value_answer(v.version, v.value), applied.max(v.version)),
+            Ok((None, applied)) => (
+                common::error(StatusCode::NOT_FOUND, "not_found", "no such key"),
+                applied,
+            ),
             Err(ServeError::NotPrimary { .. }) => {
                 return self.to_primary(map, p, req, Bytes::new()).await;
             }

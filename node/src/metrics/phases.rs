@@ -5,8 +5,10 @@
 //!
 //! Each partition keeps a [`Timeline`] of its writes in flight (sequence number, arrival
 //! time). The replication code reports how far a phase has advanced (`reached(phase, seq)`,
-//! one call per advance, covering every write up to `seq`); a write leaves the timeline when
-//! its [`WriteTimer`] is dropped, whatever the outcome.
+//! one call per advance, covering every write up to `seq`). Writes are acknowledged at
+//! commit, usually before they are applied: an acknowledged write stays on the timeline
+//! until the applied phase covers it, so `applied` still counts every acknowledged write. A
+//! write that fails leaves the timeline when its [`WriteTimer`] is dropped.
 
 use prometheus::{Histogram, HistogramVec};
 use std::collections::VecDeque;
@@ -69,8 +71,8 @@ pub fn replicated_through(required_acks: &[Option<u64>]) -> Option<u64> {
 /// clock, no metrics).
 #[derive(Debug, Default)]
 pub struct Timeline {
-    /// `(seq, arrival)`, ordered by `seq`.
-    writes: VecDeque<(u64, Instant)>,
+    /// `(seq, arrival, acknowledged)`, ordered by `seq`.
+    writes: VecDeque<(u64, Instant, bool)>,
     /// Per phase (except acknowledged), the sequence number it has been observed through.
     through: [u64; 4],
 }
@@ -82,8 +84,8 @@ impl Timeline {
         for t in &mut self.through {
             *t = (*t).min(seq.saturating_sub(1));
         }
-        let at = self.writes.partition_point(|(s, _)| *s < seq);
-        self.writes.insert(at, (seq, arrived));
+        let at = self.writes.partition_point(|(s, ..)| *s < seq);
+        self.writes.insert(at, (seq, arrived, false));
     }
 
     /// Arrival times of the writes that reach `phase` now that it advanced through `upto`
@@ -97,16 +99,42 @@ impl Timeline {
         }
         let from = *through;
         *through = upto;
-        let lo = self.writes.partition_point(|(s, _)| *s <= from);
-        let hi = self.writes.partition_point(|(s, _)| *s <= upto);
-        self.writes.range(lo..hi).map(|(_, at)| *at).collect()
+        let lo = self.writes.partition_point(|(s, ..)| *s <= from);
+        let hi = self.writes.partition_point(|(s, ..)| *s <= upto);
+        let arrivals = self.writes.range(lo..hi).map(|(_, at, _)| *at).collect();
+        if phase == WritePhase::Applied {
+            // The last phase an acknowledged write waits for.
+            self.writes.retain(|(s, _, acked)| !(*acked && *s <= upto));
+        }
+        arrivals
     }
 
-    /// Removes a write (answered or failed).
+    /// Removes a write that failed.
     pub fn finish(&mut self, seq: u64) {
-        let at = self.writes.partition_point(|(s, _)| *s < seq);
-        if self.writes.get(at).is_some_and(|(s, _)| *s == seq) {
+        let at = self.writes.partition_point(|(s, ..)| *s < seq);
+        if self.writes.get(at).is_some_and(|(s, ..)| *s == seq) {
             self.writes.remove(at);
+        }
+    }
+
+    /// A write was acknowledged: it stays until the applied phase covers it.
+    pub fn acknowledge(&mut self, seq: u64) {
+        if self.through[WritePhase::Applied.index()] >= seq {
+            self.finish(seq);
+            return;
+        }
+        let at = self.writes.partition_point(|(s, ..)| *s < seq);
+        if let Some(w) = self.writes.get_mut(at).filter(|(s, ..)| *s == seq) {
+            w.2 = true;
+        }
+    }
+
+    /// The replica's state jumped to `seq` without applying entries (a snapshot was
+    /// installed): writes up to it are no longer timed.
+    pub fn skip_through(&mut self, seq: u64) {
+        self.writes.retain(|(s, ..)| *s > seq);
+        for t in &mut self.through {
+            *t = (*t).max(seq);
         }
     }
 
@@ -142,7 +170,14 @@ impl WritePhases {
             phases: self,
             seq,
             arrived,
+            acknowledged: false,
         }
+    }
+
+    /// The replica's state jumped to `seq` (a snapshot was installed): see
+    /// [`Timeline::skip_through`].
+    pub fn skip_through(&self, seq: u64) {
+        self.timeline().skip_through(seq);
     }
 
     /// `phase` has advanced through `upto`: observes every write in flight it newly covers.
@@ -159,24 +194,30 @@ impl WritePhases {
     }
 }
 
-/// A write in flight; dropping it takes the write off the timeline.
+/// A write in flight; dropping it unacknowledged (the write failed) takes the write off the
+/// timeline.
 pub struct WriteTimer<'a> {
     phases: &'a WritePhases,
     seq: u64,
     arrived: Instant,
+    acknowledged: bool,
 }
 
 impl WriteTimer<'_> {
-    /// The write is answered as successful.
-    pub fn acknowledged(self) {
+    /// The write is answered as successful; its apply is still timed.
+    pub fn acknowledged(mut self) {
         self.phases.histograms[WritePhase::Acknowledged.index()]
             .observe(self.arrived.elapsed().as_secs_f64());
+        self.phases.timeline().acknowledge(self.seq);
+        self.acknowledged = true;
     }
 }
 
 impl Drop for WriteTimer<'_> {
     fn drop(&mut self) {
-        self.phases.timeline().finish(self.seq);
+        if !self.acknowledged {
+            self.phases.timeline().finish(self.seq);
+        }
     }
 }
 
@@ -260,8 +301,45 @@ mod tests {
         assert_eq!(count(WritePhase::Replicated), 1);
         assert_eq!(count(WritePhase::Committed), 0);
         assert_eq!(count(WritePhase::Acknowledged), 1);
-        // The acknowledged write left the timeline: later advances observe nothing.
+        // Acknowledged at commit: the write stays on the timeline until it is applied ...
         phases.reached(WritePhase::Committed, 1);
-        assert_eq!(count(WritePhase::Committed), 0);
+        assert_eq!(count(WritePhase::Committed), 1);
+        phases.reached(WritePhase::Applied, 1);
+        assert_eq!(count(WritePhase::Applied), 1);
+        // ... and then leaves it: later advances observe nothing.
+        assert_eq!(phases.timeline().in_flight(), 0);
+        // A write that fails leaves at once.
+        drop(phases.start(2, Instant::now()));
+        phases.reached(WritePhase::LocalDurable, 2);
+        assert_eq!(count(WritePhase::LocalDurable), 1);
+    }
+
+    #[test]
+    fn acknowledged_writes_wait_for_the_applied_phase() {
+        let base = Instant::now();
+        let mut t = Timeline::default();
+        for s in 1..=3 {
+            t.start(s, base);
+        }
+        assert_eq!(t.reached(WritePhase::Committed, 3).len(), 3);
+        t.acknowledge(1);
+        t.acknowledge(2);
+        t.finish(3);
+        assert_eq!(t.in_flight(), 2);
+        assert_eq!(t.reached(WritePhase::Applied, 1).len(), 1);
+        assert_eq!(t.in_flight(), 1);
+        assert_eq!(t.reached(WritePhase::Applied, 3).len(), 1);
+        assert_eq!(t.in_flight(), 0);
+        // Acknowledged after its apply was observed: leaves at once.
+        t.start(4, base);
+        assert_eq!(t.reached(WritePhase::Applied, 4).len(), 1);
+        t.acknowledge(4);
+        assert_eq!(t.in_flight(), 0);
+        // A snapshot install skips what it covers.
+        t.start(5, base);
+        t.acknowledge(5);
+        t.skip_through(9);
+        assert_eq!(t.in_flight(), 0);
+        assert!(t.reached(WritePhase::Applied, 9).is_empty());
     }
 }

@@ -284,6 +284,7 @@ impl Replica {
                 st.keys = end.keys;
                 st.bytes = end.bytes;
             }
+            self.phases.skip_through(end.base.last_seq);
             self.applied_tx.send_replace(end.base.last_seq);
             tracing::info!(
                 partition = self.partition,

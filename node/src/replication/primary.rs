@@ -328,6 +328,7 @@ impl Replica {
                     Some(c) if c > st.commit_seq => {
                         st.commit_seq = c;
                         self.phases.reached(WritePhase::Committed, c);
+                        self.commit_tx.send_replace(c);
                         true
                     }
                     point => {
@@ -374,13 +375,54 @@ impl Replica {
         Ok(p.term.clone())
     }
 
-    /// A linearizable read at the primary.
-    pub async fn read(&self, key: &[u8]) -> Result<Option<Versioned>, ServeError> {
-        {
+    /// A linearizable read at the primary: after [`Replica::read_barrier`], the applied
+    /// state holds every write acknowledged before the read began. Returns the value and the
+    /// applied point it is at least as new as.
+    pub async fn read(&self, key: &[u8]) -> Result<(Option<Versioned>, u64), ServeError> {
+        let term = {
             let st = self.lock();
-            self.serving_check(&st)?;
-        }
-        Ok(self.ctx.store.get(self.partition, key)?)
+            self.serving_check(&st)?
+        };
+        let applied = self
+            .read_barrier(&term, self.ctx.config.write_timeout)
+            .await?;
+        Ok((self.ctx.store.get(self.partition, key)?, applied))
+    }
+
+    /// Waits until this replica has applied everything committed when the call began
+    /// (writes are acknowledged at commit, before their apply). Returns the applied point
+    /// reached. `term`: the primary term the caller checked; its end ends the wait.
+    pub async fn read_barrier(
+        &self,
+        term: &CancellationToken,
+        wait: Duration,
+    ) -> Result<u64, ServeError> {
+        // Subscribe before reading the commit point, so no apply is missed.
+        let mut applied = self.applied_tx.subscribe();
+        let target = self.lock().commit_seq;
+        let reached = tokio::select! {
+            r = applied.wait_for(|a| *a >= target) => match r {
+                Ok(a) => *a,
+                Err(_) => return Err(ServeError::Unavailable("shutting_down")),
+            },
+            _ = term.cancelled() => return Err(ServeError::Unavailable("deposed")),
+            _ = tokio::time::sleep(wait) => return Err(ServeError::Unavailable("apply_behind")),
+        };
+        Ok(reached)
+    }
+
+    /// For a primary that may serve: waits (up to `wait`) until it has applied everything
+    /// committed when the call began, so that its applied state holds every acknowledged
+    /// write (a local read here claims zero staleness). `false` when it could not.
+    pub async fn settle_primary(&self, wait: Duration) -> bool {
+        let term = {
+            let st = self.lock();
+            match st.primary.as_ref() {
+                Some(p) => p.term.clone(),
+                None => return true,
+            }
+        };
+        self.read_barrier(&term, wait).await.is_ok()
     }
 
     /// Reads the applied state without any primary check (local reads).
@@ -389,7 +431,8 @@ impl Replica {
     }
 
     /// A write at the primary: assign the next sequence number, append, replicate, and
-    /// answer once every in-sync member holds it, it is applied here, and the lease holds.
+    /// answer once it is committed (every in-sync member holds it durably) and the lease
+    /// holds. The apply follows; reads here wait for it ([`Replica::read_barrier`]).
     pub async fn write(
         self: &Arc<Self>,
         key: Vec<u8>,
@@ -493,19 +536,35 @@ impl Replica {
             self.phases
                 .reached(WritePhase::LocalDurable, st.durable_seq);
         }
+        // Subscribe before the commit point is recomputed, so no advance is missed.
+        let mut committed = self.commit_tx.subscribe();
         self.advance_commit();
-        let mut applied = self.applied_tx.subscribe();
-        tokio::select! {
-            r = applied.wait_for(|a| *a >= seq) => {
-                if r.is_err() {
-                    return Err(ServeError::Unavailable("shutting_down"));
+        // Acknowledge at commit: the entry is durable on every in-sync member. Reads at this
+        // primary wait for the apply to catch up ([`Replica::read_barrier`]).
+        let commit_deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            {
+                let st = self.lock();
+                // Checked under the state lock together with the term: a deposed primary's
+                // commit point no longer speaks for this entry.
+                if term.is_cancelled() {
+                    return Err(ServeError::Unavailable("deposed"));
+                }
+                if st.commit_seq >= seq {
+                    break;
                 }
             }
-            _ = term.cancelled() => return Err(ServeError::Unavailable("deposed")),
-            _ = tokio::time::sleep(timeout) => return Err(ServeError::Unavailable("commit_timeout")),
-        }
-        if term.is_cancelled() {
-            return Err(ServeError::Unavailable("deposed"));
+            tokio::select! {
+                r = committed.changed() => {
+                    if r.is_err() {
+                        return Err(ServeError::Unavailable("shutting_down"));
+                    }
+                }
+                _ = term.cancelled() => return Err(ServeError::Unavailable("deposed")),
+                _ = tokio::time::sleep_until(commit_deadline) => {
+                    return Err(ServeError::Unavailable("commit_timeout"));
+                }
+            }
         }
         if !self.ctx.may_serve() {
             // Unlike the serving check's `lease_expired`, the entry is appended and committed:

@@ -67,6 +67,8 @@ pub struct Replica {
     pub(crate) ctx: Arc<Ctx>,
     st: Mutex<State>,
     pub(crate) applied_tx: watch::Sender<u64>,
+    /// The primary's commit point, sent each time it advances (writes wait on it).
+    pub(crate) commit_tx: watch::Sender<u64>,
     /// Bumped on every append and commit change; replication tasks wait on it.
     pub(crate) progress_tx: watch::Sender<u64>,
     /// Serializes changes to the log (client writes, replication messages, compaction).
@@ -108,6 +110,7 @@ impl Replica {
             ctx,
             st: Mutex::new(st),
             applied_tx: watch::channel(disk.applied_seq).0,
+            commit_tx: watch::channel(disk.applied_seq).0,
             progress_tx: watch::channel(0).0,
             write_lock: tokio::sync::Mutex::new(()),
             apply_lock: tokio::sync::Mutex::new(()),
@@ -218,6 +221,9 @@ impl Replica {
     /// reaches the commit point. Concurrent calls serialize; extra ones return at once.
     pub async fn apply_committed(self: Arc<Self>) {
         let _a = self.apply_lock.lock().await;
+        while crate::storage::faults::apply_held() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         loop {
             let (from, to) = {
                 let st = self.lock();

@@ -8,9 +8,29 @@
 //!   tail exactly as a power loss before the fsync would.
 //! - `SHARDEDSTORE_TEST_FAIL_FILE=<path>`: while `<path>` exists, every durable commit fails
 //!   (a failed fsync or write).
+//! - `SHARDEDSTORE_TEST_APPLY_HOLD_FILE=<path>`: while `<path>` exists, no replica applies
+//!   committed entries to its data table (a slow apply); appends, acknowledgements and
+//!   commits go on ([`apply_held`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
+
+/// Whether the apply of committed entries is held by `SHARDEDSTORE_TEST_APPLY_HOLD_FILE`
+/// (read once; always `false` in release builds).
+pub fn apply_held() -> bool {
+    static HOLD: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let hold = HOLD.get_or_init(|| {
+        let f = cfg!(debug_assertions)
+            .then(|| std::env::var_os("SHARDEDSTORE_TEST_APPLY_HOLD_FILE").map(PathBuf::from))
+            .flatten();
+        if let Some(f) = &f {
+            tracing::warn!(file = %f.display(), "test-only apply hold hook is active");
+        }
+        f
+    });
+    hold.as_deref().is_some_and(Path::exists)
+}
 
 /// The hooks read from the environment at writer start.
 #[derive(Clone, Debug, Default)]

@@ -96,6 +96,12 @@ impl ClientApi {
                 let _ =
                     tokio::time::timeout(SESSION_WAIT, applied.wait_for(|a| *a >= wanted)).await;
             }
+            // A primary acknowledges writes at commit, before their apply: its applied state
+            // holds every acknowledged write (zero staleness) only once the apply caught up
+            // with the commit point. If it cannot, the linearizable read below decides.
+            if !r.settle_primary(SESSION_WAIT).await {
+                return self.read_at_primary(map, key, req).await;
+            }
             // Read the applied point before the data: the data is at least that new.
             let applied = *r.applied_tx.borrow();
             return match r.local_read_staleness() {
