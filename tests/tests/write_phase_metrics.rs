@@ -60,7 +60,21 @@ async fn write_phases_count_every_replicated_write() -> anyhow::Result<()> {
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", cluster.logs(30)))?;
 
-    let before = phases(&cluster.metrics(0).await?);
+    // Acknowledged at commit: wait until the warm-up writes' apply was counted too.
+    let applied = PHASES.iter().position(|p| *p == "applied").unwrap_or(0);
+    let acknowledged = PHASES
+        .iter()
+        .position(|p| *p == "acknowledged")
+        .unwrap_or(0);
+    let before = wait_until(
+        Duration::from_secs(20),
+        "the primary applied the warm-up writes",
+        || async {
+            let before = phases(&cluster.metrics(0).await.ok()?);
+            (before[applied].0 >= before[acknowledged].0).then_some(before)
+        },
+    )
+    .await?;
     let follower_before = [
         metric_value(&cluster.metrics(1).await?, &format!("{FOLLOWER}_count"), ""),
         metric_value(&cluster.metrics(2).await?, &format!("{FOLLOWER}_count"), ""),
@@ -70,8 +84,7 @@ async fn write_phases_count_every_replicated_write() -> anyhow::Result<()> {
         let (status, _) = cluster.put(0, &format!("k{i}"), vec![b'x'; 1024]).await?;
         assert!(matches!(status, 200 | 201), "put k{i} answered {status}");
     }
-    // Acknowledged at commit: the last writes' apply may still be under way.
-    let applied = PHASES.iter().position(|p| *p == "applied").unwrap_or(0);
+    // The last writes' apply may still be under way.
     let after = wait_until(
         Duration::from_secs(20),
         "the primary applied every acknowledged write",
