@@ -3,11 +3,15 @@
 # a cache outside the repository, installs moto's S3-compatible server (moto_server, from
 # PyPI into a venv there) for the backup suites and checkov (the Kubernetes security linter,
 # from PyPI into a venv there), and prints the bin directory on the last line.
-# Usage: hack/install-tools.sh [helm|promtool|moto|checkov|etcd-benchmark|cargo-fuzz|inferno ...]   (default: helm promtool moto checkov)
+# Usage: hack/install-tools.sh [helm|promtool|moto|checkov|cert-manager|etcd-benchmark|cargo-fuzz|inferno ...]   (default: helm promtool moto checkov cert-manager)
 # etcd-benchmark is etcd's own load generator (go.etcd.io/etcd/v3/tools/benchmark), pinned by
 # the wrapper module hack/etcd-bench/ at the etcd version hack/k8s/ builds; `make bench` uses it.
 # cargo-fuzz is built from crates.io with `cargo install --locked`; `make fuzz` uses it.
 # inferno (inferno-collapse-perf, inferno-flamegraph) likewise; `make profile` uses it.
+# cert-manager is cert-manager's controller (CA and self-signed issuers, the Certificate
+# lifecycle), built by the wrapper module hack/cert-manager/ at the release it pins, plus
+# that release's CRDs (deploy/crds of the module) in ../cert-manager-crds/; the apiserver_tls
+# suite runs it out of cluster against its API server.
 set -euo pipefail
 
 HELM_VERSION=v3.22.0
@@ -23,7 +27,7 @@ mkdir -p "$bin"
 export GOBIN="$bin" GOFLAGS="-trimpath" CGO_ENABLED=0
 
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(helm promtool moto checkov)
+[ ${#want[@]} -gt 0 ] || want=(helm promtool moto checkov cert-manager)
 
 for tool in "${want[@]}"; do
   case "$tool" in
@@ -49,6 +53,20 @@ for tool in "${want[@]}"; do
         echo "building etcd's benchmark tool (hack/etcd-bench)" >&2
         (cd "$here/etcd-bench" && nice -n 10 go build -ldflags "-s -w" -o "$bin/etcd-benchmark" \
           go.etcd.io/etcd/v3/tools/benchmark) >&2
+        touch "$stamp"
+      fi
+      ;;
+    cert-manager)
+      here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+      stamp="$bin/.cert-manager-$(sha256sum "$here/cert-manager/go.sum" | cut -c1-12)"
+      if ! [ -x "$bin/cert-manager-controller" ] || ! [ -f "$stamp" ] || ! [ -d "$cache/cert-manager-crds" ]; then
+        echo "building cert-manager's controller (hack/cert-manager)" >&2
+        (cd "$here/cert-manager" && nice -n 10 go build -ldflags "-s -w" -o "$bin/cert-manager-controller" .) >&2
+        src="$(cd "$here/cert-manager" && go list -m -f '{{.Dir}}' github.com/cert-manager/cert-manager)"
+        rm -rf "$cache/cert-manager-crds"
+        mkdir -p "$cache/cert-manager-crds"
+        cp "$src"/deploy/crds/*.yaml "$cache/cert-manager-crds/"
+        chmod -R u+w "$cache/cert-manager-crds"
         touch "$stamp"
       fi
       ;;

@@ -230,6 +230,60 @@ pub fn pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
+/// Checks, without a connection, that the certificate chain `chain_pem` (leaf first) is
+/// one a client trusting `ca_pem` accepts for `name` now: signed by that CA, in its
+/// validity period, and naming `name` (SAN). The error is rustls's reason.
+pub fn verify_chain_for(chain_pem: &str, ca_pem: &str, name: &str) -> Result<(), CertCheckError> {
+    let chain = pem_certs(chain_pem).map_err(|_| CertCheckError::NoChain)?;
+    let mut roots = RootCertStore::empty();
+    for cert in pem_certs(ca_pem).map_err(|_| CertCheckError::NoCa)? {
+        roots.add(cert).map_err(CertCheckError::Rejected)?;
+    }
+    let verifier = NamedServerVerifier::new(roots, name).map_err(CertCheckError::Verifier)?;
+    let (leaf, intermediates) = chain.split_first().ok_or(CertCheckError::NoChain)?;
+    verifier
+        .inner
+        .verify_server_cert(leaf, intermediates, &verifier.name, &[], UnixTime::now())
+        .map(|_| ())
+        .map_err(CertCheckError::Rejected)
+}
+
+/// Why [`verify_chain_for`] refused a certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum CertCheckError {
+    #[error("no PEM certificate in the chain")]
+    NoChain,
+    #[error("no PEM certificate in the CA")]
+    NoCa,
+    #[error(transparent)]
+    Verifier(TlsError),
+    #[error("{}", describe_rejection(.0))]
+    Rejected(rustls::Error),
+}
+
+/// rustls's reason for refusing a certificate, in words.
+fn describe_rejection(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(C::NotValidForName)
+        | rustls::Error::InvalidCertificate(C::NotValidForNameContext { .. }) => {
+            "its subject alternative names do not include that name".to_owned()
+        }
+        rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
+            "it is not signed by the CA in ca.crt".to_owned()
+        }
+        rustls::Error::InvalidCertificate(C::Expired)
+        | rustls::Error::InvalidCertificate(C::ExpiredContext { .. }) => {
+            "it has expired".to_owned()
+        }
+        rustls::Error::InvalidCertificate(C::NotValidYet)
+        | rustls::Error::InvalidCertificate(C::NotValidYetContext { .. }) => {
+            "it is not valid yet".to_owned()
+        }
+        other => other.to_string(),
+    }
+}
+
 /// Verifies a server's chain against the trusted roots as usual, but for a fixed name
 /// (see [`ClientTls::server_name`]) instead of the host the connection was made to.
 #[derive(Debug)]

@@ -3,18 +3,23 @@
 //! conditions (reason `TLSSecretInvalid`, the Secret and key named) while other stores
 //! reconcile; fixed Secrets are picked up without touching the store; the StatefulSet then
 //! mounts them, passes the node flags and is admitted under Pod Security "restricted"; CEL
-//! refuses turning TLS off.
+//! refuses turning TLS off; a certificate for another name is refused. With a real
+//! cert-manager controller (built by `hack/install-tools.sh cert-manager`, run out of
+//! cluster): `spec.tls.issuerRef` becomes a Certificate that cert-manager issues into the
+//! Secret the StatefulSet mounts; without cert-manager's CRDs the store says so.
 //!
 //! Skipped, with a printed reason, only when the Kubernetes binaries are missing.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, CustomResourceExt};
 use shardedstore_operator::crd::{ShardedStore, ShardedStoreSpec};
 use shardedstore_tests::apiserver_harness::{ControlPlane, eventually};
 use shardedstore_tests::e2e_harness::store_certs;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,13 +99,10 @@ async fn ready_reason(
     Ok(message)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_secrets_are_checked_mounted_and_tls_cannot_be_turned_off() -> TestResult {
-    let Some(plane) = ControlPlane::start()? else {
-        return Ok(());
-    };
-    let client = plane.client().await?;
-    setup(&client).await?;
+/// Runs the operator's controller in this process until dropped.
+fn start_controller(
+    client: &Client,
+) -> Result<AbortOnDrop, Box<dyn std::error::Error + Send + Sync>> {
     let config = shardedstore_operator::config::RunConfig {
         metrics_addr: "127.0.0.1:0".parse()?,
         lease_name: "unused".into(),
@@ -120,9 +122,19 @@ async fn tls_secrets_are_checked_mounted_and_tls_cannot_be_turned_off() -> TestR
         metrics,
         "test".into(),
     ));
-    let _controller = AbortOnDrop(tokio::spawn(
+    Ok(AbortOnDrop(tokio::spawn(
         shardedstore_operator::controller::run_controller(ctx),
-    ));
+    )))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_secrets_are_checked_mounted_and_tls_cannot_be_turned_off() -> TestResult {
+    let Some(plane) = ControlPlane::start()? else {
+        return Ok(());
+    };
+    let client = plane.client().await?;
+    setup(&client).await?;
+    let _controller = start_controller(&client)?;
 
     let stores: Api<ShardedStore> = Api::namespaced(client.clone(), NS);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
@@ -187,9 +199,37 @@ async fn tls_secrets_are_checked_mounted_and_tls_cannot_be_turned_off() -> TestR
     };
     assert_eq!(message, "Secret kv-tls (spec.tls) has no key ca.crt");
 
+    // 2b. A certificate for another name: refused, naming the name nodes verify (issue 10
+    // item 3: the SAN is checked before any pod is given the certificate).
+    let wrong = store_certs(&["kv.elsewhere.svc".to_owned()])?;
+    let bad = serde_json::json!({"stringData": {"tls.crt": wrong.cert, "tls.key": wrong.key, "ca.crt": wrong.ca}});
+    secrets
+        .patch("kv-tls", &PatchParams::default(), &Patch::Merge(&bad))
+        .await?;
+    let message = eventually(WAIT, "the wrong certificate to be reported", || {
+        let api = stores.clone();
+        async move {
+            let s = api.get("kv").await.ok()?;
+            condition(&s, "Ready")
+                .filter(|(_, r, _)| r == "TLSSecretInvalid")
+                .map(|(_, _, m)| m)
+                .filter(|m| m.contains("not valid for"))
+        }
+    })
+    .await?;
+    assert_eq!(
+        message,
+        "tls.crt of Secret kv-tls (spec.tls) is not valid for kv.tls.svc, the name nodes and \
+         clients verify: its subject alternative names do not include that name"
+    );
+    assert!(
+        sts_api.get_opt("kv").await?.is_none(),
+        "a StatefulSet was applied with a wrong certificate"
+    );
+
     // 3. Fixed Secrets are picked up without touching the store (Secrets are not watched:
     // the store is looked at again every few seconds while blocked).
-    let fix = serde_json::json!({"stringData": {"ca.crt": certs.ca}});
+    let fix = serde_json::json!({"stringData": {"tls.crt": certs.cert, "tls.key": certs.key, "ca.crt": certs.ca}});
     secrets
         .patch("kv-tls", &PatchParams::default(), &Patch::Merge(&fix))
         .await?;
@@ -293,5 +333,241 @@ async fn tls_secrets_are_checked_mounted_and_tls_cannot_be_turned_off() -> TestR
             other => panic!("switching TLS on {name} was not refused: {other:?}"),
         }
     }
+    Ok(())
+}
+
+/// The cert-manager controller process, killed (and reaped) when dropped.
+struct CertManager(Child);
+
+impl Drop for CertManager {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cert_manager_resource(kind: &str) -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk("cert-manager.io", "v1", kind))
+}
+
+fn object(
+    kind: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> Result<DynamicObject, serde_json::Error> {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "cert-manager.io/v1",
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+}
+
+/// Waits until the cert-manager object `name` reports Ready=True.
+async fn cm_ready(api: &Api<DynamicObject>, what: &str, name: &str) -> TestResult {
+    eventually(
+        Duration::from_secs(120),
+        &format!("{what} {name} Ready"),
+        || {
+            let api = api.clone();
+            async move {
+                let o = api.get(name).await.ok()?;
+                o.data["status"]["conditions"]
+                    .as_array()?
+                    .iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    .then_some(())
+            }
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Issue 10 (cert-manager): a store with `spec.tls.issuerRef` gets a Certificate from a real
+/// cert-manager (self-signed Issuer → CA Certificate → CA Issuer → the store's Certificate),
+/// the StatefulSet mounts the Secret cert-manager wrote, and the operator's SAN and CA
+/// checks accept it; with cert-manager's CRDs removed the store reports CertManagerMissing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_ref_becomes_a_certificate_issued_by_cert_manager() -> TestResult {
+    let Some(controller_bin) = shardedstore_tests::tools::require_tool("cert-manager-controller")
+    else {
+        return Ok(());
+    };
+    let crds_dir = controller_bin
+        .parent()
+        .and_then(|bin| bin.parent())
+        .map(|tools| tools.join("cert-manager-crds"))
+        .filter(|d| d.is_dir())
+        .ok_or("cert-manager's CRDs are missing; run `bash hack/install-tools.sh cert-manager`")?;
+    let Some(plane) = ControlPlane::start()? else {
+        return Ok(());
+    };
+    let client = plane.client().await?;
+    setup(&client).await?;
+    let crd_files = [
+        "certificates",
+        "certificaterequests",
+        "issuers",
+        "clusterissuers",
+    ]
+    .map(|k| crds_dir.join(format!("cert-manager.io_{k}.yaml")));
+    for f in &crd_files {
+        let out = plane.kubectl(&["apply", "--server-side", "-f", &f.to_string_lossy()])?;
+        assert!(
+            out.status.success(),
+            "applying {f:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for k in [
+        "certificates",
+        "certificaterequests",
+        "issuers",
+        "clusterissuers",
+    ] {
+        let name = format!("{k}.cert-manager.io");
+        eventually(WAIT, &format!("CRD {name} Established"), || {
+            let crds = crds.clone();
+            let name = name.clone();
+            async move {
+                crds.get(&name)
+                    .await
+                    .ok()?
+                    .status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+                    .then_some(())
+            }
+        })
+        .await?;
+    }
+    let log = std::fs::File::create(plane.kubeconfig().with_file_name("cert-manager.log"))?;
+    let _cert_manager = CertManager(
+        Command::new(&controller_bin)
+            .arg(format!("--kubeconfig={}", plane.kubeconfig().display()))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?,
+    );
+    let _controller = start_controller(&client)?;
+
+    // A CA made by cert-manager: self-signed Issuer → CA Certificate → CA Issuer.
+    let issuers: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), NS, &cert_manager_resource("Issuer"));
+    let certificates: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), NS, &cert_manager_resource("Certificate"));
+    let pp = PostParams::default();
+    issuers
+        .create(
+            &pp,
+            &object(
+                "Issuer",
+                "selfsigned",
+                serde_json::json!({"selfSigned": {}}),
+            )?,
+        )
+        .await?;
+    certificates
+        .create(
+            &pp,
+            &object(
+                "Certificate",
+                "store-ca",
+                serde_json::json!({
+                    "isCA": true, "commonName": "store-ca", "secretName": "store-ca",
+                    "privateKey": {"algorithm": "ECDSA", "size": 256},
+                    "issuerRef": {"name": "selfsigned", "kind": "Issuer", "group": "cert-manager.io"}
+                }),
+            )?,
+        )
+        .await?;
+    cm_ready(&certificates, "Certificate", "store-ca").await?;
+    issuers
+        .create(
+            &pp,
+            &object(
+                "Issuer",
+                "store-ca",
+                serde_json::json!({"ca": {"secretName": "store-ca"}}),
+            )?,
+        )
+        .await?;
+    cm_ready(&issuers, "Issuer", "store-ca").await?;
+
+    // The store asks for its certificate by issuer.
+    let stores: Api<ShardedStore> = Api::namespaced(client.clone(), NS);
+    let spec = "nodes: 3\nimage: registry.example/node:1\ntls:\n  issuerRef:\n    name: store-ca\n";
+    stores.create(&pp, &store("cm", spec)?).await?;
+    cm_ready(&certificates, "Certificate", "cm-tls").await?;
+    let cert = certificates.get("cm-tls").await?;
+    assert_eq!(
+        cert.data["spec"]["dnsNames"],
+        serde_json::json!([format!("cm.{NS}.svc"), format!("cm.{NS}"), "cm"])
+    );
+    assert_eq!(cert.data["spec"]["issuerRef"]["name"], "store-ca");
+    let owner = cert
+        .metadata
+        .owner_references
+        .unwrap_or_default()
+        .into_iter()
+        .next()
+        .map(|o| (o.kind, o.name));
+    assert_eq!(owner, Some(("ShardedStore".to_owned(), "cm".to_owned())));
+    let secret = Api::<Secret>::namespaced(client.clone(), NS)
+        .get("cm-tls")
+        .await?;
+    let keys: Vec<String> = secret.data.unwrap_or_default().into_keys().collect();
+    for key in ["ca.crt", "tls.crt", "tls.key"] {
+        assert!(keys.iter().any(|k| k == key), "{key} missing from {keys:?}");
+    }
+    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
+    let sts = eventually(WAIT, "the StatefulSet of the cert-manager store", || {
+        let api = sts_api.clone();
+        async move { api.get_opt("cm").await.ok().flatten() }
+    })
+    .await?;
+    let mounted = sts
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.volumes)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|v| v.name == "tls")
+        .and_then(|v| v.secret)
+        .and_then(|s| s.secret_name);
+    assert_eq!(mounted.as_deref(), Some("cm-tls"));
+    eventually(WAIT, "Reconciled=True on the cert-manager store", || {
+        let api = stores.clone();
+        async move {
+            let s = api.get("cm").await.ok()?;
+            condition(&s, "Reconciled").filter(|(status, _, _)| status == "True")
+        }
+    })
+    .await?;
+
+    // cert-manager uninstalled (its CRDs deleted): a clear condition, no wedge.
+    for k in [
+        "certificates",
+        "certificaterequests",
+        "issuers",
+        "clusterissuers",
+    ] {
+        crds.delete(&format!("{k}.cert-manager.io"), &DeleteParams::default())
+            .await?;
+    }
+    let message = ready_reason(&stores, "cm", "CertManagerMissing").await?;
+    assert!(
+        message.contains("certificates.cert-manager.io"),
+        "{message}"
+    );
+    let s = stores.get("cm").await?;
+    let (status, reason, _) = condition(&s, "Reconciled").unwrap_or_default();
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "CertManagerMissing")
+    );
     Ok(())
 }

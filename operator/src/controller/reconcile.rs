@@ -11,7 +11,7 @@ use super::events::Note;
 use super::members;
 use super::rollout;
 use super::status::{self, Observation, RolloutView};
-use super::tls::{self, TLS_SECRET_INVALID, TlsSecretError, TlsSecretProblem};
+use super::tls::{self, TlsSecretError, TlsSecretProblem};
 use super::validate::{self, CapacityProblem};
 use crate::coordinator::{Membership, Settings};
 use crate::crd::ShardedStore;
@@ -168,14 +168,7 @@ async fn run(store: &ShardedStore, ctx: &Context) -> Result<Action, ReconcileErr
 
     // The TLS Secrets: a missing or malformed one stops the reconcile, named in the
     // conditions, until it is fixed (pods could not start with it anyway).
-    let tls = match tls::store_client_tls(
-        &ctx.client,
-        &owner.namespace,
-        &owner.name,
-        spec.tls.as_ref(),
-    )
-    .await
-    {
+    let tls = match tls::ensure_store_tls(&ctx.client, &owner, spec.tls.as_ref()).await {
         Ok(tls) => tls,
         Err(TlsSecretError::Invalid(problem)) => {
             return blocked_by_tls(store, ctx, &spec, &owner.name, &problem).await;
@@ -365,20 +358,21 @@ async fn blocked_by_tls(
         restarts_pending: 0,
         rollout: RolloutView::default(),
         refused_storage_change: None,
-        blocked: Some((TLS_SECRET_INVALID, message.clone())),
+        blocked: Some((problem.reason(), message.clone())),
     };
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let status = status::compute(&obs, &previous.conditions, &now);
     apply::patch_status(&ctx.client, store, &status).await?;
     let already = conditions::find(&previous.conditions, READY)
-        .is_some_and(|c| c.reason == TLS_SECRET_INVALID && c.message == message);
+        .is_some_and(|c| c.reason == problem.reason() && c.message == message);
     if !already {
         ctx.events
             .publish(
                 &store.object_ref(&()),
                 Note {
-                    warning: true,
-                    reason: TLS_SECRET_INVALID,
+                    // Waiting for cert-manager is expected for a new store.
+                    warning: problem.reason() != tls::CERTIFICATE_PENDING,
+                    reason: problem.reason(),
                     action: "Validate",
                     message,
                 },

@@ -12,7 +12,9 @@ pub use spec::{
     ShardedStoreSpec, StorageSpec,
 };
 pub use status::{MoveStatus, NodeLifecycle, NodeStatus, PartitionSummary, ShardedStoreStatus};
-pub use tls::{CLIENT_TOKENS_KEY, TlsSpec};
+pub use tls::{
+    CERT_MANAGER_GROUP, CLIENT_TOKENS_KEY, IssuerKind, IssuerRef, TlsSpec, issued_secret_name,
+};
 
 use kube::CustomResourceExt;
 

@@ -551,7 +551,8 @@ fn tls_mounts_the_secrets_and_passes_the_node_flags() {
     assert!(!has_env(&plain, "SHARDEDSTORE_TLS_CERT"));
 
     store.spec.tls = Some(crate::crd::TlsSpec {
-        secret_name: "kv-tls".to_owned(),
+        secret_name: Some("kv-tls".to_owned()),
+        issuer_ref: None,
         client_tokens_secret_name: Some("kv-tokens".to_owned()),
         mutual_tls: true,
     });

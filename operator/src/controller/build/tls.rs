@@ -72,7 +72,7 @@ pub fn tls_pod_parts(
     let file = |key: &str| format!("{TLS_DIR}/{key}");
     let mut volumes = vec![secret_volume(
         TLS_VOLUME,
-        &tls.secret_name,
+        &tls.certificate_secret(store),
         &[TLS_CERT_KEY, TLS_KEY_KEY, TLS_CA_KEY],
     )];
     let mut mounts = vec![mount(TLS_VOLUME, TLS_DIR)];
