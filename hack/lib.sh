@@ -103,13 +103,29 @@ stop_pidfiles() {
     rm -f "$@"
 }
 
+# close_inherited_fds — closes every descriptor above 2 of the current (sub)shell.
+close_inherited_fds() {
+    local f fd
+    for f in /proc/"$BASHPID"/fd/*; do
+        fd="${f##*/}"
+        [[ "$fd" =~ ^[0-9]+$ ]] && ((fd > 2)) || continue
+        exec {fd}>&- 2>/dev/null || true
+    done
+}
+
 # start_daemon NAME DIR CMD... — runs CMD in its own session with output in
-# DIR/logs/NAME.log and its pid in DIR/pids/NAME.pid.
+# DIR/logs/NAME.log and its pid in DIR/pids/NAME.pid. The daemon gets no descriptor
+# of ours but stdin/stdout/stderr: a lock the caller holds (`flock LOCKFILE make
+# cluster-up` passes the lock's descriptor down to every child) must end with the
+# caller, not live on in the daemons of a cluster left running.
 start_daemon() {
     local name="$1" dir="$2"
     shift 2
     mkdir -p "$dir/logs" "$dir/pids"
-    setsid "$@" >>"$dir/logs/$name.log" 2>&1 </dev/null &
+    (
+        close_inherited_fds
+        exec setsid "$@" >>"$dir/logs/$name.log" 2>&1 </dev/null
+    ) &
     echo $! >"$dir/pids/$name.pid"
     disown $! # no "Killed" job notices from the shell that later stops it
 }

@@ -13,7 +13,8 @@
 //! - `response`: classification of an HTTP answer.
 //! - `map_cache`: the cached partition map and its refreshes.
 //! - `request`: the retry loop and one attempt.
-//! - `unreachable`: map addresses to route around after failed connections.
+//! - `unreachable`: addresses to route around (and ask last for the map) after they refused a
+//!   connection or did not answer in time.
 //! - `session`: the session as data.
 //! - `error`: the error types.
 

@@ -161,6 +161,16 @@ pub enum MapFetchError {
     },
 }
 
+impl MapFetchError {
+    /// The address did not answer: no connection, or no answer in time (as opposed to an
+    /// answer this client could not use).
+    pub fn is_unanswered(&self) -> bool {
+        matches!(self, Self::Send { source, .. }
+            if (source.is_connect() || source.is_timeout())
+                && crate::tls::handshake_error(source).is_none())
+    }
+}
+
 /// Why a KV operation failed. A missing key is not an error: reads return `None`.
 #[derive(Debug, thiserror::Error)]
 pub enum KvError {

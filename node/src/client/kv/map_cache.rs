@@ -92,9 +92,18 @@ impl KvClient {
                 }
             }
         }
+        // Sources that failed to answer lately are asked last, and only while no other
+        // source has served a map: a dead node (its timeout) must not hold up every refresh
+        // of a failover, while the others say the map has not changed yet.
+        let (answering, avoided) = self.inner.unreachable.split(sources, Instant::now());
+        let avoided_from = answering.len();
+        let sources: Vec<String> = answering.into_iter().chain(avoided).collect();
         let mut best: Option<PartitionMap> = None;
         let mut last_err = None;
-        for addr in &sources {
+        for (i, addr) in sources.iter().enumerate() {
+            if i >= avoided_from && best.is_some() {
+                break;
+            }
             match self.map_from(addr).await {
                 Ok(m) => {
                     let wanted = why.version.is_none_or(|s| m.version > s)
@@ -106,7 +115,12 @@ impl KvClient {
                         break;
                     }
                 }
-                Err(e) => last_err = Some(Box::new(e)),
+                Err(e) => {
+                    if e.is_unanswered() {
+                        self.inner.unreachable.mark(addr, Instant::now());
+                    }
+                    last_err = Some(Box::new(e));
+                }
             }
         }
         *last_refresh = Some(Instant::now());
@@ -142,6 +156,20 @@ impl KvClient {
             .chain(&seeds[..start])
             .cloned()
             .collect()
+    }
+
+    /// The seed for an attempt sent through a seed: the next in rotation that has not
+    /// failed to answer lately (the next in rotation if all have).
+    pub(super) fn seed_for_attempt(&self) -> String {
+        let (mut answering, mut avoided) = self
+            .inner
+            .unreachable
+            .split(self.rotated_seeds(), Instant::now());
+        if answering.is_empty() {
+            avoided.swap_remove(0)
+        } else {
+            answering.swap_remove(0)
+        }
     }
 
     pub(super) async fn map_for_attempt(

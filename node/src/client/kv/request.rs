@@ -89,9 +89,10 @@ impl KvClient {
                 },
             };
             ambiguous |= err.is_ambiguous();
-            if let AttemptError::Connect { addr, .. } = &err
-                && !self.inner.seeds.contains(addr)
-            {
+            // No connection, or no answer in time: route around the address for a while
+            // (a seed that timed out may only have been forwarding to a dead primary; it is
+            // merely asked after the others).
+            if let AttemptError::Connect { addr, .. } | AttemptError::Timeout { addr, .. } = &err {
                 self.inner.unreachable.mark(addr, Instant::now());
             }
             staleness.failed_at = Some(Instant::now());
@@ -169,8 +170,8 @@ impl KvClient {
                 addr.to_owned()
             }
             (false, Err(e)) => return Answer::Retry(e),
-            // Any node accepts any key and forwards it.
-            _ => self.rotated_seeds().swap_remove(0),
+            // Any node accepts any key and forwards it; one that answered lately first.
+            _ => self.seed_for_attempt(),
         };
         let local = match op {
             Op::Get { local } => local.as_ref(),
