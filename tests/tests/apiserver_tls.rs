@@ -11,16 +11,18 @@
 //! Skipped, with a printed reason, only when the Kubernetes binaries are missing.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, CustomResourceExt};
-use shardedstore_operator::crd::{ShardedStore, ShardedStoreSpec};
-use shardedstore_tests::apiserver_harness::{ControlPlane, eventually};
+use shardedstore_operator::crd::ShardedStore;
+use shardedstore_tests::apiserver_harness::{
+    ControlPlane, InProcessOperator, TestError, condition, create_namespace, eventually,
+    install_crd, operator_config, store,
+};
 use shardedstore_tests::e2e_harness::store_certs;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -28,56 +30,14 @@ type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 const WAIT: Duration = Duration::from_secs(60);
 const NS: &str = "tls";
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-fn store(name: &str, yaml_spec: &str) -> Result<ShardedStore, serde_yaml::Error> {
-    let spec: ShardedStoreSpec = serde_yaml::from_str(yaml_spec)?;
-    Ok(ShardedStore::new(name, spec))
-}
-
-fn condition(store: &ShardedStore, type_: &str) -> Option<(String, String, String)> {
-    store
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
 async fn setup(client: &Client) -> TestResult {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(
-        "shardedstores.shardedstore.io",
-        &PatchParams::apply("shardedstore-tests").force(),
-        &Patch::Apply(ShardedStore::crd()),
+    install_crd(client, ShardedStore::crd()).await?;
+    create_namespace(
+        client,
+        NS,
+        &[("pod-security.kubernetes.io/enforce", "restricted")],
     )
-    .await?;
-    eventually(WAIT, "the CRD to be Established", || {
-        let crds = crds.clone();
-        async move {
-            let crd = crds.get("shardedstores.shardedstore.io").await.ok()?;
-            crd.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-                .then_some(())
-        }
-    })
-    .await?;
-    let ns: Namespace = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": NS, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}
-    }))?;
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await?;
-    Ok(())
+    .await
 }
 
 /// Waits until `store`'s Ready condition has `reason` and returns its message.
@@ -100,31 +60,8 @@ async fn ready_reason(
 }
 
 /// Runs the operator's controller in this process until dropped.
-fn start_controller(
-    client: &Client,
-) -> Result<AbortOnDrop, Box<dyn std::error::Error + Send + Sync>> {
-    let config = shardedstore_operator::config::RunConfig {
-        metrics_addr: "127.0.0.1:0".parse()?,
-        lease_name: "unused".into(),
-        lease_namespace: "default".into(),
-        identity: Some("test".into()),
-        leader_lease_seconds: 15,
-        leader_renew_seconds: 5,
-        heartbeat_interval_ms: 500,
-        node_lease_ms: 4000,
-        default_node_image: None,
-        watch_namespace: None,
-    };
-    let metrics = Arc::new(shardedstore_operator::metrics::Metrics::new()?);
-    let ctx = Arc::new(shardedstore_operator::controller::Context::new(
-        client.clone(),
-        config,
-        metrics,
-        "test".into(),
-    ));
-    Ok(AbortOnDrop(tokio::spawn(
-        shardedstore_operator::controller::run_controller(ctx),
-    )))
+fn start_controller(client: &Client) -> Result<InProcessOperator, TestError> {
+    InProcessOperator::start(client, operator_config("test"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,11 +9,9 @@
 //! Skipped, with a printed reason, only when the Kubernetes binaries (or moto) are missing.
 
 use futures::TryStreamExt;
-use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Patch, PatchParams, PostParams};
-use kube::{Api, Client, CustomResourceExt};
+use kube::api::PostParams;
+use kube::{Api, CustomResourceExt};
 use shardedstore_node::backup::Destination;
 use shardedstore_operator::controller::build::{
     MAP_KEY, TOKEN_KEY, partition_map_name, peer_token_name,
@@ -22,7 +20,9 @@ use shardedstore_operator::crd::ShardedStore;
 use shardedstore_operator::crd::backup::{
     BackupPhase, ShardedStoreBackup, ShardedStoreBackupSpec, ShardedStoreBackupStatus,
 };
-use shardedstore_tests::apiserver_harness::{ControlPlane, eventually};
+use shardedstore_tests::apiserver_harness::{
+    ControlPlane, create_namespace, eventually, install_crd,
+};
 use shardedstore_tests::local_harness::{LocalOptions, LocalStore};
 use shardedstore_tests::s3_server::{ACCESS_KEY_ID, REGION, S3Server, SECRET_ACCESS_KEY};
 use std::time::Duration;
@@ -30,33 +30,6 @@ use std::time::Duration;
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn install(client: &Client, crd: CustomResourceDefinition) -> TestResult {
-    let name = crd.metadata.name.clone().unwrap_or_default();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(
-        &name,
-        &PatchParams::apply("shardedstore-tests").force(),
-        &Patch::Apply(crd),
-    )
-    .await?;
-    eventually(WAIT, "the CRD to be Established", || {
-        let crds = crds.clone();
-        let name = name.clone();
-        async move {
-            crds.get(&name)
-                .await
-                .ok()?
-                .status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-                .then_some(())
-        }
-    })
-    .await?;
-    Ok(())
-}
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -95,12 +68,9 @@ async fn backup_resource_schema_and_controller_status() -> TestResult {
         return Ok(());
     };
     let client = plane.client().await?;
-    install(&client, ShardedStore::crd()).await?;
-    install(&client, ShardedStoreBackup::crd()).await?;
-    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": "bk"}}))?;
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await?;
+    install_crd(&client, ShardedStore::crd()).await?;
+    install_crd(&client, ShardedStoreBackup::crd()).await?;
+    create_namespace(&client, "bk", &[]).await?;
 
     // spec.restore.from names exactly one source.
     let stores: Api<ShardedStore> = Api::namespaced(client.clone(), "bk");
@@ -244,13 +214,9 @@ async fn a_schedule_deletes_aged_out_backups_from_the_bucket() -> TestResult {
     let map = kv.map().await?;
 
     let client = plane.client().await?;
-    install(&client, ShardedStore::crd()).await?;
-    install(&client, ShardedStoreBackup::crd()).await?;
-    let ns: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "retention"}}))?;
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await?;
+    install_crd(&client, ShardedStore::crd()).await?;
+    install_crd(&client, ShardedStoreBackup::crd()).await?;
+    create_namespace(&client, "retention", &[]).await?;
     // The ShardedStore `kv` itself (the backup controller reads its TLS settings; no store
     // controller runs here), then what the store controller publishes for it: its partition
     // map and peer token (here those of the local-mode store), plus the bucket's credentials.
