@@ -97,9 +97,11 @@ multinode-images: $(if $(filter debug,$(SHARDEDSTORE_IMAGES_PROFILE)),build,rele
 
 ## The multi-node end-to-end suite (docs/e2e.md), on the cluster of `make multinode-up`.
 ## (`build`: the zone-local tests run the debug `shardedstore` CLI inside a worker.)
+## E2E_ARGS: more test-harness arguments, e.g. `--nocapture` or one test's name.
+E2E_ARGS ?=
 e2e-multinode: multinode-images build
 	SHARDEDSTORE_E2E_KUBECONFIG=$${SHARDEDSTORE_MN_DIR:-/tmp/shardedstore-multinode}/kubeconfig \
-		$(CARGO) test -p shardedstore-tests --test e2e_multinode -- --ignored --test-threads=1
+		$(CARGO) test -p shardedstore-tests --test e2e_multinode -- --ignored --test-threads=1 $(E2E_ARGS)
 
 images: release
 	bash hack/images.sh

@@ -151,7 +151,13 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = tempfile.mkdtemp(prefix="shardedstore-bench-failover.")
     logs = open(os.path.join(work, "processes.log"), "w")
-    result = {"load_average_before": os.getloadavg()}
+    # This section is merged into a JSON file that may hold a whole `make bench` run of
+    # another commit: it records its own commit and time.
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip() or None
+    result = {"commit": commit,
+              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "load_average_before": os.getloadavg()}
     try:
         log("== limits: data disk")
         result["disk"] = json.loads(subprocess.run(

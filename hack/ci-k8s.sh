@@ -13,6 +13,9 @@
 #                                  SHARDEDSTORE_IMAGES_PROFILE=debug the images carry the
 #                                  debug binaries (`cargo build --workspace --bins`, which
 #                                  `make test` built already) instead of a release build
+#   hack/ci-k8s.sh e2e-multinode   multinode-up (1 control plane + 3 workers in zones
+#                                  a/b/c), make e2e-multinode, multinode-down; prints how
+#                                  long each stage took (same image profile rule as e2e)
 #   hack/ci-k8s.sh                 control-plane and cluster
 #
 # Builds the pinned binaries first when they are not cached (see
@@ -69,10 +72,22 @@ check_e2e() {
     log "e2e: cluster-up, images and the suite took $((SECONDS - started))s"
 }
 
+check_e2e_multinode() {
+    local started=$SECONDS stage=$SECONDS root="$HACK_DIR/.."
+    trap '"$HACK_DIR/multinode-down.sh"' EXIT # each check runs in its own subshell
+    "$HACK_DIR/multinode-up.sh" 3 >/dev/null
+    log "e2e-multinode: multinode-up took $((SECONDS - stage))s"
+    stage=$SECONDS
+    make -C "$root" e2e-multinode
+    log "e2e-multinode: images and the suite took $((SECONDS - stage))s"
+    "$HACK_DIR/multinode-down.sh" >/dev/null
+    log "e2e-multinode: multinode-up, images, the suite and multinode-down took $((SECONDS - started))s"
+}
+
 for w in "${what[@]}"; do
     case "$w" in
-    control-plane | cluster | e2e) ;;
-    *) die "unknown check '$w' (control-plane, cluster, e2e)" ;;
+    control-plane | cluster | e2e | e2e-multinode) ;;
+    *) die "unknown check '$w' (control-plane, cluster, e2e, e2e-multinode)" ;;
     esac
     set +e
     (

@@ -90,7 +90,9 @@ pub struct NodeConfig {
     pub write_timeout_ms: u64,
 
     /// On SIGTERM, keep serving up to this many seconds while the node still leads partitions
-    /// another in-sync replica could take over (the operator hands them off); 0 stops at once.
+    /// another in-sync replica could take over (the operator hands them off) and holds a lease
+    /// (without one no operator is coordinating it, e.g. the store was deleted); 0 stops at
+    /// once.
     #[arg(
         long,
         env = "SHARDEDSTORE_SHUTDOWN_HANDOFF_SECONDS",

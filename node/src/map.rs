@@ -130,6 +130,14 @@ pub struct PartitionMap {
     /// with the store's peer token. The operator clears it once the restore is complete.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub restoring: bool,
+    /// Per node, the disk identity (`diskId` of its database) whose copies the `inSync` lists
+    /// mean: recorded by the operator in the maps that list the node in no `inSync` set or in
+    /// which it enters one (the first map included), kept unchanged while it stays in sync. A
+    /// node whose own database has another identity holds none of those copies and marks every
+    /// copy it creates while listed in sync as unproven (`docs/protocol.md`, "Disk identity and
+    /// unproven copies"). No entry: no disk recorded (maps written before this rule).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub disks: BTreeMap<NodeId, String>,
 }
 
 /// Header carrying the store's peer token on the client requests of a restore, the only
@@ -171,6 +179,7 @@ impl PartitionMap {
             partitions: vec![PartitionEntry::default(); partitions as usize],
             rebalance_bandwidth_bytes_per_second: None,
             restoring: false,
+            disks: BTreeMap::new(),
         }
     }
 

@@ -46,6 +46,9 @@ pub struct NodeMetrics {
     pub write_phase_seconds: HistogramVec,
     /// Follower: time from an append's arrival to its entries being durable.
     pub follower_append_seconds: Histogram,
+    /// Changed TLS files taken up (`result="applied"`) or refused (`"refused"`), copied
+    /// from [`crate::tls::reload_counts`] when rendered.
+    tls_reloads: IntCounterVec,
 }
 
 impl NodeMetrics {
@@ -141,7 +144,18 @@ impl NodeMetrics {
         registry.register(Box::new(forwarded_requests.clone()))?;
         registry.register(Box::new(rejected_frames.clone()))?;
         registry.register(Box::new(write_phase_seconds.clone()))?;
+        let tls_reloads = IntCounterVec::new(
+            Opts::new(
+                "shardedstore_tls_reloads_total",
+                "Changed TLS certificate, key or CA files taken up (applied) or refused, keeping the previous ones (refused)",
+            ),
+            &["result"],
+        )?;
+        for result in ["applied", "refused"] {
+            tls_reloads.with_label_values(&[result]);
+        }
         registry.register(Box::new(follower_append_seconds.clone()))?;
+        registry.register(Box::new(tls_reloads.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -157,6 +171,7 @@ impl NodeMetrics {
             rejected_frames,
             write_phase_seconds,
             follower_append_seconds,
+            tls_reloads,
         })
     }
 
@@ -176,6 +191,11 @@ impl NodeMetrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        let (applied, refused) = crate::tls::reload_counts();
+        for (result, total) in [("applied", applied), ("refused", refused)] {
+            let c = self.tls_reloads.with_label_values(&[result]);
+            c.inc_by(total.saturating_sub(c.get()));
+        }
         let mut buf = Vec::new();
         let encoder = TextEncoder::new();
         if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {

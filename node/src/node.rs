@@ -141,11 +141,15 @@ impl Node {
             st.min_in_sync = map.min_in_sync as usize;
             st.epoch = st.epoch.max(entry.epoch);
             st.lead_floor = st.lead_floor.max(start_floor(self.start_map.as_deref(), p));
-            if created && unproven_when_created(entry, &self.ctx.node_id) {
+            let recorded = map.disks.get(&self.ctx.node_id).map(String::as_str);
+            let own = self.ctx.store.disk_id();
+            if created && unproven_when_created(entry, &self.ctx.node_id, recorded, own) {
                 st.unproven = true;
                 tracing::warn!(
                     partition = p,
                     epoch = entry.epoch,
+                    recorded_disk = recorded.unwrap_or(""),
+                    disk = own,
                     "no copy on this disk although the map lists this node in sync: the new copy is unproven"
                 );
                 // Queued before any append of this copy, so it is durable no later than they are.

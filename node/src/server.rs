@@ -14,7 +14,7 @@ use crate::node::Node;
 use crate::replication::peer_client::{PeerClient, PeerError};
 use crate::storage::writer::WriterHandle;
 use crate::storage::{StorageError, Store};
-use crate::tls::{ClientTls, ServerTls};
+use crate::tls::{ClientTls, ServerTls, ServerTlsReloader};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,7 +127,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), ServerError> {
         server_name: cfg.tls_server_name.clone(),
         ..ClientTls::default()
     };
-    let (client_tls, peer_tls) = match &tls {
+    let reloader = match &tls {
         Some((cert, key)) => {
             let client = ServerTls {
                 cert: cert.clone(),
@@ -141,8 +141,12 @@ pub async fn run(cfg: NodeConfig) -> Result<(), ServerError> {
                 client_ca: None,
                 ..client.clone()
             };
-            (Some(client.server_config()?), Some(peer.server_config()?))
+            Some(ServerTlsReloader::load(vec![client, peer])?)
         }
+        None => None,
+    };
+    let (client_tls, peer_tls) = match &reloader {
+        Some(r) => (r.live(0), r.live(1)),
         None => (None, None),
     };
     let auth = ClientAuth::load(
@@ -170,6 +174,10 @@ pub async fn run(cfg: NodeConfig) -> Result<(), ServerError> {
     let node = Node::start(ctx).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(node.clone().upkeep(shutdown.clone()));
+    if let Some(r) = reloader {
+        // Rotated certificate files (a renewed Secret) are served without a restart.
+        tokio::spawn(r.run(crate::tls::RELOAD_INTERVAL, shutdown.clone()));
+    }
 
     let settings = client_api::ClientApiSettings {
         default_limits: Limits {
@@ -230,8 +238,8 @@ pub async fn run(cfg: NodeConfig) -> Result<(), ServerError> {
             ?timeout,
             "terminating: waiting for primaries to be handed off"
         );
-        let left = crate::shutdown::await_handoff(&node.ctx, timeout).await;
-        tracing::info!(primaries_left = left, "hand-off wait over");
+        let (left, end) = crate::shutdown::await_handoff(&node.ctx, timeout).await;
+        tracing::info!(primaries_left = left, ?end, "hand-off wait over");
     }
     tracing::info!("shutting down");
     shutdown.cancel();

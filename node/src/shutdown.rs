@@ -2,6 +2,11 @@
 //! (in Kubernetes the operator cordons a terminating pod, so the coordinator moves them), so
 //! a drain or eviction causes no failover and no refused write. Bounded by a timeout that
 //! fits in the pod's termination grace period.
+//!
+//! The wait also ends when the node holds no lease: no coordinator confirms it any more (the
+//! store was deleted, or the operator is gone or cut off), so nobody will hand its partitions
+//! off, and without a lease it serves none of them as primary anyway. Waiting on would only
+//! delay the stop — by the whole timeout for every pod when a store is deleted.
 
 use crate::context::Ctx;
 use crate::map::PartitionMap;
@@ -20,14 +25,40 @@ pub fn handoffs_pending(map: &PartitionMap, node: &str) -> usize {
         .count()
 }
 
-/// Waits until the node leads nothing that could be handed off, or `timeout` passes.
-/// Returns how many partitions it still led.
-pub async fn await_handoff(ctx: &Ctx, timeout: Duration) -> usize {
+/// Why the hand-off wait ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitEnd {
+    /// Nothing left that another in-sync replica could take over.
+    HandedOff,
+    /// The node holds no lease: no coordinator will hand its partitions off.
+    NoLease,
+    /// The timeout passed.
+    TimedOut,
+}
+
+/// Whether the hand-off wait is over, given what is still `pending`, whether the node holds a
+/// lease and whether the timeout passed.
+pub fn wait_end(pending: usize, lease_valid: bool, timed_out: bool) -> Option<WaitEnd> {
+    if pending == 0 {
+        Some(WaitEnd::HandedOff)
+    } else if !lease_valid {
+        Some(WaitEnd::NoLease)
+    } else if timed_out {
+        Some(WaitEnd::TimedOut)
+    } else {
+        None
+    }
+}
+
+/// Waits until the node leads nothing that could be handed off, holds no lease, or `timeout`
+/// passes. Returns how many partitions it still led and why the wait ended.
+pub async fn await_handoff(ctx: &Ctx, timeout: Duration) -> (usize, WaitEnd) {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let pending = ctx.map().map_or(0, |m| handoffs_pending(&m, &ctx.node_id));
-        if pending == 0 || tokio::time::Instant::now() >= deadline {
-            return pending;
+        let timed_out = tokio::time::Instant::now() >= deadline;
+        if let Some(end) = wait_end(pending, ctx.lease.valid(), timed_out) {
+            return (pending, end);
         }
         tokio::time::sleep(POLL).await;
     }
@@ -56,5 +87,17 @@ mod tests {
         assert_eq!(handoffs_pending(&map, "a"), 1);
         assert_eq!(handoffs_pending(&map, "b"), 1);
         assert_eq!(handoffs_pending(&map, "c"), 0);
+    }
+
+    /// A node with nothing to hand off stops at once; one without a lease stops too (no
+    /// coordinator will hand off, and it serves nothing as primary); otherwise it waits until
+    /// the timeout.
+    #[test]
+    fn the_wait_ends_when_handed_off_without_a_lease_or_at_the_timeout() {
+        assert_eq!(wait_end(0, true, false), Some(WaitEnd::HandedOff));
+        assert_eq!(wait_end(0, false, true), Some(WaitEnd::HandedOff));
+        assert_eq!(wait_end(2, false, false), Some(WaitEnd::NoLease));
+        assert_eq!(wait_end(2, true, true), Some(WaitEnd::TimedOut));
+        assert_eq!(wait_end(2, true, false), None);
     }
 }

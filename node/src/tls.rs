@@ -15,8 +15,11 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 /// Why TLS material could not be loaded or used.
 #[derive(Debug, thiserror::Error)]
@@ -166,9 +169,10 @@ impl ClientTls {
         self.ca.is_some() || self.ca_pem.is_some() || self.cert.is_some()
     }
 
-    /// A rustls client configuration (HTTP/1.1).
-    pub fn client_config(&self) -> Result<rustls::ClientConfig, TlsError> {
-        let roots = match (&self.ca, &self.ca_pem) {
+    /// The servers this configuration trusts: the system's roots when no CA is given, else
+    /// the CA file and/or the in-memory CA.
+    fn trusted_roots(&self) -> Result<RootCertStore, TlsError> {
+        Ok(match (&self.ca, &self.ca_pem) {
             (None, None) => {
                 let mut roots = RootCertStore::empty();
                 // Unreadable system certificates leave fewer roots; the handshake then says so.
@@ -191,18 +195,39 @@ impl ClientTls {
                 }
                 all
             }
-        };
+        })
+    }
+
+    /// The verifier of servers' certificates: the trusted roots, for the host dialled or for
+    /// [`ClientTls::server_name`].
+    fn server_verifier(&self) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
+        let roots = Arc::new(self.trusted_roots()?);
+        Ok(match &self.server_name {
+            Some(name) => Arc::new(NamedServerVerifier::new(roots, name)?),
+            None => WebPkiServerVerifier::builder_with_provider(roots, provider())
+                .build()
+                .map_err(TlsError::ServerVerifier)?,
+        })
+    }
+
+    /// A rustls client configuration (HTTP/1.1). With a CA file, the file is read again when
+    /// it changes (see [`ReloadingVerifier`]), so a rotated CA bundle is trusted by new
+    /// connections of long-running processes without a restart.
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, TlsError> {
         let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(TlsError::Config)?;
-        let builder = match &self.server_name {
-            None => builder.with_root_certificates(roots),
-            Some(name) => {
-                let verifier = NamedServerVerifier::new(roots, name)?;
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(verifier))
-            }
+        let builder = match (&self.ca, &self.server_name) {
+            (Some(ca), _) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ReloadingVerifier::new(
+                    self.clone(),
+                    ca.clone(),
+                )?)),
+            (None, None) => builder.with_root_certificates(self.trusted_roots()?),
+            (None, Some(_)) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(self.server_verifier()?),
         };
         let mut config = match (&self.cert, &self.key) {
             (Some(cert), Some(key)) => builder
@@ -239,7 +264,8 @@ pub fn verify_chain_for(chain_pem: &str, ca_pem: &str, name: &str) -> Result<(),
     for cert in pem_certs(ca_pem).map_err(|_| CertCheckError::NoCa)? {
         roots.add(cert).map_err(CertCheckError::Rejected)?;
     }
-    let verifier = NamedServerVerifier::new(roots, name).map_err(CertCheckError::Verifier)?;
+    let verifier =
+        NamedServerVerifier::new(Arc::new(roots), name).map_err(CertCheckError::Verifier)?;
     let (leaf, intermediates) = chain.split_first().ok_or(CertCheckError::NoChain)?;
     verifier
         .inner
@@ -293,10 +319,10 @@ struct NamedServerVerifier {
 }
 
 impl NamedServerVerifier {
-    fn new(roots: RootCertStore, name: &str) -> Result<Self, TlsError> {
+    fn new(roots: Arc<RootCertStore>, name: &str) -> Result<Self, TlsError> {
         let name = ServerName::try_from(name.to_owned())
             .map_err(|_| TlsError::BadServerName(name.to_owned()))?;
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        let inner = WebPkiServerVerifier::builder_with_provider(roots, provider())
             .build()
             .map_err(TlsError::ServerVerifier)?;
         Ok(Self { inner, name })
@@ -336,6 +362,290 @@ impl ServerCertVerifier for NamedServerVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+/// How often TLS files are looked at for changes: a node's certificate, key and client CA,
+/// and the CA file of every client built from a [`ClientTls`] with `ca`.
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+
+static RELOADS_APPLIED: AtomicU64 = AtomicU64::new(0);
+static RELOADS_REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// Changed TLS files this process has taken up, and changed files it refused (keeping the
+/// previous certificate or trust), so far.
+pub fn reload_counts() -> (u64, u64) {
+    (
+        RELOADS_APPLIED.load(Ordering::Relaxed),
+        RELOADS_REFUSED.load(Ordering::Relaxed),
+    )
+}
+
+fn count_reload(applied: bool) {
+    let c = if applied {
+        &RELOADS_APPLIED
+    } else {
+        &RELOADS_REFUSED
+    };
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A hash of the files' contents (an unreadable file hashes as its error). Contents, not
+/// modification times: Kubernetes updates a Secret volume by swapping a symlink, and a copy
+/// may keep the old time.
+fn fingerprint(files: &[PathBuf]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for f in files {
+        f.hash(&mut h);
+        match std::fs::read(f) {
+            Ok(bytes) => bytes.hash(&mut h),
+            Err(e) => e.kind().hash(&mut h),
+        }
+    }
+    h.finish()
+}
+
+/// The server configuration a TLS port uses for its next handshake. Connections keep the
+/// configuration they were accepted with; [`ServerTlsReloader`] replaces it.
+#[derive(Clone, Debug)]
+pub struct LiveServerConfig(Arc<RwLock<Arc<rustls::ServerConfig>>>);
+
+impl LiveServerConfig {
+    pub fn new(config: Arc<rustls::ServerConfig>) -> Self {
+        Self(Arc::new(RwLock::new(config)))
+    }
+
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn replace(&self, config: Arc<rustls::ServerConfig>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = config;
+    }
+}
+
+/// Keeps a node's TLS ports on the current certificate, key and client CA files: when their
+/// contents change, every port's configuration is built again from them and used for new
+/// connections. Files that do not load (a bad PEM, a key that does not match the
+/// certificate, a half-written pair) are refused as a whole: the ports keep the previous
+/// configuration, the refusal is logged and counted, and the files are tried again when
+/// they change again.
+#[derive(Debug)]
+pub struct ServerTlsReloader {
+    ports: Vec<(ServerTls, LiveServerConfig)>,
+    files: Vec<PathBuf>,
+    seen: u64,
+}
+
+impl ServerTlsReloader {
+    /// Loads every port's configuration (a failure is a start-up error).
+    pub fn load(ports: Vec<ServerTls>) -> Result<Self, TlsError> {
+        let mut files: Vec<PathBuf> = Vec::new();
+        for p in &ports {
+            for f in [Some(&p.cert), Some(&p.key), p.client_ca.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                if !files.contains(f) {
+                    files.push(f.clone());
+                }
+            }
+        }
+        // Seen before loading: a change in between is loaded again at the next check.
+        let seen = fingerprint(&files);
+        let ports = ports
+            .into_iter()
+            .map(|p| {
+                let config = p.server_config()?;
+                Ok((p, LiveServerConfig::new(config)))
+            })
+            .collect::<Result<Vec<_>, TlsError>>()?;
+        Ok(Self { ports, files, seen })
+    }
+
+    /// The live configuration of the `i`-th port given to [`ServerTlsReloader::load`].
+    pub fn live(&self, i: usize) -> Option<LiveServerConfig> {
+        self.ports.get(i).map(|(_, live)| live.clone())
+    }
+
+    /// Looks at the files once: `Ok(true)` when changed files were taken up, `Ok(false)` when
+    /// nothing changed, an error when changed files were refused (the previous configuration
+    /// stays).
+    pub fn check(&mut self) -> Result<bool, TlsError> {
+        let now = fingerprint(&self.files);
+        if now == self.seen {
+            return Ok(false);
+        }
+        self.seen = now;
+        let built = self
+            .ports
+            .iter()
+            .map(|(p, _)| p.server_config())
+            .collect::<Result<Vec<_>, _>>();
+        match built {
+            Ok(configs) => {
+                for ((_, live), config) in self.ports.iter().zip(configs) {
+                    live.replace(config);
+                }
+                count_reload(true);
+                Ok(true)
+            }
+            Err(e) => {
+                count_reload(false);
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks every `interval` until `stop` is cancelled, logging what happened.
+    pub async fn run(mut self, interval: Duration, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.cancelled() => return,
+            }
+            match self.check() {
+                Ok(true) => tracing::info!(
+                    files = ?self.files,
+                    "TLS files changed: new connections use the new certificate"
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::error!(
+                    error = %error_chain(&e),
+                    files = ?self.files,
+                    "TLS files changed but do not load: keeping the previous certificate"
+                ),
+            }
+        }
+    }
+}
+
+/// An error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        cur = s.source();
+    }
+    text
+}
+
+/// Verifies servers against a [`ClientTls`] whose CA file is read again when it changes
+/// (looked at on a handshake, at most every [`RELOAD_INTERVAL`]): new connections of a
+/// long-running process (a node calling other nodes, the operator) trust a rotated CA
+/// bundle without a restart. A changed file that does not load keeps the previous trust;
+/// the refusal is logged and counted.
+#[derive(Debug)]
+struct ReloadingVerifier {
+    tls: ClientTls,
+    files: Vec<PathBuf>,
+    state: Mutex<VerifierState>,
+}
+
+#[derive(Debug)]
+struct VerifierState {
+    checked: Instant,
+    seen: u64,
+    inner: Arc<dyn ServerCertVerifier>,
+}
+
+impl ReloadingVerifier {
+    fn new(tls: ClientTls, ca: PathBuf) -> Result<Self, TlsError> {
+        let files = vec![ca];
+        let seen = fingerprint(&files);
+        let inner = tls.server_verifier()?;
+        Ok(Self {
+            tls,
+            files,
+            state: Mutex::new(VerifierState {
+                checked: Instant::now(),
+                seen,
+                inner,
+            }),
+        })
+    }
+
+    /// The verifier for the current CA file; with `now`, the file is looked at whatever the
+    /// time since the last look.
+    fn current(&self, now: bool) -> Arc<dyn ServerCertVerifier> {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if now || s.checked.elapsed() >= RELOAD_INTERVAL {
+            s.checked = Instant::now();
+            let files = fingerprint(&self.files);
+            if files != s.seen {
+                s.seen = files;
+                match self.tls.server_verifier() {
+                    Ok(v) => {
+                        s.inner = v;
+                        count_reload(true);
+                        tracing::info!(ca = ?self.files, "CA file changed: new connections trust it");
+                    }
+                    Err(e) => {
+                        count_reload(false);
+                        tracing::error!(
+                            error = %error_chain(&e),
+                            ca = ?self.files,
+                            "CA file changed but does not load: keeping the previous trust"
+                        );
+                    }
+                }
+            }
+        }
+        s.inner.clone()
+    }
+}
+
+impl ServerCertVerifier for ReloadingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verifier = self.current(false);
+        let first =
+            verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
+        if first.is_ok() {
+            return first;
+        }
+        // A server may already present a certificate from a CA that was added to the file
+        // less than RELOAD_INTERVAL ago: look at the file now before refusing.
+        let again = self.current(true);
+        if Arc::ptr_eq(&again, &verifier) {
+            return first;
+        }
+        again.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current(false)
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current(false)
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.current(false).supported_verify_schemes()
     }
 }
 

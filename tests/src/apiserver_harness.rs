@@ -208,14 +208,22 @@ pub async fn install_crd(
         &Patch::Apply(crd),
     )
     .await?;
+    crd_established(client, &name).await
+}
+
+/// Waits until the API server reports the CRD `name` (e.g. `issuers.cert-manager.io`)
+/// Established, however it was applied.
+pub async fn crd_established(client: &kube::Client, name: &str) -> Result<(), TestError> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::Api;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     eventually(
         API_WAIT,
         &format!("the CRD {name} to be Established"),
         || {
             let crds = crds.clone();
-            let name = name.clone();
             async move {
-                crds.get(&name)
+                crds.get(name)
                     .await
                     .ok()?
                     .status?

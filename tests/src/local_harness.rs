@@ -88,24 +88,19 @@ pub struct LocalStore {
 }
 
 /// A base port with `3 * MAX_NODES + 1` free ports after it (client, peer, metrics on each
-/// node's address, control on 127.0.0.1).
+/// node's address, control on 127.0.0.1), below the kernel's ephemeral range.
 fn free_base(options: &LocalOptions) -> anyhow::Result<u16> {
-    for _ in 0..200 {
-        let base = 20_000 + (rand::random::<u16>() % 40_000);
-        let host = |i: u16| {
-            if i < 3 * MAX_NODES {
-                options.node_host(u32::from(i % MAX_NODES))
-            } else {
-                Ipv4Addr::LOCALHOST
-            }
-        };
-        let all_free = (0..3 * MAX_NODES + 1)
-            .all(|i| std::net::TcpListener::bind((host(i), base + i)).is_ok());
-        if all_free {
-            return Ok(base);
+    let host = |i: u16| {
+        if i < 3 * MAX_NODES {
+            options.node_host(u32::from(i % MAX_NODES))
+        } else {
+            Ipv4Addr::LOCALHOST
         }
-    }
-    anyhow::bail!("no free port range found")
+    };
+    Ok(crate::node_harness::free_port_range(
+        3 * MAX_NODES + 1,
+        host,
+    )?)
 }
 
 impl LocalStore {
@@ -236,9 +231,13 @@ impl LocalStore {
 
     /// The end of the operator's log, for failure messages.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        tail(&self.log_path(), lines)
+    }
+
+    /// The end of node `id`'s log (`node-<i>.log` in the data directory), for failure
+    /// messages.
+    pub fn node_log_tail(&self, id: &str, lines: usize) -> String {
+        tail(&self.data_dir.path().join(format!("{id}.log")), lines)
     }
 
     /// SIGKILLs the operator only (its nodes keep running, as after an operator crash).
@@ -299,7 +298,31 @@ impl LocalStore {
             })
         })
         .await;
-        r.map_err(|e| anyhow::anyhow!("{e}\noperator log:\n{}", self.log_tail(40)))
+        r.map_err(|e| {
+            anyhow::anyhow!(
+                "{e}\noperator log:\n{}{}",
+                self.log_tail(40),
+                self.node_logs_tail(15)
+            )
+        })
+    }
+
+    /// The end of every node's log in the data directory, each under its node id, for
+    /// failure messages (a node that keeps exiting says why only there).
+    pub fn node_logs_tail(&self, lines: usize) -> String {
+        let mut ids: Vec<String> = std::fs::read_dir(self.data_dir.path())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                let id = name.strip_suffix(".log")?;
+                id.starts_with("node-").then(|| id.to_owned())
+            })
+            .collect();
+        ids.sort();
+        ids.iter()
+            .map(|id| format!("\n{id} log:\n{}", self.node_log_tail(id, lines)))
+            .collect()
     }
 
     /// SIGKILLs node `id` (by the pid the operator reports).
@@ -350,6 +373,13 @@ impl LocalStore {
     }
 }
 
+/// The last `lines` lines of the file at `path` (empty when it cannot be read).
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 /// Whether any process of group `g` is alive (and not a zombie).
 fn group_alive(g: u32) -> bool {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -369,6 +399,12 @@ fn group_alive(g: u32) -> bool {
 impl Drop for LocalStore {
     fn drop(&mut self) {
         self.kill_all();
+        // SHARDEDSTORE_LOCAL_KEEP=1 keeps the data directory (operator and node logs, data)
+        // of every local-mode test for a post-mortem.
+        if std::env::var_os("SHARDEDSTORE_LOCAL_KEEP").is_some() {
+            self.data_dir.disable_cleanup(true);
+            eprintln!("kept {}", self.data_dir.path().display());
+        }
     }
 }
 

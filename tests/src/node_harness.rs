@@ -30,26 +30,55 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1, chosen at random below the kernel's ephemeral range
-/// (32768+), so outgoing connections of other processes cannot take it between this call and
-/// the node binding it; never the same port twice in one test process.
+/// Lowest port of the kernel's ephemeral range (32768 unless configured otherwise): ports a
+/// test hands to a server must stay below it, or an outgoing connection of any process (a
+/// pooled keep-alive connection lives for minutes) can take the port between the test's check
+/// and the server's bind.
+fn ephemeral_floor() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+}
+
+/// A free TCP port on 127.0.0.1, chosen at random below the kernel's ephemeral range, so
+/// outgoing connections of other processes cannot take it between this call and the node
+/// binding it; never the same port twice in one test process.
 pub fn free_port() -> std::io::Result<u16> {
+    free_port_range(1, |_| std::net::Ipv4Addr::LOCALHOST)
+}
+
+/// The first of `width` consecutive free TCP ports, port `base + i` free on `host(i)`; below
+/// the kernel's ephemeral range and never overlapping a range this test process was already
+/// handed.
+pub fn free_port_range(
+    width: u16,
+    host: impl Fn(u16) -> std::net::Ipv4Addr,
+) -> std::io::Result<u16> {
     use rand::Rng;
-    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    static HANDED_OUT: Mutex<Vec<(u16, u16)>> = Mutex::new(Vec::new());
+    let ceiling = ephemeral_floor().saturating_sub(width);
+    let floor = 10_000u16.min(ceiling.saturating_sub(1_000));
     let mut rng = rand::rng();
-    for _ in 0..200 {
-        let port: u16 = rng.random_range(20_000..32_000);
+    for _ in 0..500 {
+        let base: u16 = rng.random_range(floor..ceiling);
         let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-        if handed.contains(&port) {
+        if handed
+            .iter()
+            .any(|&(b, w)| base < b + w && b < base + width)
+        {
             continue;
         }
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            handed.push(port);
-            return Ok(port);
+        let all_free = (0..width).all(|i| std::net::TcpListener::bind((host(i), base + i)).is_ok());
+        if all_free {
+            handed.push((base, width));
+            return Ok(base);
         }
     }
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("no {width} consecutive free ports below {ceiling}"),
+    ))
 }
 
 /// Path of a workspace binary: `<target-dir>/<profile>/<name>`, found from the running test

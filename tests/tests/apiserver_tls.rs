@@ -18,8 +18,8 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, CustomResourceExt};
 use shardedstore_operator::crd::ShardedStore;
 use shardedstore_tests::apiserver_harness::{
-    ControlPlane, InProcessOperator, TestError, condition, create_namespace, eventually,
-    install_crd, operator_config, store,
+    ControlPlane, InProcessOperator, TestError, condition, crd_established, create_namespace,
+    eventually, install_crd, operator_config, store,
 };
 use shardedstore_tests::e2e_harness::store_certs;
 use std::process::{Child, Command, Stdio};
@@ -357,29 +357,13 @@ async fn an_issuer_ref_becomes_a_certificate_issued_by_cert_manager() -> TestRes
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for k in [
         "certificates",
         "certificaterequests",
         "issuers",
         "clusterissuers",
     ] {
-        let name = format!("{k}.cert-manager.io");
-        eventually(WAIT, &format!("CRD {name} Established"), || {
-            let crds = crds.clone();
-            let name = name.clone();
-            async move {
-                crds.get(&name)
-                    .await
-                    .ok()?
-                    .status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-                    .then_some(())
-            }
-        })
-        .await?;
+        crd_established(&client, &format!("{k}.cert-manager.io")).await?;
     }
     let log = std::fs::File::create(plane.kubeconfig().with_file_name("cert-manager.log"))?;
     let _cert_manager = CertManager(
@@ -486,6 +470,7 @@ async fn an_issuer_ref_becomes_a_certificate_issued_by_cert_manager() -> TestRes
     .await?;
 
     // cert-manager uninstalled (its CRDs deleted): a clear condition, no wedge.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for k in [
         "certificates",
         "certificaterequests",

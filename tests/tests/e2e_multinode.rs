@@ -788,6 +788,11 @@ async fn mn_4_drain_of_a_worker_under_write_load() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let out = drain.await??;
+    // The pod went before a sample saw its container stopped: the map right after the drain
+    // is what it left (a failover instead of a hand-off would take the lease, 4 s, longer).
+    if watch.primaries_when_stopped.is_none() {
+        watch.primaries_when_stopped = Some(led_by(&f.map()?, &victim).len());
+    }
     eprintln!(
         "drained {drained_node} in {:.1?}: {watch:?}\n{out}",
         started.elapsed()
@@ -846,6 +851,11 @@ async fn mn_4_drain_of_a_worker_under_write_load() -> anyhow::Result<()> {
         watch.most_unavailable <= 1,
         "{} pods unavailable at once",
         watch.most_unavailable
+    );
+    assert_eq!(
+        watch.primaries_when_stopped,
+        Some(0),
+        "{victim} handed every partition it led off before its container stopped"
     );
     assert_eq!(
         report.failed, 0,

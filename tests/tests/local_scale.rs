@@ -19,7 +19,17 @@ async fn assert_balanced(store: &LocalStore, nodes: usize) -> anyhow::Result<()>
     let violations = placement_violations(&map);
     anyhow::ensure!(violations.is_empty(), "{violations:?}\n{status:?}");
     for e in &map.partitions {
-        anyhow::ensure!(e.in_sync == e.replicas && e.learners.is_empty(), "{e:?}");
+        // The same members; the order may differ (a member dropped from `inSync` and
+        // admitted again is appended there, not at its place in `replicas`).
+        fn set(v: &[String]) -> std::collections::BTreeSet<&String> {
+            v.iter().collect()
+        }
+        anyhow::ensure!(
+            set(&e.in_sync) == set(&e.replicas)
+                && e.in_sync.len() == e.replicas.len()
+                && e.learners.is_empty(),
+            "{e:?}"
+        );
     }
     Ok(())
 }

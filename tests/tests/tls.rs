@@ -7,7 +7,7 @@
 use shardedstore_node::client::KvClient;
 use shardedstore_node::tls::ClientTls;
 use shardedstore_tests::local_harness::{LocalOptions, LocalStore};
-use shardedstore_tests::node_harness::binary_path;
+use shardedstore_tests::node_harness::{binary_path, wait_until};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -256,4 +256,325 @@ fn reqwest_plain() -> anyhow::Result<reqwest::Client> {
             .timeout(Duration::from_secs(5))
             .build()?,
     )
+}
+
+/// `shardedstore backup` and `restore` against TLS stores (issue item "CLI backup/restore
+/// over TLS"): the backup reaches the nodes' peer ports over TLS with the CLI's `--ca` and
+/// the peer token, and the restore writes through a second TLS store's client port (and
+/// `local --restore-from` into a third one over HTTPS). Without the CA, or with a wrong peer
+/// token, the backup stops at once with a message saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_backs_up_and_restores_tls_stores() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (store, certs) = start_store(dir.path()).await?;
+    let status = store
+        .status()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no status"))?;
+    let https = format!("https://{}", status.endpoints[0].client_addr);
+    let ca = certs.ca.display().to_string();
+    let kv = KvClient::builder(&[https.as_str()])
+        .tls(ClientTls {
+            ca: Some(certs.ca.clone()),
+            ..ClientTls::default()
+        })
+        .token("secret-one")
+        .build()?;
+    for i in 0..60 {
+        kv.put(format!("b{i}"), format!("value-{i}"), Default::default())
+            .await?;
+    }
+    let to = format!("file://{}", dir.path().join("backup").display());
+    let backup = |extra: &[&str]| -> anyhow::Result<Output> {
+        let mut args = vec!["-e", https.as_str(), "--token", "secret-one"];
+        args.extend_from_slice(extra);
+        cli(&args)
+    };
+
+    // No CA: refused before anything is written, naming the option.
+    let out = backup(&["backup", "--to", &to, "--peer-token", "local-peer-token"])?;
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("--ca") && err.contains("peer ports"), "{err}");
+    // A wrong peer token: the 403 ends the backup at once instead of being retried.
+    let started = std::time::Instant::now();
+    let out = backup(&["--ca", &ca, "backup", "--to", &to, "--peer-token", "guess"])?;
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("403") && err.contains("not retried"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "a refused backup took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        !dir.path().join("backup").join("manifest.json").exists(),
+        "a refused backup wrote a manifest"
+    );
+    // With the CA and the peer token: complete.
+    let out = backup(&[
+        "--ca",
+        &ca,
+        "backup",
+        "--to",
+        &to,
+        "--peer-token",
+        "local-peer-token",
+    ])?;
+    assert!(
+        out.status.success(),
+        "backup: {}\n{}",
+        text(&out.stderr),
+        store.log_tail(30)
+    );
+    assert!(
+        text(&out.stdout).contains("60 keys"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // Restore into another TLS store, with its own CA (generated into another directory).
+    let other_dir = dir.path().join("other-certs");
+    let other = LocalStore::start(LocalOptions {
+        nodes: 1,
+        partitions: 4,
+        replication_factor: 1,
+        extra_args: vec!["--tls-dir".into(), other_dir.display().to_string()],
+        ..LocalOptions::default()
+    })
+    .await?;
+    let other_status = other
+        .status()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no status of the second store"))?;
+    let other_https = format!("https://{}", other_status.endpoints[0].client_addr);
+    let other_ca = other_dir.join("ca.pem");
+    let out = cli(&[
+        "-e",
+        &other_https,
+        "--ca",
+        &other_ca.display().to_string(),
+        "restore",
+        "--from",
+        &to,
+    ])?;
+    assert!(
+        out.status.success(),
+        "restore: {}\n{}",
+        text(&out.stderr),
+        other.log_tail(30)
+    );
+    let restored = KvClient::builder(&[other_https.as_str()])
+        .tls(ClientTls {
+            ca: Some(other_ca),
+            ..ClientTls::default()
+        })
+        .build()?;
+    for i in 0..60 {
+        let got = restored.get(format!("b{i}")).await?.map(|v| v.value);
+        assert_eq!(
+            got.as_deref(),
+            Some(format!("value-{i}").as_bytes()),
+            "key b{i} after the restore"
+        );
+    }
+
+    // `local --restore-from` into a new TLS store writes over HTTPS as well.
+    let third_dir = dir.path().join("third-certs");
+    let third = LocalStore::start(LocalOptions {
+        nodes: 1,
+        partitions: 2,
+        replication_factor: 1,
+        extra_args: vec![
+            "--tls-dir".into(),
+            third_dir.display().to_string(),
+            "--restore-from".into(),
+            to.clone(),
+        ],
+        ..LocalOptions::default()
+    })
+    .await?;
+    shardedstore_tests::backup_support::wait_restored(&third, Duration::from_secs(120)).await?;
+    let third_status = third
+        .status()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no status of the third store"))?;
+    let third_kv =
+        KvClient::builder(&[format!("https://{}", third_status.endpoints[0].client_addr)])
+            .tls(ClientTls {
+                ca: Some(third_dir.join("ca.pem")),
+                ..ClientTls::default()
+            })
+            .build()?;
+    for i in 0..60 {
+        let got = third_kv.get(format!("b{i}")).await?.map(|v| v.value);
+        assert_eq!(
+            got.as_deref(),
+            Some(format!("value-{i}").as_bytes()),
+            "key b{i} after local --restore-from"
+        );
+    }
+    Ok(())
+}
+
+/// Writes `text` to `path` the way a Secret volume or a careful operator does: a new file
+/// renamed over the old one, so a reader never sees half of it.
+fn replace_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// A client that trusts only the CA `ca_pem`, on a fresh connection pool.
+fn trusting(ca_pem: &str) -> anyhow::Result<reqwest::Client> {
+    Ok(shardedstore_node::tls::http_client_builder(&ClientTls {
+        ca_pem: Some(ca_pem.to_owned()),
+        ..ClientTls::default()
+    })?
+    .timeout(Duration::from_secs(5))
+    .pool_max_idle_per_host(0)
+    .build()?)
+}
+
+/// `shardedstore_tls_reloads_total{result}` of the node whose metrics port is `addr`.
+async fn reloads(addr: &str, result: &str) -> anyhow::Result<u64> {
+    let text = reqwest_plain()?
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let prefix = format!("shardedstore_tls_reloads_total{{result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no {prefix} in the metrics of {addr}"))
+}
+
+/// Certificate rotation without a restart (issue item "certificate rotation"): the nodes of
+/// a running TLS store are given a certificate from a new CA (the CA file first becomes a
+/// bundle of the old and new CA, as during a CA change); a client that trusts only the new
+/// CA is then served on every client and peer port, a client that trusts only the old CA is
+/// refused, and writes replicate between the nodes over the new certificates. A broken
+/// certificate file afterwards is refused: the nodes keep serving the last good
+/// certificate and count the refusal in `shardedstore_tls_reloads_total{result="refused"}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_take_up_rotated_certificates_without_a_restart() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs_dir = dir.path().join("certs");
+    let store = LocalStore::start(LocalOptions {
+        nodes: 3,
+        partitions: 8,
+        replication_factor: 2,
+        extra_args: vec!["--tls-dir".into(), certs_dir.display().to_string()],
+        ..LocalOptions::default()
+    })
+    .await?;
+    let status = store
+        .status()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no status"))?;
+    let old_ca = std::fs::read_to_string(certs_dir.join("ca.pem"))?;
+    let new = shardedstore_tests::e2e_harness::store_certs(&[
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+    ])?;
+    let new_only = trusting(&new.ca)?;
+    let first = format!("https://{}/v1/map", status.endpoints[0].client_addr);
+    assert!(
+        new_only.get(&first).send().await.is_err(),
+        "a client trusting only the new CA was served before the rotation"
+    );
+
+    replace_file(&certs_dir.join("ca.pem"), &format!("{old_ca}{}", new.ca))?;
+    replace_file(&certs_dir.join("node-key.pem"), &new.key)?;
+    replace_file(&certs_dir.join("node.pem"), &new.cert)?;
+
+    for e in &status.endpoints {
+        for url in [
+            format!("https://{}/v1/map", e.client_addr),
+            format!("https://{}/admin/v1/heartbeat", e.peer_addr),
+        ] {
+            wait_until(
+                Duration::from_secs(30),
+                &format!("{url} serves the new certificate"),
+                || {
+                    let (client, url) = (&new_only, &url);
+                    async move { client.get(url).send().await.is_ok().then_some(()) }
+                },
+            )
+            .await?;
+        }
+    }
+    let old_only = trusting(&old_ca)?;
+    let e = old_only
+        .get(&first)
+        .send()
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a client trusting only the old CA is still served"))?;
+    assert!(
+        shardedstore_node::tls::handshake_error(&e).is_some(),
+        "not a handshake failure: {e:?}"
+    );
+    // Writes through every node replicate over connections that verify the new certificate.
+    let kv = KvClient::builder(&[format!("https://{}", status.endpoints[0].client_addr)])
+        .tls(ClientTls {
+            ca_pem: Some(new.ca.clone()),
+            ..ClientTls::default()
+        })
+        .build()?;
+    for i in 0..24 {
+        kv.put(format!("r{i}"), format!("v{i}"), Default::default())
+            .await?;
+    }
+    for i in 0..24 {
+        let got = kv.get(format!("r{i}")).await?.map(|v| v.value);
+        assert_eq!(got.as_deref(), Some(format!("v{i}").as_bytes()));
+    }
+
+    // A broken certificate file is refused; the last good certificate stays in use.
+    let mut refused_before = Vec::new();
+    for e in &status.endpoints {
+        refused_before.push(reloads(&e.metrics_addr, "refused").await?);
+        assert!(
+            reloads(&e.metrics_addr, "applied").await? >= 1,
+            "node {} counted no reload",
+            e.id
+        );
+    }
+    replace_file(&certs_dir.join("node.pem"), "not a certificate\n")?;
+    for (e, before) in status.endpoints.iter().zip(refused_before) {
+        wait_until(
+            Duration::from_secs(30),
+            &format!("node {} counts the refused file", e.id),
+            || {
+                let addr = &e.metrics_addr;
+                async move {
+                    reloads(addr, "refused")
+                        .await
+                        .is_ok_and(|n| n > before)
+                        .then_some(())
+                }
+            },
+        )
+        .await?;
+        let r = trusting(&new.ca)?
+            .get(format!("https://{}/v1/map", e.client_addr))
+            .send()
+            .await?;
+        assert_eq!(r.status().as_u16(), 200, "node {} after the bad file", e.id);
+    }
+    for e in &status.endpoints {
+        let log = std::fs::read_to_string(store.data_dir().join(format!("{}.log", e.id)))?;
+        assert!(
+            log.contains("keeping the previous certificate"),
+            "node {} did not log the refusal",
+            e.id
+        );
+    }
+    kv.put("after-bad-file", "still-writable", Default::default())
+        .await?;
+    Ok(())
 }

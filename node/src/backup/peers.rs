@@ -34,6 +34,21 @@ pub enum PeerCallError {
     },
 }
 
+impl PeerCallError {
+    /// True when asking again cannot help: the token is missing or wrong, the port wants
+    /// TLS, or the node's certificate is not trusted. Such errors end a backup at once.
+    pub fn is_final(&self) -> bool {
+        match self {
+            Self::Build(_) | Self::Tls(_) => true,
+            Self::Refused { status, code, .. } => {
+                matches!(status, 401 | 403) || code == "tls_required"
+            }
+            Self::Send { source, .. } => crate::tls::handshake_error(source).is_some(),
+            Self::Decode { .. } => false,
+        }
+    }
+}
+
 /// Calls nodes' backup endpoints with the peer token.
 #[derive(Clone, Debug)]
 pub struct BackupPeers {

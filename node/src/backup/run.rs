@@ -38,6 +38,12 @@ pub enum BackupError {
         #[source]
         last: Option<PeerCallError>,
     },
+    #[error("partition {partition}: the node refused the backup call (not retried)")]
+    Refused {
+        partition: PartitionId,
+        #[source]
+        source: PeerCallError,
+    },
     #[error("partition {partition}: no in-sync replica exported it after {attempts} attempts")]
     Export {
         partition: PartitionId,
@@ -180,6 +186,12 @@ async fn point_of(
         {
             match peers.point(&addr, p).await {
                 Ok(point) => return Ok(point.seq),
+                Err(source) if source.is_final() => {
+                    return Err(BackupError::Refused {
+                        partition: p,
+                        source,
+                    });
+                }
                 Err(e) => last = Some(e),
             }
         }

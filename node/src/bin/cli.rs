@@ -15,7 +15,7 @@ mod status;
 use args::{Cli, Command};
 use clap::Parser;
 use commands::CliError;
-use shardedstore_node::client::kv::{KvClient, LocalReadOptions, RetryPolicy};
+use shardedstore_node::client::kv::{KvClient, LocalReadOptions, RetryPolicy, wants_https};
 use shardedstore_node::tls::ClientTls;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -51,7 +51,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         .request_timeout(cli.timeout.min(Duration::from_secs(5)))
         .retry_policy(policy)
         .direct_routing(!cli.via_endpoints)
-        .tls(tls);
+        .tls(tls.clone());
     if let Some(t) = &cli.token {
         kv = kv.token(t.clone());
     }
@@ -62,7 +62,12 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         kv = kv.session(session::load(path)?);
     }
     let kv = kv.build()?;
-    let result = command(&kv, cli.command, cli.verbose).await;
+    let https = wants_https(&cli.endpoints) || tls.is_configured();
+    let peer_tls = backup::PeerTls {
+        https,
+        tls: tls.clone(),
+    };
+    let result = command(&kv, cli.command, cli.verbose, &peer_tls).await;
     // What the command saw before a failure counts too (versions only ever grow).
     if let Some(path) = &cli.session {
         session::save(path, &kv.session())?;
@@ -70,7 +75,12 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     result
 }
 
-async fn command(kv: &KvClient, command: Command, verbose: bool) -> Result<(), CliError> {
+async fn command(
+    kv: &KvClient,
+    command: Command,
+    verbose: bool,
+    peer_tls: &backup::PeerTls,
+) -> Result<(), CliError> {
     match command {
         Command::Get {
             key,
@@ -93,7 +103,7 @@ async fn command(kv: &KvClient, command: Command, verbose: bool) -> Result<(), C
         }
         Command::Bench(b) => commands::bench(kv, &b).await,
         Command::BenchFailover(f) => commands::bench_failover(kv, &f).await,
-        Command::Backup(b) => Ok(backup::backup(kv, &b).await.map_err(Box::new)?),
+        Command::Backup(b) => Ok(backup::backup(kv, &b, peer_tls).await.map_err(Box::new)?),
         Command::Restore(r) => Ok(backup::restore(kv, &r).await.map_err(Box::new)?),
     }
 }

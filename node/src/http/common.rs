@@ -37,13 +37,34 @@ pub fn error_with_map(
     r
 }
 
-/// A 503 with `Retry-After`.
+/// 503 codes of a primary that is changing hands: the partition is served again as soon as
+/// the new map reaches the nodes and the new primary has committed its log (milliseconds to
+/// a few hundred after a confirmed death), so they carry no `Retry-After` — a client retries
+/// on its own backoff with a fresh map. A whole-second `Retry-After` here (the header has no
+/// finer unit) made every client wait at least a second after each failover.
+const CHANGING_HANDS: [&str; 5] = [
+    "not_primary",
+    "primary_not_ready",
+    "handing_off",
+    "deposed",
+    "forward_failed",
+];
+
+/// Whether a 503 with `code` tells clients to wait (`Retry-After: 1`): every code except those
+/// of a primary changing hands ([`CHANGING_HANDS`]).
+pub fn asks_to_wait(code: &str) -> bool {
+    !CHANGING_HANDS.contains(&code)
+}
+
+/// A 503, with `Retry-After: 1` unless the code is one of a primary changing hands.
 pub fn unavailable(code: &str, message: impl Into<String>) -> Answer {
     let mut r = error(StatusCode::SERVICE_UNAVAILABLE, code, message);
-    r.headers_mut().insert(
-        http::header::RETRY_AFTER,
-        http::HeaderValue::from_static("1"),
-    );
+    if asks_to_wait(code) {
+        r.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+    }
     r
 }
 
@@ -283,5 +304,40 @@ mod tests {
             read_body(&mut Box::pin(chunks), 5).await.ok(),
             Some(Bytes::from_static(b"abc"))
         );
+    }
+
+    #[test]
+    fn only_a_primary_changing_hands_answers_without_retry_after() {
+        for code in [
+            "not_primary",
+            "primary_not_ready",
+            "handing_off",
+            "deposed",
+            "forward_failed",
+        ] {
+            let a = unavailable(code, "m");
+            assert_eq!(a.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert!(
+                a.headers().get(http::header::RETRY_AFTER).is_none(),
+                "{code}"
+            );
+        }
+        for code in [
+            "no_map",
+            "no_primary",
+            "lease_expired",
+            "below_min_in_sync",
+            "restoring",
+            "storage_stalled",
+        ] {
+            let a = unavailable(code, "m");
+            assert_eq!(
+                a.headers()
+                    .get(http::header::RETRY_AFTER)
+                    .map(|v| v.as_bytes()),
+                Some(&b"1"[..]),
+                "{code}"
+            );
+        }
     }
 }

@@ -6,12 +6,12 @@
 //! connection builder with a tokio-rustls acceptor in front. A client that speaks plain HTTP
 //! to a TLS port gets a one-line `400` JSON error instead of a silent close.
 
+use crate::tls::LiveServerConfig;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -33,11 +33,12 @@ pub struct ConnInfo {
 
 const PLAINTEXT_REFUSAL: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 79\r\n\r\n{\"error\":{\"code\":\"tls_required\",\"message\":\"this port serves HTTPS, not HTTP\"}}\n";
 
-/// Serves `svc` on `listener` (over TLS when `tls` is set) until `shutdown` is cancelled,
-/// then waits for open connections to finish their requests.
+/// Serves `svc` on `listener` (over TLS when `tls` is set; each connection with the
+/// configuration current when it is accepted) until `shutdown` is cancelled, then waits for
+/// open connections to finish their requests.
 pub async fn serve<S>(
     listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<LiveServerConfig>,
     svc: S,
     shutdown: CancellationToken,
 ) where
@@ -51,7 +52,6 @@ pub async fn serve<S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (tcp, _) = tokio::select! {
@@ -66,7 +66,9 @@ pub async fn serve<S>(
         };
         let _ = tcp.set_nodelay(true);
         let svc = svc.clone();
-        let acceptor = acceptor.clone();
+        let acceptor = tls
+            .as_ref()
+            .map(|live| tokio_rustls::TlsAcceptor::from(live.current()));
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             match acceptor {

@@ -15,18 +15,34 @@ pub struct CommitInput {
     pub in_sync: usize,
     pub min_in_sync: usize,
     pub lease_valid: bool,
+    /// Where the primary's log ended when it took the role: every entry up to it was
+    /// appended in an earlier epoch.
+    pub barrier_seq: u64,
 }
 
 /// The highest sequence number that is committed, or `None` when nothing may commit now:
-/// every required member must have durably appended it, `|inSync| >= minInSync`, and the
-/// primary's lease must hold.
+/// every required member must have durably appended it and the primary's lease must hold.
+/// With `|inSync| >= minInSync` that is the whole common prefix; below `minInSync` only the
+/// entries of earlier epochs (up to the barrier) may commit, never a write of this epoch.
+///
+/// Why the barrier may commit below `minInSync`: those entries were appended before this
+/// epoch, so committing them acknowledges no write (a write of this epoch lies past the
+/// barrier, and the write path refuses writes below `minInSync`). Every in-sync member holds
+/// them, and only an in-sync member can ever lead again, so no later primary can lack them:
+/// the invariant the commit rule keeps (every committed entry is on every in-sync member)
+/// holds. Without this, a sole surviving in-sync member whose commit point lagged its log
+/// (a follower learns the commit point one append late) could not serve reads of data it
+/// holds until another member came back.
 pub fn commit_point(i: &CommitInput) -> Option<u64> {
-    if !i.lease_valid || i.in_sync < i.min_in_sync {
+    if !i.lease_valid {
         return None;
     }
     let mut point = i.own_durable;
     for ack in &i.required_acks {
         point = point.min((*ack)?);
+    }
+    if i.in_sync < i.min_in_sync {
+        point = point.min(i.barrier_seq);
     }
     Some(point)
 }
@@ -82,6 +98,7 @@ mod tests {
             in_sync: 3,
             min_in_sync: 2,
             lease_valid: true,
+            barrier_seq: 0,
         }
     }
 
@@ -94,13 +111,29 @@ mod tests {
     }
 
     #[test]
-    fn nothing_commits_below_min_in_sync_or_without_lease() {
-        let mut i = input(10, vec![Some(10)]);
+    fn nothing_of_this_epoch_commits_below_min_in_sync_nor_anything_without_lease() {
+        let mut i = input(10, vec![]);
         i.in_sync = 1;
-        assert_eq!(commit_point(&i), None);
+        assert_eq!(commit_point(&i), Some(0));
         let mut i = input(10, vec![Some(10)]);
         i.lease_valid = false;
+        i.barrier_seq = 10;
         assert_eq!(commit_point(&i), None);
+    }
+
+    /// Finding L2: below `minInSync` the entries of earlier epochs (up to the barrier)
+    /// commit once every in-sync member holds them; the entries past it do not.
+    #[test]
+    fn below_min_in_sync_only_the_barrier_commits() {
+        let with = |own, acks, in_sync| CommitInput {
+            in_sync,
+            barrier_seq: 7,
+            ..input(own, acks)
+        };
+        assert_eq!(commit_point(&with(10, vec![], 1)), Some(7));
+        assert_eq!(commit_point(&with(10, vec![Some(5)], 1)), Some(5));
+        assert_eq!(commit_point(&with(6, vec![], 1)), Some(6));
+        assert_eq!(commit_point(&with(10, vec![Some(10)], 3)), Some(10));
     }
 
     fn pos(e: u64, s: u64) -> LogPosition {

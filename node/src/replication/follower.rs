@@ -107,6 +107,7 @@ impl Replica {
                         }
                     };
                     st.durable_seq = st.durable_seq.min(t);
+                    st.log_cuts += 1;
                     st.commit_seq = st.commit_seq.min(t).max(st.applied_seq);
                     Self::cache_truncate_after(&mut st, t);
                     tracing::info!(
@@ -232,6 +233,7 @@ impl Replica {
             st.last = LogPosition::default();
             st.history = EpochHistory::default();
             st.durable_seq = 0;
+            st.log_cuts += 1;
             st.commit_seq = 0;
             st.applied_seq = 0;
             st.keys = 0;

@@ -145,14 +145,16 @@ impl Progress {
     }
 
     /// Records an acknowledgement; progress (a higher position than any this term) restarts
-    /// the pending clock.
-    pub fn ack(&mut self, acked: u64, now: Instant) {
+    /// the pending clock. Returns whether the proven position moved up.
+    pub fn ack(&mut self, acked: u64, now: Instant) -> bool {
         if self.high.is_none_or(|h| acked > h) {
             self.progress_at = now;
             self.high = Some(acked);
         }
+        let advanced = self.acked.is_none_or(|a| acked > a);
         self.acked = Some(acked);
         self.last_contact = Some(now);
+        advanced
     }
 
     /// A replication session to the member starts (or ended): nothing it held before is
@@ -487,7 +489,7 @@ impl Replica {
                 }
             }
         };
-        let (seq, term, waiter, timer) = {
+        let (seq, cuts, term, waiter, timer) = {
             let mut st = self.lock();
             let term = self.serving_check(&st)?;
             let epoch = st.epoch;
@@ -525,14 +527,20 @@ impl Replica {
                 entries: vec![entry],
                 history: st.history.clone(),
             })?;
-            (seq, term, waiter, timer)
+            (seq, st.log_cuts, term, waiter, timer)
         };
         drop(guard);
         self.bump();
         waiter.wait().await?;
         {
             let mut st = self.lock();
-            st.durable_seq = st.durable_seq.max(seq);
+            // The storage made this entry and every one before it durable. If the log was
+            // cut meanwhile (deposed, then truncated by a new primary), `seq` may already
+            // name another epoch's entry whose append has not finished: the follower path
+            // raises `durable_seq` for those once they are durable.
+            if st.log_cuts == cuts {
+                st.durable_seq = st.durable_seq.max(seq);
+            }
             self.phases
                 .reached(WritePhase::LocalDurable, st.durable_seq);
         }
@@ -638,6 +646,14 @@ impl Replica {
             if ready {
                 p.admitted.confirm(&req.learner);
             }
+            tracing::debug!(
+                partition = self.partition,
+                learner = %req.learner,
+                ready,
+                acked = ?acked,
+                commit_seq,
+                "admission"
+            );
             AdmitResponse {
                 ready,
                 learner_acked_seq: acked.unwrap_or(0),
@@ -719,6 +735,7 @@ fn commit_input(st: &State, me: &str, lease_valid: bool) -> Option<CommitInput> 
         in_sync: st.entry.in_sync.len(),
         min_in_sync: st.min_in_sync,
         lease_valid,
+        barrier_seq: p.barrier_seq,
     })
 }
 

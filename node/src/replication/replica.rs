@@ -31,6 +31,11 @@ pub struct State {
     pub base: LogPosition,
     pub last: LogPosition,
     pub durable_seq: u64,
+    /// Times entries left the end of this log (a divergent suffix truncated, a snapshot
+    /// install begun). A primary's write raises `durable_seq` to its entry when the storage
+    /// reports it durable only if no cut happened since it was appended: after a cut the
+    /// same sequence numbers may hold another epoch's entries, not yet durable.
+    pub log_cuts: u64,
     pub history: EpochHistory,
     pub commit_seq: u64,
     pub applied_seq: u64,
@@ -86,6 +91,7 @@ impl Replica {
             base: disk.base,
             last: disk.last,
             durable_seq: disk.last.last_seq,
+            log_cuts: 0,
             history: disk.history,
             commit_seq: disk.applied_seq,
             applied_seq: disk.applied_seq,

@@ -57,11 +57,23 @@ pub fn may_lead(c: &LeadCheck) -> Result<(), NoLead> {
 }
 
 /// Whether a copy created empty now (nothing on this disk) must be marked unproven: the map
-/// already lists this node in sync, after the first epoch (by then entries may have
-/// committed that this copy never received). A copy created for a learner, or at the first
-/// epoch of a new partition, holds everything committed so far.
-pub fn unproven_when_created(entry: &PartitionEntry, me: &str) -> bool {
-    entry.is_in_sync(me) && entry.epoch > 1
+/// already lists this node in sync, and either the partition is past its first epoch (by
+/// then entries may have committed that this copy never received), or the map records
+/// another disk for this node than its own (`recorded_disk`, see [`PartitionMap::disks`]):
+/// the `inSync` lists then mean copies on that other disk, which may have acknowledged
+/// entries at any epoch, the first one included. A copy created for a learner, or at the
+/// first epoch of a new partition on the disk the map records (or with no disk recorded,
+/// maps older than this rule), holds everything committed so far: no entry commits without
+/// the acknowledgement of every in-sync member, and this disk acknowledged none.
+///
+/// [`PartitionMap::disks`]: crate::map::PartitionMap::disks
+pub fn unproven_when_created(
+    entry: &PartitionEntry,
+    me: &str,
+    recorded_disk: Option<&str>,
+    own_disk: &str,
+) -> bool {
+    entry.is_in_sync(me) && (entry.epoch > 1 || recorded_disk.is_some_and(|d| d != own_disk))
 }
 
 /// An unproven mark stays until a map no longer lists this node in sync (from then on it is a
@@ -217,9 +229,19 @@ mod tests {
     #[test]
     fn an_empty_copy_listed_in_sync_is_unproven_until_dropped_from_in_sync() {
         let e = entry(2, &["a", "b"], &[]);
-        assert!(unproven_when_created(&e, "b"));
-        assert!(!unproven_when_created(&entry(1, &["a", "b"], &[]), "b"));
-        assert!(!unproven_when_created(&entry(2, &["a"], &["b"]), "b"));
+        assert!(unproven_when_created(&e, "b", None, "d1"));
+        assert!(!unproven_when_created(
+            &entry(1, &["a", "b"], &[]),
+            "b",
+            None,
+            "d1"
+        ));
+        assert!(!unproven_when_created(
+            &entry(2, &["a"], &["b"]),
+            "b",
+            None,
+            "d1"
+        ));
         let c = LeadCheck {
             unproven: true,
             ..check()
@@ -228,6 +250,33 @@ mod tests {
         assert!(still_unproven(true, &e, "b"));
         let demoted = entry(3, &["a"], &["b"]);
         assert!(!still_unproven(true, &demoted, "b"));
+    }
+
+    /// Issue item 6 (empty disk at the first epoch): the first map of a new store lists every
+    /// node in sync with empty logs, and so does the unchanged map pushed to a node that came
+    /// back on a wiped disk. The disk the map records for the node tells them apart: a copy
+    /// created at epoch 1 is unproven when the map records another disk than the node's own,
+    /// and proven on the recorded disk (or with none recorded, maps older than the rule).
+    #[test]
+    fn an_empty_copy_at_the_first_epoch_is_unproven_on_another_disk_than_the_recorded_one() {
+        let first = entry(1, &["a", "b"], &[]);
+        assert!(unproven_when_created(&first, "b", Some("old"), "new"));
+        assert!(!unproven_when_created(&first, "b", Some("new"), "new"));
+        assert!(!unproven_when_created(&first, "b", None, "new"));
+        // Not listed in sync: a learner's copy starts empty by design.
+        assert!(!unproven_when_created(
+            &entry(1, &["a"], &["b"]),
+            "b",
+            Some("old"),
+            "new"
+        ));
+        // Past the first epoch, unproven whatever is recorded.
+        assert!(unproven_when_created(
+            &entry(3, &["a", "b"], &[]),
+            "b",
+            Some("new"),
+            "new"
+        ));
     }
 
     /// Issue item 6 (stale admission): an admitted learner stays admitted across map installs

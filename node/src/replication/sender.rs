@@ -66,23 +66,30 @@ pub async fn replicate(replica: Arc<Replica>, member: NodeId, task: Cancellation
     }
 }
 
-fn record_ack(replica: &Arc<Replica>, member: &str, acked: u64) {
-    {
+pub(super) fn record_ack(replica: &Arc<Replica>, member: &str, acked: u64) {
+    let outside_in_sync = {
         let mut st = replica.lock();
         let last = st.last.last_seq;
-        if let Some(f) = st
+        let in_sync = st.entry.is_in_sync(member);
+        let advanced = st
             .primary
             .as_mut()
             .and_then(|p| p.followers.get_mut(member))
-        {
-            f.ack(acked, Instant::now());
-        }
+            .is_some_and(|f| f.ack(acked, Instant::now()));
         let lag = last.saturating_sub(acked) as i64;
         if lag > replica.ctx.metrics.replication_lag_entries.get() {
             replica.ctx.metrics.replication_lag_entries.set(lag);
         }
-    }
+        advanced && !in_sync
+    };
     replica.advance_commit();
+    if outside_in_sync {
+        // A learner (or lagging replica) moved on without moving the commit point (it is
+        // not needed for commits, or the point was already there, e.g. with no writes):
+        // wake the admissions waiting for it, which otherwise would sleep until their
+        // deadline — a whole hand-off timeout per move on an idle partition.
+        replica.bump();
+    }
 }
 
 /// Forgets what `member` was proven to hold (a session starts or ended): until the next probe
@@ -190,17 +197,21 @@ async fn session(replica: &Arc<Replica>, member: &str) -> Result<(), SessionEnd>
             .peers
             .call(&addr, p, "append", msg.encode(), Reply::decode)
             .await?;
-        match reply.status {
-            Status::Ok => {}
-            Status::StaleEpoch if reply.epoch > epoch => {
-                return Err(SessionEnd::Fenced(reply.epoch));
-            }
-            s => return Err(SessionEnd::Refused(s)),
-        }
+        accepted(&reply, epoch)?;
         truncate = false;
         sent_commit = commit_seq;
         prev = sent_last;
         record_ack(replica, member, reply.last.last_seq.min(sent_last.last_seq));
+    }
+}
+
+/// Whether a member accepted a message sent at `epoch`: a newer epoch fences this primary,
+/// any other refusal ends the session.
+fn accepted(reply: &Reply, epoch: u64) -> Result<(), SessionEnd> {
+    match reply.status {
+        Status::Ok => Ok(()),
+        Status::StaleEpoch if reply.epoch > epoch => Err(SessionEnd::Fenced(reply.epoch)),
+        s => Err(SessionEnd::Refused(s)),
     }
 }
 
@@ -240,17 +251,23 @@ async fn send_snapshot(
     );
     let started = Instant::now();
     let mut sent: u64 = 0;
-    let mut after: Option<Vec<u8>> = None;
     let mut first = true;
-    loop {
+    let read = |after: Option<Vec<u8>>| {
         let r = reader.clone();
-        let from = after.clone();
-        let items =
-            tokio::task::spawn_blocking(move || r.chunk(from.as_deref(), SNAPSHOT_CHUNK_BYTES))
-                .await
-                .map_err(|_| crate::storage::StorageError::WriterGone)??;
+        tokio::task::spawn_blocking(move || r.chunk(after.as_deref(), SNAPSHOT_CHUNK_BYTES))
+    };
+    let mut next = read(None);
+    loop {
+        let items = (&mut next)
+            .await
+            .map_err(|_| crate::storage::StorageError::WriterGone)??;
         let done = items.is_empty();
-        after = items.last().map(|(k, _)| k.clone());
+        if !done {
+            // Read the next chunk while this one is on the wire and being stored: the disk
+            // read and the member's write overlap instead of taking turns. (A read left
+            // behind by an error below only reads.)
+            next = read(items.last().map(|(k, _)| k.clone()));
+        }
         let size: u64 = items.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
         let chunk = SnapshotChunk {
             epoch,
@@ -271,13 +288,7 @@ async fn send_snapshot(
             .peers
             .call(addr, p, "snapshot", chunk.encode(), Reply::decode)
             .await?;
-        match reply.status {
-            Status::Ok => {}
-            Status::StaleEpoch if reply.epoch > epoch => {
-                return Err(SessionEnd::Fenced(reply.epoch));
-            }
-            s => return Err(SessionEnd::Refused(s)),
-        }
+        accepted(&reply, epoch)?;
         sent += size;
         ctx.metrics
             .catchup_bytes

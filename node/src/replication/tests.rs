@@ -4,7 +4,7 @@
 use super::frame::{Append, SnapshotChunk, SnapshotEnd, Status};
 use super::primary::{Condition, ServeError};
 use super::replica::Replica;
-use crate::admin_api::LogPosition;
+use crate::admin_api::{AdmitRequest, AdmitResponse, LogPosition};
 use crate::context::{Ctx, ReplicationConfig};
 use crate::map::PartitionEntry;
 use crate::metrics::{NodeMetrics, WriterMetrics};
@@ -21,7 +21,7 @@ pub(super) struct Fixture {
     pub(super) ctx: Arc<Ctx>,
 }
 
-fn fixture(node: &str, observer: impl WriterObserver) -> Fixture {
+pub(super) fn fixture(node: &str, observer: impl WriterObserver) -> Fixture {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let store = Store::open(dir.path(), node).unwrap_or_else(|e| panic!("{e}"));
     let metrics = Arc::new(NodeMetrics::new().unwrap_or_else(|e| panic!("{e}")));
@@ -379,6 +379,54 @@ pub(super) fn primary_entry(in_sync: &[&str]) -> PartitionEntry {
     }
 }
 
+/// The map entry of a primary "a" (epoch 2) whose partition also lists "c" as a replica
+/// outside `inSync`: a learner or lagging replica to admit.
+pub(super) fn entry_with_learner() -> PartitionEntry {
+    PartitionEntry {
+        replicas: vec!["a".into(), "c".into()],
+        ..primary_entry(&["a"])
+    }
+}
+
+/// A leased primary of partition 0 on `f` under [`entry_with_learner`].
+pub(super) async fn primary_with_learner(f: &Fixture) -> Arc<Replica> {
+    f.ctx.lease.grant_for_tests(Duration::from_secs(60));
+    let r = Replica::new(f.ctx.clone(), 0, PartitionDisk::default());
+    r.apply_map(entry_with_learner(), 1).await;
+    r
+}
+
+/// Starts an admit call for "c" at epoch 2 with a 60 s timeout on `r`, in the background.
+pub(super) fn admit_c(
+    r: &Arc<Replica>,
+) -> tokio::task::JoinHandle<Result<AdmitResponse, super::primary::AdminRefusal>> {
+    let r = r.clone();
+    let req = AdmitRequest {
+        epoch: 2,
+        learner: "c".into(),
+        timeout_ms: 60_000,
+    };
+    tokio::spawn(async move { r.admit(&req).await })
+}
+
+/// Polls `cond` every millisecond for up to ten seconds, for state that signals nothing
+/// when it changes (writer-thread counters, admissions).
+pub(super) async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Whether the primary `r` waits for `member` before anything commits (an admission holds).
+pub(super) fn requires(r: &Replica, member: &str) -> bool {
+    r.lock()
+        .primary
+        .as_ref()
+        .is_some_and(|p| p.admitted.requires(member, std::time::Instant::now()))
+}
+
 #[tokio::test]
 async fn a_refused_condition_reports_the_committed_version() {
     let f = plain("a");
@@ -455,4 +503,30 @@ async fn a_condition_failing_only_against_an_uncommitted_write_is_not_refused() 
         matches!(second, Ok(Ok(Err(ServeError::NotPrimary { .. })))),
         "{second:?}"
     );
+}
+
+/// Moves on an idle partition: a learner's acknowledgement that does not move the commit
+/// point (nothing is being written) still wakes the admission waiting for it, which answers
+/// ready at once instead of at its deadline.
+#[tokio::test]
+async fn an_admission_wakes_when_the_learner_acknowledges_on_an_idle_partition() {
+    let f = plain("a");
+    let r = primary_with_learner(&f).await;
+    r.write(b"k".to_vec(), Some(b"v".to_vec()), Condition::Always)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let last = r.lock().last.last_seq;
+    let call = admit_c(&r);
+    // The admission is registered (the learner has acknowledged nothing yet), then "c"
+    // acknowledges the whole log: no write follows, so the commit point stays where it is.
+    // (Registering wakes nothing to wait on: poll.)
+    until("the admission registered", || requires(&r, "c")).await;
+    super::sender::record_ack(&r, "c", last);
+    let answer = tokio::time::timeout(Duration::from_secs(10), call).await;
+    let Ok(Ok(Ok(answer))) = answer else {
+        panic!(
+            "the admission did not answer within 10 s of the acknowledgement (its deadline is 60 s): {answer:?}"
+        );
+    };
+    assert!(answer.ready, "{answer:?}");
 }

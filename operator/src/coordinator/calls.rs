@@ -70,10 +70,20 @@ pub(crate) fn spawn(
                     learner: node.clone(),
                     timeout_ms: handoff_ms,
                 };
+                tracing::debug!(partition, epoch, learner = %node, primary = %primary, "admit call");
                 let outcome = match primary_addr {
                     Some(a) => match transport.admit(&a, partition, &req).await {
                         Ok(r) if r.ready => Outcome::Admitted(partition, epoch, node),
-                        Ok(_) => Outcome::Nothing,
+                        Ok(r) => {
+                            tracing::debug!(
+                                partition,
+                                learner = %node,
+                                acked = r.learner_acked_seq,
+                                commit = r.commit_seq,
+                                "admit call ended not ready"
+                            );
+                            Outcome::Nothing
+                        }
                         Err(e) => {
                             tracing::debug!(error = %e, partition, "admit");
                             Outcome::Nothing

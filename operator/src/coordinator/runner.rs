@@ -25,6 +25,18 @@ use tokio::sync::{broadcast, mpsc, watch};
 /// Planning rounds per tick: a map write often enables the next step at once.
 const ROUNDS_PER_TICK: usize = 4;
 
+/// Planning passes between two ticks at most, woken by answers (see [`Runner::wait_for_tick`]).
+const MAX_REPLANS_PER_TICK: usize = 8;
+
+/// What ended a wait between ticks.
+enum Wake {
+    /// Tick now: the interval passed, a node was confirmed dead (contact the nodes and plan
+    /// at once), or the coordinator is stopping.
+    Tick,
+    /// An answer a decision waits for arrived: plan again now.
+    Plan,
+}
+
 /// What contacting a node showed.
 enum Contact {
     /// It answered a heartbeat (with this seq, received at this instant).
@@ -37,6 +49,32 @@ enum Contact {
     Probed(shardedstore_node::admin_api::HeartbeatResponse),
     /// No answer (the reason is logged).
     Silent(String),
+}
+
+impl Contact {
+    /// What the answer of node `expected` at `addr` to a heartbeat (`full`, numbered `seq`,
+    /// its answer `received` then) or to a probe counts as. An answer carrying another node id
+    /// (an address now used by another node: pod IP reuse, two nodes' addresses swapped) is no
+    /// answer: that node's report, and the lease its heartbeat confirms, must not be credited
+    /// to the expected node (issue item 11).
+    fn of<E: std::fmt::Display>(
+        expected: &str,
+        addr: &str,
+        full: bool,
+        seq: u64,
+        answer: Result<shardedstore_node::admin_api::HeartbeatResponse, E>,
+        received: Instant,
+    ) -> Self {
+        match answer {
+            Ok(report) if report.node_id != expected => Contact::Silent(format!(
+                "answered as {} at {addr}, expected {expected}",
+                report.node_id
+            )),
+            Ok(report) if full => Contact::Report(report, seq, received),
+            Ok(report) => Contact::Probed(report),
+            Err(e) => Contact::Silent(e.to_string()),
+        }
+    }
 }
 
 pub(crate) struct Runner {
@@ -64,6 +102,8 @@ pub(crate) struct Runner {
     inflight: BTreeSet<Call>,
     results_tx: mpsc::UnboundedSender<(Call, Outcome)>,
     results_rx: mpsc::UnboundedReceiver<(Call, Outcome)>,
+    /// Nodes the membership confirmed dead when last looked at.
+    confirmed_dead: BTreeSet<NodeId>,
 }
 
 impl Runner {
@@ -97,6 +137,7 @@ impl Runner {
             inflight: BTreeSet::new(),
             results_tx,
             results_rx,
+            confirmed_dead: BTreeSet::new(),
         }
     }
 
@@ -112,11 +153,85 @@ impl Runner {
                 () = self.tick() => {}
             }
             let interval = self.settings.borrow().heartbeat_interval;
-            tokio::select! {
-                _ = stop.changed() => {}
-                _ = tokio::time::sleep(interval) => {}
+            let next_tick = tokio::time::Instant::now() + interval;
+            let mut replans = 0;
+            loop {
+                match self.wait_for_tick(&mut stop, next_tick).await {
+                    Wake::Tick => break,
+                    Wake::Plan if replans < MAX_REPLANS_PER_TICK => {
+                        replans += 1;
+                        tokio::select! {
+                            _ = stop.changed() => return,
+                            () = self.replan() => {}
+                        }
+                    }
+                    Wake::Plan => {}
+                }
             }
         }
+    }
+
+    /// Waits for the next tick, or less when a decision waits on something that just
+    /// arrived: the log positions of a failover's candidates, a hand-off's answer or an
+    /// admission (planned at once, [`Wake::Plan`]: a move's next map change does not wait
+    /// for the tick), or a node confirmed dead (its pod or process is gone: a tick
+    /// at once, [`Wake::Tick`]). Without this a failover took two ticks after the death
+    /// was seen — one to ask the candidates' positions, one to elect — plus the wait for the
+    /// first: about a second at the default 500 ms heartbeat interval.
+    async fn wait_for_tick(
+        &mut self,
+        stop: &mut watch::Receiver<bool>,
+        next_tick: tokio::time::Instant,
+    ) -> Wake {
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return Wake::Tick,
+                () = tokio::time::sleep_until(next_tick) => return Wake::Tick,
+                Some((call, outcome)) = self.results_rx.recv() => {
+                    let decisive = matches!(
+                        outcome,
+                        Outcome::Position(..) | Outcome::Handoff(..) | Outcome::Admitted(..)
+                    );
+                    self.absorb(call, outcome);
+                    if decisive {
+                        return Wake::Plan;
+                    }
+                }
+                Ok(()) = self.membership.changed() => {
+                    if self.newly_confirmed_dead() {
+                        return Wake::Tick;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the membership now confirms the death of a node it did not before (each
+    /// confirmation counts once).
+    fn newly_confirmed_dead(&mut self) -> bool {
+        let dead: BTreeSet<NodeId> = self
+            .membership
+            .borrow_and_update()
+            .nodes
+            .iter()
+            .filter(|n| n.confirmed_dead)
+            .map(|n| n.id.clone())
+            .collect();
+        let new = dead.iter().any(|id| !self.confirmed_dead.contains(id));
+        self.confirmed_dead = dead;
+        new
+    }
+
+    /// Plans again from what has arrived since the tick, without contacting the nodes.
+    async fn replan(&mut self) {
+        self.collect_outcomes();
+        if !self.loaded {
+            return;
+        }
+        let membership = self.membership.borrow().clone();
+        let settings = self.settings.borrow().clone();
+        self.plan_rounds(&membership, &settings).await;
+        self.publish_status();
     }
 
     fn emit(&self, event: CoordinatorEvent) {
@@ -139,13 +254,19 @@ impl Runner {
             return;
         }
 
+        self.plan_rounds(&membership, &settings).await;
+        self.publish_status();
+    }
+
+    /// Up to [`ROUNDS_PER_TICK`] planning rounds, while each wrote a map.
+    async fn plan_rounds(&mut self, membership: &Membership, settings: &Settings) {
         for _ in 0..ROUNDS_PER_TICK {
             let p = {
                 let inputs = Inputs {
                     store: &self.store.name,
                     map: self.map.as_ref().map(|(m, _)| m),
-                    membership: &membership,
-                    settings: &settings,
+                    membership,
+                    settings,
                     obs: &self.obs,
                 };
                 plan(&inputs)
@@ -163,13 +284,12 @@ impl Runner {
                 }
             };
             for call in p.calls {
-                self.start_call(call, &settings);
+                self.start_call(call, settings);
             }
             if !wrote {
                 break;
             }
         }
-        self.publish_status();
     }
 
     /// How long one map store call may take before this tick goes on without it.
@@ -299,18 +419,8 @@ impl Runner {
                             }
                         }
                     };
-                    let contact = match answer {
-                        // An address reused by another node (pod IP reuse) must not credit that
-                        // node's answers, and its lease, to this one.
-                        Ok(report) if report.node_id != id => Contact::Silent(format!(
-                            "answered as {} at {addr}, expected {id}",
-                            report.node_id
-                        )),
-                        // Received now: the fence of this node is measured from here.
-                        Ok(report) if full => Contact::Report(report, req.seq, Instant::now()),
-                        Ok(report) => Contact::Probed(report),
-                        Err(e) => Contact::Silent(e.to_string()),
-                    };
+                    // Received now: the fence of this node is measured from here.
+                    let contact = Contact::of(&id, &addr, full, req.seq, answer, Instant::now());
                     (id, addr, contact)
                 }),
         )
@@ -337,6 +447,7 @@ impl Runner {
                     if report.map_version < version && !self.obs.new_disks.contains(&id) {
                         stale.push((id.clone(), addr));
                     }
+                    self.obs.installed.remove(&id);
                     self.obs.reports.insert(id, report);
                 }
                 Contact::Probed(report) => {
@@ -387,9 +498,9 @@ impl Runner {
         for (id, r) in results {
             match r {
                 Ok(resp) => {
-                    if let Some(report) = self.obs.reports.get_mut(&id) {
-                        report.map_version = resp.version;
-                    }
+                    // The report keeps the version it was made under (its partition roles
+                    // are as of that map); the node now holds this one.
+                    self.obs.installed.insert(id, resp.version);
                 }
                 Err(e) => tracing::debug!(node = %id, error = %e, "pushing the map"),
             }
@@ -493,32 +604,37 @@ impl Runner {
 
     fn collect_outcomes(&mut self) {
         while let Ok((call, outcome)) = self.results_rx.try_recv() {
-            self.inflight.remove(&call);
-            match outcome {
-                Outcome::Position(p, epoch, node, pos) => {
-                    self.obs
-                        .positions
-                        .entry((p, epoch))
-                        .or_default()
-                        .insert(node, pos);
-                }
-                Outcome::Admitted(p, epoch, node) => {
-                    self.obs.admitted.insert((p, epoch, node));
-                }
-                Outcome::Handoff(p, o) => {
-                    if !o.ready {
-                        self.obs.handoff_failed_at.insert(p, Instant::now());
-                    }
-                    self.obs.handoffs.insert(p, o);
-                }
-                Outcome::Dropped(partition, node) => {
-                    self.emit(CoordinatorEvent::ReplicaDropped { partition, node });
-                }
-                Outcome::Map(node, map) => {
-                    self.obs.node_maps.insert(node, *map);
-                }
-                Outcome::Nothing => {}
+            self.absorb(call, outcome);
+        }
+    }
+
+    /// Records what a background call answered.
+    fn absorb(&mut self, call: Call, outcome: Outcome) {
+        self.inflight.remove(&call);
+        match outcome {
+            Outcome::Position(p, epoch, node, pos) => {
+                self.obs
+                    .positions
+                    .entry((p, epoch))
+                    .or_default()
+                    .insert(node, pos);
             }
+            Outcome::Admitted(p, epoch, node) => {
+                self.obs.admitted.insert((p, epoch, node));
+            }
+            Outcome::Handoff(p, o) => {
+                if !o.ready {
+                    self.obs.handoff_failed_at.insert(p, Instant::now());
+                }
+                self.obs.handoffs.insert(p, o);
+            }
+            Outcome::Dropped(partition, node) => {
+                self.emit(CoordinatorEvent::ReplicaDropped { partition, node });
+            }
+            Outcome::Map(node, map) => {
+                self.obs.node_maps.insert(node, *map);
+            }
+            Outcome::Nothing => {}
         }
     }
 
@@ -534,5 +650,55 @@ impl Runner {
                 settings.handoff_timeout,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Contact;
+    use shardedstore_node::admin_api::HeartbeatResponse;
+    use std::time::Instant;
+
+    fn answer(node: &str) -> Result<HeartbeatResponse, String> {
+        Ok(HeartbeatResponse {
+            node_id: node.to_owned(),
+            map_version: 3,
+            partitions: Vec::new(),
+            incarnation: 1,
+            disk_id: "d".into(),
+            seq: 7,
+            storage_stalled_ms: 0,
+            lease_revoked: false,
+        })
+    }
+
+    /// Issue item 11 (node id checked in heartbeat replies): with node-1's and node-2's
+    /// addresses swapped, the answer at node-1's address comes from node-2. It counts as no
+    /// answer from node-1 (neither a report that would confirm node-1's lease and fence nor a
+    /// probe answer that would make it alive), while node-1's own answer is a report.
+    #[test]
+    fn an_answer_from_another_node_id_is_no_answer() {
+        let now = Instant::now();
+        match Contact::of("node-1", "10.0.0.2:7100", true, 7, answer("node-2"), now) {
+            Contact::Silent(why) => assert!(why.contains("answered as node-2"), "{why}"),
+            Contact::Report(..) => panic!("another node's heartbeat answer credited as a report"),
+            Contact::Probed(_) => panic!("another node's heartbeat answer credited as a probe"),
+        }
+        assert!(matches!(
+            Contact::of("node-1", "10.0.0.2:7100", false, 7, answer("node-2"), now),
+            Contact::Silent(_)
+        ));
+        assert!(matches!(
+            Contact::of("node-1", "10.0.0.1:7100", true, 7, answer("node-1"), now),
+            Contact::Report(r, 7, t) if r.node_id == "node-1" && t == now
+        ));
+        assert!(matches!(
+            Contact::of("node-1", "10.0.0.1:7100", false, 7, answer("node-1"), now),
+            Contact::Probed(r) if r.node_id == "node-1"
+        ));
+        assert!(matches!(
+            Contact::of("node-1", "10.0.0.1:7100", true, 7, Err::<HeartbeatResponse, _>("refused"), now),
+            Contact::Silent(why) if why == "refused"
+        ));
     }
 }

@@ -349,7 +349,11 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         let addrs: Vec<String> = (0..args.nodes)
             .map(|i| format!("127.0.0.1:{}", u32::from(args.port) + i))
             .collect();
-        let restored = restore::run(dest, &data_dir, &addrs, &args.peer_token, || {
+        let tls = tls_files.as_ref().map(|f| ClientTls {
+            ca: Some(f.ca.clone()),
+            ..ClientTls::default()
+        });
+        let restored = restore::run(dest, &data_dir, &addrs, &args.peer_token, tls, || {
             coordinator.update_settings(Settings {
                 restoring: false,
                 ..settings.clone()

@@ -8,6 +8,7 @@
 use shardedstore_node::backup::restore::{self, RestoreError, RestoreEvent};
 use shardedstore_node::backup::{Destination, S3Args};
 use shardedstore_node::client::{KvClient, KvError, RetryPolicy};
+use shardedstore_node::tls::ClientTls;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -76,15 +77,18 @@ pub async fn prepare(flags: &RestoreFlags, data_dir: &Path) -> Result<Step, Loca
 
 /// Waits until every partition has a primary, then writes the backup into the store (its
 /// requests carry the peer token: the nodes serve nothing else while the map says
-/// `restoring`), then calls `open_gate` and waits until the nodes serve every client.
+/// `restoring`), then calls `open_gate` and waits until the nodes serve every client. With
+/// `tls` (the store serves TLS), over HTTPS trusting its CA.
 pub async fn run(
     dest: &Destination,
     data_dir: &Path,
     client_addrs: &[String],
     peer_token: &str,
+    tls: Option<ClientTls>,
     open_gate: impl FnOnce(),
 ) -> Result<(), LocalRestoreError> {
     let kv = KvClient::builder(client_addrs)
+        .tls(tls.unwrap_or_default())
         .retry_policy(RetryPolicy {
             deadline: Duration::from_secs(60),
             ..RetryPolicy::default()

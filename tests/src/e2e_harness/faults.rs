@@ -42,11 +42,28 @@ impl ContainerRuntime {
         run(cmd, &format!("ctr {}", args.join(" ")), None)
     }
 
+    /// Digest of the image `reference` (e.g. `docker.io/shardedstore/operator:dev`) in the
+    /// cluster's image store (`ctr -n k8s.io images ls`), `None` when it is not there.
+    pub fn image_digest(&self, reference: &str) -> Result<Option<String>, E2eError> {
+        let images = self.ctr(&["-n", "k8s.io", "images", "ls"])?;
+        Ok(image_digest_in(&images, reference))
+    }
+
     /// Host pid of the task of container `id` (`ctr -n k8s.io tasks ls`).
     fn task_pid(&self, id: &str) -> Result<u32, E2eError> {
         let tasks = self.ctr(&["-n", "k8s.io", "tasks", "ls"])?;
         task_pid_in(&tasks, id).ok_or_else(|| E2eError::NoTask(id.to_owned()))
     }
+}
+
+/// The digest column of `reference` in `ctr images ls` output (`REF TYPE DIGEST ...`).
+fn image_digest_in(listing: &str, reference: &str) -> Option<String> {
+    listing.lines().find_map(|line| {
+        let mut cols = line.split_whitespace();
+        (cols.next()? == reference).then_some(())?;
+        let digest = cols.nth(1)?;
+        digest.starts_with("sha256:").then(|| digest.to_owned())
+    })
 }
 
 /// The pid column of container `id` in `ctr tasks ls` output (`TASK PID STATUS`).
@@ -136,7 +153,23 @@ impl Drop for PausedProcess {
 
 #[cfg(test)]
 mod tests {
-    use super::task_pid_in;
+    use super::{image_digest_in, task_pid_in};
+
+    #[test]
+    fn finds_the_digest_of_an_image() {
+        let listing = "REF TYPE DIGEST SIZE PLATFORMS LABELS
+\
+docker.io/shardedstore/node:dev application/vnd.oci.image.manifest.v1+json sha256:aaa 40.1 MiB linux/amd64 io.cri-containerd.image=managed
+\
+docker.io/shardedstore/operator:dev application/vnd.oci.image.manifest.v1+json sha256:bbb 50.2 MiB linux/amd64 io.cri-containerd.image=managed
+";
+        let op = "docker.io/shardedstore/operator:dev";
+        assert_eq!(image_digest_in(listing, op).as_deref(), Some("sha256:bbb"));
+        assert_eq!(
+            image_digest_in(listing, "docker.io/shardedstore/operator:v2"),
+            None
+        );
+    }
 
     #[test]
     fn finds_the_pid_of_a_task() {

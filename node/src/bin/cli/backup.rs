@@ -8,6 +8,7 @@ use shardedstore_node::backup::{
     peers::PeerCallError, run_backup,
 };
 use shardedstore_node::client::KvClient;
+use shardedstore_node::tls::ClientTls;
 use std::time::{Duration, Instant};
 
 /// Arguments of `shardedstore backup`.
@@ -42,9 +43,23 @@ pub struct RestoreArgs {
     pub s3: S3Args,
 }
 
+/// How the CLI reaches the nodes' peer ports: over TLS, with the CLI's TLS options, when it
+/// speaks HTTPS to the store (an `https://` endpoint, `--ca` or `--cert`).
+#[derive(Clone, Debug, Default)]
+pub struct PeerTls {
+    pub https: bool,
+    pub tls: ClientTls,
+}
+
 /// Why a backup or restore command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackupCliError {
+    #[error(
+        "the store serves TLS (an https:// endpoint), so the backup calls the nodes' peer ports \
+         over TLS and needs the store's CA: give --ca FILE (SHARDEDSTORE_CA; on Kubernetes the \
+         ca.crt of the store's TLS Secret, with --tls-server-name <store>.<namespace>.svc)"
+    )]
+    NoCa,
     #[error("building the peer client")]
     Peers(#[source] PeerCallError),
     #[error("backup failed")]
@@ -57,8 +72,23 @@ fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-3)
 }
 
-pub async fn backup(kv: &KvClient, args: &BackupArgs) -> Result<(), BackupCliError> {
-    let peers = BackupPeers::new(args.peer_token.clone(), Duration::from_secs(6 * 3600))
+pub async fn backup(
+    kv: &KvClient,
+    args: &BackupArgs,
+    peer_tls: &PeerTls,
+) -> Result<(), BackupCliError> {
+    // The nodes' backup endpoints: plain HTTP, or TLS with the store's CA.
+    let tls = if peer_tls.https {
+        // Peer ports have a store's own certificate; the system's roots never sign it.
+        if peer_tls.tls.ca.is_none() && peer_tls.tls.ca_pem.is_none() {
+            return Err(BackupCliError::NoCa);
+        }
+        Some(&peer_tls.tls)
+    } else {
+        None
+    };
+    let export_timeout = Duration::from_secs(6 * 3600);
+    let peers = BackupPeers::with_tls(args.peer_token.clone(), export_timeout, tls)
         .map_err(BackupCliError::Peers)?;
     let mut settings = BackupSettings::new(Destination::new(args.to.clone(), args.s3.options()));
     settings.parallelism = args.parallelism;

@@ -51,11 +51,23 @@ pub(super) fn stuck_members(
         .collect()
 }
 
-/// Whether admitting `f` now is useful: not stuck, or already holding every committed entry
-/// (then the primary answers ready at once). Admitting a stuck member would make the primary
-/// wait for it until the admit call ends, stalling the partition's writes for nothing.
-pub(super) fn worth_admitting(f: &FollowerProgress, commit_seq: u64, bound_ms: u64) -> bool {
-    !stuck(f, commit_seq, bound_ms) || f.acked_seq >= commit_seq
+/// Whether admitting `f` now is useful: it is not stuck, or writes are refused anyway
+/// (`writes_stalled`: fewer than `minInSync` members) and it holds every committed entry, so
+/// the primary answers ready at once and the partition regains its quorum.
+///
+/// A stuck member that held the commit point back is *not* worth admitting just because its
+/// acknowledged position equals the commit point in the report: that report was made while
+/// the member was in sync and held the commit point there. Once the map drops it, the commit
+/// point moves on without it, the admission is no longer ready, and the primary waits for the
+/// member until the admit call ends — a whole hand-off timeout of refused writes, repeated
+/// every call while the member stays stuck (finding L1 in docs/reliability.md).
+pub(super) fn worth_admitting(
+    f: &FollowerProgress,
+    commit_seq: u64,
+    bound_ms: u64,
+    writes_stalled: bool,
+) -> bool {
+    !stuck(f, commit_seq, bound_ms) || (writes_stalled && f.acked_seq >= commit_seq)
 }
 
 #[cfg(test)]
@@ -149,24 +161,19 @@ mod tests {
         assert!(stuck(&follower("b", 40, Some(10_000), None), 100, 2000));
     }
 
-    /// Issue item 4: a stuck member is not admitted (the primary would wait for it), unless it
-    /// already holds every committed entry.
+    /// Issue item 4: a stuck member is not admitted (the primary would wait for it), unless
+    /// writes are refused anyway and it holds every committed entry. Finding L1: a member that
+    /// held the commit point back (its acknowledged position equals the reported commit point)
+    /// is not admitted while writes flow — the commit point passes it once the map drops it.
     #[test]
     fn a_stuck_member_is_not_admitted() {
-        assert!(!worth_admitting(
-            &follower("b", 90, Some(5), Some(5000)),
-            100,
-            2000
-        ));
-        assert!(worth_admitting(
-            &follower("b", 100, Some(5), Some(5000)),
-            100,
-            2000
-        ));
-        assert!(worth_admitting(
-            &follower("b", 90, Some(5), Some(50)),
-            100,
-            2000
-        ));
+        let stuck_behind = follower("b", 90, Some(5), Some(5000));
+        assert!(!worth_admitting(&stuck_behind, 100, 2000, false));
+        assert!(!worth_admitting(&stuck_behind, 100, 2000, true));
+        let stuck_at_commit = follower("b", 100, Some(5), Some(5000));
+        assert!(!worth_admitting(&stuck_at_commit, 100, 2000, false));
+        assert!(worth_admitting(&stuck_at_commit, 100, 2000, true));
+        let progressing = follower("b", 90, Some(5), Some(50));
+        assert!(worth_admitting(&progressing, 100, 2000, false));
     }
 }

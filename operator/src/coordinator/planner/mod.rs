@@ -43,8 +43,13 @@ pub struct Observations {
     pub liveness: BTreeMap<NodeId, Liveness>,
     /// First time each dead node was seen dead.
     pub dead_since: BTreeMap<NodeId, Instant>,
-    /// Latest heartbeat answer of each alive node.
+    /// Latest heartbeat answer of each alive node. Its `map_version` is the map the node held
+    /// when it answered, so what it says about partitions is as of that map.
     pub reports: BTreeMap<NodeId, HeartbeatResponse>,
+    /// Map versions nodes installed since their latest heartbeat answer (the answers to this
+    /// coordinator's pushes): the node holds that map, but its report still describes the
+    /// partitions as of the older one.
+    pub installed: BTreeMap<NodeId, u64>,
     /// Log positions of failover candidates, per (partition, epoch asked at).
     pub positions: BTreeMap<(PartitionId, u64), BTreeMap<NodeId, LogPosition>>,
     /// Learners (or lagging replicas) the primary reported ready: (partition, epoch, node).
@@ -71,6 +76,7 @@ impl Observations {
             liveness: BTreeMap::new(),
             dead_since: BTreeMap::new(),
             reports: BTreeMap::new(),
+            installed: BTreeMap::new(),
             positions: BTreeMap::new(),
             admitted: BTreeSet::new(),
             handoffs: BTreeMap::new(),
@@ -94,6 +100,18 @@ impl Observations {
     /// The node answered and holds exactly map `version` (one that refused it as older
     /// than its own is not current: the store is behind and gets recovered first).
     fn has_map(&self, node: &str, version: u64) -> bool {
+        self.is_alive(node)
+            && self.reports.get(node).is_some_and(|r| {
+                r.map_version
+                    .max(self.installed.get(node).copied().unwrap_or(0))
+                    == version
+            })
+    }
+
+    /// The node's latest report was made with map `version` installed: its roles and
+    /// positions are as of that map. (Right after a push the node holds the map, but its
+    /// report predates it: a learner just admitted still reports itself a learner.)
+    fn reported_under(&self, node: &str, version: u64) -> bool {
         self.is_alive(node)
             && self
                 .reports
@@ -228,6 +246,7 @@ fn bootstrap(inputs: &Inputs<'_>) -> Plan {
         entry.replicas = tp.replicas.clone();
         entry.in_sync = tp.replicas.clone();
     }
+    nodes::record_disks(inputs, None, &mut map);
     map.version = 1;
     Plan {
         events: vec![CoordinatorEvent::MapWritten { version: 1 }],
@@ -255,6 +274,7 @@ fn evolve(inputs: &Inputs<'_>, current: &PartitionMap) -> Plan {
     );
     let force = partitions::plan_partitions(inputs, &target, &mut next, &mut events, &mut calls);
     nodes::forget_empty(inputs, &mut next);
+    nodes::record_disks(inputs, Some(current), &mut next);
 
     let map = if next == *current && !force {
         None

@@ -123,3 +123,46 @@ pub(super) fn forget_empty(inputs: &Inputs<'_>, map: &mut PartitionMap) {
         map.nodes.remove(&id);
     }
 }
+
+/// Records in `next.disks` the disk identity of every node whose `inSync` membership starts
+/// afresh: one that `current` lists in no `inSync` (or the first map) or that `next` lists in
+/// none. While a node stays listed in sync its record is kept, so it keeps naming the disk
+/// whose copies the `inSync` lists mean, even if the node answers from another disk now (an
+/// operator restarted while a disk was wiped never saw the old identity; the node compares
+/// the record with its own and marks the copies it has to create unproven, `docs/protocol.md`).
+///
+/// The identity is the one of the node's latest heartbeat answer. A node entering `inSync`
+/// without one (it cannot be: admission needs an alive node) loses its record rather than
+/// keep a stale one; records of nodes that left the map are dropped.
+pub(super) fn record_disks(
+    inputs: &Inputs<'_>,
+    current: Option<&PartitionMap>,
+    next: &mut PartitionMap,
+) {
+    let in_sync = |m: &PartitionMap, n: &str| m.partitions.iter().any(|e| e.is_in_sync(n));
+    let ids: Vec<String> = next.nodes.keys().cloned().collect();
+    for id in ids {
+        let was = current.is_some_and(|m| in_sync(m, &id));
+        let is = in_sync(next, &id);
+        if was && is {
+            continue;
+        }
+        let reported = inputs
+            .obs
+            .reports
+            .get(&id)
+            .map(|r| r.disk_id.as_str())
+            .filter(|d| !d.is_empty());
+        match reported {
+            Some(d) => {
+                next.disks.insert(id, d.to_owned());
+            }
+            None if is => {
+                next.disks.remove(&id);
+            }
+            None => {}
+        }
+    }
+    let nodes = &next.nodes;
+    next.disks.retain(|id, _| nodes.contains_key(id));
+}

@@ -58,9 +58,10 @@ impl Round<'_> {
     }
 
     /// The role `n` reports for partition `p` at `epoch`, from its latest heartbeat answer
-    /// (only when that answer was given with the current map installed).
+    /// (only when that answer was given with the current map installed: a node that just
+    /// installed it by a push still reports the roles of the map before).
     pub(super) fn reported_role(&self, n: &str, p: PartitionId, epoch: u64) -> Option<ReplicaRole> {
-        if !self.alive(n) || !self.current(n) {
+        if !self.inputs.obs.reported_under(n, self.version) {
             return None;
         }
         self.inputs
@@ -101,6 +102,11 @@ impl Round<'_> {
         if !self.alive(n) || !self.current(n) {
             return false;
         }
+        // The unproven mark is the copy's own (it stays until a map drops the node from
+        // `inSync`); the learner role is the map's, so it counts only from a report made
+        // under the current map — a member admitted a moment ago still reported itself a
+        // learner in the answer before, and was dropped again at once for it.
+        let reported_now = self.inputs.obs.reported_under(n, self.version);
         self.inputs
             .obs
             .reports
@@ -110,7 +116,7 @@ impl Round<'_> {
                     .iter()
                     .find(|s| s.partition == p && s.epoch == epoch)
             })
-            .is_some_and(|s| s.unproven || s.role == ReplicaRole::Learner)
+            .is_some_and(|s| s.unproven || (reported_now && s.role == ReplicaRole::Learner))
     }
 
     pub(super) fn confirmed(&self, n: &str) -> bool {
@@ -377,12 +383,13 @@ fn expand(
     // wait for it until the call ends.
     let bound = round.inputs.settings.lag_timeout.as_millis() as u64;
     let report = primary_report(round, p, e, primary);
+    let writes_stalled = e.in_sync.len() < round.inputs.settings.min_in_sync as usize;
     let worth = |n: &NodeId| {
         report.is_none_or(|r| {
             r.followers
                 .iter()
                 .find(|f| f.node == *n)
-                .is_none_or(|f| worth_admitting(f, r.commit_seq, bound))
+                .is_none_or(|f| worth_admitting(f, r.commit_seq, bound, writes_stalled))
         })
     };
     let waiting: Vec<NodeId> = e

@@ -2,7 +2,7 @@
 //! hold a lease, in-sync removal of members that stopped acknowledging.
 
 use super::Call;
-use super::tests::World;
+use super::tests::{World, state};
 use crate::coordinator::liveness::Liveness;
 use crate::coordinator::status::CoordinatorEvent;
 
@@ -163,22 +163,11 @@ fn a_failed_hand_off_is_aborted_and_not_reissued_at_once() {
 /// whose durable log is the longest — instead of leaving it without a primary.
 #[test]
 fn a_primary_that_restarted_within_its_lease_is_failed_over_at_a_new_epoch() {
-    use shardedstore_node::admin_api::{LogPosition, PartitionState, ReplicaRole};
+    use shardedstore_node::admin_api::{LogPosition, ReplicaRole};
     let mut w = World::running(3, 1, 3);
     let e = w.map().partitions[0].clone();
     let primary = e.primary.clone().unwrap_or_else(|| panic!("no primary"));
-    let state = |role| PartitionState {
-        partition: 0,
-        role,
-        epoch: e.epoch,
-        position: LogPosition::default(),
-        commit_seq: 0,
-        applied_seq: 0,
-        followers: Vec::new(),
-        keys: 0,
-        bytes: 0,
-        unproven: false,
-    };
+    let state = |role| state(0, role, e.epoch);
     // Serving normally: nothing to do.
     if let Some(r) = w.obs.reports.get_mut(&primary) {
         r.partitions = vec![state(ReplicaRole::Primary)];
@@ -224,7 +213,7 @@ fn a_primary_that_restarted_within_its_lease_is_failed_over_at_a_new_epoch() {
 /// learner; when the primary dies it is never elected, even with the only answer.
 #[test]
 fn an_unproven_copy_is_never_elected() {
-    use shardedstore_node::admin_api::{LogPosition, PartitionState, ReplicaRole};
+    use shardedstore_node::admin_api::{PartitionState, ReplicaRole};
     let mut w = World::running(3, 1, 3);
     let e = w.map().partitions[0].clone();
     let primary = e.primary.clone().unwrap_or_else(|| panic!("no primary"));
@@ -236,16 +225,8 @@ fn an_unproven_copy_is_never_elected() {
         .collect();
     if let Some(r) = w.obs.reports.get_mut(&others[0]) {
         r.partitions = vec![PartitionState {
-            partition: 0,
-            role: ReplicaRole::Learner,
-            epoch: e.epoch,
-            position: LogPosition::default(),
-            commit_seq: 0,
-            applied_seq: 0,
-            followers: Vec::new(),
-            keys: 0,
-            bytes: 0,
             unproven: true,
+            ..state(0, ReplicaRole::Learner, e.epoch)
         }];
     }
     w.set_dead(&primary, true);
@@ -312,23 +293,15 @@ fn a_follower_on_a_new_disk_leaves_in_sync_even_below_min_in_sync() {
 /// (not only when the primary fails).
 #[test]
 fn a_follower_reporting_an_unproven_copy_leaves_in_sync() {
-    use shardedstore_node::admin_api::{LogPosition, PartitionState, ReplicaRole};
+    use shardedstore_node::admin_api::{PartitionState, ReplicaRole};
     let mut w = World::running(3, 1, 3);
     let epoch = w.map().partitions[0].epoch;
     let (primary, wiped, other) = roles(&w);
     w.set_dead(&other, true);
     if let Some(r) = w.obs.reports.get_mut(&wiped) {
         r.partitions = vec![PartitionState {
-            partition: 0,
-            role: ReplicaRole::Learner,
-            epoch,
-            position: LogPosition::default(),
-            commit_seq: 0,
-            applied_seq: 0,
-            followers: Vec::new(),
-            keys: 0,
-            bytes: 0,
             unproven: true,
+            ..state(0, ReplicaRole::Learner, epoch)
         }];
     }
     let map = w.plan().map.unwrap_or_else(|| panic!("no map written"));
@@ -456,5 +429,71 @@ fn a_new_disk_is_neither_handed_off_to_nor_listed_in_sync_from_an_old_admission(
             .iter()
             .any(|c| matches!(c, Call::Admit { node, .. } if *node == wiped)),
         "{p:?}"
+    );
+}
+
+/// Issue item 6 (empty disk across an operator restart): the map records the disk each node
+/// had when it entered `inSync` (here the first map), and keeps that record while the node
+/// stays listed in sync, even when the node now answers from another disk that this
+/// coordinator takes as its baseline (it started while the disk was wiped). The node compares
+/// the record with its own disk and reports its copies unproven; the map dropping it from
+/// every `inSync` records the new disk, which admission then lists in sync again.
+#[test]
+fn the_map_records_each_nodes_disk_until_it_leaves_in_sync() {
+    use shardedstore_node::admin_api::{PartitionState, ReplicaRole};
+    let mut w = World::new(3, 2, 3);
+    for (id, r) in w.obs.reports.iter_mut() {
+        r.disk_id = format!("{id}-old");
+    }
+    let first = w.plan();
+    w.apply(first);
+    for i in 0..3 {
+        let id = format!("node-{i}");
+        assert_eq!(
+            w.map().disks.get(&id).map(String::as_str),
+            Some(format!("{id}-old").as_str()),
+            "{:?}",
+            w.map().disks
+        );
+    }
+    // A coordinator started while node-2's disk was wiped: no new-disk observation, and the
+    // record stays in every map that keeps node-2 in sync.
+    if let Some(r) = w.obs.reports.get_mut("node-2") {
+        r.disk_id = "node-2-new".into();
+    }
+    w.settings.min_in_sync = 1;
+    let p = w.plan();
+    let changed = p.map.clone().unwrap_or_else(|| panic!("no map written"));
+    assert!(changed.partitions.iter().all(|e| e.is_in_sync("node-2")));
+    assert_eq!(
+        changed.disks.get("node-2").map(String::as_str),
+        Some("node-2-old")
+    );
+    w.apply(p);
+    // node-2 reports its copies unproven (the record differs from its disk): the map drops it
+    // from every inSync and records the new disk.
+    let epochs: Vec<u64> = w.map().partitions.iter().map(|e| e.epoch).collect();
+    if let Some(r) = w.obs.reports.get_mut("node-2") {
+        r.partitions = epochs
+            .iter()
+            .enumerate()
+            .map(|(p, &epoch)| PartitionState {
+                unproven: true,
+                ..state(p as u32, ReplicaRole::Learner, epoch)
+            })
+            .collect();
+    }
+    let dropped = w.plan().map.unwrap_or_else(|| panic!("no map written"));
+    assert!(
+        dropped.partitions.iter().all(|e| !e.is_in_sync("node-2")),
+        "{dropped:?}"
+    );
+    assert_eq!(
+        dropped.disks.get("node-2").map(String::as_str),
+        Some("node-2-new")
+    );
+    assert_eq!(
+        dropped.disks.get("node-0").map(String::as_str),
+        Some("node-0-old")
     );
 }

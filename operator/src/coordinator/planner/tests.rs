@@ -23,6 +23,23 @@ pub(super) fn member(i: u32) -> MemberNode {
     }
 }
 
+/// A node's report of one partition: its identity and role, everything else empty (tests
+/// set what they need with `..state(..)`).
+pub(super) fn state(partition: u32, role: ReplicaRole, epoch: u64) -> PartitionState {
+    PartitionState {
+        partition,
+        role,
+        epoch,
+        position: LogPosition::default(),
+        commit_seq: 0,
+        applied_seq: 0,
+        followers: Vec::new(),
+        keys: 0,
+        bytes: 0,
+        unproven: false,
+    }
+}
+
 /// A test world: membership, settings, observations and (once bootstrapped) the map.
 pub(super) struct World {
     pub(super) membership: Membership,
@@ -73,7 +90,9 @@ impl World {
         })
     }
 
-    /// Installs the plan's map (as a successful write plus push to every alive node).
+    /// Installs the plan's map as a successful write, a push to every alive node and a
+    /// heartbeat under it (every report is then made under the new map; tests of a push
+    /// alone set `obs.installed` instead).
     pub(super) fn apply(&mut self, plan: Plan) {
         if let Some(map) = plan.map {
             let v = map.version;
@@ -375,6 +394,66 @@ fn dead_and_lagging_followers_leave_in_sync() {
     assert_eq!(w.map().partitions[0].in_sync, vec![primary]);
 }
 
+/// Finding L1 (docs/reliability.md): a follower whose acknowledgements stopped arriving
+/// held the commit point back, so the primary's report shows it at the commit point. Once it
+/// leaves `inSync` it must not be admitted again while it stays stuck: the commit point moves
+/// on without it, and the primary would wait for it for the whole admit call.
+#[test]
+fn a_member_shrunk_for_being_stuck_is_not_admitted_while_it_stays_stuck() {
+    let mut w = World::running(3, 1, 3);
+    let e = w.map().partitions[0].clone();
+    let primary = e.primary.clone().unwrap_or_default();
+    let followers: Vec<String> = e
+        .in_sync
+        .iter()
+        .filter(|n| **n != primary)
+        .cloned()
+        .collect();
+    let report = w.obs.reports.get_mut(&primary).unwrap_or_else(|| panic!());
+    report.partitions.push(PartitionState {
+        partition: 0,
+        role: ReplicaRole::Primary,
+        epoch: e.epoch,
+        position: LogPosition {
+            last_epoch: 1,
+            last_seq: 12,
+        },
+        // The stuck member held the commit point at its own position.
+        commit_seq: 4,
+        applied_seq: 4,
+        followers: vec![
+            FollowerProgress {
+                node: followers[0].clone(),
+                acked_seq: 4,
+                last_contact_ms: Some(2_500),
+                pending_since_ms: Some(2_500),
+            },
+            FollowerProgress {
+                node: followers[1].clone(),
+                acked_seq: 12,
+                last_contact_ms: Some(5),
+                pending_since_ms: None,
+            },
+        ],
+        keys: 0,
+        bytes: 0,
+        unproven: false,
+    });
+    let p = w.plan();
+    w.apply(p);
+    assert!(!w.map().partitions[0].in_sync.contains(&followers[0]));
+    let p = w.plan();
+    let readmit: Vec<&Call> = p
+        .calls
+        .iter()
+        .filter(|c| matches!(c, Call::Admit { node, .. } if *node == followers[0]))
+        .collect();
+    assert!(
+        readmit.is_empty(),
+        "a stuck member is admitted again at once: {readmit:?}"
+    );
+}
+
 #[test]
 fn a_returning_replica_is_admitted_through_the_primary_before_it_is_in_sync() {
     let mut w = World::running(3, 1, 3);
@@ -666,18 +745,7 @@ fn stale_copies_reported_by_a_node_are_dropped() {
         .position(|e| !e.is_member(node))
         .unwrap_or_else(|| panic!("node-0 holds everything")) as u32;
     let report = w.obs.reports.get_mut(node).unwrap_or_else(|| panic!());
-    report.partitions.push(PartitionState {
-        partition: stale,
-        role: ReplicaRole::Stale,
-        epoch: 1,
-        position: LogPosition::default(),
-        commit_seq: 0,
-        applied_seq: 0,
-        followers: Vec::new(),
-        keys: 0,
-        bytes: 0,
-        unproven: false,
-    });
+    report.partitions.push(state(stale, ReplicaRole::Stale, 1));
     let p = w.plan();
     assert!(
         p.calls.contains(&Call::Drop {
@@ -717,4 +785,64 @@ fn a_node_gone_from_the_membership_counts_as_dead_once_fenced() {
     w.settle();
     assert!(w.primaries_of("node-2").is_empty());
     assert_eq!(w.map().nodes["node-2"].state, NodeState::Down);
+}
+
+/// A member admitted a moment ago is not dropped again for its latest report, which it made
+/// under the map before (where it was a learner). The runner pushes the new map at once, so
+/// the node holds it, but its report is from before the push; only a report made under the
+/// current map says what the member is now. (Seen in a scale-out: every admission was
+/// followed by a removal and a new admission, a map write each, until the next heartbeat.)
+#[test]
+fn a_member_admitted_a_moment_ago_is_not_dropped_for_its_report_from_before() {
+    let mut w = World::running(3, 1, 3);
+    let e = &w.map().partitions[0];
+    let learner = e
+        .in_sync
+        .iter()
+        .find(|n| e.primary.as_ref() != Some(*n))
+        .cloned()
+        .unwrap_or_else(|| panic!("no follower: {e:?}"));
+    let epoch = {
+        let m = w.map.as_mut().unwrap_or_else(|| panic!("no map"));
+        let e = &mut m.partitions[0];
+        e.in_sync.retain(|n| *n != learner);
+        e.replicas.retain(|n| *n != learner);
+        e.learners.push(learner.clone());
+        m.version += 1;
+        e.epoch
+    };
+    let v = w.map().version;
+    for r in w.obs.reports.values_mut() {
+        r.map_version = v;
+    }
+    if let Some(r) = w.obs.reports.get_mut(&learner) {
+        r.partitions = vec![state(0, ReplicaRole::Learner, epoch)];
+    }
+    // The primary answered the admission ready: the member is listed in sync.
+    w.obs.admitted.insert((0, epoch, learner.clone()));
+    let p = w.plan();
+    let next = p
+        .map
+        .unwrap_or_else(|| panic!("the admission must write the map"));
+    assert!(next.partitions[0].in_sync.contains(&learner), "{next:?}");
+    // Written and pushed (as the runner does): every node holds it, reports are from before.
+    let v = next.version;
+    w.map = Some(next);
+    for n in ["node-0", "node-1", "node-2"] {
+        w.obs.installed.insert(n.to_owned(), v);
+    }
+    let p = w.plan();
+    let shrunk: Vec<&CoordinatorEvent> = p
+        .events
+        .iter()
+        .filter(|e| matches!(e, CoordinatorEvent::InSyncShrunk { .. }))
+        .collect();
+    assert!(shrunk.is_empty(), "dropped again: {shrunk:?}");
+    assert!(
+        p.map
+            .as_ref()
+            .is_none_or(|m| m.partitions[0].in_sync.contains(&learner)),
+        "{:?}",
+        p.map
+    );
 }
