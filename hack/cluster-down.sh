@@ -70,4 +70,5 @@ rm -rf "$STATE_DIR" "$RUN_DIR" "$CLUSTER_DIR"
 # The one path kubelet uses whatever its --root-dir: its device-plugin socket.
 rm -f /var/lib/kubelet/device-plugins/kubelet.sock
 rmdir /var/lib/kubelet/device-plugins 2>/dev/null || true
+guard_remove "$GUARD_TAG"
 log "cluster down"

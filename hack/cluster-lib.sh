@@ -21,6 +21,7 @@ NODE_ZONE=zone-a
 POD_CIDR=10.244.0.0/24
 SERVICE_CIDR=10.96.0.0/16
 CNI_BRIDGE=sst0
+GUARD_TAG=shardedstore-guard-sst0
 CNI_NETWORK=shardedstore
 STORAGE_CLASS=standard
 # The sandbox image name containerd asks for by default; images.sh builds it locally.
@@ -62,6 +63,7 @@ prepare_host_network() {
     # to the host, never forward out of the host.
     iptables -C FORWARD -s "$POD_CIDR" ! -o "$CNI_BRIDGE" -j DROP 2>/dev/null ||
         iptables -I FORWARD 1 -s "$POD_CIDR" ! -o "$CNI_BRIDGE" -j DROP
+    guard_add "$GUARD_TAG" "$CNI_BRIDGE" "$POD_CIDR" "$SERVICE_CIDR" "$NODE_IP/32"
 }
 
 start_containerd() {

@@ -47,4 +47,5 @@ for i in $workers; do
 done
 rm -rf "$MN_STATE" "$MN_RUN" "$MN_DIR"
 [[ -z "$left" ]] || die "processes survived:$left"
+guard_remove "$MN_GUARD_TAG"
 log "multi-node cluster down"

@@ -16,6 +16,7 @@ MN_STATE="${SHARDEDSTORE_MN_STATE:-/var/lib/shardedstore-multinode}"
 MN_RUN=/run/shardedstore-multinode
 # The host side: a bridge whose address is the apiserver's and every worker's gateway.
 MN_BRIDGE=ssmn0
+MN_GUARD_TAG=shardedstore-guard-ssmn0
 MN_GATEWAY=10.251.0.1
 MN_NODE_NET=10.251.0.0/24
 MN_API_PORT=6443
@@ -118,6 +119,7 @@ mn_host_network() {
     # Pods may talk to each other, to Services, to the host; nothing is forwarded out.
     iptables -C FORWARD -s "$MN_CLUSTER_CIDR" ! -o "$MN_BRIDGE" -j DROP 2>/dev/null ||
         iptables -I FORWARD 1 -s "$MN_CLUSTER_CIDR" ! -o "$MN_BRIDGE" -j DROP
+    guard_add "$MN_GUARD_TAG" "$MN_BRIDGE" "$MN_CLUSTER_CIDR" "$MN_SERVICE_CIDR" "$MN_GATEWAY/24"
     # The host reaches Services through worker 1's kube-proxy rules (it has no
     # kube-proxy of this cluster itself); the reply comes back the same way because
     # kube-proxy masquerades traffic from outside the cluster CIDR.
