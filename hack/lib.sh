@@ -40,11 +40,15 @@ k8s_bin_dir() {
 # registries are reachable from here, and traffic to any other address (private ranges
 # included) is not ours to send: nothing forwarded from the cluster's BRIDGE leaves
 # through an uplink (an interface with a default route) — a worker's kubelet looking up
-# a registry, a pod's DNS query — and nothing this host sends to one of the cluster's
-# RANGES does either (a Service or pod address whose route or kube-proxy rule is gone
-# would otherwise follow the default route out). Each rule carries the comment TAG so
-# guard_remove finds it; the guards go up before any cluster process starts and come
-# down after the last one stopped.
+# a registry, a pod's DNS query — and nothing sent to one of the cluster's RANGES does
+# either (a Service or pod address whose route or kube-proxy rule is gone would otherwise
+# follow the default route out). The range rules sit in mangle POSTROUTING, where the
+# outgoing interface is the final one: in OUTPUT it is still the one routed before
+# kube-proxy's DNAT turned a Service address into a pod's. Each rule carries the comment
+# TAG so guard_remove finds it; the guards go up before any cluster process starts and
+# come down after the last one stopped.
+GUARD_CHAINS=("filter FORWARD" "mangle POSTROUTING")
+
 uplinks() {
     ip -4 route show default 2>/dev/null |
         awk '{for (i = 1; i < NF; i++) if ($i == "dev") print $(i + 1)}' | sort -u
@@ -55,33 +59,34 @@ guard_add() {
     local tag="$1" bridge="$2" up r
     shift 2
     for up in $(uplinks); do
-        guard_rule "$tag" FORWARD -i "$bridge" -o "$up"
+        guard_rule "$tag" filter FORWARD -i "$bridge" -o "$up"
         for r in "$@"; do
-            guard_rule "$tag" FORWARD -d "$r" -o "$up"
-            guard_rule "$tag" OUTPUT -d "$r" -o "$up"
+            guard_rule "$tag" mangle POSTROUTING -d "$r" -o "$up"
         done
     done
 }
 
 guard_rule() {
-    local tag="$1" chain="$2"
-    shift 2
-    iptables -C "$chain" "$@" -m comment --comment "$tag" -j DROP 2>/dev/null ||
-        iptables -I "$chain" 1 "$@" -m comment --comment "$tag" -j DROP
+    local tag="$1" table="$2" chain="$3"
+    shift 3
+    iptables -w -t "$table" -C "$chain" "$@" -m comment --comment "$tag" -j DROP 2>/dev/null ||
+        iptables -w -t "$table" -I "$chain" 1 "$@" -m comment --comment "$tag" -j DROP
 }
 
 # guard_remove TAG — deletes TAG's rules, saying how many packets they stopped (a
 # number above zero names traffic that would have left the machine).
 guard_remove() {
-    local tag="$1" chain stopped=0 n rule
-    for chain in FORWARD OUTPUT; do
-        n="$(iptables -w -nvxL "$chain" 2>/dev/null |
+    local tag="$1" tc table chain stopped=0 n rule
+    for tc in "${GUARD_CHAINS[@]}"; do
+        read -r table chain <<<"$tc"
+        n="$(iptables -w -t "$table" -nvxL "$chain" 2>/dev/null |
             awk -v t="/* $tag */" 'index($0, t) {s += $1} END {print s + 0}')"
         stopped=$((stopped + n))
-        { iptables -w -S "$chain" 2>/dev/null | grep -F -- "--comment $tag " || true; } | while read -r rule; do
-            # shellcheck disable=SC2086 # the rule is iptables words
-            iptables -w ${rule/-A/-D} 2>/dev/null || true
-        done
+        { iptables -w -t "$table" -S "$chain" 2>/dev/null | grep -F -- "--comment $tag " || true; } |
+            while read -r rule; do
+                # shellcheck disable=SC2086 # the rule is iptables words
+                iptables -w -t "$table" ${rule/-A/-D} 2>/dev/null || true
+            done
     done
     ((stopped == 0)) || log "the $tag guard stopped $stopped packets bound off this machine"
 }
