@@ -2,9 +2,15 @@
 //! driving real `shardedstore-node` processes) on free loopback ports, talks to its control
 //! endpoint, and kills every process it started when dropped.
 //!
-//! The operator runs in its own process group, which its node children inherit; dropping
-//! the [`LocalStore`] SIGKILLs every group it created, so nodes orphaned by a killed operator
-//! are cleaned up too.
+//! Every operator of a store runs in one process group, which its node children inherit and
+//! which an idle anchor process (`sleep infinity`, a child of the test) leads. Dropping the
+//! [`LocalStore`] SIGKILLs the group, so nodes orphaned by a killed operator are cleaned up
+//! too. The anchor keeps the group from becoming *orphaned* when a test kills the operator:
+//! the kernel sends SIGHUP (which ends a node) and SIGCONT to every process of an orphaned
+//! group that has a stopped member, so without it a node exiting while others are frozen
+//! (SIGSTOP) would kill and thaw the frozen ones whenever the orphaned nodes' new parent
+//! (init) shares the test's session, as it does under a CI runner that starts jobs without
+//! `setsid`.
 
 use crate::node_harness::{binary_path, wait_until};
 use shardedstore_node::client::KvClient;
@@ -82,8 +88,9 @@ pub struct LocalStore {
     data_dir: tempfile::TempDir,
     base: u16,
     operator: Option<Child>,
-    /// Process groups created (one per operator start); all are killed on drop.
-    groups: Vec<u32>,
+    /// Leader of the process group of every operator and node of this store (see the
+    /// module documentation); the group is killed on drop.
+    anchor: Option<Child>,
     http: reqwest::Client,
 }
 
@@ -121,7 +128,7 @@ impl LocalStore {
             data_dir: tempfile::tempdir()?,
             base,
             operator: None,
-            groups: Vec::new(),
+            anchor: None,
             http: shardedstore_node::tls::http_client_builder(&Default::default())?
                 .timeout(Duration::from_secs(5))
                 .build()?,
@@ -180,6 +187,7 @@ impl LocalStore {
 
     /// (Re)starts the operator process with the same data directory.
     pub fn start_operator(&mut self) -> anyhow::Result<()> {
+        let group = self.group()?;
         let o = &self.options;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -218,11 +226,28 @@ impl LocalStore {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            .process_group(0)
+            .process_group(group)
             .spawn()?;
-        self.groups.push(child.id());
         self.operator = Some(child);
         Ok(())
+    }
+
+    /// The store's process group: the anchor's pid, the anchor started on first use.
+    fn group(&mut self) -> anyhow::Result<i32> {
+        let anchor = match &mut self.anchor {
+            Some(a) => a,
+            None => self.anchor.insert(
+                Command::new("sleep")
+                    .arg("infinity")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .process_group(0)
+                    .spawn()
+                    .map_err(|e| anyhow::anyhow!("starting the process-group anchor: {e}"))?,
+            ),
+        };
+        Ok(i32::try_from(anchor.id())?)
     }
 
     fn log_path(&self) -> PathBuf {
@@ -352,22 +377,25 @@ impl LocalStore {
 }
 
 impl LocalStore {
-    /// SIGKILLs the operator and every node (all process groups created so far) and reaps
-    /// the operator; idempotent. Dropping the store does this too.
+    /// SIGKILLs the operator and every node (the store's process group) and reaps the
+    /// operator and the group's anchor; idempotent. Dropping the store does this too.
     pub fn kill_all(&mut self) {
-        for group in &self.groups {
-            let _ = Command::new("kill")
-                .args(["-s", "KILL", "--", &format!("-{group}")])
-                .stderr(Stdio::null())
-                .status();
-        }
+        let Some(mut anchor) = self.anchor.take() else {
+            return;
+        };
+        let group = anchor.id();
+        let _ = Command::new("kill")
+            .args(["-s", "KILL", "--", &format!("-{group}")])
+            .stderr(Stdio::null())
+            .status();
         if let Some(mut c) = self.operator.take() {
             let _ = c.wait();
         }
-        // SIGKILL is delivered asynchronously: give the groups a moment to go away, so a
+        let _ = anchor.wait();
+        // SIGKILL is delivered asynchronously: give the group a moment to go away, so a
         // caller can unmount their file systems next (bounded; zombies hold no files).
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        while std::time::Instant::now() < deadline && self.groups.iter().any(|g| group_alive(*g)) {
+        while std::time::Instant::now() < deadline && group_alive(group) {
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -159,8 +159,8 @@ async fn a_restarted_operator_waits_a_lease_before_failing_over_an_unheard_node(
         Ok(())
     };
 
-    // Frozen only once the operator is gone: stopping a member of a process group that then
-    // becomes orphaned would make the kernel hang up (SIGHUP) every node of the group.
+    // The harness's anchor process keeps the nodes' process group from being orphaned when
+    // the operator dies, so the kernel never hangs up (SIGHUP) the frozen node.
     store.kill9_operator();
     signal("STOP")?;
     let restarted = Instant::now();

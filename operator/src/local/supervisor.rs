@@ -6,7 +6,7 @@ use crate::coordinator::{MemberNode, Membership};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
@@ -267,7 +267,7 @@ impl Supervisor {
                     }
                     // An adopted node is not our child: watch its pid (or its port).
                     let adopted_gone = match slot.adopted {
-                        Some(Some(pid)) => !Path::new(&format!("/proc/{pid}")).exists(),
+                        Some(Some(pid)) => !process_alive(pid),
                         Some(None) => !port_open(&self.ports.peer_addr(o)),
                         None => false,
                     };
@@ -379,11 +379,10 @@ impl Supervisor {
         }
         // Adopted nodes are not our children: wait for their pid to vanish.
         for pid in self.slots.values().filter_map(|s| s.adopted.flatten()) {
-            let proc_dir = format!("/proc/{pid}");
-            while Path::new(&proc_dir).exists() && Instant::now() < deadline {
+            while process_alive(pid) && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            if Path::new(&proc_dir).exists() {
+            if process_alive(pid) {
                 let _ = Command::new("kill")
                     .args(["-s", "KILL", &pid.to_string()])
                     .status()
@@ -392,6 +391,20 @@ impl Supervisor {
         }
         self.slots.clear();
     }
+}
+
+/// Is process `pid` running? An adopted node is not our child, so when it exits it stays a
+/// zombie until its new parent reaps it, and an init that never reaps (a minimal container or
+/// VM init) keeps it a zombie for good: a zombie (or a vanished pid) has exited.
+fn process_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state is the first field after the command, which ends with the last ')'.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z" | "X") | None)
 }
 
 /// Does something accept connections on loopback address `addr`? (Refused at once when not.)
@@ -404,7 +417,25 @@ fn port_open(addr: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::Supervisor;
+    use super::{Supervisor, process_alive};
+
+    #[test]
+    fn a_zombie_counts_as_exited() -> std::io::Result<()> {
+        let mut child = std::process::Command::new("sleep").arg("60").spawn()?;
+        let pid = child.id();
+        assert!(process_alive(pid));
+        // SIGKILL and wait for the exit without reaping: the pid stays, as a zombie.
+        child.kill()?;
+        let zombie = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            !process_alive(pid)
+        });
+        assert!(zombie, "pid {pid} still counted alive after SIGKILL");
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        child.wait()?;
+        assert!(!process_alive(pid));
+        Ok(())
+    }
     use shardedstore_node::map::{PartitionEntry, PartitionMap};
 
     #[test]
