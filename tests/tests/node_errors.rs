@@ -1,6 +1,8 @@
 //! (e) Oversized, malformed and unauthenticated requests get the documented errors and
 //! change nothing; garbage replication frames are rejected and the node keeps serving.
 
+use shardedstore_node::admin_api::LogPosition;
+use shardedstore_node::replication::frame::{Append, AppendBatch, BatchReply, Status};
 use shardedstore_tests::node_harness::{Cluster, NodeOptions, metric_value, wait_until};
 use std::time::Duration;
 
@@ -139,6 +141,56 @@ async fn bad_requests_get_documented_errors_and_change_nothing() -> anyhow::Resu
         .await?;
     assert_eq!(r.status().as_u16(), 401);
 
+    // Batched appends: a garbage batch is refused whole (400); in a well-formed batch every
+    // item gets the answer it would get alone — a garbage frame 400, an append older than the
+    // partition's epoch `StaleEpoch`, a partition the node does not hold `NotMember`.
+    let batch_url = format!("http://{}/peer/v1/appends", node.peer_addr);
+    for body in [b"garbage".to_vec(), vec![1u8, 6, 9, 0, 0, 0]] {
+        let r = http
+            .post(&batch_url)
+            .bearer_auth(&cluster.options.token)
+            .body(body)
+            .send()
+            .await?;
+        assert_eq!(r.status().as_u16(), 400);
+    }
+    let stale = Append {
+        epoch: 0,
+        leader: "node-9".into(),
+        truncate_to: Some(0),
+        prev: LogPosition::default(),
+        commit_seq: 0,
+        entries: Vec::new(),
+        session: 1,
+    }
+    .encode();
+    let items = [(0u32, &b"garbage"[..]), (1, &stale[..]), (999, &stale[..])];
+    let r = http
+        .post(&batch_url)
+        .bearer_auth(&cluster.options.token)
+        .body(AppendBatch::encode(items.into_iter()))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 200);
+    let replies = BatchReply::decode(&r.bytes().await?)?;
+    let statuses: Vec<_> = replies
+        .items
+        .iter()
+        .copied()
+        .map(|i| i.map(|reply| reply.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![Err(400), Ok(Status::StaleEpoch), Ok(Status::NotMember)],
+        "{replies:?}"
+    );
+    let r = http
+        .post(&batch_url)
+        .body(AppendBatch::encode(items.into_iter()))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 401);
+
     // Nothing changed: same map, same value and version, no other keys, still serving.
     let current: serde_json::Value = http
         .get(format!("{base}/v1/map"))
@@ -168,7 +220,8 @@ async fn bad_requests_get_documented_errors_and_change_nothing() -> anyhow::Resu
     let keys: u64 = beat.partitions.iter().map(|p| p.keys).sum();
     assert_eq!(keys, 1, "{beat:?}");
     let metrics = cluster.metrics(0).await?;
-    assert!(metric_value(&metrics, "shardedstore_rejected_peer_frames_total", "") >= 3.0);
+    // Three garbage appends, two garbage batches and one garbage batched append.
+    assert!(metric_value(&metrics, "shardedstore_rejected_peer_frames_total", "") >= 6.0);
     let (status, _) = cluster.put(0, "after", b"still serving".to_vec()).await?;
     assert_eq!(status, 201);
     Ok(())

@@ -5,7 +5,9 @@ use super::common::{self, Answer, BodyError};
 use crate::admin_api::{AdmitRequest, HandoffRequest, HeartbeatRequest};
 use crate::map::{PartitionId, PartitionMap};
 use crate::node::{DropError, HeartbeatError, InstallError, Node};
-use crate::replication::frame::{Append, Probe, Reply, SnapshotChunk, Status};
+use crate::replication::frame::{
+    Append, AppendBatch, BatchReply, Probe, Reply, SnapshotChunk, Status,
+};
 use crate::replication::primary::AdminRefusal;
 use crate::storage::codec::CodecError;
 use bytes::{Buf, Bytes};
@@ -97,6 +99,7 @@ impl PeerApi {
                     "partition must be a number",
                 ),
             },
+            (Method::POST, ["peer", "v1", "appends"]) => self.append_batch(&body).await,
             (Method::POST, ["admin", "v1", "map"]) => self.install_map(&body).await,
             (Method::GET, ["admin", "v1", "map"]) => match self.node.ctx.map() {
                 Some(map) => common::json(StatusCode::OK, &*map),
@@ -173,18 +176,13 @@ impl PeerApi {
                     }
                 }
             }
-            "append" => {
-                let msg = match Append::decode(body) {
-                    Ok(m) => m,
-                    Err(e) => return frame_error(e),
-                };
-                match self.node.replica_for_peer(p) {
-                    Some(r) => stored_reply(
-                        common::detached(async move { r.handle_append(msg).await }).await,
-                    ),
-                    None => not_member(0),
+            "append" => match handle_append(self.node.clone(), p, body).await {
+                Ok(reply) => octets(reply.encode()),
+                Err(Refused::Frame(e)) => frame_error(e),
+                Err(Refused::Storage(e)) => {
+                    common::error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string())
                 }
-            }
+            },
             "snapshot" => {
                 let msg = match SnapshotChunk::decode(body) {
                     Ok(m) => m,
@@ -203,6 +201,38 @@ impl PeerApi {
                 "no such replication message",
             ),
         }
+    }
+
+    /// `POST /peer/v1/appends`: the appends of several partitions, each handled as if it had
+    /// come alone, all at once (their durable writes share the writer's group commit).
+    async fn append_batch(&self, body: &Bytes) -> Answer {
+        let batch = match AppendBatch::decode(body) {
+            Ok(b) => b,
+            Err(e) => {
+                self.node.ctx.metrics.rejected_frames.inc();
+                tracing::warn!(error = %e, "rejected a malformed batch of appends");
+                return common::error(StatusCode::BAD_REQUEST, "bad_frame", e.to_string());
+            }
+        };
+        let handled = batch.items.into_iter().map(|(p, frame)| {
+            let node = self.node.clone();
+            async move {
+                match handle_append(node.clone(), p, &frame).await {
+                    Ok(reply) => Ok(reply),
+                    Err(Refused::Frame(e)) => {
+                        node.ctx.metrics.rejected_frames.inc();
+                        tracing::warn!(partition = p, error = %e, "rejected a malformed batched append");
+                        Err(StatusCode::BAD_REQUEST.as_u16())
+                    }
+                    Err(Refused::Storage(e)) => {
+                        tracing::warn!(partition = p, error = %e, "batched append failed");
+                        Err(StatusCode::INTERNAL_SERVER_ERROR.as_u16())
+                    }
+                }
+            }
+        });
+        let items = futures::future::join_all(handled).await;
+        octets(BatchReply { items }.encode())
     }
 
     async fn install_map(&self, body: &Bytes) -> Answer {
@@ -302,6 +332,30 @@ impl PeerApi {
             Err(e) => common::error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()),
         }
     }
+}
+
+/// Why an append got no [`Reply`].
+enum Refused {
+    Frame(CodecError),
+    Storage(crate::storage::StorageError),
+}
+
+/// Decodes and handles one append of partition `p` (detached from the request, so a caller
+/// that gives up does not cut its durable write short). A node without a copy answers
+/// `NotMember`.
+async fn handle_append(node: Arc<Node>, p: PartitionId, frame: &[u8]) -> Result<Reply, Refused> {
+    let msg = Append::decode(frame).map_err(Refused::Frame)?;
+    let Some(r) = node.replica_for_peer(p) else {
+        return Ok(Reply {
+            status: Status::NotMember,
+            epoch: 0,
+            last: Default::default(),
+        });
+    };
+    common::detached(async move { r.handle_append(msg).await })
+        .await
+        .unwrap_or(Err(crate::storage::StorageError::WriterGone))
+        .map_err(Refused::Storage)
 }
 
 /// The answer to a replication message a replica handled (detached from the request):

@@ -17,6 +17,11 @@ const KIND_APPEND: u8 = 2;
 const KIND_SNAPSHOT: u8 = 3;
 const KIND_REPLY: u8 = 4;
 const KIND_PROBE_REPLY: u8 = 5;
+const KIND_APPEND_BATCH: u8 = 6;
+const KIND_BATCH_REPLY: u8 = 7;
+
+/// Smallest encoded item of a batch: a partition id and an empty length-prefixed field.
+const MIN_BATCH_ITEM: usize = 8;
 
 /// Primary → replica: "where does your log end?" (the start of every catch-up).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -348,10 +353,126 @@ impl Reply {
     }
 }
 
+/// Primary node → member node: appends of several partitions in one request
+/// (`POST /peer/v1/appends`). Each item is an encoded [`Append`] frame, handled exactly as if
+/// it had come alone; the items are independent (at most one per partition is in flight).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendBatch {
+    pub items: Vec<(u32, Vec<u8>)>,
+}
+
+impl AppendBatch {
+    /// Encodes already-encoded append frames, by partition.
+    pub fn encode<'a>(items: impl ExactSizeIterator<Item = (u32, &'a [u8])>) -> Vec<u8> {
+        let mut w = header(KIND_APPEND_BATCH);
+        w.u32(items.len() as u32);
+        for (partition, frame) in items {
+            w.u32(partition);
+            w.bytes(frame);
+        }
+        w.buf
+    }
+    pub fn decode(b: &[u8]) -> Result<Self, CodecError> {
+        let mut r = open(b, KIND_APPEND_BATCH)?;
+        let n = r.count("batched appends", MIN_BATCH_ITEM)?;
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            items.push((r.u32()?, r.bytes()?.to_vec()));
+        }
+        r.finish()?;
+        Ok(Self { items })
+    }
+}
+
+/// Member node → primary node: one outcome per item of an [`AppendBatch`], in its order —
+/// the item's [`Reply`], or the HTTP status the append would have been answered alone
+/// (400 for a malformed frame, 500 for a storage error).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchReply {
+    pub items: Vec<Result<Reply, u16>>,
+}
+
+impl BatchReply {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = header(KIND_BATCH_REPLY);
+        w.u32(self.items.len() as u32);
+        for item in &self.items {
+            match item {
+                Ok(reply) => {
+                    w.u32(200);
+                    w.bytes(&reply.encode());
+                }
+                Err(status) => {
+                    w.u32(u32::from(*status));
+                    w.bytes(&[]);
+                }
+            }
+        }
+        w.buf
+    }
+    pub fn decode(b: &[u8]) -> Result<Self, CodecError> {
+        let mut r = open(b, KIND_BATCH_REPLY)?;
+        let n = r.count("batch replies", MIN_BATCH_ITEM)?;
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            let status = r.u32()?;
+            let body = r.bytes()?;
+            items.push(match status {
+                200 => Ok(Reply::decode(body)?),
+                s => Err(u16::try_from(s).map_err(|_| CodecError::Tag {
+                    what: "batch item status",
+                    tag: u8::MAX,
+                })?),
+            });
+        }
+        r.finish()?;
+        Ok(Self { items })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::storage::codec::Op;
+
+    #[test]
+    fn append_batches_and_their_replies_round_trip() {
+        let a = append().encode();
+        let b = Append {
+            entries: Vec::new(),
+            ..append()
+        }
+        .encode();
+        let batch = AppendBatch::encode([(3, a.as_slice()), (7, b.as_slice())].into_iter());
+        let items = vec![(3, a.clone()), (7, b)];
+        assert_eq!(AppendBatch::decode(&batch), Ok(AppendBatch { items }));
+        assert_eq!(Append::decode(&a), Ok(append()));
+        // Truncated or trailing bytes are refused, like every frame.
+        assert!(AppendBatch::decode(&batch[..batch.len() - 1]).is_err());
+        let mut long = batch.clone();
+        long.push(0);
+        assert!(AppendBatch::decode(&long).is_err());
+        // A count larger than the input could hold is refused before allocating.
+        let mut huge = header(KIND_APPEND_BATCH);
+        huge.u32(u32::MAX);
+        assert!(AppendBatch::decode(&huge.buf).is_err());
+
+        let reply = BatchReply {
+            items: vec![
+                Ok(Reply {
+                    status: Status::Mismatch,
+                    epoch: 4,
+                    last: LogPosition {
+                        last_epoch: 3,
+                        last_seq: 9,
+                    },
+                }),
+                Err(500),
+            ],
+        };
+        assert_eq!(BatchReply::decode(&reply.encode()), Ok(reply));
+        assert!(BatchReply::decode(&a).is_err());
+    }
 
     fn append() -> Append {
         Append {

@@ -1,9 +1,31 @@
 //! HTTP client of other nodes' peer ports for replication frames (keep-alive connections).
+//!
+//! Appends travel in batches per destination node ([`PeerClient::append`]): every
+//! partition's replication task to that node queues its append, and one task per node sends
+//! whatever is queued as one `POST /peer/v1/appends` whenever one of its
+//! [`BATCH_WINDOW`] request slots is free. Under load the appends of many partitions share a
+//! request, a connection and the member's group commit; at low load an append leaves at once,
+//! alone. Each partition still has at most one append in flight, so nothing is reordered.
 
+use super::frame::{AppendBatch, BatchReply, Reply};
 use crate::map::PartitionId;
 use crate::storage::codec::CodecError;
 use crate::tls::ClientTls;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// Batched append requests in flight per destination node.
+pub const BATCH_WINDOW: usize = 4;
+/// A batch takes no more appends once its frames reach this many bytes (the size of one
+/// append at the most), nor more than [`BATCH_MAX_ITEMS`] appends.
+const BATCH_MAX_BYTES: usize = 4 * 1024 * 1024;
+const BATCH_MAX_ITEMS: usize = 1024;
+/// A destination's batching task ends after this long without an append (its node may be
+/// gone for good, e.g. a pod that came back under another address).
+const BATCH_IDLE: Duration = Duration::from_secs(60);
 
 /// Why a replication call failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +54,21 @@ pub enum PeerError {
         #[source]
         source: CodecError,
     },
+    #[error("sending a batch of appends to {addr}: {reason}")]
+    Batch { addr: String, reason: String },
+}
+
+/// An append waiting for its batch.
+struct Queued {
+    partition: PartitionId,
+    frame: Vec<u8>,
+    reply: oneshot::Sender<Result<Reply, PeerError>>,
+}
+
+/// The batching task of each destination address, by address.
+#[derive(Default)]
+struct Batchers {
+    queues: Mutex<HashMap<String, mpsc::UnboundedSender<Queued>>>,
 }
 
 /// Sends replication frames to other nodes.
@@ -41,6 +78,7 @@ pub struct PeerClient {
     token: String,
     /// `https` when the store's peer ports serve TLS.
     scheme: &'static str,
+    batchers: Arc<Batchers>,
 }
 
 /// Header marking replication requests (and their protocol version).
@@ -74,7 +112,176 @@ impl PeerClient {
             http,
             token,
             scheme: crate::tls::scheme(https),
+            batchers: Arc::default(),
         })
+    }
+
+    /// Sends one encoded [`super::frame::Append`] of `partition` to the node at `addr`, in a
+    /// batch with the other appends queued for that node, and returns the member's reply.
+    pub async fn append(
+        &self,
+        addr: &str,
+        partition: PartitionId,
+        frame: Vec<u8>,
+    ) -> Result<Reply, PeerError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue(
+            addr,
+            Queued {
+                partition,
+                frame,
+                reply,
+            },
+        );
+        answer.await.unwrap_or_else(|_| {
+            Err(PeerError::Batch {
+                addr: addr.to_owned(),
+                reason: "the batching task ended".into(),
+            })
+        })
+    }
+
+    /// Queues `item` for `addr`'s batching task, starting the task when there is none.
+    fn queue(&self, addr: &str, item: Queued) {
+        // Sent under the lock: a task that ends when idle removes itself under it too, after
+        // checking that nothing is queued, so nothing is queued to a task that has ended.
+        let mut queues = self
+            .batchers
+            .queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let item = match queues.get(addr) {
+            Some(tx) => match tx.send(item) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(item)) => item,
+            },
+            None => item,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(item);
+        queues.insert(addr.to_owned(), tx);
+        tokio::spawn(self.clone().run_batches(addr.to_owned(), rx));
+    }
+
+    /// The batching task of one destination: takes the first queued append, waits for a free
+    /// request slot (appends queued meanwhile join the batch), sends the batch.
+    async fn run_batches(self, addr: String, mut rx: mpsc::UnboundedReceiver<Queued>) {
+        let window = Arc::new(Semaphore::new(BATCH_WINDOW));
+        // Set when the destination does not know batches (a node of an older version during
+        // a rolling upgrade): its appends then go one per request.
+        let single = Arc::new(AtomicBool::new(false));
+        loop {
+            let first = match tokio::time::timeout(BATCH_IDLE, rx.recv()).await {
+                Ok(Some(item)) => item,
+                Ok(None) => return,
+                Err(_) => {
+                    let mut queues = self
+                        .batchers
+                        .queues
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    match rx.try_recv() {
+                        Ok(item) => item,
+                        Err(_) => {
+                            queues.remove(&addr);
+                            return;
+                        }
+                    }
+                }
+            };
+            let Ok(slot) = window.clone().acquire_owned().await else {
+                return;
+            };
+            let mut bytes = first.frame.len();
+            let mut batch = vec![first];
+            while bytes < BATCH_MAX_BYTES && batch.len() < BATCH_MAX_ITEMS {
+                match rx.try_recv() {
+                    Ok(item) => {
+                        bytes += item.frame.len();
+                        batch.push(item);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let client = self.clone();
+            let addr = addr.clone();
+            let single = single.clone();
+            tokio::spawn(async move {
+                client.send_batch(&addr, batch, &single).await;
+                drop(slot);
+            });
+        }
+    }
+
+    /// Sends `batch` to `addr` and hands every append its outcome.
+    async fn send_batch(&self, addr: &str, batch: Vec<Queued>, single: &AtomicBool) {
+        if batch.len() == 1 || single.load(Ordering::Relaxed) {
+            return self.send_each(addr, batch).await;
+        }
+        let body = AppendBatch::encode(batch.iter().map(|q| (q.partition, q.frame.as_slice())));
+        let kind = "append batch";
+        let outcome = match self.post(addr, "/peer/v1/appends", kind, body).await {
+            Ok(bytes) => BatchReply::decode(&bytes)
+                .map_err(|source| PeerError::Decode {
+                    addr: addr.to_owned(),
+                    kind,
+                    source,
+                })
+                .and_then(|r| {
+                    if r.items.len() == batch.len() {
+                        Ok(r.items)
+                    } else {
+                        Err(PeerError::Batch {
+                            addr: addr.to_owned(),
+                            reason: format!("{} answers to {} appends", r.items.len(), batch.len()),
+                        })
+                    }
+                }),
+            Err(PeerError::Status { status, .. }) if status == 404 || status == 413 => {
+                // 404: a node that predates batches. 413: the batch is over the member's
+                // body limit although each append alone may not be.
+                if status == 404 {
+                    tracing::info!(
+                        to = addr,
+                        "peer does not take batched appends: sending them one by one"
+                    );
+                    single.store(true, Ordering::Relaxed);
+                }
+                return self.send_each(addr, batch).await;
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(items) => {
+                for (q, item) in batch.into_iter().zip(items) {
+                    let _ = q.reply.send(item.map_err(|status| PeerError::Status {
+                        addr: addr.to_owned(),
+                        kind: "append",
+                        status,
+                    }));
+                }
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                for q in batch {
+                    let _ = q.reply.send(Err(PeerError::Batch {
+                        addr: addr.to_owned(),
+                        reason: reason.clone(),
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Sends every append of `batch` in its own request, at once.
+    async fn send_each(&self, addr: &str, batch: Vec<Queued>) {
+        futures::future::join_all(batch.into_iter().map(|q| async move {
+            let r = self
+                .call(addr, q.partition, "append", q.frame, Reply::decode)
+                .await;
+            let _ = q.reply.send(r);
+        }))
+        .await;
     }
 
     /// POSTs `body` to `/peer/v1/partitions/{p}/{kind}` and decodes the answer with `decode`.
@@ -86,8 +293,25 @@ impl PeerClient {
         body: Vec<u8>,
         decode: fn(&[u8]) -> Result<T, CodecError>,
     ) -> Result<T, PeerError> {
+        let path = format!("/peer/v1/partitions/{partition}/{kind}");
+        let bytes = self.post(addr, &path, kind, body).await?;
+        decode(&bytes).map_err(|source| PeerError::Decode {
+            addr: addr.to_owned(),
+            kind,
+            source,
+        })
+    }
+
+    /// POSTs `body` to `path` on `addr`; the answer's body when it is a success.
+    async fn post(
+        &self,
+        addr: &str,
+        path: &str,
+        kind: &'static str,
+        body: Vec<u8>,
+    ) -> Result<bytes::Bytes, PeerError> {
         let scheme = self.scheme;
-        let url = format!("{scheme}://{addr}/peer/v1/partitions/{partition}/{kind}");
+        let url = format!("{scheme}://{addr}{path}");
         let resp = self
             .http
             .post(url)
@@ -110,15 +334,140 @@ impl PeerClient {
                 status: status.as_u16(),
             });
         }
-        let bytes = resp.bytes().await.map_err(|source| PeerError::Send {
-            addr: addr.to_owned(),
-            kind,
-            source,
-        })?;
-        decode(&bytes).map_err(|source| PeerError::Decode {
+        resp.bytes().await.map_err(|source| PeerError::Send {
             addr: addr.to_owned(),
             kind,
             source,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin_api::LogPosition;
+    use crate::replication::frame::{Append, Status};
+    use std::sync::atomic::AtomicUsize;
+    use warp::Filter;
+
+    /// A peer port that counts requests: batches are answered 404 when `batches` is off (a
+    /// node older than batches), as the node does otherwise; single appends get `Ok`.
+    async fn peer(batches: bool) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let (batched, single) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (b, s) = (batched.clone(), single.clone());
+        let reply = |a: &Append| Reply {
+            status: Status::Ok,
+            epoch: a.epoch,
+            last: LogPosition {
+                last_epoch: a.epoch,
+                last_seq: a.prev.last_seq + a.entries.len() as u64,
+            },
+        };
+        let filter = warp::post()
+            .and(warp::path::full())
+            .and(warp::body::bytes())
+            .map(move |path: warp::path::FullPath, body: bytes::Bytes| {
+                let answer = |status: u16, body: Vec<u8>| {
+                    let mut r = http::Response::new(body);
+                    *r.status_mut() = http::StatusCode::from_u16(status)
+                        .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+                    r
+                };
+                if path.as_str() == "/peer/v1/appends" {
+                    b.fetch_add(1, Ordering::SeqCst);
+                    if !batches {
+                        return answer(404, Vec::new());
+                    }
+                    let Ok(batch) = AppendBatch::decode(&body) else {
+                        return answer(400, Vec::new());
+                    };
+                    let items = batch
+                        .items
+                        .iter()
+                        .map(|(_, f)| Append::decode(f).map(|a| reply(&a)).map_err(|_| 400))
+                        .collect();
+                    return answer(200, BatchReply { items }.encode());
+                }
+                s.fetch_add(1, Ordering::SeqCst);
+                match Append::decode(&body) {
+                    Ok(a) => answer(200, reply(&a).encode()),
+                    Err(_) => answer(400, Vec::new()),
+                }
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_string();
+        tokio::spawn(warp::serve(filter).incoming(listener).run());
+        (addr, batched, single)
+    }
+
+    fn frame(partition: u64, entries: u64) -> Vec<u8> {
+        use crate::storage::codec::{LogEntry, Op};
+        Append {
+            epoch: 1,
+            leader: "n".into(),
+            truncate_to: None,
+            prev: LogPosition {
+                last_epoch: 1,
+                last_seq: partition * 100,
+            },
+            commit_seq: 0,
+            entries: (1..=entries)
+                .map(|i| {
+                    Arc::new(LogEntry {
+                        epoch: 1,
+                        seq: partition * 100 + i,
+                        op: Op::Delete { key: vec![1] },
+                    })
+                })
+                .collect(),
+            session: 1,
+        }
+        .encode()
+    }
+
+    /// Appends of many partitions at once: every one gets its own reply (by its position in
+    /// the batch), and against a node without batches they all still arrive, one by one.
+    async fn many_appends(batches: bool) -> (usize, usize) {
+        let (addr, batched, single) = peer(batches).await;
+        let client =
+            PeerClient::new("t".into(), Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}"));
+        let calls = (0..64u64).map(|p| {
+            let (client, addr) = (client.clone(), addr.clone());
+            async move {
+                let r = client.append(&addr, p as u32, frame(p, p % 3)).await;
+                (p, r.map(|r| r.last.last_seq))
+            }
+        });
+        for (p, r) in futures::future::join_all(calls).await {
+            assert_eq!(r.ok(), Some(p * 100 + p % 3), "partition {p}");
+        }
+        (
+            batched.load(Ordering::SeqCst),
+            single.load(Ordering::SeqCst),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_of_many_partitions_share_requests_and_each_gets_its_reply() {
+        let (batched, single) = many_appends(true).await;
+        // 64 appends queued at once: at most the window's first requests leave alone.
+        assert!(batched >= 1, "no batch sent");
+        assert!(
+            batched + single < 64,
+            "{batched} batches and {single} single appends"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_without_batches_gets_every_append_one_by_one() {
+        let (batched, single) = many_appends(false).await;
+        // Tried until the first 404 comes back (the requests already in flight get one too).
+        assert!((1..=BATCH_WINDOW).contains(&batched), "{batched} batches");
+        assert_eq!(single, 64);
     }
 }

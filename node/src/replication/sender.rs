@@ -193,10 +193,8 @@ async fn session(replica: &Arc<Replica>, member: &str) -> Result<(), SessionEnd>
             last_epoch: e.epoch,
             last_seq: e.seq,
         });
-        let reply: Reply = ctx
-            .peers
-            .call(&addr, p, "append", msg.encode(), Reply::decode)
-            .await?;
+        // Batched with the appends of other partitions bound for the same node.
+        let reply: Reply = ctx.peers.append(&addr, p, msg.encode()).await?;
         accepted(&reply, epoch)?;
         truncate = false;
         sent_commit = commit_seq;
