@@ -34,6 +34,7 @@ pub struct NodeMetrics {
     pub replication_lag_entries: IntGauge,
     pub commit_batch_commands: Histogram,
     pub fsync_seconds: Histogram,
+    pub checkpoint_seconds: Histogram,
     pub stored_bytes: IntGauge,
     pub stored_keys: IntGauge,
     /// Bytes of snapshots sent or received while catching a replica up (`direction`).
@@ -78,7 +79,7 @@ impl NodeMetrics {
         let commit_batch_commands = Histogram::with_opts(
             HistogramOpts::new(
                 "shardedstore_commit_batch_commands",
-                "Commands group-committed in one storage transaction",
+                "Commands group-committed in one storage batch (one write-ahead log record)",
             )
             .buckets(vec![
                 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 512.0, 4096.0,
@@ -87,11 +88,18 @@ impl NodeMetrics {
         let fsync_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "shardedstore_fsync_duration_seconds",
-                "Duration of durable storage commits (one fsync each)",
+                "Duration of making one storage batch durable (its write-ahead log record's write and fsync, or the checkpoint it needed)",
             )
             .buckets(vec![
                 0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
             ]),
+        )?;
+        let checkpoint_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "shardedstore_checkpoint_duration_seconds",
+                "Duration of checkpoints: durable database commits after which the write-ahead log starts a new generation",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
         )?;
         let stored_bytes = IntGauge::new(
             "shardedstore_stored_bytes",
@@ -137,6 +145,7 @@ impl NodeMetrics {
         registry.register(Box::new(replication_lag_entries.clone()))?;
         registry.register(Box::new(commit_batch_commands.clone()))?;
         registry.register(Box::new(fsync_seconds.clone()))?;
+        registry.register(Box::new(checkpoint_seconds.clone()))?;
         registry.register(Box::new(stored_bytes.clone()))?;
         registry.register(Box::new(stored_keys.clone()))?;
         registry.register(Box::new(catchup_bytes.clone()))?;
@@ -163,6 +172,7 @@ impl NodeMetrics {
             replication_lag_entries,
             commit_batch_commands,
             fsync_seconds,
+            checkpoint_seconds,
             stored_bytes,
             stored_keys,
             catchup_bytes,
@@ -209,6 +219,7 @@ impl NodeMetrics {
 pub struct WriterMetrics {
     pub batch: Histogram,
     pub fsync: Histogram,
+    pub checkpoint: Histogram,
 }
 
 impl crate::storage::writer::WriterObserver for WriterMetrics {
@@ -217,6 +228,10 @@ impl crate::storage::writer::WriterObserver for WriterMetrics {
         if durable {
             self.fsync.observe(commit_seconds);
         }
+    }
+
+    fn checkpoint(&self, seconds: f64) {
+        self.checkpoint.observe(seconds);
     }
 }
 

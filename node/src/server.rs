@@ -106,6 +106,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), ServerError> {
         WriterMetrics {
             batch: metrics.commit_batch_commands.clone(),
             fsync: metrics.fsync_seconds.clone(),
+            checkpoint: metrics.checkpoint_seconds.clone(),
         },
         |e| {
             tracing::error!(error = %e, "fatal storage error: aborting the process");

@@ -209,6 +209,10 @@ impl Replica {
             }
             st.last.last_seq
         };
+        // Appends and truncations are answered once durable, before the database shows
+        // them: wait until it shows everything queued so far (a truncation this replica has
+        // seen answered included), so no entry it removed is read back.
+        self.ctx.writer.settle().await?;
         let store = self.ctx.store.clone();
         let p = self.partition;
         let entries =

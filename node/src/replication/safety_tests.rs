@@ -64,6 +64,11 @@ async fn a_delayed_truncate_or_snapshot_of_an_older_session_is_refused() {
         (reply.status, reply.last),
         (Status::StaleSession, pos(1, 3))
     );
+    f.ctx
+        .writer
+        .settle()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let log = f
         .ctx
         .store

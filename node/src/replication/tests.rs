@@ -51,6 +51,7 @@ pub(super) fn plain(node: &str) -> Fixture {
         WriterMetrics {
             batch: m.commit_batch_commands.clone(),
             fsync: m.fsync_seconds.clone(),
+            checkpoint: m.checkpoint_seconds.clone(),
         },
     )
 }
@@ -117,6 +118,11 @@ async fn log_append_and_truncation_survive_a_reload() {
     assert_eq!((reply.status, reply.last), (Status::Ok, pos(2, 5)));
     wait_applied(&r, 4).await;
 
+    f.ctx
+        .writer
+        .settle()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let log = f
         .ctx
         .store
@@ -167,6 +173,11 @@ async fn stale_epochs_are_rejected_and_a_higher_epoch_deposes_the_primary() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((reply.status, reply.epoch), (Status::StaleEpoch, 2));
     assert!(r.lock().primary.is_some());
+    f.ctx
+        .writer
+        .settle()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         f.ctx
             .store
@@ -219,6 +230,11 @@ async fn group_commit_wakes_every_caller_after_its_batch_commits() {
     assert_eq!(sizes.iter().sum::<usize>(), 200, "{sizes:?}");
     assert!(sizes.len() < 200, "appends were not grouped: {sizes:?}");
     // Every woken caller's entry is on disk.
+    f.ctx
+        .writer
+        .settle()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     for p in 0..8 {
         let log = f
             .ctx
@@ -324,6 +340,11 @@ async fn snapshot_then_tail_installs_on_a_fresh_replica() {
         (disk.base, disk.last, disk.applied_seq, disk.keys),
         (pos(1, 10), pos(1, 12), 12, 11)
     );
+    dst.ctx
+        .writer
+        .settle()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let log = dst
         .ctx
         .store

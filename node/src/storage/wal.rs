@@ -46,8 +46,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Name of the log file in the data directory.
-pub const FILE_NAME: &str = "node.wal";
+/// Names of the two log files in the data directory: even generations go to the first, odd
+/// ones to the second.
+pub const FILE_NAMES: [&str; 2] = ["node.wal", "node.wal.1"];
 /// Meta-table key holding the generation whose records are not yet in the database.
 pub const GENERATION_KEY: &str = "wal_generation";
 /// Checkpoint once this many bytes of records have been written since the last one.
@@ -73,8 +74,9 @@ pub fn logged(cmd: &Command) -> bool {
 
 /// The open log, owned by the writer thread.
 pub struct Wal {
-    file: File,
-    path: PathBuf,
+    /// The two files generations alternate between ([`file_index`]).
+    files: [File; 2],
+    paths: [PathBuf; 2],
     generation: u64,
     /// Where the next record goes (bytes of records written in this generation).
     offset: u64,
@@ -85,7 +87,7 @@ pub struct Wal {
 impl std::fmt::Debug for Wal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Wal")
-            .field("path", &self.path)
+            .field("paths", &self.paths)
             .field("generation", &self.generation)
             .field("offset", &self.offset)
             .finish()
@@ -168,20 +170,22 @@ impl Wal {
     /// survives a power loss.
     pub fn append(&mut self, payload: &[u8]) -> Result<(), StorageError> {
         let record = frame(self.generation, payload);
-        self.file
+        let i = file_index(self.generation);
+        self.files[i]
             .write_all_at(&record, self.offset)
-            .map_err(|e| io_err(&self.path, "writing the write-ahead log", e))?;
-        self.file
+            .map_err(|e| io_err(&self.paths[i], "writing the write-ahead log", e))?;
+        self.files[i]
             .sync_data()
-            .map_err(|e| io_err(&self.path, "syncing the write-ahead log", e))?;
+            .map_err(|e| io_err(&self.paths[i], "syncing the write-ahead log", e))?;
         self.offset += record.len() as u64;
         self.note_volatile_commit();
         Ok(())
     }
 
-    /// Starts generation `generation` at the start of the file, after a checkpoint made the
-    /// database hold everything the log held.
-    pub fn checkpointed(&mut self, generation: u64) {
+    /// Starts generation `generation` at the start of its file. The writer calls this when
+    /// it starts a checkpoint; the file is free because the checkpoint before, which made
+    /// the database hold that file's older generation, has completed.
+    pub fn start_generation(&mut self, generation: u64) {
         self.generation = generation;
         self.offset = 0;
         self.dirty_since = None;
@@ -272,12 +276,17 @@ pub fn decode_batch(payload: &[u8]) -> Result<Vec<Command>, CodecError> {
     Ok(cmds)
 }
 
-/// Opens (creating and preallocating if needed) `dir/node.wal`, re-applies the records the
-/// database lacks and checkpoints with the next generation. Returns the log, ready for the
-/// writer.
+/// Opens (creating if needed) the two log files, re-applies the records the database lacks
+/// and checkpoints with a new generation. Returns the log, ready for the writer.
+///
+/// The database names generation `g`, that of its last checkpoint. The records of `g`, then
+/// those of `g + 1` (written while the checkpoint to `g + 1` was under way, if it never
+/// completed), are replayed in that order. A format-2 directory kept every generation in
+/// `node.wal`, so the records of `g` are looked for in both files.
 pub fn recover(db: &Database, dir: &Path) -> Result<Wal, StorageError> {
-    let path = dir.join(FILE_NAME);
-    let (mut file, created) = open_file(&path)?;
+    let paths = [dir.join(FILE_NAMES[0]), dir.join(FILE_NAMES[1])];
+    let (mut first, created_first) = open_file(&paths[0])?;
+    let (mut second, created_second) = open_file(&paths[1])?;
     let generation = {
         let txn = db.begin_read().map_err(super::read_err)?;
         let meta = txn.open_table(META).map_err(super::read_err)?;
@@ -285,45 +294,62 @@ pub fn recover(db: &Database, dir: &Path) -> Result<Wal, StorageError> {
             .map_err(super::read_err)?
             .map_or(0, |v| super::tables::u64_from(v.value()))
     };
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)
-        .map_err(|e| io_err(&path, "reading the write-ahead log", e))?;
-    let records = read_records(&bytes, generation);
+    let mut bytes = [Vec::new(), Vec::new()];
+    for (i, file) in [&mut first, &mut second].into_iter().enumerate() {
+        file.read_to_end(&mut bytes[i])
+            .map_err(|e| io_err(&paths[i], "reading the write-ahead log", e))?;
+    }
+    let own = file_index(generation);
+    let mut records = read_records(&bytes[own], generation);
+    if records.is_empty() {
+        records = read_records(&bytes[1 - own], generation);
+    }
+    let next = read_records(&bytes[file_index(generation + 1)], generation + 1);
+    let replayed_records = records.len() + next.len();
+    records.extend(next);
     let mut txn = db.begin_write().map_err(write_err)?;
     txn.set_durability(Durability::Immediate)
         .map_err(write_err)?;
     let mut replayed = 0usize;
+    let mut pending = super::writer::TxnMeta::default();
     for payload in &records {
         for cmd in decode_batch(payload)? {
-            super::writer::apply_command(&txn, &cmd)?;
+            super::writer::apply_command(&txn, &cmd, &mut pending)?;
             replayed += 1;
         }
     }
-    let next = generation + 1;
+    pending.flush(&txn)?;
+    // Both generations read are now in the database: start after them.
+    let start = generation + 2;
     {
         let mut meta = txn.open_table(META).map_err(write_err)?;
-        meta.insert(GENERATION_KEY, &next.to_le_bytes()[..])
+        meta.insert(GENERATION_KEY, &start.to_le_bytes()[..])
             .map_err(write_err)?;
     }
     txn.commit().map_err(write_err)?;
     if replayed > 0 {
         tracing::info!(
-            records = records.len(),
+            records = replayed_records,
             commands = replayed,
             generation,
             "replayed the write-ahead log into the database"
         );
     }
-    if created {
+    if created_first || created_second {
         sync_dir(dir)?;
     }
     Ok(Wal {
-        file,
-        path,
-        generation: next,
+        files: [first, second],
+        paths,
+        generation: start,
         offset: 0,
         dirty_since: None,
     })
+}
+
+/// Which of the two files holds a generation.
+fn file_index(generation: u64) -> usize {
+    (generation % 2) as usize
 }
 
 fn open_file(path: &Path) -> Result<(File, bool), StorageError> {
@@ -437,7 +463,9 @@ mod tests {
     fn records_missing_from_the_database_are_replayed_at_open() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = crate::storage::Store::open(dir.path(), "n1").expect("open");
-        assert!(dir.path().join(FILE_NAME).exists());
+        for name in FILE_NAMES {
+            assert!(dir.path().join(name).exists());
+        }
         let mut wal = store.take_wal().expect("first taker gets the log");
         assert!(matches!(store.take_wal(), Err(StorageError::WalTaken)));
         let record = Wal::encode_batch([append(3, 1..=5)].iter()).expect("logged");
@@ -462,5 +490,64 @@ mod tests {
             let store = crate::storage::Store::open(dir.path(), "n1").expect("reopen");
             assert_eq!(store.load_partition(3).expect("load").last.last_seq, 2);
         }
+    }
+
+    /// A crash while a checkpoint was under way: the database still names the older
+    /// generation, and the records of both it and the next one (in the other file) are
+    /// replayed, in that order.
+    #[test]
+    fn both_generations_replay_when_a_checkpoint_never_completed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = crate::storage::Store::open(dir.path(), "n1").expect("open");
+        let mut wal = store.take_wal().expect("log");
+        let first = wal.generation();
+        wal.append(&Wal::encode_batch([append(3, 1..=5)].iter()).expect("logged"))
+            .expect("append");
+        // The checkpoint starts (the log moves on to the other file) but never commits.
+        wal.start_generation(first + 1);
+        let cut = Command::Truncate {
+            partition: 3,
+            after_seq: 3,
+            history: EpochHistory::from_starts(vec![(1, 1), (2, 4)]),
+        };
+        let mut tail = append(3, 4..=6);
+        if let Command::Append { entries, .. } = &mut tail {
+            for e in entries.iter_mut() {
+                Arc::make_mut(e).epoch = 2;
+            }
+        }
+        wal.append(&Wal::encode_batch([cut, tail].iter()).expect("logged"))
+            .expect("append");
+        drop((wal, store));
+
+        let store = crate::storage::Store::open(dir.path(), "n1").expect("reopen");
+        let disk = store.load_partition(3).expect("load");
+        assert_eq!((disk.last.last_epoch, disk.last.last_seq), (2, 6));
+        let log = store.read_log(3, 1, 10, usize::MAX).expect("log");
+        let epochs: Vec<u64> = log.iter().map(|e| e.epoch).collect();
+        assert_eq!(epochs, [1, 1, 1, 2, 2, 2]);
+    }
+
+    /// A format-2 directory kept every generation in `node.wal`, whatever its parity.
+    #[test]
+    fn an_odd_generation_left_in_the_first_file_is_replayed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = crate::storage::Store::open(dir.path(), "n1").expect("open");
+        let db = store.db().clone();
+        drop(store);
+        let txn = db.begin_write().expect("txn");
+        txn.open_table(META)
+            .expect("meta")
+            .insert(GENERATION_KEY, &5u64.to_le_bytes()[..])
+            .expect("insert");
+        txn.commit().expect("commit");
+        drop(db);
+        let record = frame(
+            5,
+            &Wal::encode_batch([append(2, 1..=3)].iter()).expect("logged"),
+        );
+        std::fs::write(dir.path().join(FILE_NAMES[0]), record).expect("write");
+        let store = crate::storage::Store::open(dir.path(), "n1").expect("reopen");
+        assert_eq!(store.load_partition(2).expect("load").last.last_seq, 3);
     }
 }

@@ -1,16 +1,30 @@
-//! The single writer of the database: a dedicated thread that drains every queued command
-//! (log appends of all partitions, applies, compactions, meta updates), executes the batch in
-//! one write transaction and only then wakes each caller.
+//! The single writer of the database, in two threads that work one after the other on a
+//! stream of batches:
+//!
+//! - the **log thread** drains every queued command (log appends of all partitions, applies,
+//!   compactions, meta updates) into a batch, writes the batch's logged commands to the
+//!   write-ahead log as one record and `fdatasync`s it ([`wal`]), then hands the batch on;
+//! - the **database thread** applies the batches it is handed to redb, several at a time in one
+//!   transaction committed without fsync, and only then wakes each caller.
+//!
+//! So while the database thread works on one group of batches, the log thread already makes
+//! the next one durable, and under load one database transaction covers several log records.
+//! A caller is woken only when its command is durable (if it must be) *and* visible to
+//! readers of the database, as with a single thread.
 //!
 //! Durability per batch, one fsync at most:
 //! - a batch whose durable commands are all log commands (appends, truncations, epoch
-//!   histories) is written to the write-ahead log as one record and `fdatasync`ed there; the
-//!   database transaction is then committed without fsync;
+//!   histories) is durable once its log record is synced;
 //! - a batch holding another durable command (a map, a snapshot's start or end, a dropped
 //!   partition, an unproven mark), or arriving when a checkpoint is due, is committed to the
-//!   database durably — a checkpoint — and the log starts its next generation ([`wal`]);
-//! - a batch of non-durable commands only (applies, compactions, snapshot chunks) is committed
-//!   without fsync.
+//!   database durably, together with everything handed on before it — a checkpoint — and the
+//!   log starts its next generation only after that commit ([`wal`]); the log thread waits
+//!   for it;
+//! - a batch of non-durable commands only (applies, compactions, snapshot chunks) needs no
+//!   fsync.
+//!
+//! Within one transaction, metadata that many commands update (a partition's epoch history,
+//! applied point and counters) is written once, at its end ([`TxnMeta`]).
 //!
 //! The handle also tells how long the oldest queued command has waited
 //! ([`WriterHandle::stalled_for`]): a hung disk shows there long before it fails.
@@ -24,7 +38,7 @@ use crate::admin_api::LogPosition;
 use crate::map::PartitionId;
 use crate::replication::epochs::EpochHistory;
 use redb::{Durability, ReadableTable, WriteTransaction};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -33,6 +47,11 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_BATCH: usize = 4096;
 
 /// One unit of work for the writer.
+///
+/// The log commands (`Append`, `Truncate`, `SetHistory`) are answered as soon as they are
+/// durable in the write-ahead log; readers of the database may see them a little later
+/// ([`WriterHandle::settle`]). Every other command is answered once the database has it
+/// (durably, if the command is durable).
 pub enum Command {
     /// Durably appends entries (in order) and stores the epoch history.
     Append {
@@ -85,13 +104,18 @@ pub enum Command {
         keys: u64,
         bytes: u64,
     },
+    /// Does nothing; answered once everything queued before it is in the database.
+    Settle,
 }
 
 impl Command {
     fn durable(&self) -> bool {
         !matches!(
             self,
-            Command::Apply { .. } | Command::Compact { .. } | Command::SnapshotChunk { .. }
+            Command::Apply { .. }
+                | Command::Compact { .. }
+                | Command::SnapshotChunk { .. }
+                | Command::Settle
         )
     }
 }
@@ -107,21 +131,37 @@ pub struct Outcome {
 type Reply = oneshot::Sender<Result<Outcome, StorageError>>;
 
 /// Observations the writer reports (batch sizes, commit durations).
-pub trait WriterObserver: Send + 'static {
+pub trait WriterObserver: Send + Sync + 'static {
+    /// One batch is durable and about to be reported to its callers: `commands` in it,
+    /// whether it held durable commands, and how long making it durable took (its log record's
+    /// write and fsync, or its checkpoint).
     fn batch(&self, commands: usize, durable: bool, commit_seconds: f64);
+
+    /// A checkpoint (a durable database commit) took `seconds`.
+    fn checkpoint(&self, _seconds: f64) {}
 }
 
 /// Handle to queue commands on the writer thread.
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: mpsc::UnboundedSender<(Command, Reply)>,
-    /// Queue times of the commands not yet committed, in queue order.
+    /// Queue times of the commands not yet durable (or handed on), in queue order.
     queued: Arc<Mutex<VecDeque<Instant>>>,
 }
 
+/// The fatal-error callback, shared by the two threads and called at most once.
+type Fatal = Arc<Mutex<Option<Box<dyn FnOnce(StorageError) + Send>>>>;
+
+fn call_fatal(fatal: &Fatal, e: StorageError) {
+    let f = fatal.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(f) = f {
+        f(e);
+    }
+}
+
 impl WriterHandle {
-    /// Starts the writer thread. `on_fatal` is called once if a commit fails (the node must
-    /// stop: its in-memory state may be ahead of the disk).
+    /// Starts the writer threads. `on_fatal` is called once if a write or commit fails (the
+    /// node must stop: its in-memory state may be ahead of the disk).
     pub fn start(
         store: Store,
         observer: impl WriterObserver,
@@ -129,34 +169,51 @@ impl WriterHandle {
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(Mutex::new(VecDeque::new()));
+        let fatal: Fatal = Arc::new(Mutex::new(Some(Box::new(on_fatal))));
         let wal = match store.take_wal() {
             Ok(wal) => wal,
             Err(e) => {
                 // A second writer on one store would interleave two logs: refuse it. The
                 // receiver is dropped, so every command fails with `WriterGone`.
                 tracing::error!(error = %e, "cannot start a second storage writer");
-                on_fatal(e);
+                call_fatal(&fatal, e);
                 return Self { tx, queued };
             }
         };
-        let writer = Writer {
-            store,
+        let observer: Arc<dyn WriterObserver> = Arc::new(observer);
+        let (to_db, from_log) = std::sync::mpsc::sync_channel(MAX_HANDED_ON);
+        let log = LogThread {
             wal,
             rx,
-            queued: queued.clone(),
+            to_db,
             hooks: FaultHooks::from_env(),
+            observer: observer.clone(),
+            queued: queued.clone(),
+            fatal: fatal.clone(),
+            checkpoint: None,
         };
-        std::thread::Builder::new()
-            .name("storage-writer".into())
-            .spawn(move || writer.run(observer, on_fatal))
-            .map_or_else(
-                |e| tracing::error!(error = %e, "cannot start the storage writer thread"),
-                |_| (),
-            );
+        let db = DbThread {
+            store,
+            rx: from_log,
+            observer,
+            fatal,
+        };
+        let spawned = std::thread::Builder::new()
+            .name("storage-db".into())
+            .spawn(move || db.run())
+            .and_then(|_| {
+                std::thread::Builder::new()
+                    .name("storage-log".into())
+                    .spawn(move || log.run())
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the storage writer threads");
+        }
         Self { tx, queued }
     }
 
-    /// How long the oldest queued command has waited for its commit (zero when none waits).
+    /// How long the oldest queued command has waited to become durable (zero when none
+    /// waits).
     pub fn stalled_for(&self) -> Duration {
         self.queued
             .lock()
@@ -165,9 +222,16 @@ impl WriterHandle {
             .unwrap_or_default()
     }
 
-    /// Queues a command and waits until its transaction has committed.
+    /// Queues a command and waits until it is done (see [`Command`] for what "done" means
+    /// for each kind).
     pub async fn run(&self, cmd: Command) -> Result<Outcome, StorageError> {
         self.submit(cmd)?.wait().await
+    }
+
+    /// Waits until every command queued before this call is visible to readers of the
+    /// database (log appends are answered once durable, which can be before that).
+    pub async fn settle(&self) -> Result<(), StorageError> {
+        self.run(Command::Settle).await.map(|_| ())
     }
 
     /// Queues a command now (commands run in queue order) and returns a handle to await it.
@@ -192,17 +256,56 @@ impl Pending {
     }
 }
 
-/// The writer thread's state.
-struct Writer {
-    store: Store,
-    wal: Wal,
-    rx: mpsc::UnboundedReceiver<(Command, Reply)>,
-    queued: Arc<Mutex<VecDeque<Instant>>>,
-    hooks: FaultHooks,
+/// Most batches (log records) one database transaction covers.
+const MAX_STAGES: usize = 64;
+/// Most batches the log thread may have handed on and the database thread not yet applied;
+/// beyond it the log thread waits (memory stays bounded when the database falls behind).
+const MAX_HANDED_ON: usize = 256;
+
+/// A command and its caller, who is `None` once told (a log command, when its record is
+/// durable).
+type Queued = (Command, Option<Reply>);
+
+/// A batch the log thread hands to the database thread.
+struct Stage {
+    batch: Vec<Queued>,
+    /// Set when the database must be committed durably after this batch, with everything
+    /// before it: a checkpoint.
+    checkpoint: Option<Checkpoint>,
 }
 
-impl Writer {
-    fn run(mut self, observer: impl WriterObserver, on_fatal: impl FnOnce(StorageError)) {
+/// A checkpoint request: the log generation the database records, and where to say whether
+/// the durable commit succeeded (with the batch's commit time).
+struct Checkpoint {
+    generation: u64,
+    done: std::sync::mpsc::SyncSender<Option<f64>>,
+}
+
+/// Fails every caller of a batch not told yet: nobody is woken with success when its command
+/// may not be on disk.
+fn fail_batch(batch: Vec<Queued>) {
+    for (_, reply) in batch {
+        if let Some(reply) = reply {
+            let _ = reply.send(Err(StorageError::WriterGone));
+        }
+    }
+}
+
+/// The log thread's state: makes batches durable in the write-ahead log.
+struct LogThread {
+    wal: Wal,
+    rx: mpsc::UnboundedReceiver<(Command, Reply)>,
+    to_db: std::sync::mpsc::SyncSender<Stage>,
+    hooks: FaultHooks,
+    observer: Arc<dyn WriterObserver>,
+    queued: Arc<Mutex<VecDeque<Instant>>>,
+    fatal: Fatal,
+    /// The checkpoint under way: it answers once the database holds the generation before.
+    checkpoint: Option<std::sync::mpsc::Receiver<Option<f64>>>,
+}
+
+impl LogThread {
+    fn run(mut self) {
         while let Some(first) = self.rx.blocking_recv() {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
@@ -211,76 +314,269 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let durable = batch.iter().any(|(c, _)| c.durable());
+            let batch = batch.into_iter().map(|(c, r)| (c, Some(r))).collect();
+            if self.step(batch).is_err() {
+                // The node stops (`on_fatal`, called by whichever thread failed); dropping
+                // the receiver fails every later command with `WriterGone`.
+                return;
+            }
+        }
+    }
+
+    /// Commands of a batch are done being queued: they are durable, or the database thread
+    /// has them.
+    fn dequeue(&self, n: usize) {
+        if let Ok(mut q) = self.queued.lock() {
+            let n = n.min(q.len());
+            q.drain(..n);
+        }
+    }
+
+    fn hand_on(&self, stage: Stage) -> Result<(), ()> {
+        self.to_db.send(stage).map_err(|e| fail_batch(e.0.batch))
+    }
+
+    /// Waits for the checkpoint under way, if any.
+    fn finish_checkpoint(&mut self) -> Result<(), ()> {
+        match self.checkpoint.take().map(|done| done.recv()) {
+            None | Some(Ok(Some(_))) => Ok(()),
+            Some(_) => Err(()),
+        }
+    }
+
+    /// Starts a checkpoint: the database will be committed durably once it has everything
+    /// handed on so far (and `batch`, if given); from now on the log writes the next
+    /// generation, in the other file. Returns where the checkpoint answers.
+    fn start_checkpoint(
+        &mut self,
+        batch: Vec<Queued>,
+    ) -> Result<std::sync::mpsc::Receiver<Option<f64>>, ()> {
+        // The other file holds the generation before the one being written; it is free once
+        // the previous checkpoint has put that generation in the database.
+        self.finish_checkpoint()?;
+        let generation = self.wal.generation() + 1;
+        let (done, answer) = std::sync::mpsc::sync_channel(1);
+        self.hand_on(Stage {
+            batch,
+            checkpoint: Some(Checkpoint { generation, done }),
+        })?;
+        self.wal.start_generation(generation);
+        Ok(answer)
+    }
+
+    fn step(&mut self, mut batch: Vec<Queued>) -> Result<(), ()> {
+        let durable = batch.iter().any(|(c, _)| c.durable());
+        let started = Instant::now();
+        if durable {
+            self.hooks.stall();
+            if self.hooks.fail() {
+                tracing::error!("test hook: durable commit failed; the node stops");
+                fail_batch(batch);
+                call_fatal(
+                    &self.fatal,
+                    write_err(std::io::Error::other("test hook: durable commit failed")),
+                );
+                return Err(());
+            }
+        }
+        let n = batch.len();
+        if batch.iter().any(|(c, _)| c.durable() && !wal::logged(c)) {
+            // A map, a snapshot's start or end, a dropped partition or an unproven mark is
+            // made durable by the database itself: this batch ends a checkpoint, and nothing
+            // more is written to the log before that checkpoint is on disk, so nothing later
+            // can survive a crash that loses it.
+            let answer = self.start_checkpoint(batch)?;
+            return match answer.recv() {
+                Ok(Some(_)) => {
+                    self.dequeue(n);
+                    Ok(())
+                }
+                _ => Err(()),
+            };
+        }
+        if self.wal.checkpoint_due() {
+            // Everything handed on so far reaches the database durably while the log goes
+            // on in the next generation: nobody waits for this checkpoint.
+            let answer = self.start_checkpoint(Vec::new())?;
+            self.checkpoint = Some(answer);
+        }
+        if let Some(record) = Wal::encode_batch(batch.iter().map(|(c, _)| c)) {
+            // The durability point: the record is on disk before anyone is told.
+            if let Err(e) = self.wal.append(&record) {
+                tracing::error!(error = %e, "writing the write-ahead log failed; the node stops");
+                fail_batch(batch);
+                call_fatal(&self.fatal, e);
+                return Err(());
+            }
+        }
+        // The database commit will not be synced: it waits for the next checkpoint.
+        self.wal.note_volatile_commit();
+        self.observer
+            .batch(n, durable, started.elapsed().as_secs_f64());
+        self.dequeue(n);
+        // Log commands are done once durable; the others once the database has them.
+        for (cmd, reply) in &mut batch {
+            if wal::logged(cmd)
+                && let Some(reply) = reply.take()
+            {
+                let _ = reply.send(Ok(Outcome::default()));
+            }
+        }
+        self.hand_on(Stage {
+            batch,
+            checkpoint: None,
+        })
+    }
+}
+
+/// The database thread's state: applies batches to redb and wakes the callers still waiting.
+struct DbThread {
+    store: Store,
+    rx: std::sync::mpsc::Receiver<Stage>,
+    observer: Arc<dyn WriterObserver>,
+    fatal: Fatal,
+}
+
+impl DbThread {
+    fn run(self) {
+        while let Ok(first) = self.rx.recv() {
+            let mut stages = vec![first];
+            // Take what the log thread has handed on meanwhile, up to a checkpoint (which
+            // then covers all of them).
+            while stages.len() < MAX_STAGES && stages.last().is_some_and(|s| s.checkpoint.is_none())
+            {
+                match self.rx.try_recv() {
+                    Ok(s) => stages.push(s),
+                    Err(_) => break,
+                }
+            }
+            let generation = stages
+                .last()
+                .and_then(|s| s.checkpoint.as_ref())
+                .map(|c| c.generation);
             let started = Instant::now();
-            match self.execute(&batch, durable) {
-                Ok(outcomes) => {
-                    observer.batch(batch.len(), durable, started.elapsed().as_secs_f64());
-                    if let Ok(mut q) = self.queued.lock() {
-                        let n = batch.len().min(q.len());
-                        q.drain(..n);
-                    }
-                    for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
-                        let _ = reply.send(Ok(outcome));
+            match self.commit(&stages, generation) {
+                Ok(mut outcomes) => {
+                    let seconds = started.elapsed().as_secs_f64();
+                    for stage in stages {
+                        let rest = outcomes.split_off(stage.batch.len().min(outcomes.len()));
+                        if let Some(c) = &stage.checkpoint {
+                            if !stage.batch.is_empty() {
+                                // A batch made durable by this commit, not by the log.
+                                let durable = stage.batch.iter().any(|(c, _)| c.durable());
+                                self.observer.batch(stage.batch.len(), durable, seconds);
+                            }
+                            self.observer.checkpoint(seconds);
+                            tracing::debug!(generation = c.generation, seconds, "checkpoint");
+                        }
+                        for ((_, reply), outcome) in stage.batch.into_iter().zip(outcomes) {
+                            if let Some(reply) = reply {
+                                let _ = reply.send(Ok(outcome));
+                            }
+                        }
+                        outcomes = rest;
+                        if let Some(c) = stage.checkpoint {
+                            let _ = c.done.send(Some(seconds));
+                        }
                     }
                 }
                 Err(e) => {
-                    // Nobody is woken with success: callers see the writer gone, and the
-                    // node stops at once (`on_fatal`), so no unpersisted position is served.
+                    // Nobody still waiting is woken with success: callers see the writer gone,
+                    // and the node stops at once (`on_fatal`), so no unpersisted position is
+                    // served.
                     tracing::error!(error = %e, "storage commit failed; the node stops");
-                    for (_, reply) in batch {
-                        let _ = reply.send(Err(StorageError::WriterGone));
+                    for stage in stages {
+                        fail_batch(stage.batch);
+                        if let Some(c) = stage.checkpoint {
+                            let _ = c.done.send(None);
+                        }
                     }
-                    on_fatal(e);
+                    call_fatal(&self.fatal, e);
                     return;
                 }
             }
         }
     }
 
-    fn execute(
-        &mut self,
-        batch: &[(Command, Reply)],
-        durable: bool,
+    /// Applies the stages' commands in one transaction, durable (a checkpoint recording
+    /// log generation `generation`) or not. Returns one outcome per command, in order.
+    fn commit(
+        &self,
+        stages: &[Stage],
+        generation: Option<u64>,
     ) -> Result<Vec<Outcome>, StorageError> {
-        if durable {
-            self.hooks.stall();
-            if self.hooks.fail() {
-                return Err(write_err(std::io::Error::other(
-                    "test hook: durable commit failed",
-                )));
-            }
-        }
-        let checkpoint =
-            self.wal.checkpoint_due() || batch.iter().any(|(c, _)| c.durable() && !wal::logged(c));
         let mut txn = self.store.db().begin_write().map_err(write_err)?;
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for (cmd, _) in batch {
-            outcomes.push(apply_command(&txn, cmd)?);
+        let mut meta = TxnMeta::default();
+        let mut outcomes = Vec::new();
+        for (cmd, _) in stages.iter().flat_map(|s| &s.batch) {
+            outcomes.push(apply_command(&txn, cmd, &mut meta)?);
         }
-        if checkpoint {
-            // Everything the log holds, and this batch, reach the database durably; the log's
-            // next generation starts empty.
-            let next = self.wal.generation() + 1;
-            {
-                let mut meta = txn.open_table(META).map_err(write_err)?;
-                meta.insert(wal::GENERATION_KEY, &next.to_le_bytes()[..])
+        meta.flush(&txn)?;
+        match generation {
+            Some(g) => {
+                put_meta(&txn, wal::GENERATION_KEY, &g.to_le_bytes())?;
+                txn.set_durability(Durability::Immediate)
                     .map_err(write_err)?;
             }
-            txn.set_durability(Durability::Immediate)
-                .map_err(write_err)?;
-            txn.commit().map_err(write_err)?;
-            self.wal.checkpointed(next);
-            return Ok(outcomes);
+            None => txn.set_durability(Durability::None).map_err(write_err)?,
         }
-        if let Some(record) = Wal::encode_batch(batch.iter().map(|(c, _)| c)) {
-            // The durability point: the record is on disk before anyone is told.
-            self.wal.append(&record)?;
-        }
-        txn.set_durability(Durability::None).map_err(write_err)?;
         txn.commit().map_err(write_err)?;
-        self.wal.note_volatile_commit();
         Ok(outcomes)
+    }
+}
+
+/// Per-partition metadata that many commands of one transaction update, kept here and
+/// written once when the transaction's commands are all applied ([`TxnMeta::flush`]).
+#[derive(Default)]
+pub(super) struct TxnMeta {
+    /// Encoded epoch history to store, per partition.
+    history: HashMap<PartitionId, Vec<u8>>,
+    /// Applied point and counters, per partition.
+    applied: HashMap<PartitionId, Applied>,
+}
+
+#[derive(Clone, Copy)]
+struct Applied {
+    seq: u64,
+    keys: u64,
+    bytes: u64,
+}
+
+impl TxnMeta {
+    /// Forgets what is pending for a partition whose metadata is being removed.
+    fn forget(&mut self, p: PartitionId) {
+        self.history.remove(&p);
+        self.applied.remove(&p);
+    }
+
+    /// The applied point and counters as the transaction stands.
+    fn applied(&mut self, txn: &WriteTransaction, p: PartitionId) -> Result<Applied, StorageError> {
+        if let Some(a) = self.applied.get(&p) {
+            return Ok(*a);
+        }
+        let (keys, bytes) =
+            get_meta(txn, &meta_key(p, "stats"))?.map_or((0, 0), |b| tables::stats_from(&b));
+        let seq = get_meta(txn, &meta_key(p, "applied"))?.map_or(0, |b| tables::u64_from(&b));
+        Ok(Applied { seq, keys, bytes })
+    }
+
+    /// Writes what is pending.
+    pub(super) fn flush(self, txn: &WriteTransaction) -> Result<(), StorageError> {
+        let mut meta = txn.open_table(META).map_err(write_err)?;
+        for (p, history) in self.history {
+            meta.insert(meta_key(p, "history").as_str(), history.as_slice())
+                .map_err(write_err)?;
+        }
+        for (p, a) in self.applied {
+            meta.insert(meta_key(p, "applied").as_str(), &a.seq.to_le_bytes()[..])
+                .map_err(write_err)?;
+            meta.insert(
+                meta_key(p, "stats").as_str(),
+                &tables::pair_to(a.keys, a.bytes)[..],
+            )
+            .map_err(write_err)?;
+        }
+        Ok(())
     }
 }
 
@@ -302,6 +598,7 @@ fn get_meta(txn: &WriteTransaction, key: &str) -> Result<Option<Vec<u8>>, Storag
 pub(super) fn apply_command(
     txn: &WriteTransaction,
     cmd: &Command,
+    pending: &mut TxnMeta,
 ) -> Result<Outcome, StorageError> {
     match cmd {
         Command::Append {
@@ -315,12 +612,9 @@ pub(super) fn apply_command(
                 log.insert(e.seq, codec::encode_entry(e).as_slice())
                     .map_err(write_err)?;
             }
-            drop(log);
-            put_meta(
-                txn,
-                &meta_key(*partition, "history"),
-                &codec::encode_history(history),
-            )?;
+            pending
+                .history
+                .insert(*partition, codec::encode_history(history));
         }
         Command::Truncate {
             partition,
@@ -331,24 +625,21 @@ pub(super) fn apply_command(
             let mut log = txn.open_table(name.as_def()).map_err(write_err)?;
             log.retain_in((after_seq + 1).., |_, _| false)
                 .map_err(write_err)?;
-            drop(log);
-            put_meta(
-                txn,
-                &meta_key(*partition, "history"),
-                &codec::encode_history(history),
-            )?;
+            pending
+                .history
+                .insert(*partition, codec::encode_history(history));
         }
         Command::SetHistory { partition, history } => {
             // Make sure the log table exists so the partition is found again at start-up.
             let name = log_table(*partition);
             txn.open_table(name.as_def()).map_err(write_err)?;
-            put_meta(
-                txn,
-                &meta_key(*partition, "history"),
-                &codec::encode_history(history),
-            )?;
+            pending
+                .history
+                .insert(*partition, codec::encode_history(history));
         }
-        Command::Apply { partition, entries } => return apply_entries(txn, *partition, entries),
+        Command::Apply { partition, entries } => {
+            return apply_entries(txn, *partition, entries, pending);
+        }
         Command::Compact { partition, base } => {
             let name = log_table(*partition);
             let mut log = txn.open_table(name.as_def()).map_err(write_err)?;
@@ -375,10 +666,14 @@ pub(super) fn apply_command(
             )?;
         }
         Command::PutMap { json } => put_meta(txn, "map", json)?,
-        Command::DropPartition { partition } => drop_partition(txn, *partition)?,
+        Command::DropPartition { partition } => {
+            pending.forget(*partition);
+            drop_partition(txn, *partition)?;
+        }
         Command::SnapshotBegin { partition } => {
             // A snapshot does not prove a copy in sync: keep the mark across the install.
             let unproven = get_meta(txn, &meta_key(*partition, "unproven"))?;
+            pending.forget(*partition);
             drop_partition(txn, *partition)?;
             if let Some(mark) = unproven {
                 put_meta(txn, &meta_key(*partition, "unproven"), &mark)?;
@@ -387,6 +682,7 @@ pub(super) fn apply_command(
             txn.open_table(name.as_def()).map_err(write_err)?;
             put_meta(txn, &meta_key(*partition, "snapshot"), &[1])?;
         }
+        Command::Settle => {}
         Command::SnapshotChunk { partition, items } => {
             let name = data_table(*partition);
             let mut data = txn.open_table(name.as_def()).map_err(write_err)?;
@@ -403,13 +699,15 @@ pub(super) fn apply_command(
         } => {
             let p = *partition;
             put_meta(txn, &meta_key(p, "base"), &tables::position_to(*base))?;
-            put_meta(
-                txn,
-                &meta_key(p, "history"),
-                &codec::encode_history(history),
-            )?;
-            put_meta(txn, &meta_key(p, "applied"), &base.last_seq.to_le_bytes())?;
-            put_meta(txn, &meta_key(p, "stats"), &tables::pair_to(*keys, *bytes))?;
+            pending.history.insert(p, codec::encode_history(history));
+            pending.applied.insert(
+                p,
+                Applied {
+                    seq: base.last_seq,
+                    keys: *keys,
+                    bytes: *bytes,
+                },
+            );
             let mut meta = txn.open_table(META).map_err(write_err)?;
             meta.remove(meta_key(p, "snapshot").as_str())
                 .map_err(write_err)?;
@@ -435,10 +733,13 @@ fn apply_entries(
     txn: &WriteTransaction,
     p: PartitionId,
     entries: &[Arc<LogEntry>],
+    pending: &mut TxnMeta,
 ) -> Result<Outcome, StorageError> {
-    let (mut keys, mut bytes) =
-        get_meta(txn, &meta_key(p, "stats"))?.map_or((0, 0), |b| tables::stats_from(&b));
-    let mut applied = get_meta(txn, &meta_key(p, "applied"))?.map_or(0, |b| tables::u64_from(&b));
+    let Applied {
+        seq: mut applied,
+        mut keys,
+        mut bytes,
+    } = pending.applied(txn, p)?;
     {
         let name = data_table(p);
         let mut data = txn.open_table(name.as_def()).map_err(write_err)?;
@@ -467,7 +768,211 @@ fn apply_entries(
             applied = e.seq;
         }
     }
-    put_meta(txn, &meta_key(p, "applied"), &applied.to_le_bytes())?;
-    put_meta(txn, &meta_key(p, "stats"), &tables::pair_to(keys, bytes))?;
+    pending.applied.insert(
+        p,
+        Applied {
+            seq: applied,
+            keys,
+            bytes,
+        },
+    );
     Ok(Outcome { keys, bytes })
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used)] // a failed step should name itself in the test output
+mod tests {
+    use super::*;
+    use crate::storage::PartitionDisk;
+
+    /// A partition's state, and the values of a few keys in it.
+    type Seen = (PartitionId, PartitionDisk, Vec<Option<Vec<u8>>>);
+    use codec::Op;
+
+    fn entry(epoch: u64, seq: u64, key: &str, value: &str) -> Arc<LogEntry> {
+        Arc::new(LogEntry {
+            epoch,
+            seq,
+            op: Op::Put {
+                key: key.into(),
+                value: value.into(),
+            },
+        })
+    }
+
+    fn history(starts: &[(u64, u64)]) -> EpochHistory {
+        EpochHistory::from_starts(starts.to_vec())
+    }
+
+    /// Commands on two partitions that update the same metadata many times, drop a partition
+    /// and install a snapshot in between.
+    fn script() -> Vec<Command> {
+        let e = |seq, key: &str| entry(1, seq, key, &format!("v{seq}"));
+        vec![
+            Command::Append {
+                partition: 1,
+                entries: vec![e(1, "a"), e(2, "b")],
+                history: history(&[(1, 1)]),
+            },
+            Command::Apply {
+                partition: 1,
+                entries: vec![e(1, "a")],
+            },
+            Command::Append {
+                partition: 1,
+                entries: vec![e(3, "a")],
+                history: history(&[(1, 1)]),
+            },
+            Command::Truncate {
+                partition: 1,
+                after_seq: 2,
+                history: history(&[(1, 1), (2, 3)]),
+            },
+            Command::Append {
+                partition: 2,
+                entries: vec![e(1, "x")],
+                history: history(&[(1, 1)]),
+            },
+            Command::Apply {
+                partition: 2,
+                entries: vec![e(1, "x")],
+            },
+            Command::DropPartition { partition: 2 },
+            Command::SetHistory {
+                partition: 2,
+                history: history(&[(4, 1)]),
+            },
+            Command::Apply {
+                partition: 1,
+                entries: vec![e(2, "b")],
+            },
+            Command::SnapshotBegin { partition: 3 },
+            Command::SnapshotChunk {
+                partition: 3,
+                items: vec![(b"s".to_vec(), codec::encode_value(9, b"sv"))],
+            },
+            Command::SnapshotEnd {
+                partition: 3,
+                base: LogPosition {
+                    last_epoch: 2,
+                    last_seq: 9,
+                },
+                history: history(&[(2, 1)]),
+                keys: 1,
+                bytes: 3,
+            },
+            Command::Apply {
+                partition: 3,
+                entries: vec![entry(2, 9, "s", "old"), entry(2, 10, "t", "tv")],
+            },
+        ]
+    }
+
+    fn state(store: &Store) -> Vec<Seen> {
+        (1..=3)
+            .map(|p| {
+                let disk = store.load_partition(p).expect("load");
+                let values = ["a", "b", "x", "s", "t"]
+                    .iter()
+                    .map(|k| store.get(p, k.as_bytes()).expect("get").map(|v| v.value))
+                    .collect();
+                (p, disk, values)
+            })
+            .collect()
+    }
+
+    /// Writing a partition's history, applied point and counters once per transaction leaves
+    /// the database exactly as writing them after every command would.
+    #[test]
+    fn metadata_written_once_per_transaction_equals_writing_it_per_command() {
+        let one_dir = tempfile::tempdir().expect("temp dir");
+        let one = Store::open(one_dir.path(), "n").expect("open");
+        let txn = one.db().begin_write().expect("txn");
+        let mut pending = TxnMeta::default();
+        for cmd in script() {
+            apply_command(&txn, &cmd, &mut pending).expect("apply");
+        }
+        pending.flush(&txn).expect("flush");
+        txn.commit().expect("commit");
+
+        let each_dir = tempfile::tempdir().expect("temp dir");
+        let each = Store::open(each_dir.path(), "n").expect("open");
+        for cmd in script() {
+            let txn = each.db().begin_write().expect("txn");
+            let mut pending = TxnMeta::default();
+            apply_command(&txn, &cmd, &mut pending).expect("apply");
+            pending.flush(&txn).expect("flush");
+            txn.commit().expect("commit");
+        }
+        let got = state(&one);
+        assert_eq!(got, state(&each));
+        // And the script did what it says.
+        assert_eq!(got[0].1.history, history(&[(1, 1), (2, 3)]));
+        assert_eq!(got[0].1.applied_seq, 2);
+        assert_eq!(got[1].1.history, history(&[(4, 1)]));
+        assert_eq!(got[1].1.applied_seq, 0);
+        assert_eq!(got[1].2[2], None, "the dropped partition's data is gone");
+        assert_eq!(got[2].1.applied_seq, 10);
+        assert_eq!((got[2].1.keys, got[2].1.bytes), (2, 6));
+    }
+
+    /// Commands queued from many tasks, with checkpoints among them, are all committed in
+    /// queue order and survive a reopen.
+    #[tokio::test]
+    async fn commands_with_checkpoints_among_them_all_reach_the_database() {
+        struct Quiet;
+        impl WriterObserver for Quiet {
+            fn batch(&self, _: usize, _: bool, _: f64) {}
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path(), "n").expect("open");
+        let writer = WriterHandle::start(store.clone(), Quiet, |e| panic!("{e}"));
+        let mut pending = Vec::new();
+        for seq in 1..=300u64 {
+            let p = (seq % 3) as PartitionId;
+            let cmd = Command::Append {
+                partition: p,
+                entries: vec![entry(1, seq, &format!("k{seq}"), "v")],
+                history: history(&[(1, 1)]),
+            };
+            pending.push(writer.submit(cmd).expect("submit"));
+            if seq % 50 == 0 {
+                // Not logged: forces a checkpoint.
+                let map = format!("{{\"n\":{seq}}}").into_bytes();
+                pending.push(
+                    writer
+                        .submit(Command::PutMap { json: map })
+                        .expect("submit"),
+                );
+            }
+        }
+        for p in pending {
+            p.wait().await.expect("committed");
+        }
+        writer.settle().await.expect("settled");
+        assert_eq!(writer.stalled_for(), Duration::ZERO);
+        for p in 0..3 {
+            assert_eq!(
+                store.read_log(p, 0, 1000, usize::MAX).expect("log").len(),
+                100
+            );
+        }
+        drop((writer, store));
+        // The writer's threads close the database once they see the handle gone.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let store = loop {
+            match Store::open(dir.path(), "n") {
+                Ok(s) => break s,
+                Err(e) if Instant::now() > deadline => panic!("reopen: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        for (p, last) in [(0, 300), (1, 298), (2, 299)] {
+            assert_eq!(store.load_partition(p).expect("load").last.last_seq, last);
+            assert_eq!(
+                store.read_log(p, 0, 1000, usize::MAX).expect("log").len(),
+                100
+            );
+        }
+    }
 }
