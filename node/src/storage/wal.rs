@@ -2,11 +2,12 @@
 //!
 //! Every partition's log appends, truncations and epoch histories (the commands that must be
 //! durable before a node acknowledges them) are written here as one checksummed record per
-//! writer batch, followed by one `fdatasync`. The database (redb) receives the same batch in a
-//! transaction committed *without* fsync. Every so often — and whenever a batch holds a command
-//! that is not logged here (a map, a snapshot install, a dropped partition) — the writer
-//! commits the database durably instead: a **checkpoint**. After a checkpoint the log starts a
-//! new *generation* and is overwritten from its start.
+//! writer batch, followed by one `fdatasync`. The database (redb) receives the same batch
+//! afterwards, in a transaction committed *without* fsync. Every so often the writer commits
+//! the database durably instead — a **checkpoint** — and the log goes on with a new
+//! *generation* in the other of its two files (`node.wal` for even generations, `node.wal.1`
+//! for odd ones), overwriting it from its start: the generation it held is in the database
+//! once the checkpoint before completed, which the writer waits for first.
 //!
 //! Record layout (little-endian):
 //!
@@ -17,21 +18,21 @@
 //! | `generation` | 8 | generation of the log the record belongs to |
 //! | `payload` | `len` | the batch's logged commands |
 //!
-//! **Recovery** ([`recover`]): after a crash the database is at its last checkpoint (redb
-//! drops non-durable commits); the records of the current generation, stored in the meta
-//! table under `wal_generation`, are read from the start of the file until the first record
-//! that is torn, fails its checksum or carries another generation, and are re-applied in
-//! order. Re-applying is safe even if some of them already reached the database: every logged
-//! command is a put or a delete of whole rows, so a sequence of them ends in the same state
-//! from any earlier state of that sequence. The recovery then checkpoints with the next
-//! generation, so old records never replay twice and a later batch overwriting the start of the
-//! file cannot be confused with what follows it.
+//! **Recovery** ([`recover`]): after a crash the database is at its last completed
+//! checkpoint (redb drops non-durable commits), which names generation `g` in the meta table
+//! under `wal_generation`. The records of `g`, then those of `g + 1` (written while the
+//! checkpoint to `g + 1` was under way), are read from the start of their files until the
+//! first record that is torn, fails its checksum or carries another generation, and are
+//! re-applied in order. Re-applying is safe even if some of them already reached the database:
+//! every logged command is a put or a delete of whole rows, so a sequence of them ends in the
+//! same state from any earlier state of that sequence. The recovery then checkpoints with
+//! generation `g + 2`, so old records never replay twice and a later batch overwriting the
+//! start of a file cannot be confused with what follows it.
 //!
 //! The file is not preallocated: on this project's reference machine an `fdatasync` after
 //! overwriting zero-filled blocks measured no faster than one after an append that grows the
-//! file, while zero-filling cost every node start tens of megabytes of writes. After a
-//! checkpoint records overwrite the file from its start, so it stops growing at the largest
-//! generation.
+//! file, while zero-filling cost every node start tens of megabytes of writes. Each generation
+//! overwrites its file from the start, so a file stops growing at the largest generation.
 
 use super::codec::{self, CodecError, Reader};
 use super::tables::META;
