@@ -2,31 +2,34 @@
 //! stream of batches:
 //!
 //! - the **log thread** drains every queued command (log appends of all partitions, applies,
-//!   compactions, meta updates) into a batch, writes the batch's logged commands to the
-//!   write-ahead log as one record and `fdatasync`s it ([`wal`]), then hands the batch on;
-//! - the **database thread** applies the batches it is handed to redb, several at a time in one
-//!   transaction committed without fsync, and only then wakes each caller.
+//!   compactions, meta updates) into a batch, writes the batch's log commands to the
+//!   write-ahead log as one record and `fdatasync`s it ([`wal`]), answers the log commands'
+//!   callers, then hands the batch on;
+//! - the **database thread** applies the batches it is handed to redb, every batch waiting for
+//!   it in one transaction committed without fsync, and then answers the other commands'
+//!   callers.
 //!
-//! So while the database thread works on one group of batches, the log thread already makes
-//! the next one durable, and under load one database transaction covers several log records.
-//! A caller is woken only when its command is durable (if it must be) *and* visible to
-//! readers of the database, as with a single thread.
+//! So a log append waits for its record's fsync only, and readers of the database may see it
+//! a little later ([`WriterHandle::settle`] waits for that). Any other command is answered
+//! once the database has it, durably if it is durable.
 //!
 //! Durability per batch, one fsync at most:
 //! - a batch whose durable commands are all log commands (appends, truncations, epoch
 //!   histories) is durable once its log record is synced;
 //! - a batch holding another durable command (a map, a snapshot's start or end, a dropped
-//!   partition, an unproven mark), or arriving when a checkpoint is due, is committed to the
-//!   database durably, together with everything handed on before it — a checkpoint — and the
-//!   log starts its next generation only after that commit ([`wal`]); the log thread waits
-//!   for it;
+//!   partition, an unproven mark) is committed to the database durably, together with
+//!   everything handed on before it — a checkpoint — and the log thread writes nothing more
+//!   until that commit is on disk;
+//! - every 1 s (or 16 MiB of records) the log thread starts a checkpoint nobody waits for: it
+//!   hands the database thread a marker and goes on in the log's next generation, in the
+//!   other file ([`wal`]); the next checkpoint waits for this one;
 //! - a batch of non-durable commands only (applies, compactions, snapshot chunks) needs no
 //!   fsync.
 //!
 //! Within one transaction, metadata that many commands update (a partition's epoch history,
 //! applied point and counters) is written once, at its end ([`TxnMeta`]).
 //!
-//! The handle also tells how long the oldest queued command has waited
+//! The handle also tells how long the oldest queued command has waited to become durable
 //! ([`WriterHandle::stalled_for`]): a hung disk shows there long before it fails.
 
 use super::codec::{self, LogEntry, Op};
@@ -275,10 +278,10 @@ struct Stage {
 }
 
 /// A checkpoint request: the log generation the database records, and where to say whether
-/// the durable commit succeeded (with the batch's commit time).
+/// the durable commit succeeded.
 struct Checkpoint {
     generation: u64,
-    done: std::sync::mpsc::SyncSender<Option<f64>>,
+    done: std::sync::mpsc::SyncSender<bool>,
 }
 
 /// Fails every caller of a batch not told yet: nobody is woken with success when its command
@@ -301,7 +304,7 @@ struct LogThread {
     queued: Arc<Mutex<VecDeque<Instant>>>,
     fatal: Fatal,
     /// The checkpoint under way: it answers once the database holds the generation before.
-    checkpoint: Option<std::sync::mpsc::Receiver<Option<f64>>>,
+    checkpoint: Option<std::sync::mpsc::Receiver<bool>>,
 }
 
 impl LogThread {
@@ -339,7 +342,7 @@ impl LogThread {
     /// Waits for the checkpoint under way, if any.
     fn finish_checkpoint(&mut self) -> Result<(), ()> {
         match self.checkpoint.take().map(|done| done.recv()) {
-            None | Some(Ok(Some(_))) => Ok(()),
+            None | Some(Ok(true)) => Ok(()),
             Some(_) => Err(()),
         }
     }
@@ -350,7 +353,7 @@ impl LogThread {
     fn start_checkpoint(
         &mut self,
         batch: Vec<Queued>,
-    ) -> Result<std::sync::mpsc::Receiver<Option<f64>>, ()> {
+    ) -> Result<std::sync::mpsc::Receiver<bool>, ()> {
         // The other file holds the generation before the one being written; it is free once
         // the previous checkpoint has put that generation in the database.
         self.finish_checkpoint()?;
@@ -387,7 +390,7 @@ impl LogThread {
             // can survive a crash that loses it.
             let answer = self.start_checkpoint(batch)?;
             return match answer.recv() {
-                Ok(Some(_)) => {
+                Ok(true) => {
                     self.dequeue(n);
                     Ok(())
                 }
@@ -456,10 +459,10 @@ impl DbThread {
                 .map(|c| c.generation);
             let started = Instant::now();
             match self.commit(&stages, generation) {
-                Ok(mut outcomes) => {
+                Ok(outcomes) => {
                     let seconds = started.elapsed().as_secs_f64();
+                    let mut outcomes = outcomes.into_iter();
                     for stage in stages {
-                        let rest = outcomes.split_off(stage.batch.len().min(outcomes.len()));
                         if let Some(c) = &stage.checkpoint {
                             if !stage.batch.is_empty() {
                                 // A batch made durable by this commit, not by the log.
@@ -469,14 +472,13 @@ impl DbThread {
                             self.observer.checkpoint(seconds);
                             tracing::debug!(generation = c.generation, seconds, "checkpoint");
                         }
-                        for ((_, reply), outcome) in stage.batch.into_iter().zip(outcomes) {
+                        for ((_, reply), outcome) in stage.batch.into_iter().zip(&mut outcomes) {
                             if let Some(reply) = reply {
                                 let _ = reply.send(Ok(outcome));
                             }
                         }
-                        outcomes = rest;
                         if let Some(c) = stage.checkpoint {
-                            let _ = c.done.send(Some(seconds));
+                            let _ = c.done.send(true);
                         }
                     }
                 }
@@ -488,7 +490,7 @@ impl DbThread {
                     for stage in stages {
                         fail_batch(stage.batch);
                         if let Some(c) = stage.checkpoint {
-                            let _ = c.done.send(None);
+                            let _ = c.done.send(false);
                         }
                     }
                     call_fatal(&self.fatal, e);
