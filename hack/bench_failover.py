@@ -7,10 +7,12 @@ the end.
             node leading the most partitions under write load (one writer per partition) and
             time kill → first acknowledged write sent after the kill, per affected partition;
             the killed node is restarted by local mode and back in sync before the next run.
+            BENCH_FAILOVER_RUNS=0 skips it (catch-up only).
   catch-up  preload BENCH_CATCHUP_MIB (default 256) MiB per replica, scale to 4 nodes and
             time how fast the new node fills its replicas (log tail or snapshot, whichever
             the primary uses: the growth of its shardedstore_stored_bytes), next to the
             sequential write bandwidth of the same disk (hack/disk_limits.py).
+BENCH_LOCAL_ARGS adds flags to `shardedstore-operator local` (e.g. to compare move budgets).
 Merges "failover", "catch_up" and the load average before/after into BENCH_JSON (default
 docs/benchmarks.json, created when missing) and prints them.
 """
@@ -29,6 +31,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("BIN", os.path.join(ROOT, "target", "release"))
 RUNS = int(os.environ.get("BENCH_FAILOVER_RUNS", "20"))
 CATCHUP_MIB = int(os.environ.get("BENCH_CATCHUP_MIB", "256"))
+# Extra flags for `shardedstore-operator local` (e.g. "--max-concurrent-moves-per-node 8").
+LOCAL_ARGS = os.environ.get("BENCH_LOCAL_ARGS", "").split()
 OUT = os.environ.get("BENCH_JSON", os.path.join(ROOT, "docs", "benchmarks.json"))
 PORT, PEER, METRICS, CONTROL = 7400, 7500, 7600, 7700
 VALUE = 16384
@@ -169,22 +173,23 @@ def main():
                               "--peer-port", str(PEER), "--metrics-port", str(METRICS),
                               "--control-port", str(CONTROL), "--restart-delay-ms", "1000",
                               "--node-binary", os.path.join(BIN, "shardedstore-node"),
-                              "--data-dir", os.path.join(work, "store")],
+                              "--data-dir", os.path.join(work, "store"), *LOCAL_ARGS],
                              stdout=logs, stderr=subprocess.STDOUT, start_new_session=True)
         procs.append(p)
         wait_until("ShardedStore settled", lambda: settled(3), 120)
         endpoints = ",".join(f"127.0.0.1:{PORT + i}" for i in range(3))
 
-        log(f"== failover: {RUNS} x kill -9 of the node leading the most partitions")
-        out = subprocess.run([os.path.join(BIN, "shardedstore"), "--endpoint", endpoints,
-                              "bench-failover", "--control", f"127.0.0.1:{CONTROL}",
-                              "--runs", str(RUNS), "--json"],
-                             check=True, capture_output=True, text=True).stdout
-        fo = json.loads(out)
-        result["failover"] = {k: fo[k] for k in ("samples", "timed_out", "p50_ms", "p99_ms", "max_ms")}
-        result["failover"]["runs"] = len(fo["runs"])
-        result["failover"]["per_run_max_ms"] = [round(max(r["recovered_ms"], default=0)) for r in fo["runs"]]
-        log(json.dumps(result["failover"]))
+        if RUNS > 0:
+            log(f"== failover: {RUNS} x kill -9 of the node leading the most partitions")
+            out = subprocess.run([os.path.join(BIN, "shardedstore"), "--endpoint", endpoints,
+                                  "bench-failover", "--control", f"127.0.0.1:{CONTROL}",
+                                  "--runs", str(RUNS), "--json"],
+                                 check=True, capture_output=True, text=True).stdout
+            fo = json.loads(out)
+            result["failover"] = {k: fo[k] for k in ("samples", "timed_out", "p50_ms", "p99_ms", "max_ms")}
+            result["failover"]["runs"] = len(fo["runs"])
+            result["failover"]["per_run_max_ms"] = [round(max(r["recovered_ms"], default=0)) for r in fo["runs"]]
+            log(json.dumps(result["failover"]))
 
         result["catch_up"] = catch_up(endpoints)
         seq = result["disk"]["sequential_write"]["mib_per_sec"]
@@ -205,10 +210,11 @@ def main():
     with open(OUT, "w") as f:
         json.dump(merged, f, indent=2)
         f.write("\n")
-    fo, cu = result["failover"], result["catch_up"]
-    print(f"\nfailover (kill -9 → first acknowledged write sent after it), {fo['samples']} partitions "
-          f"over {fo['runs']} kills: p50 {fo['p50_ms']:.0f} ms, p99 {fo['p99_ms']:.0f} ms, "
-          f"max {fo['max_ms']:.0f} ms, {fo['timed_out']} without a write within the run timeout")
+    fo, cu = result.get("failover"), result["catch_up"]
+    if fo:
+        print(f"\nfailover (kill -9 → first acknowledged write sent after it), {fo['samples']} partitions "
+              f"over {fo['runs']} kills: p50 {fo['p50_ms']:.0f} ms, p99 {fo['p99_ms']:.0f} ms, "
+              f"max {fo['max_ms']:.0f} ms, {fo['timed_out']} without a write within the run timeout")
     print(f"catch-up of a new node (scale 3 → 4): {cu['received_mib']} MiB in {cu['scale_to_settled_s']} s "
           f"({cu['mib_per_sec_overall']} MiB/s overall, {cu['mib_per_sec_streaming']} MiB/s first to last "
           f"byte, best 1 s {cu['mib_per_sec_best_1s']} MiB/s) vs the disk's sequential "

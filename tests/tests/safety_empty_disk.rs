@@ -196,6 +196,10 @@ async fn a_node_back_on_an_empty_disk_is_not_in_sync_nor_elected_until_admitted(
     let load = WriteLoad::start(&client, "after", 4);
     load.wait_for_acks(200, Duration::from_secs(30)).await?;
     acked.extend(load.stop().await.acked);
+    // The load may have left node-2 behind (a busy machine): a member that lagged past the
+    // lag timeout leaves `inSync` and rightly cannot be elected. Settle again first, so the
+    // failover below has node-2 as a candidate of every partition.
+    store.wait_settled(Duration::from_secs(90)).await?;
 
     // node-2 alone: every partition fails over to it, and it holds every acknowledged write.
     let pid = pids(&store).await?;
@@ -218,7 +222,25 @@ async fn a_node_back_on_an_empty_disk_is_not_in_sync_nor_elected_until_admitted(
         },
     )
     .await
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", store.log_tail(60)));
+    .map_err(|e| {
+        // Which partitions did not move, and whom their map lists in sync.
+        let stuck: Vec<String> = store
+            .stored_map()
+            .map(|m| {
+                m.partitions
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| e.primary.as_deref() != Some("node-2"))
+                    .map(|(p, e)| format!("{p}: primary {:?}, inSync {:?}", e.primary, e.in_sync))
+                    .collect()
+            })
+            .unwrap_or_default();
+        anyhow::anyhow!(
+            "{e}\nnot led by node-2: {stuck:?}\n{}{}",
+            store.log_tail(60),
+            store.node_logs_tail(15)
+        )
+    });
     let lost = match led {
         Ok(_) => {
             let alone = KvClient::builder(&store.client_addrs(3)[2..])

@@ -23,12 +23,13 @@ use tables::{META, data_table, log_table, meta_key};
 
 /// Version of the on-disk layout; stored under `format` in the meta table. Format 2 adds the
 /// write-ahead log (`node.wal`); format 3 alternates its generations between `node.wal` and
-/// `node.wal.1`, so a checkpoint no longer stops the log. An older database is upgraded when
+/// `node.wal.1`, so a checkpoint no longer stops the log; format 4 logs the partition map in
+/// it too (a record an older build could not read). An older database is upgraded when
 /// opened, and a build that only knows an older format refuses a newer directory instead of
 /// ignoring part of its log.
-pub const STORAGE_FORMAT: u32 = 3;
+pub const STORAGE_FORMAT: u32 = 4;
 /// Older layouts this build opens (and upgrades).
-const UPGRADABLE_FORMATS: [u32; 2] = [1, 2];
+const UPGRADABLE_FORMATS: [u32; 3] = [1, 2, 3];
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]

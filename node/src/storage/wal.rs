@@ -1,7 +1,7 @@
 //! The node's write-ahead log: the durability point of log appends.
 //!
-//! Every partition's log appends, truncations and epoch histories (the commands that must be
-//! durable before a node acknowledges them) are written here as one checksummed record per
+//! Every partition's log appends, truncations and epoch histories, and the installed partition
+//! map (the commands that must be durable before a node acknowledges them) are written here as one checksummed record per
 //! writer batch, followed by one `fdatasync`. The database (redb) receives the same batch
 //! afterwards, in a transaction committed *without* fsync. Every so often the writer commits
 //! the database durably instead — a **checkpoint** — and the log goes on with a new
@@ -63,13 +63,19 @@ const HEADER: usize = 4 + 8 + 8;
 const TAG_APPEND: u8 = 1;
 const TAG_TRUNCATE: u8 = 2;
 const TAG_SET_HISTORY: u8 = 3;
+const TAG_PUT_MAP: u8 = 4;
 
 /// Whether a command is made durable by this log (otherwise a durable database commit, or
-/// nothing, makes it so).
+/// nothing, makes it so). The partition map is logged too: a node installing a map must not
+/// wait for the database to take in everything queued before it (a new node catching up
+/// has tens of megabytes queued), and the log keeps it in order with the appends around it.
 pub fn logged(cmd: &Command) -> bool {
     matches!(
         cmd,
-        Command::Append { .. } | Command::Truncate { .. } | Command::SetHistory { .. }
+        Command::Append { .. }
+            | Command::Truncate { .. }
+            | Command::SetHistory { .. }
+            | Command::PutMap { .. }
     )
 }
 
@@ -155,6 +161,10 @@ impl Wal {
                     w.u8(TAG_SET_HISTORY);
                     w.u32(*partition);
                     w.history(history);
+                }
+                Command::PutMap { json } => {
+                    w.u8(TAG_PUT_MAP);
+                    w.bytes(json);
                 }
                 _ => continue,
             }
@@ -263,6 +273,9 @@ pub fn decode_batch(payload: &[u8]) -> Result<Vec<Command>, CodecError> {
             TAG_SET_HISTORY => Command::SetHistory {
                 partition: r.u32()?,
                 history: r.history()?,
+            },
+            TAG_PUT_MAP => Command::PutMap {
+                json: r.bytes()?.to_vec(),
             },
             tag => {
                 return Err(CodecError::Tag {
@@ -419,13 +432,17 @@ mod tests {
                 partition: 7,
                 history: EpochHistory::from_starts(vec![(5, 9)]),
             },
+            Command::PutMap {
+                json: br#"{"version":7}"#.to_vec(),
+            },
         ];
-        let payload = Wal::encode_batch(cmds.iter()).expect("three logged commands");
+        let payload = Wal::encode_batch(cmds.iter()).expect("four logged commands");
         let back = decode_batch(&payload).expect("decodes");
-        assert_eq!(back.len(), 3);
+        assert_eq!(back.len(), 4);
         assert!(same(&back[0], &cmds[0]));
         assert!(same(&back[1], &cmds[2]));
         assert!(same(&back[2], &cmds[3]));
+        assert!(same(&back[3], &cmds[4]));
         for cut in 0..payload.len() {
             assert!(decode_batch(&payload[..cut]).is_err(), "cut at {cut}");
         }
@@ -491,6 +508,33 @@ mod tests {
             let store = crate::storage::Store::open(dir.path(), "n1").expect("reopen");
             assert_eq!(store.load_partition(3).expect("load").last.last_seq, 2);
         }
+    }
+
+    /// A map install answered from the log alone (its database commit never made durable)
+    /// is the installed map after a crash, and a later map in the log wins over it.
+    #[test]
+    fn a_logged_map_is_the_installed_map_after_a_crash() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = crate::storage::Store::open(dir.path(), "n1").expect("open");
+        assert!(store.load_map().expect("load").is_none());
+        let map = |version: u64| {
+            let mut m = crate::map::PartitionMap::empty("s", 4, 3, 2);
+            m.version = version;
+            Command::PutMap {
+                json: serde_json::to_vec(&m).expect("json"),
+            }
+        };
+        let mut wal = store.take_wal().expect("log");
+        let record = Wal::encode_batch([map(3), append(1, 1..=2)].iter()).expect("logged");
+        wal.append(&record).expect("append");
+        wal.append(&Wal::encode_batch([map(4)].iter()).expect("logged"))
+            .expect("append");
+        drop((wal, store));
+
+        let store = crate::storage::Store::open(dir.path(), "n1").expect("reopen");
+        let installed = store.load_map().expect("load").expect("a map");
+        assert_eq!(installed.version, 4);
+        assert_eq!(store.load_partition(1).expect("load").last.last_seq, 2);
     }
 
     /// A crash while a checkpoint was under way: the database still names the older

@@ -15,8 +15,8 @@
 //!
 //! Durability per batch, one fsync at most:
 //! - a batch whose durable commands are all log commands (appends, truncations, epoch
-//!   histories) is durable once its log record is synced;
-//! - a batch holding another durable command (a map, a snapshot's start or end, a dropped
+//!   histories, the partition map) is durable once its log record is synced;
+//! - a batch holding another durable command (a snapshot's start or end, a dropped
 //!   partition, an unproven mark) is committed to the database durably, together with
 //!   everything handed on before it — a checkpoint — and the log thread writes nothing more
 //!   until that commit is on disk;
@@ -384,8 +384,8 @@ impl LogThread {
         }
         let n = batch.len();
         if batch.iter().any(|(c, _)| c.durable() && !wal::logged(c)) {
-            // A map, a snapshot's start or end, a dropped partition or an unproven mark is
-            // made durable by the database itself: this batch ends a checkpoint, and nothing
+            // A snapshot's start or end, a dropped partition or an unproven mark is made
+            // durable by the database itself: this batch ends a checkpoint, and nothing
             // more is written to the log before that checkpoint is on disk, so nothing later
             // can survive a crash that loses it.
             let answer = self.start_checkpoint(batch)?;
