@@ -14,6 +14,11 @@ use tokio_util::sync::CancellationToken;
 
 /// Bytes of data per snapshot chunk.
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// A member holding nothing yet (a new replica) is filled by a snapshot rather than by the log
+/// tail once the partition's data is at least this large: the snapshot writes each key once
+/// on the member (its data table), the log tail twice (its log, then its data), and sends a
+/// key once however often it was overwritten.
+const SNAPSHOT_FOR_EMPTY_MEMBER_BYTES: u64 = 1024 * 1024;
 
 /// Why one replication session ended (the task then probes again after a pause).
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +151,12 @@ async fn session(replica: &Arc<Replica>, member: &str) -> Result<(), SessionEnd>
             applied_seq: theirs.applied_seq,
             history: &theirs.history,
         };
-        plan_catch_up(&mine, &other)
+        match plan_catch_up(&mine, &other) {
+            CatchUp::Tail { .. } if fill_by_snapshot(&theirs, st.applied_seq, st.bytes) => {
+                CatchUp::Snapshot
+            }
+            plan => plan,
+        }
     };
     let (mut prev, mut truncate) = match plan {
         CatchUp::Tail { prev, truncate } => (prev, truncate),
@@ -201,6 +211,18 @@ async fn session(replica: &Arc<Replica>, member: &str) -> Result<(), SessionEnd>
         prev = sent_last;
         record_ack(replica, member, reply.last.last_seq.min(sent_last.last_seq));
     }
+}
+
+/// Whether a member that holds nothing yet — an empty log that never applied or compacted
+/// anything — is better filled by a snapshot of the `bytes` applied up to `applied_seq` than
+/// by streaming the log: a new replica of a partition with at least
+/// [`SNAPSHOT_FOR_EMPTY_MEMBER_BYTES`] of data.
+fn fill_by_snapshot(theirs: &ProbeReply, applied_seq: u64, bytes: u64) -> bool {
+    theirs.last.last_seq == 0
+        && theirs.base.last_seq == 0
+        && theirs.applied_seq == 0
+        && applied_seq > 0
+        && bytes >= SNAPSHOT_FOR_EMPTY_MEMBER_BYTES
 }
 
 /// Whether a member accepted a message sent at `epoch`: a newer epoch fences this primary,

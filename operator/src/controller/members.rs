@@ -81,6 +81,9 @@ pub fn settings_for(spec: &ShardedStoreSpec, config: &RunConfig) -> Settings {
             max_value_bytes: non_negative(spec.limits.max_value_bytes),
         },
         max_concurrent_moves_per_node: non_negative(spec.rebalance.max_concurrent_moves_per_node),
+        max_move_bytes_per_node: u64::try_from(spec.rebalance.max_move_bytes_per_node)
+            .unwrap_or(1)
+            .max(1),
         bandwidth_bytes_per_second: spec
             .rebalance
             .bandwidth_bytes_per_second

@@ -31,6 +31,8 @@ pub enum SpecProblem {
     BadLagTimeout(String),
     #[error("rebalance.maxConcurrentMovesPerNode must be at least 1, got {0}")]
     NoMovesAllowed(i32),
+    #[error("rebalance.maxMoveBytesPerNode must be positive, got {0}")]
+    NonPositiveMoveBytes(i64),
     #[error("rebalance.bandwidthBytesPerSecond must be positive, got {0}")]
     NonPositiveBandwidth(i64),
     #[error("failover.maxConcurrentReplacements must be at least 1, got {0}")]
@@ -83,6 +85,11 @@ pub fn validate(spec: &ShardedStoreSpec) -> Vec<SpecProblem> {
     if spec.rebalance.max_concurrent_moves_per_node < 1 {
         problems.push(SpecProblem::NoMovesAllowed(
             spec.rebalance.max_concurrent_moves_per_node,
+        ));
+    }
+    if spec.rebalance.max_move_bytes_per_node < 1 {
+        problems.push(SpecProblem::NonPositiveMoveBytes(
+            spec.rebalance.max_move_bytes_per_node,
         ));
     }
     if let Some(bw) = spec.rebalance.bandwidth_bytes_per_second
@@ -181,7 +188,7 @@ mod tests {
         let s = spec(
             "nodes: 0\nimage: ' '\npartitions: 5000\nreplicationFactor: 2\nminInSync: 3\n\
              failover: {replaceAfter: soon, maxConcurrentReplacements: 0, lagTimeout: 0s}\n\
-             rebalance: {maxConcurrentMovesPerNode: 0, bandwidthBytesPerSecond: 0}\n\
+             rebalance: {maxConcurrentMovesPerNode: 0, maxMoveBytesPerNode: -1, bandwidthBytesPerSecond: 0}\n\
              limits: {maxKeyBytes: 0, maxValueBytes: 10}\nplacement: {zoneLabel: ''}\n",
         );
         assert_eq!(
@@ -196,6 +203,7 @@ mod tests {
                 SpecProblem::EmptyImage,
                 SpecProblem::EmptyZoneLabel,
                 SpecProblem::NoMovesAllowed(0),
+                SpecProblem::NonPositiveMoveBytes(-1),
                 SpecProblem::NonPositiveBandwidth(0),
                 SpecProblem::BadReplaceAfter("soon".into()),
                 SpecProblem::BadLagTimeout("0s".into()),

@@ -52,6 +52,9 @@ pub struct Settings {
     pub limits: Limits,
     /// Moves a node may take part in at once (as source or destination).
     pub max_concurrent_moves_per_node: u32,
+    /// Total size (bytes, as the primaries report) of the partitions a node may be moving at
+    /// once; a node without a move in flight may always start one.
+    pub max_move_bytes_per_node: u64,
     /// Throttle of catch-up streams; `None` is unthrottled.
     pub bandwidth_bytes_per_second: Option<u64>,
     /// No new moves start while paused (failover and in-sync changes continue).
@@ -86,7 +89,8 @@ impl Default for Settings {
             min_in_sync: 2,
             partitions: 256,
             limits: Limits::default(),
-            max_concurrent_moves_per_node: 2,
+            max_concurrent_moves_per_node: 8,
+            max_move_bytes_per_node: 512 * 1024 * 1024,
             bandwidth_bytes_per_second: None,
             paused: false,
             replace_after: Duration::from_secs(300),

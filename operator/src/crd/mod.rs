@@ -78,7 +78,8 @@ mod tests {
         assert_eq!(spec.replication_factor, DEFAULT_REPLICATION_FACTOR);
         assert_eq!(spec.effective_min_in_sync(), 2);
         assert_eq!(spec.placement.zone_label, DEFAULT_ZONE_LABEL);
-        assert_eq!(spec.rebalance.max_concurrent_moves_per_node, 2);
+        assert_eq!(spec.rebalance.max_concurrent_moves_per_node, 8);
+        assert_eq!(spec.rebalance.max_move_bytes_per_node, 512 * 1024 * 1024);
         assert_eq!(spec.failover.replace_after, "5m");
         assert_eq!(spec.limits.max_value_bytes, 1024 * 1024);
         let rf1: ShardedStoreSpec =

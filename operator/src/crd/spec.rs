@@ -285,6 +285,14 @@ pub struct RebalanceSpec {
     #[schemars(range(min = 1, max = 64))]
     pub max_concurrent_moves_per_node: i32,
 
+    /// Largest total size, in bytes, of the partitions a single pod is moving at once (as
+    /// source or destination), by the sizes their primaries report. A move starts on a pod
+    /// only while both this and `maxConcurrentMovesPerNode` allow it; a pod with no move in
+    /// flight may always start one, however large its partition.
+    #[serde(default = "default_max_move_bytes_per_node")]
+    #[schemars(range(min = 1))]
+    pub max_move_bytes_per_node: i64,
+
     /// Bandwidth cap of each catch-up stream in bytes per second; unlimited when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
@@ -299,6 +307,7 @@ impl Default for RebalanceSpec {
     fn default() -> Self {
         Self {
             max_concurrent_moves_per_node: default_max_moves_per_node(),
+            max_move_bytes_per_node: default_max_move_bytes_per_node(),
             bandwidth_bytes_per_second: None,
             paused: false,
         }
@@ -405,7 +414,10 @@ fn default_zone_label() -> String {
     DEFAULT_ZONE_LABEL.to_owned()
 }
 fn default_max_moves_per_node() -> i32 {
-    2
+    8
+}
+fn default_max_move_bytes_per_node() -> i64 {
+    512 * 1024 * 1024
 }
 fn default_replace_after() -> String {
     "5m".to_owned()

@@ -99,13 +99,23 @@ pub struct LocalArgs {
         env = "SHARDEDSTORE_LOCAL_LAG_TIMEOUT_MS"
     )]
     pub lag_timeout_ms: u64,
-    /// Moves a node may take part in at once.
+    /// Moves a node may take part in at once (as source or destination).
     #[arg(
         long,
-        default_value_t = 2,
+        default_value_t = 8,
+        value_parser = clap::value_parser!(u32).range(1..),
         env = "SHARDEDSTORE_LOCAL_MAX_MOVES_PER_NODE"
     )]
     pub max_concurrent_moves_per_node: u32,
+    /// Total size in bytes of the partitions a node may be moving at once (by the sizes their
+    /// primaries report); a node with no move in flight may always start one.
+    #[arg(
+        long,
+        default_value_t = 512 * 1024 * 1024,
+        value_parser = clap::value_parser!(u64).range(1..),
+        env = "SHARDEDSTORE_LOCAL_MAX_MOVE_BYTES_PER_NODE"
+    )]
+    pub max_move_bytes_per_node: u64,
     /// Throttle of catch-up streams in bytes per second (default unthrottled).
     #[arg(long, env = "SHARDEDSTORE_LOCAL_BANDWIDTH")]
     pub bandwidth_bytes_per_second: Option<u64>,
@@ -176,6 +186,7 @@ impl LocalArgs {
             min_in_sync: self.min_in_sync.unwrap_or(rf.min(2)),
             partitions: self.partitions.max(1),
             max_concurrent_moves_per_node: self.max_concurrent_moves_per_node,
+            max_move_bytes_per_node: self.max_move_bytes_per_node,
             bandwidth_bytes_per_second: self.bandwidth_bytes_per_second,
             replace_after: Duration::from_secs(self.replace_after_secs),
             lease: Duration::from_millis(self.lease_ms),

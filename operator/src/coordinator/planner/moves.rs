@@ -1,9 +1,11 @@
-//! Moves: adding learners where the target wants a replica (within the per-node budget) and
-//! removing replicas the target dropped once their replacements are in sync.
+//! Moves: adding learners where the target wants a replica (within the per-node budget: a
+//! number of moves and a total of their partitions' bytes) and removing replicas the target
+//! dropped once their replacements are in sync.
 
 use super::partitions::Round;
 use crate::coordinator::status::CoordinatorEvent;
 use crate::placement::{Target, TargetPartition};
+use shardedstore_node::admin_api::HeartbeatResponse;
 use shardedstore_node::map::{NodeId, NodeState, PartitionEntry, PartitionId, PartitionMap};
 use std::collections::BTreeMap;
 
@@ -12,18 +14,65 @@ pub(super) fn extras<'e>(e: &'e PartitionEntry, tp: &TargetPartition) -> Vec<&'e
     e.members().filter(|n| !tp.replicas.contains(n)).collect()
 }
 
-/// Moves each node takes part in (as destination or source).
-pub(super) fn moves_in_flight(map: &PartitionMap, target: &Target) -> BTreeMap<NodeId, u32> {
-    let mut busy: BTreeMap<NodeId, u32> = BTreeMap::new();
-    for (e, tp) in map.partitions.iter().zip(&target.partitions) {
+/// What each node is moving: moves it takes part in (as destination or source) and the total
+/// size of their partitions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Busy {
+    pub(super) moves: u32,
+    pub(super) bytes: u64,
+}
+
+/// The size of partition `p` in bytes, by the largest figure a member reports for it (the
+/// primary's, unless it has not answered yet); 0 when nobody reported it.
+pub(super) fn partition_bytes(
+    reports: &BTreeMap<NodeId, HeartbeatResponse>,
+    p: PartitionId,
+    e: &PartitionEntry,
+) -> u64 {
+    e.members()
+        .filter_map(|n| reports.get(n))
+        .filter_map(|r| r.partitions.iter().find(|s| s.partition == p))
+        .map(|s| s.bytes)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Moves each node takes part in (as destination or source), with their partitions' sizes.
+pub(super) fn moves_in_flight(
+    map: &PartitionMap,
+    target: &Target,
+    reports: &BTreeMap<NodeId, HeartbeatResponse>,
+) -> BTreeMap<NodeId, Busy> {
+    let mut busy: BTreeMap<NodeId, Busy> = BTreeMap::new();
+    for (p, (e, tp)) in map.partitions.iter().zip(&target.partitions).enumerate() {
+        let size = partition_bytes(reports, p as PartitionId, e);
         for l in &e.learners {
-            *busy.entry(l.clone()).or_default() += 1;
+            add(&mut busy, l, size);
             if let Some(src) = extras(e, tp).into_iter().find(|n| !e.learners.contains(n)) {
-                *busy.entry(src.clone()).or_default() += 1;
+                add(&mut busy, src, size);
             }
         }
     }
     busy
+}
+
+fn add(busy: &mut BTreeMap<NodeId, Busy>, n: &NodeId, bytes: u64) {
+    let b = busy.entry(n.clone()).or_default();
+    b.moves += 1;
+    b.bytes = b.bytes.saturating_add(bytes);
+}
+
+/// Whether `n` may take part in one more move of `bytes`: fewer than `max_moves` moves in
+/// flight, and either none at all or room for `bytes` within `max_bytes`.
+fn has_room(
+    busy: &BTreeMap<NodeId, Busy>,
+    n: &str,
+    bytes: u64,
+    max_moves: u32,
+    max_bytes: u64,
+) -> bool {
+    let b = busy.get(n).copied().unwrap_or_default();
+    b.moves < max_moves && (b.moves == 0 || b.bytes.saturating_add(bytes) <= max_bytes)
 }
 
 /// Removes members the target dropped: cancelled learners and dead replicas at once, live
@@ -79,45 +128,42 @@ pub(super) fn remove_extras(
 }
 
 /// Starts one move (adds a learner) where the target wants a replica the partition lacks,
-/// within `maxConcurrentMovesPerNode`; nothing starts while paused.
+/// within `maxConcurrentMovesPerNode` and `maxMoveBytesPerNode` on both the destination and
+/// the source; nothing starts while paused.
 pub(super) fn start_move(
     round: &Round<'_>,
     p: PartitionId,
     e: &mut PartitionEntry,
     tp: &TargetPartition,
-    busy: &mut BTreeMap<NodeId, u32>,
+    busy: &mut BTreeMap<NodeId, Busy>,
     events: &mut Vec<CoordinatorEvent>,
 ) {
     let settings = round.inputs.settings;
     if settings.paused || !e.learners.is_empty() {
         return;
     }
-    let max = settings.max_concurrent_moves_per_node.max(1);
+    let max_moves = settings.max_concurrent_moves_per_node.max(1);
+    let max_bytes = settings.max_move_bytes_per_node.max(1);
+    let size = partition_bytes(&round.inputs.obs.reports, p, e);
+    let room = |n: &str| has_room(busy, n, size, max_moves, max_bytes);
     let source = extras(e, tp).into_iter().find(|n| round.alive(n)).cloned();
-    if source
-        .as_ref()
-        .is_some_and(|s| busy.get(s).copied().unwrap_or(0) >= max)
-    {
+    if source.as_deref().is_some_and(|s| !room(s)) {
         return;
     }
     let Some(to) = tp
         .replicas
         .iter()
         .find(|n| {
-            !e.is_member(n)
-                && round.alive(n)
-                && round.active(n)
-                && round.current(n)
-                && busy.get(*n).copied().unwrap_or(0) < max
+            !e.is_member(n) && round.alive(n) && round.active(n) && round.current(n) && room(n)
         })
         .cloned()
     else {
         return;
     };
     e.learners.push(to.clone());
-    *busy.entry(to.clone()).or_default() += 1;
+    add(busy, &to, size);
     if let Some(s) = &source {
-        *busy.entry(s.clone()).or_default() += 1;
+        add(busy, s, size);
     }
     events.push(CoordinatorEvent::MoveStarted {
         partition: p,

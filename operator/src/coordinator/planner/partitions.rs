@@ -146,7 +146,7 @@ pub(super) fn plan_partitions(
             .collect(),
     };
     let mut force = false;
-    let mut busy = moves_in_flight(next, target);
+    let mut busy = moves_in_flight(next, target, &inputs.obs.reports);
     for (p, e) in next.partitions.iter_mut().enumerate() {
         let p = p as PartitionId;
         let Some(tp) = target.partition(p) else {

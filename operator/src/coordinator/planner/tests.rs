@@ -522,6 +522,57 @@ fn scale_out_moves_replicas_through_learners_within_the_move_budget() {
     );
 }
 
+/// The move budget counts bytes as well as moves: a new node takes as many small partitions
+/// at once as `maxConcurrentMovesPerNode` allows, but large ones only while their total stays
+/// within `maxMoveBytesPerNode` — and always at least one, however large.
+#[test]
+fn scale_out_counts_the_partitions_bytes_against_the_move_budget() {
+    let learners_on = |size: u64, max_bytes: u64| {
+        let mut w = World::running(3, 12, 3);
+        w.settings.max_concurrent_moves_per_node = 8;
+        w.settings.max_move_bytes_per_node = max_bytes;
+        // Each primary reports its partition's size.
+        let entries = w.map().partitions.clone();
+        for (p, e) in entries.iter().enumerate() {
+            let primary = e.primary.clone().unwrap_or_default();
+            if let Some(r) = w.obs.reports.get_mut(&primary) {
+                r.partitions.push(PartitionState {
+                    bytes: size,
+                    ..state(p as u32, ReplicaRole::Primary, e.epoch)
+                });
+            }
+        }
+        w.membership.nodes.push(member(3));
+        w.set_alive("node-3");
+        w.membership.desired_nodes = 4;
+        let p = w.plan();
+        w.apply(p);
+        let p = w.plan();
+        w.apply(p);
+        w.map()
+            .partitions
+            .iter()
+            .filter(|e| e.learners.iter().any(|l| l == "node-3"))
+            .count()
+    };
+    let mib = 1024 * 1024;
+    assert_eq!(
+        learners_on(mib, 512 * mib),
+        8,
+        "small partitions: the count limits"
+    );
+    assert_eq!(
+        learners_on(200 * mib, 512 * mib),
+        2,
+        "200 MiB each: two fit in 512 MiB"
+    );
+    assert_eq!(
+        learners_on(600 * mib, 512 * mib),
+        1,
+        "larger than the budget: one at a time"
+    );
+}
+
 #[test]
 fn settings_reach_the_map_bandwidth_included() {
     let mut w = World::running(3, 4, 3);
