@@ -98,14 +98,13 @@ impl Observations {
     }
 
     /// The node answered and holds exactly map `version` (one that refused it as older
-    /// than its own is not current: the store is behind and gets recovered first).
+    /// than its own is not current: the store is behind and gets recovered first). A push
+    /// it answered counts without a heartbeat report: a node joining the store is only
+    /// probed until a map lists it, and its first moves need not wait for the next tick.
     fn has_map(&self, node: &str, version: u64) -> bool {
+        let reported = self.reports.get(node).map_or(0, |r| r.map_version);
         self.is_alive(node)
-            && self.reports.get(node).is_some_and(|r| {
-                r.map_version
-                    .max(self.installed.get(node).copied().unwrap_or(0))
-                    == version
-            })
+            && reported.max(self.installed.get(node).copied().unwrap_or(0)) == version
     }
 
     /// The node's latest report was made with map `version` installed: its roles and

@@ -897,3 +897,37 @@ fn a_member_admitted_a_moment_ago_is_not_dropped_for_its_report_from_before() {
         p.map
     );
 }
+
+/// A node joining the store is only probed (no heartbeat report) until a map lists it; once
+/// it answered the push of that map, moves to it start in the same tick.
+#[test]
+fn moves_to_a_joining_node_start_once_it_answered_the_push() {
+    let mut w = World::running(3, 12, 3);
+    w.membership.nodes.push(member(3));
+    w.set_alive("node-3");
+    w.obs.reports.remove("node-3");
+    w.membership.desired_nodes = 4;
+    let p = w.plan();
+    assert!(
+        p.events
+            .iter()
+            .any(|e| matches!(e, CoordinatorEvent::NodeUp { node } if node == "node-3")),
+        "{:?}",
+        p.events
+    );
+    let map = p.map.unwrap_or_else(|| panic!("the node joins the map"));
+    let v = map.version;
+    w.map = Some(map);
+    // The push after the write: every node answered it, node-3 without any report yet.
+    for n in 0..4 {
+        w.obs.installed.insert(format!("node-{n}"), v);
+    }
+    let p = w.plan();
+    assert!(
+        p.events
+            .iter()
+            .any(|e| matches!(e, CoordinatorEvent::MoveStarted { to, .. } if to == "node-3")),
+        "{:?}",
+        p.events
+    );
+}
