@@ -1,8 +1,8 @@
 //! The node's write-ahead log: the durability point of log appends.
 //!
 //! Every partition's log appends, truncations and epoch histories, and the installed partition
-//! map (the commands that must be durable before a node acknowledges them) are written here as one checksummed record per
-//! writer batch, followed by one `fdatasync`. The database (redb) receives the same batch
+//! map (the commands that must be durable before a node acknowledges them) are written here
+//! as one checksummed record per writer batch, followed by one `fdatasync`. The database (redb) receives the same batch
 //! afterwards, in a transaction committed *without* fsync. Every so often the writer commits
 //! the database durably instead — a **checkpoint** — and the log goes on with a new
 //! *generation* in the other of its two files (`node.wal` for even generations, `node.wal.1`

@@ -52,7 +52,7 @@ pub struct Settings {
     pub limits: Limits,
     /// Moves a node may take part in at once (as source or destination).
     pub max_concurrent_moves_per_node: u32,
-    /// Total size (bytes, as the primaries report) of the partitions a node may be moving at
+    /// Total size (bytes, as their replicas report) of the partitions a node may be moving at
     /// once; a node without a move in flight may always start one.
     pub max_move_bytes_per_node: u64,
     /// Throttle of catch-up streams; `None` is unthrottled.

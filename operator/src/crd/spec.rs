@@ -286,7 +286,7 @@ pub struct RebalanceSpec {
     pub max_concurrent_moves_per_node: i32,
 
     /// Largest total size, in bytes, of the partitions a single pod is moving at once (as
-    /// source or destination), by the sizes their primaries report. A move starts on a pod
+    /// source or destination), by the sizes their replicas report. A move starts on a pod
     /// only while both this and `maxConcurrentMovesPerNode` allow it; a pod with no move in
     /// flight may always start one, however large its partition.
     #[serde(default = "default_max_move_bytes_per_node")]

@@ -108,7 +108,7 @@ pub struct LocalArgs {
     )]
     pub max_concurrent_moves_per_node: u32,
     /// Total size in bytes of the partitions a node may be moving at once (by the sizes their
-    /// primaries report); a node with no move in flight may always start one.
+    /// replicas report); a node with no move in flight may always start one.
     #[arg(
         long,
         default_value_t = 512 * 1024 * 1024,

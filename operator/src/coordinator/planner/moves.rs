@@ -18,13 +18,13 @@ pub(super) fn extras<'e>(e: &'e PartitionEntry, tp: &TargetPartition) -> Vec<&'e
 /// size of their partitions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct Busy {
-    pub(super) moves: u32,
-    pub(super) bytes: u64,
+    moves: u32,
+    bytes: u64,
 }
 
-/// The size of partition `p` in bytes, by the largest figure a member reports for it (the
-/// primary's, unless it has not answered yet); 0 when nobody reported it.
-pub(super) fn partition_bytes(
+/// The size of partition `p` in bytes: the largest figure its members report for it (the
+/// primary's when it holds the most); 0 when nobody reported it.
+fn partition_bytes(
     reports: &BTreeMap<NodeId, HeartbeatResponse>,
     p: PartitionId,
     e: &PartitionEntry,
