@@ -1,7 +1,9 @@
 //! The client API (port 7000, docs/protocol.md): `GET/PUT/DELETE /v1/kv/{key}` and `GET /v1/map`.
 //! Requests for partitions this node does not lead are forwarded once to the primary;
 //! `consistency=local` reads are served from an in-sync replica ([`local_read`]).
-//! Every key answer names the node that served it (`x-served-by`).
+//! Every key answer names the node that served it (`x-served-by`) and the newest partition
+//! map version a node on its way held (`x-map-version`), so a client routing with an older
+//! map learns that it should refresh it.
 
 mod forward;
 pub mod local_read;
@@ -35,6 +37,8 @@ pub const SERVED_BY_HEADER: &str = "x-served-by";
 pub const SESSION_VERSION_HEADER: &str = "x-session-version";
 /// A local read answers from a state that includes this partition sequence number.
 pub const MIN_VERSION_HEADER: &str = "x-min-version";
+/// The newest partition map version held by the nodes a key request passed through.
+pub const MAP_VERSION_HEADER: &str = "x-map-version";
 
 /// Why the client API could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +192,17 @@ fn restore_gate(map: &PartitionMap, headers: &HeaderMap, peer_token: &str) -> Op
     })
 }
 
+/// Marks an answer with this node's map version, unless a forwarded answer already names
+/// a newer one (the node it was forwarded to had installed a newer map).
+fn with_map_version(a: Answer, version: u64) -> Answer {
+    let forwarded = a
+        .headers()
+        .get(MAP_VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    with_header(a, MAP_VERSION_HEADER, forwarded.unwrap_or(0).max(version))
+}
+
 fn with_served_by(mut a: Answer, node: &str) -> Answer {
     if let Ok(v) = HeaderValue::from_str(node) {
         a.headers_mut().insert(SERVED_BY_HEADER, v);
@@ -320,7 +335,7 @@ impl ClientApi {
             },
             _ => self.write(&map, key, value, cond, &req).await,
         };
-        (op, answer)
+        (op, with_map_version(answer, map.version))
     }
 
     async fn get(&self, map: &PartitionMap, key: Vec<u8>, req: &Request<'_>) -> Answer {

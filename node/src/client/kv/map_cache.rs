@@ -147,6 +147,28 @@ impl KvClient {
         Ok(installed)
     }
 
+    /// After an answer that a node with a newer map than `routed_with` gave (`x-map-version`;
+    /// typically a seed answering for a primary this client routes around), fetch that map:
+    /// otherwise the client keeps routing by the old one for as long as its requests succeed
+    /// through a seed. Concurrent callers share one fetch; a failed fetch is left to the next
+    /// failing request, since this answer succeeded.
+    pub(super) async fn follow_newer_map(&self, routed_with: &PartitionMap, seen: Option<u64>) {
+        let Some(seen) = seen.filter(|&v| v > routed_with.version) else {
+            return;
+        };
+        if self.cached_map().is_some_and(|m| m.version >= seen) {
+            return;
+        }
+        let why = Staleness {
+            version: Some(routed_with.version),
+            failed_at: Some(Instant::now()),
+            hint: Some(seen),
+        };
+        if let Err(e) = self.refresh_map(&why).await {
+            tracing::debug!(error = %e, "fetching the newer map an answer reported");
+        }
+    }
+
     /// The seeds, starting at a rotating index so load and failures spread.
     pub(super) fn rotated_seeds(&self) -> Vec<String> {
         let seeds = &self.inner.seeds;

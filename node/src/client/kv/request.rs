@@ -238,6 +238,10 @@ impl KvClient {
             Ok(body) => response::classify(&ctx, status, &headers, body),
             Err(e) => return transport_failure(&addr, e),
         };
+        if matches!(answer, Answer::Success { .. } | Answer::NotFound) {
+            self.follow_newer_map(map, response::map_version(&headers))
+                .await;
+        }
         if let Answer::Success {
             version,
             session_version,

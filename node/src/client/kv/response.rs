@@ -19,6 +19,8 @@ pub const SERVED_BY_HEADER: &str = "x-served-by";
 pub const SESSION_VERSION_HEADER: &str = "x-session-version";
 /// Request header: a local read must answer from a state including this version.
 pub const MIN_VERSION_HEADER: &str = "x-min-version";
+/// Header carrying the newest partition map version of the nodes that handled a request.
+pub const MAP_VERSION_HEADER: &str = "x-map-version";
 
 /// What the request was, for error reporting.
 #[derive(Clone, Copy, Debug)]
@@ -50,6 +52,11 @@ pub fn parse_version(value: &str) -> Option<u64> {
     let v = value.trim();
     let v = v.strip_prefix("W/").unwrap_or(v);
     v.trim_matches('"').parse().ok()
+}
+
+/// The map version an answer reports (`x-map-version`), if any.
+pub fn map_version(headers: &HeaderMap) -> Option<u64> {
+    header(headers, MAP_VERSION_HEADER).and_then(parse_version)
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {

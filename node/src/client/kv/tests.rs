@@ -34,6 +34,8 @@ struct Cluster {
     hits: Mutex<Vec<Hit>>,
     faults: Mutex<HashMap<String, VecDeque<Fault>>>,
     versions: AtomicU64,
+    /// `GET /v1/map` requests served.
+    map_fetches: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -122,6 +124,7 @@ async fn handle(
     } = req;
     let map = c.map();
     if path.as_str() == "/v1/map" {
+        c.map_fetches.fetch_add(1, Ordering::SeqCst);
         let json = serde_json::to_vec(&map).unwrap_or_default();
         return Ok(Response::new(Bytes::from(json)));
     }
@@ -214,6 +217,10 @@ async fn handle(
         }
         _ => error(405, "method_not_allowed", None),
     };
+    let mut resp = resp;
+    if let Ok(v) = http::HeaderValue::from_str(&map.version.to_string()) {
+        resp.headers_mut().insert("x-map-version", v);
+    }
     Ok(resp)
 }
 
@@ -507,6 +514,35 @@ async fn an_unreachable_primary_falls_back_to_a_seed_that_forwards() {
     ));
     ok(kv.map().await);
     assert!(!kv.inner.unreachable.is_avoided(&dead, Instant::now()));
+}
+
+#[tokio::test]
+async fn an_answer_from_a_node_with_a_newer_map_makes_the_client_fetch_it() {
+    let c = Arc::new(Cluster::default());
+    let (addrs, _servers) = start(&c, 1, false).await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        l.local_addr().unwrap_or_else(|e| panic!("{e}"))
+    };
+    c.set_map(map_over(&[addrs[0], dead], 4, 1, |_| 1));
+    let kv = client(&addrs, fast_policy(2000));
+    ok(kv.put("k", "v", Condition::Always).await);
+    assert_eq!(kv.cached_map().map(|m| m.version), Some(1));
+    // The seed installs a map without the dead primary. The client routes around the dead
+    // address without a failed attempt, so only the answer's `x-map-version` tells it.
+    c.set_map(map_over(&[addrs[0], dead], 4, 2, |_| 0));
+    let got = ok(kv.get("k").await).map(|v| v.value);
+    assert_eq!(got.as_deref(), Some(&b"v"[..]));
+    assert_eq!(kv.cached_map().map(|m| m.version), Some(2));
+    assert!(
+        !kv.inner
+            .unreachable
+            .is_avoided(&dead.to_string(), Instant::now())
+    );
+    // An answer naming the version the client holds costs no map fetch.
+    let maps_before = c.map_fetches.load(Ordering::SeqCst);
+    ok(kv.get("k").await);
+    assert_eq!(c.map_fetches.load(Ordering::SeqCst), maps_before);
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 //! protocol headers come back unchanged.
 
 use super::{
-    ClientApi, FORWARDED_HEADER, MIN_VERSION_HEADER, Request, SERVED_BY_HEADER,
+    ClientApi, FORWARDED_HEADER, MAP_VERSION_HEADER, MIN_VERSION_HEADER, Request, SERVED_BY_HEADER,
     SESSION_VERSION_HEADER, STALENESS_HEADER, VERSION_HEADER,
 };
 use crate::http::common::{self, Answer};
@@ -19,8 +19,9 @@ const REQUEST_HEADERS: [&str; 5] = [
     crate::map::RESTORE_TOKEN_HEADER,
 ];
 /// Answer headers a forward passes back.
-const ANSWER_HEADERS: [&str; 6] = [
+const ANSWER_HEADERS: [&str; 7] = [
     VERSION_HEADER,
+    MAP_VERSION_HEADER,
     STALENESS_HEADER,
     SERVED_BY_HEADER,
     SESSION_VERSION_HEADER,
