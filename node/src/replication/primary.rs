@@ -462,7 +462,7 @@ impl Replica {
             // serialized).
             let current = match pending {
                 Some((version, exists)) => exists.then_some(version),
-                None => self.ctx.store.get(self.partition, &key)?.map(|v| v.version),
+                None => self.ctx.store.version_of(self.partition, &key)?,
             };
             // A condition that holds against a pending write may be decided on it: this
             // write is appended after it and commits only if it does.

@@ -180,11 +180,12 @@ impl Replica {
         }
     }
 
-    /// Entries after `prev_seq`, up to `max_bytes` (at least one when any exist). `None` when
-    /// they are no longer retained (the caller sends a snapshot instead).
+    /// Entries with `prev_seq < seq <= up_to`, up to `max_bytes` (at least one when any
+    /// exist). `None` when they are no longer retained (the caller sends a snapshot instead).
     pub async fn entries_after(
         &self,
         prev_seq: u64,
+        up_to: u64,
         max_bytes: usize,
     ) -> Result<Option<Vec<Arc<LogEntry>>>, StorageError> {
         let to = {
@@ -192,13 +193,20 @@ impl Replica {
             if prev_seq < st.base.last_seq {
                 return Ok(None);
             }
-            if prev_seq >= st.last.last_seq {
+            let to = up_to.min(st.last.last_seq);
+            if prev_seq >= to {
                 return Ok(Some(Vec::new()));
             }
             if st.cache.front().is_some_and(|f| f.seq <= prev_seq + 1) {
+                // The cache is in log order: find the first entry by bisection, not by
+                // walking the thousands of entries before it on every append and apply.
+                let start = st.cache.partition_point(|e| e.seq <= prev_seq);
                 let mut out = Vec::new();
                 let mut size = 0;
-                for e in st.cache.iter().filter(|e| e.seq > prev_seq) {
+                for e in st.cache.range(start..) {
+                    if e.seq > to {
+                        break;
+                    }
                     size += e.op.size();
                     out.push(e.clone());
                     if size >= max_bytes {
@@ -207,7 +215,7 @@ impl Replica {
                 }
                 return Ok(Some(out));
             }
-            st.last.last_seq
+            to
         };
         // Appends and truncations are answered once durable, before the database shows
         // them: wait until it shows everything queued so far (a truncation this replica has
@@ -242,11 +250,8 @@ impl Replica {
                 }
                 (st.applied_seq, st.commit_seq)
             };
-            let entries = match self.entries_after(from, APPLY_BATCH_BYTES).await {
-                Ok(Some(e)) => e
-                    .into_iter()
-                    .take_while(|e| e.seq <= to)
-                    .collect::<Vec<_>>(),
+            let entries = match self.entries_after(from, to, APPLY_BATCH_BYTES).await {
+                Ok(Some(e)) => e,
                 Ok(None) => Vec::new(),
                 Err(e) => {
                     tracing::error!(partition = self.partition, error = %e, "reading entries to apply");

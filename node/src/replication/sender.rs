@@ -187,7 +187,7 @@ async fn session(replica: &Arc<Replica>, member: &str) -> Result<(), SessionEnd>
             continue;
         }
         let entries = replica
-            .entries_after(prev.last_seq, ctx.config.max_append_bytes)
+            .entries_after(prev.last_seq, u64::MAX, ctx.config.max_append_bytes)
             .await?
             .ok_or(SessionEnd::NeedSnapshot)?;
         let msg = Append {

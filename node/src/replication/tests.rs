@@ -153,6 +153,48 @@ async fn log_append_and_truncation_survive_a_reload() {
 }
 
 #[tokio::test]
+async fn entries_after_reads_the_range_asked_from_the_cache_or_the_log() {
+    let f = plain("f");
+    let r = Replica::new(f.ctx.clone(), 0, PartitionDisk::default());
+    let entries = (1..=50).map(|s| put(1, s, &format!("k{s}"), "v")).collect();
+    let reply = r
+        .handle_append(append(1, pos(0, 0), None, 0, entries))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reply.last, pos(1, 50));
+    let seqs = |got: Option<Vec<Arc<LogEntry>>>| -> Vec<u64> {
+        got.unwrap_or_else(|| panic!("not retained"))
+            .iter()
+            .map(|e| e.seq)
+            .collect()
+    };
+    let read = |prev, up_to, max| {
+        let r = &r;
+        async move {
+            r.entries_after(prev, up_to, max)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+        }
+    };
+    // From the cache: the first entry after `prev`, none past `up_to`, at least one entry
+    // even over the byte budget.
+    assert_eq!(seqs(read(20, 24, usize::MAX).await), vec![21, 22, 23, 24]);
+    assert_eq!(seqs(read(0, 3, usize::MAX).await), vec![1, 2, 3]);
+    assert_eq!(seqs(read(47, u64::MAX, usize::MAX).await), vec![48, 49, 50]);
+    assert_eq!(seqs(read(10, u64::MAX, 1).await), vec![11]);
+    assert!(seqs(read(24, 24, usize::MAX).await).is_empty());
+    assert!(seqs(read(50, u64::MAX, usize::MAX).await).is_empty());
+    // From the log on disk when the cache no longer starts early enough.
+    {
+        let mut st = r.lock();
+        st.cache.clear();
+        st.cache_bytes = 0;
+    }
+    assert_eq!(seqs(read(20, 24, usize::MAX).await), vec![21, 22, 23, 24]);
+    assert_eq!(seqs(read(47, u64::MAX, usize::MAX).await), vec![48, 49, 50]);
+}
+
+#[tokio::test]
 async fn stale_epochs_are_rejected_and_a_higher_epoch_deposes_the_primary() {
     let f = plain("a");
     let r = Replica::new(f.ctx.clone(), 0, PartitionDisk::default());

@@ -323,6 +323,27 @@ impl Store {
 
     /// Reads one key of a partition's data table.
     pub fn get(&self, p: PartitionId, key: &[u8]) -> Result<Option<Versioned>, StorageError> {
+        self.read_key(p, key, |stored| {
+            let (version, value) = codec::decode_value(stored)?;
+            Ok(Versioned {
+                version,
+                value: value.to_vec(),
+            })
+        })
+    }
+
+    /// The version of one key of a partition's data table, without copying its value (what
+    /// a write needs to decide its condition).
+    pub fn version_of(&self, p: PartitionId, key: &[u8]) -> Result<Option<u64>, StorageError> {
+        self.read_key(p, key, |stored| Ok(codec::decode_value(stored)?.0))
+    }
+
+    fn read_key<T>(
+        &self,
+        p: PartitionId,
+        key: &[u8],
+        decode: impl FnOnce(&[u8]) -> Result<T, codec::CodecError>,
+    ) -> Result<Option<T>, StorageError> {
         let txn = self.db.begin_read().map_err(read_err)?;
         let table = match txn.open_table(data_table(p).as_def()) {
             Ok(t) => t,
@@ -330,13 +351,7 @@ impl Store {
             Err(e) => return Err(read_err(e)),
         };
         match table.get(key).map_err(read_err)? {
-            Some(v) => {
-                let (version, value) = codec::decode_value(v.value())?;
-                Ok(Some(Versioned {
-                    version,
-                    value: value.to_vec(),
-                }))
-            }
+            Some(v) => Ok(Some(decode(v.value())?)),
             None => Ok(None),
         }
     }
