@@ -198,9 +198,15 @@ impl Replica {
                 return Ok(Some(Vec::new()));
             }
             if st.cache.front().is_some_and(|f| f.seq <= prev_seq + 1) {
-                // The cache is in log order: find the first entry by bisection, not by
-                // walking the thousands of entries before it on every append and apply.
-                let start = st.cache.partition_point(|e| e.seq <= prev_seq);
+                // The cache holds consecutive entries in log order: the first one wanted is
+                // at a known offset (bisection is the fallback), not found by walking the
+                // thousands before it on every append and apply.
+                let start = st
+                    .cache
+                    .front()
+                    .and_then(|f| usize::try_from(prev_seq + 1 - f.seq).ok())
+                    .filter(|&i| st.cache.get(i).is_some_and(|e| e.seq == prev_seq + 1))
+                    .unwrap_or_else(|| st.cache.partition_point(|e| e.seq <= prev_seq));
                 let mut out = Vec::new();
                 let mut size = 0;
                 for e in st.cache.range(start..) {
