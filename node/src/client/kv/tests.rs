@@ -488,11 +488,19 @@ async fn oversized_requests_are_refused_before_sending() {
     assert!(c.hits().is_empty());
 }
 
-#[tokio::test]
-async fn an_unreachable_primary_falls_back_to_a_seed_that_forwards() {
+/// One forwarding node (`node-0`) and a map (version 1) whose primary of every partition,
+/// `node-1`, is at an address nothing listens on; `k` was written through the seed.
+struct DeadPrimary {
+    c: Arc<Cluster>,
+    addrs: Vec<SocketAddr>,
+    _servers: Servers,
+    dead: SocketAddr,
+    kv: KvClient,
+}
+
+async fn dead_primary() -> DeadPrimary {
     let c = Arc::new(Cluster::default());
-    let (addrs, _servers) = start(&c, 1, false).await;
-    // The map names a primary at an address nothing listens on.
+    let (addrs, servers) = start(&c, 1, false).await;
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
         l.local_addr().unwrap_or_else(|e| panic!("{e}"))
@@ -500,6 +508,24 @@ async fn an_unreachable_primary_falls_back_to_a_seed_that_forwards() {
     c.set_map(map_over(&[addrs[0], dead], 4, 1, |_| 1));
     let kv = client(&addrs, fast_policy(2000));
     ok(kv.put("k", "v", Condition::Always).await);
+    DeadPrimary {
+        c,
+        addrs,
+        _servers: servers,
+        dead,
+        kv,
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_primary_falls_back_to_a_seed_that_forwards() {
+    let DeadPrimary {
+        c,
+        addrs,
+        _servers,
+        dead,
+        kv,
+    } = dead_primary().await;
     let got = ok(kv.get("k").await).map(|v| v.value);
     assert_eq!(got.as_deref(), Some(&b"v"[..]));
     assert!(c.hits().iter().all(|h| h.node == "node-0"));
@@ -518,15 +544,13 @@ async fn an_unreachable_primary_falls_back_to_a_seed_that_forwards() {
 
 #[tokio::test]
 async fn an_answer_from_a_node_with_a_newer_map_makes_the_client_fetch_it() {
-    let c = Arc::new(Cluster::default());
-    let (addrs, _servers) = start(&c, 1, false).await;
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-        l.local_addr().unwrap_or_else(|e| panic!("{e}"))
-    };
-    c.set_map(map_over(&[addrs[0], dead], 4, 1, |_| 1));
-    let kv = client(&addrs, fast_policy(2000));
-    ok(kv.put("k", "v", Condition::Always).await);
+    let DeadPrimary {
+        c,
+        addrs,
+        _servers,
+        dead,
+        kv,
+    } = dead_primary().await;
     assert_eq!(kv.cached_map().map(|m| m.version), Some(1));
     // The seed installs a map without the dead primary. The client routes around the dead
     // address without a failed attempt, so only the answer's `x-map-version` tells it.
