@@ -519,13 +519,8 @@ async fn dead_primary() -> DeadPrimary {
 
 #[tokio::test]
 async fn an_unreachable_primary_falls_back_to_a_seed_that_forwards() {
-    let DeadPrimary {
-        c,
-        addrs,
-        _servers,
-        dead,
-        kv,
-    } = dead_primary().await;
+    let t = dead_primary().await;
+    let (c, addrs, dead, kv) = (&t.c, &t.addrs, t.dead, &t.kv);
     let got = ok(kv.get("k").await).map(|v| v.value);
     assert_eq!(got.as_deref(), Some(&b"v"[..]));
     assert!(c.hits().iter().all(|h| h.node == "node-0"));
@@ -544,13 +539,8 @@ async fn an_unreachable_primary_falls_back_to_a_seed_that_forwards() {
 
 #[tokio::test]
 async fn an_answer_from_a_node_with_a_newer_map_makes_the_client_fetch_it() {
-    let DeadPrimary {
-        c,
-        addrs,
-        _servers,
-        dead,
-        kv,
-    } = dead_primary().await;
+    let t = dead_primary().await;
+    let (c, addrs, dead, kv) = (&t.c, &t.addrs, t.dead, &t.kv);
     assert_eq!(kv.cached_map().map(|m| m.version), Some(1));
     // The seed installs a map without the dead primary. The client routes around the dead
     // address without a failed attempt, so only the answer's `x-map-version` tells it.
