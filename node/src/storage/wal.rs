@@ -2,12 +2,13 @@
 //!
 //! Every partition's log appends, truncations and epoch histories, and the installed partition
 //! map (the commands that must be durable before a node acknowledges them) are written here
-//! as one checksummed record per writer batch, followed by one `fdatasync`. The database (redb) receives the same batch
-//! afterwards, in a transaction committed *without* fsync. Every so often the writer commits
-//! the database durably instead — a **checkpoint** — and the log goes on with a new
-//! *generation* in the other of its two files (`node.wal` for even generations, `node.wal.1`
-//! for odd ones), overwriting it from its start: the generation it held is in the database
-//! once the checkpoint before completed, which the writer waits for first.
+//! as one checksummed record per writer batch, followed by one `fdatasync`. The database
+//! (redb) receives the same batch afterwards, in a transaction committed *without* fsync.
+//! Every so often the writer commits the database durably instead — a **checkpoint** — and
+//! the log goes on with a new *generation* in the other of its two files (`node.wal` for
+//! even generations, `node.wal.1` for odd ones), overwriting it from its start: the
+//! generation it held is in the database once the checkpoint before completed, which the
+//! writer waits for first.
 //!
 //! Record layout (little-endian):
 //!
