@@ -245,10 +245,12 @@ impl Replica {
     /// reaches the commit point. Concurrent calls serialize; extra ones return at once.
     pub async fn apply_committed(self: Arc<Self>) {
         let _a = self.apply_lock.lock().await;
-        while crate::storage::faults::apply_held() {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
         loop {
+            // The test-only hold stops every batch, also one committed while an earlier batch
+            // of this task was being applied.
+            while crate::storage::faults::apply_held() {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
             let (from, to) = {
                 let st = self.lock();
                 if st.applied_seq >= st.commit_seq || st.installing.is_some() {
