@@ -234,9 +234,7 @@ impl Replica {
                 .await
                 .map_err(|_| StorageError::WriterGone)??;
         match entries.first() {
-            Some(f) if f.seq == prev_seq + 1 => {
-                Ok(Some(entries.into_iter().map(Arc::new).collect()))
-            }
+            Some(f) if f.seq == prev_seq + 1 => Ok(Some(entries)),
             _ => Ok(None),
         }
     }

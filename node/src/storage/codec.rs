@@ -190,6 +190,24 @@ impl<'a> Reader<'a> {
             tag => Err(CodecError::Tag { what: "op", tag }),
         }
     }
+    /// Skips an op without copying its key or value.
+    pub fn skip_op(&mut self) -> Result<(), CodecError> {
+        match self.u8()? {
+            1 => {
+                self.bytes()?;
+                self.bytes()?;
+            }
+            2 => {
+                self.bytes()?;
+            }
+            tag => return Err(CodecError::Tag { what: "op", tag }),
+        }
+        Ok(())
+    }
+    /// Bytes read so far.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
     pub fn entry(&mut self) -> Result<LogEntry, CodecError> {
         let epoch = self.u64()?;
         let seq = self.u64()?;

@@ -4,10 +4,12 @@
 //! Reads go straight to the database; every write goes through the group-commit
 //! [`writer`] task so that one transaction and one fsync cover many appends. Log appends are
 //! made durable by the node's write-ahead log ([`wal`]); the database is committed durably
-//! only at checkpoints.
+//! only at checkpoints, and takes the log entries appended since the last one only then, in
+//! chunks ([`log_chunks`]).
 
 pub mod codec;
 pub mod faults;
+pub mod log_chunks;
 pub mod tables;
 pub mod wal;
 pub mod writer;
@@ -24,12 +26,13 @@ use tables::{META, data_table, log_table, meta_key};
 /// Version of the on-disk layout; stored under `format` in the meta table. Format 2 adds the
 /// write-ahead log (`node.wal`); format 3 alternates its generations between `node.wal` and
 /// `node.wal.1`, so a checkpoint no longer stops the log; format 4 logs the partition map in
-/// it too (a record an older build could not read). An older database is upgraded when
+/// it too (a record an older build could not read); format 5 stores the log in chunks of many
+/// entries ([`log_chunks`]; a row of an older format is a chunk of one). An older database is upgraded when
 /// opened, and a build that only knows an older format refuses a newer directory instead of
 /// ignoring part of its log.
-pub const STORAGE_FORMAT: u32 = 4;
+pub const STORAGE_FORMAT: u32 = 5;
 /// Older layouts this build opens (and upgrades).
-const UPGRADABLE_FORMATS: [u32; 3] = [1, 2, 3];
+const UPGRADABLE_FORMATS: [u32; 4] = [1, 2, 3, 4];
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +105,8 @@ pub struct Store {
     disk_id: Arc<str>,
     /// The recovered write-ahead log until the writer takes it.
     wal: Arc<std::sync::Mutex<Option<wal::Wal>>>,
+    /// Log entries appended since the last checkpoint ([`log_chunks`]).
+    tail: log_chunks::SharedTail,
 }
 
 impl Store {
@@ -126,6 +131,7 @@ impl Store {
             db,
             disk_id: disk_id.into(),
             wal: Arc::new(std::sync::Mutex::new(Some(wal))),
+            tail: Arc::default(),
         })
     }
 
@@ -168,6 +174,10 @@ impl Store {
 
     pub(crate) fn db(&self) -> &Arc<Database> {
         &self.db
+    }
+
+    pub(crate) fn tail(&self) -> &log_chunks::SharedTail {
+        &self.tail
     }
 
     /// Random identity of this database, created with it (`disk_id` in the meta table).
@@ -296,19 +306,21 @@ impl Store {
         let applied_seq = get("applied")?.map_or(0, |b| tables::u64_from(&b));
         let (keys, bytes) = get("stats")?.map_or((0, 0), |b| tables::stats_from(&b));
         let unproven = get("unproven")?.is_some_and(|b| b.first() == Some(&1));
-        let last = match txn.open_table(log_table(p).as_def()) {
-            Ok(log) => match log.last().map_err(read_err)? {
-                Some((_, v)) => {
-                    let e = codec::decode_entry(v.value())?;
-                    LogPosition {
-                        last_epoch: e.epoch,
-                        last_seq: e.seq,
-                    }
+        let position = |e: &LogEntry| LogPosition {
+            last_epoch: e.epoch,
+            last_seq: e.seq,
+        };
+        let in_tail = log_chunks::lock(&self.tail).last(p).map(|e| position(e));
+        let last = match (in_tail, txn.open_table(log_table(p).as_def())) {
+            (Some(last), _) => last,
+            (None, Ok(log)) => match log.last().map_err(read_err)? {
+                Some((_, chunk)) => {
+                    log_chunks::last_of_chunk(chunk.value())?.map_or(base, |e| position(&e))
                 }
                 None => base,
             },
-            Err(redb::TableError::TableDoesNotExist(_)) => base,
-            Err(e) => return Err(read_err(e)),
+            (None, Err(redb::TableError::TableDoesNotExist(_))) => base,
+            (None, Err(e)) => return Err(read_err(e)),
         };
         Ok(PartitionDisk {
             base,
@@ -356,32 +368,16 @@ impl Store {
         }
     }
 
-    /// Log entries with `from <= seq <= to`, stopping after `max_bytes` (at least one entry).
+    /// Log entries with `from <= seq <= to`, stopping after `max_bytes` (at least one entry)
+    /// or before a gap.
     pub fn read_log(
         &self,
         p: PartitionId,
         from: u64,
         to: u64,
         max_bytes: usize,
-    ) -> Result<Vec<LogEntry>, StorageError> {
-        let txn = self.db.begin_read().map_err(read_err)?;
-        let log = match txn.open_table(log_table(p).as_def()) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(read_err(e)),
-        };
-        let mut out = Vec::new();
-        let mut size = 0;
-        for item in log.range(from..=to).map_err(read_err)? {
-            let (_, v) = item.map_err(read_err)?;
-            let e = codec::decode_entry(v.value())?;
-            size += e.op.size();
-            out.push(e);
-            if size >= max_bytes {
-                break;
-            }
-        }
-        Ok(out)
+    ) -> Result<Vec<Arc<LogEntry>>, StorageError> {
+        log_chunks::read(&self.db, &self.tail, p, from, to, max_bytes)
     }
 
     /// Opens a consistent snapshot of a partition: its data table and applied sequence

@@ -3,7 +3,8 @@
 //! - `meta` (`&str → bytes`): `format`, `node_id`, `disk_id` (random, created with the
 //!   database), `map` (JSON) and per partition `p/{p}/base`, `p/{p}/history`,
 //!   `p/{p}/applied`, `p/{p}/stats`, `p/{p}/snapshot`, `p/{p}/unproven`.
-//! - `log.{p}` (`u64 seq → encoded entry`), `data.{p}` (`key → version + value`).
+//! - `log.{p}` (`u64 last seq → chunk of encoded entries`, see [`super::log_chunks`]),
+//!   `data.{p}` (`key → version + value`).
 
 use crate::admin_api::LogPosition;
 use crate::map::PartitionId;

@@ -327,13 +327,17 @@ pub fn recover(db: &Database, dir: &Path) -> Result<Wal, StorageError> {
         .map_err(write_err)?;
     let mut replayed = 0usize;
     let mut pending = super::writer::TxnMeta::default();
+    let tail = std::sync::Mutex::new(super::log_chunks::LogTail::default());
     for payload in &records {
         for cmd in decode_batch(payload)? {
-            super::writer::apply_command(&txn, &cmd, &mut pending)?;
+            super::writer::apply_command(&txn, &cmd, &mut pending, &tail)?;
             replayed += 1;
         }
     }
     pending.flush(&txn)?;
+    for (p, entries) in super::log_chunks::lock(&tail).snapshot() {
+        super::log_chunks::write_out(&txn, p, &entries)?;
+    }
     // Both generations read are now in the database: start after them.
     let start = generation + 2;
     {

@@ -34,6 +34,7 @@
 
 use super::codec::{self, LogEntry, Op};
 use super::faults::FaultHooks;
+use super::log_chunks::{self, LogTail};
 use super::tables::{self, META, data_table, log_table, meta_key};
 use super::wal::{self, Wal};
 use super::{StorageError, Store, write_err};
@@ -510,19 +511,32 @@ impl DbThread {
         let mut txn = self.store.db().begin_write().map_err(write_err)?;
         let mut meta = TxnMeta::default();
         let mut outcomes = Vec::new();
+        let tail = self.store.tail();
         for (cmd, _) in stages.iter().flat_map(|s| &s.batch) {
-            outcomes.push(apply_command(&txn, cmd, &mut meta)?);
+            outcomes.push(apply_command(&txn, cmd, &mut meta, tail)?);
         }
         meta.flush(&txn)?;
-        match generation {
+        let written = match generation {
             Some(g) => {
+                // The log generation before `g` is reused once this commit is durable: the
+                // entries it holds must be in the log tables by then.
+                let written = log_chunks::lock(tail).snapshot();
+                for (p, entries) in &written {
+                    log_chunks::write_out(&txn, *p, entries)?;
+                }
                 put_meta(&txn, wal::GENERATION_KEY, &g.to_le_bytes())?;
                 txn.set_durability(Durability::Immediate)
                     .map_err(write_err)?;
+                written
             }
-            None => txn.set_durability(Durability::None).map_err(write_err)?,
-        }
+            None => {
+                txn.set_durability(Durability::None).map_err(write_err)?;
+                Vec::new()
+            }
+        };
         txn.commit().map_err(write_err)?;
+        // Only now: readers copy the tail before they read the database.
+        log_chunks::lock(tail).written(&written);
         Ok(outcomes)
     }
 }
@@ -601,6 +615,7 @@ pub(super) fn apply_command(
     txn: &WriteTransaction,
     cmd: &Command,
     pending: &mut TxnMeta,
+    tail: &Mutex<LogTail>,
 ) -> Result<Outcome, StorageError> {
     match cmd {
         Command::Append {
@@ -608,12 +623,11 @@ pub(super) fn apply_command(
             entries,
             history,
         } => {
+            // The entries reach the log table at the next checkpoint ([`log_chunks`]); the
+            // table is created now so the partition is found at start-up.
             let name = log_table(*partition);
-            let mut log = txn.open_table(name.as_def()).map_err(write_err)?;
-            for e in entries {
-                log.insert(e.seq, codec::encode_entry(e).as_slice())
-                    .map_err(write_err)?;
-            }
+            txn.open_table(name.as_def()).map_err(write_err)?;
+            log_chunks::lock(tail).append(*partition, entries);
             pending
                 .history
                 .insert(*partition, codec::encode_history(history));
@@ -623,10 +637,8 @@ pub(super) fn apply_command(
             after_seq,
             history,
         } => {
-            let name = log_table(*partition);
-            let mut log = txn.open_table(name.as_def()).map_err(write_err)?;
-            log.retain_in((after_seq + 1).., |_, _| false)
-                .map_err(write_err)?;
+            log_chunks::lock(tail).truncate_after(*partition, *after_seq);
+            log_chunks::truncate_after(txn, *partition, *after_seq)?;
             pending
                 .history
                 .insert(*partition, codec::encode_history(history));
@@ -643,11 +655,8 @@ pub(super) fn apply_command(
             return apply_entries(txn, *partition, entries, pending);
         }
         Command::Compact { partition, base } => {
-            let name = log_table(*partition);
-            let mut log = txn.open_table(name.as_def()).map_err(write_err)?;
-            log.retain_in(..=base.last_seq, |_, _| false)
-                .map_err(write_err)?;
-            drop(log);
+            log_chunks::lock(tail).compact(*partition, base.last_seq);
+            log_chunks::compact(txn, *partition, base.last_seq)?;
             put_meta(
                 txn,
                 &meta_key(*partition, "base"),
@@ -670,12 +679,14 @@ pub(super) fn apply_command(
         Command::PutMap { json } => put_meta(txn, "map", json)?,
         Command::DropPartition { partition } => {
             pending.forget(*partition);
+            log_chunks::lock(tail).forget(*partition);
             drop_partition(txn, *partition)?;
         }
         Command::SnapshotBegin { partition } => {
             // A snapshot does not prove a copy in sync: keep the mark across the install.
             let unproven = get_meta(txn, &meta_key(*partition, "unproven"))?;
             pending.forget(*partition);
+            log_chunks::lock(tail).forget(*partition);
             drop_partition(txn, *partition)?;
             if let Some(mark) = unproven {
                 put_meta(txn, &meta_key(*partition, "unproven"), &mark)?;
@@ -892,7 +903,7 @@ mod tests {
         let txn = one.db().begin_write().expect("txn");
         let mut pending = TxnMeta::default();
         for cmd in script() {
-            apply_command(&txn, &cmd, &mut pending).expect("apply");
+            apply_command(&txn, &cmd, &mut pending, one.tail()).expect("apply");
         }
         pending.flush(&txn).expect("flush");
         txn.commit().expect("commit");
@@ -902,7 +913,7 @@ mod tests {
         for cmd in script() {
             let txn = each.db().begin_write().expect("txn");
             let mut pending = TxnMeta::default();
-            apply_command(&txn, &cmd, &mut pending).expect("apply");
+            apply_command(&txn, &cmd, &mut pending, each.tail()).expect("apply");
             pending.flush(&txn).expect("flush");
             txn.commit().expect("commit");
         }
@@ -930,17 +941,26 @@ mod tests {
         let store = Store::open(dir.path(), "n").expect("open");
         let writer = WriterHandle::start(store.clone(), Quiet, |e| panic!("{e}"));
         let mut pending = Vec::new();
-        for seq in 1..=300u64 {
-            let p = (seq % 3) as PartitionId;
+        for i in 1..=300u64 {
+            // Three partitions' logs, interleaved: 1, 2, … 100 each.
+            let (p, seq) = ((i % 3) as PartitionId, i.div_ceil(3));
             let cmd = Command::Append {
                 partition: p,
-                entries: vec![entry(1, seq, &format!("k{seq}"), "v")],
+                entries: vec![entry(1, seq, &format!("k{i}"), "v")],
                 history: history(&[(1, 1)]),
             };
             pending.push(writer.submit(cmd).expect("submit"));
-            if seq % 50 == 0 {
-                // Not logged: forces a checkpoint.
-                let map = format!("{{\"n\":{seq}}}").into_bytes();
+            if i % 50 == 0 {
+                // Not logged: forces a checkpoint, which writes the log tails out.
+                let cmd = Command::SetUnproven {
+                    partition: p,
+                    unproven: false,
+                };
+                pending.push(writer.submit(cmd).expect("submit"));
+            }
+            if i % 70 == 0 {
+                // Logged: no checkpoint.
+                let map = format!("{{\"n\":{i}}}").into_bytes();
                 pending.push(
                     writer
                         .submit(Command::PutMap { json: map })
@@ -969,8 +989,8 @@ mod tests {
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         };
-        for (p, last) in [(0, 300), (1, 298), (2, 299)] {
-            assert_eq!(store.load_partition(p).expect("load").last.last_seq, last);
+        for p in 0..3 {
+            assert_eq!(store.load_partition(p).expect("load").last.last_seq, 100);
             assert_eq!(
                 store.read_log(p, 0, 1000, usize::MAX).expect("log").len(),
                 100
