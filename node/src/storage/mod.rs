@@ -461,3 +461,72 @@ impl SnapshotReader {
         Ok(self.len()? == 0)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::expect_used)] // a failed step should name itself in the test output
+mod tests {
+    use super::*;
+
+    fn set_format(dir: &Path, format: u32) {
+        let db = Database::create(dir.join("node.redb")).expect("db");
+        let txn = db.begin_write().expect("txn");
+        txn.open_table(META)
+            .expect("meta")
+            .insert("format", &format.to_le_bytes()[..])
+            .expect("format");
+        txn.commit().expect("commit");
+    }
+
+    /// A format-4 directory (one log row per entry) opens as format 5 with its log intact;
+    /// a directory of a newer format is refused.
+    #[test]
+    fn a_format_4_log_reads_back_and_a_newer_format_is_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        drop(Store::open(dir.path(), "n").expect("create"));
+        set_format(dir.path(), 4);
+        {
+            let db = Database::create(dir.path().join("node.redb")).expect("db");
+            let txn = db.begin_write().expect("txn");
+            let mut log = txn.open_table(log_table(7).as_def()).expect("log");
+            for seq in 1..=5 {
+                let e = LogEntry {
+                    epoch: 2,
+                    seq,
+                    op: codec::Op::Delete {
+                        key: format!("k{seq}").into_bytes(),
+                    },
+                };
+                log.insert(seq, codec::encode_entry(&e).as_slice())
+                    .expect("row");
+            }
+            drop(log);
+            txn.commit().expect("commit");
+        }
+        let store = Store::open(dir.path(), "n").expect("open a format-4 directory");
+        let log = store.read_log(7, 2, 10, usize::MAX).expect("log");
+        assert_eq!(
+            log.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![2, 3, 4, 5]
+        );
+        let disk = store.load_partition(7).expect("load");
+        assert_eq!((disk.last.last_epoch, disk.last.last_seq), (2, 5));
+        drop(store);
+        let db = Database::create(dir.path().join("node.redb")).expect("db");
+        let format = db
+            .begin_read()
+            .expect("read")
+            .open_table(META)
+            .expect("meta")
+            .get("format")
+            .expect("get")
+            .map(|v| tables::u32_from(v.value()));
+        assert_eq!(format, Some(STORAGE_FORMAT));
+        drop(db);
+
+        set_format(dir.path(), STORAGE_FORMAT + 1);
+        assert!(matches!(
+            Store::open(dir.path(), "n"),
+            Err(StorageError::UnsupportedFormat { found }) if found == STORAGE_FORMAT + 1
+        ));
+    }
+}
