@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Per-phase write latency from nodes' /metrics texts: for every phase of
 shardedstore_write_phase_duration_seconds (primaries) and for
-shardedstore_follower_append_duration_seconds (followers), summed over the given nodes, the
+shardedstore_follower_append_duration_seconds (followers) and
+shardedstore_append_round_trip_duration_seconds (primaries), summed over the given nodes, the
 count, mean, and p50/p99 estimated from the histogram buckets (linear within a bucket, as
 Prometheus' histogram_quantile does).
 
@@ -12,7 +13,7 @@ import json
 import re
 import sys
 
-LINE = re.compile(r'^(shardedstore_(?:write_phase|follower_append)_duration_seconds)_(bucket|sum|count)'
+LINE = re.compile(r'^(shardedstore_(?:write_phase|follower_append|append_round_trip)_duration_seconds)_(bucket|sum|count)'
                   r'(?:\{([^}]*)\})? (\S+)$')
 
 
@@ -26,7 +27,8 @@ def parse(paths):
                     continue
                 family, kind, labels, value = m.groups()
                 labels = dict(re.findall(r'(\w+)="([^"]*)"', labels or ""))
-                name = labels.get("phase", "follower append → durable")
+                name = labels.get("phase") or ("append round trip (primary)" if "round_trip" in family
+                                                else "follower append → durable")
                 s = series[(family, name)]
                 if kind == "bucket":
                     s["buckets"][float(labels["le"])] += float(value)

@@ -47,6 +47,9 @@ pub struct NodeMetrics {
     pub write_phase_seconds: HistogramVec,
     /// Follower: time from an append's arrival to its entries being durable.
     pub follower_append_seconds: Histogram,
+    /// Primary: time from an append leaving its partition's replication task to the member's
+    /// answer (batching, the request, the member's durable write and the way back).
+    pub append_round_trip_seconds: Histogram,
     /// Changed TLS files taken up (`result="applied"`) or refused (`"refused"`), copied
     /// from [`crate::tls::reload_counts`] when rendered.
     tls_reloads: IntCounterVec,
@@ -140,6 +143,13 @@ impl NodeMetrics {
             )
             .buckets(WRITE_PATH_BUCKETS.to_vec()),
         )?;
+        let append_round_trip_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "shardedstore_append_round_trip_duration_seconds",
+                "Primary: time from a replication append leaving its partition's task to the member's answer",
+            )
+            .buckets(WRITE_PATH_BUCKETS.to_vec()),
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_seconds.clone()))?;
         registry.register(Box::new(replication_lag_entries.clone()))?;
@@ -164,6 +174,7 @@ impl NodeMetrics {
             tls_reloads.with_label_values(&[result]);
         }
         registry.register(Box::new(follower_append_seconds.clone()))?;
+        registry.register(Box::new(append_round_trip_seconds.clone()))?;
         registry.register(Box::new(tls_reloads.clone()))?;
         Ok(Self {
             registry,
@@ -180,6 +191,7 @@ impl NodeMetrics {
             forwarded_requests,
             rejected_frames,
             write_phase_seconds,
+            append_round_trip_seconds,
             follower_append_seconds,
             tls_reloads,
         })

@@ -16,6 +16,7 @@ const PHASES: [&str; 5] = [
 ];
 const PHASE: &str = "shardedstore_write_phase_duration_seconds";
 const FOLLOWER: &str = "shardedstore_follower_append_duration_seconds";
+const ROUND_TRIP: &str = "shardedstore_append_round_trip_duration_seconds";
 
 /// `(count, sum)` of every phase at the primary.
 fn phases(text: &str) -> Vec<(f64, f64)> {
@@ -79,6 +80,11 @@ async fn write_phases_count_every_replicated_write() -> anyhow::Result<()> {
         metric_value(&cluster.metrics(1).await?, &format!("{FOLLOWER}_count"), ""),
         metric_value(&cluster.metrics(2).await?, &format!("{FOLLOWER}_count"), ""),
     ];
+    let round_trips_before = metric_value(
+        &cluster.metrics(0).await?,
+        &format!("{ROUND_TRIP}_count"),
+        "",
+    );
     const WRITES: f64 = 5.0;
     for i in 0..WRITES as usize {
         let (status, _) = cluster.put(0, &format!("k{i}"), vec![b'x'; 1024]).await?;
@@ -116,6 +122,17 @@ async fn write_phases_count_every_replicated_write() -> anyhow::Result<()> {
     assert!(sum("applied") >= sum("committed"), "{delta:?}");
     assert!(sum("acknowledged") >= sum("committed"), "{delta:?}");
 
+    // A write is acknowledged only after both followers answered its append, and the
+    // primary timed each of those round trips before.
+    let round_trips = metric_value(
+        &cluster.metrics(0).await?,
+        &format!("{ROUND_TRIP}_count"),
+        "",
+    ) - round_trips_before;
+    assert!(
+        round_trips >= 2.0 * WRITES,
+        "the primary timed {round_trips} append round trips for {WRITES} writes to two followers"
+    );
     for (i, before) in follower_before.iter().enumerate() {
         let text = cluster.metrics(i + 1).await?;
         let count = metric_value(&text, &format!("{FOLLOWER}_count"), "");

@@ -204,7 +204,12 @@ async fn session(replica: &Arc<Replica>, member: &str) -> Result<(), SessionEnd>
             last_seq: e.seq,
         });
         // Batched with the appends of other partitions bound for the same node.
+        let sent = Instant::now();
         let reply: Reply = ctx.peers.append(&addr, p, msg.encode()).await?;
+        if !msg.entries.is_empty() {
+            let m = &ctx.metrics.append_round_trip_seconds;
+            m.observe(sent.elapsed().as_secs_f64());
+        }
         accepted(&reply, epoch)?;
         truncate = false;
         sent_commit = commit_seq;
