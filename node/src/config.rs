@@ -89,6 +89,17 @@ pub struct NodeConfig {
     #[arg(long, env = "SHARDEDSTORE_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     pub write_timeout_ms: u64,
 
+    /// Replication appends a primary keeps in flight per partition and member (1–4). Every
+    /// node of this version takes appends that arrive out of order; raise it above 1 only
+    /// once no node of an older version remains.
+    #[arg(
+        long,
+        env = "SHARDEDSTORE_APPENDS_IN_FLIGHT",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u8).range(1..=crate::replication::session::APPENDS_IN_FLIGHT as i64)
+    )]
+    pub appends_in_flight: u8,
+
     /// On SIGTERM, keep serving up to this many seconds while the node still leads partitions
     /// another in-sync replica could take over (the operator hands them off) and holds a lease
     /// (without one no operator is coordinating it, e.g. the store was deleted); 0 stops at

@@ -28,6 +28,9 @@ pub struct ReplicationConfig {
     pub max_append_bytes: usize,
     /// How long a client write waits for its commit before answering 503.
     pub write_timeout: Duration,
+    /// Appends in flight per partition and member, at most
+    /// [`crate::replication::session::APPENDS_IN_FLIGHT`].
+    pub appends_in_flight: usize,
 }
 
 impl Default for ReplicationConfig {
@@ -38,6 +41,7 @@ impl Default for ReplicationConfig {
             idle_append: Duration::from_millis(1000),
             max_append_bytes: 4 * 1024 * 1024,
             write_timeout: Duration::from_secs(10),
+            appends_in_flight: 1,
         }
     }
 }

@@ -119,6 +119,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), ServerError> {
         log_window: cfg.log_window,
         catchup_bytes_per_second: cfg.catchup_bytes_per_second,
         write_timeout: Duration::from_millis(cfg.write_timeout_ms),
+        appends_in_flight: usize::from(cfg.appends_in_flight),
         ..ReplicationConfig::default()
     };
     let tls = cfg.tls_cert.clone().zip(cfg.tls_key.clone());

@@ -4,25 +4,32 @@
 use super::epochs::EpochHistory;
 use super::frame::{Append, Probe, ProbeReply, Reply, SnapshotChunk, Status};
 use super::replica::{Replica, SYNC_MARKS, State};
+use super::session::APPENDS_IN_FLIGHT;
 use super::session::accept;
 use crate::admin_api::LogPosition;
 use crate::storage::StorageError;
 use crate::storage::writer::Command;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long an append waits for the appends of its session sent before it (they travel in
+/// other requests and may arrive later) before it is refused. A newer session, or the
+/// predecessor's arrival, ends the wait at once.
+const PREDECESSOR_WAIT: Duration = Duration::from_secs(2);
 
 impl Replica {
-    /// Checks a replication message's epoch and session; `Some(reply)` rejects it. An
-    /// accepted message returns the receipt time of the previous accepted message of its
-    /// session in `prev` (the instant its content is known to be current from).
+    /// Checks a replication message's epoch and session; `Err(status)` rejects it, `Ok(true)`
+    /// accepts it as the first of a newer session: the caller then calls [`Replica::bump`]
+    /// once it has released the state lock, so appends of the older session waiting for
+    /// their predecessors give up (bumping under the lock could deadlock with a watcher
+    /// that reads the state).
     fn check_epoch(
         &self,
         st: &mut State,
         epoch: u64,
         leader: &str,
         session: u64,
-        received: Instant,
-    ) -> Result<Option<Instant>, Status> {
+    ) -> Result<bool, Status> {
         if epoch < st.epoch {
             return Err(Status::StaleEpoch);
         }
@@ -40,14 +47,25 @@ impl Replica {
             );
             return Err(Status::StaleSession);
         };
-        let prev = if newest == st.session {
-            st.prev_receipt
-        } else {
-            None
-        };
-        st.session = newest;
-        st.prev_receipt = Some(received);
-        Ok(prev)
+        let newer = newest != st.session;
+        if newer {
+            st.session = newest;
+            st.receipts.clear();
+        }
+        Ok(newer)
+    }
+
+    /// Records the receipt of the next message of the current session, taken in log order,
+    /// and returns the instant its content is known to be current from: the receipt of the
+    /// message [`APPENDS_IN_FLIGHT`] before it (or of the session's first message), since
+    /// the primary sends a message only once it holds the answer to that one.
+    fn note_receipt(st: &mut State, received: Instant) -> Option<Instant> {
+        let from = st.receipts.front().copied();
+        st.receipts.push_back(received);
+        while st.receipts.len() > APPENDS_IN_FLIGHT {
+            st.receipts.pop_front();
+        }
+        from
     }
 
     fn reply(st: &State, status: Status) -> Reply {
@@ -62,64 +80,135 @@ impl Replica {
     pub async fn handle_probe(&self, msg: Probe) -> ProbeReply {
         let received = Instant::now();
         let _w = self.write_lock.lock().await;
-        let mut st = self.lock();
-        let status = self
-            .check_epoch(&mut st, msg.epoch, &msg.leader, msg.session, received)
-            .err()
-            .unwrap_or(Status::Ok);
-        ProbeReply {
-            status,
-            epoch: st.epoch,
-            base: st.base,
-            last: st.last,
-            applied_seq: st.applied_seq,
-            history: st.history.clone(),
+        let (reply, newer) = {
+            let mut st = self.lock();
+            let (status, newer) =
+                match self.check_epoch(&mut st, msg.epoch, &msg.leader, msg.session) {
+                    Ok(newer) => {
+                        Self::note_receipt(&mut st, received);
+                        (Status::Ok, newer)
+                    }
+                    Err(status) => (status, false),
+                };
+            let reply = ProbeReply {
+                status,
+                epoch: st.epoch,
+                base: st.base,
+                last: st.last,
+                applied_seq: st.applied_seq,
+                history: st.history.clone(),
+            };
+            (reply, newer)
+        };
+        if newer {
+            self.bump();
         }
+        reply
     }
 
-    /// Follower side of an append: truncate if asked, check continuity, append durably,
-    /// learn the commit point.
+    /// The part of an append taken under the write lock before anything is written: checks
+    /// epoch and session, and truncates a divergent suffix in memory when asked. `Ok(None)`:
+    /// an append sent before this one has not arrived yet. `Ok(Some(..))`: the truncation to
+    /// make durable, if any, and the instant this message's content is current from.
+    #[allow(clippy::type_complexity)]
+    fn take_in_order(
+        &self,
+        st: &mut State,
+        msg: &Append,
+        received: Instant,
+        newer: &mut bool,
+    ) -> Result<Option<(Option<(u64, EpochHistory)>, Option<Instant>)>, Reply> {
+        *newer = self
+            .check_epoch(st, msg.epoch, &msg.leader, msg.session)
+            .map_err(|status| Self::reply(st, status))?;
+        if st.installing.is_some() {
+            return Err(Self::reply(st, Status::Mismatch));
+        }
+        if msg.truncate_to.is_none() && msg.prev.last_seq > st.last.last_seq {
+            return Ok(None);
+        }
+        if Self::overtaken(st, msg) {
+            // Only its commit point is taken; it tells nothing newer than what overtook it.
+            return Ok(Some((None, None)));
+        }
+        let current_from = Self::note_receipt(st, received);
+        let truncate = match msg.truncate_to {
+            Some(t) if t < st.last.last_seq => {
+                if t < st.applied_seq || t < st.base.last_seq {
+                    return Err(Self::reply(st, Status::Mismatch));
+                }
+                st.history.truncate_after(t);
+                st.last = if t == st.base.last_seq {
+                    st.base
+                } else {
+                    LogPosition {
+                        last_epoch: st.history.epoch_at(t),
+                        last_seq: t,
+                    }
+                };
+                st.durable_seq = st.durable_seq.min(t);
+                st.log_cuts += 1;
+                st.commit_seq = st.commit_seq.min(t).max(st.applied_seq);
+                Self::cache_truncate_after(st, t);
+                tracing::info!(
+                    partition = self.partition,
+                    to = t,
+                    "truncated divergent log suffix"
+                );
+                Some((t, st.history.clone()))
+            }
+            _ => None,
+        };
+        Ok(Some((truncate, current_from)))
+    }
+
+    /// Whether `msg` is an append without entries that a later append of its session
+    /// overtook on the way: its `prev` lies inside this log, on an entry of the same epoch.
+    /// This log then matches the primary's up to `prev` (not necessarily further: the append
+    /// that truncates a divergent suffix may still be on its way), so the caller takes its
+    /// commit point only up to `prev`.
+    fn overtaken(st: &State, msg: &Append) -> bool {
+        let prev = msg.prev;
+        msg.entries.is_empty()
+            && msg.truncate_to.is_none()
+            && prev.last_seq < st.last.last_seq
+            && (prev == st.base
+                || (prev.last_seq > st.base.last_seq
+                    && st.history.epoch_at(prev.last_seq) == prev.last_epoch))
+    }
+
+    /// Follower side of an append: wait for the appends sent before it, truncate if asked,
+    /// check continuity, append durably, learn the commit point.
     pub async fn handle_append(self: &Arc<Self>, msg: Append) -> Result<Reply, StorageError> {
         let received = Instant::now();
-        let _w = self.write_lock.lock().await;
-        let (truncate, current_from) = {
-            let mut st = self.lock();
-            let current_from =
-                match self.check_epoch(&mut st, msg.epoch, &msg.leader, msg.session, received) {
-                    Ok(prev) => prev,
-                    Err(status) => return Ok(Self::reply(&st, status)),
-                };
-            if st.installing.is_some() {
-                return Ok(Self::reply(&st, Status::Mismatch));
+        let deadline = tokio::time::Instant::now() + PREDECESSOR_WAIT;
+        let (_w, truncate, current_from) = loop {
+            let mut progress = self.progress_tx.subscribe();
+            let w = self.write_lock.lock().await;
+            let mut newer = false;
+            let step = {
+                let mut st = self.lock();
+                self.take_in_order(&mut st, &msg, received, &mut newer)
+            };
+            if newer {
+                self.bump();
             }
-            let truncate = match msg.truncate_to {
-                Some(t) if t < st.last.last_seq => {
-                    if t < st.applied_seq || t < st.base.last_seq {
+            match step {
+                Err(reply) => return Ok(reply),
+                Ok(Some((truncate, current_from))) => break (w, truncate, current_from),
+                Ok(None) => {
+                    // The primary keeps several appends in flight and they travel in
+                    // separate requests: one sent earlier has not been appended yet.
+                    drop(w);
+                    if tokio::time::timeout_at(deadline, progress.changed())
+                        .await
+                        .is_err()
+                    {
+                        let st = self.lock();
                         return Ok(Self::reply(&st, Status::Mismatch));
                     }
-                    st.history.truncate_after(t);
-                    st.last = if t == st.base.last_seq {
-                        st.base
-                    } else {
-                        LogPosition {
-                            last_epoch: st.history.epoch_at(t),
-                            last_seq: t,
-                        }
-                    };
-                    st.durable_seq = st.durable_seq.min(t);
-                    st.log_cuts += 1;
-                    st.commit_seq = st.commit_seq.min(t).max(st.applied_seq);
-                    Self::cache_truncate_after(&mut st, t);
-                    tracing::info!(
-                        partition = self.partition,
-                        to = t,
-                        "truncated divergent log suffix"
-                    );
-                    Some((t, st.history.clone()))
                 }
-                _ => None,
-            };
-            (truncate, current_from)
+            }
         };
         if let Some((after_seq, history)) = truncate {
             self.ctx
@@ -131,11 +220,16 @@ impl Replica {
                 })
                 .await?;
         }
-        let pending = {
+        let (pending, known) = {
             let mut st = self.lock();
-            if st.last != msg.prev {
+            // How far this log is known to match the primary's once the entries are in.
+            let known = if st.last == msg.prev {
+                msg.entries.last().map_or(msg.prev.last_seq, |e| e.seq)
+            } else if Self::overtaken(&st, &msg) {
+                msg.prev.last_seq
+            } else {
                 return Ok(Self::reply(&st, Status::Mismatch));
-            }
+            };
             let contiguous =
                 msg.entries.iter().enumerate().all(|(i, e)| {
                     e.seq == msg.prev.last_seq + 1 + i as u64 && e.epoch <= msg.epoch
@@ -157,7 +251,7 @@ impl Replica {
                 };
                 Self::cache_push(&mut st, e.clone());
             }
-            if msg.entries.is_empty() {
+            let pending = if msg.entries.is_empty() {
                 None
             } else {
                 Some(self.ctx.writer.submit(Command::Append {
@@ -165,7 +259,8 @@ impl Replica {
                     entries: msg.entries.clone(),
                     history: st.history.clone(),
                 })?)
-            }
+            };
+            (pending, known)
         };
         if let Some(p) = pending {
             p.wait().await?;
@@ -175,7 +270,7 @@ impl Replica {
         let apply = {
             let mut st = self.lock();
             st.durable_seq = st.last.last_seq;
-            let commit = msg.commit_seq.min(st.last.last_seq);
+            let commit = msg.commit_seq.min(known);
             if commit > st.commit_seq {
                 st.commit_seq = commit;
             }
@@ -196,6 +291,8 @@ impl Replica {
         if apply {
             self.schedule_apply();
         }
+        // Wake the appends of this session that arrived before this one.
+        self.bump();
         let st = self.lock();
         Ok(Self::reply(&st, Status::Ok))
     }
@@ -206,19 +303,21 @@ impl Replica {
         self: &Arc<Self>,
         msg: SnapshotChunk,
     ) -> Result<Reply, StorageError> {
-        let received = Instant::now();
         let _w = self.write_lock.lock().await;
         let _a = self.apply_lock.lock().await;
-        {
+        let newer = {
             let mut st = self.lock();
-            if let Err(status) =
-                self.check_epoch(&mut st, msg.epoch, &msg.leader, msg.session, received)
-            {
-                return Ok(Self::reply(&st, status));
-            }
+            let newer = match self.check_epoch(&mut st, msg.epoch, &msg.leader, msg.session) {
+                Ok(newer) => newer,
+                Err(status) => return Ok(Self::reply(&st, status)),
+            };
             if !msg.first && st.installing != Some(msg.snapshot_id) {
                 return Ok(Self::reply(&st, Status::SnapshotOutOfOrder));
             }
+            newer
+        };
+        if newer {
+            self.bump();
         }
         if msg.first {
             self.ctx

@@ -5,7 +5,8 @@
 //! whatever is queued as one `POST /peer/v1/appends` whenever one of its
 //! [`BATCH_WINDOW`] request slots is free. Under load the appends of many partitions share a
 //! request, a connection and the member's group commit; at low load an append leaves at once,
-//! alone. Each partition still has at most one append in flight, so nothing is reordered.
+//! alone. A partition keeps up to [`super::session::APPENDS_IN_FLIGHT`] appends in flight per
+//! member; they may reach it in different requests, and the member takes them in log order.
 
 use super::frame::{AppendBatch, BatchReply, Reply};
 use crate::map::PartitionId;
@@ -116,14 +117,15 @@ impl PeerClient {
         })
     }
 
-    /// Sends one encoded [`super::frame::Append`] of `partition` to the node at `addr`, in a
-    /// batch with the other appends queued for that node, and returns the member's reply.
-    pub async fn append(
+    /// Queues one encoded [`super::frame::Append`] of `partition` for the node at `addr` now,
+    /// to go in a batch with the other appends queued for that node, and returns the future
+    /// of the member's reply. Appends queued for a node leave in queue order.
+    pub fn append(
         &self,
         addr: &str,
         partition: PartitionId,
         frame: Vec<u8>,
-    ) -> Result<Reply, PeerError> {
+    ) -> impl Future<Output = Result<Reply, PeerError>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
         self.queue(
             addr,
@@ -133,12 +135,15 @@ impl PeerClient {
                 reply,
             },
         );
-        answer.await.unwrap_or_else(|_| {
-            Err(PeerError::Batch {
-                addr: addr.to_owned(),
-                reason: "the batching task ended".into(),
+        let addr = addr.to_owned();
+        async move {
+            answer.await.unwrap_or_else(|_| {
+                Err(PeerError::Batch {
+                    addr,
+                    reason: "the batching task ended".into(),
+                })
             })
-        })
+        }
     }
 
     /// Queues `item` for `addr`'s batching task, starting the task when there is none.

@@ -60,10 +60,11 @@ pub struct State {
     pub unproven: bool,
     /// Newest replication session accepted from a primary ([`super::session`]).
     pub session: super::session::SessionId,
-    /// Receipt time of the previous message accepted in `session`: the primary sends a
-    /// message only after the answer to the previous one, so what a message says was true
-    /// no earlier than this instant (bounds `x-staleness-ms`).
-    pub prev_receipt: Option<Instant>,
+    /// Receipt times of the last messages of `session` taken in log order, at most
+    /// [`super::session::APPENDS_IN_FLIGHT`]: the primary sends a message only after the
+    /// answer to the one that many before it, so what a message says was true no earlier
+    /// than the oldest of these (bounds `x-staleness-ms`).
+    pub receipts: VecDeque<Instant>,
 }
 
 /// One partition held by this node.
@@ -108,7 +109,7 @@ impl Replica {
             lead_floor: epoch,
             unproven: disk.unproven,
             session: (0, 0),
-            prev_receipt: None,
+            receipts: VecDeque::new(),
         };
         let phases = crate::metrics::WritePhases::new(&ctx.metrics.write_phase_seconds);
         Arc::new(Self {

@@ -6,8 +6,11 @@ use super::commit::{CatchUp, ReplicaLog, plan_catch_up};
 use super::frame::{Append, Probe, ProbeReply, Reply, SnapshotChunk, SnapshotEnd, Status};
 use super::peer_client::PeerError;
 use super::replica::Replica;
+use super::session::APPENDS_IN_FLIGHT;
 use crate::admin_api::LogPosition;
 use crate::map::NodeId;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -167,54 +170,75 @@ async fn session(replica: &Arc<Replica>, member: &str) -> Result<(), SessionEnd>
     }
     let mut progress = replica.progress_tx.subscribe();
     let mut sent_commit = u64::MAX;
+    // Appends sent and not yet answered, oldest first, with where each leaves the member's
+    // log. Up to the configured window (never above APPENDS_IN_FLIGHT): the member takes
+    // them in log order whatever order they arrive in (`Replica::handle_append`).
+    let window = ctx.config.appends_in_flight.clamp(1, APPENDS_IN_FLIGHT);
+    let mut in_flight = FuturesOrdered::new();
     loop {
-        let (commit_seq, last_seq) = {
-            let st = replica.lock();
-            if st.primary.as_ref().is_none_or(|x| x.epoch != epoch) {
-                return Ok(());
+        while in_flight.len() < window {
+            let (commit_seq, last_seq) = {
+                let st = replica.lock();
+                if st.primary.as_ref().is_none_or(|x| x.epoch != epoch) {
+                    return Ok(());
+                }
+                (st.commit_seq, st.last.last_seq)
+            };
+            if last_seq <= prev.last_seq && commit_seq == sent_commit && !truncate {
+                break; // nothing new to send
             }
-            (st.commit_seq, st.last.last_seq)
-        };
-        if last_seq <= prev.last_seq && commit_seq == sent_commit && !truncate {
+            let entries = replica
+                .entries_after(prev.last_seq, u64::MAX, ctx.config.max_append_bytes)
+                .await?
+                .ok_or(SessionEnd::NeedSnapshot)?;
+            let msg = Append {
+                epoch,
+                leader: ctx.node_id.clone(),
+                truncate_to: truncate.then_some(prev.last_seq),
+                prev,
+                commit_seq,
+                entries,
+                session,
+            };
+            let sent_last = msg.entries.last().map_or(prev, |e| LogPosition {
+                last_epoch: e.epoch,
+                last_seq: e.seq,
+            });
+            let timed = !msg.entries.is_empty();
+            // Batched with the appends of other partitions bound for the same node.
+            let reply = ctx.peers.append(&addr, p, msg.encode());
+            let sent = Instant::now();
+            in_flight.push_back(async move { (reply.await, sent_last, sent, timed) });
+            truncate = false;
+            sent_commit = commit_seq;
+            prev = sent_last;
+        }
+        if in_flight.is_empty() {
             // Nothing new: wait for an append or a commit, or send an idle append.
             let _ = tokio::time::timeout(ctx.config.idle_append, progress.changed()).await;
             let st = replica.lock();
             if st.last.last_seq <= prev.last_seq && st.commit_seq == sent_commit {
-                drop(st);
                 sent_commit = u64::MAX; // force an idle append carrying the commit point
-                continue;
             }
             continue;
         }
-        let entries = replica
-            .entries_after(prev.last_seq, u64::MAX, ctx.config.max_append_bytes)
-            .await?
-            .ok_or(SessionEnd::NeedSnapshot)?;
-        let msg = Append {
-            epoch,
-            leader: ctx.node_id.clone(),
-            truncate_to: truncate.then_some(prev.last_seq),
-            prev,
-            commit_seq,
-            entries,
-            session,
-        };
-        let sent_last = msg.entries.last().map_or(prev, |e| LogPosition {
-            last_epoch: e.epoch,
-            last_seq: e.seq,
-        });
-        // Batched with the appends of other partitions bound for the same node.
-        let sent = Instant::now();
-        let reply: Reply = ctx.peers.append(&addr, p, msg.encode()).await?;
-        if !msg.entries.is_empty() {
-            let m = &ctx.metrics.append_round_trip_seconds;
-            m.observe(sent.elapsed().as_secs_f64());
+        let window_full = in_flight.len() >= window;
+        tokio::select! {
+            answered = in_flight.next() => {
+                let Some((reply, sent_last, sent, timed)) = answered else {
+                    continue;
+                };
+                let reply: Reply = reply?;
+                if timed {
+                    let m = &ctx.metrics.append_round_trip_seconds;
+                    m.observe(sent.elapsed().as_secs_f64());
+                }
+                accepted(&reply, epoch)?;
+                record_ack(replica, member, reply.last.last_seq.min(sent_last.last_seq));
+            }
+            // New entries or a new commit point: send them while earlier appends travel.
+            _ = progress.changed(), if !window_full => {}
         }
-        accepted(&reply, epoch)?;
-        truncate = false;
-        sent_commit = commit_seq;
-        prev = sent_last;
-        record_ack(replica, member, reply.last.last_seq.min(sent_last.last_seq));
     }
 }
 

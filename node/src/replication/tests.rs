@@ -531,8 +531,9 @@ async fn a_condition_failing_only_against_an_uncommitted_write_is_not_refused() 
                 .is_some_and(|p| !p.pending.is_empty())
         }),
     )
-    .await;
-    assert!(appended.is_ok(), "the first write was never appended");
+    .await
+    .is_ok(); // (the borrow it returns would block every later send on the channel)
+    assert!(appended, "the first write was never appended");
     let mut second = {
         let r = r.clone();
         tokio::spawn(async move {
@@ -592,4 +593,83 @@ async fn an_admission_wakes_when_the_learner_acknowledges_on_an_idle_partition()
         );
     };
     assert!(answer.ready, "{answer:?}");
+}
+
+/// Appends are pipelined: one sent after another may arrive first. It waits for its
+/// predecessor, and both are taken in log order.
+#[tokio::test]
+async fn appends_arriving_out_of_order_are_taken_in_log_order() {
+    let f = plain("f");
+    let r = Replica::new(f.ctx.clone(), 0, PartitionDisk::default());
+    let second = {
+        let r = r.clone();
+        let entries = vec![put(1, 3, "c", "3"), put(1, 4, "d", "4")];
+        tokio::spawn(async move {
+            r.handle_append(append(1, pos(1, 2), None, 0, entries))
+                .await
+        })
+    };
+    let mut second = std::pin::pin!(second);
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut second).await;
+    assert!(early.is_err(), "taken before its predecessor: {early:?}");
+    let first = vec![put(1, 1, "a", "1"), put(1, 2, "b", "2")];
+    let reply = r
+        .handle_append(append(1, pos(0, 0), None, 0, first))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((reply.status, reply.last), (Status::Ok, pos(1, 2)));
+    let reply = tokio::time::timeout(Duration::from_secs(10), second).await;
+    let reply = match reply {
+        Ok(Ok(Ok(reply))) => reply,
+        other => panic!("the second append: {other:?}"),
+    };
+    assert_eq!((reply.status, reply.last), (Status::Ok, pos(1, 4)));
+}
+
+/// An empty append (a commit point) overtaken by the append that truncates a divergent
+/// suffix commits nothing of that suffix: only up to where it was sent from.
+#[tokio::test]
+async fn an_overtaken_empty_append_commits_only_up_to_where_it_was_sent_from() {
+    let f = plain("f");
+    let r = Replica::new(f.ctx.clone(), 0, PartitionDisk::default());
+    let entries = (1..=5)
+        .map(|s| put(1, s, &format!("k{s}"), "old"))
+        .collect();
+    let reply = r
+        .handle_append(append(1, pos(0, 0), None, 0, entries))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((reply.status, reply.last), (Status::Ok, pos(1, 5)));
+
+    // The primary of epoch 2 holds 1..=3 of epoch 1 and its own 4, committed up to 4. Its
+    // truncating append (sent first, from 3) is overtaken by an empty one sent from 3 too.
+    let reply = r
+        .handle_append(append(2, pos(1, 3), None, 4, vec![]))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reply.status, Status::Ok);
+    wait_applied(&r, 3).await;
+    assert_eq!(
+        r.lock().commit_seq,
+        3,
+        "committed beyond where the append was sent from"
+    );
+    let reply = r
+        .handle_append(append(
+            2,
+            pos(1, 3),
+            Some(3),
+            4,
+            vec![put(2, 4, "k4", "new")],
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((reply.status, reply.last), (Status::Ok, pos(2, 4)));
+    wait_applied(&r, 4).await;
+    let v = f.ctx.store.get(0, b"k4").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(v.map(|v| v.value), Some(b"new".to_vec()));
+    assert_eq!(
+        f.ctx.store.get(0, b"k5").unwrap_or_else(|e| panic!("{e}")),
+        None
+    );
 }
