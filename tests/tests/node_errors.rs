@@ -162,6 +162,7 @@ async fn bad_requests_get_documented_errors_and_change_nothing() -> anyhow::Resu
         commit_seq: 0,
         entries: Vec::new(),
         session: 1,
+        in_flight: 1,
     }
     .encode();
     let items = [(0u32, &b"garbage"[..]), (1, &stale[..]), (999, &stale[..])];

@@ -57,10 +57,14 @@ impl Replica {
 
     /// Records the receipt of the next message of the current session, taken in log order,
     /// and returns the instant its content is known to be current from: the receipt of the
-    /// message [`APPENDS_IN_FLIGHT`] before it (or of the session's first message), since
-    /// the primary sends a message only once it holds the answer to that one.
-    fn note_receipt(st: &mut State, received: Instant) -> Option<Instant> {
-        let from = st.receipts.front().copied();
+    /// message `in_flight` before it (or of the session's first message), since the primary
+    /// sends a message only once it holds the answer to that one.
+    fn note_receipt(st: &mut State, received: Instant, in_flight: u8) -> Option<Instant> {
+        let back = usize::from(in_flight).clamp(1, APPENDS_IN_FLIGHT);
+        let from = st
+            .receipts
+            .get(st.receipts.len().saturating_sub(back))
+            .copied();
         st.receipts.push_back(received);
         while st.receipts.len() > APPENDS_IN_FLIGHT {
             st.receipts.pop_front();
@@ -85,7 +89,7 @@ impl Replica {
             let (status, newer) =
                 match self.check_epoch(&mut st, msg.epoch, &msg.leader, msg.session) {
                     Ok(newer) => {
-                        Self::note_receipt(&mut st, received);
+                        Self::note_receipt(&mut st, received, 1);
                         (Status::Ok, newer)
                     }
                     Err(status) => (status, false),
@@ -131,7 +135,7 @@ impl Replica {
             // Only its commit point is taken; it tells nothing newer than what overtook it.
             return Ok(Some((None, None)));
         }
-        let current_from = Self::note_receipt(st, received);
+        let current_from = Self::note_receipt(st, received, msg.in_flight);
         let truncate = match msg.truncate_to {
             Some(t) if t < st.last.last_seq => {
                 if t < st.applied_seq || t < st.base.last_seq {

@@ -52,6 +52,10 @@ pub struct Append {
     pub commit_seq: u64,
     pub entries: Vec<Arc<LogEntry>>,
     pub session: u64,
+    /// Appends the primary keeps in flight in this session (1–4): it sent this one only
+    /// after the answer to the one this many before it. Encoded only when above 1, so the
+    /// frames of a primary without pipelining are those of older versions.
+    pub in_flight: u8,
 }
 
 /// The end of a snapshot: the position the replica's log restarts after.
@@ -228,6 +232,9 @@ impl Append {
             w.entry(e);
         }
         w.u64(self.session);
+        if self.in_flight > 1 {
+            w.u8(self.in_flight);
+        }
         w.buf
     }
     pub fn decode(b: &[u8]) -> Result<Self, CodecError> {
@@ -252,6 +259,7 @@ impl Append {
             entries.push(Arc::new(r.entry()?));
         }
         let session = read_session(&mut r)?;
+        let in_flight = if r.at_end() { 1 } else { r.u8()?.max(1) };
         r.finish()?;
         Ok(Self {
             epoch,
@@ -261,6 +269,7 @@ impl Append {
             commit_seq,
             entries,
             session,
+            in_flight,
         })
     }
 }
@@ -490,13 +499,21 @@ mod tests {
                 op: Op::Delete { key: b"k".to_vec() },
             })],
             session: 9,
+            in_flight: 1,
         }
     }
 
     #[test]
     fn frames_round_trip() {
         let a = append();
-        assert_eq!(Append::decode(&a.encode()), Ok(a));
+        assert_eq!(Append::decode(&a.encode()), Ok(a.clone()));
+        // Without pipelining an append is encoded as by versions before it; with it, the
+        // window follows the session id.
+        let mut old = a.encode();
+        assert_eq!(old.split_off(old.len() - 8), 9u64.to_le_bytes());
+        let piped = Append { in_flight: 4, ..a };
+        assert_eq!(piped.encode().len(), old.len() + 9);
+        assert_eq!(Append::decode(&piped.encode()), Ok(piped));
         let s = SnapshotChunk {
             epoch: 1,
             leader: "n".into(),

@@ -421,6 +421,7 @@ mod tests {
                 last_seq: partition * 100,
             },
             commit_seq: 0,
+            in_flight: 1,
             entries: (1..=entries)
                 .map(|i| {
                     Arc::new(LogEntry {

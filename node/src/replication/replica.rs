@@ -61,9 +61,9 @@ pub struct State {
     /// Newest replication session accepted from a primary ([`super::session`]).
     pub session: super::session::SessionId,
     /// Receipt times of the last messages of `session` taken in log order, at most
-    /// [`super::session::APPENDS_IN_FLIGHT`]: the primary sends a message only after the
-    /// answer to the one that many before it, so what a message says was true no earlier
-    /// than the oldest of these (bounds `x-staleness-ms`).
+    /// [`super::session::APPENDS_IN_FLIGHT`]: a primary keeping N appends in flight sends a
+    /// message only after the answer to the one N before it, so what a message says was
+    /// true no earlier than that one's receipt (bounds `x-staleness-ms`).
     pub receipts: VecDeque<Instant>,
 }
 

@@ -199,6 +199,7 @@ async fn session(replica: &Arc<Replica>, member: &str) -> Result<(), SessionEnd>
                 commit_seq,
                 entries,
                 session,
+                in_flight: window as u8,
             };
             let sent_last = msg.entries.last().map_or(prev, |e| LogPosition {
                 last_epoch: e.epoch,

@@ -7,9 +7,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Appends a primary keeps in flight per partition and member. A replica bounds the
-/// staleness of what a message tells it by the receipt of the message this many before it,
-/// so a primary must never keep more in flight.
+/// Most appends a primary keeps in flight per partition and member (`--appends-in-flight`).
+/// Each append names its primary's window; a replica bounds the staleness of what a message
+/// tells it by the receipt of the message that many before it, and remembers this many.
 pub const APPENDS_IN_FLIGHT: usize = 4;
 
 /// A session as the replica compares them: the primary's epoch, then its session id.

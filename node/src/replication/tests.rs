@@ -89,6 +89,7 @@ pub(super) fn append(
         commit_seq: commit,
         entries,
         session: 0,
+        in_flight: 1,
     }
 }
 
