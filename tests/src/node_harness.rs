@@ -483,6 +483,26 @@ impl Cluster {
         Ok(())
     }
 
+    /// Installs one partition led by node-0 and followed by node-1 and node-2 (all in sync),
+    /// keeps every node's lease fresh (4 s leases) and waits until node-0 acknowledges a
+    /// first write of `key`. Returns the heartbeat task's guard.
+    pub async fn lead_one_partition(&self, key: &str, value: &[u8]) -> anyhow::Result<TaskGuard> {
+        let map = self.map_round_robin(1, 3, 2);
+        self.install(&map).await?;
+        let beats = self.heartbeat_in_background(Duration::from_secs(4)).await?;
+        wait_until(
+            Duration::from_secs(20),
+            "the primary accepts writes",
+            || async {
+                let (status, _) = self.put(0, key, value.to_vec()).await.ok()?;
+                matches!(status, 200 | 201).then_some(())
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", self.logs(30)))?;
+        Ok(beats)
+    }
+
     /// Heartbeats every node (by peer address, as of now) every `lease / 4` until the
     /// guard is dropped. Nodes in [`Cluster::heartbeat_skip`] are left out; unreachable
     /// nodes are ignored. The first round is sent before this returns, so every running

@@ -4,7 +4,7 @@
 //! held by the test-only hook of debug builds (`SHARDEDSTORE_TEST_APPLY_HOLD_FILE`) while
 //! writes go on committing.
 
-use shardedstore_tests::node_harness::{Cluster, NodeOptions, wait_until};
+use shardedstore_tests::node_harness::{Cluster, NodeOptions};
 use std::time::Duration;
 
 const APPLY_HOLD: &str = "SHARDEDSTORE_TEST_APPLY_HOLD_FILE";
@@ -42,21 +42,7 @@ async fn reads_at_the_primary_never_miss_a_write_acknowledged_before_its_apply()
         anyhow::bail!("{e}\n{}", cluster.logs(30));
     }
     // One partition led by node-0 and followed by node-1 and node-2, all in sync.
-    let map = cluster.map_round_robin(1, 3, 2);
-    cluster.install(&map).await?;
-    let _beats = cluster
-        .heartbeat_in_background(Duration::from_secs(4))
-        .await?;
-    wait_until(
-        Duration::from_secs(20),
-        "the primary accepts writes",
-        || async {
-            let (status, _) = cluster.put(0, "k", b"v1".to_vec()).await.ok()?;
-            matches!(status, 200 | 201).then_some(())
-        },
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", cluster.logs(30)))?;
+    let _beats = cluster.lead_one_partition("k", b"v1").await?;
 
     std::fs::write(&hold, b"")?;
     // Acknowledged at commit although the primary applies nothing now.

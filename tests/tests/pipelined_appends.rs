@@ -19,21 +19,7 @@ async fn pipelined_appends_replicate_every_acknowledged_write() -> anyhow::Resul
     let cluster = Arc::new(Cluster::start(3, options)?);
     cluster.wait_healthy().await?;
     // One partition led by node-0, followed by node-1 and node-2, all in sync.
-    let map = cluster.map_round_robin(1, 3, 2);
-    cluster.install(&map).await?;
-    let _beats = cluster
-        .heartbeat_in_background(Duration::from_secs(4))
-        .await?;
-    wait_until(
-        Duration::from_secs(20),
-        "the primary accepts writes",
-        || async {
-            let (status, _) = cluster.put(0, "warm-up", b"w".to_vec()).await.ok()?;
-            matches!(status, 200 | 201).then_some(())
-        },
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", cluster.logs(30)))?;
+    let _beats = cluster.lead_one_partition("warm-up", b"w").await?;
 
     let writers = (0..WRITERS).map(|w| {
         let cluster = cluster.clone();

@@ -37,11 +37,7 @@ async fn write_phases_count_every_replicated_write() -> anyhow::Result<()> {
     let cluster = Cluster::start(3, NodeOptions::default())?;
     cluster.wait_healthy().await?;
     // One partition led by node-0, followed by node-1 and node-2, all in sync.
-    let map = cluster.map_round_robin(1, 3, 2);
-    cluster.install(&map).await?;
-    let _beats = cluster
-        .heartbeat_in_background(Duration::from_secs(4))
-        .await?;
+    let _beats = cluster.lead_one_partition("warm-up", b"w").await?;
 
     let text = cluster.metrics(0).await?;
     for p in PHASES {
@@ -50,16 +46,6 @@ async fn write_phases_count_every_replicated_write() -> anyhow::Result<()> {
             "phase {p} is not exported:\n{text}"
         );
     }
-    wait_until(
-        Duration::from_secs(20),
-        "the primary accepts writes",
-        || async {
-            let (status, _) = cluster.put(0, "warm-up", b"w".to_vec()).await.ok()?;
-            matches!(status, 200 | 201).then_some(())
-        },
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", cluster.logs(30)))?;
 
     // Acknowledged at commit: wait until the warm-up writes' apply was counted too.
     let applied = PHASES.iter().position(|p| *p == "applied").unwrap_or(0);
