@@ -87,12 +87,10 @@ impl LogTail {
             return (u64::MAX, Vec::new());
         };
         let start = run.front().map_or(u64::MAX, |e| e.seq);
-        let skip = usize::try_from(from.saturating_sub(start)).unwrap_or(usize::MAX);
+        let first = run.partition_point(|e| e.seq < from);
         let entries = run
-            .iter()
-            .skip(skip)
+            .range(first..)
             .take_while(|e| e.seq <= to)
-            .filter(|e| e.seq >= from)
             .cloned()
             .collect();
         (start, entries)
