@@ -90,6 +90,7 @@ impl Replica {
                 match self.check_epoch(&mut st, msg.epoch, &msg.leader, msg.session) {
                     Ok(newer) => {
                         Self::note_receipt(&mut st, received, 1);
+                        st.probed = Some(st.session);
                         (Status::Ok, newer)
                     }
                     Err(status) => (status, false),
@@ -128,10 +129,11 @@ impl Replica {
         if st.installing.is_some() {
             return Err(Self::reply(st, Status::Mismatch));
         }
-        if msg.truncate_to.is_none() && msg.prev.last_seq > st.last.last_seq {
+        let pipelined = Self::pipelined(st, msg);
+        if pipelined && msg.truncate_to.is_none() && msg.prev.last_seq > st.last.last_seq {
             return Ok(None);
         }
-        if Self::overtaken(st, msg) {
+        if pipelined && Self::overtaken(st, msg) {
             // Only its commit point is taken; it tells nothing newer than what overtook it.
             return Ok(Some((None, None)));
         }
@@ -164,6 +166,16 @@ impl Replica {
             _ => None,
         };
         Ok(Some((truncate, current_from)))
+    }
+
+    /// Whether `msg` belongs to a pipelined session (its primary keeps more than one append in
+    /// flight) that this process answered the probe of. Only then may an append arrive
+    /// ahead of, or after, another one of its session. Any other append that does not
+    /// continue the log is refused at once, as it always was: it comes from a session that
+    /// believes this log holds what it does not (a process restarted on an empty disk, say),
+    /// and only the refusal makes the primary probe again and forget that belief.
+    fn pipelined(st: &State, msg: &Append) -> bool {
+        msg.in_flight > 1 && st.probed == Some((msg.epoch, msg.session))
     }
 
     /// Whether `msg` is an append without entries that a later append of its session
@@ -229,7 +241,7 @@ impl Replica {
             // How far this log is known to match the primary's once the entries are in.
             let known = if st.last == msg.prev {
                 msg.entries.last().map_or(msg.prev.last_seq, |e| e.seq)
-            } else if Self::overtaken(&st, &msg) {
+            } else if Self::pipelined(&st, &msg) && Self::overtaken(&st, &msg) {
                 msg.prev.last_seq
             } else {
                 return Ok(Self::reply(&st, Status::Mismatch));

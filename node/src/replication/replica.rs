@@ -65,6 +65,9 @@ pub struct State {
     /// message only after the answer to the one N before it, so what a message says was
     /// true no earlier than that one's receipt (bounds `x-staleness-ms`).
     pub receipts: VecDeque<Instant>,
+    /// The newest session whose probe this process answered (a pipelined session's appends
+    /// may arrive out of order only once it was probed here).
+    pub probed: Option<super::session::SessionId>,
 }
 
 /// One partition held by this node.
@@ -110,6 +113,7 @@ impl Replica {
             unproven: disk.unproven,
             session: (0, 0),
             receipts: VecDeque::new(),
+            probed: None,
         };
         let phases = crate::metrics::WritePhases::new(&ctx.metrics.write_phase_seconds);
         Arc::new(Self {

@@ -1,7 +1,7 @@
 //! Unit tests of a replica against a real (temporary) database: log append and truncation,
 //! epoch fencing, group-commit wake-ups, snapshot + tail install.
 
-use super::frame::{Append, SnapshotChunk, SnapshotEnd, Status};
+use super::frame::{Append, Probe, SnapshotChunk, SnapshotEnd, Status};
 use super::primary::{Condition, ServeError};
 use super::replica::Replica;
 use crate::admin_api::{AdmitRequest, AdmitResponse, LogPosition};
@@ -596,26 +596,44 @@ async fn an_admission_wakes_when_the_learner_acknowledges_on_an_idle_partition()
     assert!(answer.ready, "{answer:?}");
 }
 
+/// An append of a session whose primary keeps `in_flight` appends in flight.
+fn piped(append: Append, in_flight: u8) -> Append {
+    Append {
+        in_flight,
+        ..append
+    }
+}
+
+async fn probe(r: &Replica, epoch: u64) {
+    let reply = r
+        .handle_probe(Probe {
+            epoch,
+            leader: "primary".into(),
+            session: 0,
+        })
+        .await;
+    assert_eq!(reply.status, Status::Ok);
+}
+
 /// Appends are pipelined: one sent after another may arrive first. It waits for its
 /// predecessor, and both are taken in log order.
 #[tokio::test]
 async fn appends_arriving_out_of_order_are_taken_in_log_order() {
     let f = plain("f");
     let r = Replica::new(f.ctx.clone(), 0, PartitionDisk::default());
+    probe(&r, 1).await;
     let second = {
         let r = r.clone();
         let entries = vec![put(1, 3, "c", "3"), put(1, 4, "d", "4")];
-        tokio::spawn(async move {
-            r.handle_append(append(1, pos(1, 2), None, 0, entries))
-                .await
-        })
+        let msg = piped(append(1, pos(1, 2), None, 0, entries), 4);
+        tokio::spawn(async move { r.handle_append(msg).await })
     };
     let mut second = std::pin::pin!(second);
     let early = tokio::time::timeout(Duration::from_millis(300), &mut second).await;
     assert!(early.is_err(), "taken before its predecessor: {early:?}");
     let first = vec![put(1, 1, "a", "1"), put(1, 2, "b", "2")];
     let reply = r
-        .handle_append(append(1, pos(0, 0), None, 0, first))
+        .handle_append(piped(append(1, pos(0, 0), None, 0, first), 4))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((reply.status, reply.last), (Status::Ok, pos(1, 2)));
@@ -625,6 +643,24 @@ async fn appends_arriving_out_of_order_are_taken_in_log_order() {
         other => panic!("the second append: {other:?}"),
     };
     assert_eq!((reply.status, reply.last), (Status::Ok, pos(1, 4)));
+
+    // Without pipelining, or from a session this process never answered the probe of (a
+    // primary that believes this log holds what it does not, say after a restart on an
+    // empty disk), an append beyond the log's end is refused at once: only the refusal
+    // makes the primary probe again.
+    for msg in [
+        append(1, pos(1, 9), None, 0, vec![put(1, 10, "x", "y")]),
+        Append {
+            session: 7,
+            ..piped(append(1, pos(1, 9), None, 0, vec![put(1, 10, "x", "y")]), 4)
+        },
+    ] {
+        let reply = tokio::time::timeout(Duration::from_secs(1), r.handle_append(msg)).await;
+        assert!(
+            matches!(&reply, Ok(Ok(reply)) if reply.status == Status::Mismatch),
+            "{reply:?}"
+        );
+    }
 }
 
 /// An empty append (a commit point) overtaken by the append that truncates a divergent
@@ -644,8 +680,9 @@ async fn an_overtaken_empty_append_commits_only_up_to_where_it_was_sent_from() {
 
     // The primary of epoch 2 holds 1..=3 of epoch 1 and its own 4, committed up to 4. Its
     // truncating append (sent first, from 3) is overtaken by an empty one sent from 3 too.
+    probe(&r, 2).await;
     let reply = r
-        .handle_append(append(2, pos(1, 3), None, 4, vec![]))
+        .handle_append(piped(append(2, pos(1, 3), None, 4, vec![]), 4))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(reply.status, Status::Ok);
