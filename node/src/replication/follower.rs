@@ -17,6 +17,16 @@ use std::time::{Duration, Instant};
 /// predecessor's arrival, ends the wait at once.
 const PREDECESSOR_WAIT: Duration = Duration::from_secs(2);
 
+/// What [`Replica::take_in_order`] took of an append that may go on.
+struct InOrder {
+    /// The divergent suffix to truncate durably: after this seq, leaving this history.
+    truncate: Option<(u64, EpochHistory)>,
+    /// The instant the append's content is current from (bounds `x-staleness-ms`).
+    current_from: Option<Instant>,
+    /// An empty append a later one of its session overtook ([`Replica::overtaken`]).
+    overtaken: bool,
+}
+
 impl Replica {
     /// Checks a replication message's epoch and session; `Err(status)` rejects it, `Ok(true)`
     /// accepts it as the first of a newer session: the caller then calls [`Replica::bump`]
@@ -113,16 +123,15 @@ impl Replica {
 
     /// The part of an append taken under the write lock before anything is written: checks
     /// epoch and session, and truncates a divergent suffix in memory when asked. `Ok(None)`:
-    /// an append sent before this one has not arrived yet. `Ok(Some(..))`: the truncation to
-    /// make durable, if any, and the instant this message's content is current from.
-    #[allow(clippy::type_complexity)]
+    /// an append sent before this one has not arrived yet. `Ok(Some(..))`: what the rest of
+    /// the append needs ([`InOrder`]).
     fn take_in_order(
         &self,
         st: &mut State,
         msg: &Append,
         received: Instant,
         newer: &mut bool,
-    ) -> Result<Option<(Option<(u64, EpochHistory)>, Option<Instant>)>, Reply> {
+    ) -> Result<Option<InOrder>, Reply> {
         *newer = self
             .check_epoch(st, msg.epoch, &msg.leader, msg.session)
             .map_err(|status| Self::reply(st, status))?;
@@ -135,7 +144,11 @@ impl Replica {
         }
         if pipelined && Self::overtaken(st, msg) {
             // Only its commit point is taken; it tells nothing newer than what overtook it.
-            return Ok(Some((None, None)));
+            return Ok(Some(InOrder {
+                truncate: None,
+                current_from: None,
+                overtaken: true,
+            }));
         }
         let current_from = Self::note_receipt(st, received, msg.in_flight);
         let truncate = match msg.truncate_to {
@@ -165,7 +178,11 @@ impl Replica {
             }
             _ => None,
         };
-        Ok(Some((truncate, current_from)))
+        Ok(Some(InOrder {
+            truncate,
+            current_from,
+            overtaken: false,
+        }))
     }
 
     /// Whether `msg` belongs to a pipelined session (its primary keeps more than one append in
@@ -198,7 +215,7 @@ impl Replica {
     pub async fn handle_append(self: &Arc<Self>, msg: Append) -> Result<Reply, StorageError> {
         let received = Instant::now();
         let deadline = tokio::time::Instant::now() + PREDECESSOR_WAIT;
-        let (_w, truncate, current_from) = loop {
+        let (_w, taken) = loop {
             let mut progress = self.progress_tx.subscribe();
             let w = self.write_lock.lock().await;
             let mut newer = false;
@@ -211,7 +228,7 @@ impl Replica {
             }
             match step {
                 Err(reply) => return Ok(reply),
-                Ok(Some((truncate, current_from))) => break (w, truncate, current_from),
+                Ok(Some(taken)) => break (w, taken),
                 Ok(None) => {
                     // The primary keeps several appends in flight and they travel in
                     // separate requests: one sent earlier has not been appended yet.
@@ -226,6 +243,11 @@ impl Replica {
                 }
             }
         };
+        let InOrder {
+            truncate,
+            current_from,
+            overtaken,
+        } = taken;
         if let Some((after_seq, history)) = truncate {
             self.ctx
                 .writer
@@ -241,7 +263,7 @@ impl Replica {
             // How far this log is known to match the primary's once the entries are in.
             let known = if st.last == msg.prev {
                 msg.entries.last().map_or(msg.prev.last_seq, |e| e.seq)
-            } else if Self::pipelined(&st, &msg) && Self::overtaken(&st, &msg) {
+            } else if overtaken {
                 msg.prev.last_seq
             } else {
                 return Ok(Self::reply(&st, Status::Mismatch));
