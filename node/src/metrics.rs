@@ -4,8 +4,8 @@
 //! seconds, and every label takes a bounded set of values (never a key or an error text).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::time::Instant;
 
@@ -43,6 +43,9 @@ pub struct NodeMetrics {
     pub log_entries: IntGauge,
     pub forwarded_requests: IntCounter,
     pub rejected_frames: IntCounter,
+    /// Append streams open between this node and others (`side`: `outgoing` to the members of
+    /// partitions this node leads, `incoming` from their primaries).
+    pub append_streams: IntGaugeVec,
     /// Primary: time from a write's arrival at its partition to each [`WritePhase`].
     pub write_phase_seconds: HistogramVec,
     /// Follower: time from an append's arrival to its entries being durable.
@@ -128,6 +131,13 @@ impl NodeMetrics {
             "shardedstore_rejected_peer_frames_total",
             "Malformed replication frames rejected on the peer port",
         )?;
+        let append_streams = IntGaugeVec::new(
+            Opts::new(
+                "shardedstore_append_streams",
+                "Append streams open between this node and other nodes, by side (outgoing, incoming)",
+            ),
+            &["side"],
+        )?;
         let write_phase_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "shardedstore_write_phase_duration_seconds",
@@ -162,6 +172,7 @@ impl NodeMetrics {
         registry.register(Box::new(log_entries.clone()))?;
         registry.register(Box::new(forwarded_requests.clone()))?;
         registry.register(Box::new(rejected_frames.clone()))?;
+        registry.register(Box::new(append_streams.clone()))?;
         registry.register(Box::new(write_phase_seconds.clone()))?;
         let tls_reloads = IntCounterVec::new(
             Opts::new(
@@ -190,6 +201,7 @@ impl NodeMetrics {
             log_entries,
             forwarded_requests,
             rejected_frames,
+            append_streams,
             write_phase_seconds,
             append_round_trip_seconds,
             follower_append_seconds,

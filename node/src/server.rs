@@ -162,7 +162,8 @@ pub async fn run(cfg: NodeConfig) -> Result<(), ServerError> {
         &outgoing,
         https,
         cfg.host,
-    )?;
+    )?
+    .counting_streams_in(metrics.append_streams.with_label_values(&["outgoing"]));
     let ctx = Arc::new(Ctx::new(
         cfg.node_id.clone(),
         cfg.store.clone(),
@@ -198,6 +199,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), ServerError> {
         node: node.clone(),
         token,
         max_body: cfg.max_peer_body_bytes,
+        shutdown: shutdown.clone(),
     });
     let client_listener = bind(cfg.client_addr).await?;
     let peer_listener = bind(cfg.peer_addr).await?;
@@ -223,7 +225,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), ServerError> {
         tokio::spawn(serve::serve(
             peer_listener,
             peer_tls,
-            warp::service(peer_api::routes(peer)),
+            peer_api::PeerService::new(peer.clone(), warp::service(peer_api::routes(peer))),
             shutdown.clone(),
         )),
         tokio::spawn(serve::serve(

@@ -9,12 +9,16 @@ use crate::replication::frame::{
     Append, AppendBatch, BatchReply, Probe, Reply, SnapshotChunk, Status,
 };
 use crate::replication::primary::AdminRefusal;
+use crate::replication::stream::{self, STREAM_PATH, STREAM_PROTOCOL};
 use crate::storage::codec::CodecError;
 use bytes::{Buf, Bytes};
 use futures::Stream;
 use http::{HeaderMap, Method, StatusCode};
+use hyper::body::Incoming;
+use std::convert::Infallible;
 use std::sync::Arc;
-use warp::Filter;
+use tokio_util::sync::CancellationToken;
+use warp::{Filter, Reply as _};
 
 /// State of the peer server.
 pub struct PeerApi {
@@ -22,6 +26,51 @@ pub struct PeerApi {
     pub token: String,
     /// Largest replication frame or admin body accepted (`--max-peer-body-bytes`).
     pub max_body: usize,
+    /// Ends the append streams when the node shuts down.
+    pub shutdown: CancellationToken,
+}
+
+/// The peer port's service: `GET /peer/v1/stream` opens an append stream (an HTTP/1.1
+/// upgrade, see [`crate::replication::stream`]); every other request goes to `routes`.
+#[derive(Clone)]
+pub struct PeerService<S> {
+    api: Arc<PeerApi>,
+    routes: S,
+}
+
+impl<S> PeerService<S> {
+    pub fn new(api: Arc<PeerApi>, routes: S) -> Self {
+        Self { api, routes }
+    }
+}
+
+impl<S> tower_service::Service<http::Request<Incoming>> for PeerService<S>
+where
+    S: tower_service::Service<
+            http::Request<Incoming>,
+            Response = warp::reply::Response,
+            Error = Infallible,
+        >,
+    S::Future: Send + 'static,
+{
+    type Response = warp::reply::Response;
+    type Error = Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        self.routes.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Incoming>) -> Self::Future {
+        if req.uri().path() == STREAM_PATH {
+            let answer = self.api.open_stream(req).into_response();
+            return Box::pin(std::future::ready(Ok(answer)));
+        }
+        Box::pin(self.routes.call(req))
+    }
 }
 
 /// The warp filter serving the peer port.
@@ -203,17 +252,84 @@ impl PeerApi {
         }
     }
 
+    /// `GET /peer/v1/stream`: checks the peer token once and upgrades the connection to an
+    /// append stream, whose batches are each handled as [`Self::append_batch`] handles one.
+    fn open_stream(self: &Arc<Self>, mut req: http::Request<Incoming>) -> Answer {
+        if let Err(e) = common::check_token(req.headers(), &self.token) {
+            tracing::warn!(path = STREAM_PATH, error = %e, "peer request refused");
+            return e.answer();
+        }
+        let asks = req
+            .headers()
+            .get(http::header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case(STREAM_PROTOCOL));
+        if req.method() != Method::GET || req.version() != http::Version::HTTP_11 || !asks {
+            return common::error(
+                StatusCode::BAD_REQUEST,
+                "bad_upgrade",
+                format!("{STREAM_PATH} takes an HTTP/1.1 GET with `upgrade: {STREAM_PROTOCOL}`"),
+            );
+        }
+        let upgrade = hyper::upgrade::on(&mut req);
+        let api = self.clone();
+        tokio::spawn(async move {
+            let io = match upgrade.await {
+                Ok(io) => hyper_util::rt::TokioIo::new(io),
+                Err(e) => {
+                    tracing::debug!(error = %e, "append stream upgrade failed");
+                    return;
+                }
+            };
+            let _open = stream::Counted::new(
+                api.node
+                    .ctx
+                    .metrics
+                    .append_streams
+                    .with_label_values(&["incoming"]),
+            );
+            let handler = api.clone();
+            stream::serve(io, api.max_body, api.shutdown.clone(), move |payload| {
+                let api = handler.clone();
+                async move {
+                    match api.handle_batch(&payload).await {
+                        Ok(reply) => (stream::STATUS_OK, reply.encode()),
+                        Err(e) => (stream::STATUS_BAD_FRAME, e.to_string().into_bytes()),
+                    }
+                }
+            })
+            .await;
+        });
+        let mut r = http::Response::new(Bytes::new());
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = r.headers_mut();
+        headers.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
+        headers.insert(
+            http::header::UPGRADE,
+            http::HeaderValue::from_static(STREAM_PROTOCOL),
+        );
+        r
+    }
+
     /// `POST /peer/v1/appends`: the appends of several partitions, each handled as if it had
     /// come alone, all at once (their durable writes share the writer's group commit).
     async fn append_batch(&self, body: &Bytes) -> Answer {
-        let batch = match AppendBatch::decode(body) {
-            Ok(b) => b,
-            Err(e) => {
-                self.node.ctx.metrics.rejected_frames.inc();
-                tracing::warn!(error = %e, "rejected a malformed batch of appends");
-                return common::error(StatusCode::BAD_REQUEST, "bad_frame", e.to_string());
-            }
-        };
+        match self.handle_batch(body).await {
+            Ok(reply) => octets(reply.encode()),
+            Err(e) => common::error(StatusCode::BAD_REQUEST, "bad_frame", e.to_string()),
+        }
+    }
+
+    /// Handles every append of an encoded [`AppendBatch`]; the error when it is malformed
+    /// (counted and logged).
+    async fn handle_batch(&self, body: &[u8]) -> Result<BatchReply, CodecError> {
+        let batch = AppendBatch::decode(body).inspect_err(|e| {
+            self.node.ctx.metrics.rejected_frames.inc();
+            tracing::warn!(error = %e, "rejected a malformed batch of appends");
+        })?;
         let handled = batch.items.into_iter().map(|(p, frame)| {
             let node = self.node.clone();
             async move {
@@ -232,7 +348,7 @@ impl PeerApi {
             }
         });
         let items = futures::future::join_all(handled).await;
-        octets(BatchReply { items }.encode())
+        Ok(BatchReply { items })
     }
 
     async fn install_map(&self, body: &Bytes) -> Answer {

@@ -113,7 +113,10 @@ where
         tower_service::Service::call(&mut svc, req)
     });
     let builder = auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = watcher.watch(builder.serve_connection(io, service)).await {
+    if let Err(e) = watcher
+        .watch(builder.serve_connection_with_upgrades(io, service))
+        .await
+    {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }

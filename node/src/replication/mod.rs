@@ -11,6 +11,7 @@ pub mod replica;
 pub mod roles;
 pub mod sender;
 pub mod session;
+pub mod stream;
 
 #[cfg(test)]
 mod safety_tests;

@@ -9,14 +9,16 @@
 //! member; they may reach it in different requests, and the member takes them in log order.
 
 use super::frame::{AppendBatch, BatchReply, Reply};
+use super::stream::{STATUS_OK, STATUS_TOO_LARGE, STREAM_PATH, STREAM_PROTOCOL, StreamConn};
 use crate::map::PartitionId;
 use crate::storage::codec::CodecError;
 use crate::tls::ClientTls;
+use prometheus::IntGauge;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 /// Batched append requests in flight per destination node.
 pub const BATCH_WINDOW: usize = 4;
@@ -27,6 +29,23 @@ const BATCH_MAX_ITEMS: usize = 1024;
 /// A destination's batching task ends after this long without an append (its node may be
 /// gone for good, e.g. a pod that came back under another address).
 const BATCH_IDLE: Duration = Duration::from_secs(60);
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How a batching task reaches its destination node.
+enum Route {
+    /// Over an append stream (opened when the first batch needs it, again after it ended).
+    Stream(Option<StreamConn>),
+    /// One `POST /peer/v1/appends` per batch: the destination does not know streams.
+    Requests,
+}
+
+/// Why a stream was not opened.
+enum OpenError {
+    /// The destination does not know streams (a node of an older version).
+    Unsupported,
+    Failed(PeerError),
+}
 
 /// Why a replication call failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +74,8 @@ pub enum PeerError {
         #[source]
         source: CodecError,
     },
+    #[error("creating the peer client's stream gauge")]
+    Metric(#[source] prometheus::Error),
     #[error("sending a batch of appends to {addr}: {reason}")]
     Batch { addr: String, reason: String },
 }
@@ -76,7 +97,13 @@ struct Batchers {
 #[derive(Clone)]
 pub struct PeerClient {
     http: reqwest::Client,
+    /// HTTP/1.1 only and without a total timeout: opens append streams (an upgrade).
+    streams: reqwest::Client,
     token: String,
+    /// How long a request, or a batch on a stream, may wait for its answer.
+    timeout: Duration,
+    /// Counts the append streams open to other nodes.
+    open_streams: IntGauge,
     /// `https` when the store's peer ports serve TLS.
     scheme: &'static str,
     batchers: Arc<Batchers>,
@@ -104,17 +131,37 @@ impl PeerClient {
             .map_err(PeerError::Tls)?
             .local_address(local)
             .timeout(timeout)
-            .connect_timeout(Duration::from_secs(2))
+            .connect_timeout(CONNECT_TIMEOUT)
             .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(PeerError::Build)?;
+        let streams = crate::tls::http_client_builder(tls)
+            .map_err(PeerError::Tls)?
+            .local_address(local)
+            .http1_only()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .pool_max_idle_per_host(0)
             .tcp_nodelay(true)
             .build()
             .map_err(PeerError::Build)?;
         Ok(Self {
             http,
+            streams,
             token,
+            timeout,
+            open_streams: IntGauge::new("append_streams", "open append streams")
+                .map_err(PeerError::Metric)?,
             scheme: crate::tls::scheme(https),
             batchers: Arc::default(),
         })
+    }
+
+    /// Counts the append streams this client opens in `gauge` (it counts in a gauge of its
+    /// own otherwise).
+    pub fn counting_streams_in(mut self, gauge: IntGauge) -> Self {
+        self.open_streams = gauge;
+        self
     }
 
     /// Queues one encoded [`super::frame::Append`] of `partition` for the node at `addr` now,
@@ -175,6 +222,7 @@ impl PeerClient {
         // Set when the destination does not know batches (a node of an older version during
         // a rolling upgrade): its appends then go one per request.
         let single = Arc::new(AtomicBool::new(false));
+        let mut route = Route::Stream(None);
         loop {
             let first = match tokio::time::timeout(BATCH_IDLE, rx.recv()).await {
                 Ok(Some(item)) => item,
@@ -208,6 +256,20 @@ impl PeerClient {
                     Err(_) => break,
                 }
             }
+            let (batch, slot) = match &mut route {
+                Route::Stream(conn) => match self.stream_batch(&addr, conn, batch, slot).await {
+                    None => continue,
+                    Some(unsent) => {
+                        tracing::info!(
+                            to = addr,
+                            "peer does not take append streams: sending batches as requests"
+                        );
+                        route = Route::Requests;
+                        unsent
+                    }
+                },
+                Route::Requests => (batch, slot),
+            };
             let client = self.clone();
             let addr = addr.clone();
             let single = single.clone();
@@ -218,30 +280,145 @@ impl PeerClient {
         }
     }
 
+    /// Sends `batch` on the stream to `addr` (opening one when there is none or it ended)
+    /// and has a task hand out the replies and then free `slot`. Gives both back when the
+    /// destination does not know streams.
+    async fn stream_batch(
+        &self,
+        addr: &str,
+        conn: &mut Option<StreamConn>,
+        batch: Vec<Queued>,
+        slot: OwnedSemaphorePermit,
+    ) -> Option<(Vec<Queued>, OwnedSemaphorePermit)> {
+        if conn.as_ref().is_none_or(StreamConn::is_ended) {
+            *conn = None;
+            match self.open_stream(addr).await {
+                Ok(c) => *conn = Some(c),
+                Err(OpenError::Unsupported) => return Some((batch, slot)),
+                Err(OpenError::Failed(e)) => {
+                    fail(addr, batch, &e);
+                    return None;
+                }
+            }
+        }
+        let stream = conn.as_mut()?;
+        let body = AppendBatch::encode(batch.iter().map(|q| (q.partition, q.frame.as_slice())));
+        let sent = match tokio::time::timeout(self.timeout, stream.send(&body)).await {
+            Ok(Ok(rx)) => rx,
+            Ok(Err(e)) => {
+                *conn = None;
+                fail(addr, batch, &stream_error(addr, e.to_string()));
+                return None;
+            }
+            Err(_) => {
+                *conn = None;
+                fail(
+                    addr,
+                    batch,
+                    &stream_error(addr, "sending a batch timed out".into()),
+                );
+                return None;
+            }
+        };
+        let ender = stream.ender();
+        let (client, addr) = (self.clone(), addr.to_owned());
+        tokio::spawn(async move {
+            match tokio::time::timeout(client.timeout, sent).await {
+                Ok(Ok(reply)) if reply.status == STATUS_OK => {
+                    let outcome = decode_batch_reply(&addr, &reply.body, batch.len());
+                    hand_out(&addr, batch, outcome);
+                }
+                Ok(Ok(reply)) if reply.status == STATUS_TOO_LARGE => {
+                    client.send_each(&addr, batch).await;
+                }
+                Ok(Ok(reply)) => {
+                    let e = PeerError::Status {
+                        addr: addr.clone(),
+                        kind: "append batch",
+                        status: reply.status,
+                    };
+                    fail(&addr, batch, &e);
+                }
+                Ok(Err(_)) => fail(
+                    &addr,
+                    batch,
+                    &stream_error(&addr, "the stream ended".into()),
+                ),
+                Err(_) => {
+                    // The member may be gone without a word: no later reply can be trusted
+                    // to come either, so the stream ends and the next batch opens a new one.
+                    ender.cancel();
+                    let reason = format!("no answer within {:?}", client.timeout);
+                    fail(&addr, batch, &stream_error(&addr, reason));
+                }
+            }
+            drop(slot);
+        });
+        None
+    }
+
+    /// Opens an append stream to `addr`: an HTTP/1.1 upgrade carrying the peer token.
+    async fn open_stream(&self, addr: &str) -> Result<StreamConn, OpenError> {
+        let kind = "append stream";
+        let url = format!("{}://{addr}{STREAM_PATH}", self.scheme);
+        let request = self
+            .streams
+            .get(url)
+            .bearer_auth(&self.token)
+            .header(PEER_PROTOCOL_HEADER, "1")
+            .header(http::header::CONNECTION, "upgrade")
+            .header(http::header::UPGRADE, STREAM_PROTOCOL)
+            .send();
+        let failed = |reason: String| {
+            OpenError::Failed(PeerError::Batch {
+                addr: addr.to_owned(),
+                reason,
+            })
+        };
+        let resp = match tokio::time::timeout(self.timeout, request).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(source)) => {
+                return Err(OpenError::Failed(PeerError::Send {
+                    addr: addr.to_owned(),
+                    kind,
+                    source,
+                }));
+            }
+            Err(_) => return Err(failed("opening an append stream timed out".into())),
+        };
+        match resp.status().as_u16() {
+            101 => {}
+            404 | 405 => return Err(OpenError::Unsupported),
+            status => {
+                return Err(OpenError::Failed(PeerError::Status {
+                    addr: addr.to_owned(),
+                    kind,
+                    status,
+                }));
+            }
+        }
+        match tokio::time::timeout(self.timeout, resp.upgrade()).await {
+            Ok(Ok(io)) => Ok(StreamConn::new(io, self.open_streams.clone())),
+            Ok(Err(source)) => Err(OpenError::Failed(PeerError::Send {
+                addr: addr.to_owned(),
+                kind,
+                source,
+            })),
+            Err(_) => Err(failed("the append stream's upgrade timed out".into())),
+        }
+    }
+
     /// Sends `batch` to `addr` and hands every append its outcome.
     async fn send_batch(&self, addr: &str, batch: Vec<Queued>, single: &AtomicBool) {
         if batch.len() == 1 || single.load(Ordering::Relaxed) {
             return self.send_each(addr, batch).await;
         }
         let body = AppendBatch::encode(batch.iter().map(|q| (q.partition, q.frame.as_slice())));
-        let kind = "append batch";
-        let outcome = match self.post(addr, "/peer/v1/appends", kind, body).await {
-            Ok(bytes) => BatchReply::decode(&bytes)
-                .map_err(|source| PeerError::Decode {
-                    addr: addr.to_owned(),
-                    kind,
-                    source,
-                })
-                .and_then(|r| {
-                    if r.items.len() == batch.len() {
-                        Ok(r.items)
-                    } else {
-                        Err(PeerError::Batch {
-                            addr: addr.to_owned(),
-                            reason: format!("{} answers to {} appends", r.items.len(), batch.len()),
-                        })
-                    }
-                }),
+        let outcome = match self
+            .post(addr, "/peer/v1/appends", "append batch", body)
+            .await
+        {
+            Ok(bytes) => decode_batch_reply(addr, &bytes, batch.len()),
             Err(PeerError::Status { status, .. }) if status == 404 || status == 413 => {
                 // 404: a node that predates batches. 413: the batch is over the member's
                 // body limit although each append alone may not be.
@@ -256,26 +433,7 @@ impl PeerClient {
             }
             Err(e) => Err(e),
         };
-        match outcome {
-            Ok(items) => {
-                for (q, item) in batch.into_iter().zip(items) {
-                    let _ = q.reply.send(item.map_err(|status| PeerError::Status {
-                        addr: addr.to_owned(),
-                        kind: "append",
-                        status,
-                    }));
-                }
-            }
-            Err(e) => {
-                let reason = e.to_string();
-                for q in batch {
-                    let _ = q.reply.send(Err(PeerError::Batch {
-                        addr: addr.to_owned(),
-                        reason: reason.clone(),
-                    }));
-                }
-            }
-        }
+        hand_out(addr, batch, outcome);
     }
 
     /// Sends every append of `batch` in its own request, at once.
@@ -344,6 +502,60 @@ impl PeerClient {
             kind,
             source,
         })
+    }
+}
+
+/// The items of a batch's reply, checked to be one per append sent.
+fn decode_batch_reply(
+    addr: &str,
+    bytes: &[u8],
+    sent: usize,
+) -> Result<Vec<Result<Reply, u16>>, PeerError> {
+    let r = BatchReply::decode(bytes).map_err(|source| PeerError::Decode {
+        addr: addr.to_owned(),
+        kind: "append batch",
+        source,
+    })?;
+    if r.items.len() != sent {
+        return Err(PeerError::Batch {
+            addr: addr.to_owned(),
+            reason: format!("{} answers to {sent} appends", r.items.len()),
+        });
+    }
+    Ok(r.items)
+}
+
+/// Hands every append of `batch` its item of `outcome`, or the batch's failure.
+fn hand_out(addr: &str, batch: Vec<Queued>, outcome: Result<Vec<Result<Reply, u16>>, PeerError>) {
+    match outcome {
+        Ok(items) => {
+            for (q, item) in batch.into_iter().zip(items) {
+                let _ = q.reply.send(item.map_err(|status| PeerError::Status {
+                    addr: addr.to_owned(),
+                    kind: "append",
+                    status,
+                }));
+            }
+        }
+        Err(e) => fail(addr, batch, &e),
+    }
+}
+
+/// Fails every append of `batch` with `e`.
+fn fail(addr: &str, batch: Vec<Queued>, e: &PeerError) {
+    let reason = e.to_string();
+    for q in batch {
+        let _ = q.reply.send(Err(PeerError::Batch {
+            addr: addr.to_owned(),
+            reason: reason.clone(),
+        }));
+    }
+}
+
+fn stream_error(addr: &str, reason: String) -> PeerError {
+    PeerError::Batch {
+        addr: addr.to_owned(),
+        reason: format!("append stream: {reason}"),
     }
 }
 
