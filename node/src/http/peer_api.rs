@@ -225,7 +225,7 @@ impl PeerApi {
                     }
                 }
             }
-            "append" => match handle_append(self.node.clone(), p, body).await {
+            "append" => match handle_append(self.node.clone(), p, body, Detach::Yes).await {
                 Ok(reply) => octets(reply.encode()),
                 Err(Refused::Frame(e)) => frame_error(e),
                 Err(Refused::Storage(e)) => {
@@ -292,7 +292,8 @@ impl PeerApi {
             stream::serve(io, api.max_body, api.shutdown.clone(), move |payload| {
                 let api = handler.clone();
                 async move {
-                    match api.handle_batch(&payload).await {
+                    // The stream runs each batch in a task of its own that nothing cancels.
+                    match api.handle_batch(&payload, Detach::No).await {
                         Ok(reply) => (stream::STATUS_OK, reply.encode()),
                         Err(e) => (stream::STATUS_BAD_FRAME, e.to_string().into_bytes()),
                     }
@@ -317,7 +318,7 @@ impl PeerApi {
     /// `POST /peer/v1/appends`: the appends of several partitions, each handled as if it had
     /// come alone, all at once (their durable writes share the writer's group commit).
     async fn append_batch(&self, body: &Bytes) -> Answer {
-        match self.handle_batch(body).await {
+        match self.handle_batch(body, Detach::Yes).await {
             Ok(reply) => octets(reply.encode()),
             Err(e) => common::error(StatusCode::BAD_REQUEST, "bad_frame", e.to_string()),
         }
@@ -325,7 +326,7 @@ impl PeerApi {
 
     /// Handles every append of an encoded [`AppendBatch`]; the error when it is malformed
     /// (counted and logged).
-    async fn handle_batch(&self, body: &[u8]) -> Result<BatchReply, CodecError> {
+    async fn handle_batch(&self, body: &[u8], detach: Detach) -> Result<BatchReply, CodecError> {
         let batch = AppendBatch::decode(body).inspect_err(|e| {
             self.node.ctx.metrics.rejected_frames.inc();
             tracing::warn!(error = %e, "rejected a malformed batch of appends");
@@ -333,7 +334,7 @@ impl PeerApi {
         let handled = batch.items.into_iter().map(|(p, frame)| {
             let node = self.node.clone();
             async move {
-                match handle_append(node.clone(), p, &frame).await {
+                match handle_append(node.clone(), p, &frame, detach).await {
                     Ok(reply) => Ok(reply),
                     Err(Refused::Frame(e)) => {
                         node.ctx.metrics.rejected_frames.inc();
@@ -456,10 +457,23 @@ enum Refused {
     Storage(crate::storage::StorageError),
 }
 
-/// Decodes and handles one append of partition `p` (detached from the request, so a caller
-/// that gives up does not cut its durable write short). A node without a copy answers
+/// Whether an append is handled in a task of its own, so that it completes even when the
+/// request that brought it is dropped half-way (a client that hung up).
+#[derive(Clone, Copy)]
+enum Detach {
+    Yes,
+    /// The caller is a task nothing cancels (an append stream's batch).
+    No,
+}
+
+/// Decodes and handles one append of partition `p`. A node that holds no copy answers
 /// `NotMember`.
-async fn handle_append(node: Arc<Node>, p: PartitionId, frame: &[u8]) -> Result<Reply, Refused> {
+async fn handle_append(
+    node: Arc<Node>,
+    p: PartitionId,
+    frame: &[u8],
+    detach: Detach,
+) -> Result<Reply, Refused> {
     let msg = Append::decode(frame).map_err(Refused::Frame)?;
     let Some(r) = node.replica_for_peer(p) else {
         return Ok(Reply {
@@ -468,10 +482,13 @@ async fn handle_append(node: Arc<Node>, p: PartitionId, frame: &[u8]) -> Result<
             last: Default::default(),
         });
     };
-    common::detached(async move { r.handle_append(msg).await })
-        .await
-        .unwrap_or(Err(crate::storage::StorageError::WriterGone))
-        .map_err(Refused::Storage)
+    let handled = match detach {
+        Detach::Yes => common::detached(async move { r.handle_append(msg).await })
+            .await
+            .unwrap_or(Err(crate::storage::StorageError::WriterGone)),
+        Detach::No => r.handle_append(msg).await,
+    };
+    handled.map_err(Refused::Storage)
 }
 
 /// The answer to a replication message a replica handled (detached from the request):

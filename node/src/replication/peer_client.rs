@@ -1,12 +1,16 @@
-//! HTTP client of other nodes' peer ports for replication frames (keep-alive connections).
+//! Client of other nodes' peer ports for replication frames.
 //!
 //! Appends travel in batches per destination node ([`PeerClient::append`]): every
-//! partition's replication task to that node queues its append, and one task per node sends
-//! whatever is queued as one `POST /peer/v1/appends` whenever one of its
-//! [`BATCH_WINDOW`] request slots is free. Under load the appends of many partitions share a
-//! request, a connection and the member's group commit; at low load an append leaves at once,
-//! alone. A partition keeps up to [`super::session::APPENDS_IN_FLIGHT`] appends in flight per
-//! member; they may reach it in different requests, and the member takes them in log order.
+//! partition's replication task to that node queues its append, and one task per node takes
+//! whatever is queued as one batch whenever fewer than [`BATCH_WINDOW`] batches are in flight,
+//! and writes it as one frame on the node pair's append stream ([`super::stream`]: one
+//! long-lived connection, the peer token checked once when it opens). Under load the appends
+//! of many partitions share a frame and the member's group commit; at low load an append
+//! leaves at once, alone. A destination that does not know streams (an older node) gets one
+//! `POST /peer/v1/appends` per batch instead. A partition keeps up to
+//! [`super::session::APPENDS_IN_FLIGHT`] appends in flight per member; they may reach it in
+//! different batches, and the member takes them in log order. Probes and snapshot chunks are
+//! requests on keep-alive connections.
 
 use super::frame::{AppendBatch, BatchReply, Reply};
 use super::stream::{STATUS_OK, STATUS_TOO_LARGE, STREAM_PATH, STREAM_PROTOCOL, StreamConn};
@@ -216,7 +220,7 @@ impl PeerClient {
     }
 
     /// The batching task of one destination: takes the first queued append, waits for a free
-    /// request slot (appends queued meanwhile join the batch), sends the batch.
+    /// slot in the window (appends queued meanwhile join the batch), sends the batch.
     async fn run_batches(self, addr: String, mut rx: mpsc::UnboundedReceiver<Queued>) {
         let window = Arc::new(Semaphore::new(BATCH_WINDOW));
         // Set when the destination does not know batches (a node of an older version during
