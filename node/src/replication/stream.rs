@@ -11,6 +11,14 @@
 //!   [`super::frame::BatchReply`] when `status` is 200, otherwise a message (400: the batch is
 //!   malformed; 413: it is larger than the member's `--max-peer-body-bytes`).
 //!
+//! A request frame with no payload is a *ping*: the member answers it at once with an empty
+//! reply of the same id, ahead of any batch it is still handling. The primary pings while it
+//! waits for replies and has heard nothing for [`PING_AFTER`]; a stream on which it then hears
+//! nothing for [`SILENCE_LIMIT`] ends. A member busy with a slow disk still answers pings, so
+//! this ends only streams whose connection or member is gone; without it, a connection that
+//! lost packets would stall for as long as TCP's retransmission back-off after the network
+//! came back.
+//!
 //! The member handles the batches of one stream concurrently and answers each as soon as it
 //! is done, so replies may come in any order; `id` pairs them with their requests. Either side
 //! closes the connection to end the stream; the primary then fails whatever was in flight (its
@@ -23,6 +31,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -39,6 +48,12 @@ pub const STATUS_BAD_FRAME: u16 = 400;
 pub const STATUS_TOO_LARGE: u16 = 413;
 
 const READ_BUFFER: usize = 256 * 1024;
+/// The primary pings a stream on which it waits for replies after this long without one.
+pub const PING_AFTER: Duration = Duration::from_millis(500);
+/// A stream on which the primary waited this long without hearing anything ends.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(3);
+/// The id of pings; batches never use it.
+const PING_ID: u32 = u32::MAX;
 
 /// A member's answer to one request frame.
 #[derive(Debug)]
@@ -49,6 +64,7 @@ pub struct StreamReply {
 
 /// One request frame as the member read it.
 enum Request {
+    Ping { id: u32 },
     Batch { id: u32, payload: Bytes },
     TooLarge { id: u32, len: usize },
 }
@@ -63,6 +79,9 @@ async fn read_request<R: AsyncRead + Unpin>(
     }
     let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
     let id = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    if len == 0 {
+        return Ok(Some(Request::Ping { id }));
+    }
     if len > max_frame {
         // Read past it so the stream stays in step; the primary sends its appends alone.
         let skipped = tokio::io::copy(&mut rd.take(len as u64), &mut tokio::io::sink()).await?;
@@ -116,6 +135,9 @@ where
             () = shutdown.cancelled() => break,
         };
         match next {
+            Ok(Some(Request::Ping { id })) => {
+                let _ = tx.send((id, STATUS_OK, Vec::new()));
+            }
             Ok(Some(Request::Batch { id, payload })) => {
                 let work = handle(payload);
                 let tx = tx.clone();
@@ -183,20 +205,34 @@ impl Drop for Counted {
 }
 
 /// Requests sent and not answered yet, by id. Closed (no more requests) once the stream ended.
-#[derive(Default)]
 struct Pending {
     waiting: HashMap<u32, oneshot::Sender<StreamReply>>,
     closed: bool,
+    /// When the member was last heard from (any reply), or the first unanswered request was
+    /// sent, whichever is later.
+    heard: tokio::time::Instant,
+}
+
+impl Default for Pending {
+    fn default() -> Self {
+        Self {
+            waiting: HashMap::new(),
+            closed: false,
+            heard: tokio::time::Instant::now(),
+        }
+    }
 }
 
 /// The primary's side of one stream. Dropping it closes the stream; requests in flight then
 /// get no reply (their receivers see the sender dropped).
 pub struct StreamConn {
-    wr: BufWriter<tokio::io::WriteHalf<Box<dyn Io>>>,
+    wr: Arc<tokio::sync::Mutex<Writer>>,
     next_id: u32,
     pending: Arc<Mutex<Pending>>,
     ended: CancellationToken,
 }
+
+type Writer = BufWriter<tokio::io::WriteHalf<Box<dyn Io>>>;
 
 /// A connection a stream runs on.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -208,6 +244,7 @@ impl StreamConn {
     pub fn new(io: impl Io, open: IntGauge) -> Self {
         let io: Box<dyn Io> = Box::new(io);
         let (rd, wr) = tokio::io::split(io);
+        let wr = Arc::new(tokio::sync::Mutex::new(BufWriter::new(wr)));
         let pending = Arc::new(Mutex::new(Pending::default()));
         let ended = CancellationToken::new();
         let counted = Counted::new(open);
@@ -220,16 +257,18 @@ impl StreamConn {
             reader.await;
             drop(counted);
         });
+        tokio::spawn(keep_alive(wr.clone(), pending.clone(), ended.clone()));
         Self {
-            wr: BufWriter::new(wr),
+            wr,
             next_id: 0,
             pending,
             ended,
         }
     }
 
-    /// `true` once the stream ended (the member closed it, a read or write failed, or
-    /// [`Self::ender`]'s token was cancelled); every later [`Self::send`] fails.
+    /// `true` once the stream ended (the member closed it, a read or write failed, the
+    /// member went silent, or [`Self::ender`]'s token was cancelled); every later
+    /// [`Self::send`] fails.
     pub fn is_ended(&self) -> bool {
         self.ended.is_cancelled()
     }
@@ -239,30 +278,29 @@ impl StreamConn {
         self.ended.clone()
     }
 
-    /// Writes one request frame holding `payload`; the receiver gets its reply, or an error
-    /// when the stream ends first.
+    /// Writes one request frame holding `payload` (not empty); the receiver gets its reply,
+    /// or an error when the stream ends first.
     pub async fn send(&mut self, payload: &[u8]) -> io::Result<oneshot::Receiver<StreamReply>> {
         let len = u32::try_from(payload.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame over 4 GiB"))?;
+        if len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty frame"));
+        }
         let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1);
+        self.next_id = (self.next_id + 1) % PING_ID;
         let (tx, rx) = oneshot::channel();
         {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             if p.closed {
                 return Err(io::ErrorKind::BrokenPipe.into());
             }
+            if p.waiting.is_empty() {
+                // Silence counts from the first request nobody has answered yet.
+                p.heard = tokio::time::Instant::now();
+            }
             p.waiting.insert(id, tx);
         }
-        let mut header = [0u8; 8];
-        header[..4].copy_from_slice(&len.to_be_bytes());
-        header[4..].copy_from_slice(&id.to_be_bytes());
-        let written = async {
-            self.wr.write_all(&header).await?;
-            self.wr.write_all(payload).await?;
-            self.wr.flush().await
-        }
-        .await;
+        let written = write_frame(&mut *self.wr.lock().await, id, payload).await;
         if let Err(e) = written {
             self.ended.cancel();
             return Err(e);
@@ -271,9 +309,61 @@ impl StreamConn {
     }
 }
 
+async fn write_frame(wr: &mut Writer, id: u32, payload: &[u8]) -> io::Result<()> {
+    let mut header = [0u8; 8];
+    header[..4].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+    header[4..].copy_from_slice(&id.to_be_bytes());
+    wr.write_all(&header).await?;
+    wr.write_all(payload).await?;
+    wr.flush().await
+}
+
 impl Drop for StreamConn {
     fn drop(&mut self) {
         self.ended.cancel();
+    }
+}
+
+/// Pings the member while requests wait and nothing was heard for [`PING_AFTER`]; ends the
+/// stream after [`SILENCE_LIMIT`] without a word.
+async fn keep_alive(
+    wr: Arc<tokio::sync::Mutex<Writer>>,
+    pending: Arc<Mutex<Pending>>,
+    ended: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(PING_AFTER / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = ended.cancelled() => return,
+        }
+        let silent = {
+            let p = pending.lock().unwrap_or_else(|e| e.into_inner());
+            if p.waiting.is_empty() {
+                continue;
+            }
+            p.heard.elapsed()
+        };
+        if silent >= SILENCE_LIMIT {
+            tracing::warn!(
+                silent_ms = silent.as_millis() as u64,
+                "append stream: the member answers nothing, not even pings; ending the stream"
+            );
+            ended.cancel();
+            return;
+        }
+        if silent >= PING_AFTER {
+            // A ping that cannot be written now (a batch is being written, or the
+            // connection's buffers are full) is not needed: the silence decides.
+            if let Ok(mut w) = wr.try_lock() {
+                let write = write_frame(&mut w, PING_ID, &[]);
+                if let Ok(Err(_)) = tokio::time::timeout(PING_AFTER, write).await {
+                    ended.cancel();
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -291,13 +381,13 @@ async fn read_replies<R: AsyncRead + Unpin>(
         };
         match reply {
             Ok(Some((id, reply))) => {
-                let waiter = pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .waiting
-                    .remove(&id);
-                // A request given up on (overdue) ended the stream; any other id is a
-                // member's mistake, and its reply is dropped.
+                let waiter = {
+                    let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+                    p.heard = tokio::time::Instant::now();
+                    p.waiting.remove(&id)
+                };
+                // A ping's reply, or one to a request given up on (which ended the
+                // stream); any other id is a member's mistake, and its reply is dropped.
                 if let Some(w) = waiter {
                     let _ = w.send(reply);
                 }
@@ -337,7 +427,6 @@ async fn read_reply<R: AsyncRead + Unpin>(rd: &mut R) -> io::Result<Option<(u32,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     /// A member that answers each payload with itself reversed, after a delay the payload's
     /// first byte names (in milliseconds), so later requests can be answered first.
@@ -417,5 +506,46 @@ mod tests {
         assert!(outcome.is_err(), "a reply came from a member that is gone");
         assert!(conn.is_ended());
         assert!(conn.send(&[1]).await.is_err());
+    }
+
+    /// A member that reads requests but never answers anything, pings included.
+    #[tokio::test(start_paused = true)]
+    async fn a_member_that_answers_nothing_ends_the_stream() {
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let _swallow = tokio::spawn(async move {
+            let mut sink = vec![0u8; 4096];
+            while b.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+        });
+        let mut conn = StreamConn::new(a, gauge());
+        let waiting = conn.send(&[1]).await.unwrap_or_else(|e| panic!("{e}"));
+        let outcome = tokio::time::timeout(SILENCE_LIMIT * 2, waiting)
+            .await
+            .unwrap_or_else(|_| panic!("the request still waits after {:?}", SILENCE_LIMIT * 2));
+        assert!(outcome.is_err());
+        assert!(conn.is_ended());
+    }
+
+    /// A member whose batch takes longer than the silence limit, while it answers pings: the
+    /// stream stays and the batch gets its reply.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_batch_on_a_member_that_answers_pings_keeps_its_stream() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let _member = tokio::spawn(serve(
+            b,
+            1 << 20,
+            CancellationToken::new(),
+            |payload: Bytes| async move {
+                tokio::time::sleep(SILENCE_LIMIT * 3).await;
+                (STATUS_OK, payload.to_vec())
+            },
+        ));
+        let mut conn = StreamConn::new(a, gauge());
+        let slow = conn.send(&[4, 2]).await.unwrap_or_else(|e| panic!("{e}"));
+        let reply = tokio::time::timeout(SILENCE_LIMIT * 5, slow)
+            .await
+            .unwrap_or_else(|_| panic!("no reply"))
+            .unwrap_or_else(|_| panic!("the stream ended"));
+        assert_eq!(&reply.body[..], &[4, 2]);
+        assert!(!conn.is_ended());
     }
 }
