@@ -749,6 +749,10 @@ async fn mn_4_drain_of_a_worker_under_write_load() -> anyhow::Result<()> {
     let (drained_node, other_node) = ("mn-worker-2", "mn-worker-3");
     let victim = on(drained_node)?;
     on(other_node)?;
+    // The hand-off needs a coordinator: an operator leader evicted by the same drain leaves
+    // the node without a lease, its wait ends, and its partitions fail over instead.
+    let leader = keep_operator_leader_off(&f.cluster, drained_node).await?;
+    eprintln!("operator leader {leader}");
     let version = map_version(&f.store()?);
     let load = WriteLoad::start(&f.client, "load", 2);
     load.wait_for_acks(20, Duration::from_secs(60)).await?;
