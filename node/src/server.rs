@@ -99,7 +99,13 @@ async fn termination() {
 pub async fn run(cfg: NodeConfig) -> Result<(), ServerError> {
     let cfg = cfg.with_host();
     let token = peer_token(&cfg)?;
-    let store = Store::open(&cfg.data_dir, &cfg.node_id)?;
+    let cache_bytes = crate::storage::cache::cache_bytes(cfg.cache_bytes);
+    tracing::info!(
+        cache_mib = cache_bytes >> 20,
+        configured = cfg.cache_bytes.is_some(),
+        "database page cache"
+    );
+    let store = Store::open_with_cache(&cfg.data_dir, &cfg.node_id, cache_bytes)?;
     let metrics = Arc::new(NodeMetrics::new()?);
     let writer = WriterHandle::start(
         store.clone(),

@@ -7,6 +7,7 @@
 //! only at checkpoints, and takes the log entries appended since the last one only then, in
 //! chunks ([`log_chunks`]).
 
+pub mod cache;
 pub mod codec;
 pub mod faults;
 pub mod log_chunks;
@@ -110,8 +111,18 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) `dir/node.redb`, checking the format and the owning node id.
+    /// Opens (or creates) `dir/node.redb`, checking the format and the owning node id, with
+    /// the default page cache for this process's memory limit ([`cache`]).
     pub fn open(dir: &Path, node_id: &str) -> Result<Self, StorageError> {
+        Self::open_with_cache(dir, node_id, cache::cache_bytes(None))
+    }
+
+    /// [`Store::open`] with a page cache of `cache_bytes`.
+    pub fn open_with_cache(
+        dir: &Path,
+        node_id: &str,
+        cache_bytes: u64,
+    ) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
             path: dir.display().to_string(),
             source,
@@ -120,10 +131,13 @@ impl Store {
         if !path.exists() {
             Self::create_atomically(dir, &path, node_id)?;
         }
-        let db = Database::create(&path).map_err(|e| StorageError::Open {
-            path: path.display().to_string(),
-            source: e.into(),
-        })?;
+        let db = Database::builder()
+            .set_cache_size(usize::try_from(cache_bytes).unwrap_or(usize::MAX))
+            .create(&path)
+            .map_err(|e| StorageError::Open {
+                path: path.display().to_string(),
+                source: e.into(),
+            })?;
         let db = Arc::new(db);
         let disk_id = Self::init_meta(&db, node_id)?;
         let wal = wal::recover(&db, dir)?;
