@@ -6,9 +6,10 @@
 //!
 //! - a pod with the default limit of 1 GiB could be killed for running out of memory once its
 //!   node holds a few hundred MiB of data;
-//! - a node taking in a snapshot buffered hundreds of MiB of fresh pages and wrote them all
-//!   at the next checkpoint: a new replica filled at 22–27 MiB/s with the 1 GiB cache against
-//!   110–150 MiB/s with 256 MiB or less on the same machine (`docs/benchmarks.md`).
+//! - a node taking in a snapshot kept every page it wrote, each in freshly faulted memory,
+//!   instead of recycling the buffers of a full cache: a new replica filled at 19–37 MiB/s
+//!   with the 1 GiB cache against 75–150 MiB/s with 256 MiB or less on the same machine
+//!   (`docs/benchmarks.md`).
 //!
 //! So the cache defaults to a quarter of the container's memory limit, at most
 //! [`MAX_DEFAULT_BYTES`], and `--cache-bytes` sets it outright.
