@@ -162,9 +162,24 @@ pub struct NodeConfig {
     #[arg(
         long,
         env = "SHARDEDSTORE_CACHE_BYTES",
-        value_parser = clap::value_parser!(u64).range(crate::storage::cache::MIN_BYTES..)
+        value_parser = parse_cache_bytes
     )]
     pub cache_bytes: Option<u64>,
+}
+
+/// `--cache-bytes`: a whole number of bytes, at least [`crate::storage::cache::MIN_BYTES`].
+fn parse_cache_bytes(s: &str) -> Result<u64, String> {
+    let min = crate::storage::cache::MIN_BYTES;
+    let n: u64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of bytes (e.g. 134217728 for 128 MiB)"))?;
+    if n < min {
+        return Err(format!(
+            "{n} bytes is below the smallest cache, {min} bytes ({} MiB)",
+            min >> 20
+        ));
+    }
+    Ok(n)
 }
 
 impl NodeConfig {
@@ -209,21 +224,20 @@ mod tests {
     }
 
     #[test]
-    fn a_cache_below_the_minimum_is_refused() {
+    fn a_cache_below_the_minimum_or_not_in_bytes_is_refused() {
         assert_eq!(
             parse(&["--cache-bytes", "67108864"]).cache_bytes,
             Some(64 << 20)
         );
         assert_eq!(parse(&[]).cache_bytes, None);
         for bad in ["1048576", "-1", "64MiB"] {
-            let r = NodeConfig::try_parse_from([
-                "shardedstore-node",
-                "--node-id",
-                "n",
-                "--cache-bytes",
-                bad,
-            ]);
-            assert!(r.is_err(), "{bad} accepted");
+            let arg = format!("--cache-bytes={bad}");
+            let r = NodeConfig::try_parse_from(["shardedstore-node", "--node-id", "n", &arg]);
+            let e = r
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"))
+                .to_string();
+            assert!(e.contains("bytes"), "{e}");
         }
     }
 
