@@ -22,7 +22,7 @@ pub const MAX_DEFAULT_BYTES: u64 = 128 * 1024 * 1024;
 pub const MIN_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The cache for a process whose memory is limited to `limit` bytes (`None`: no limit).
-pub fn default_for_limit(limit: Option<u64>) -> u64 {
+fn default_for_limit(limit: Option<u64>) -> u64 {
     limit.map_or(MAX_DEFAULT_BYTES, |l| {
         (l / 4).clamp(MIN_BYTES, MAX_DEFAULT_BYTES)
     })
@@ -31,7 +31,7 @@ pub fn default_for_limit(limit: Option<u64>) -> u64 {
 /// The memory limit of this process's cgroup, if it has one: `memory.max` (cgroup v2) or
 /// `memory.limit_in_bytes` (cgroup v1) of the cgroup `/proc/self/cgroup` names, under
 /// `/sys/fs/cgroup` (a container with its own cgroup namespace sees its cgroup as `/`).
-pub fn cgroup_memory_limit() -> Option<u64> {
+fn cgroup_memory_limit() -> Option<u64> {
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     limit_files(&own)
         .iter()
