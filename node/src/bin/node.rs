@@ -18,6 +18,13 @@ fn init_logs() {
     }
 }
 
+/// jemalloc, not glibc's malloc: on the write path it cost 9–17 % less CPU per write and
+/// carried 5–27 % more writes (docs/benchmarks.md, "The node's allocator"). It keeps freed
+/// pages for reuse instead of handing them back to the kernel at once, and a 1 KiB value is
+/// a size class of its own rather than one of glibc's shared "large" bins.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     shardedstore_node::tls::install_crypto_provider();
