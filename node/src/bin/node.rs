@@ -18,10 +18,10 @@ fn init_logs() {
     }
 }
 
-/// jemalloc, not glibc's malloc: on the write path it cost 9–17 % less CPU per write and
-/// carried 5–27 % more writes (docs/benchmarks.md, "The node's allocator"). It keeps freed
-/// pages for reuse instead of handing them back to the kernel at once, and a 1 KiB value is
-/// a size class of its own rather than one of glibc's shared "large" bins.
+/// jemalloc, not glibc's malloc: over six alternated pairs of runs it cost 16 % less CPU per
+/// write and carried 19 % more writes (docs/benchmarks.md, "The node's allocator"). It
+/// serves 1 KiB values from per-thread caches, which glibc does not, and keeps freed pages
+/// for reuse instead of handing them back to the kernel at once.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
