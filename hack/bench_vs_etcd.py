@@ -7,7 +7,10 @@ What runs (every figure comes from a real process started here and stopped at th
             the null store (`shardedstore echo-server`) under our load generator.
   writes    write-only sweep over BENCH_CLIENTS (default 16,64,256,1024), 1 KiB values over
             100k keys, uniform: ShardedStore and etcd-through-its-JSON-gateway under our load
-            generator (`shardedstore bench`), and etcd under its own gRPC tool (`benchmark put`).
+            generator (`shardedstore bench`), and etcd under its own gRPC tool (`benchmark put`),
+            one target at a time. Each step also records what the servers spent per write:
+            CPU µs (user + system of the storage nodes and the operator, or of the etcd
+            members) and bytes written to disk (`write_bytes` of /proc/PID/io).
   ycsb      YCSB A and B, uniform and Zipfian, at BENCH_YCSB_CLIENTS (default 256), both
             systems under our load generator.
   reads     linearizable point reads: ShardedStore (ycsb-c), etcd (`benchmark range --consistency l`).
@@ -84,6 +87,52 @@ def wait_until(what, check, timeout=90):
     raise SystemExit(f"{what} not ready within {timeout} s")
 
 
+def server_pids(marker):
+    """Processes whose command line contains `marker` (the run's work directory): the
+    storage nodes local mode started, or the etcd members."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().split(b"\0")
+        except OSError:
+            continue
+        if cmdline and any(marker.encode() in arg for arg in cmdline):
+            pids.append(int(entry))
+    return pids
+
+
+def usage(pids):
+    """CPU seconds (user + system) and bytes sent to the storage layer (`write_bytes` of
+    /proc/PID/io: page-cache pages dirtied and direct writes) of these processes so far."""
+    cpu, written = 0.0, 0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            cpu += (int(fields[11]) + int(fields[12])) / tick
+            with open(f"/proc/{pid}/io") as f:
+                written += next(int(l.split()[1]) for l in f if l.startswith("write_bytes"))
+        except (OSError, StopIteration):
+            pass
+    return cpu, written
+
+
+def measured(pids, run):
+    """Runs `run()`, which returns one result with its count of successful `operations`,
+    and adds what the servers spent per operation: CPU µs and bytes written to disk."""
+    before = usage(pids)
+    r = run()
+    after = usage(pids)
+    if r.get("operations"):
+        r["server_cpu_us_per_op"] = round((after[0] - before[0]) / r["operations"] * 1e6)
+        r["server_disk_bytes_per_op"] = round((after[1] - before[1]) / r["operations"])
+    return r
+
+
 def ss_bench(endpoint, extra):
     """Run our load generator; returns its JSON runs."""
     stop = [] if "--ops" in extra else ["--duration", f"{DURATION}s"]
@@ -100,6 +149,7 @@ def summary(run):
         "target": run["target"], "workload": workload, "clients": run["clients"],
         "distribution": run["distribution"], "ops_per_sec": round(run["ops_per_sec"]),
         "errors": sum(run["errors"].values()), "target_rate": run.get("target_rate"),
+        "operations": sum(o["count"] for o in ops.values()),
         "latency_us": {op: {k: o[k] for k in ("p50_us", "p99_us", "p999_us")} for op, o in ops.items()},
     }
 
@@ -184,17 +234,24 @@ def main():
             log(f"{name}: {runs[0]['preload']['ops_per_sec']:.0f} writes/s")
 
         log("== write-only sweep")
+        # One target at a time, so each step's server CPU and disk writes are its own.
+        ss_pids, etcd_pids = server_pids(os.path.join(work, "store")), server_pids(os.path.join(work, "etcd-"))
         result["writes"] = []
         for c in CLIENTS:
-            for r in ss_bench(ss, ["--read-ratio", "0", "--uniform", "--no-preload", "--clients", str(c),
-                                   "--compare-etcd", etcd_eps]):
-                result["writes"].append(summary(r))
-            native = etcd_tool(["--clients", str(c), "--conns", str(min(c, 64)), "put",
-                                "--total", str(etcd_total(c)), "--key-size", "16", "--val-size", str(VALUE),
-                                "--key-space-size", str(KEYS)])
-            native.update({"target": "etcd (own gRPC tool)", "workload": "write-only", "clients": c,
-                           "distribution": "uniform"})
-            result["writes"].append(native)
+            sweep = ["--read-ratio", "0", "--uniform", "--no-preload", "--clients", str(c)]
+            result["writes"].append(measured(ss_pids, lambda: summary(ss_bench(ss, sweep)[0])))
+            result["writes"].append(measured(etcd_pids, lambda: summary(ss_bench(ss, sweep + [
+                "--peers-only", "--compare-etcd", etcd_eps])[-1])))
+            total = etcd_total(c)
+
+            def native_put():
+                r = etcd_tool(["--clients", str(c), "--conns", str(min(c, 64)), "put",
+                               "--total", str(total), "--key-size", "16", "--val-size", str(VALUE),
+                               "--key-space-size", str(KEYS)])
+                r.update({"target": "etcd (own gRPC tool)", "workload": "write-only", "clients": c,
+                          "distribution": "uniform", "operations": total})
+                return r
+            result["writes"].append(measured(etcd_pids, native_put))
             log(json.dumps(result["writes"][-3:]))
 
         log("== YCSB A and B")
@@ -262,7 +319,7 @@ def print_table(result):
         print(f"disk: {d['append_fdatasync_4k']['ops_per_sec']:.0f} append+fdatasync/s, "
               f"{d['sequential_write']['mib_per_sec']:.0f} MiB/s sequential")
     print(f"{'section':<10} {'target':<24} {'workload':<12} {'dist':<8} {'clients':>7} {'ops/s':>8} "
-          f"{'p50 µs':>8} {'p99 µs':>8} {'p99.9 µs':>9}")
+          f"{'p50 µs':>8} {'p99 µs':>8} {'p99.9 µs':>9} {'srv CPU µs/op':>13} {'srv disk B/op':>13}")
     for section in ("echo", "writes", "ycsb", "reads", "open_loop"):
         for r in result.get(section, []):
             lats = r["latency_us"]
@@ -270,7 +327,8 @@ def print_table(result):
             lat = lats if "p50_us" in lats else (lats.get("update") or lats.get("read") or {})
             print(f"{section:<10} {r['target']:<24} {r['workload']:<12} {str(r.get('distribution', '')):<8} "
                   f"{r['clients']:>7} {r['ops_per_sec']:>8} {str(lat.get('p50_us')):>8} "
-                  f"{str(lat.get('p99_us')):>8} {str(lat.get('p999_us')):>9}")
+                  f"{str(lat.get('p99_us')):>8} {str(lat.get('p999_us')):>9} "
+                  f"{str(r.get('server_cpu_us_per_op', '')):>13} {str(r.get('server_disk_bytes_per_op', '')):>13}")
     p = result.get("peak_writes_per_sec")
     if p:
         print(f"peak durable writes/s: ShardedStore {p['shardedstore']}, etcd {p['etcd']}, ratio {p['ratio']}")
