@@ -52,9 +52,12 @@ pub enum BenchError {
     RedisHandshake { addr: String },
     #[error("a benchmark client task failed")]
     Task(#[source] tokio::task::JoinError),
-    #[error("preload failed: {failed} of {keys} writes failed ({errors})")]
+    #[error(
+        "preload of {keys} keys stopped: {failed} of the {tried} writes tried failed ({errors})"
+    )]
     Preload {
         failed: u64,
+        tried: u64,
         keys: u64,
         errors: String,
     },

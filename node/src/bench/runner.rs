@@ -179,19 +179,37 @@ async fn preload<S: Session>(
 ) -> Result<(PreloadReport, Vec<S>), BenchError> {
     let n = sessions.len() as u64;
     let start = Instant::now();
+    // Every client stops once the failures exceed what the run may have, or once as many
+    // writes in a row failed as there are clients (no client got a write through in its
+    // last retry window): a store that went away mid-preload would otherwise be tried for
+    // every remaining key, each write for the client's whole retry window.
+    let allowed = (cfg.keys as f64 * MAX_PRELOAD_FAILURES) as u64;
+    let failures = Arc::new(AtomicU64::new(0));
+    let in_a_row = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for (i, mut session) in sessions.into_iter().enumerate() {
         let (keys, seed, size) = (cfg.keys, cfg.seed, cfg.value_size);
+        let (failures, in_a_row) = (failures.clone(), in_a_row.clone());
         let mut rec = Recorder::new()?;
         tasks.push(tokio::spawn(async move {
             let mut rng = SmallRng::seed_from_u64(seed.wrapping_add(i as u64));
             let value = random_value(&mut rng, size);
             let mut k = i as u64;
-            while k < keys {
+            while k < keys
+                && failures.load(Ordering::Relaxed) <= allowed
+                && in_a_row.load(Ordering::Relaxed) < n
+            {
                 let t0 = Instant::now();
                 match session.write(&key_name(k), value.clone()).await {
-                    Ok(()) => rec.record(OpType::Update, t0.elapsed()),
-                    Err(kind) => rec.error(OpType::Update, kind),
+                    Ok(()) => {
+                        rec.record(OpType::Update, t0.elapsed());
+                        in_a_row.store(0, Ordering::Relaxed);
+                    }
+                    Err(kind) => {
+                        rec.error(OpType::Update, kind);
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        in_a_row.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 k += n;
             }
@@ -207,9 +225,10 @@ async fn preload<S: Session>(
     }
     let elapsed = start.elapsed().as_secs_f64().max(f64::EPSILON);
     let failed = total.error_count();
-    if failed as f64 > cfg.keys as f64 * MAX_PRELOAD_FAILURES {
+    if failed > allowed || in_a_row.load(Ordering::Relaxed) >= n {
         return Err(BenchError::Preload {
             failed,
+            tried: failed + total.ok_count(),
             keys: cfg.keys,
             errors: total
                 .errors()
@@ -326,10 +345,40 @@ mod tests {
             ..Memory::default()
         };
         let err = run(&target, &cfg(Stop::Ops(10), 0.5)).await;
-        assert!(
-            matches!(err, Err(BenchError::Preload { failed: 50, .. })),
-            "{err:?}"
-        );
+        // 1 % of 100 keys may fail: the clients stop soon after the second failure (each
+        // finishes the write it has under way), long before trying all 100 keys.
+        match err {
+            Err(BenchError::Preload {
+                failed,
+                tried,
+                keys: 100,
+                ..
+            }) => assert!(
+                (2..=8).contains(&failed) && tried < 20,
+                "{failed} of {tried}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_preload_whose_writes_all_fail_stops_after_one_failure_per_client() {
+        let target = Memory {
+            fail_every: 1,
+            ..Memory::default()
+        };
+        let mut c = cfg(Stop::Ops(10), 0.5);
+        c.keys = 100_000;
+        let err = run(&target, &c).await;
+        match err {
+            Err(BenchError::Preload { failed, tried, .. }) => {
+                assert!(
+                    (4..=8).contains(&failed) && tried == failed,
+                    "{failed} of {tried}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]
