@@ -14,7 +14,14 @@ the end.
             streams' rate from their first to their last byte (its received
             shardedstore_catchup_bytes_total), next to the sequential write bandwidth of the
             same disk (hack/disk_limits.py).
-BENCH_LOCAL_ARGS adds flags to `shardedstore-operator local` (e.g. to compare move budgets).
+  writes    with BENCH_CATCHUP_WRITE_RATE=N (default 0: off), an open-loop load of N writes/s
+  during    of the preload's shape (the same keys and value size, so the new node has as much to
+  catch-up  take in) runs for BENCH_CATCHUP_WRITE_SECONDS (default 30) from 3 s before the scale
+            request, after the same load alone for as long (the baseline): p50/p99/p99.9/max of
+            both, latency from each write's intended send time. The catch-up figures are then
+            those of a store under load.
+BENCH_LOCAL_ARGS adds flags to `shardedstore-operator local` (e.g. to compare move budgets, or
+--bandwidth-bytes-per-second to throttle the catch-up streams).
 Merges "failover", "catch_up" and the load average before/after into BENCH_JSON (default
 docs/benchmarks.json, created when missing) and prints them.
 """
@@ -35,6 +42,8 @@ RUNS = int(os.environ.get("BENCH_FAILOVER_RUNS", "20"))
 CATCHUP_MIB = int(os.environ.get("BENCH_CATCHUP_MIB", "256"))
 # Extra flags for `shardedstore-operator local` (e.g. "--max-concurrent-moves-per-node 8").
 LOCAL_ARGS = os.environ.get("BENCH_LOCAL_ARGS", "").split()
+WRITE_RATE = int(os.environ.get("BENCH_CATCHUP_WRITE_RATE", "0"))
+WRITE_SECONDS = int(os.environ.get("BENCH_CATCHUP_WRITE_SECONDS", "30"))
 OUT = os.environ.get("BENCH_JSON", os.path.join(ROOT, "docs", "benchmarks.json"))
 PORT, PEER, METRICS, CONTROL = 7400, 7500, 7600, 7700
 VALUE = 16384
@@ -108,6 +117,26 @@ def node_bytes(ordinal):
     return (float(stored.group(1)) if stored else 0.0, float(received.group(1)) if received else 0.0)
 
 
+def write_load(endpoints, keys):
+    """Starts the open-loop write load of the preload's shape (BENCH_CATCHUP_WRITE_RATE)."""
+    return subprocess.Popen([os.path.join(BIN, "shardedstore"), "--endpoint", endpoints, "bench",
+                             "--json", "--read-ratio", "0", "--uniform", "--clients", "64",
+                             "--keys", str(keys), "--value-size", str(VALUE), "--no-preload",
+                             "--rate", str(WRITE_RATE), "--duration", str(WRITE_SECONDS)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def load_figures(proc):
+    """p50/p99/p99.9/max (ms), writes/s and errors of a finished write load."""
+    out, _ = proc.communicate(timeout=WRITE_SECONDS + 120)
+    run = json.loads(out)["runs"][0]
+    op = run["operations"][0] if run["operations"] else {}
+    ms = lambda k: round(op.get(k, 0) / 1000, 1)
+    return {"rate": WRITE_RATE, "seconds": WRITE_SECONDS, "ops_per_sec": round(run["ops_per_sec"]),
+            "p50_ms": ms("p50_us"), "p99_ms": ms("p99_us"), "p999_ms": ms("p999_us"),
+            "max_ms": ms("max_us"), "errors": run["errors"]}
+
+
 def catch_up(endpoints):
     keys = max(1, CATCHUP_MIB * 1024 * 1024 // VALUE)
     log(f"== catch-up: preload {keys} keys x {VALUE} B ({CATCHUP_MIB} MiB per replica)")
@@ -115,6 +144,13 @@ def catch_up(endpoints):
                     "--read-ratio", "0", "--uniform", "--clients", "64", "--keys", str(keys),
                     "--value-size", str(VALUE), "--ops", "1"], check=True, capture_output=True)
     wait_until("settled before scaling", lambda: settled(3), 120)
+    load = None
+    if WRITE_RATE > 0:
+        log(f"== writes alone: {WRITE_RATE}/s for {WRITE_SECONDS} s (the baseline)")
+        baseline = load_figures(write_load(endpoints, keys))
+        log(f"== writes during the catch-up: {WRITE_RATE}/s for {WRITE_SECONDS} s from 3 s before the scale")
+        load = write_load(endpoints, keys)
+        time.sleep(3)
     req = urllib.request.Request(f"http://127.0.0.1:{CONTROL}/scale", data=b'{"nodes": 4}',
                                  headers={"content-type": "application/json"}, method="POST")
     urllib.request.urlopen(req, timeout=5).read()
@@ -136,6 +172,10 @@ def catch_up(endpoints):
     else:
         raise SystemExit("the new node did not finish catching up within 600 s")
     done = time.monotonic()
+    writes = None
+    if load is not None:
+        writes = {"baseline": baseline, "during_catch_up": load_figures(load),
+                  "catch_up_within_load": done - scaled <= WRITE_SECONDS - 3}
     # What the new node holds, once its stored-bytes gauge (refreshed every second) has
     # caught up with the end of the moves: two readings over a second apart that agree.
     stored, seen = None, None
@@ -171,6 +211,8 @@ def catch_up(endpoints):
             "mib_per_sec_streaming": round(samples[-1][1] / mib / streaming, 1),
             "mib_per_sec_best_1s": round(best / mib, 1),
         })
+    if writes:
+        result["writes"] = writes
     return result
 
 
@@ -244,6 +286,13 @@ def main():
     print(f"catch-up of a new node (scale 3 → 4): {cu['received_mib']} MiB in {cu['scale_to_settled_s']} s "
           f"from the scale request to settled: {cu['mib_per_sec_overall']} MiB/s overall{streams}; "
           f"the disk's sequential write {cu['disk_sequential_mib_per_sec']} MiB/s")
+    for name, w in (cu.get("writes") or {}).items():
+        if isinstance(w, dict):
+            print(f"writes {name.replace('_', ' ')}: {w['ops_per_sec']} of {w['rate']}/s over {w['seconds']} s, "
+                  f"p50 {w['p50_ms']} ms, p99 {w['p99_ms']} ms, p99.9 {w['p999_ms']} ms, "
+                  f"max {w['max_ms']} ms, errors {w['errors'] or 'none'}")
+    if cu.get("writes") and not cu["writes"]["catch_up_within_load"]:
+        print("  (the catch-up outlasted the load: raise BENCH_CATCHUP_WRITE_SECONDS)")
     print(f"load average before {result['load_average_before']}, after {result['load_average_after']}")
 
 
