@@ -115,9 +115,12 @@ pub enum CoordinatorEvent {
     PartitionUnavailable {
         partition: PartitionId,
     },
+    /// A member left the partition's in-sync set; `reason` says why (dead, holding writes
+    /// back beyond the lag timeout, an unproven copy or a new disk).
     InSyncShrunk {
         partition: PartitionId,
         node: NodeId,
+        reason: String,
     },
     InSyncExpanded {
         partition: PartitionId,

@@ -102,20 +102,41 @@ impl Round<'_> {
         if !self.alive(n) || !self.current(n) {
             return false;
         }
+        self.copy_unproven(n, p, epoch)
+    }
+
+    /// Why [`Round::unproven`] holds, for the event that drops the member from `inSync`.
+    pub(super) fn unproven_reason(&self, n: &str, p: PartitionId, epoch: u64) -> &'static str {
+        if self.new_disk(n) {
+            "a new disk since it was last in sync"
+        } else if self.copy_reported(n, p, epoch).is_some_and(|s| s.unproven) {
+            "its copy is unproven (created empty while listed in sync)"
+        } else {
+            "it reported itself a learner under the current map"
+        }
+    }
+
+    /// The node's latest report of partition `p` at `epoch`.
+    fn copy_reported(
+        &self,
+        n: &str,
+        p: PartitionId,
+        epoch: u64,
+    ) -> Option<&shardedstore_node::admin_api::PartitionState> {
+        self.inputs.obs.reports.get(n).and_then(|r| {
+            r.partitions
+                .iter()
+                .find(|s| s.partition == p && s.epoch == epoch)
+        })
+    }
+
+    fn copy_unproven(&self, n: &str, p: PartitionId, epoch: u64) -> bool {
         // The unproven mark is the copy's own (it stays until a map drops the node from
         // `inSync`); the learner role is the map's, so it counts only from a report made
         // under the current map — a member admitted a moment ago still reported itself a
         // learner in the answer before, and was dropped again at once for it.
         let reported_now = self.inputs.obs.reported_under(n, self.version);
-        self.inputs
-            .obs
-            .reports
-            .get(n)
-            .and_then(|r| {
-                r.partitions
-                    .iter()
-                    .find(|s| s.partition == p && s.epoch == epoch)
-            })
+        self.copy_reported(n, p, epoch)
             .is_some_and(|s| s.unproven || (reported_now && s.role == ReplicaRole::Learner))
     }
 
@@ -230,7 +251,12 @@ fn failover(
             e.primary = None;
             e.in_sync.retain(|n| !gone.contains(n));
             for node in gone {
-                events.push(CoordinatorEvent::InSyncShrunk { partition: p, node });
+                let reason = round.unproven_reason(&node, p, epoch).into();
+                events.push(CoordinatorEvent::InSyncShrunk {
+                    partition: p,
+                    node,
+                    reason,
+                });
             }
             events.push(CoordinatorEvent::PartitionUnavailable { partition: p });
             return true;
@@ -310,7 +336,12 @@ fn drop_unproven(
         .collect();
     for node in gone {
         e.in_sync.retain(|m| *m != node);
-        events.push(CoordinatorEvent::InSyncShrunk { partition: p, node });
+        let reason = round.unproven_reason(&node, p, e.epoch).into();
+        events.push(CoordinatorEvent::InSyncShrunk {
+            partition: p,
+            node,
+            reason,
+        });
     }
 }
 
@@ -341,27 +372,37 @@ fn shrink(
     events: &mut Vec<CoordinatorEvent>,
 ) {
     let bound = round.inputs.settings.lag_timeout.as_millis() as u64;
-    let mut removed: Vec<NodeId> = e
+    let dead: Vec<NodeId> = e
         .in_sync
         .iter()
         .filter(|n| n.as_str() != primary && round.dead(n))
         .cloned()
         .collect();
+    let mut removed: Vec<(NodeId, String)> = dead
+        .iter()
+        .map(|n| (n.clone(), "dead".to_owned()))
+        .collect();
     if let Some(report) = primary_report(round, p, e, primary) {
         let alive: Vec<NodeId> = e
             .in_sync
             .iter()
-            .filter(|n| !removed.contains(n))
+            .filter(|n| !dead.contains(n))
             .cloned()
             .collect();
         let min = round.inputs.settings.min_in_sync as usize;
-        removed.extend(stuck_members(report, &alive, primary, bound, min));
+        let reason = format!("acknowledged no progress for over the lag timeout ({bound} ms)");
+        removed.extend(
+            stuck_members(report, &alive, primary, bound, min)
+                .into_iter()
+                .map(|n| (n, reason.clone())),
+        );
     }
-    for n in removed {
+    for (n, reason) in removed {
         e.in_sync.retain(|m| *m != n);
         events.push(CoordinatorEvent::InSyncShrunk {
             partition: p,
             node: n,
+            reason,
         });
     }
 }

@@ -271,11 +271,15 @@ fn a_follower_on_a_new_disk_leaves_in_sync_even_below_min_in_sync() {
     let map = p.map.clone().unwrap_or_else(|| panic!("no map written"));
     assert_eq!(map.partitions[0].in_sync, vec![primary.clone()], "{map:?}");
     assert_eq!(map.partitions[0].primary.as_deref(), Some(primary.as_str()));
-    assert!(
-        p.events
-            .iter()
-            .any(|e| matches!(e, CoordinatorEvent::InSyncShrunk { node, .. } if *node == wiped))
-    );
+    assert!(p.events.iter().any(
+        |e| matches!(e, CoordinatorEvent::InSyncShrunk { node, reason, .. }
+                if *node == wiped && reason.contains("new disk"))
+    ));
+    // The dead member leaves in the same round, and says so.
+    assert!(p.events.iter().any(
+        |e| matches!(e, CoordinatorEvent::InSyncShrunk { node, reason, .. }
+            if *node == other && reason == "dead")
+    ));
     // The same holds with both followers alive: the new disk is dropped, the other stays.
     let mut w = World::running(3, 1, 3);
     let (primary, wiped, other) = roles(&w);

@@ -384,6 +384,14 @@ fn dead_and_lagging_followers_leave_in_sync() {
         unproven: false,
     });
     let p = w.plan();
+    assert!(
+        p.events.iter().any(
+            |e| matches!(e, CoordinatorEvent::InSyncShrunk { node, reason, .. }
+                if *node == followers[0] && reason.contains("lag timeout"))
+        ),
+        "{:?}",
+        p.events
+    );
     w.apply(p);
     assert_eq!(w.map().partitions[0].in_sync.len(), 2);
     assert!(!w.map().partitions[0].in_sync.contains(&followers[0]));
