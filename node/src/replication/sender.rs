@@ -163,7 +163,10 @@ async fn session(replica: &Arc<Replica>, member: &str) -> Result<(), SessionEnd>
     };
     let (mut prev, mut truncate) = match plan {
         CatchUp::Tail { prev, truncate } => (prev, truncate),
-        CatchUp::Snapshot => (send_snapshot(replica, &addr, epoch, session).await?, false),
+        CatchUp::Snapshot => (
+            send_snapshot(replica, member, &addr, epoch, session).await?,
+            false,
+        ),
     };
     if !truncate {
         record_ack(replica, member, prev.last_seq);
@@ -269,6 +272,7 @@ fn accepted(reply: &Reply, epoch: u64) -> Result<(), SessionEnd> {
 /// catch-up bandwidth; returns the position the member's log restarts after.
 async fn send_snapshot(
     replica: &Arc<Replica>,
+    member: &str,
     addr: &str,
     epoch: u64,
     session: u64,
@@ -339,6 +343,17 @@ async fn send_snapshot(
             .call(addr, p, "snapshot", chunk.encode(), Reply::decode)
             .await?;
         accepted(&reply, epoch)?;
+        // A chunk taken in is progress: the member's pending clock must not count the
+        // snapshot's duration, or a report made meanwhile has the member dropped from
+        // `inSync` by the operator as soon as it is admitted.
+        if let Some(f) = replica
+            .lock()
+            .primary
+            .as_mut()
+            .and_then(|p| p.followers.get_mut(member))
+        {
+            f.progress_at = Instant::now();
+        }
         sent += size;
         ctx.metrics
             .catchup_bytes
