@@ -96,23 +96,35 @@ impl Round<'_> {
     /// is no valid in-sync member: never a failover candidate nor a hand-off target, and
     /// removed from `inSync` (even below `minInSync`) until admitted again.
     pub(super) fn unproven(&self, n: &str, p: PartitionId, epoch: u64) -> bool {
-        if self.new_disk(n) {
-            return true;
-        }
-        if !self.alive(n) || !self.current(n) {
-            return false;
-        }
-        self.copy_unproven(n, p, epoch)
+        self.unproven_reason(n, p, epoch).is_some()
     }
 
-    /// Why [`Round::unproven`] holds, for the event that drops the member from `inSync`.
-    pub(super) fn unproven_reason(&self, n: &str, p: PartitionId, epoch: u64) -> &'static str {
+    /// Why [`Round::unproven`] holds (for the event that drops the member from `inSync`), or
+    /// `None` when it does not.
+    pub(super) fn unproven_reason(
+        &self,
+        n: &str,
+        p: PartitionId,
+        epoch: u64,
+    ) -> Option<&'static str> {
         if self.new_disk(n) {
-            "a new disk since it was last in sync"
-        } else if self.copy_reported(n, p, epoch).is_some_and(|s| s.unproven) {
-            "its copy is unproven (created empty while listed in sync)"
+            return Some("a new disk since it was last in sync");
+        }
+        if !self.alive(n) || !self.current(n) {
+            return None;
+        }
+        // The unproven mark is the copy's own (it stays until a map drops the node from
+        // `inSync`); the learner role is the map's, so it counts only from a report made
+        // under the current map — a member admitted a moment ago still reported itself a
+        // learner in the answer before, and was dropped again at once for it.
+        let s = self.copy_reported(n, p, epoch)?;
+        if s.unproven {
+            Some("its copy is unproven (created empty while listed in sync)")
+        } else if self.inputs.obs.reported_under(n, self.version) && s.role == ReplicaRole::Learner
+        {
+            Some("it reported itself a learner under the current map")
         } else {
-            "it reported itself a learner under the current map"
+            None
         }
     }
 
@@ -128,16 +140,6 @@ impl Round<'_> {
                 .iter()
                 .find(|s| s.partition == p && s.epoch == epoch)
         })
-    }
-
-    fn copy_unproven(&self, n: &str, p: PartitionId, epoch: u64) -> bool {
-        // The unproven mark is the copy's own (it stays until a map drops the node from
-        // `inSync`); the learner role is the map's, so it counts only from a report made
-        // under the current map — a member admitted a moment ago still reported itself a
-        // learner in the answer before, and was dropped again at once for it.
-        let reported_now = self.inputs.obs.reported_under(n, self.version);
-        self.copy_reported(n, p, epoch)
-            .is_some_and(|s| s.unproven || (reported_now && s.role == ReplicaRole::Learner))
     }
 
     pub(super) fn confirmed(&self, n: &str) -> bool {
@@ -251,7 +253,10 @@ fn failover(
             e.primary = None;
             e.in_sync.retain(|n| !gone.contains(n));
             for node in gone {
-                let reason = round.unproven_reason(&node, p, epoch).into();
+                let reason = round
+                    .unproven_reason(&node, p, epoch)
+                    .unwrap_or_default()
+                    .into();
                 events.push(CoordinatorEvent::InSyncShrunk {
                     partition: p,
                     node,
@@ -336,7 +341,10 @@ fn drop_unproven(
         .collect();
     for node in gone {
         e.in_sync.retain(|m| *m != node);
-        let reason = round.unproven_reason(&node, p, e.epoch).into();
+        let reason = round
+            .unproven_reason(&node, p, e.epoch)
+            .unwrap_or_default()
+            .into();
         events.push(CoordinatorEvent::InSyncShrunk {
             partition: p,
             node,
