@@ -4,7 +4,7 @@
 use super::capacity::{Quotas, zone_totals};
 use super::primaries::assign_primaries;
 use super::{PlacementNode, Target, TargetPartition};
-use shardedstore_node::map::{NodeState, PartitionMap};
+use shardedstore_node::map::{NodeId, NodeState, PartitionMap};
 use std::collections::{BTreeMap, VecDeque};
 
 /// Stable per-node hash for deterministic tie-breaking that does not favour low node ids.
@@ -109,6 +109,9 @@ struct Work<'a, 'n> {
     quotas: Quotas,
     /// Members of each partition in the previous map (preferred when balance must give way).
     previous: Vec<Vec<usize>>,
+    /// Learners of each partition in the previous map: moves in flight, which an augmenting
+    /// path must not shift and a rebalance shifts only when nothing else will do.
+    learners: Vec<Vec<usize>>,
 }
 
 impl Work<'_, '_> {
@@ -169,7 +172,10 @@ impl Work<'_, '_> {
             if self.quotas.has_room(c) {
                 return self.apply_chain(&parent, c);
             }
-            for &q in &self.held[c] {
+            let shiftable = self.held[c]
+                .iter()
+                .filter(|&&q| !self.learners[q].contains(&c));
+            for &q in shiftable {
                 for m in 0..n_nodes {
                     if parent[m].is_none() && self.accepts(q, m, Some(c)) {
                         parent[m] = Some((Some(c), q));
@@ -203,7 +209,8 @@ impl Work<'_, '_> {
                         self.held[hi]
                             .iter()
                             .copied()
-                            .find(|&q| self.accepts(q, lo, Some(hi)))
+                            .filter(|&q| self.accepts(q, lo, Some(hi)))
+                            .min_by_key(|&q| self.learners[q].contains(&hi))
                             .map(|q| (q, hi, lo))
                     })
             });
@@ -254,17 +261,35 @@ pub fn place(previous: &PartitionMap, nodes: &[PlacementNode], replication_facto
     let mut members: Vec<Vec<usize>> = Vec::with_capacity(partitions);
     let mut want_active = Vec::with_capacity(partitions);
     let mut previous_members = Vec::with_capacity(partitions);
+    let mut learners = Vec::with_capacity(partitions);
     for entry in &previous.partitions {
         let mut kept: Vec<usize> = Vec::new();
-        let ordered = entry
-            .primary
-            .iter()
-            .chain(entry.replicas.iter())
-            .chain(entry.learners.iter());
-        let candidates: Vec<usize> = ordered
-            .filter_map(|id| nodes.by_id.get(id.as_str()).copied())
+        let index = |id: &NodeId| nodes.by_id.get(id.as_str()).copied();
+        let learners_here: Vec<usize> = entry.learners.iter().filter_map(index).collect();
+        // Learners on Active nodes first: each is a move an earlier target asked for, and
+        // losing it here would cancel its copy half way. Then the primary, the replicas and
+        // learners on Down nodes.
+        let (moving, stalled): (Vec<usize>, Vec<usize>) =
+            learners_here.iter().partition(|&&n| nodes.active[n]);
+        let ordered = moving
+            .into_iter()
+            .chain(
+                entry
+                    .primary
+                    .iter()
+                    .chain(&entry.replicas)
+                    .filter_map(index),
+            )
+            .chain(stalled);
+        let mut candidates: Vec<usize> = ordered
             .filter(|&n| matches!(nodes.list[n].state, NodeState::Active | NodeState::Down))
             .collect();
+        let mut seen = Vec::new();
+        candidates.retain(|&n| {
+            let first = !seen.contains(&n);
+            seen.push(n);
+            first
+        });
         // One member per zone first, then the rest where zones allow: the order of the map's
         // lists must not decide which pairs survive.
         for n in candidates.iter().copied() {
@@ -278,13 +303,15 @@ pub fn place(previous: &PartitionMap, nodes: &[PlacementNode], replication_facto
             }
         }
         previous_members.push(candidates.clone());
+        learners.push(learners_here);
         let down = kept.iter().filter(|&&n| !nodes.active[n]).count().min(rf);
         want_active.push((rf.min(active_count + down)).saturating_sub(down));
         members.push(kept);
     }
 
     // 2. Trim partitions holding more Active members than wanted (a move in flight, or a
-    //    lowered replication factor): drop the member on the most loaded node.
+    //    lowered replication factor): drop the member on the most loaded node, but only one
+    //    whose zone another member still covers, and never a learner before a replica.
     let mut raw = vec![0u32; n_nodes];
     for m in members.iter().flatten() {
         raw[*m] += 1;
@@ -295,10 +322,22 @@ pub fn place(previous: &PartitionMap, nodes: &[PlacementNode], replication_facto
             if active.len() <= want_active[p] {
                 break;
             }
-            let primary = previous.partitions[p].primary.as_deref();
+            let entry = &previous.partitions[p];
             let Some(drop) = active.iter().copied().max_by_key(|&n| {
-                let is_primary = Some(nodes.list[n].id.as_str()) == primary;
-                (!is_primary, raw[n], tie(p, nodes.hash[n]))
+                let id = nodes.list[n].id.as_str();
+                let is_primary = Some(id) == entry.primary.as_deref();
+                let is_learner = learners[p].contains(&n);
+                let zone_shared = kept
+                    .iter()
+                    .any(|&m| m != n && nodes.zone[m] == nodes.zone[n]);
+                let load = raw[n];
+                (
+                    zone_shared,
+                    !is_learner,
+                    load,
+                    !is_primary,
+                    tie(p, nodes.hash[n]),
+                )
             }) else {
                 break;
             };
@@ -347,12 +386,20 @@ pub fn place(previous: &PartitionMap, nodes: &[PlacementNode], replication_facto
             .collect();
         // Prefer partitions not trimmed yet: two gaps in one partition cannot both be filled
         // by the same underloaded node, which would cost extra moves.
+        // A learner goes last, as in step 2.
         mine.sort_by_key(|&p| {
-            let primary = previous.partitions[p].primary.as_deref();
-            let is_primary = Some(nodes.list[n].id.as_str()) == primary;
+            let entry = &previous.partitions[p];
+            let id = nodes.list[n].id.as_str();
+            let is_primary = Some(id) == entry.primary.as_deref();
+            let is_learner = learners[p].contains(&n);
             let active = members[p].iter().filter(|&&m| nodes.active[m]).count();
             let gaps = want_active[p].saturating_sub(active);
-            (gaps, is_primary, std::cmp::Reverse(tie(p, nodes.hash[n])))
+            (
+                is_learner,
+                gaps,
+                is_primary,
+                std::cmp::Reverse(tie(p, nodes.hash[n])),
+            )
         });
         for &p in mine.iter().take((raw[n] - limit[n]) as usize) {
             members[p].retain(|&m| m != n);
@@ -367,6 +414,7 @@ pub fn place(previous: &PartitionMap, nodes: &[PlacementNode], replication_facto
         held: vec![Vec::new(); n_nodes],
         quotas,
         previous: previous_members,
+        learners,
     };
     for (p, kept) in members.into_iter().enumerate() {
         for n in kept {
