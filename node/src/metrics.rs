@@ -29,6 +29,8 @@ pub struct NodeMetrics {
     registry: Registry,
     /// Client requests by operation (`get`, `put`, `delete`, `map`) and status class (`2xx`…).
     pub requests: IntCounterVec,
+    /// Client requests answered with an error, by operation and the error's `code`.
+    pub request_errors: IntCounterVec,
     pub request_seconds: HistogramVec,
     /// Largest number of entries any follower of a partition this node leads is behind.
     pub replication_lag_entries: IntGauge,
@@ -67,6 +69,13 @@ impl NodeMetrics {
                 "Client API requests by operation and status class",
             ),
             &["operation", "status"],
+        )?;
+        let request_errors = IntCounterVec::new(
+            Opts::new(
+                "shardedstore_request_errors_total",
+                "Client API requests answered with an error (4xx, 5xx), by operation and error code (the `code` of the JSON error body, e.g. not_primary, handing_off, storage_stalled, commit_timeout)",
+            ),
+            &["operation", "code"],
         )?;
         let request_seconds = HistogramVec::new(
             HistogramOpts::new(
@@ -161,6 +170,7 @@ impl NodeMetrics {
             .buckets(WRITE_PATH_BUCKETS.to_vec()),
         )?;
         registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_errors.clone()))?;
         registry.register(Box::new(request_seconds.clone()))?;
         registry.register(Box::new(replication_lag_entries.clone()))?;
         registry.register(Box::new(commit_batch_commands.clone()))?;
@@ -190,6 +200,7 @@ impl NodeMetrics {
         Ok(Self {
             registry,
             requests,
+            request_errors,
             request_seconds,
             replication_lag_entries,
             commit_batch_commands,
@@ -209,8 +220,14 @@ impl NodeMetrics {
         })
     }
 
-    /// Records one finished client request.
-    pub fn observe_request(&self, operation: &'static str, status: u16, started: Instant) {
+    /// Records one finished client request; `code` is an error answer's code.
+    pub fn observe_request(
+        &self,
+        operation: &'static str,
+        status: u16,
+        code: Option<&str>,
+        started: Instant,
+    ) {
         let class = match status {
             200..=299 => "2xx",
             300..=399 => "3xx",
@@ -218,6 +235,12 @@ impl NodeMetrics {
             _ => "5xx",
         };
         self.requests.with_label_values(&[operation, class]).inc();
+        if status >= 400 {
+            let code = code.unwrap_or("other");
+            self.request_errors
+                .with_label_values(&[operation, code])
+                .inc();
+        }
         self.request_seconds
             .with_label_values(&[operation])
             .observe(started.elapsed().as_secs_f64());
@@ -266,9 +289,20 @@ mod tests {
     #[test]
     fn renders_prefixed_metrics() {
         let m = NodeMetrics::new().unwrap_or_else(|e| panic!("{e}"));
-        m.observe_request("get", 404, Instant::now());
+        m.observe_request("get", 404, Some("not_found"), Instant::now());
+        m.observe_request("put", 503, Some("handing_off"), Instant::now());
+        m.observe_request("put", 200, None, Instant::now());
         let text = m.render();
         assert!(text.contains("shardedstore_requests_total{operation=\"get\",status=\"4xx\"} 1"));
+        assert!(text.contains(
+            "shardedstore_request_errors_total{code=\"handing_off\",operation=\"put\"} 1"
+        ));
+        assert!(
+            text.contains(
+                "shardedstore_request_errors_total{code=\"not_found\",operation=\"get\"} 1"
+            )
+        );
+        assert!(!text.contains("request_errors_total{code=\"other\""));
         assert!(text.contains("shardedstore_request_duration_seconds_bucket"));
     }
 }

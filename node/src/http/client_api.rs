@@ -134,10 +134,13 @@ pub fn routes(
                     } else {
                         answer
                     };
-                    api.node
-                        .ctx
-                        .metrics
-                        .observe_request(op, answer.status().as_u16(), started);
+                    let code = answer.extensions().get::<common::ErrorCode>();
+                    api.node.ctx.metrics.observe_request(
+                        op,
+                        answer.status().as_u16(),
+                        code.map(|c| c.0.as_str()),
+                        started,
+                    );
                     answer
                 }
             },

@@ -9,6 +9,11 @@ use http::{HeaderMap, Response, StatusCode};
 /// An HTTP answer with a byte body (what every handler returns).
 pub type Answer = Response<Bytes>;
 
+/// The `code` of an error answer, kept on the answer (as an extension) so that the metrics
+/// can count refusals by code without parsing the body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorCode(pub String);
+
 /// Builds a JSON error answer `{"error":{"code","message"}}`.
 pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Answer {
     error_with_map(status, code, message, None)
@@ -34,6 +39,7 @@ pub fn error_with_map(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
+    r.extensions_mut().insert(ErrorCode(code.to_owned()));
     r
 }
 
