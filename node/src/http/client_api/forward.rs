@@ -6,6 +6,7 @@ use super::{
     ClientApi, FORWARDED_HEADER, MAP_VERSION_HEADER, MIN_VERSION_HEADER, Request, SERVED_BY_HEADER,
     SESSION_VERSION_HEADER, STALENESS_HEADER, VERSION_HEADER,
 };
+use crate::admin_api::ErrorBody;
 use crate::http::common::{self, Answer};
 use bytes::Bytes;
 use http::HeaderMap;
@@ -71,9 +72,17 @@ impl ClientApi {
                 return common::unavailable("forward_failed", format!("reading from {addr}: {e}"));
             }
         };
+        // A relayed error keeps its code for this node's metrics too.
+        let code = (status.is_client_error() || status.is_server_error())
+            .then(|| serde_json::from_slice::<ErrorBody>(&body).ok())
+            .flatten()
+            .map(|b| common::ErrorCode(b.error.code));
         let mut answer = http::Response::new(body);
         *answer.status_mut() = status;
         *answer.headers_mut() = headers;
+        if let Some(code) = code {
+            answer.extensions_mut().insert(code);
+        }
         answer
     }
 }

@@ -35,15 +35,24 @@ pub(super) fn handoff(
     let eligible = |n: &NodeId| {
         n != primary && e.in_sync.contains(n) && round.may_lead(n) && !round.unproven(n, p, e.epoch)
     };
+    // A node taking in copies of other partitions is a poor new primary: its applies wait
+    // behind those copies, and writes wait for its applies until it is ready. A leaving
+    // primary prefers another in-sync member; a hand-off for balance waits until it is done.
+    let idle = |n: &&NodeId| !round.ingesting.contains(*n);
     let to = if leaving {
-        tp.primary
-            .iter()
-            .chain(tp.replicas.iter())
-            .chain(e.in_sync.iter())
-            .find(|n| eligible(n))
+        let candidates = || {
+            tp.primary
+                .iter()
+                .chain(tp.replicas.iter())
+                .chain(e.in_sync.iter())
+                .filter(|n| eligible(n))
+        };
+        candidates()
+            .find(idle)
+            .or_else(|| candidates().next())
             .cloned()
     } else if settled && !round.inputs.settings.paused {
-        tp.primary.clone().filter(|n| eligible(n))
+        tp.primary.clone().filter(|n| eligible(n) && idle(&n))
     } else {
         None
     };

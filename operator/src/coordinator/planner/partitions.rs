@@ -10,7 +10,7 @@ use crate::coordinator::status::CoordinatorEvent;
 use crate::placement::{Target, TargetPartition};
 use shardedstore_node::admin_api::{LogPosition, PartitionState, ReplicaRole};
 use shardedstore_node::map::{NodeId, NodeState, PartitionEntry, PartitionId, PartitionMap};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Read-only context of one round.
 pub(super) struct Round<'a> {
@@ -19,6 +19,9 @@ pub(super) struct Round<'a> {
     pub(super) version: u64,
     /// Node states after this round's node-table update.
     pub(super) states: BTreeMap<NodeId, NodeState>,
+    /// Nodes holding a learner of some partition as the round starts: they are taking in
+    /// copies (snapshots, then the log), so their storage is busy and its applies lag.
+    pub(super) ingesting: BTreeSet<NodeId>,
 }
 
 impl Round<'_> {
@@ -166,6 +169,11 @@ pub(super) fn plan_partitions(
             .nodes
             .iter()
             .map(|(id, n)| (id.clone(), n.state))
+            .collect(),
+        ingesting: next
+            .partitions
+            .iter()
+            .flat_map(|e| e.learners.iter().cloned())
             .collect(),
     };
     let mut force = false;

@@ -46,6 +46,9 @@ pub(super) struct World {
     pub(super) settings: Settings,
     pub(super) obs: Observations,
     pub(super) map: Option<PartitionMap>,
+    /// Most admissions [`World::settle`] grants per round (moves then finish one after
+    /// another, as copies of different sizes do, instead of all in the same round).
+    pub(super) admissions_per_round: usize,
 }
 
 impl World {
@@ -65,6 +68,7 @@ impl World {
             },
             obs: Observations::new(now),
             map: None,
+            admissions_per_round: usize::MAX,
         };
         for i in 0..nodes {
             w.set_alive(&format!("node-{i}"));
@@ -140,9 +144,29 @@ impl World {
     /// Runs rounds, granting every admission and hand-off the plan asks for, until the map
     /// stops changing; returns the number of rounds.
     pub(super) fn settle(&mut self) -> usize {
+        self.settle_watching(|_, _| {})
+    }
+
+    /// [`World::settle`], showing `watch` each round's plan with the map it started from.
+    pub(super) fn settle_watching(
+        &mut self,
+        mut watch: impl FnMut(Option<&PartitionMap>, &Plan),
+    ) -> usize {
         for round in 0..200 {
             let p = self.plan();
-            let calls = p.calls.clone();
+            watch(self.map.as_ref(), &p);
+            let mut admissions = self.admissions_per_round;
+            let calls: Vec<Call> = p
+                .calls
+                .iter()
+                .filter(|c| {
+                    let admit = matches!(c, Call::Admit { .. });
+                    let granted = !admit || admissions > 0;
+                    admissions -= usize::from(admit && granted);
+                    granted
+                })
+                .cloned()
+                .collect();
             let changed = p.map.is_some();
             self.apply(p);
             for call in &calls {
@@ -527,6 +551,41 @@ fn scale_out_moves_replicas_through_learners_within_the_move_budget() {
             .partitions
             .iter()
             .all(|e| e.learners.is_empty() && e.in_sync == e.replicas)
+    );
+}
+
+/// A node taking in copies does not become a primary meanwhile: a primary that leaves hands
+/// off to an idle in-sync member, and hand-offs for balance wait until the node is done.
+#[test]
+fn no_hand_off_goes_to_a_node_taking_in_copies() {
+    let mut w = World::running(3, 24, 3);
+    w.settings.max_concurrent_moves_per_node = 3;
+    w.admissions_per_round = 1;
+    w.membership.nodes.push(member(3));
+    w.set_alive("node-3");
+    w.membership.desired_nodes = 4;
+    let mut handoffs = 0;
+    w.settle_watching(|before, plan| {
+        let ingesting: Vec<&String> = before
+            .iter()
+            .flat_map(|m| &m.partitions)
+            .flat_map(|e| &e.learners)
+            .collect();
+        for e in &plan.events {
+            if let CoordinatorEvent::PrimaryHandedOff { to, partition, .. } = e {
+                handoffs += 1;
+                assert!(
+                    !ingesting.contains(&to),
+                    "partition {partition} handed off to {to}, which takes in copies"
+                );
+            }
+        }
+    });
+    assert_placement_ok(w.map());
+    assert!(handoffs > 0, "the new node never received a primary");
+    assert!(
+        !w.primaries_of("node-3").is_empty(),
+        "node-3 leads nothing after the scale-out"
     );
 }
 
