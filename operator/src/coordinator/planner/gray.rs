@@ -51,9 +51,20 @@ pub(super) fn stuck_members(
         .collect()
 }
 
-/// Whether admitting `f` now is useful: it is not stuck, or writes are refused anyway
-/// (`writes_stalled`: fewer than `minInSync` members) and it holds every committed entry, so
-/// the primary answers ready at once and the partition regains its quorum.
+/// Entries a member may be behind the commit point (in the primary's report) and still be
+/// admitted: it streams the rest in moments. An admission counts the member for commits at
+/// once, so every write of the partition waits until it holds the commit point.
+pub(super) const ADMIT_WITHIN_ENTRIES: u64 = 4096;
+
+/// Whether admitting `f` now is useful: it holds a copy (it acknowledged a position, or the
+/// partition has nothing committed) within [`ADMIT_WITHIN_ENTRIES`] of the commit point and
+/// is not stuck, or writes are refused anyway (`writes_stalled`: fewer than `minInSync`
+/// members) and it holds every committed entry, so the primary answers ready at once and the
+/// partition regains its quorum.
+///
+/// A learner still taking in its snapshot has acknowledged nothing: admitting it then made
+/// the primary wait for it — every write of the partition held back for the rest of the
+/// snapshot and the log after it, seconds on a node taking in several copies at once.
 ///
 /// A stuck member that held the commit point back is *not* worth admitting just because its
 /// acknowledged position equals the commit point in the report: that report was made while
@@ -67,7 +78,10 @@ pub(super) fn worth_admitting(
     bound_ms: u64,
     writes_stalled: bool,
 ) -> bool {
-    !stuck(f, commit_seq, bound_ms) || (writes_stalled && f.acked_seq >= commit_seq)
+    let holds_a_copy = f.acked_seq > 0 || commit_seq == 0;
+    let close = commit_seq.saturating_sub(f.acked_seq) <= ADMIT_WITHIN_ENTRIES;
+    (holds_a_copy && close && !stuck(f, commit_seq, bound_ms))
+        || (writes_stalled && f.acked_seq >= commit_seq)
 }
 
 #[cfg(test)]
@@ -175,5 +189,24 @@ mod tests {
         assert!(worth_admitting(&stuck_at_commit, 100, 2000, true));
         let progressing = follower("b", 90, Some(5), Some(50));
         assert!(worth_admitting(&progressing, 100, 2000, false));
+    }
+
+    /// A learner is admitted once it holds a copy close to the commit point, not while its
+    /// snapshot is on the way (the primary would hold every write back until it ends).
+    #[test]
+    fn a_learner_is_admitted_once_it_holds_a_copy_near_the_commit_point() {
+        // Taking in its snapshot: nothing acknowledged, chunks keep its pending clock fresh.
+        let copying = follower("b", 0, Some(5), Some(50));
+        assert!(!worth_admitting(&copying, 348, 2000, false));
+        // Nothing committed yet: nothing to copy.
+        assert!(worth_admitting(&copying, 0, 2000, false));
+        // Snapshot installed far behind the commit point: streaming the log first.
+        let far = follower("b", 1_000, Some(5), Some(50));
+        assert!(!worth_admitting(&far, 1_000 + ADMIT_WITHIN_ENTRIES + 1, 2000, false));
+        assert!(worth_admitting(&far, 1_000 + ADMIT_WITHIN_ENTRIES, 2000, false));
+        // Writes are refused anyway: one that holds everything committed regains the quorum.
+        let caught_up = follower("b", 348, Some(5), None);
+        assert!(worth_admitting(&caught_up, 348, 2000, true));
+        assert!(!worth_admitting(&copying, 348, 2000, true));
     }
 }

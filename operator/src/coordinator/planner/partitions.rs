@@ -441,12 +441,13 @@ fn expand(
     let bound = round.inputs.settings.lag_timeout.as_millis() as u64;
     let report = primary_report(round, p, e, primary);
     let writes_stalled = e.in_sync.len() < round.inputs.settings.min_in_sync as usize;
+    // A learner missing from the primary's report is not admitted: the report was made
+    // before the primary took in the map that added it, and its copy is still on the way.
+    let learners = e.learners.clone();
     let worth = |n: &NodeId| {
-        report.is_none_or(|r| {
-            r.followers
-                .iter()
-                .find(|f| f.node == *n)
-                .is_none_or(|f| worth_admitting(f, r.commit_seq, bound, writes_stalled))
+        report.is_none_or(|r| match r.followers.iter().find(|f| f.node == *n) {
+            Some(f) => worth_admitting(f, r.commit_seq, bound, writes_stalled),
+            None => !learners.contains(n),
         })
     };
     let waiting: Vec<NodeId> = e
