@@ -202,8 +202,18 @@ mod tests {
         assert!(worth_admitting(&copying, 0, 2000, false));
         // Snapshot installed far behind the commit point: streaming the log first.
         let far = follower("b", 1_000, Some(5), Some(50));
-        assert!(!worth_admitting(&far, 1_000 + ADMIT_WITHIN_ENTRIES + 1, 2000, false));
-        assert!(worth_admitting(&far, 1_000 + ADMIT_WITHIN_ENTRIES, 2000, false));
+        assert!(!worth_admitting(
+            &far,
+            1_000 + ADMIT_WITHIN_ENTRIES + 1,
+            2000,
+            false
+        ));
+        assert!(worth_admitting(
+            &far,
+            1_000 + ADMIT_WITHIN_ENTRIES,
+            2000,
+            false
+        ));
         // Writes are refused anyway: one that holds everything committed regains the quorum.
         let caught_up = follower("b", 348, Some(5), None);
         assert!(worth_admitting(&caught_up, 348, 2000, true));

@@ -998,3 +998,68 @@ fn moves_to_a_joining_node_start_once_it_answered_the_push() {
         p.events
     );
 }
+
+/// A learner is admitted (which makes the primary wait for it on every write) only once the
+/// primary's report shows it holding a copy near the commit point: not while the report does
+/// not list it yet, nor while its snapshot is on the way.
+#[test]
+fn a_learner_is_admitted_only_once_its_copy_is_in() {
+    let mut w = World::running(3, 1, 3);
+    let e = &w.map().partitions[0];
+    let primary = e.primary.clone().unwrap_or_else(|| panic!("no primary"));
+    let learner = e
+        .in_sync
+        .iter()
+        .find(|n| **n != primary)
+        .cloned()
+        .unwrap_or_else(|| panic!("no follower: {e:?}"));
+    let epoch = {
+        let m = w.map.as_mut().unwrap_or_else(|| panic!("no map"));
+        let e = &mut m.partitions[0];
+        e.in_sync.retain(|n| *n != learner);
+        e.replicas.retain(|n| *n != learner);
+        e.learners.push(learner.clone());
+        m.version += 1;
+        e.epoch
+    };
+    let v = w.map().version;
+    for r in w.obs.reports.values_mut() {
+        r.map_version = v;
+    }
+    let admits = |w: &World| {
+        w.plan()
+            .calls
+            .iter()
+            .any(|c| matches!(c, Call::Admit { node, .. } if *node == learner))
+    };
+    let report = |w: &mut World, followers: Vec<FollowerProgress>| {
+        if let Some(r) = w.obs.reports.get_mut(&primary) {
+            r.partitions = vec![PartitionState {
+                commit_seq: 348,
+                followers,
+                ..state(0, ReplicaRole::Primary, epoch)
+            }];
+        }
+    };
+    let progress = |node: &str, acked_seq: u64| FollowerProgress {
+        node: node.to_owned(),
+        acked_seq,
+        last_contact_ms: Some(5),
+        pending_since_ms: Some(40),
+    };
+    let other = w.map().partitions[0]
+        .in_sync
+        .iter()
+        .find(|n| **n != primary)
+        .cloned()
+        .unwrap_or_default();
+    // A report from before the learner was added.
+    report(&mut w, vec![progress(&other, 348)]);
+    assert!(!admits(&w), "admitted on a report that does not list it");
+    // Listed, snapshot on the way: nothing acknowledged.
+    report(&mut w, vec![progress(&other, 348), progress(&learner, 0)]);
+    assert!(!admits(&w), "admitted while its snapshot is on the way");
+    // Snapshot in, streaming the last entries.
+    report(&mut w, vec![progress(&other, 348), progress(&learner, 300)]);
+    assert!(admits(&w), "not admitted once its copy is in");
+}
