@@ -214,6 +214,29 @@ impl World {
         panic!("did not settle: {:#?}", self.map)
     }
 
+    /// Turns partition 0's first in-sync follower into a learner in a new map version that
+    /// every node reports under; returns it and the partition's epoch.
+    pub(super) fn follower_to_learner(&mut self) -> (String, u64) {
+        let m = self.map.as_mut().unwrap_or_else(|| panic!("no map"));
+        let e = &mut m.partitions[0];
+        let learner = e
+            .in_sync
+            .iter()
+            .find(|n| e.primary.as_ref() != Some(*n))
+            .cloned()
+            .unwrap_or_else(|| panic!("no follower: {e:?}"));
+        e.in_sync.retain(|n| *n != learner);
+        e.replicas.retain(|n| *n != learner);
+        e.learners.push(learner.clone());
+        let epoch = e.epoch;
+        m.version += 1;
+        let v = m.version;
+        for r in self.obs.reports.values_mut() {
+            r.map_version = v;
+        }
+        (learner, epoch)
+    }
+
     pub(super) fn primaries_of(&self, id: &str) -> Vec<u32> {
         self.map()
             .partitions
@@ -913,26 +936,7 @@ fn a_node_gone_from_the_membership_counts_as_dead_once_fenced() {
 #[test]
 fn a_member_admitted_a_moment_ago_is_not_dropped_for_its_report_from_before() {
     let mut w = World::running(3, 1, 3);
-    let e = &w.map().partitions[0];
-    let learner = e
-        .in_sync
-        .iter()
-        .find(|n| e.primary.as_ref() != Some(*n))
-        .cloned()
-        .unwrap_or_else(|| panic!("no follower: {e:?}"));
-    let epoch = {
-        let m = w.map.as_mut().unwrap_or_else(|| panic!("no map"));
-        let e = &mut m.partitions[0];
-        e.in_sync.retain(|n| *n != learner);
-        e.replicas.retain(|n| *n != learner);
-        e.learners.push(learner.clone());
-        m.version += 1;
-        e.epoch
-    };
-    let v = w.map().version;
-    for r in w.obs.reports.values_mut() {
-        r.map_version = v;
-    }
+    let (learner, epoch) = w.follower_to_learner();
     if let Some(r) = w.obs.reports.get_mut(&learner) {
         r.partitions = vec![state(0, ReplicaRole::Learner, epoch)];
     }
@@ -1005,27 +1009,8 @@ fn moves_to_a_joining_node_start_once_it_answered_the_push() {
 #[test]
 fn a_learner_is_admitted_only_once_its_copy_is_in() {
     let mut w = World::running(3, 1, 3);
-    let e = &w.map().partitions[0];
-    let primary = e.primary.clone().unwrap_or_else(|| panic!("no primary"));
-    let learner = e
-        .in_sync
-        .iter()
-        .find(|n| **n != primary)
-        .cloned()
-        .unwrap_or_else(|| panic!("no follower: {e:?}"));
-    let epoch = {
-        let m = w.map.as_mut().unwrap_or_else(|| panic!("no map"));
-        let e = &mut m.partitions[0];
-        e.in_sync.retain(|n| *n != learner);
-        e.replicas.retain(|n| *n != learner);
-        e.learners.push(learner.clone());
-        m.version += 1;
-        e.epoch
-    };
-    let v = w.map().version;
-    for r in w.obs.reports.values_mut() {
-        r.map_version = v;
-    }
+    let primary = w.map().partitions[0].primary.clone().unwrap_or_default();
+    let (learner, epoch) = w.follower_to_learner();
     let admits = |w: &World| {
         w.plan()
             .calls
