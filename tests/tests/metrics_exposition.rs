@@ -46,8 +46,14 @@ async fn node_metrics_pass_promtool() -> anyhow::Result<()> {
     assert!(status == 200 || status == 201, "put answered {status}");
     let (status, _, _) = cluster.get(0, "metrics-key").await?;
     assert_eq!(status, 200);
+    let (status, _, _) = cluster.get(0, "no-such-key").await?;
+    assert_eq!(status, 404);
 
     let text = cluster.metrics(0).await?;
+    assert!(
+        text.contains("shardedstore_request_errors_total{code=\"not_found\",operation=\"get\"} 1"),
+        "the refused read is not counted by its code:\n{text}"
+    );
     for family in [
         "shardedstore_requests_total",
         "shardedstore_request_duration_seconds",
