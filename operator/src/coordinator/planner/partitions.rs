@@ -443,11 +443,10 @@ fn expand(
     let writes_stalled = e.in_sync.len() < round.inputs.settings.min_in_sync as usize;
     // A learner missing from the primary's report is not admitted: the report was made
     // before the primary took in the map that added it, and its copy is still on the way.
-    let learners = e.learners.clone();
-    let worth = |n: &NodeId| {
+    let worth = |n: &NodeId, learner: bool| {
         report.is_none_or(|r| match r.followers.iter().find(|f| f.node == *n) {
             Some(f) => worth_admitting(f, r.commit_seq, bound, writes_stalled),
-            None => !learners.contains(n),
+            None => !learner,
         })
     };
     let waiting: Vec<NodeId> = e
@@ -458,8 +457,9 @@ fn expand(
         .cloned()
         .collect();
     for n in waiting {
+        let learner = e.learners.contains(&n);
         if round.inputs.obs.admitted.contains(&(p, e.epoch, n.clone())) {
-            if e.learners.contains(&n) {
+            if learner {
                 e.learners.retain(|l| *l != n);
                 e.replicas.push(n.clone());
             }
@@ -468,7 +468,7 @@ fn expand(
                 partition: p,
                 node: n,
             });
-        } else if worth(&n) {
+        } else if worth(&n, learner) {
             calls.push(Call::Admit {
                 partition: p,
                 epoch: e.epoch,
