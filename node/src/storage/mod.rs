@@ -1,5 +1,7 @@
 //! Durable storage of one node: a single redb database holding, per partition, a log table
-//! and a data table, plus a meta table (format, node id, installed map, per-partition state).
+//! and a data table, plus a meta table (format, node id, installed map, per-partition state);
+//! values larger than a few bytes are kept beside it, one append-only file per partition
+//! ([`values`]), and the data table holds where they are.
 //!
 //! Reads go straight to the database; every write goes through the group-commit
 //! [`writer`] task so that one transaction and one fsync cover many appends. Log appends are
@@ -12,6 +14,7 @@ pub mod codec;
 pub mod faults;
 pub mod log_chunks;
 pub mod tables;
+pub mod values;
 pub mod wal;
 pub mod writer;
 
@@ -28,12 +31,14 @@ use tables::{META, data_table, log_table, meta_key};
 /// write-ahead log (`node.wal`); format 3 alternates its generations between `node.wal` and
 /// `node.wal.1`, so a checkpoint no longer stops the log; format 4 logs the partition map in
 /// it too (a record an older build could not read); format 5 stores the log in chunks of many
-/// entries ([`log_chunks`]; a row of an older format is a chunk of one). An older database is upgraded when
+/// entries ([`log_chunks`]; a row of an older format is a chunk of one); format 6 keeps larger
+/// values in value files ([`values`]) and tags every data row (a format-5 row is rewritten as a
+/// row holding its value when opened). An older database is upgraded when
 /// opened, and a build that only knows an older format refuses a newer directory instead of
 /// ignoring part of its log.
-pub const STORAGE_FORMAT: u32 = 5;
+pub const STORAGE_FORMAT: u32 = 6;
 /// Older layouts this build opens (and upgrades).
-const UPGRADABLE_FORMATS: [u32; 4] = [1, 2, 3, 4];
+const UPGRADABLE_FORMATS: [u32; 5] = [1, 2, 3, 4, 5];
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +71,10 @@ pub enum StorageError {
     WriterGone,
     #[error("the write-ahead log is already owned by a writer")]
     WalTaken,
+    #[error("the value file {path} of partition {partition} is missing")]
+    MissingValues { partition: PartitionId, path: String },
+    #[error("a value in {path} at offset {offset} fails its checksum")]
+    CorruptValue { path: String, offset: u64 },
 }
 
 pub(crate) fn read_err(e: impl Into<redb::Error>) -> StorageError {
@@ -108,6 +117,7 @@ pub struct Store {
     wal: Arc<std::sync::Mutex<Option<wal::Wal>>>,
     /// Log entries appended since the last checkpoint ([`log_chunks`]).
     tail: log_chunks::SharedTail,
+    values: Arc<values::Values>,
 }
 
 impl Store {
@@ -140,12 +150,14 @@ impl Store {
             })?;
         let db = Arc::new(db);
         let disk_id = Self::init_meta(&db, node_id)?;
-        let wal = wal::recover(&db, dir)?;
+        let values = Arc::new(values::Values::open(&db, dir)?);
+        let wal = wal::recover(&db, dir, &values)?;
         Ok(Self {
             db,
             disk_id: disk_id.into(),
             wal: Arc::new(std::sync::Mutex::new(Some(wal))),
             tail: Arc::default(),
+            values,
         })
     }
 
@@ -194,6 +206,10 @@ impl Store {
         &self.tail
     }
 
+    pub(crate) fn values(&self) -> &values::Values {
+        &self.values
+    }
+
     /// Random identity of this database, created with it (`disk_id` in the meta table).
     pub fn disk_id(&self) -> &str {
         &self.disk_id
@@ -204,6 +220,7 @@ impl Store {
     fn init_meta(db: &Database, node_id: &str) -> Result<String, StorageError> {
         let txn = db.begin_write().map_err(write_err)?;
         let disk_id;
+        let mut upgrade_rows = false;
         {
             let mut meta = txn.open_table(META).map_err(write_err)?;
             let format = meta
@@ -220,6 +237,7 @@ impl Store {
                     );
                     meta.insert("format", &STORAGE_FORMAT.to_le_bytes()[..])
                         .map_err(write_err)?;
+                    upgrade_rows = true;
                 }
                 Some(f) => return Err(StorageError::UnsupportedFormat { found: f }),
                 None => {
@@ -261,6 +279,10 @@ impl Store {
                     id
                 }
             };
+        }
+        if upgrade_rows {
+            let rows = values::upgrade_rows(&txn)?;
+            tracing::info!(rows, "rewrote the data rows in the tagged layout");
         }
         txn.commit().map_err(write_err)?;
         Ok(disk_id)
@@ -349,19 +371,16 @@ impl Store {
 
     /// Reads one key of a partition's data table.
     pub fn get(&self, p: PartitionId, key: &[u8]) -> Result<Option<Versioned>, StorageError> {
-        self.read_key(p, key, |stored| {
-            let (version, value) = codec::decode_value(stored)?;
-            Ok(Versioned {
-                version,
-                value: value.to_vec(),
-            })
-        })
+        let found = self
+            .values
+            .resolve(|| self.read_key(p, key, |stored| Ok(stored.to_vec())))?;
+        Ok(found.map(|(version, value)| Versioned { version, value }))
     }
 
-    /// The version of one key of a partition's data table, without copying its value (what
+    /// The version of one key of a partition's data table, without reading its value (what
     /// a write needs to decide its condition).
     pub fn version_of(&self, p: PartitionId, key: &[u8]) -> Result<Option<u64>, StorageError> {
-        self.read_key(p, key, |stored| Ok(codec::decode_value(stored)?.0))
+        self.read_key(p, key, |stored| Ok(values::decode_row(stored)?.version))
     }
 
     fn read_key<T>(
@@ -397,7 +416,8 @@ impl Store {
     /// Opens a consistent snapshot of a partition: its data table and applied sequence
     /// number as of one read transaction.
     pub fn snapshot(&self, p: PartitionId) -> Result<SnapshotReader, StorageError> {
-        let txn = self.db.begin_read().map_err(read_err)?;
+        let (txn, files) = self.values.pinned(|| self.db.begin_read());
+        let txn = txn.map_err(read_err)?;
         let meta = txn.open_table(META).map_err(read_err)?;
         let applied_seq = meta
             .get(meta_key(p, "applied").as_str())
@@ -414,6 +434,7 @@ impl Store {
         };
         Ok(SnapshotReader {
             table,
+            files,
             applied_seq,
             keys,
             bytes,
@@ -421,12 +442,15 @@ impl Store {
     }
 }
 
-/// A `(key, stored value)` pair of a snapshot.
+/// A `(key, stored value)` pair of a snapshot, the value as [`codec::encode_value`] lays it
+/// out (its version, then its bytes).
 pub type SnapshotItem = (Vec<u8>, Vec<u8>);
 
 /// A partition's data as of one read transaction, read in key order chunk by chunk.
 pub struct SnapshotReader {
     table: Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>,
+    /// The value files as of the read transaction.
+    files: values::Pinned,
     pub applied_seq: u64,
     pub keys: u64,
     pub bytes: u64,
@@ -454,8 +478,10 @@ impl SnapshotReader {
         let mut size = 0;
         for item in range {
             let (k, v) = item.map_err(read_err)?;
-            size += k.value().len() + v.value().len();
-            out.push((k.value().to_vec(), v.value().to_vec()));
+            let row = values::decode_row(v.value())?;
+            let value = self.files.value(&row)?;
+            size += k.value().len() + value.len();
+            out.push((k.value().to_vec(), codec::encode_value(row.version, &value)));
             if size >= max_bytes {
                 break;
             }

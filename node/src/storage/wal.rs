@@ -298,7 +298,11 @@ pub fn decode_batch(payload: &[u8]) -> Result<Vec<Command>, CodecError> {
 /// those of `g + 1` (written while the checkpoint to `g + 1` was under way, if it never
 /// completed), are replayed in that order. A format-2 directory kept every generation in
 /// `node.wal`, so the records of `g` are looked for in both files.
-pub fn recover(db: &Database, dir: &Path) -> Result<Wal, StorageError> {
+pub fn recover(
+    db: &Database,
+    dir: &Path,
+    values: &super::values::Values,
+) -> Result<Wal, StorageError> {
     let paths = [dir.join(FILE_NAMES[0]), dir.join(FILE_NAMES[1])];
     let (mut first, created_first) = open_file(&paths[0])?;
     let (mut second, created_second) = open_file(&paths[1])?;
@@ -330,7 +334,7 @@ pub fn recover(db: &Database, dir: &Path) -> Result<Wal, StorageError> {
     let tail = std::sync::Mutex::new(super::log_chunks::LogTail::default());
     for payload in &records {
         for cmd in decode_batch(payload)? {
-            super::writer::apply_command(&txn, &cmd, &mut pending, &tail)?;
+            super::writer::apply_command(&txn, &cmd, &mut pending, &tail, values)?;
             replayed += 1;
         }
     }

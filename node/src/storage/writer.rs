@@ -36,6 +36,7 @@ use super::codec::{self, LogEntry, Op};
 use super::faults::FaultHooks;
 use super::log_chunks::{self, LogTail};
 use super::tables::{self, META, data_table, log_table, meta_key};
+use super::values::{self, Values};
 use super::wal::{self, Wal};
 use super::{StorageError, Store, write_err};
 use crate::admin_api::LogPosition;
@@ -512,8 +513,12 @@ impl DbThread {
         let mut meta = TxnMeta::default();
         let mut outcomes = Vec::new();
         let tail = self.store.tail();
+        let values = self.store.values();
         for (cmd, _) in stages.iter().flat_map(|s| &s.batch) {
-            outcomes.push(apply_command(&txn, cmd, &mut meta, tail)?);
+            outcomes.push(apply_command(&txn, cmd, &mut meta, tail, values)?);
+        }
+        for (p, a) in &meta.applied {
+            values.maybe_compact(&txn, *p, a.bytes)?;
         }
         meta.flush(&txn)?;
         let written = match generation {
@@ -527,14 +532,20 @@ impl DbThread {
                 put_meta(&txn, wal::GENERATION_KEY, &g.to_le_bytes())?;
                 txn.set_durability(Durability::Immediate)
                     .map_err(write_err)?;
+                // No durable row may point past what is on disk.
+                values.sync()?;
                 written
             }
             None => {
                 txn.set_durability(Durability::None).map_err(write_err)?;
+                values.write_out_all()?;
                 Vec::new()
             }
         };
         txn.commit().map_err(write_err)?;
+        if generation.is_some() {
+            values.checkpointed();
+        }
         // Only now: readers copy the tail before they read the database.
         log_chunks::lock(tail).written(&written);
         Ok(outcomes)
@@ -616,6 +627,7 @@ pub(super) fn apply_command(
     cmd: &Command,
     pending: &mut TxnMeta,
     tail: &Mutex<LogTail>,
+    values: &Values,
 ) -> Result<Outcome, StorageError> {
     match cmd {
         Command::Append {
@@ -652,7 +664,7 @@ pub(super) fn apply_command(
                 .insert(*partition, codec::encode_history(history));
         }
         Command::Apply { partition, entries } => {
-            return apply_entries(txn, *partition, entries, pending);
+            return apply_entries(txn, *partition, entries, pending, values);
         }
         Command::Compact { partition, base } => {
             log_chunks::lock(tail).compact(*partition, base.last_seq);
@@ -680,14 +692,14 @@ pub(super) fn apply_command(
         Command::DropPartition { partition } => {
             pending.forget(*partition);
             log_chunks::lock(tail).forget(*partition);
-            drop_partition(txn, *partition)?;
+            drop_partition(txn, *partition, values)?;
         }
         Command::SnapshotBegin { partition } => {
             // A snapshot does not prove a copy in sync: keep the mark across the install.
             let unproven = get_meta(txn, &meta_key(*partition, "unproven"))?;
             pending.forget(*partition);
             log_chunks::lock(tail).forget(*partition);
-            drop_partition(txn, *partition)?;
+            drop_partition(txn, *partition, values)?;
             if let Some(mark) = unproven {
                 put_meta(txn, &meta_key(*partition, "unproven"), &mark)?;
             }
@@ -700,7 +712,10 @@ pub(super) fn apply_command(
             let name = data_table(*partition);
             let mut data = txn.open_table(name.as_def()).map_err(write_err)?;
             for (k, v) in items {
-                data.insert(k.as_slice(), v.as_slice()).map_err(write_err)?;
+                let (version, value) = codec::decode_value(v)?;
+                let row = values.put(txn, *partition, version, value)?;
+                data.insert(k.as_slice(), row.as_slice())
+                    .map_err(write_err)?;
             }
         }
         Command::SnapshotEnd {
@@ -729,7 +744,12 @@ pub(super) fn apply_command(
     Ok(Outcome::default())
 }
 
-fn drop_partition(txn: &WriteTransaction, p: PartitionId) -> Result<(), StorageError> {
+fn drop_partition(
+    txn: &WriteTransaction,
+    p: PartitionId,
+    values: &Values,
+) -> Result<(), StorageError> {
+    values.drop_partition(txn, p)?;
     txn.delete_table(log_table(p).as_def()).map_err(write_err)?;
     txn.delete_table(data_table(p).as_def())
         .map_err(write_err)?;
@@ -747,6 +767,7 @@ fn apply_entries(
     p: PartitionId,
     entries: &[Arc<LogEntry>],
     pending: &mut TxnMeta,
+    values: &Values,
 ) -> Result<Outcome, StorageError> {
     let Applied {
         seq: mut applied,
@@ -762,21 +783,21 @@ fn apply_entries(
             }
             let old = match &e.op {
                 Op::Put { key, value } => {
-                    let stored = codec::encode_value(e.seq, value);
+                    let stored = values.put(txn, p, e.seq, value)?;
                     keys += 1;
                     bytes += (key.len() + value.len()) as u64;
                     data.insert(key.as_slice(), stored.as_slice())
                         .map_err(write_err)?
-                        .map(|v| (key.len(), v.value().len()))
+                        .map(|v| (key.len(), stored_len(v.value())))
                 }
                 Op::Delete { key } => data
                     .remove(key.as_slice())
                     .map_err(write_err)?
-                    .map(|v| (key.len(), v.value().len())),
+                    .map(|v| (key.len(), stored_len(v.value()))),
             };
             if let Some((klen, vlen)) = old {
                 keys = keys.saturating_sub(1);
-                bytes = bytes.saturating_sub((klen + vlen.saturating_sub(8)) as u64);
+                bytes = bytes.saturating_sub((klen + vlen) as u64);
             }
             applied = e.seq;
         }
@@ -790,6 +811,11 @@ fn apply_entries(
         },
     );
     Ok(Outcome { keys, bytes })
+}
+
+/// Length of the value a stored row stands for.
+fn stored_len(row: &[u8]) -> usize {
+    values::decode_row(row).map_or(0, |r| r.value_len())
 }
 
 #[cfg(test)]
@@ -903,7 +929,7 @@ mod tests {
         let txn = one.db().begin_write().expect("txn");
         let mut pending = TxnMeta::default();
         for cmd in script() {
-            apply_command(&txn, &cmd, &mut pending, one.tail()).expect("apply");
+            apply_command(&txn, &cmd, &mut pending, one.tail(), one.values()).expect("apply");
         }
         pending.flush(&txn).expect("flush");
         txn.commit().expect("commit");
@@ -913,7 +939,7 @@ mod tests {
         for cmd in script() {
             let txn = each.db().begin_write().expect("txn");
             let mut pending = TxnMeta::default();
-            apply_command(&txn, &cmd, &mut pending, each.tail()).expect("apply");
+            apply_command(&txn, &cmd, &mut pending, each.tail(), each.values()).expect("apply");
             pending.flush(&txn).expect("flush");
             txn.commit().expect("commit");
         }
