@@ -72,7 +72,10 @@ pub enum StorageError {
     #[error("the write-ahead log is already owned by a writer")]
     WalTaken,
     #[error("the value file {path} of partition {partition} is missing")]
-    MissingValues { partition: PartitionId, path: String },
+    MissingValues {
+        partition: PartitionId,
+        path: String,
+    },
     #[error("a value in {path} at offset {offset} fails its checksum")]
     CorruptValue { path: String, offset: u64 },
 }

@@ -315,8 +315,7 @@ impl Values {
     /// began (a newer transaction names another file).
     fn read(&self, p: &Pointer) -> Result<Option<Vec<u8>>, StorageError> {
         let file = lock(&self.files).get(&p.file).cloned();
-        file.map(|f| read_at(&f, p, &self.path(p.file)))
-            .transpose()
+        file.map(|f| read_at(&f, p, &self.path(p.file))).transpose()
     }
 
     /// Reads the value of a row read by `read_row` (a fresh read transaction each call),
@@ -435,7 +434,11 @@ impl Values {
     }
 
     /// Forgets partition `p`'s file: it is deleted after the next checkpoint.
-    pub fn drop_partition(&self, txn: &WriteTransaction, p: PartitionId) -> Result<(), StorageError> {
+    pub fn drop_partition(
+        &self,
+        txn: &WriteTransaction,
+        p: PartitionId,
+    ) -> Result<(), StorageError> {
         let mut w = lock(&self.writing);
         w.active.remove(&p);
         let mut meta = txn.open_table(META).map_err(write_err)?;
@@ -470,9 +473,7 @@ impl Values {
         // The rows of this transaction may point into what is not written out yet.
         self.write_out(&mut w)?;
         let mut new = self.create(&mut w)?;
-        let mut table = txn
-            .open_table(data_table(p).as_def())
-            .map_err(write_err)?;
+        let mut table = txn.open_table(data_table(p).as_def()).map_err(write_err)?;
         let mut after: Option<Vec<u8>> = None;
         let mut moved = 0u64;
         loop {
@@ -726,7 +727,7 @@ mod tests {
 
     use crate::storage::codec::{LogEntry, Op};
     use crate::storage::writer::{Command, WriterHandle, WriterObserver};
-    use crate::storage::{Store, STORAGE_FORMAT};
+    use crate::storage::{STORAGE_FORMAT, Store};
     use std::time::{Duration, Instant};
 
     struct Quiet;
@@ -813,7 +814,10 @@ mod tests {
         );
         drop((snap, w, store));
         let store = reopen(dir.path()).await;
-        assert_eq!(store.get(4, b"big").expect("get").map(|v| v.value), Some(big));
+        assert_eq!(
+            store.get(4, b"big").expect("get").map(|v| v.value),
+            Some(big)
+        );
         assert_eq!(
             store.get(4, b"small").expect("get").map(|v| v.value),
             Some(b"s".to_vec())
@@ -857,7 +861,9 @@ mod tests {
             assert_eq!(got.value, value(rounds - 1, k));
             assert_eq!(got.version, (rounds - 1) * keys + k + 1);
         }
-        let old = snap.chunk(None, usize::MAX).expect("the pinned old file reads");
+        let old = snap
+            .chunk(None, usize::MAX)
+            .expect("the pinned old file reads");
         assert_eq!(old.len(), keys as usize);
         for (k, (key, stored)) in old.iter().enumerate() {
             assert_eq!(key, format!("k{k:03}").as_bytes());
@@ -901,13 +907,19 @@ mod tests {
             store.get(2, b"k"),
             Err(StorageError::CorruptValue { offset: 0, .. })
         ));
-        assert_eq!(store.get(3, b"k").expect("get").map(|v| v.value), Some(vec![2u8; 500]));
+        assert_eq!(
+            store.get(3, b"k").expect("get").map(|v| v.value),
+            Some(vec![2u8; 500])
+        );
         drop((w, store));
         drop(reopen(dir.path()).await); // the writer's threads have let go of the database
         std::fs::remove_file(&path).expect("lose the file");
         let opened = Store::open(dir.path(), "n");
         assert!(
-            matches!(opened, Err(StorageError::MissingValues { partition: 2, .. })),
+            matches!(
+                opened,
+                Err(StorageError::MissingValues { partition: 2, .. })
+            ),
             "{:?}",
             opened.err()
         );
@@ -947,7 +959,10 @@ mod tests {
             assert_eq!(got.version, i + 1);
             assert_eq!(got.value, vec![i as u8; 100 + i as usize % 200]);
         }
-        assert_eq!(store.snapshot(6).expect("snapshot").len().expect("len"), 3000);
+        assert_eq!(
+            store.snapshot(6).expect("snapshot").len().expect("len"),
+            3000
+        );
         let _ = STORAGE_FORMAT;
     }
 }
