@@ -43,6 +43,8 @@ pub struct NodeMetrics {
     pub catchup_bytes: IntCounterVec,
     /// Log entries retained across partitions (bounded by retention and compaction).
     pub log_entries: IntGauge,
+    pub value_file_bytes: IntGauge,
+    pub value_compactions: IntCounter,
     pub forwarded_requests: IntCounter,
     pub rejected_frames: IntCounter,
     /// Append streams open between this node and others (`side`: `outgoing` to the members of
@@ -132,6 +134,14 @@ impl NodeMetrics {
             "shardedstore_log_entries",
             "Log entries retained across the partitions of this node",
         )?;
+        let value_file_bytes = IntGauge::new(
+            "shardedstore_value_file_bytes",
+            "Bytes in this node's value files (values larger than 64 bytes), live and not yet compacted away",
+        )?;
+        let value_compactions = IntCounter::new(
+            "shardedstore_value_compactions_total",
+            "Value files emptied of their live values into a new file",
+        )?;
         let forwarded_requests = IntCounter::new(
             "shardedstore_forwarded_requests_total",
             "Client requests forwarded to another node",
@@ -180,6 +190,8 @@ impl NodeMetrics {
         registry.register(Box::new(stored_keys.clone()))?;
         registry.register(Box::new(catchup_bytes.clone()))?;
         registry.register(Box::new(log_entries.clone()))?;
+        registry.register(Box::new(value_file_bytes.clone()))?;
+        registry.register(Box::new(value_compactions.clone()))?;
         registry.register(Box::new(forwarded_requests.clone()))?;
         registry.register(Box::new(rejected_frames.clone()))?;
         registry.register(Box::new(append_streams.clone()))?;
@@ -210,6 +222,8 @@ impl NodeMetrics {
             stored_keys,
             catchup_bytes,
             log_entries,
+            value_file_bytes,
+            value_compactions,
             forwarded_requests,
             rejected_frames,
             append_streams,

@@ -365,6 +365,12 @@ impl Node {
             m.stored_bytes.set(bytes as i64);
             m.replication_lag_entries.set(lag as i64);
             m.log_entries.set(entries as i64);
+            let values = self.ctx.store.values();
+            m.value_file_bytes
+                .set(i64::try_from(values.file_bytes()).unwrap_or(i64::MAX));
+            let compactions = values.compactions();
+            m.value_compactions
+                .inc_by(compactions.saturating_sub(m.value_compactions.get()));
         }
     }
 }

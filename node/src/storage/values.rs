@@ -16,17 +16,21 @@
 //! - a file is only appended to; bytes written after the last checkpoint and lost in a crash
 //!   are never pointed to by the database that survives it (a restarted node appends after
 //!   whatever is there);
-//! - a file the database no longer names (a partition dropped, or its values moved to a new
-//!   file by [`Values::maybe_compact`]) is deleted only after a checkpoint has made that
+//! - a file the database no longer names (a partition dropped, or its live values moved to a
+//!   new file by a compaction) is deleted only after a checkpoint has made that
 //!   durable, and only once no reader can still need it: readers take the file handles under
 //!   the same lock the deletion takes ([`Values::pinned`]), and a single read that finds its
 //!   file gone reads again in a newer transaction;
 //! - at start-up, files the durable database does not name (made after its last checkpoint,
 //!   or retired before a deletion finished) are deleted.
 //!
-//! Within one transaction every pointer of a partition names the partition's current file
-//! (meta key `p/{p}/vfile`): a compaction rewrites them all in the transaction that names the
-//! new file.
+//! A partition's rows point into its current file (meta key `p/{p}/vfile`) or, while a
+//! compaction is under way, into the file it empties (`p/{p}/vfile.old`). A compaction starts
+//! when a file holds more dead bytes than live ones (and at least [`COMPACT_MIN_DEAD`]): new
+//! values go to a new file from then on, and every database transaction moves a bounded
+//! number of the old file's live values over ([`Values::compact_steps`]), so no transaction
+//! grows with the partition. A compaction cut short by a crash starts again from the first
+//! key at the next start (rows already moved name the new file and are passed over).
 
 use super::codec::CodecError;
 use super::tables::{self, META, data_table, meta_key};
@@ -46,10 +50,10 @@ pub const INLINE_MAX: usize = 64;
 /// A partition's file is rewritten with only its live values once its dead bytes exceed both
 /// its live bytes and this (so a byte written costs at most one more write later).
 const COMPACT_MIN_DEAD: u64 = 4 << 20;
-/// Rows a compaction reads from the data table per step.
+/// Rows a compaction looks at per step (one step per partition per database transaction).
 const COMPACT_STEP: usize = 1024;
-/// A compaction writes its new file out when this much is buffered.
-const COMPACT_FLUSH_BYTES: usize = 8 << 20;
+/// Bytes of values a compaction moves per step.
+const COMPACT_STEP_BYTES: u64 = 4 << 20;
 /// Times a read tries again when the file its row named was retired meanwhile.
 const READ_ATTEMPTS: usize = 8;
 
@@ -210,6 +214,18 @@ struct Writing {
     /// Files no longer named by the database as of the transactions committed so far:
     /// deleted once a checkpoint has made that durable.
     retired: Vec<u64>,
+    /// Compactions under way, by partition.
+    compacting: HashMap<PartitionId, Compaction>,
+}
+
+/// A partition's file being emptied into its current one ([`Values::compact_steps`]).
+struct Compaction {
+    /// The file being emptied (meta key `p/{p}/vfile.old`).
+    old: u64,
+    /// The last key looked at; the next step goes on after it.
+    after: Option<Vec<u8>>,
+    moved: u64,
+    started: std::time::Instant,
 }
 
 /// The node's value files (cheap to share).
@@ -218,6 +234,8 @@ pub struct Values {
     /// Every file the database may name, by id. Readers and deletions take this lock.
     files: Mutex<HashMap<u64, Arc<File>>>,
     writing: Mutex<Writing>,
+    /// Compactions finished since the node started.
+    compactions: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -231,20 +249,34 @@ impl Values {
         let dir = data_dir.join(DIR);
         std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, "creating", e))?;
         let mut named: HashMap<u64, PartitionId> = HashMap::new();
+        let mut compacting = HashMap::new();
         {
             let txn = db.begin_read().map_err(read_err)?;
             let meta = txn.open_table(META).map_err(read_err)?;
             for row in meta.iter().map_err(read_err)? {
                 let (k, v) = row.map_err(read_err)?;
-                let Some(p) = k
-                    .value()
-                    .strip_prefix("p/")
-                    .and_then(|s| s.strip_suffix("/vfile"))
-                    .and_then(|s| s.parse::<PartitionId>().ok())
+                let Some((p, what)) = k.value().strip_prefix("p/").and_then(|s| s.split_once('/'))
                 else {
                     continue;
                 };
-                named.insert(tables::u64_from(v.value()), p);
+                let (Ok(p), "vfile" | "vfile.old") = (p.parse::<PartitionId>(), what) else {
+                    continue;
+                };
+                let id = tables::u64_from(v.value());
+                named.insert(id, p);
+                if what == "vfile.old" {
+                    // Interrupted: it starts again from the first key (rows already moved
+                    // name the new file and are passed over).
+                    compacting.insert(
+                        p,
+                        Compaction {
+                            old: id,
+                            after: None,
+                            moved: 0,
+                            started: std::time::Instant::now(),
+                        },
+                    );
+                }
             }
         }
         let mut files = HashMap::new();
@@ -287,9 +319,26 @@ impl Values {
             files: Mutex::new(files),
             writing: Mutex::new(Writing {
                 next_id: highest + 1,
+                compacting,
                 ..Writing::default()
             }),
+            compactions: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Bytes in the value files (live and dead), as the files' lengths say.
+    pub fn file_bytes(&self) -> u64 {
+        let files: Vec<Arc<File>> = lock(&self.files).values().cloned().collect();
+        files
+            .iter()
+            .filter_map(|f| f.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// Compactions finished since the store was opened.
+    pub fn compactions(&self) -> u64 {
+        self.compactions.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn path(&self, id: u64) -> PathBuf {
@@ -441,19 +490,23 @@ impl Values {
     ) -> Result<(), StorageError> {
         let mut w = lock(&self.writing);
         w.active.remove(&p);
+        w.compacting.remove(&p);
         let mut meta = txn.open_table(META).map_err(write_err)?;
-        let named = meta
-            .remove(meta_key(p, "vfile").as_str())
-            .map_err(write_err)?
-            .map(|v| tables::u64_from(v.value()));
-        if let Some(id) = named {
-            w.retired.push(id);
+        for what in ["vfile", "vfile.old"] {
+            let named = meta
+                .remove(meta_key(p, what).as_str())
+                .map_err(write_err)?
+                .map(|v| tables::u64_from(v.value()));
+            if let Some(id) = named {
+                w.retired.push(id);
+            }
         }
         Ok(())
     }
 
-    /// Rewrites partition `p`'s live values into a new file when its current one is mostly
-    /// dead bytes (`live` is the partition's stored bytes, an upper bound of what is live).
+    /// Starts a compaction of partition `p`'s file when it is mostly dead bytes (`live` is
+    /// the partition's stored bytes, an upper bound of what is live): new values go to a new
+    /// file from now on, and [`Values::compact_steps`] moves the live ones over.
     pub fn maybe_compact(
         &self,
         txn: &WriteTransaction,
@@ -461,6 +514,9 @@ impl Values {
         live: u64,
     ) -> Result<(), StorageError> {
         let mut w = lock(&self.writing);
+        if w.compacting.contains_key(&p) {
+            return Ok(());
+        }
         let Some(old) = w.active.get(&p) else {
             return Ok(());
         };
@@ -468,69 +524,123 @@ impl Values {
         if dead < COMPACT_MIN_DEAD || dead < live {
             return Ok(());
         }
-        let started = std::time::Instant::now();
         let (old_id, old_len) = (old.id, old.end());
         // The rows of this transaction may point into what is not written out yet.
         self.write_out(&mut w)?;
-        let mut new = self.create(&mut w)?;
-        let mut table = txn.open_table(data_table(p).as_def()).map_err(write_err)?;
-        let mut after: Option<Vec<u8>> = None;
-        let mut moved = 0u64;
-        loop {
-            let mut rows: Vec<(Vec<u8>, u64, Pointer)> = Vec::with_capacity(COMPACT_STEP);
-            let mut scanned = 0usize;
-            {
-                let range = match &after {
-                    Some(k) => table.range::<&[u8]>((
-                        std::ops::Bound::Excluded(k.as_slice()),
-                        std::ops::Bound::Unbounded,
-                    )),
-                    None => table.range::<&[u8]>(..),
-                }
-                .map_err(write_err)?;
-                for item in range.take(COMPACT_STEP) {
-                    let (k, v) = item.map_err(write_err)?;
-                    scanned += 1;
-                    after = Some(k.value().to_vec());
-                    let row = decode_row(v.value())?;
-                    if let Stored::At(ptr) = row.value {
-                        rows.push((k.value().to_vec(), row.version, ptr));
-                    }
-                }
-            }
-            if scanned == 0 {
-                break;
-            }
-            for (key, version, ptr) in &rows {
-                let value = self.read(ptr)?.ok_or_else(|| StorageError::MissingValues {
-                    partition: p,
-                    path: self.path(ptr.file).display().to_string(),
-                })?;
-                let moved_to = new.push(&value)?;
-                table
-                    .insert(key.as_slice(), &encode_pointer(*version, moved_to)[..])
-                    .map_err(write_err)?;
-                moved += u64::from(ptr.len);
-            }
-            if new.pending.len() >= COMPACT_FLUSH_BYTES {
-                let path = self.path(new.id);
-                write_active(&mut new, &mut w.dirty, &path)?;
-            }
-        }
-        drop(table);
+        let new = self.create(&mut w)?;
         let mut meta = txn.open_table(META).map_err(write_err)?;
         meta.insert(meta_key(p, "vfile").as_str(), &new.id.to_le_bytes()[..])
             .map_err(write_err)?;
+        meta.insert(meta_key(p, "vfile.old").as_str(), &old_id.to_le_bytes()[..])
+            .map_err(write_err)?;
         tracing::info!(
             partition = p,
-            from = old_len,
-            to = new.end(),
-            moved,
-            seconds = started.elapsed().as_secs_f64(),
-            "compacted a partition's value file"
+            old = old_id,
+            new = new.id,
+            old_bytes = old_len,
+            live,
+            "compacting a partition's value file"
         );
-        w.retired.push(old_id);
         w.active.insert(p, new);
+        w.compacting.insert(
+            p,
+            Compaction {
+                old: old_id,
+                after: None,
+                moved: 0,
+                started: std::time::Instant::now(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Moves the next live values of every compaction under way from the file being emptied
+    /// to the partition's current one (at most [`COMPACT_STEP`] rows or
+    /// [`COMPACT_STEP_BYTES`] per partition per call, so a transaction stays short); a file
+    /// emptied is retired.
+    pub fn compact_steps(&self, txn: &WriteTransaction) -> Result<(), StorageError> {
+        let mut w = lock(&self.writing);
+        let partitions: Vec<PartitionId> = w.compacting.keys().copied().collect();
+        for p in partitions {
+            self.compact_step(&mut w, txn, p)?;
+        }
+        Ok(())
+    }
+
+    fn compact_step(
+        &self,
+        w: &mut Writing,
+        txn: &WriteTransaction,
+        p: PartitionId,
+    ) -> Result<(), StorageError> {
+        let Some(c) = w.compacting.get(&p) else {
+            return Ok(());
+        };
+        let (old, after) = (c.old, c.after.clone());
+        let mut table = txn.open_table(data_table(p).as_def()).map_err(write_err)?;
+        let mut rows: Vec<(Vec<u8>, u64, Pointer)> = Vec::new();
+        let mut scanned = 0usize;
+        let mut bytes = 0u64;
+        let mut last = after.clone();
+        {
+            let range = match &after {
+                Some(k) => table.range::<&[u8]>((
+                    std::ops::Bound::Excluded(k.as_slice()),
+                    std::ops::Bound::Unbounded,
+                )),
+                None => table.range::<&[u8]>(..),
+            }
+            .map_err(write_err)?;
+            for item in range {
+                if scanned >= COMPACT_STEP || bytes >= COMPACT_STEP_BYTES {
+                    break;
+                }
+                let (k, v) = item.map_err(write_err)?;
+                scanned += 1;
+                last = Some(k.value().to_vec());
+                let row = decode_row(v.value())?;
+                if let Stored::At(ptr) = row.value
+                    && ptr.file == old
+                {
+                    bytes += u64::from(ptr.len);
+                    rows.push((k.value().to_vec(), row.version, ptr));
+                }
+            }
+        }
+        let done = scanned < COMPACT_STEP && bytes < COMPACT_STEP_BYTES;
+        let active = self.active(w, txn, p)?;
+        for (key, version, ptr) in &rows {
+            let value = self.read(ptr)?.ok_or_else(|| StorageError::MissingValues {
+                partition: p,
+                path: self.path(ptr.file).display().to_string(),
+            })?;
+            let moved_to = active.push(&value)?;
+            table
+                .insert(key.as_slice(), &encode_pointer(*version, moved_to)[..])
+                .map_err(write_err)?;
+        }
+        drop(table);
+        let Some(c) = w.compacting.get_mut(&p) else {
+            return Ok(());
+        };
+        c.after = last;
+        c.moved += bytes;
+        if done {
+            let mut meta = txn.open_table(META).map_err(write_err)?;
+            meta.remove(meta_key(p, "vfile.old").as_str())
+                .map_err(write_err)?;
+            tracing::info!(
+                partition = p,
+                old = old,
+                moved = c.moved,
+                seconds = c.started.elapsed().as_secs_f64(),
+                "compacted a partition's value file"
+            );
+            w.compacting.remove(&p);
+            w.retired.push(old);
+            self.compactions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -848,6 +958,8 @@ mod tests {
         }
         let last = value_files(dir.path());
         assert_eq!(last.len(), 1, "the old file is gone: {last:?}");
+        assert!(store.values().compactions() >= 1);
+        assert_eq!(store.values().file_bytes(), last[0].1);
         assert_ne!(last[0].0, first[0].0, "a new file holds the values");
         assert!(
             last[0].1 < (COMPACT_MIN_DEAD + 2 * keys * 8192),
@@ -876,6 +988,63 @@ mod tests {
         let store = reopen(dir.path()).await;
         let got = store.get(0, b"k005").expect("get").expect("present");
         assert_eq!(got.value, value(rounds - 1, 5));
+    }
+
+    /// A compaction moves a bounded number of values per transaction, survives a restart
+    /// half way (both files stay named and every value reads back), and ends with the old
+    /// file deleted.
+    #[tokio::test]
+    async fn a_compaction_cut_short_by_a_restart_goes_on_and_loses_nothing() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path(), "n").expect("open");
+        let w = WriterHandle::start(store.clone(), Quiet, |e| panic!("{e}"));
+        let keys = 3000u64;
+        let value = |round: u64, k: u64| vec![(round * 7 + k) as u8; 2000];
+        let round_of = |round: u64| -> Vec<Arc<LogEntry>> {
+            (0..keys)
+                .map(|k| put(round * keys + k + 1, &format!("k{k:05}"), &value(round, k)))
+                .collect()
+        };
+        apply_and_checkpoint(&w, 1, round_of(0)).await;
+        apply_and_checkpoint(&w, 1, round_of(1)).await;
+        assert_eq!(
+            value_files(dir.path()).len(),
+            1,
+            "dead bytes not above live ones yet"
+        );
+        // Round 2 makes two thirds of the file dead: the compaction starts in its transaction
+        // and moves one step there and one in the checkpoint's; 3 000 rows take three steps.
+        apply_and_checkpoint(&w, 1, round_of(2)).await;
+        let files = value_files(dir.path());
+        assert_eq!(files.len(), 2, "old and new file both named: {files:?}");
+        drop((w, store));
+        let store = reopen(dir.path()).await;
+        assert_eq!(
+            value_files(dir.path()),
+            files,
+            "nothing removed at the restart"
+        );
+        for k in [0, 1500, 2999] {
+            let got = store
+                .get(1, format!("k{k:05}").as_bytes())
+                .expect("get")
+                .expect("present");
+            assert_eq!(got.value, value(2, k));
+        }
+        let w = WriterHandle::start(store.clone(), Quiet, |e| panic!("{e}"));
+        // Any transaction moves the next step, a write to another partition too.
+        apply_and_checkpoint(&w, 9, vec![put(1, "x", b"y")]).await;
+        apply_and_checkpoint(&w, 9, vec![put(2, "x", b"z")]).await;
+        let after = value_files(dir.path());
+        assert_eq!(after.len(), 1, "the old file is gone: {after:?}");
+        assert_eq!(after[0].0, files[1].0);
+        for k in 0..keys {
+            let got = store
+                .get(1, format!("k{k:05}").as_bytes())
+                .expect("get")
+                .expect("present");
+            assert_eq!(got.value, value(2, k), "key {k}");
+        }
     }
 
     /// A file the database does not name (made after the last checkpoint of a node that

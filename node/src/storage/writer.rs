@@ -520,6 +520,7 @@ impl DbThread {
         for (p, a) in &meta.applied {
             values.maybe_compact(&txn, *p, a.bytes)?;
         }
+        values.compact_steps(&txn)?;
         meta.flush(&txn)?;
         let written = match generation {
             Some(g) => {
