@@ -11,3 +11,15 @@ pub mod node_harness;
 pub mod partition_probes;
 pub mod s3_server;
 pub mod tools;
+
+/// The value a test writes as its `n`-th: `tag` itself for even `n`, and `tag` padded past
+/// 64 bytes for odd `n`. A node keeps a value of up to 64 bytes in its database row and a
+/// larger one in a value file beside it, so every suite that writes through this exercises
+/// both (a crash, a power loss or a snapshot must keep either).
+pub fn test_value(tag: &str, n: u64) -> String {
+    if n % 2 == 0 {
+        tag.to_owned()
+    } else {
+        format!("{tag}:{}", ".".repeat(96))
+    }
+}

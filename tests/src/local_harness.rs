@@ -473,7 +473,7 @@ impl WriteLoad {
                     let mut n = 0u64;
                     while !*rx.borrow() {
                         let key = format!("{prefix}-{w}-{n}");
-                        let value = format!("value-{w}-{n}");
+                        let value = crate::test_value(&format!("value-{w}-{n}"), n);
                         n += 1;
                         match client
                             .put(&key, value.clone().into_bytes(), Default::default())

@@ -74,7 +74,7 @@ async fn writer(
     let mut n = 0;
     while !*stop.borrow() {
         let key = next_key(seed, partition, partitions, &mut n);
-        let value = format!("p{n}");
+        let value = crate::test_value(&format!("p{n}"), n);
         let invoke_ms = ms_since(clock);
         let put = client.put(&key, value.clone().into_bytes(), Default::default());
         let ok = matches!(tokio::time::timeout(TIMEOUT, put).await, Ok(Ok(_)));

@@ -126,7 +126,7 @@ fn next_command(
     last_version: Option<u64>,
     conditional: bool,
 ) -> Command {
-    let value = format!("c{client}-{n}");
+    let value = crate::test_value(&format!("c{client}-{n}"), n);
     let version = last_version.unwrap_or(1);
     let command = match rng.random_range(0..100u32) {
         0..35 => Command::Get,
