@@ -17,7 +17,7 @@ pub mod tools;
 /// larger one in a value file beside it, so every suite that writes through this exercises
 /// both (a crash, a power loss or a snapshot must keep either).
 pub fn test_value(tag: &str, n: u64) -> String {
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         tag.to_owned()
     } else {
         format!("{tag}:{}", ".".repeat(96))

@@ -40,9 +40,30 @@ enum SessionEnd {
     NeedSnapshot,
 }
 
+/// Pause before probing again a member that answered `NotMember` (it has not installed the
+/// map that adds it yet), for the first [`NOT_MEMBER_BRISK_FOR`] of such answers.
+const NOT_MEMBER_RETRY: Duration = Duration::from_millis(25);
+const NOT_MEMBER_BRISK_FOR: Duration = Duration::from_secs(5);
+
+/// The pause before the next session, after one that ended in error having lasted `session`
+/// (`backoff` was the pause before it; `not_member_for`: how long the member has answered
+/// `NotMember`, if that is how it ended).
+fn pause_after(backoff: Duration, session: Duration, not_member_for: Option<Duration>) -> Duration {
+    if session > Duration::from_secs(1) {
+        // A long session: a routine re-probe.
+        Duration::from_millis(10)
+    } else if not_member_for.is_some_and(|t| t < NOT_MEMBER_BRISK_FOR) {
+        NOT_MEMBER_RETRY
+    } else {
+        // Sessions keep failing at once (member down, refusing, or not a member for long).
+        (backoff * 2).min(Duration::from_secs(1))
+    }
+}
+
 /// Runs until `task` is cancelled (membership change or loss of the primary role).
 pub async fn replicate(replica: Arc<Replica>, member: NodeId, task: CancellationToken) {
     let mut backoff = Duration::from_millis(10);
+    let mut not_member_since: Option<Instant> = None;
     loop {
         let started = Instant::now();
         let result = tokio::select! {
@@ -60,13 +81,20 @@ pub async fn replicate(replica: Arc<Replica>, member: NodeId, task: Cancellation
             return;
         }
         tracing::debug!(partition = replica.partition, member = %member, error = %err, "replication session ended");
-        // Retry quickly after a long session (a routine re-probe), back off when sessions
-        // keep failing at once (member down, not yet holding the map, refusing).
-        backoff = if started.elapsed() > Duration::from_secs(1) {
-            Duration::from_millis(10)
-        } else {
-            (backoff * 2).min(Duration::from_secs(1))
+        // A member new to the partition answers `NotMember` until it has installed the map
+        // that adds it, which comes to it a little after this primary: keep probing it
+        // briskly for a while, or its copy would start up to a whole backoff late.
+        let not_member = matches!(err, SessionEnd::Refused(Status::NotMember));
+        not_member_since = match (not_member, not_member_since) {
+            (false, _) => None,
+            (true, None) => Some(started),
+            (true, since) => since,
         };
+        backoff = pause_after(
+            backoff,
+            started.elapsed(),
+            not_member_since.map(|t| t.elapsed()),
+        );
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = task.cancelled() => return,
@@ -392,5 +420,19 @@ mod tests {
             Some(Duration::from_millis(1500))
         );
         assert_eq!(throttle_delay(mb, 5 * mb, Duration::from_secs(1)), None);
+    }
+
+    /// A member not yet holding the map that adds it is probed again every 25 ms for its
+    /// first 5 s of `NotMember` answers, whatever the backoff had grown to; other failures
+    /// double the pause up to 1 s, and a long session resets it.
+    #[test]
+    fn a_member_not_yet_holding_its_map_is_probed_briskly_then_backed_off() {
+        let ms = Duration::from_millis;
+        assert_eq!(pause_after(ms(640), ms(3), Some(ms(800))), NOT_MEMBER_RETRY);
+        assert_eq!(pause_after(ms(25), ms(3), Some(ms(4900))), NOT_MEMBER_RETRY);
+        assert_eq!(pause_after(ms(25), ms(3), Some(ms(5100))), ms(50));
+        assert_eq!(pause_after(ms(640), ms(3), None), ms(1000));
+        assert_eq!(pause_after(ms(20), ms(3), None), ms(40));
+        assert_eq!(pause_after(ms(1000), ms(1500), Some(ms(10))), ms(10));
     }
 }
