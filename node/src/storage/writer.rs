@@ -16,10 +16,13 @@
 //! Durability per batch, one fsync at most:
 //! - a batch whose durable commands are all log commands (appends, truncations, epoch
 //!   histories, the partition map) is durable once its log record is synced;
-//! - a batch holding another durable command (a snapshot's start or end, a dropped
-//!   partition, an unproven mark) is committed to the database durably, together with
-//!   everything handed on before it — a checkpoint — and the log thread writes nothing more
-//!   until that commit is on disk;
+//! - a batch holding another durable command (a dropped partition, an unproven mark) is
+//!   committed to the database durably, together with everything handed on before it — a
+//!   checkpoint — and the log thread writes nothing more until that commit is on disk;
+//! - a batch holding a snapshot's end also ends a checkpoint, but the log goes on in the
+//!   next generation meanwhile (the end is answered once the checkpoint is on disk); a
+//!   snapshot's start is not durable on its own: a crash before the next checkpoint leaves
+//!   the copy the partition had before, and the primary sends the snapshot again;
 //! - every 1 s (or 16 MiB of records) the log thread starts a checkpoint nobody waits for: it
 //!   hands the database thread a marker and goes on in the log's next generation, in the
 //!   other file ([`wal`]); the next checkpoint waits for this one;
@@ -94,7 +97,9 @@ pub enum Command {
     PutMap { json: Vec<u8> },
     /// Durably deletes every trace of a partition.
     DropPartition { partition: PartitionId },
-    /// Durably marks a snapshot install as started and empties the partition.
+    /// Marks a snapshot install as started and empties the partition. Not durable on its
+    /// own (a crash before the next checkpoint leaves the copy the partition had before):
+    /// the snapshot's end is.
     SnapshotBegin { partition: PartitionId },
     /// Adds `(key, stored value)` pairs of a snapshot being installed (non-durable).
     SnapshotChunk {
@@ -119,9 +124,18 @@ impl Command {
             self,
             Command::Apply { .. }
                 | Command::Compact { .. }
+                | Command::SnapshotBegin { .. }
                 | Command::SnapshotChunk { .. }
                 | Command::Settle
         )
+    }
+
+    /// A durable command the database makes durable (not the log) after which nothing may
+    /// be written to the log until it is on disk: a dropped partition, an unproven mark.
+    /// A snapshot's end is durable by a checkpoint too, but the log goes on meanwhile
+    /// ([`LogThread::step`]).
+    fn quiets_log(&self) -> bool {
+        self.durable() && !wal::logged(self) && !matches!(self, Command::SnapshotEnd { .. })
     }
 }
 
@@ -385,11 +399,11 @@ impl LogThread {
             }
         }
         let n = batch.len();
-        if batch.iter().any(|(c, _)| c.durable() && !wal::logged(c)) {
-            // A snapshot's start or end, a dropped partition or an unproven mark is made
-            // durable by the database itself: this batch ends a checkpoint, and nothing
-            // more is written to the log before that checkpoint is on disk, so nothing later
-            // can survive a crash that loses it.
+        if batch.iter().any(|(c, _)| c.quiets_log()) {
+            // A dropped partition or an unproven mark is made durable by the database
+            // itself: this batch ends a checkpoint, and nothing more is written to the log
+            // before that checkpoint is on disk, so nothing later can survive a crash that
+            // loses it.
             let answer = self.start_checkpoint(batch)?;
             return match answer.recv() {
                 Ok(true) => {
@@ -399,7 +413,11 @@ impl LogThread {
                 _ => Err(()),
             };
         }
-        if self.wal.checkpoint_due() {
+        // A snapshot's end is made durable by a checkpoint that ends with its batch.
+        let ends_snapshot = batch
+            .iter()
+            .any(|(c, _)| matches!(c, Command::SnapshotEnd { .. }));
+        if self.wal.checkpoint_due() && !ends_snapshot {
             // Everything handed on so far reaches the database durably while the log goes
             // on in the next generation: nobody waits for this checkpoint.
             let answer = self.start_checkpoint(Vec::new())?;
@@ -416,8 +434,11 @@ impl LogThread {
         }
         // The database commit will not be synced: it waits for the next checkpoint.
         self.wal.note_volatile_commit();
-        self.observer
-            .batch(n, durable, started.elapsed().as_secs_f64());
+        if !ends_snapshot {
+            // (A snapshot's end's batch is counted with its checkpoint.)
+            self.observer
+                .batch(n, durable, started.elapsed().as_secs_f64());
+        }
         self.dequeue(n);
         // Log commands are done once durable; the others once the database has them.
         for (cmd, reply) in &mut batch {
@@ -426,6 +447,19 @@ impl LogThread {
             {
                 let _ = reply.send(Ok(Outcome::default()));
             }
+        }
+        if ends_snapshot {
+            // The snapshot's end (answered by the database thread once the checkpoint is on
+            // disk) ends a checkpoint, and the log goes on in the next generation without
+            // waiting for it, as for a due checkpoint. This batch's log commands are in the
+            // generation the checkpoint covers, so a crash that loses the checkpoint
+            // replays them. Nothing of the snapshot's partition can be logged after its end
+            // before the end is durable: its follower writes nothing else of the partition
+            // until the end is answered (`Replica::handle_snapshot` holds its locks), so no
+            // record replayed after such a crash lands on a copy whose end was lost.
+            let answer = self.start_checkpoint(batch)?;
+            self.checkpoint = Some(answer);
+            return Ok(());
         }
         self.hand_on(Stage {
             batch,
@@ -985,6 +1019,34 @@ mod tests {
                 };
                 pending.push(writer.submit(cmd).expect("submit"));
             }
+            if i % 60 == 0 {
+                // A snapshot install: its start is not durable, its end ends a checkpoint
+                // while the log goes on (appends of the other partitions keep coming).
+                let p = 10 + (i / 60) as PartitionId;
+                let value = "x".repeat(200 + i as usize);
+                for cmd in [
+                    Command::SnapshotBegin { partition: p },
+                    Command::SnapshotChunk {
+                        partition: p,
+                        items: vec![
+                            (b"s1".to_vec(), codec::encode_value(7, value.as_bytes())),
+                            (b"s2".to_vec(), codec::encode_value(6, b"small")),
+                        ],
+                    },
+                    Command::SnapshotEnd {
+                        partition: p,
+                        base: LogPosition {
+                            last_epoch: 1,
+                            last_seq: 7,
+                        },
+                        history: history(&[(1, 1)]),
+                        keys: 2,
+                        bytes: 4 + value.len() as u64 + 5,
+                    },
+                ] {
+                    pending.push(writer.submit(cmd).expect("submit"));
+                }
+            }
             if i % 70 == 0 {
                 // Logged: no checkpoint.
                 let map = format!("{{\"n\":{i}}}").into_bytes();
@@ -1021,6 +1083,22 @@ mod tests {
             assert_eq!(
                 store.read_log(p, 0, 1000, usize::MAX).expect("log").len(),
                 100
+            );
+        }
+        for i in 1..=5u64 {
+            let p = 10 + i as PartitionId;
+            let disk = store.load_partition(p).expect("load");
+            assert_eq!((disk.base.last_seq, disk.applied_seq, disk.keys), (7, 7, 2));
+            let s1 = store.get(p, b"s1").expect("get").expect("snapshot key s1");
+            assert_eq!((s1.version, s1.value.len()), (7, 200 + 60 * i as usize));
+            let s2 = store.get(p, b"s2").expect("get").expect("snapshot key s2");
+            assert_eq!(s2.value, b"small");
+            assert!(
+                store
+                    .partitions()
+                    .expect("partitions")
+                    .contains(&(p, false)),
+                "partition {p} is no longer marked as being installed"
             );
         }
     }
