@@ -6,10 +6,11 @@
 //! swept. Needs root and /dev/fuse (else SKIPPED).
 
 use shardedstore_faultfs::{Command, FaultFs, send_command};
+use shardedstore_node::admin_api::{HeartbeatRequest, HeartbeatResponse};
 use shardedstore_node::client::AdminClient;
 use shardedstore_node::map::{PartitionEntry, PartitionMap};
 use shardedstore_tests::node_harness::{
-    Heartbeater, NodeOptions, NodeProcess, binary_path, wait_until,
+    Cluster, Heartbeater, NodeOptions, NodeProcess, binary_path, metric_value, wait_until,
 };
 use shardedstore_tests::tools::require_fuse;
 use std::fs::{File, OpenOptions};
@@ -382,6 +383,147 @@ async fn a_node_on_faultfs_keeps_every_acknowledged_write_across_a_power_loss() 
         assert_eq!(&body, value, "{key}");
     }
     node.kill9();
+    Ok(())
+}
+
+/// The report of node `i` to a heartbeat that grants nothing.
+async fn report(cluster: &Cluster, i: usize) -> anyhow::Result<HeartbeatResponse> {
+    let req = HeartbeatRequest {
+        store: cluster.options.store.clone(),
+        ..Default::default()
+    };
+    Ok(cluster
+        .admin
+        .heartbeat(&cluster.nodes[i].peer_addr, &req)
+        .await?)
+}
+
+/// A learner on the mount takes in a partition by snapshot (node-0's log is compacted past
+/// it); a snapshot's start is not durable on its own and its end's checkpoint does not stop
+/// the log. Once the primary shows the learner holding everything, the power fails, node-0
+/// is killed, and node-1 alone serves every value from its copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_taken_in_by_snapshot_survives_a_power_loss() -> anyhow::Result<()> {
+    if !require_fuse() {
+        return Ok(());
+    }
+    const KEYS: u64 = 300;
+    let m = mount()?;
+    let control = m.fs.control();
+    let options = NodeOptions {
+        extra_args: vec!["--log-window".into(), "50".into()],
+        ..NodeOptions::default()
+    };
+    // Declared after the mount, so the nodes are killed before it is unmounted.
+    let mut cluster = Cluster::start(1, options.clone())?;
+    cluster
+        .nodes
+        .push(NodeProcess::spawn("node-1", &m.path("node-1"), &options)?);
+    cluster.wait_healthy().await?;
+    let mut map = cluster.map_round_robin(1, 1, 1);
+    map.partitions[0] = PartitionEntry {
+        epoch: 1,
+        primary: Some("node-0".into()),
+        replicas: vec!["node-0".into()],
+        in_sync: vec!["node-0".into()],
+        learners: vec![],
+    };
+    cluster.install(&map).await?;
+    let _beats = cluster
+        .heartbeat_in_background(Duration::from_secs(6))
+        .await?;
+    let mut acked = Vec::new();
+    for n in 0..KEYS {
+        let (key, value) = (format!("k{n}"), shardedstore_tests::test_value("v", n));
+        let (status, version) = wait_until(Duration::from_secs(20), "the write accepted", || {
+            let (cluster, key, value) = (&cluster, key.clone(), value.clone());
+            async move {
+                let r = cluster.put(0, &key, value.into_bytes()).await.ok()?;
+                (r.0 != 503).then_some(r)
+            }
+        })
+        .await?;
+        anyhow::ensure!(
+            (200..300).contains(&status),
+            "put {key}: {status}\n{}",
+            cluster.logs(20)
+        );
+        acked.push((key, version, value));
+    }
+    wait_until(
+        Duration::from_secs(20),
+        "node-0's log compacted",
+        || async {
+            let m = cluster.metrics(0).await.ok()?;
+            let keys = metric_value(&m, "shardedstore_stored_keys ", "");
+            let entries = metric_value(&m, "shardedstore_log_entries ", "");
+            (keys >= KEYS as f64 && entries <= 200.0).then_some(())
+        },
+    )
+    .await?;
+
+    let mut v2 = map.clone();
+    v2.version += 1;
+    v2.partitions[0].learners = vec!["node-1".into()];
+    cluster.install(&v2).await?;
+    wait_until(
+        Duration::from_secs(30),
+        "the learner holding everything",
+        || async {
+            let r = report(&cluster, 0).await.ok()?;
+            let p = r.partitions.iter().find(|p| p.partition == 0)?;
+            let f = p.followers.iter().find(|f| f.node == "node-1")?;
+            (f.acked_seq >= KEYS && f.acked_seq >= p.commit_seq).then_some(())
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", cluster.logs(30)))?;
+
+    let pid = cluster.nodes[1]
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("node-1 not running"))?;
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()?;
+    let lost = control.power_loss();
+    cluster.nodes[1].kill9();
+    eprintln!("power loss dropped {lost:?}");
+    // node-0 goes too, so nothing can send node-1 its copy again.
+    cluster.nodes[0].kill9();
+    if let Ok(mut skip) = cluster.heartbeat_skip.lock() {
+        skip.push("node-0".into());
+    }
+    control.heal();
+    cluster.nodes[1].start()?;
+    cluster.wait_healthy().await?;
+
+    let r = report(&cluster, 1).await?;
+    let p = r
+        .partitions
+        .iter()
+        .find(|p| p.partition == 0)
+        .ok_or_else(|| anyhow::anyhow!("node-1 lost its copy: {r:?}"))?;
+    assert_eq!(p.keys, KEYS, "node-1's copy after the power loss: {p:?}");
+    // node-1 alone leads the next epoch and serves every value it holds.
+    let mut v3 = v2.clone();
+    v3.version += 1;
+    v3.partitions[0] = PartitionEntry {
+        epoch: 2,
+        primary: Some("node-1".into()),
+        replicas: vec!["node-1".into()],
+        in_sync: vec!["node-1".into()],
+        learners: vec![],
+    };
+    cluster.install_on(&v3, &["node-1"]).await?;
+    for (key, version, value) in &acked {
+        let (status, v, body) = wait_until(Duration::from_secs(20), "node-1 serving", || async {
+            let r = cluster.get(1, key).await.ok()?;
+            (r.0 != 503).then_some(r)
+        })
+        .await?;
+        assert_eq!((status, v), (200, *version), "{key}\n{}", cluster.logs(20));
+        assert_eq!(body, value.as_bytes(), "{key}");
+    }
     Ok(())
 }
 
