@@ -571,6 +571,15 @@ impl Cluster {
         Ok((status, version, r.bytes().await?.to_vec()))
     }
 
+    /// Node `i`'s report (its answer to a heartbeat that grants nothing).
+    pub async fn report(&self, i: usize) -> anyhow::Result<HeartbeatResponse> {
+        let req = HeartbeatRequest {
+            store: self.options.store.clone(),
+            ..Default::default()
+        };
+        Ok(self.admin.heartbeat(&self.nodes[i].peer_addr, &req).await?)
+    }
+
     /// The text of node `i`'s `/metrics`.
     pub async fn metrics(&self, i: usize) -> anyhow::Result<String> {
         let url = format!("http://{}/metrics", self.nodes[i].metrics_addr);

@@ -6,7 +6,6 @@
 //! swept. Needs root and /dev/fuse (else SKIPPED).
 
 use shardedstore_faultfs::{Command, FaultFs, send_command};
-use shardedstore_node::admin_api::{HeartbeatRequest, HeartbeatResponse};
 use shardedstore_node::client::AdminClient;
 use shardedstore_node::map::{PartitionEntry, PartitionMap};
 use shardedstore_tests::node_harness::{
@@ -386,18 +385,6 @@ async fn a_node_on_faultfs_keeps_every_acknowledged_write_across_a_power_loss() 
     Ok(())
 }
 
-/// The report of node `i` to a heartbeat that grants nothing.
-async fn report(cluster: &Cluster, i: usize) -> anyhow::Result<HeartbeatResponse> {
-    let req = HeartbeatRequest {
-        store: cluster.options.store.clone(),
-        ..Default::default()
-    };
-    Ok(cluster
-        .admin
-        .heartbeat(&cluster.nodes[i].peer_addr, &req)
-        .await?)
-}
-
 /// A learner on the mount takes in a partition by snapshot (node-0's log is compacted past
 /// it); a snapshot's start is not durable on its own and its end's checkpoint does not stop
 /// the log. Once the primary shows the learner holding everything, the power fails, node-0
@@ -470,7 +457,7 @@ async fn a_copy_taken_in_by_snapshot_survives_a_power_loss() -> anyhow::Result<(
         Duration::from_secs(30),
         "the learner holding everything",
         || async {
-            let r = report(&cluster, 0).await.ok()?;
+            let r = cluster.report(0).await.ok()?;
             let p = r.partitions.iter().find(|p| p.partition == 0)?;
             let f = p.followers.iter().find(|f| f.node == "node-1")?;
             (f.acked_seq >= KEYS && f.acked_seq >= p.commit_seq).then_some(())
@@ -497,7 +484,7 @@ async fn a_copy_taken_in_by_snapshot_survives_a_power_loss() -> anyhow::Result<(
     cluster.nodes[1].start()?;
     cluster.wait_healthy().await?;
 
-    let r = report(&cluster, 1).await?;
+    let r = cluster.report(1).await?;
     let p = r
         .partitions
         .iter()

@@ -2,7 +2,7 @@
 //! log tail (a small log window forces the snapshot path), is admitted by the primary
 //! (admit → ready) and joins the in-sync set; every acknowledged write is on it.
 
-use shardedstore_node::admin_api::{AdmitRequest, HeartbeatRequest, HeartbeatResponse};
+use shardedstore_node::admin_api::{AdmitRequest, HeartbeatResponse};
 use shardedstore_tests::node_harness::{Cluster, NodeOptions, metric_value, wait_until};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,19 +14,6 @@ const BULK_VALUES: usize = 1600;
 const BULK_VALUE_BYTES: usize = 64 * 1024;
 
 type Acked = Arc<Mutex<BTreeMap<String, (u64, Vec<u8>)>>>;
-
-async fn beat(cluster: &Cluster, i: usize) -> anyhow::Result<HeartbeatResponse> {
-    let req = HeartbeatRequest {
-        store: cluster.options.store.clone(),
-        map_version: 0,
-        lease_ms: 6000,
-        ..Default::default()
-    };
-    Ok(cluster
-        .admin
-        .heartbeat(&cluster.nodes[i].peer_addr, &req)
-        .await?)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learner_catches_up_by_snapshot_and_tail_and_joins_in_sync() -> anyhow::Result<()> {
@@ -148,7 +135,7 @@ async fn learner_catches_up_by_snapshot_and_tail_and_joins_in_sync() -> anyhow::
             Duration::from_secs(120),
             "the learner to come close",
             || async {
-                let b = beat(&cluster, 0).await.ok()?;
+                let b = cluster.report(0).await.ok()?;
                 let st = b.partitions.iter().find(|s| s.partition == p)?;
                 let f = st.followers.iter().find(|f| f.node == "node-1")?;
                 (f.acked_seq + 50 >= st.commit_seq && f.acked_seq > 0).then_some(())
@@ -209,7 +196,7 @@ async fn learner_catches_up_by_snapshot_and_tail_and_joins_in_sync() -> anyhow::
         Duration::from_secs(30),
         "node-1 to apply everything",
         || async {
-            let (a, b) = (beat(&cluster, 0).await.ok()?, beat(&cluster, 1).await.ok()?);
+            let (a, b) = (cluster.report(0).await.ok()?, cluster.report(1).await.ok()?);
             let sum = |h: &HeartbeatResponse| {
                 h.partitions
                     .iter()
