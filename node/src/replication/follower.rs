@@ -387,11 +387,23 @@ impl Replica {
         }
         if !msg.items.is_empty() {
             let size: usize = msg.items.iter().map(|(k, v)| k.len() + v.len()).sum();
+            // The values go to the value file from here, not from the one database thread
+            // every partition's writes share.
+            let store = self.ctx.store.clone();
+            let p = self.partition;
+            let items = msg.items;
+            let (items, at) = tokio::task::spawn_blocking(move || {
+                let at = store.write_snapshot_values(p, &items);
+                (items, at)
+            })
+            .await
+            .map_err(|_| StorageError::WriterGone)?;
             self.ctx
                 .writer
                 .run(Command::SnapshotChunk {
-                    partition: self.partition,
-                    items: msg.items,
+                    partition: p,
+                    items,
+                    at: at?,
                 })
                 .await?;
             self.ctx

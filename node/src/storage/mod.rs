@@ -213,6 +213,41 @@ impl Store {
         &self.values
     }
 
+    /// The id of partition `p`'s current value file, if the database thread has it open.
+    #[cfg(test)]
+    pub(crate) fn current_values_file(&self, p: PartitionId) -> Option<u64> {
+        self.values.current(p)
+    }
+
+    /// Writes the values of a snapshot chunk of partition `p` (`(key, stored value)` pairs) to
+    /// the partition's value file from the calling thread, for
+    /// [`writer::Command::SnapshotChunk`]'s `at`: one entry per item, `None` for a value kept
+    /// in its row. Empty when the partition has no file open (the database thread then
+    /// writes them). Blocking.
+    pub fn write_snapshot_values(
+        &self,
+        p: PartitionId,
+        items: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<Vec<Option<values::Pointer>>, StorageError> {
+        let mut outside = Vec::new();
+        let mut which = Vec::with_capacity(items.len());
+        for (_, v) in items {
+            let (_, value) = codec::decode_value(v)?;
+            which.push(value.len() > values::INLINE_MAX);
+            if value.len() > values::INLINE_MAX {
+                outside.push(value);
+            }
+        }
+        let Some(written) = self.values.append_outside(p, &outside)? else {
+            return Ok(Vec::new());
+        };
+        let mut written = written.into_iter();
+        Ok(which
+            .into_iter()
+            .map(|w| if w { written.next() } else { None })
+            .collect())
+    }
+
     /// Random identity of this database, created with it (`disk_id` in the meta table).
     pub fn disk_id(&self) -> &str {
         &self.disk_id

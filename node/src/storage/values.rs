@@ -184,12 +184,7 @@ impl Active {
     }
 
     fn push(&mut self, value: &[u8]) -> Result<Pointer, StorageError> {
-        let len = u32::try_from(value.len()).map_err(|_| {
-            write_err(std::io::Error::other(format!(
-                "a value of {} bytes is too large to store",
-                value.len()
-            )))
-        })?;
+        let len = value_len(value)?;
         let offset = self.end();
         self.pending.extend_from_slice(value);
         Ok(Pointer {
@@ -199,6 +194,16 @@ impl Active {
             sum: checksum(value),
         })
     }
+}
+
+/// A value's length as a pointer holds it.
+fn value_len(value: &[u8]) -> Result<u32, StorageError> {
+    u32::try_from(value.len()).map_err(|_| {
+        write_err(std::io::Error::other(format!(
+            "a value of {} bytes is too large to store",
+            value.len()
+        )))
+    })
 }
 
 /// The database thread's side: files being appended to, and what the next checkpoint must
@@ -408,6 +413,89 @@ impl Values {
         let active = self.active(&mut w, txn, p)?;
         let ptr = active.push(value)?;
         Ok(encode_pointer(version, ptr).to_vec())
+    }
+
+    /// Opens partition `p`'s current file now, creating it (and naming it in the meta table)
+    /// when it has none, so [`Values::append_outside`] has a file to write to.
+    pub fn open_current(&self, txn: &WriteTransaction, p: PartitionId) -> Result<(), StorageError> {
+        let mut w = lock(&self.writing);
+        self.active(&mut w, txn, p).map(|_| ())
+    }
+
+    /// The id of partition `p`'s current file, if the database thread has it open.
+    pub fn current(&self, p: PartitionId) -> Option<u64> {
+        lock(&self.writing).active.get(&p).map(|a| a.id)
+    }
+
+    /// Writes `values` to partition `p`'s current file from the calling thread, not the
+    /// database thread: a snapshot being installed writes its chunks' values while the
+    /// database thread takes in other work. Returns where each value is, or `None` when the
+    /// partition has no file open (the database thread then writes the values itself).
+    ///
+    /// The space is reserved under the lock the database thread appends under (after writing
+    /// out what it has buffered for the partition), then written outside it. The file is
+    /// marked as written since the last checkpoint only once the bytes are in it, and the
+    /// caller hands the pointers to the database thread only after this returns, so the
+    /// checkpoint that makes a row holding one of them durable syncs the bytes first. A
+    /// pointer is only stored while it still names the partition's current file
+    /// ([`Values::put_at`]); bytes reserved and never pointed to are dead bytes, like those
+    /// of a value overwritten.
+    pub fn append_outside(
+        &self,
+        p: PartitionId,
+        values: &[&[u8]],
+    ) -> Result<Option<Vec<Pointer>>, StorageError> {
+        let mut total: u64 = 0;
+        for v in values {
+            value_len(v)?;
+            total += v.len() as u64;
+        }
+        let (id, file, offset) = {
+            let mut w = lock(&self.writing);
+            let Writing { active, dirty, .. } = &mut *w;
+            let Some(a) = active.get_mut(&p) else {
+                return Ok(None);
+            };
+            write_active(a, dirty, &self.path(a.id))?;
+            let offset = a.pending_at;
+            a.pending_at += total;
+            (a.id, a.file.clone(), offset)
+        };
+        let mut buf = Vec::with_capacity(total as usize);
+        let mut at = Vec::with_capacity(values.len());
+        for v in values {
+            at.push(Pointer {
+                file: id,
+                offset: offset + buf.len() as u64,
+                len: v.len() as u32,
+                sum: checksum(v),
+            });
+            buf.extend_from_slice(v);
+        }
+        file.write_all_at(&buf, offset)
+            .map_err(|e| io_err(&self.path(id), "writing the value file", e))?;
+        lock(&self.writing).dirty.insert(id, file);
+        Ok(Some(at))
+    }
+
+    /// The row for `value` written at `at` by [`Values::append_outside`] while `current` is
+    /// still the partition's current file ([`Values::current`], looked up after the values
+    /// were written); otherwise written again as by [`Values::put`].
+    pub fn put_at(
+        &self,
+        txn: &WriteTransaction,
+        p: PartitionId,
+        version: u64,
+        value: &[u8],
+        at: Option<Pointer>,
+        current: Option<u64>,
+    ) -> Result<Vec<u8>, StorageError> {
+        match at {
+            Some(ptr) if current == Some(ptr.file) && ptr.len as usize == value.len() => {
+                Ok(encode_pointer(version, ptr).to_vec())
+            }
+            _ => self.put(txn, p, version, value),
+        }
     }
 
     /// Partition `p`'s current file, opened (or created and named in the meta table) on
@@ -835,6 +923,7 @@ mod tests {
         assert_eq!(parse_file_name("x.values"), None);
     }
 
+    use crate::admin_api::LogPosition;
     use crate::storage::codec::{LogEntry, Op};
     use crate::storage::writer::{Command, WriterHandle, WriterObserver};
     use crate::storage::{STORAGE_FORMAT, Store};
@@ -895,6 +984,123 @@ mod tests {
                 Err(e) if Instant::now() > deadline => panic!("reopen: {e}"),
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
+        }
+    }
+
+    /// A snapshot's values written outside the database thread read back after a reopen,
+    /// interleaved with the database thread's own appends to the same file; values written
+    /// into a file that stopped being the partition's current one before their chunk was
+    /// taken in (the install started again) are written again, never pointed to in a file
+    /// that is deleted.
+    #[tokio::test]
+    async fn snapshot_values_written_outside_the_database_thread_survive_a_reopen() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path(), "n").expect("open");
+        let w = WriterHandle::start(store.clone(), Quiet, |e| panic!("{e}"));
+        let p = 6;
+        let item = |k: &str, version: u64, len: usize| {
+            let value = vec![k.as_bytes()[0]; len];
+            (k.as_bytes().to_vec(), codec::encode_value(version, &value))
+        };
+        let chunk = |items: Vec<(Vec<u8>, Vec<u8>)>, at| Command::SnapshotChunk {
+            partition: p,
+            items,
+            at,
+        };
+        // No file open for the partition yet: the database thread writes them.
+        assert_eq!(
+            store
+                .write_snapshot_values(p, &[item("q", 1, 500)])
+                .expect("values"),
+            Vec::new()
+        );
+        w.run(Command::SnapshotBegin { partition: p })
+            .await
+            .expect("begin");
+        let first = store
+            .current_values_file(p)
+            .expect("a file opened at the start");
+        let a = vec![item("a", 3, 300), item("b", 4, 10), item("c", 5, 700)];
+        let at = store.write_snapshot_values(p, &a).expect("values");
+        assert_eq!(
+            at.iter().map(Option::is_some).collect::<Vec<_>>(),
+            [true, false, true]
+        );
+        // The database thread appends to the same file in between (its own chunk).
+        w.run(chunk(vec![item("d", 6, 400)], Vec::new()))
+            .await
+            .expect("chunk");
+        w.run(chunk(a, at)).await.expect("chunk");
+        // Written into the first file, then the install starts again in a new one before
+        // the chunk is taken in.
+        let stale = vec![item("e", 7, 900)];
+        let stale_at = store.write_snapshot_values(p, &stale).expect("values");
+        w.run(Command::SnapshotBegin { partition: p })
+            .await
+            .expect("begin again");
+        assert_ne!(store.current_values_file(p), Some(first));
+        w.run(chunk(stale, stale_at)).await.expect("chunk");
+        let f = vec![item("f", 8, 200)];
+        let at = store.write_snapshot_values(p, &f).expect("values");
+        w.run(chunk(f, at)).await.expect("chunk");
+        w.run(Command::SnapshotEnd {
+            partition: p,
+            base: LogPosition {
+                last_epoch: 1,
+                last_seq: 8,
+            },
+            history: crate::replication::epochs::EpochHistory::default(),
+            keys: 2,
+            bytes: 1102,
+        })
+        .await
+        .expect("end");
+        drop((w, store));
+        let store = reopen(dir.path()).await;
+        let files = value_files(dir.path());
+        assert_eq!(files.len(), 1, "the first file is gone: {files:?}");
+        assert_eq!(files[0].1, 1100, "e written twice would be 2000: {files:?}");
+        for (k, version, len) in [("e", 7, 900), ("f", 8, 200)] {
+            let got = store.get(p, k.as_bytes()).expect("get").expect(k);
+            assert_eq!((got.version, got.value.len()), (version, len));
+            assert!(got.value.iter().all(|b| *b == k.as_bytes()[0]));
+        }
+        for k in ["a", "b", "c", "d"] {
+            assert!(store.get(p, k.as_bytes()).expect("get").is_none(), "{k}");
+        }
+        // Without the restart: all of the first install's values read back.
+        drop(store);
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path(), "n").expect("open");
+        let w = WriterHandle::start(store.clone(), Quiet, |e| panic!("{e}"));
+        w.run(Command::SnapshotBegin { partition: p })
+            .await
+            .expect("begin");
+        let a = vec![item("a", 3, 300), item("b", 4, 10), item("c", 5, 700)];
+        let at = store.write_snapshot_values(p, &a).expect("values");
+        w.run(chunk(vec![item("d", 6, 400)], Vec::new()))
+            .await
+            .expect("chunk");
+        w.run(chunk(a, at)).await.expect("chunk");
+        w.run(Command::SnapshotEnd {
+            partition: p,
+            base: LogPosition {
+                last_epoch: 1,
+                last_seq: 6,
+            },
+            history: crate::replication::epochs::EpochHistory::default(),
+            keys: 4,
+            bytes: 1414,
+        })
+        .await
+        .expect("end");
+        drop((w, store));
+        let store = reopen(dir.path()).await;
+        assert_eq!(value_files(dir.path())[0].1, 1400);
+        for (k, version, len) in [("a", 3, 300), ("b", 4, 10), ("c", 5, 700), ("d", 6, 400)] {
+            let got = store.get(p, k.as_bytes()).expect("get").expect(k);
+            assert_eq!((got.version, got.value.len()), (version, len));
+            assert!(got.value.iter().all(|b| *b == k.as_bytes()[0]));
         }
     }
 

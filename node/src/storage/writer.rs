@@ -39,7 +39,7 @@ use super::codec::{self, LogEntry, Op};
 use super::faults::FaultHooks;
 use super::log_chunks::{self, LogTail};
 use super::tables::{self, META, data_table, log_table, meta_key};
-use super::values::{self, Values};
+use super::values::{self, Pointer, Values};
 use super::wal::{self, Wal};
 use super::{StorageError, Store, write_err};
 use crate::admin_api::LogPosition;
@@ -101,10 +101,14 @@ pub enum Command {
     /// own (a crash before the next checkpoint leaves the copy the partition had before):
     /// the snapshot's end is.
     SnapshotBegin { partition: PartitionId },
-    /// Adds `(key, stored value)` pairs of a snapshot being installed (non-durable).
+    /// Adds `(key, stored value)` pairs of a snapshot being installed (non-durable). `at`
+    /// is empty, or holds for each item where its value was already written to the
+    /// partition's value file ([`Store::write_snapshot_values`]; `None` for a value kept in
+    /// its row).
     SnapshotChunk {
         partition: PartitionId,
         items: Vec<(Vec<u8>, Vec<u8>)>,
+        at: Vec<Option<Pointer>>,
     },
     /// Durably completes a snapshot install: the log restarts after `base`.
     SnapshotEnd {
@@ -741,14 +745,22 @@ pub(super) fn apply_command(
             let name = log_table(*partition);
             txn.open_table(name.as_def()).map_err(write_err)?;
             put_meta(txn, &meta_key(*partition, "snapshot"), &[1])?;
+            // The chunks' values are written by the tasks receiving them.
+            values.open_current(txn, *partition)?;
         }
         Command::Settle => {}
-        Command::SnapshotChunk { partition, items } => {
+        Command::SnapshotChunk {
+            partition,
+            items,
+            at,
+        } => {
             let name = data_table(*partition);
             let mut data = txn.open_table(name.as_def()).map_err(write_err)?;
-            for (k, v) in items {
+            let current = values.current(*partition);
+            for (i, (k, v)) in items.iter().enumerate() {
                 let (version, value) = codec::decode_value(v)?;
-                let row = values.put(txn, *partition, version, value)?;
+                let at = at.get(i).copied().flatten();
+                let row = values.put_at(txn, *partition, version, value, at, current)?;
                 data.insert(k.as_slice(), row.as_slice())
                     .map_err(write_err)?;
             }
@@ -924,6 +936,7 @@ mod tests {
             Command::SnapshotChunk {
                 partition: 3,
                 items: vec![(b"s".to_vec(), codec::encode_value(9, b"sv"))],
+                at: Vec::new(),
             },
             Command::SnapshotEnd {
                 partition: 3,
@@ -1024,14 +1037,30 @@ mod tests {
                 // while the log goes on (appends of the other partitions keep coming).
                 let p = 10 + (i / 60) as PartitionId;
                 let value = "x".repeat(200 + i as usize);
+                let items = vec![
+                    (b"s1".to_vec(), codec::encode_value(7, value.as_bytes())),
+                    (b"s2".to_vec(), codec::encode_value(6, b"small")),
+                ];
+                let begin = writer
+                    .submit(Command::SnapshotBegin { partition: p })
+                    .expect("submit");
+                // Every other install writes its values from here, as a follower does; the
+                // others leave them to the database thread.
+                let at = if i % 120 == 0 {
+                    begin.wait().await.expect("begun");
+                    let at = store.write_snapshot_values(p, &items).expect("values");
+                    assert_eq!(at.len(), 2);
+                    assert!(at[0].is_some() && at[1].is_none(), "{at:?}");
+                    at
+                } else {
+                    pending.push(begin);
+                    Vec::new()
+                };
                 for cmd in [
-                    Command::SnapshotBegin { partition: p },
                     Command::SnapshotChunk {
                         partition: p,
-                        items: vec![
-                            (b"s1".to_vec(), codec::encode_value(7, value.as_bytes())),
-                            (b"s2".to_vec(), codec::encode_value(6, b"small")),
-                        ],
+                        items,
+                        at,
                     },
                     Command::SnapshotEnd {
                         partition: p,
