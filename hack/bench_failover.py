@@ -36,6 +36,9 @@ import tempfile
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import hoststats  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("BIN", os.path.join(ROOT, "target", "release"))
 RUNS = int(os.environ.get("BENCH_FAILOVER_RUNS", "20"))
@@ -154,7 +157,7 @@ def catch_up(endpoints):
     req = urllib.request.Request(f"http://127.0.0.1:{CONTROL}/scale", data=b'{"nodes": 4}',
                                  headers={"content-type": "application/json"}, method="POST")
     urllib.request.urlopen(req, timeout=5).read()
-    scaled = time.monotonic()
+    scaled, host = time.monotonic(), hoststats.cpu_times()
     # (t, bytes) whenever the new node's received snapshot bytes moved: a new replica of a
     # partition of 1 MiB or more is filled by a snapshot (docs/protocol.md).
     samples = []
@@ -171,7 +174,7 @@ def catch_up(endpoints):
         time.sleep(0.05)
     else:
         raise SystemExit("the new node did not finish catching up within 600 s")
-    done = time.monotonic()
+    done, stolen = time.monotonic(), hoststats.steal_pct(host, hoststats.cpu_times())
     writes = None
     if load is not None:
         writes = {"baseline": baseline, "during_catch_up": load_figures(load),
@@ -195,6 +198,8 @@ def catch_up(endpoints):
         "received_mib": round(stored / mib, 1),
         "scale_to_settled_s": round(done - scaled, 1),
         "mib_per_sec_overall": round(stored / mib / (done - scaled), 1),
+        # CPU time the host took from this machine from the scale request to settled.
+        "cpu_steal_pct": stolen,
     }
     if len(samples) >= 2:
         streaming = max(samples[-1][0] - samples[0][0], 1e-3)
@@ -247,6 +252,7 @@ def main():
 
         if RUNS > 0:
             log(f"== failover: {RUNS} x kill -9 of the node leading the most partitions")
+            host = hoststats.cpu_times()
             out = subprocess.run([os.path.join(BIN, "shardedstore"), "--endpoint", endpoints,
                                   "bench-failover", "--control", f"127.0.0.1:{CONTROL}",
                                   "--runs", str(RUNS), "--json"],
@@ -255,6 +261,7 @@ def main():
             result["failover"] = {k: fo[k] for k in ("samples", "timed_out", "p50_ms", "p99_ms", "max_ms")}
             result["failover"]["runs"] = len(fo["runs"])
             result["failover"]["per_run_max_ms"] = [round(max(r["recovered_ms"], default=0)) for r in fo["runs"]]
+            result["failover"]["cpu_steal_pct"] = hoststats.steal_pct(host, hoststats.cpu_times())
             log(json.dumps(result["failover"]))
 
         result["catch_up"] = catch_up(endpoints)
@@ -280,12 +287,14 @@ def main():
     if fo:
         print(f"\nfailover (kill -9 → first acknowledged write sent after it), {fo['samples']} partitions "
               f"over {fo['runs']} kills: p50 {fo['p50_ms']:.0f} ms, p99 {fo['p99_ms']:.0f} ms, "
-              f"max {fo['max_ms']:.0f} ms, {fo['timed_out']} without a write within the run timeout")
+              f"max {fo['max_ms']:.0f} ms, {fo['timed_out']} without a write within the run timeout; "
+              f"CPU stolen by the host {fo.get('cpu_steal_pct')} %")
     streams = (f"; snapshots {cu['snapshot_mib']} MiB at {cu['mib_per_sec_streaming']} MiB/s first to last "
                f"byte, best 1 s {cu['mib_per_sec_best_1s']} MiB/s") if "snapshot_mib" in cu else ""
     print(f"catch-up of a new node (scale 3 → 4): {cu['received_mib']} MiB in {cu['scale_to_settled_s']} s "
           f"from the scale request to settled: {cu['mib_per_sec_overall']} MiB/s overall{streams}; "
-          f"the disk's sequential write {cu['disk_sequential_mib_per_sec']} MiB/s")
+          f"the disk's sequential write {cu['disk_sequential_mib_per_sec']} MiB/s; "
+          f"CPU stolen by the host {cu.get('cpu_steal_pct')} %")
     for name, w in (cu.get("writes") or {}).items():
         if isinstance(w, dict):
             print(f"writes {name.replace('_', ' ')}: {w['ops_per_sec']} of {w['rate']}/s over {w['seconds']} s, "

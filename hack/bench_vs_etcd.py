@@ -34,6 +34,9 @@ import tempfile
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import hoststats  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("BIN", os.path.join(ROOT, "target", "release"))
 DURATION = os.environ.get("BENCH_DURATION", "10")
@@ -123,10 +126,12 @@ def usage(pids):
 
 def measured(pids, run):
     """Runs `run()`, which returns one result with its count of successful `operations`,
-    and adds what the servers spent per operation: CPU µs and bytes written to disk."""
-    before = usage(pids)
+    and adds what the servers spent per operation: CPU µs and bytes written to disk, and the
+    share of CPU time the host took from this machine meanwhile (steal)."""
+    before, host = usage(pids), hoststats.cpu_times()
     r = run()
     after = usage(pids)
+    r["cpu_steal_pct"] = hoststats.steal_pct(host, hoststats.cpu_times())
     if r.get("operations"):
         r["server_cpu_us_per_op"] = round((after[0] - before[0]) / r["operations"] * 1e6)
         r["server_disk_bytes_per_op"] = round((after[1] - before[1]) / r["operations"])
@@ -189,6 +194,7 @@ def main():
         "params": {"duration_s": int(DURATION), "keys": KEYS, "value_bytes": VALUE,
                    "clients": CLIENTS, "ycsb_clients": YCSB_CLIENTS},
     }
+    host = hoststats.cpu_times()
     try:
         log("== limits: data disk")
         result["disk"] = json.loads(subprocess.run(
@@ -258,27 +264,35 @@ def main():
         result["ycsb"] = []
         for w in ("ycsb-a", "ycsb-b"):
             for dist in ("--uniform", "--zipfian"):
-                for r in ss_bench(ss, ["--workload", w, dist, "--no-preload", "--clients", str(YCSB_CLIENTS),
-                                       "--compare-etcd", etcd_eps]):
-                    result["ycsb"].append(summary(r))
+                host_before = hoststats.cpu_times()
+                runs = ss_bench(ss, ["--workload", w, dist, "--no-preload", "--clients", str(YCSB_CLIENTS),
+                                     "--compare-etcd", etcd_eps])
+                # Both targets ran one after the other in this invocation: the steal is of both.
+                stolen = hoststats.steal_pct(host_before, hoststats.cpu_times())
+                for r in runs:
+                    result["ycsb"].append(dict(summary(r), cpu_steal_pct=stolen))
                 log(json.dumps(result["ycsb"][-2:]))
 
         log("== linearizable reads")
-        result["reads"] = [summary(r) for r in ss_bench(ss, ["--workload", "ycsb-c", "--uniform", "--no-preload",
-                                                              "--clients", str(YCSB_CLIENTS)])]
-        native = etcd_tool(["--clients", str(YCSB_CLIENTS), "--conns", "64", "range", "key-0",
-                            "--consistency", "l", "--total", str(etcd_total(YCSB_CLIENTS) * 3)])
-        native.update({"target": "etcd (own gRPC tool)", "workload": "linearizable point read",
-                       "clients": YCSB_CLIENTS})
-        result["reads"].append(native)
+        result["reads"] = [measured(ss_pids, lambda: summary(ss_bench(ss, [
+            "--workload", "ycsb-c", "--uniform", "--no-preload", "--clients", str(YCSB_CLIENTS)])[0]))]
+
+        def native_read():
+            total = etcd_total(YCSB_CLIENTS) * 3
+            r = etcd_tool(["--clients", str(YCSB_CLIENTS), "--conns", "64", "range", "key-0",
+                           "--consistency", "l", "--total", str(total)])
+            r.update({"target": "etcd (own gRPC tool)", "workload": "linearizable point read",
+                      "clients": YCSB_CLIENTS, "operations": total})
+            return r
+        result["reads"].append(measured(etcd_pids, native_read))
         log(json.dumps(result["reads"]))
 
         ss_peak = max((w["ops_per_sec"] for w in result["writes"] if w["target"] == "shardedstore"), default=0)
         if ss_peak:
             log(f"== open loop: ShardedStore writes at half of its peak ({ss_peak // 2}/s)")
-            result["open_loop"] = [summary(r) for r in ss_bench(ss, [
+            result["open_loop"] = [measured(ss_pids, lambda: summary(ss_bench(ss, [
                 "--read-ratio", "0", "--uniform", "--no-preload", "--clients", "256",
-                "--rate", str(ss_peak // 2)])]
+                "--rate", str(ss_peak // 2)])[0]))]
             log(json.dumps(result["open_loop"]))
 
         etcd_peak = max((w["ops_per_sec"] for w in result["writes"] if w["target"].startswith("etcd")), default=0)
@@ -291,6 +305,7 @@ def main():
         logs.close()
         shutil.rmtree(work, ignore_errors=True)
     result["machine"]["load_average_at_end"] = os.getloadavg()
+    result["machine"]["cpu_steal_pct_whole_run"] = hoststats.steal_pct(host, hoststats.cpu_times())
     with open(OUT, "w") as f:
         json.dump(result, f, indent=2)
         f.write("\n")
@@ -313,13 +328,14 @@ def healthy(endpoints, partitions):
 
 def print_table(result):
     print(f"\nShardedStore vs etcd, commit {result['commit']}, {result['date']}, "
-          f"{result['machine']['cpus']} cores, load at start {result['machine']['load_average_at_start'][0]:.1f}")
+          f"{result['machine']['cpus']} cores, load at start {result['machine']['load_average_at_start'][0]:.1f}, "
+          f"CPU stolen by the host over the run {result['machine'].get('cpu_steal_pct_whole_run')} %")
     d = result.get("disk", {})
     if d:
         print(f"disk: {d['append_fdatasync_4k']['ops_per_sec']:.0f} append+fdatasync/s, "
               f"{d['sequential_write']['mib_per_sec']:.0f} MiB/s sequential")
     print(f"{'section':<10} {'target':<24} {'workload':<12} {'dist':<8} {'clients':>7} {'ops/s':>8} "
-          f"{'p50 µs':>8} {'p99 µs':>8} {'p99.9 µs':>9} {'srv CPU µs/op':>13} {'srv disk B/op':>13}")
+          f"{'p50 µs':>8} {'p99 µs':>8} {'p99.9 µs':>9} {'srv CPU µs/op':>13} {'srv disk B/op':>13} {'steal %':>7}")
     for section in ("echo", "writes", "ycsb", "reads", "open_loop"):
         for r in result.get(section, []):
             lats = r["latency_us"]
@@ -328,7 +344,8 @@ def print_table(result):
             print(f"{section:<10} {r['target']:<24} {r['workload']:<12} {str(r.get('distribution', '')):<8} "
                   f"{r['clients']:>7} {r['ops_per_sec']:>8} {str(lat.get('p50_us')):>8} "
                   f"{str(lat.get('p99_us')):>8} {str(lat.get('p999_us')):>9} "
-                  f"{str(r.get('server_cpu_us_per_op', '')):>13} {str(r.get('server_disk_bytes_per_op', '')):>13}")
+                  f"{str(r.get('server_cpu_us_per_op', '')):>13} {str(r.get('server_disk_bytes_per_op', '')):>13} "
+                  f"{str(r.get('cpu_steal_pct', '')):>7}")
     p = result.get("peak_writes_per_sec")
     if p:
         print(f"peak durable writes/s: ShardedStore {p['shardedstore']}, etcd {p['etcd']}, ratio {p['ratio']}")
