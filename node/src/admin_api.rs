@@ -101,6 +101,9 @@ pub struct FollowerProgress {
     /// a hung disk or a broken primary→follower link shows a growing value.
     #[serde(default)]
     pub pending_since_ms: Option<u64>,
+    /// The primary is sending it a snapshot (a new copy, or one too far behind for the log).
+    #[serde(default)]
+    pub copying: bool,
 }
 
 /// One partition's state on one node.
@@ -171,6 +174,12 @@ pub struct AdmitRequest {
     /// `ready: false` (0: answer at once). The operator's call timeout must exceed it.
     #[serde(default)]
     pub timeout_ms: u64,
+    /// First wait (up to `timeout_ms`, without holding back any commit) until the learner
+    /// has its copy and is within this many entries of the commit point, then admit it.
+    /// Sent only to a primary that reports `copying` (older nodes do not know it): the
+    /// operator can ask while the copy is still under way and hear back as soon as it is done.
+    #[serde(default)]
+    pub wait_for_copy_within: Option<u64>,
 }
 
 /// Primary → operator. Once `ready`, the learner holds every committed entry and the primary

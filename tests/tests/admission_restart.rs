@@ -64,6 +64,7 @@ async fn admit(cluster: &Cluster, epoch: u64, timeout_ms: u64) -> anyhow::Result
         epoch,
         learner: "node-2".into(),
         timeout_ms,
+        wait_for_copy_within: None,
     };
     let r = cluster
         .admin

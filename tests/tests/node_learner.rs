@@ -147,6 +147,7 @@ async fn learner_catches_up_by_snapshot_and_tail_and_joins_in_sync() -> anyhow::
             epoch: 1,
             learner: "node-1".into(),
             timeout_ms: 0,
+            wait_for_copy_within: None,
         };
         let admin = &cluster.admin;
         let addr = &cluster.nodes[0].peer_addr;

@@ -35,6 +35,8 @@ pub struct Progress {
     pub progress_at: Instant,
     /// Stops the replication task to this member.
     pub task: CancellationToken,
+    /// A snapshot is being sent to it ([`Progress::copying`] in reports).
+    pub copying: bool,
 }
 
 /// State that exists only while this node is the partition's primary.
@@ -141,6 +143,7 @@ impl Progress {
             last_contact: None,
             progress_at: now,
             task,
+            copying: false,
         }
     }
 
@@ -600,6 +603,20 @@ impl Replica {
         let deadline = tokio::time::Instant::now() + timeout;
         let lapses_at = Instant::now() + timeout;
         let mut progress = self.progress_tx.subscribe();
+        if let Some(within) = req.wait_for_copy_within {
+            // Nothing is held back while the copy is under way: the learner is only admitted
+            // (and commits wait for it) once it is close.
+            loop {
+                let (close, answer) = self.copy_close(req, within)?;
+                if close {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Ok(answer);
+                }
+                let _ = tokio::time::timeout_at(deadline, progress.changed()).await;
+            }
+        }
         let mut timer = None;
         loop {
             let answer = self.admit_once(req, lapses_at)?;
@@ -619,6 +636,55 @@ impl Replica {
         }
     }
 
+    /// Refuses an admission unless this node is the partition's primary at the request's
+    /// epoch and the learner is another member of the partition.
+    fn check_admission(&self, st: &State, req: &AdmitRequest) -> Result<(), AdminRefusal> {
+        let Some(p) = st.primary.as_ref() else {
+            return Err(AdminRefusal::NotPrimary);
+        };
+        if p.epoch != req.epoch {
+            return Err(AdminRefusal::StaleEpoch {
+                current: p.epoch,
+                requested: req.epoch,
+            });
+        }
+        if !st.entry.is_member(&req.learner) || req.learner == self.ctx.node_id {
+            return Err(AdminRefusal::NotMember(req.learner.clone()));
+        }
+        Ok(())
+    }
+
+    /// Whether the learner of an admission asked to wait for its copy has it (no snapshot
+    /// under way, a position proven in this session) and is within `within` entries of the
+    /// commit point; with the answer to give if the wait ends here. Refuses as
+    /// [`Replica::admit`] does.
+    fn copy_close(
+        &self,
+        req: &AdmitRequest,
+        within: u64,
+    ) -> Result<(bool, AdmitResponse), AdminRefusal> {
+        let st = self.lock();
+        self.check_admission(&st, req)?;
+        let commit_seq = st.commit_seq;
+        let f = st
+            .primary
+            .as_ref()
+            .and_then(|p| p.followers.get(&req.learner));
+        let acked = f.and_then(|f| f.acked);
+        let close = f.is_some_and(|f| !f.copying)
+            && acked.is_some_and(|a| {
+                (a > 0 || commit_seq == 0) && commit_seq.saturating_sub(a) <= within
+            });
+        Ok((
+            close,
+            AdmitResponse {
+                ready: false,
+                learner_acked_seq: acked.unwrap_or(0),
+                commit_seq,
+            },
+        ))
+    }
+
     fn admit_once(
         self: &Arc<Self>,
         req: &AdmitRequest,
@@ -626,20 +692,11 @@ impl Replica {
     ) -> Result<AdmitResponse, AdminRefusal> {
         let answer = {
             let mut st = self.lock();
+            self.check_admission(&st, req)?;
             let commit_seq = st.commit_seq;
-            let is_member = st.entry.is_member(&req.learner);
             let Some(p) = st.primary.as_mut() else {
                 return Err(AdminRefusal::NotPrimary);
             };
-            if p.epoch != req.epoch {
-                return Err(AdminRefusal::StaleEpoch {
-                    current: p.epoch,
-                    requested: req.epoch,
-                });
-            }
-            if !is_member || req.learner == self.ctx.node_id {
-                return Err(AdminRefusal::NotMember(req.learner.clone()));
-            }
             p.admitted.admit(&req.learner, lapses_at);
             let acked = p.followers.get(&req.learner).and_then(|f| f.acked);
             let ready = holds_every_committed(acked, commit_seq, p.barrier_seq);

@@ -400,6 +400,7 @@ impl Replica {
                         pending_since_ms: f
                             .pending_since(st.last.last_seq, now)
                             .map(|d| d.as_millis() as u64),
+                        copying: f.copying,
                     })
                     .collect()
             })

@@ -129,6 +129,7 @@ async fn an_admission_that_never_becomes_ready_lapses_with_its_call() {
         epoch: 2,
         learner: "c".into(),
         timeout_ms: 300,
+        wait_for_copy_within: None,
     };
     let answer = r.admit(&req).await.unwrap_or_else(|e| panic!("{e}"));
     assert!(!answer.ready, "c never acknowledged anything");

@@ -307,6 +307,7 @@ async fn send_snapshot(
 ) -> Result<LogPosition, SessionEnd> {
     let ctx = &replica.ctx;
     let p = replica.partition;
+    let _copying = Copying::start(replica, member);
     let store = ctx.store.clone();
     let reader = Arc::new(
         tokio::task::spawn_blocking(move || store.snapshot(p))
@@ -394,6 +395,38 @@ async fn send_snapshot(
         if let Some(wait) = throttle_delay(sent, ctx.catchup_rate(), started.elapsed()) {
             tokio::time::sleep(wait).await;
         }
+    }
+}
+
+/// Marks a member as being sent a snapshot for as long as it lives (reports show it, and an
+/// admission asked to wait for the copy waits on it, [`Replica::admit`]).
+struct Copying<'a> {
+    replica: &'a Arc<Replica>,
+    member: &'a str,
+}
+
+impl<'a> Copying<'a> {
+    fn start(replica: &'a Arc<Replica>, member: &'a str) -> Self {
+        Self::set(replica, member, true);
+        Self { replica, member }
+    }
+
+    fn set(replica: &Replica, member: &str, copying: bool) {
+        if let Some(f) = replica
+            .lock()
+            .primary
+            .as_mut()
+            .and_then(|p| p.followers.get_mut(member))
+        {
+            f.copying = copying;
+        }
+        replica.bump();
+    }
+}
+
+impl Drop for Copying<'_> {
+    fn drop(&mut self) {
+        Self::set(self.replica, self.member, false);
     }
 }
 

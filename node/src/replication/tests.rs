@@ -469,6 +469,7 @@ pub(super) fn admit_c(
         epoch: 2,
         learner: "c".into(),
         timeout_ms: 60_000,
+        wait_for_copy_within: None,
     };
     tokio::spawn(async move { r.admit(&req).await })
 }
@@ -594,6 +595,99 @@ async fn an_admission_wakes_when_the_learner_acknowledges_on_an_idle_partition()
         );
     };
     assert!(answer.ready, "{answer:?}");
+}
+
+/// Marks "c" as being sent a snapshot (or not) on the primary `r`, as the sender does.
+fn set_copying(r: &Replica, copying: bool) {
+    if let Some(f) = r
+        .lock()
+        .primary
+        .as_mut()
+        .and_then(|p| p.followers.get_mut("c"))
+    {
+        f.copying = copying;
+    }
+    r.bump();
+}
+
+/// An admission asked while the learner's copy is under way holds nothing back until the
+/// copy is in and the learner is close: writes commit without the learner meanwhile, and the
+/// call answers ready as soon as the learner holds the commit point. Asked with a short
+/// timeout while the copy never ends, it answers not ready and leaves nothing behind.
+#[tokio::test]
+async fn an_admission_asked_during_a_copy_waits_for_it_without_holding_writes_back() {
+    let f = plain("a");
+    let r = primary_with_learner(&f).await;
+    until("the primary tracks c", || {
+        r.lock()
+            .primary
+            .as_ref()
+            .is_some_and(|p| p.followers.contains_key("c"))
+    })
+    .await;
+    set_copying(&r, true);
+    let call = {
+        let r = r.clone();
+        let req = AdmitRequest {
+            epoch: 2,
+            learner: "c".into(),
+            timeout_ms: 60_000,
+            wait_for_copy_within: Some(10),
+        };
+        tokio::spawn(async move { r.admit(&req).await })
+    };
+    // While the copy is under way, writes commit without "c".
+    for i in 0..3 {
+        let w = r.write(
+            format!("k{i}").into_bytes(),
+            Some(b"v".to_vec()),
+            Condition::Always,
+        );
+        tokio::time::timeout(Duration::from_secs(10), w)
+            .await
+            .unwrap_or_else(|_| panic!("write {i} held back by an admission during the copy"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!requires(&r, "c"), "admitted while copying");
+    }
+    // The copy ends with "c" holding everything: the call admits it and answers ready.
+    let last = r.lock().last.last_seq;
+    super::sender::record_ack(&r, "c", last);
+    set_copying(&r, false);
+    let answer = tokio::time::timeout(Duration::from_secs(10), call).await;
+    let Ok(Ok(Ok(answer))) = answer else {
+        panic!("the admission did not answer within 10 s of the copy's end: {answer:?}");
+    };
+    assert!(answer.ready, "{answer:?}");
+    assert!(requires(&r, "c"), "admitted: commits wait for c now");
+
+    // A copy that never ends: the call's deadline passes without an admission.
+    let f = plain("a");
+    let r = primary_with_learner(&f).await;
+    until("the primary tracks c", || {
+        r.lock()
+            .primary
+            .as_ref()
+            .is_some_and(|p| p.followers.contains_key("c"))
+    })
+    .await;
+    set_copying(&r, true);
+    let req = AdmitRequest {
+        epoch: 2,
+        learner: "c".into(),
+        timeout_ms: 200,
+        wait_for_copy_within: Some(10),
+    };
+    let answer = r.admit(&req).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(!answer.ready, "{answer:?}");
+    assert!(
+        !requires(&r, "c"),
+        "nothing admitted by a call that never saw the copy end"
+    );
+    let w = r.write(b"late".to_vec(), Some(b"v".to_vec()), Condition::Always);
+    tokio::time::timeout(Duration::from_secs(10), w)
+        .await
+        .unwrap_or_else(|_| panic!("a write held back after the call"))
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// An append of a session whose primary keeps `in_flight` appends in flight.

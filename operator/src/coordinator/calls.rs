@@ -59,6 +59,7 @@ pub(crate) fn spawn(
             epoch,
             primary,
             node,
+            wait_for_copy_within,
         } => {
             let primary_addr = addr(&primary);
             tokio::spawn(async move {
@@ -69,6 +70,7 @@ pub(crate) fn spawn(
                     epoch,
                     learner: node.clone(),
                     timeout_ms: handoff_ms,
+                    wait_for_copy_within,
                 };
                 tracing::debug!(partition, epoch, learner = %node, primary = %primary, "admit call");
                 let outcome = match primary_addr {

@@ -72,6 +72,16 @@ pub(super) const ADMIT_WITHIN_ENTRIES: u64 = 4096;
 /// point moves on without it, the admission is no longer ready, and the primary waits for the
 /// member until the admit call ends — a whole hand-off timeout of refused writes, repeated
 /// every call while the member stays stuck (finding L1 in docs/reliability.md).
+/// Whether to ask `f`'s primary now to admit it once its copy is done
+/// ([`Call::Admit`]'s `wait_for_copy_within`): the primary reports it copying (only
+/// primaries that know how to wait report it) and it is not stuck. The call's answer then
+/// comes as soon as the copy is in, instead of at the report after it.
+///
+/// [`Call::Admit`]: super::Call::Admit
+pub(super) fn worth_asking_early(f: &FollowerProgress, commit_seq: u64, bound_ms: u64) -> bool {
+    f.copying && !stuck(f, commit_seq, bound_ms)
+}
+
 pub(super) fn worth_admitting(
     f: &FollowerProgress,
     commit_seq: u64,
@@ -100,6 +110,7 @@ mod tests {
             acked_seq: acked,
             last_contact_ms: contact,
             pending_since_ms: pending,
+            copying: false,
         }
     }
 

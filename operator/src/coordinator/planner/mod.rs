@@ -134,6 +134,12 @@ pub enum Call {
         epoch: u64,
         primary: NodeId,
         node: NodeId,
+        /// Asked while the learner's copy is still under way: the primary waits for the copy
+        /// (holding nothing back) until the learner is within this many entries of the
+        /// commit point, then admits it ([`AdmitRequest::wait_for_copy_within`]).
+        ///
+        /// [`AdmitRequest::wait_for_copy_within`]: shardedstore_node::admin_api::AdmitRequest::wait_for_copy_within
+        wait_for_copy_within: Option<u64>,
     },
     /// Ask the primary to hand off to an in-sync replica.
     Handoff {

@@ -1,7 +1,7 @@
 //! Per-partition decisions: failover, in-sync shrink and expand, hand-off, moves and cleanup.
 //! Each partition advances by at most one step of a multi-step procedure per round.
 
-use super::gray::{stuck_members, worth_admitting};
+use super::gray::{ADMIT_WITHIN_ENTRIES, stuck_members, worth_admitting, worth_asking_early};
 use super::handoff::{Handoff, handoff};
 use super::moves::{moves_in_flight, remove_extras, start_move};
 use super::{Call, Inputs};
@@ -443,11 +443,19 @@ fn expand(
     let writes_stalled = e.in_sync.len() < round.inputs.settings.min_in_sync as usize;
     // A learner missing from the primary's report is not admitted: the report was made
     // before the primary took in the map that added it, and its copy is still on the way.
-    let worth = |n: &NodeId, learner: bool| {
-        report.is_none_or(|r| match r.followers.iter().find(|f| f.node == *n) {
-            Some(f) => worth_admitting(f, r.commit_seq, bound, writes_stalled),
-            None => !learner,
-        })
+    // Whether to ask now, and whether to ask the primary to wait for the copy first.
+    let worth = |n: &NodeId, learner: bool| -> Option<Option<u64>> {
+        let Some(r) = report else {
+            return Some(None);
+        };
+        match r.followers.iter().find(|f| f.node == *n) {
+            Some(f) if worth_admitting(f, r.commit_seq, bound, writes_stalled) => Some(None),
+            Some(f) if worth_asking_early(f, r.commit_seq, bound) => {
+                Some(Some(ADMIT_WITHIN_ENTRIES))
+            }
+            Some(_) => None,
+            None => (!learner).then_some(None),
+        }
     };
     let waiting: Vec<NodeId> = e
         .members()
@@ -468,12 +476,13 @@ fn expand(
                 partition: p,
                 node: n,
             });
-        } else if worth(&n, learner) {
+        } else if let Some(wait_for_copy_within) = worth(&n, learner) {
             calls.push(Call::Admit {
                 partition: p,
                 epoch: e.epoch,
                 primary: primary.to_owned(),
                 node: n,
+                wait_for_copy_within,
             });
         }
     }

@@ -1,5 +1,6 @@
 //! Planner unit tests: one per failure and move case, on small hand-checked clusters.
 
+use super::gray::ADMIT_WITHIN_ENTRIES;
 use super::{Call, HandoffOutcome, Inputs, Observations, Plan, placement_nodes, plan};
 use crate::coordinator::input::{MemberNode, Membership, Settings};
 use crate::coordinator::liveness::Liveness;
@@ -418,12 +419,14 @@ fn dead_and_lagging_followers_leave_in_sync() {
                 acked_seq: 40,
                 last_contact_ms: Some(10_000),
                 pending_since_ms: Some(10_000),
+                copying: false,
             },
             FollowerProgress {
                 node: followers[1].clone(),
                 acked_seq: 100,
                 last_contact_ms: Some(5),
                 pending_since_ms: None,
+                copying: false,
             },
         ],
         keys: 0,
@@ -482,12 +485,14 @@ fn a_member_shrunk_for_being_stuck_is_not_admitted_while_it_stays_stuck() {
                 acked_seq: 4,
                 last_contact_ms: Some(2_500),
                 pending_since_ms: Some(2_500),
+                copying: false,
             },
             FollowerProgress {
                 node: followers[1].clone(),
                 acked_seq: 12,
                 last_contact_ms: Some(5),
                 pending_since_ms: None,
+                copying: false,
             },
         ],
         keys: 0,
@@ -1031,6 +1036,7 @@ fn a_learner_is_admitted_only_once_its_copy_is_in() {
         acked_seq,
         last_contact_ms: Some(5),
         pending_since_ms: Some(40),
+        copying: false,
     };
     let other = w.map().partitions[0]
         .in_sync
@@ -1047,4 +1053,60 @@ fn a_learner_is_admitted_only_once_its_copy_is_in() {
     // Snapshot in, streaming the last entries.
     report(&mut w, vec![progress(&other, 348), progress(&learner, 300)]);
     assert!(admits(&w), "not admitted once its copy is in");
+    let admit_of = |w: &World| {
+        w.plan().calls.into_iter().find_map(|c| match c {
+            Call::Admit {
+                node,
+                wait_for_copy_within,
+                ..
+            } if node == learner => Some(wait_for_copy_within),
+            _ => None,
+        })
+    };
+    assert_eq!(
+        admit_of(&w),
+        Some(None),
+        "a learner near the commit point is admitted at once"
+    );
+}
+
+/// A primary that reports a learner's copy under way (only primaries that can wait for it
+/// report it) is asked right away to admit the learner once the copy is in, so the answer
+/// comes when the copy ends, not at the report after it; not if the copy is stuck.
+#[test]
+fn a_copying_learner_is_admitted_by_a_call_that_waits_for_the_copy() {
+    let mut w = World::running(3, 1, 3);
+    let primary = w.map().partitions[0].primary.clone().unwrap_or_default();
+    let (learner, epoch) = w.follower_to_learner();
+    let admit_of = |w: &World| {
+        w.plan().calls.into_iter().find_map(|c| match c {
+            Call::Admit {
+                node,
+                wait_for_copy_within,
+                ..
+            } if node == learner => Some(wait_for_copy_within),
+            _ => None,
+        })
+    };
+    let report = |w: &mut World, pending_since_ms: u64| {
+        if let Some(r) = w.obs.reports.get_mut(&primary) {
+            r.partitions = vec![PartitionState {
+                commit_seq: 348,
+                followers: vec![FollowerProgress {
+                    node: learner.clone(),
+                    acked_seq: 0,
+                    last_contact_ms: Some(5),
+                    pending_since_ms: Some(pending_since_ms),
+                    copying: true,
+                }],
+                ..state(0, ReplicaRole::Primary, epoch)
+            }];
+        }
+    };
+    report(&mut w, 40);
+    assert_eq!(admit_of(&w), Some(Some(ADMIT_WITHIN_ENTRIES)));
+    // A copy that made no progress for longer than the lag bound is not waited for.
+    let bound = w.settings.lag_timeout.as_millis() as u64;
+    report(&mut w, bound + 1);
+    assert_eq!(admit_of(&w), None, "waiting on a stuck copy");
 }
