@@ -597,6 +597,18 @@ async fn an_admission_wakes_when_the_learner_acknowledges_on_an_idle_partition()
     assert!(answer.ready, "{answer:?}");
 }
 
+/// Waits until the primary `r` tracks "c", then marks it as being sent a snapshot.
+async fn copying_c(r: &Replica) {
+    until("the primary tracks c", || {
+        r.lock()
+            .primary
+            .as_ref()
+            .is_some_and(|p| p.followers.contains_key("c"))
+    })
+    .await;
+    set_copying(r, true);
+}
+
 /// Marks "c" as being sent a snapshot (or not) on the primary `r`, as the sender does.
 fn set_copying(r: &Replica, copying: bool) {
     if let Some(f) = r
@@ -618,14 +630,7 @@ fn set_copying(r: &Replica, copying: bool) {
 async fn an_admission_asked_during_a_copy_waits_for_it_without_holding_writes_back() {
     let f = plain("a");
     let r = primary_with_learner(&f).await;
-    until("the primary tracks c", || {
-        r.lock()
-            .primary
-            .as_ref()
-            .is_some_and(|p| p.followers.contains_key("c"))
-    })
-    .await;
-    set_copying(&r, true);
+    copying_c(&r).await;
     let call = {
         let r = r.clone();
         let req = AdmitRequest {
@@ -663,14 +668,7 @@ async fn an_admission_asked_during_a_copy_waits_for_it_without_holding_writes_ba
     // A copy that never ends: the call's deadline passes without an admission.
     let f = plain("a");
     let r = primary_with_learner(&f).await;
-    until("the primary tracks c", || {
-        r.lock()
-            .primary
-            .as_ref()
-            .is_some_and(|p| p.followers.contains_key("c"))
-    })
-    .await;
-    set_copying(&r, true);
+    copying_c(&r).await;
     let req = AdmitRequest {
         epoch: 2,
         learner: "c".into(),

@@ -1053,21 +1053,24 @@ fn a_learner_is_admitted_only_once_its_copy_is_in() {
     // Snapshot in, streaming the last entries.
     report(&mut w, vec![progress(&other, 348), progress(&learner, 300)]);
     assert!(admits(&w), "not admitted once its copy is in");
-    let admit_of = |w: &World| {
-        w.plan().calls.into_iter().find_map(|c| match c {
-            Call::Admit {
-                node,
-                wait_for_copy_within,
-                ..
-            } if node == learner => Some(wait_for_copy_within),
-            _ => None,
-        })
-    };
+    let admit_of = |w: &World| admit_call(w, &learner);
     assert_eq!(
         admit_of(&w),
         Some(None),
         "a learner near the commit point is admitted at once"
     );
+}
+
+/// The planned admit call for `learner`, if any: its `wait_for_copy_within`.
+fn admit_call(w: &World, learner: &str) -> Option<Option<u64>> {
+    w.plan().calls.into_iter().find_map(|c| match c {
+        Call::Admit {
+            node,
+            wait_for_copy_within,
+            ..
+        } if node == learner => Some(wait_for_copy_within),
+        _ => None,
+    })
 }
 
 /// A primary that reports a learner's copy under way (only primaries that can wait for it
@@ -1078,16 +1081,7 @@ fn a_copying_learner_is_admitted_by_a_call_that_waits_for_the_copy() {
     let mut w = World::running(3, 1, 3);
     let primary = w.map().partitions[0].primary.clone().unwrap_or_default();
     let (learner, epoch) = w.follower_to_learner();
-    let admit_of = |w: &World| {
-        w.plan().calls.into_iter().find_map(|c| match c {
-            Call::Admit {
-                node,
-                wait_for_copy_within,
-                ..
-            } if node == learner => Some(wait_for_copy_within),
-            _ => None,
-        })
-    };
+    let admit_of = |w: &World| admit_call(w, &learner);
     let report = |w: &mut World, pending_since_ms: u64| {
         if let Some(r) = w.obs.reports.get_mut(&primary) {
             r.partitions = vec![PartitionState {
