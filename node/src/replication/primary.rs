@@ -35,7 +35,7 @@ pub struct Progress {
     pub progress_at: Instant,
     /// Stops the replication task to this member.
     pub task: CancellationToken,
-    /// A snapshot is being sent to it ([`Progress::copying`] in reports).
+    /// A snapshot is being sent to it (reported as `copying` in the heartbeat answer).
     pub copying: bool,
 }
 
