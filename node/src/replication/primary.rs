@@ -639,15 +639,7 @@ impl Replica {
     /// Refuses an admission unless this node is the partition's primary at the request's
     /// epoch and the learner is another member of the partition.
     fn check_admission(&self, st: &State, req: &AdmitRequest) -> Result<(), AdminRefusal> {
-        let Some(p) = st.primary.as_ref() else {
-            return Err(AdminRefusal::NotPrimary);
-        };
-        if p.epoch != req.epoch {
-            return Err(AdminRefusal::StaleEpoch {
-                current: p.epoch,
-                requested: req.epoch,
-            });
-        }
+        primary_at(st, req.epoch)?;
         if !st.entry.is_member(&req.learner) || req.learner == self.ctx.node_id {
             return Err(AdminRefusal::NotMember(req.learner.clone()));
         }
@@ -730,19 +722,13 @@ impl Replica {
         {
             let _w = self.write_lock.lock().await;
             let mut st = self.lock();
-            let in_sync = st.entry.is_in_sync(&req.to);
+            primary_at(&st, req.epoch)?;
+            if !st.entry.is_in_sync(&req.to) || req.to == self.ctx.node_id {
+                return Err(AdminRefusal::NotInSync(req.to.clone()));
+            }
             let Some(p) = st.primary.as_mut() else {
                 return Err(AdminRefusal::NotPrimary);
             };
-            if p.epoch != req.epoch {
-                return Err(AdminRefusal::StaleEpoch {
-                    current: p.epoch,
-                    requested: req.epoch,
-                });
-            }
-            if !in_sync || req.to == self.ctx.node_id {
-                return Err(AdminRefusal::NotInSync(req.to.clone()));
-            }
             p.handoff = Some(req.to.clone());
             tracing::info!(partition = self.partition, to = %req.to, "handing off: writes stopped");
         }
@@ -794,6 +780,21 @@ fn commit_input(st: &State, me: &str, lease_valid: bool) -> Option<CommitInput> 
         lease_valid,
         barrier_seq: p.barrier_seq,
     })
+}
+
+/// Refuses an admin call (admission, hand-off) unless this node is the partition's primary
+/// at `epoch`.
+fn primary_at(st: &State, epoch: u64) -> Result<(), AdminRefusal> {
+    let Some(p) = st.primary.as_ref() else {
+        return Err(AdminRefusal::NotPrimary);
+    };
+    if p.epoch != epoch {
+        return Err(AdminRefusal::StaleEpoch {
+            current: p.epoch,
+            requested: epoch,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -407,27 +407,29 @@ struct Copying<'a> {
 
 impl<'a> Copying<'a> {
     fn start(replica: &'a Arc<Replica>, member: &'a str) -> Self {
-        Self::set(replica, member, true);
+        set_copying(replica, member, true);
         Self { replica, member }
-    }
-
-    fn set(replica: &Replica, member: &str, copying: bool) {
-        if let Some(f) = replica
-            .lock()
-            .primary
-            .as_mut()
-            .and_then(|p| p.followers.get_mut(member))
-        {
-            f.copying = copying;
-        }
-        replica.bump();
     }
 }
 
 impl Drop for Copying<'_> {
     fn drop(&mut self) {
-        Self::set(self.replica, self.member, false);
+        set_copying(self.replica, self.member, false);
     }
+}
+
+/// Marks whether `member` is being sent a snapshot on the primary `replica`, and wakes what
+/// waits on its progress.
+pub(super) fn set_copying(replica: &Replica, member: &str, copying: bool) {
+    if let Some(f) = replica
+        .lock()
+        .primary
+        .as_mut()
+        .and_then(|p| p.followers.get_mut(member))
+    {
+        f.copying = copying;
+    }
+    replica.bump();
 }
 
 /// How long to pause after sending `sent` bytes in `elapsed` so the stream stays at or below

@@ -606,20 +606,7 @@ async fn copying_c(r: &Replica) {
             .is_some_and(|p| p.followers.contains_key("c"))
     })
     .await;
-    set_copying(r, true);
-}
-
-/// Marks "c" as being sent a snapshot (or not) on the primary `r`, as the sender does.
-fn set_copying(r: &Replica, copying: bool) {
-    if let Some(f) = r
-        .lock()
-        .primary
-        .as_mut()
-        .and_then(|p| p.followers.get_mut("c"))
-    {
-        f.copying = copying;
-    }
-    r.bump();
+    super::sender::set_copying(r, "c", true);
 }
 
 /// An admission asked while the learner's copy is under way holds nothing back until the
@@ -657,7 +644,7 @@ async fn an_admission_asked_during_a_copy_waits_for_it_without_holding_writes_ba
     // The copy ends with "c" holding everything: the call admits it and answers ready.
     let last = r.lock().last.last_seq;
     super::sender::record_ack(&r, "c", last);
-    set_copying(&r, false);
+    super::sender::set_copying(&r, "c", false);
     let answer = tokio::time::timeout(Duration::from_secs(10), call).await;
     let Ok(Ok(Ok(answer))) = answer else {
         panic!("the admission did not answer within 10 s of the copy's end: {answer:?}");

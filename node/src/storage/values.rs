@@ -1007,6 +1007,13 @@ mod tests {
             items,
             at,
         };
+        let end = |base, keys, bytes| Command::SnapshotEnd {
+            partition: p,
+            base,
+            history: crate::replication::epochs::EpochHistory::default(),
+            keys,
+            bytes,
+        };
         // No file open for the partition yet: the database thread writes them.
         assert_eq!(
             store
@@ -1043,16 +1050,14 @@ mod tests {
         let f = vec![item("f", 8, 200)];
         let at = store.write_snapshot_values(p, &f).expect("values");
         w.run(chunk(f, at)).await.expect("chunk");
-        w.run(Command::SnapshotEnd {
-            partition: p,
-            base: LogPosition {
+        w.run(end(
+            LogPosition {
                 last_epoch: 1,
                 last_seq: 8,
             },
-            history: crate::replication::epochs::EpochHistory::default(),
-            keys: 2,
-            bytes: 1102,
-        })
+            2,
+            1102,
+        ))
         .await
         .expect("end");
         drop((w, store));
@@ -1082,16 +1087,14 @@ mod tests {
             .await
             .expect("chunk");
         w.run(chunk(a, at)).await.expect("chunk");
-        w.run(Command::SnapshotEnd {
-            partition: p,
-            base: LogPosition {
+        w.run(end(
+            LogPosition {
                 last_epoch: 1,
                 last_seq: 6,
             },
-            history: crate::replication::epochs::EpochHistory::default(),
-            keys: 4,
-            bytes: 1414,
-        })
+            4,
+            1414,
+        ))
         .await
         .expect("end");
         drop((w, store));
