@@ -8,6 +8,7 @@
 # write latency the nodes measured during the run (hack/phase_summary.py).
 #   hack/profile.sh                         # output in target/profile/
 #   PROFILE_SECONDS=20 PROFILE_CLIENTS=256 PROFILE_OUT=/tmp/prof hack/profile.sh
+#   PROFILE_RATE=1500 hack/profile.sh       # open loop: writes sent at 1500/s, not at peak
 # Needs perf (linux-perf) and permission to profile (root, or kernel.perf_event_paranoid <= 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,8 @@ bin=target/release
 seconds="${PROFILE_SECONDS:-15}"
 clients="${PROFILE_CLIENTS:-256}"
 freq="${PROFILE_FREQUENCY:-299}"
+rate=()
+[ -n "${PROFILE_RATE:-}" ] && rate=(--rate "$PROFILE_RATE")
 out="${PROFILE_OUT:-target/profile}"
 # Ports: client base+0.., peer +100, metrics +200, control +300 (PROFILE_PORT, default 7400).
 port="${PROFILE_PORT:-7400}"
@@ -48,10 +51,10 @@ pids="$(pgrep -d, -f -- "--data-dir $work/store/node-")"
 
 # Load for longer than the recording; the recording starts once the load is under way.
 "$bin/shardedstore" --endpoint "$endpoints" bench --read-ratio 0 --uniform --clients "$clients" \
-  --keys 100000 --value-size 1024 --no-preload --duration "$((seconds + 10))s" >"$work/bench.txt" &
+  --keys 100000 --value-size 1024 --no-preload --duration "$((seconds + 10))s" "${rate[@]}" >"$work/bench.txt" &
 load=$!
 sleep 3
-echo "recording nodes $pids for $seconds s at $freq Hz ($clients clients writing)" >&2
+echo "recording nodes $pids for $seconds s at $freq Hz ($clients clients writing${PROFILE_RATE:+ at $PROFILE_RATE/s})" >&2
 perf record -F "$freq" --call-graph dwarf,32768 -p "$pids" -o "$work/perf.data" -- sleep "$seconds" \
   2>"$work/perf-record.log" || { cat "$work/perf-record.log" >&2; exit 1; }
 wait "$load" || true
