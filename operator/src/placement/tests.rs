@@ -60,6 +60,53 @@ fn place_and_apply(
     Ok(target)
 }
 
+/// Places after every step of `steps`, checking every invariant (`place_and_apply`).
+fn run_history(
+    start: usize,
+    partitions: u32,
+    rf: u32,
+    zones: usize,
+    steps: Vec<Step>,
+) -> Result<(), TestCaseError> {
+    let mut nodes = cluster(start, zones);
+    let mut next = start;
+    let mut map = PartitionMap::empty("t", partitions, rf, 1);
+    place_and_apply(&mut map, &nodes, rf, zones == 0)?;
+    for s in steps {
+        let len = nodes.len();
+        if len == 0 && !matches!(s, Step::AddNode) {
+            continue;
+        }
+        match s {
+            Step::AddNode => {
+                nodes.push(PlacementNode {
+                    id: format!("node-{next}"),
+                    state: NodeState::Active,
+                    zone: (zones > 0).then(|| format!("z{}", next % zones)),
+                });
+                next += 1;
+            }
+            Step::Drain(i) => nodes[i % len].state = NodeState::Draining,
+            Step::Fail(i) => nodes[i % len].state = NodeState::Down,
+            Step::Replace(i) => {
+                if nodes[i % len].state == NodeState::Down {
+                    nodes[i % len].state = NodeState::Replaced;
+                }
+            }
+            Step::Recover(i) => nodes[i % len].state = NodeState::Active,
+        }
+        // Zone-skewed clusters are checked for everything but the movement bound (the
+        // bound assumes balance, which skewed zones trade for zone spread).
+        place_and_apply(&mut map, &nodes, rf, zones == 0)?;
+        // Drained and replaced nodes that hold nothing leave the cluster.
+        nodes.retain(|n| {
+            matches!(n.state, NodeState::Active | NodeState::Down)
+                || map.partitions.iter().any(|e| e.is_member(&n.id))
+        });
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
@@ -71,42 +118,7 @@ proptest! {
         zones in prop_oneof![Just(0usize), Just(2), Just(3)],
         steps in prop::collection::vec(step(), 1..12),
     ) {
-        let mut nodes = cluster(start, zones);
-        let mut next = start;
-        let mut map = PartitionMap::empty("t", partitions, rf, 1);
-        place_and_apply(&mut map, &nodes, rf, zones == 0)?;
-        for s in steps {
-            let len = nodes.len();
-            if len == 0 && !matches!(s, Step::AddNode) {
-                continue;
-            }
-            match s {
-                Step::AddNode => {
-                    nodes.push(PlacementNode {
-                        id: format!("node-{next}"),
-                        state: NodeState::Active,
-                        zone: (zones > 0).then(|| format!("z{}", next % zones)),
-                    });
-                    next += 1;
-                }
-                Step::Drain(i) => nodes[i % len].state = NodeState::Draining,
-                Step::Fail(i) => nodes[i % len].state = NodeState::Down,
-                Step::Replace(i) => {
-                    if nodes[i % len].state == NodeState::Down {
-                        nodes[i % len].state = NodeState::Replaced;
-                    }
-                }
-                Step::Recover(i) => nodes[i % len].state = NodeState::Active,
-            }
-            // Zone-skewed clusters are checked for everything but the movement bound (the
-            // bound assumes balance, which skewed zones trade for zone spread).
-            place_and_apply(&mut map, &nodes, rf, zones == 0)?;
-            // Drained and replaced nodes that hold nothing leave the cluster.
-            nodes.retain(|n| {
-                matches!(n.state, NodeState::Active | NodeState::Down)
-                    || map.partitions.iter().any(|e| e.is_member(&n.id))
-            });
-        }
+        run_history(start, partitions, rf, zones, steps)?;
     }
 
     #[test]
@@ -349,4 +361,30 @@ fn a_scale_out_whose_sources_shift_still_makes_few_extra_moves() -> Result<(), T
         "{started} moves for {planned} planned"
     );
     Ok(())
+}
+
+/// Known: after this history (found by `random_histories_keep_every_invariant` on
+/// 2026-12-04), placing again from the applied target moves 2 more replicas: the target is
+/// not a fixed point. Not fixed yet; ignored so that it documents the case without failing
+/// every run.
+#[test]
+#[ignore = "known: placement is not a fixed point after this history"]
+fn a_history_of_failures_drains_and_additions_in_two_zones_reaches_a_fixed_point()
+-> Result<(), TestCaseError> {
+    use Step::{AddNode, Drain, Fail};
+    run_history(
+        6,
+        43,
+        3,
+        2,
+        vec![
+            Fail(14),
+            Fail(18),
+            AddNode,
+            Drain(10),
+            Fail(33),
+            AddNode,
+            AddNode,
+        ],
+    )
 }
