@@ -525,8 +525,10 @@ impl WriteLoad {
     }
 }
 
-/// Fails unless the load acknowledged more than `min_acked` writes and every one of them
-/// reads back with its value.
+/// Fails unless the load acknowledged at least `min_acked` writes and every one of them
+/// reads back with its value. A test makes the count certain by waiting for acknowledgements
+/// ([`WriteLoad::wait_for_acks`]) in the phases it checks, never by the time a phase takes:
+/// on a faster machine, or with less to move, a phase may end after a handful of writes.
 pub async fn ensure_none_lost(
     client: &KvClient,
     report: &LoadReport,
@@ -538,8 +540,10 @@ pub async fn ensure_none_lost(
         report.failed
     );
     anyhow::ensure!(
-        report.acked.len() > min_acked,
-        "too little load: {report:?}"
+        report.acked.len() >= min_acked,
+        "too little load: {} writes acknowledged ({} failed), fewer than {min_acked}",
+        report.acked.len(),
+        report.failed
     );
     let lost = lost_writes(client, &report.acked).await;
     anyhow::ensure!(

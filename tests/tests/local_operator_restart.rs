@@ -84,6 +84,7 @@ async fn operator_killed_mid_move_resumes_and_loses_nothing() -> anyhow::Result<
     store
         .wait_settled_at(Some(5), Duration::from_secs(120))
         .await?;
+    load.wait_for_acks(50, Duration::from_secs(30)).await?;
 
     let report = load.stop().await;
     ensure_none_lost(&client, &report, 100).await?;
@@ -102,6 +103,7 @@ async fn operator_restarted_during_a_drain_finishes_it() -> anyhow::Result<()> {
     let mut store = LocalStore::start(options).await?;
     let client = store.client()?;
     let load = WriteLoad::start(&client, "drain-restart", 4);
+    load.wait_for_acks(25, Duration::from_secs(30)).await?;
     store.scale(4).await?;
     store
         .wait_settled_at(Some(4), Duration::from_secs(120))
@@ -130,6 +132,7 @@ async fn operator_restarted_during_a_drain_finishes_it() -> anyhow::Result<()> {
         "{:?}",
         settled.coordinator.partition_summary
     );
+    load.wait_for_acks(25, Duration::from_secs(30)).await?;
     let report = load.stop().await;
     ensure_none_lost(&client, &report, 50).await?;
     Ok(())

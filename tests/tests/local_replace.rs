@@ -56,6 +56,7 @@ async fn dead_node_is_replaced_after_replace_after_and_rejoins_when_back() -> an
     let map = client.map().await?;
     let violations = placement_violations(&map);
     anyhow::ensure!(violations.is_empty(), "{violations:?}");
+    load.wait_for_acks(50, Duration::from_secs(30)).await?;
 
     let report = load.stop().await;
     ensure_none_lost(&client, &report, 100).await?;

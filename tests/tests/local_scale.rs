@@ -39,6 +39,10 @@ async fn scale_out_and_in_under_load_stays_balanced_and_keeps_every_write() -> a
     let store = LocalStore::start(LocalOptions::default()).await?;
     let client = store.client()?;
     let load = WriteLoad::start(&client, "scale", 4);
+    // Each phase is checked under writes: so many acknowledged before it and after it,
+    // however quickly the moves go.
+    let progress = Duration::from_secs(30);
+    load.wait_for_acks(50, progress).await?;
     anyhow::ensure!(
         store.scale(2).await.is_err(),
         "scaling below the replication factor must be refused"
@@ -46,6 +50,7 @@ async fn scale_out_and_in_under_load_stays_balanced_and_keeps_every_write() -> a
 
     store.scale(5).await?;
     assert_balanced(&store, 5).await?;
+    load.wait_for_acks(50, progress).await?;
 
     store.scale(3).await?;
     assert_balanced(&store, 3).await?;
@@ -58,8 +63,9 @@ async fn scale_out_and_in_under_load_stays_balanced_and_keeps_every_write() -> a
         "drained nodes should be stopped: {:?}",
         status.endpoints
     );
+    load.wait_for_acks(50, progress).await?;
 
     let report = load.stop().await;
-    ensure_none_lost(&client, &report, 100).await?;
+    ensure_none_lost(&client, &report, 150).await?;
     Ok(())
 }

@@ -118,6 +118,7 @@ async fn heartbeats_continue_while_the_map_store_is_unreadable() -> anyhow::Resu
     std::fs::rename(&saved, &map_path)?;
     store.kill9_node("node-0").await?;
     store.wait_settled(Duration::from_secs(60)).await?;
+    load.wait_for_acks(50, Duration::from_secs(30)).await?;
     let report = load.stop().await;
     ensure_none_lost(&client, &report, 100).await?;
     Ok(())
