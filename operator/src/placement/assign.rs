@@ -363,12 +363,26 @@ pub fn place(previous: &PartitionMap, nodes: &[PlacementNode], replication_facto
     for g in group_of.iter().flatten() {
         sizes[*g] += 1;
     }
+    // What zone spread (`Nodes::zone_allows`) permits each partition's Active members per
+    // zone: a new member goes to a zone the partition does not cover yet, and a zone repeats
+    // only once every Active zone is covered. A Down member covers its zone: a partition
+    // with one there may hold no Active member in it and more in the others.
     let (mut lower, mut upper) = (vec![0u32; zones], vec![0u32; zones]);
-    for &a in &want_active {
+    for (p, &a) in want_active.iter().enumerate() {
+        let mut covered = vec![false; zones];
+        for &m in members[p].iter().filter(|&&m| !nodes.active[m]) {
+            if let Some(&g) = group_ids.get(&nodes.zone[m]) {
+                covered[g] = true;
+            }
+        }
+        let open = covered.iter().filter(|&&c| !c).count();
+        let repeats = a.saturating_sub(open) as u32;
         for g in 0..zones {
-            if a >= zones {
+            if covered[g] {
+                upper[g] += repeats;
+            } else if a >= open {
                 lower[g] += 1;
-                upper[g] += (a + 1 - zones) as u32;
+                upper[g] += 1 + repeats;
             } else if a > 0 {
                 upper[g] += 1;
             }
@@ -377,6 +391,9 @@ pub fn place(previous: &PartitionMap, nodes: &[PlacementNode], replication_facto
     let totals = zone_totals(total as u32, &sizes, &lower, &upper);
     let quotas = Quotas::new(&group_of, &totals);
     let limit = quotas.limits(&raw, &nodes.hash);
+    let under: Vec<usize> = (0..n_nodes)
+        .filter(|&m| nodes.active[m] && raw[m] < limit[m])
+        .collect();
     for n in (0..n_nodes).filter(|&n| nodes.active[n]) {
         if raw[n] <= limit[n] {
             continue;
@@ -385,7 +402,9 @@ pub fn place(previous: &PartitionMap, nodes: &[PlacementNode], replication_facto
             .filter(|&p| members[p].contains(&n))
             .collect();
         // Prefer partitions not trimmed yet: two gaps in one partition cannot both be filled
-        // by the same underloaded node, which would cost extra moves.
+        // by the same underloaded node, which would cost extra moves. Then partitions an
+        // underloaded node can take: one it already holds would have to go to a full node,
+        // which then sheds another replica (two moves where one would do).
         // A learner goes last, as in step 2.
         mine.sort_by_key(|&p| {
             let entry = &previous.partitions[p];
@@ -394,9 +413,13 @@ pub fn place(previous: &PartitionMap, nodes: &[PlacementNode], replication_facto
             let is_learner = learners[p].contains(&n);
             let active = members[p].iter().filter(|&&m| nodes.active[m]).count();
             let gaps = want_active[p].saturating_sub(active);
+            let takeable = under
+                .iter()
+                .any(|&m| !members[p].contains(&m) && nodes.zone_allows(&members[p], m, Some(n)));
             (
                 is_learner,
                 gaps,
+                !takeable,
                 is_primary,
                 std::cmp::Reverse(tie(p, nodes.hash[n])),
             )
@@ -429,8 +452,23 @@ pub fn place(previous: &PartitionMap, nodes: &[PlacementNode], replication_facto
     // 4. Fill: every gap goes to the least-loaded accepting node with room; if none has room,
     //    shift replicas along an augmenting path; as a last resort relax balance, then zones.
     // Augmenting searches are bounded: once a few fail, balance is not achievable anyway.
+    // The partitions with the fewest nodes that have room and could take their gap go
+    // first: filled late, they would find those few nodes full and could only be placed by
+    // shifting another replica (two moves where one would do). A partition that no node with
+    // room can take goes last: it needs such a shift anyway, and placed early its chain would
+    // use up room another partition could have taken directly.
+    let mut order: Vec<(bool, usize, usize)> = (0..partitions)
+        .filter(|&p| work.active_members(p) < work.want_active[p])
+        .map(|p| {
+            let takers = (0..n_nodes)
+                .filter(|&n| work.quotas.has_room(n) && work.accepts(p, n, None))
+                .count();
+            (takers == 0, takers, p)
+        })
+        .collect();
+    order.sort_unstable();
     let mut failed_searches = 0;
-    for p in 0..partitions {
+    for (_, _, p) in order {
         while work.active_members(p) < work.want_active[p] {
             if let Some(n) = work.best(p, true, true) {
                 work.add(p, n);
