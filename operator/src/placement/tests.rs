@@ -308,6 +308,25 @@ fn run_moves(
     Err(TestCaseError::fail("moves never settled"))
 }
 
+/// Places `partitions` on `start` nodes, adds `added` and runs the scale-out move by move
+/// (`run_moves`): (moves first planned, moves started, moves cancelled).
+fn scale_out(
+    start: usize,
+    added: usize,
+    partitions: u32,
+    rf: u32,
+    zones: usize,
+    per_node: usize,
+    seed: u64,
+) -> Result<(usize, usize, usize), TestCaseError> {
+    let mut map = PartitionMap::empty("t", partitions, rf, 1);
+    place_and_apply(&mut map, &cluster(start, zones), rf, zones == 0)?;
+    let nodes = cluster(start + added, zones);
+    let planned = moves(&map, &place(&map, &nodes, rf));
+    let (started, cancelled) = run_moves(&mut map, &nodes, rf, per_node, seed)?;
+    Ok((planned, started, cancelled))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
@@ -323,12 +342,8 @@ proptest! {
         per_node in 1usize..10,
         seed in 1u64..u64::MAX,
     ) {
-        let mut nodes = cluster(start, zones);
-        let mut map = PartitionMap::empty("t", partitions, rf, 1);
-        place_and_apply(&mut map, &nodes, rf, zones == 0)?;
-        nodes = cluster(start + added, zones);
-        let planned = moves(&map, &place(&map, &nodes, rf));
-        let (started, cancelled) = run_moves(&mut map, &nodes, rf, per_node, seed)?;
+        let (planned, started, cancelled) =
+            scale_out(start, added, partitions, rf, zones, per_node, seed)?;
         prop_assert_eq!(cancelled, 0, "{} of {} moves cancelled ({} planned)", cancelled, started, planned);
         prop_assert!(few_more_moves(started, planned), "{} moves for {} planned", started, planned);
     }
@@ -339,7 +354,8 @@ proptest! {
 /// this test's shape, 0.7 % more moves were made than first planned in all, 15 runs needed
 /// more than a fifth more (plus two), 2 more than a quarter, none more than a third: the
 /// worst were single-node additions at RF 3, where the source of a move in flight changes
-/// as loads shift and another replica must then move between two old nodes.
+/// as loads shift and another replica must then move between two old nodes. (Since the
+/// shedding and fill order of 2026-12-04, 0.13 % over 5 000: `measure_scale_out_moves`.)
 fn few_more_moves(started: usize, planned: usize) -> bool {
     started <= planned + 2 + planned / 3
 }
@@ -348,12 +364,7 @@ fn few_more_moves(started: usize, planned: usize) -> bool {
 /// test above): 18 moves for 13.
 #[test]
 fn a_scale_out_whose_sources_shift_still_makes_few_extra_moves() -> Result<(), TestCaseError> {
-    let (rf, zones) = (3, 2);
-    let mut map = PartitionMap::empty("t", 21, rf, 1);
-    place_and_apply(&mut map, &cluster(4, zones), rf, false)?;
-    let nodes = cluster(5, zones);
-    let planned = moves(&map, &place(&map, &nodes, rf));
-    let (started, cancelled) = run_moves(&mut map, &nodes, rf, 4, 6_379_157_611_681_563_370)?;
+    let (planned, started, cancelled) = scale_out(4, 1, 21, 3, 2, 4, 6_379_157_611_681_563_370)?;
     assert_eq!(cancelled, 0);
     assert!(started >= planned, "{started} moves for {planned} planned");
     assert!(
@@ -434,7 +445,7 @@ fn a_recovered_node_is_given_partitions_it_does_not_hold() -> Result<(), TestCas
 /// Not a test: measures the moves made by random scale-outs of the property test's shape
 /// against the moves first planned (`docs/benchmarks.md`, "Moves made during a scale-out").
 /// `RUNS=100000 cargo test -p shardedstore-operator --lib measure_scale_out_moves --
-/// --ignored --nocapture`; the same runs every time (a fixed generator).
+/// --ignored --nocapture`.
 #[test]
 #[ignore = "a measurement; prints figures"]
 fn measure_scale_out_moves() {
@@ -442,6 +453,7 @@ fn measure_scale_out_moves() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
+    // The same runs every time (a splitmix64 sequence: the figures in docs/benchmarks.md).
     let mut state: u64 = 0x1234_5678;
     let mut draw = move |below: u64| {
         state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -450,7 +462,7 @@ fn measure_scale_out_moves() {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         (z ^ (z >> 31)) % below
     };
-    let (mut planned_all, mut made_all, mut cancelled_all, mut unsettled) = (0, 0, 0, 0);
+    let (mut planned_all, mut made_all, mut cancelled_all, mut failed) = (0, 0, 0, 0);
     let mut over = [0usize; 3]; // above planned + 2 + planned/5, /4, /3
     for _ in 0..runs {
         let start = 1 + draw(6) as usize;
@@ -460,14 +472,10 @@ fn measure_scale_out_moves() {
         let zones = [0usize, 2, 3][draw(3) as usize];
         let per_node = 1 + draw(9) as usize;
         let seed = 1 + draw(u64::MAX - 1);
-        let mut nodes = cluster(start, zones);
-        let mut map = PartitionMap::empty("t", partitions, rf, 1);
-        let first = place(&map, &nodes, rf);
-        apply(&mut map, &first, &nodes);
-        nodes = cluster(start + added, zones);
-        let planned = moves(&map, &place(&map, &nodes, rf));
-        let Ok((made, cancelled)) = run_moves(&mut map, &nodes, rf, per_node, seed) else {
-            unsettled += 1;
+        let Ok((planned, made, cancelled)) =
+            scale_out(start, added, partitions, rf, zones, per_node, seed)
+        else {
+            failed += 1;
             continue;
         };
         planned_all += planned;
@@ -479,7 +487,7 @@ fn measure_scale_out_moves() {
     }
     println!(
         "{runs} scale-outs: {planned_all} moves planned, {made_all} made ({} more), \
-         {cancelled_all} cancelled, {unsettled} never settled; runs above planned + 2 + \
+         {cancelled_all} cancelled, {failed} failed a check or never settled; runs above planned + 2 + \
          planned/5: {}, /4: {}, /3: {}",
         made_all - planned_all,
         over[0],
