@@ -26,7 +26,8 @@
 //!
 //! A partition's rows point into its current file (meta key `p/{p}/vfile`) or, while a
 //! compaction is under way, into the file it empties (`p/{p}/vfile.old`). A compaction starts
-//! when a file holds more dead bytes than live ones (and at least [`COMPACT_MIN_DEAD`]): new
+//! when a file holds more dead bytes than live ones (and at least [`COMPACT_MIN_DEAD`]), times
+//! a factor of 1 to 1.5 drawn per file so that partitions do not all compact at once: new
 //! values go to a new file from then on, and every database transaction moves a bounded
 //! number of the old file's live values over ([`Values::compact_steps`]), so no transaction
 //! grows with the partition. A compaction cut short by a crash starts again from the first
@@ -48,7 +49,8 @@ pub const DIR: &str = "values";
 /// Values up to this many bytes stay in the data table.
 pub const INLINE_MAX: usize = 64;
 /// A partition's file is rewritten with only its live values once its dead bytes exceed both
-/// its live bytes and this (so a byte written costs at most one more write later).
+/// its live bytes and this, times a factor of 1 to 1.5 drawn per file ([`compact_threshold`]),
+/// so a byte written costs at most one more write later.
 const COMPACT_MIN_DEAD: u64 = 4 << 20;
 /// Rows a compaction looks at per step (one step per partition per database transaction).
 const COMPACT_STEP: usize = 1024;
@@ -144,6 +146,22 @@ pub fn decode_row(b: &[u8]) -> Result<Row<'_>, CodecError> {
         }
     };
     Ok(Row { version, value })
+}
+
+/// Dead bytes at which partition `p`'s file `file` holding `live` bytes is compacted: the
+/// larger of `live` and [`COMPACT_MIN_DEAD`], times a factor between 1 and 1.5 fixed by the
+/// partition and the file. Partitions written at the same rate would otherwise reach their
+/// thresholds together and compact all at once, a burst that took a sixth of a node's write
+/// rate for seconds at a time; drawn anew for every file, the factors spread the compactions
+/// out over time (and every compaction frees at least as many bytes as it copies).
+fn compact_threshold(p: PartitionId, file: u64, live: u64) -> u64 {
+    let base = live.max(COMPACT_MIN_DEAD);
+    let mut seed = [0u8; 12];
+    seed[..4].copy_from_slice(&p.to_le_bytes());
+    seed[4..].copy_from_slice(&file.to_le_bytes());
+    // 0 ..= 1023: how much of half the base to add, in 1023rds.
+    let draw = xxhash_rust::xxh3::xxh3_64(&seed) % 1024;
+    base.saturating_add(base / 2 * draw / 1023)
 }
 
 fn checksum(value: &[u8]) -> u64 {
@@ -609,7 +627,7 @@ impl Values {
             return Ok(());
         };
         let dead = old.end().saturating_sub(live);
-        if dead < COMPACT_MIN_DEAD || dead < live {
+        if dead < compact_threshold(p, old.id, live) {
             return Ok(());
         }
         let (old_id, old_len) = (old.id, old.end());
@@ -1146,6 +1164,27 @@ mod tests {
     /// Overwriting the same keys fills the file with dead bytes until it is rewritten with the
     /// live values only; the old file goes once a checkpoint has the new one, while a snapshot
     /// opened before still reads its own values from it.
+    #[test]
+    fn compaction_thresholds_lie_between_one_and_one_and_a_half_times_the_base_and_spread() {
+        for live in [0, 1 << 20, COMPACT_MIN_DEAD, 100 << 20] {
+            let base = live.max(COMPACT_MIN_DEAD);
+            let t: Vec<u64> = (0..64u32).map(|p| compact_threshold(p, 7, live)).collect();
+            assert!(
+                t.iter().all(|&t| t >= base && t <= base + base / 2),
+                "{t:?}"
+            );
+            let (lo, hi) = (t.iter().min().copied(), t.iter().max().copied());
+            let spread = hi.unwrap_or(0) - lo.unwrap_or(0);
+            assert!(
+                spread > base / 3,
+                "64 partitions spread over {spread} of {base}"
+            );
+        }
+        // A partition's next file draws again.
+        let next: Vec<u64> = (1..9u64).map(|f| compact_threshold(3, f, 0)).collect();
+        assert!(next.windows(2).any(|w| w[0] != w[1]), "{next:?}");
+    }
+
     #[tokio::test]
     async fn a_file_of_dead_values_is_compacted_and_an_open_snapshot_still_reads_the_old_one() {
         let dir = tempfile::tempdir().expect("dir");
@@ -1171,7 +1210,7 @@ mod tests {
         assert_eq!(store.values().file_bytes(), last[0].1);
         assert_ne!(last[0].0, first[0].0, "a new file holds the values");
         assert!(
-            last[0].1 < (COMPACT_MIN_DEAD + 2 * keys * 8192),
+            last[0].1 < (COMPACT_MIN_DEAD * 3 / 2 + 2 * keys * 8192),
             "the new file holds little besides the live values: {last:?}"
         );
         for k in 0..keys {

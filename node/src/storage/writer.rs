@@ -220,6 +220,7 @@ impl WriterHandle {
             rx: from_log,
             observer,
             fatal,
+            known: Known::default(),
         };
         let spawned = std::thread::Builder::new()
             .name("storage-db".into())
@@ -478,10 +479,12 @@ struct DbThread {
     rx: std::sync::mpsc::Receiver<Stage>,
     observer: Arc<dyn WriterObserver>,
     fatal: Fatal,
+    /// Metadata as the last committed transaction left it.
+    known: Known,
 }
 
 impl DbThread {
-    fn run(self) {
+    fn run(mut self) {
         while let Ok(first) = self.rx.recv() {
             let mut stages = vec![first];
             // Take what the log thread has handed on meanwhile, up to a checkpoint (which
@@ -543,12 +546,12 @@ impl DbThread {
     /// Applies the stages' commands in one transaction, durable (a checkpoint recording
     /// log generation `generation`) or not. Returns one outcome per command, in order.
     fn commit(
-        &self,
+        &mut self,
         stages: &[Stage],
         generation: Option<u64>,
     ) -> Result<Vec<Outcome>, StorageError> {
         let mut txn = self.store.db().begin_write().map_err(write_err)?;
-        let mut meta = TxnMeta::default();
+        let mut meta = TxnMeta::after(std::mem::take(&mut self.known));
         let mut outcomes = Vec::new();
         let tail = self.store.tail();
         let values = self.store.values();
@@ -559,7 +562,7 @@ impl DbThread {
             values.maybe_compact(&txn, *p, a.bytes)?;
         }
         values.compact_steps(&txn)?;
-        meta.flush(&txn)?;
+        let known = meta.flush(&txn)?;
         let written = match generation {
             Some(g) => {
                 // The log generation before `g` is reused once this commit is durable: the
@@ -582,6 +585,7 @@ impl DbThread {
             }
         };
         txn.commit().map_err(write_err)?;
+        self.known = known;
         if generation.is_some() {
             values.checkpointed();
         }
@@ -599,6 +603,18 @@ pub(super) struct TxnMeta {
     history: HashMap<PartitionId, Vec<u8>>,
     /// Applied point and counters, per partition.
     applied: HashMap<PartitionId, Applied>,
+    /// What earlier transactions left, so this one need not read it back.
+    known: Known,
+}
+
+/// Metadata the database thread keeps across its transactions, so that a transaction does
+/// not read back what the ones before it wrote: every partition's applied point and counters,
+/// and which partitions' log tables exist. Only that thread writes the database while it
+/// runs, so what it wrote last is what is there (a failed transaction stops the node).
+#[derive(Default)]
+pub(super) struct Known {
+    applied: HashMap<PartitionId, Applied>,
+    logs: std::collections::HashSet<PartitionId>,
 }
 
 #[derive(Clone, Copy)]
@@ -609,15 +625,35 @@ struct Applied {
 }
 
 impl TxnMeta {
-    /// Forgets what is pending for a partition whose metadata is being removed.
+    /// Starts a transaction's metadata from what the transactions before it left.
+    fn after(known: Known) -> Self {
+        TxnMeta {
+            known,
+            ..TxnMeta::default()
+        }
+    }
+
+    /// Forgets what is pending or known for a partition whose metadata is being removed.
     fn forget(&mut self, p: PartitionId) {
         self.history.remove(&p);
         self.applied.remove(&p);
+        self.known.applied.remove(&p);
+        self.known.logs.remove(&p);
+    }
+
+    /// Creates partition `p`'s log table unless it exists (it marks the partition as held, so
+    /// it is found at start-up).
+    fn ensure_log(&mut self, txn: &WriteTransaction, p: PartitionId) -> Result<(), StorageError> {
+        if !self.known.logs.contains(&p) {
+            txn.open_table(log_table(p).as_def()).map_err(write_err)?;
+            self.known.logs.insert(p);
+        }
+        Ok(())
     }
 
     /// The applied point and counters as the transaction stands.
     fn applied(&mut self, txn: &WriteTransaction, p: PartitionId) -> Result<Applied, StorageError> {
-        if let Some(a) = self.applied.get(&p) {
+        if let Some(a) = self.applied.get(&p).or_else(|| self.known.applied.get(&p)) {
             return Ok(*a);
         }
         let (keys, bytes) =
@@ -626,8 +662,9 @@ impl TxnMeta {
         Ok(Applied { seq, keys, bytes })
     }
 
-    /// Writes what is pending.
-    pub(super) fn flush(self, txn: &WriteTransaction) -> Result<(), StorageError> {
+    /// Writes what is pending; returns what the next transaction may take as known once this
+    /// one commits.
+    pub(super) fn flush(mut self, txn: &WriteTransaction) -> Result<Known, StorageError> {
         let mut meta = txn.open_table(META).map_err(write_err)?;
         for (p, history) in self.history {
             meta.insert(meta_key(p, "history").as_str(), history.as_slice())
@@ -641,8 +678,9 @@ impl TxnMeta {
                 &tables::pair_to(a.keys, a.bytes)[..],
             )
             .map_err(write_err)?;
+            self.known.applied.insert(p, a);
         }
-        Ok(())
+        Ok(self.known)
     }
 }
 
@@ -676,8 +714,7 @@ pub(super) fn apply_command(
         } => {
             // The entries reach the log table at the next checkpoint ([`log_chunks`]); the
             // table is created now so the partition is found at start-up.
-            let name = log_table(*partition);
-            txn.open_table(name.as_def()).map_err(write_err)?;
+            pending.ensure_log(txn, *partition)?;
             log_chunks::lock(tail).append(*partition, entries);
             pending
                 .history
@@ -696,8 +733,7 @@ pub(super) fn apply_command(
         }
         Command::SetHistory { partition, history } => {
             // Make sure the log table exists so the partition is found again at start-up.
-            let name = log_table(*partition);
-            txn.open_table(name.as_def()).map_err(write_err)?;
+            pending.ensure_log(txn, *partition)?;
             pending
                 .history
                 .insert(*partition, codec::encode_history(history));
@@ -719,8 +755,7 @@ pub(super) fn apply_command(
             unproven,
         } => {
             // The log table marks the partition as held, so the mark is found at start-up.
-            txn.open_table(log_table(*partition).as_def())
-                .map_err(write_err)?;
+            pending.ensure_log(txn, *partition)?;
             put_meta(
                 txn,
                 &meta_key(*partition, "unproven"),
@@ -742,8 +777,7 @@ pub(super) fn apply_command(
             if let Some(mark) = unproven {
                 put_meta(txn, &meta_key(*partition, "unproven"), &mark)?;
             }
-            let name = log_table(*partition);
-            txn.open_table(name.as_def()).map_err(write_err)?;
+            pending.ensure_log(txn, *partition)?;
             put_meta(txn, &meta_key(*partition, "snapshot"), &[1])?;
             // The chunks' values are written by the tasks receiving them.
             values.open_current(txn, *partition)?;
@@ -969,7 +1003,8 @@ mod tests {
     }
 
     /// Writing a partition's history, applied point and counters once per transaction leaves
-    /// the database exactly as writing them after every command would.
+    /// the database exactly as writing them after every command would, and so does carrying
+    /// them from one transaction to the next instead of reading them back.
     #[test]
     fn metadata_written_once_per_transaction_equals_writing_it_per_command() {
         let one_dir = tempfile::tempdir().expect("temp dir");
@@ -991,8 +1026,27 @@ mod tests {
             pending.flush(&txn).expect("flush");
             txn.commit().expect("commit");
         }
+        // As the database thread runs: a transaction per command, each taking what the one
+        // before it left as known instead of reading it back.
+        let carried_dir = tempfile::tempdir().expect("temp dir");
+        let carried = Store::open(carried_dir.path(), "n").expect("open");
+        let mut known = Known::default();
+        for cmd in script() {
+            let txn = carried.db().begin_write().expect("txn");
+            let mut pending = TxnMeta::after(known);
+            apply_command(&txn, &cmd, &mut pending, carried.tail(), carried.values())
+                .expect("apply");
+            known = pending.flush(&txn).expect("flush");
+            txn.commit().expect("commit");
+        }
         let got = state(&one);
         assert_eq!(got, state(&each));
+        assert_eq!(got, state(&carried));
+        assert_eq!(
+            carried.partitions().expect("partitions"),
+            each.partitions().expect("partitions"),
+            "the same partitions are found at start-up"
+        );
         // And the script did what it says.
         assert_eq!(got[0].1.history, history(&[(1, 1), (2, 3)]));
         assert_eq!(got[0].1.applied_seq, 2);
