@@ -614,6 +614,9 @@ pub(super) struct TxnMeta {
 #[derive(Default)]
 pub(super) struct Known {
     applied: HashMap<PartitionId, Applied>,
+    /// The encoded epoch history stored last: every append carries its partition's history,
+    /// which changes only when an epoch starts, so most transactions need not store it again.
+    history: HashMap<PartitionId, Vec<u8>>,
     logs: std::collections::HashSet<PartitionId>,
 }
 
@@ -638,6 +641,7 @@ impl TxnMeta {
         self.history.remove(&p);
         self.applied.remove(&p);
         self.known.applied.remove(&p);
+        self.known.history.remove(&p);
         self.known.logs.remove(&p);
     }
 
@@ -667,8 +671,11 @@ impl TxnMeta {
     pub(super) fn flush(mut self, txn: &WriteTransaction) -> Result<Known, StorageError> {
         let mut meta = txn.open_table(META).map_err(write_err)?;
         for (p, history) in self.history {
-            meta.insert(meta_key(p, "history").as_str(), history.as_slice())
-                .map_err(write_err)?;
+            if self.known.history.get(&p) != Some(&history) {
+                meta.insert(meta_key(p, "history").as_str(), history.as_slice())
+                    .map_err(write_err)?;
+                self.known.history.insert(p, history);
+            }
         }
         for (p, a) in self.applied {
             meta.insert(meta_key(p, "applied").as_str(), &a.seq.to_le_bytes()[..])
@@ -925,7 +932,7 @@ mod tests {
     }
 
     /// Commands on two partitions that update the same metadata many times, drop a partition
-    /// and install a snapshot in between.
+    /// (twice) and install a snapshot in between.
     fn script() -> Vec<Command> {
         let e = |seq, key: &str| entry(1, seq, key, &format!("v{seq}"));
         vec![
@@ -985,6 +992,12 @@ mod tests {
             Command::Apply {
                 partition: 3,
                 entries: vec![entry(2, 9, "s", "old"), entry(2, 10, "t", "tv")],
+            },
+            // The same history as before the drop: stored again.
+            Command::DropPartition { partition: 2 },
+            Command::SetHistory {
+                partition: 2,
+                history: history(&[(4, 1)]),
             },
         ]
     }
