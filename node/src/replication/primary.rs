@@ -552,7 +552,9 @@ impl Replica {
         self.advance_commit();
         // Acknowledge at commit: the entry is durable on every in-sync member. Reads at this
         // primary wait for the apply to catch up ([`Replica::read_barrier`]).
-        let commit_deadline = tokio::time::Instant::now() + timeout;
+        // One timer for the whole wait, however often the commit point moves meanwhile.
+        let commit_deadline = tokio::time::sleep(timeout);
+        tokio::pin!(commit_deadline);
         loop {
             {
                 let st = self.lock();
@@ -572,7 +574,7 @@ impl Replica {
                     }
                 }
                 _ = term.cancelled() => return Err(ServeError::Unavailable("deposed")),
-                _ = tokio::time::sleep_until(commit_deadline) => {
+                _ = &mut commit_deadline => {
                     return Err(ServeError::Unavailable("commit_timeout"));
                 }
             }

@@ -83,6 +83,9 @@ pub struct Replica {
     /// Serializes changes to the log (client writes, replication messages, compaction).
     pub(crate) write_lock: tokio::sync::Mutex<()>,
     pub(crate) apply_lock: tokio::sync::Mutex<()>,
+    /// Wakes the partition's apply task ([`Replica::schedule_apply`]), started on first use.
+    apply_wake: Arc<tokio::sync::Notify>,
+    apply_started: std::sync::atomic::AtomicBool,
     /// Per-phase latency of this partition's writes (metrics only).
     pub(crate) phases: crate::metrics::WritePhases,
 }
@@ -125,6 +128,8 @@ impl Replica {
             progress_tx: watch::channel(0).0,
             write_lock: tokio::sync::Mutex::new(()),
             apply_lock: tokio::sync::Mutex::new(()),
+            apply_wake: Arc::new(tokio::sync::Notify::new()),
+            apply_started: std::sync::atomic::AtomicBool::new(false),
             phases,
         })
     }
@@ -310,8 +315,17 @@ impl Replica {
         }
     }
 
+    /// Has the partition's apply task apply what is committed. One long-lived task per
+    /// replica, woken here, instead of a task per commit advance: a wake-up while it applies
+    /// makes it look again once done, and wake-ups meanwhile cost nothing more.
     pub(crate) fn schedule_apply(self: &Arc<Self>) {
-        tokio::spawn(self.clone().apply_committed());
+        if !self
+            .apply_started
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            tokio::spawn(apply_task(Arc::downgrade(self), self.apply_wake.clone()));
+        }
+        self.apply_wake.notify_one();
     }
 
     /// Drops log entries no replica needs any more: keeps everything after the applied point,
@@ -421,6 +435,24 @@ impl Replica {
 }
 
 /// The log position up to the durable point (the whole log once everything is durable).
+/// A replica's apply task: applies what is committed each time it is woken, until the
+/// replica is gone (its drop wakes it one last time).
+async fn apply_task(replica: std::sync::Weak<Replica>, wake: Arc<tokio::sync::Notify>) {
+    loop {
+        wake.notified().await;
+        let Some(replica) = replica.upgrade() else {
+            return;
+        };
+        replica.apply_committed().await;
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.apply_wake.notify_one();
+    }
+}
+
 fn durable_position(st: &State) -> LogPosition {
     if st.durable_seq >= st.last.last_seq {
         st.last
