@@ -434,7 +434,6 @@ impl Replica {
     }
 }
 
-/// The log position up to the durable point (the whole log once everything is durable).
 /// A replica's apply task: applies what is committed each time it is woken, until the
 /// replica is gone (its drop wakes it one last time).
 async fn apply_task(replica: std::sync::Weak<Replica>, wake: Arc<tokio::sync::Notify>) {
@@ -453,6 +452,7 @@ impl Drop for Replica {
     }
 }
 
+/// The log position up to the durable point (the whole log once everything is durable).
 fn durable_position(st: &State) -> LogPosition {
     if st.durable_seq >= st.last.last_seq {
         st.last

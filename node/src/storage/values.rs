@@ -1161,9 +1161,6 @@ mod tests {
         );
     }
 
-    /// Overwriting the same keys fills the file with dead bytes until it is rewritten with the
-    /// live values only; the old file goes once a checkpoint has the new one, while a snapshot
-    /// opened before still reads its own values from it.
     #[test]
     fn compaction_thresholds_lie_between_one_and_one_and_a_half_times_the_base_and_spread() {
         for live in [0, 1 << 20, COMPACT_MIN_DEAD, 100 << 20] {
@@ -1185,6 +1182,9 @@ mod tests {
         assert!(next.windows(2).any(|w| w[0] != w[1]), "{next:?}");
     }
 
+    /// Overwriting the same keys fills the file with dead bytes until it is rewritten with the
+    /// live values only; the old file goes once a checkpoint has the new one, while a snapshot
+    /// opened before still reads its own values from it.
     #[tokio::test]
     async fn a_file_of_dead_values_is_compacted_and_an_open_snapshot_still_reads_the_old_one() {
         let dir = tempfile::tempdir().expect("dir");

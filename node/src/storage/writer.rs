@@ -608,9 +608,10 @@ pub(super) struct TxnMeta {
 }
 
 /// Metadata the database thread keeps across its transactions, so that a transaction does
-/// not read back what the ones before it wrote: every partition's applied point and counters,
-/// and which partitions' log tables exist. Only that thread writes the database while it
-/// runs, so what it wrote last is what is there (a failed transaction stops the node).
+/// not read back or write again what the ones before it wrote: every partition's applied
+/// point and counters, its epoch history as stored, and which partitions' log tables exist.
+/// Only that thread writes the database while it runs, so what it wrote last is what is there
+/// (a failed transaction stops the node).
 #[derive(Default)]
 pub(super) struct Known {
     applied: HashMap<PartitionId, Applied>,
