@@ -250,7 +250,8 @@ impl Replica {
     }
 
     /// Applies committed entries to the data table, in order, until the applied point
-    /// reaches the commit point. Concurrent calls serialize; extra ones return at once.
+    /// reaches the commit point. Run by the replica's apply task ([`Replica::schedule_apply`]);
+    /// the apply lock keeps a snapshot install from interleaving with it.
     pub async fn apply_committed(self: Arc<Self>) {
         let _a = self.apply_lock.lock().await;
         loop {
