@@ -69,6 +69,16 @@ pub struct NodeConfig {
     #[arg(long, env = "SHARDEDSTORE_LOG_WINDOW", default_value_t = 100_000)]
     pub log_window: u64,
 
+    /// Most bytes of those entries kept per partition, and never more than the partition's
+    /// data (at least 4 MiB): a replica further behind is caught up by a snapshot, which is
+    /// then the smaller transfer.
+    #[arg(
+        long,
+        env = "SHARDEDSTORE_LOG_WINDOW_BYTES",
+        default_value_t = 64 * 1024 * 1024
+    )]
+    pub log_window_bytes: u64,
+
     /// Snapshot streaming limit in bytes/second when the map sets none (0 = unlimited).
     #[arg(
         long,

@@ -20,6 +20,9 @@ pub const STORAGE_STALL_BOUND: Duration = Duration::from_secs(2);
 pub struct ReplicationConfig {
     /// Log entries kept behind the applied point even when every replica has them.
     pub log_window: u64,
+    /// Most bytes of those entries kept (never more than the partition's data, nor less than
+    /// 4 MiB of it).
+    pub log_window_bytes: u64,
     /// Snapshot throughput limit when the map sets none (0 = unlimited).
     pub catchup_bytes_per_second: u64,
     /// Idle interval after which the primary sends an empty append (carries the commit point).
@@ -37,6 +40,7 @@ impl Default for ReplicationConfig {
     fn default() -> Self {
         Self {
             log_window: 100_000,
+            log_window_bytes: 64 * 1024 * 1024,
             catchup_bytes_per_second: 0,
             idle_append: Duration::from_millis(1000),
             max_append_bytes: 4 * 1024 * 1024,

@@ -43,6 +43,8 @@ pub struct NodeMetrics {
     pub catchup_bytes: IntCounterVec,
     /// Log entries retained across partitions (bounded by retention and compaction).
     pub log_entries: IntGauge,
+    /// Bytes of those entries appended since the process started (`--log-window-bytes`).
+    pub log_bytes: IntGauge,
     pub value_file_bytes: IntGauge,
     pub value_compactions: IntCounter,
     pub forwarded_requests: IntCounter,
@@ -134,6 +136,10 @@ impl NodeMetrics {
             "shardedstore_log_entries",
             "Log entries retained across the partitions of this node",
         )?;
+        let log_bytes = IntGauge::new(
+            "shardedstore_log_bytes",
+            "Bytes of the retained log entries appended since this process started (entries already on disk at its start are not counted)",
+        )?;
         let value_file_bytes = IntGauge::new(
             "shardedstore_value_file_bytes",
             "Bytes in this node's value files (values larger than 64 bytes), live and not yet compacted away",
@@ -190,6 +196,7 @@ impl NodeMetrics {
         registry.register(Box::new(stored_keys.clone()))?;
         registry.register(Box::new(catchup_bytes.clone()))?;
         registry.register(Box::new(log_entries.clone()))?;
+        registry.register(Box::new(log_bytes.clone()))?;
         registry.register(Box::new(value_file_bytes.clone()))?;
         registry.register(Box::new(value_compactions.clone()))?;
         registry.register(Box::new(forwarded_requests.clone()))?;
@@ -222,6 +229,7 @@ impl NodeMetrics {
             stored_keys,
             catchup_bytes,
             log_entries,
+            log_bytes,
             value_file_bytes,
             value_compactions,
             forwarded_requests,

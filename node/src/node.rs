@@ -346,6 +346,7 @@ impl Node {
                 _ = shutdown.cancelled() => return,
             }
             let (mut keys, mut bytes, mut lag, mut entries) = (0u64, 0u64, 0u64, 0u64);
+            let mut log_bytes = 0u64;
             for r in self.all() {
                 if let Err(e) = r.compact().await {
                     tracing::warn!(partition = r.partition, error = %e, "log compaction failed");
@@ -354,6 +355,7 @@ impl Node {
                 keys += st.keys;
                 bytes += st.bytes;
                 entries += st.last.last_seq.saturating_sub(st.base.last_seq);
+                log_bytes += st.log_bytes.total();
                 if let Some(p) = &st.primary {
                     for f in p.followers.values() {
                         lag = lag.max(st.last.last_seq.saturating_sub(f.acked.unwrap_or(0)));
@@ -365,6 +367,8 @@ impl Node {
             m.stored_bytes.set(bytes as i64);
             m.replication_lag_entries.set(lag as i64);
             m.log_entries.set(entries as i64);
+            m.log_bytes
+                .set(i64::try_from(log_bytes).unwrap_or(i64::MAX));
             let values = self.ctx.store.values();
             m.value_file_bytes
                 .set(i64::try_from(values.file_bytes()).unwrap_or(i64::MAX));

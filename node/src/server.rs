@@ -123,6 +123,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), ServerError> {
     let map = store.load_map()?;
     let config = ReplicationConfig {
         log_window: cfg.log_window,
+        log_window_bytes: cfg.log_window_bytes,
         catchup_bytes_per_second: cfg.catchup_bytes_per_second,
         write_timeout: Duration::from_millis(cfg.write_timeout_ms),
         appends_in_flight: usize::from(cfg.appends_in_flight),

@@ -377,6 +377,7 @@ impl Replica {
             st.bytes = 0;
             st.cache.clear();
             st.cache_bytes = 0;
+            st.log_bytes.clear();
             st.sync_marks.clear();
             st.last_sync = None;
             tracing::info!(

@@ -5,6 +5,7 @@ pub mod commit;
 pub mod epochs;
 pub mod follower;
 pub mod frame;
+pub mod log_bytes;
 pub mod peer_client;
 pub mod primary;
 pub mod replica;

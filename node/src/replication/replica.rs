@@ -4,6 +4,7 @@
 //! [`super::sender`].
 
 use super::epochs::EpochHistory;
+use super::log_bytes::{self, LogBytes};
 use super::primary::PrimaryState;
 use crate::admin_api::{FollowerProgress, LogPosition, PartitionState, ReplicaRole};
 use crate::context::Ctx;
@@ -41,6 +42,9 @@ pub struct State {
     pub applied_seq: u64,
     pub cache: VecDeque<Arc<LogEntry>>,
     pub cache_bytes: usize,
+    /// Bytes of the log entries appended here and not yet compacted away (compaction keeps
+    /// the log behind the applied point within `--log-window-bytes`).
+    pub log_bytes: LogBytes,
     pub keys: u64,
     pub bytes: u64,
     /// Id of the snapshot being installed, if any (nothing is served meanwhile).
@@ -104,6 +108,7 @@ impl Replica {
             applied_seq: disk.applied_seq,
             cache: VecDeque::new(),
             cache_bytes: 0,
+            log_bytes: LogBytes::default(),
             keys: disk.keys,
             bytes: disk.bytes,
             installing: None,
@@ -144,6 +149,8 @@ impl Replica {
 
     /// Adds appended entries to the in-memory tail, evicting old durable ones.
     pub(crate) fn cache_push(st: &mut State, e: Arc<LogEntry>) {
+        st.log_bytes
+            .push(e.seq, e.op.size() as u64 + log_bytes::ENTRY_OVERHEAD);
         st.cache_bytes += e.op.size();
         st.cache.push_back(e);
         while st.cache_bytes > CACHE_BYTES {
@@ -158,6 +165,7 @@ impl Replica {
     }
 
     pub(crate) fn cache_truncate_after(st: &mut State, seq: u64) {
+        st.log_bytes.truncate_after(seq);
         while st.cache.back().is_some_and(|e| e.seq > seq) {
             if let Some(e) = st.cache.pop_back() {
                 st.cache_bytes -= e.op.size();
@@ -166,6 +174,7 @@ impl Replica {
     }
 
     fn cache_drop_through(st: &mut State, seq: u64) {
+        st.log_bytes.drop_through(seq);
         while st.cache.front().is_some_and(|e| e.seq <= seq) {
             if let Some(e) = st.cache.pop_front() {
                 st.cache_bytes -= e.op.size();
@@ -330,7 +339,8 @@ impl Replica {
     }
 
     /// Drops log entries no replica needs any more: keeps everything after the applied point,
-    /// the configured window, and (on a primary) everything a member has not acknowledged.
+    /// the configured window ([`retention_floor`]), and (on a primary) everything a member has
+    /// not acknowledged.
     pub async fn compact(&self) -> Result<(), StorageError> {
         let _w = self.write_lock.lock().await;
         let base = {
@@ -338,9 +348,11 @@ impl Replica {
             if st.installing.is_some() {
                 return Ok(());
             }
-            let mut keep_after = st
-                .applied_seq
-                .min(st.last.last_seq.saturating_sub(self.ctx.config.log_window));
+            let mut keep_after = st.applied_seq.min(retention_floor(
+                &st,
+                self.ctx.config.log_window,
+                self.ctx.config.log_window_bytes,
+            ));
             if let Some(p) = &st.primary {
                 for f in p.followers.values() {
                     match f.acked {
@@ -466,3 +478,18 @@ fn durable_position(st: &State) -> LogPosition {
         }
     }
 }
+
+/// The point through which a replica may drop entries it has applied and every replica holds:
+/// it keeps the last `window` entries, but no more than `window_bytes` of them and no more
+/// than its data (at least [`MIN_RETAINED_BYTES`]): a replica further behind than that is
+/// caught up by a snapshot for fewer bytes than the log would take.
+pub(crate) fn retention_floor(st: &State, window: u64, window_bytes: u64) -> u64 {
+    let budget = window_bytes.min(st.bytes.max(MIN_RETAINED_BYTES));
+    st.last
+        .last_seq
+        .saturating_sub(window)
+        .max(st.log_bytes.floor_for(budget))
+}
+
+/// The byte budget of a partition's retained log is at least this, however little data it holds.
+pub(crate) const MIN_RETAINED_BYTES: u64 = 4 * 1024 * 1024;

@@ -22,6 +22,14 @@ pub(super) struct Fixture {
 }
 
 pub(super) fn fixture(node: &str, observer: impl WriterObserver) -> Fixture {
+    fixture_with(node, observer, ReplicationConfig::default())
+}
+
+pub(super) fn fixture_with(
+    node: &str,
+    observer: impl WriterObserver,
+    config: ReplicationConfig,
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let store = Store::open(dir.path(), node).unwrap_or_else(|e| panic!("{e}"));
     let metrics = Arc::new(NodeMetrics::new().unwrap_or_else(|e| panic!("{e}")));
@@ -35,7 +43,7 @@ pub(super) fn fixture(node: &str, observer: impl WriterObserver) -> Fixture {
         writer,
         peers,
         metrics,
-        ReplicationConfig::default(),
+        config,
         None,
     );
     Fixture {
@@ -45,14 +53,19 @@ pub(super) fn fixture(node: &str, observer: impl WriterObserver) -> Fixture {
 }
 
 pub(super) fn plain(node: &str) -> Fixture {
+    configured(node, ReplicationConfig::default())
+}
+
+pub(super) fn configured(node: &str, config: ReplicationConfig) -> Fixture {
     let m = NodeMetrics::new().unwrap_or_else(|e| panic!("{e}"));
-    fixture(
+    fixture_with(
         node,
         WriterMetrics {
             batch: m.commit_batch_commands.clone(),
             fsync: m.fsync_seconds.clone(),
             checkpoint: m.checkpoint_seconds.clone(),
         },
+        config,
     )
 }
 
@@ -151,6 +164,81 @@ async fn log_append_and_truncation_survive_a_reload() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((reply.status, reply.last), (Status::Mismatch, pos(2, 5)));
+}
+
+/// A follower that took in and applied `n` entries of `value_bytes` each, all of one key
+/// (so the partition's data stays one value), then compacted its log.
+async fn compacted_after(config: ReplicationConfig, n: u64, value_bytes: usize) -> (Fixture, u64) {
+    let f = configured("f", config);
+    let r = Replica::new(f.ctx.clone(), 0, PartitionDisk::default());
+    let value = "v".repeat(value_bytes);
+    let entries = (1..=n).map(|s| put(1, s, "k", &value)).collect();
+    let reply = r
+        .handle_append(append(1, pos(0, 0), None, n, entries))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((reply.status, reply.last), (Status::Ok, pos(1, n)));
+    wait_applied(&r, n).await;
+    r.compact().await.unwrap_or_else(|e| panic!("{e}"));
+    let base = r.lock().base.last_seq;
+    (f, base)
+}
+
+/// Bytes of the log entries `f`'s partition 0 still holds, and the first one's sequence number.
+fn retained(f: &Fixture) -> (u64, Option<u64>) {
+    let log = f
+        .ctx
+        .store
+        .read_log(0, 0, u64::MAX, usize::MAX)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let bytes = log
+        .iter()
+        .map(|e| e.op.size() as u64 + super::log_bytes::ENTRY_OVERHEAD)
+        .sum();
+    (bytes, log.first().map(|e| e.seq))
+}
+
+#[tokio::test]
+async fn the_retained_log_is_bounded_by_entries_bytes_and_the_partitions_data() {
+    const KIB: u64 = 1024;
+    // 200 entries of 64 KiB (12.8 MiB of log) over one key (64 KiB of data).
+    let entries = 200;
+    let value = 64 * 1024;
+
+    // By entries: the last 10 are kept.
+    let config = ReplicationConfig {
+        log_window: 10,
+        log_window_bytes: u64::MAX,
+        ..ReplicationConfig::default()
+    };
+    let (f, base) = compacted_after(config, entries, value).await;
+    assert_eq!(base, entries - 10);
+    assert_eq!(retained(&f).1, Some(entries - 9));
+
+    // By bytes: at most 1 MiB of entries, and within a run (256 KiB) of it.
+    let config = ReplicationConfig {
+        log_window_bytes: 1024 * KIB,
+        ..ReplicationConfig::default()
+    };
+    let (f, base) = compacted_after(config, entries, value).await;
+    let (bytes, first) = retained(&f);
+    assert_eq!(first, Some(base + 1));
+    assert!(bytes <= 1024 * KIB, "{bytes} bytes retained");
+    assert!(
+        bytes > 1024 * KIB - 256 * KIB - value as u64,
+        "{bytes} bytes retained"
+    );
+
+    // By the partition's data: a 64 KiB partition keeps the floor of 4 MiB of log, not the
+    // default 64 MiB window.
+    let (f, _) = compacted_after(ReplicationConfig::default(), entries, value).await;
+    let (bytes, _) = retained(&f);
+    let floor = super::replica::MIN_RETAINED_BYTES;
+    assert!(bytes <= floor, "{bytes} bytes retained");
+    assert!(
+        bytes > floor - 256 * KIB - value as u64,
+        "{bytes} bytes retained"
+    );
 }
 
 #[tokio::test]
