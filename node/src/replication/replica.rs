@@ -342,9 +342,11 @@ impl Replica {
     /// the configured window ([`retention_floor`]), and (on a primary) everything a member has
     /// not acknowledged.
     pub async fn compact(&self) -> Result<(), StorageError> {
-        let _w = self.write_lock.lock().await;
-        let base = {
-            let st = self.lock();
+        let pending = {
+            // Only the queueing is serialized with the log's other changes: commands run in
+            // queue order, and writes need not wait for the database to take this one in.
+            let _w = self.write_lock.lock().await;
+            let mut st = self.lock();
             if st.installing.is_some() {
                 return Ok(());
             }
@@ -364,22 +366,20 @@ impl Replica {
             if keep_after <= st.base.last_seq {
                 return Ok(());
             }
-            LogPosition {
+            let base = LogPosition {
                 last_epoch: st.history.epoch_at(keep_after),
                 last_seq: keep_after,
-            }
-        };
-        self.ctx
-            .writer
-            .run(Command::Compact {
+            };
+            let pending = self.ctx.writer.submit(Command::Compact {
                 partition: self.partition,
                 base,
-            })
-            .await?;
-        let mut st = self.lock();
-        st.base = base;
-        Self::cache_drop_through(&mut st, base.last_seq);
-        Ok(())
+            })?;
+            // Before the entries leave the database: nobody looks for them there any more.
+            st.base = base;
+            Self::cache_drop_through(&mut st, base.last_seq);
+            pending
+        };
+        pending.wait().await.map(|_| ())
     }
 
     /// How many milliseconds old this replica's applied state may be, when it may serve a
