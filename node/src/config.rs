@@ -99,6 +99,18 @@ pub struct NodeConfig {
     #[arg(long, env = "SHARDEDSTORE_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     pub write_timeout_ms: u64,
 
+    /// How often the database is checkpointed (committed durably, so the write-ahead log's
+    /// older records can be dropped), in milliseconds, 50–60000; also after 16 MiB of log
+    /// records. Shorter: smaller bursts of write-back, more commits; longer: fewer commits,
+    /// larger bursts, and a longer log to replay after a crash.
+    #[arg(
+        long,
+        env = "SHARDEDSTORE_CHECKPOINT_INTERVAL_MS",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u64).range(50..=60_000)
+    )]
+    pub checkpoint_interval_ms: u64,
+
     /// Replication appends a primary keeps in flight per partition and member (1–4). Every
     /// node of this version takes appends that arrive out of order; raise it above 1 only
     /// once no node of an older version remains.

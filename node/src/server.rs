@@ -106,6 +106,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), ServerError> {
         "database page cache"
     );
     let store = Store::open_with_cache(&cfg.data_dir, &cfg.node_id, cache_bytes)?;
+    store.set_checkpoint_interval(Duration::from_millis(cfg.checkpoint_interval_ms));
     let metrics = Arc::new(NodeMetrics::new()?);
     let writer = WriterHandle::start(
         store.clone(),

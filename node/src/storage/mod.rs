@@ -165,6 +165,14 @@ impl Store {
     }
 
     /// Hands the write-ahead log to the (single) writer.
+    /// Sets how often the writer checkpoints the database (see [`wal::Wal::checkpoint_due`]);
+    /// takes effect for a writer started afterwards.
+    pub fn set_checkpoint_interval(&self, interval: std::time::Duration) {
+        if let Some(wal) = self.wal.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            wal.set_checkpoint_interval(interval);
+        }
+    }
+
     pub(crate) fn take_wal(&self) -> Result<wal::Wal, StorageError> {
         self.wal
             .lock()

@@ -55,8 +55,12 @@ pub const FILE_NAMES: [&str; 2] = ["node.wal", "node.wal.1"];
 pub const GENERATION_KEY: &str = "wal_generation";
 /// Checkpoint once this many bytes of records have been written since the last one.
 pub const CHECKPOINT_BYTES: u64 = 16 * 1024 * 1024;
-/// Checkpoint once the oldest change not yet in a durable database commit is this old.
+/// Checkpoint once the oldest change not yet in a durable database commit is this old, by
+/// default (`--checkpoint-interval-ms`).
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// The shortest and longest checkpoint intervals a node accepts.
+pub const CHECKPOINT_INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_millis(50), Duration::from_secs(60));
 /// Largest record accepted when reading (a batch is far smaller).
 const MAX_RECORD: usize = 1 << 30;
 const HEADER: usize = 4 + 8 + 8;
@@ -90,6 +94,8 @@ pub struct Wal {
     offset: u64,
     /// When the first change not yet in a durable database commit was made.
     dirty_since: Option<Instant>,
+    /// How old that change may grow before a checkpoint is due.
+    checkpoint_interval: Duration,
 }
 
 impl std::fmt::Debug for Wal {
@@ -119,7 +125,14 @@ impl Wal {
         self.offset >= CHECKPOINT_BYTES
             || self
                 .dirty_since
-                .is_some_and(|t| t.elapsed() >= CHECKPOINT_INTERVAL)
+                .is_some_and(|t| t.elapsed() >= self.checkpoint_interval)
+    }
+
+    /// Sets how old the oldest change not yet checkpointed may grow (clamped to
+    /// [`CHECKPOINT_INTERVAL_RANGE`]).
+    pub fn set_checkpoint_interval(&mut self, interval: Duration) {
+        let (min, max) = CHECKPOINT_INTERVAL_RANGE;
+        self.checkpoint_interval = interval.clamp(min, max);
     }
 
     /// Notes a database commit made without fsync (its changes wait for a checkpoint).
@@ -367,6 +380,7 @@ pub fn recover(
         generation: start,
         offset: 0,
         dirty_since: None,
+        checkpoint_interval: CHECKPOINT_INTERVAL,
     })
 }
 
@@ -517,6 +531,29 @@ mod tests {
             let store = crate::storage::Store::open(dir.path(), "n1").expect("reopen");
             assert_eq!(store.load_partition(3).expect("load").last.last_seq, 2);
         }
+    }
+
+    /// The interval set on the store reaches the log the writer takes, within its bounds.
+    #[test]
+    fn a_checkpoint_is_due_once_the_oldest_change_is_as_old_as_the_interval() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = crate::storage::Store::open(dir.path(), "n1").expect("open");
+        store.set_checkpoint_interval(Duration::from_secs(3600));
+        let mut wal = store.take_wal().expect("log");
+        assert_eq!(wal.checkpoint_interval, CHECKPOINT_INTERVAL_RANGE.1);
+        assert!(!wal.checkpoint_due(), "nothing changed yet");
+        wal.note_volatile_commit();
+        assert!(!wal.checkpoint_due(), "the change is younger than a minute");
+
+        wal.set_checkpoint_interval(Duration::from_millis(1));
+        assert_eq!(wal.checkpoint_interval, CHECKPOINT_INTERVAL_RANGE.0);
+        let since = wal.dirty_since.expect("a change waits");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !wal.checkpoint_due() {
+            assert!(Instant::now() < deadline, "never due");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(since.elapsed() >= CHECKPOINT_INTERVAL_RANGE.0);
     }
 
     /// A map install answered from the log alone (its database commit never made durable)
