@@ -107,7 +107,10 @@ pub struct NodeConfig {
         long,
         env = "SHARDEDSTORE_CHECKPOINT_INTERVAL_MS",
         default_value_t = 1000,
-        value_parser = clap::value_parser!(u64).range(50..=60_000)
+        value_parser = clap::value_parser!(u64).range(
+            crate::storage::wal::CHECKPOINT_INTERVAL_RANGE.0.as_millis() as u64
+                ..=crate::storage::wal::CHECKPOINT_INTERVAL_RANGE.1.as_millis() as u64
+        )
     )]
     pub checkpoint_interval_ms: u64,
 

@@ -164,7 +164,6 @@ impl Store {
         })
     }
 
-    /// Hands the write-ahead log to the (single) writer.
     /// Sets how often the writer checkpoints the database (see [`wal::Wal::checkpoint_due`]);
     /// takes effect for a writer started afterwards.
     pub fn set_checkpoint_interval(&self, interval: std::time::Duration) {
@@ -173,6 +172,7 @@ impl Store {
         }
     }
 
+    /// Hands the write-ahead log to the (single) writer.
     pub(crate) fn take_wal(&self) -> Result<wal::Wal, StorageError> {
         self.wal
             .lock()
