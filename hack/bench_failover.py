@@ -204,17 +204,18 @@ def catch_up(endpoints):
     if len(samples) >= 2:
         streaming = max(samples[-1][0] - samples[0][0], 1e-3)
         # The best one-second window: the rate of the streams without the gaps between moves.
-        best = 0.0
+        # None when the streams lasted under a second (no such window).
+        best = None
         for i, (t0, b0) in enumerate(samples):
             for t1, b1 in samples[i + 1:]:
                 if t1 - t0 >= 1.0:
-                    best = max(best, (b1 - b0) / (t1 - t0))
+                    best = max(best or 0.0, (b1 - b0) / (t1 - t0))
                     break
         result.update({
             "snapshot_mib": round(samples[-1][1] / mib, 1),
             "first_to_last_snapshot_byte_s": round(streaming, 2),
             "mib_per_sec_streaming": round(samples[-1][1] / mib / streaming, 1),
-            "mib_per_sec_best_1s": round(best / mib, 1),
+            "mib_per_sec_best_1s": None if best is None else round(best / mib, 1),
         })
     if writes:
         result["writes"] = writes
@@ -289,8 +290,10 @@ def main():
               f"over {fo['runs']} kills: p50 {fo['p50_ms']:.0f} ms, p99 {fo['p99_ms']:.0f} ms, "
               f"max {fo['max_ms']:.0f} ms, {fo['timed_out']} without a write within the run timeout; "
               f"CPU stolen by the host {fo.get('cpu_steal_pct')} %")
+    best = cu.get("mib_per_sec_best_1s")
+    best = f"best 1 s {best} MiB/s" if best is not None else "under 1 s in all"
     streams = (f"; snapshots {cu['snapshot_mib']} MiB at {cu['mib_per_sec_streaming']} MiB/s first to last "
-               f"byte, best 1 s {cu['mib_per_sec_best_1s']} MiB/s") if "snapshot_mib" in cu else ""
+               f"byte, {best}") if "snapshot_mib" in cu else ""
     print(f"catch-up of a new node (scale 3 → 4): {cu['received_mib']} MiB in {cu['scale_to_settled_s']} s "
           f"from the scale request to settled: {cu['mib_per_sec_overall']} MiB/s overall{streams}; "
           f"the disk's sequential write {cu['disk_sequential_mib_per_sec']} MiB/s; "
