@@ -36,6 +36,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hoststats  # noqa: E402
+import phase_summary  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("BIN", os.path.join(ROOT, "target", "release"))
@@ -135,6 +136,28 @@ def measured(pids, run):
     if r.get("operations"):
         r["server_cpu_us_per_op"] = round((after[0] - before[0]) / r["operations"] * 1e6)
         r["server_disk_bytes_per_op"] = round((after[1] - before[1]) / r["operations"])
+    return r
+
+
+def node_metrics():
+    """The storage nodes' /metrics texts (the nodes that answer)."""
+    texts = []
+    for i in range(3):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{SS_METRICS + i}/metrics", timeout=5) as r:
+                texts.append(r.read().decode())
+        except OSError:
+            pass
+    return texts
+
+
+def with_phases(run):
+    """Runs `run()` (a ShardedStore step) and adds `server_phases`: the nodes' per-phase write
+    latency during the step (their histograms, scraped before and after, differenced)."""
+    before = phase_summary.parse_texts(node_metrics())
+    r = run()
+    after = phase_summary.parse_texts(node_metrics())
+    r["server_phases"] = phase_summary.rows(phase_summary.difference(after, before))
     return r
 
 
@@ -245,7 +268,7 @@ def main():
         result["writes"] = []
         for c in CLIENTS:
             sweep = ["--read-ratio", "0", "--uniform", "--no-preload", "--clients", str(c)]
-            result["writes"].append(measured(ss_pids, lambda: summary(ss_bench(ss, sweep)[0])))
+            result["writes"].append(with_phases(lambda: measured(ss_pids, lambda: summary(ss_bench(ss, sweep)[0]))))
             result["writes"].append(measured(etcd_pids, lambda: summary(ss_bench(ss, sweep + [
                 "--peers-only", "--compare-etcd", etcd_eps])[-1])))
             total = etcd_total(c)
@@ -290,9 +313,9 @@ def main():
         ss_peak = max((w["ops_per_sec"] for w in result["writes"] if w["target"] == "shardedstore"), default=0)
         if ss_peak:
             log(f"== open loop: ShardedStore writes at half of its peak ({ss_peak // 2}/s)")
-            result["open_loop"] = [measured(ss_pids, lambda: summary(ss_bench(ss, [
+            result["open_loop"] = [with_phases(lambda: measured(ss_pids, lambda: summary(ss_bench(ss, [
                 "--read-ratio", "0", "--uniform", "--no-preload", "--clients", "256",
-                "--rate", str(ss_peak // 2)])[0]))]
+                "--rate", str(ss_peak // 2)])[0])))]
             log(json.dumps(result["open_loop"]))
 
         etcd_peak = max((w["ops_per_sec"] for w in result["writes"] if w["target"].startswith("etcd")), default=0)
@@ -358,6 +381,10 @@ def print_table(result):
     p = result.get("peak_writes_per_sec")
     if p:
         print(f"peak durable writes/s: ShardedStore {p['shardedstore']}, etcd {p['etcd']}, ratio {p['ratio']}")
+    for r in result.get("open_loop", []):
+        if r.get("server_phases"):
+            print(f"\nShardedStore's write phases on the nodes during the open loop ({r['ops_per_sec']} writes/s):")
+            print(phase_summary.table(r["server_phases"]))
 
 
 if __name__ == "__main__":
