@@ -32,9 +32,9 @@ def new_series():
     return collections.defaultdict(lambda: {"buckets": collections.Counter(), "sum": 0.0, "count": 0.0})
 
 
-def parse_texts(texts, series=None):
-    """Adds the histograms of these /metrics texts into `series` (a new one by default)."""
-    series = new_series() if series is None else series
+def parse_texts(texts):
+    """The histograms of these /metrics texts, summed over them."""
+    series = new_series()
     for text in texts:
         for line in text.splitlines():
             m = LINE.match(line.strip())
