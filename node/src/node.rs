@@ -7,9 +7,9 @@ use crate::lease::Beat;
 use crate::map::{MapError, PartitionId, PartitionMap};
 use crate::replication::replica::Replica;
 use crate::replication::roles::unproven_when_created;
-use crate::storage::writer::Command;
+use crate::storage::writer::{Command, Pending};
 use crate::storage::{PartitionDisk, StorageError};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -58,11 +58,24 @@ fn start_floor(start_map: Option<&PartitionMap>, p: PartitionId) -> u64 {
     start_map.and_then(|m| m.entry(p)).map_or(0, |e| e.epoch)
 }
 
+fn lock_set(
+    set: &std::sync::Mutex<BTreeSet<PartitionId>>,
+) -> std::sync::MutexGuard<'_, BTreeSet<PartitionId>> {
+    set.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A storage node.
 pub struct Node {
     pub ctx: Arc<Ctx>,
     replicas: RwLock<BTreeMap<PartitionId, Arc<Replica>>>,
     install_lock: tokio::sync::Mutex<()>,
+    /// Partitions whose drop is queued but not yet durable. No replica is created for them
+    /// meanwhile ([`Node::replica_for_peer`]), so nothing of such a partition is logged
+    /// before its drop is on disk: the log does not wait for a drop's checkpoint
+    /// (`storage::writer`), and a record of the partition replayed after a crash that lost
+    /// the drop would land on the old copy.
+    dropping: Arc<std::sync::Mutex<BTreeSet<PartitionId>>>,
     /// The map persisted when the process started: every epoch this node may have led
     /// before is at most its entry's epoch (maps are persisted before they are obeyed).
     start_map: Option<Arc<PartitionMap>>,
@@ -95,6 +108,7 @@ impl Node {
             ctx,
             replicas: RwLock::new(replicas),
             install_lock: tokio::sync::Mutex::new(()),
+            dropping: Arc::default(),
             start_map,
         });
         if let Some(map) = node.ctx.map() {
@@ -127,6 +141,10 @@ impl Node {
             return None;
         }
         let mut replicas = self.replicas.write().ok()?;
+        if self.is_dropping(p) {
+            // Its old copy's drop is not durable yet: the peer asks again.
+            return None;
+        }
         let mut created = false;
         let r = replicas
             .entry(p)
@@ -204,8 +222,19 @@ impl Node {
     }
 
     /// Makes every partition obey `map`: members take their roles, non-members drop their copy.
+    ///
+    /// A dropped copy leaves at once (its replica stops and is forgotten, its drop is queued
+    /// to storage ahead of anything queued later), but the map's installer is not kept waiting
+    /// for the drop to be durable: a drop is made durable by a checkpoint, which under load
+    /// takes 100–250 ms, and the coordinator's next step of a move waited for it (every move
+    /// of a scale-out finishes by dropping the source's copy). The drops' completion is
+    /// awaited in the background. A copy created again for the partition later starts empty
+    /// in memory, and its storage commands queue behind the drop, so it never sees the old
+    /// copy's rows; a crash before the drop is durable leaves the old copy on disk, which
+    /// the next start drops again because the persisted map no longer lists this node.
     async fn reconcile(&self, map: &PartitionMap) -> Result<(), StorageError> {
         let me = self.ctx.node_id.clone();
+        let mut drops = Vec::new();
         for (i, entry) in map.partitions.iter().enumerate() {
             let p = i as PartitionId;
             if entry.is_member(&me) {
@@ -217,8 +246,8 @@ impl Node {
                     },
                 };
                 replica.apply_map(entry.clone(), map.min_in_sync).await;
-            } else if self.replica(p).is_some() {
-                self.remove(p).await?;
+            } else if let Some(d) = self.begin_remove(p).await? {
+                drops.push((p, d));
             }
         }
         // Partitions beyond the map's range cannot exist in a valid history; drop them too.
@@ -229,23 +258,69 @@ impl Node {
             .filter(|&p| p >= map.partition_count())
             .collect();
         for p in beyond {
-            self.remove(p).await?;
+            if let Some(d) = self.begin_remove(p).await? {
+                drops.push((p, d));
+            }
+        }
+        if !drops.is_empty() {
+            let dropping = self.dropping.clone();
+            tokio::spawn(async move {
+                for (p, d) in drops {
+                    match d.wait().await {
+                        Ok(_) => tracing::info!(partition = p, "dropped local copy of partition"),
+                        // The writer has failed: the node stops.
+                        Err(e) => {
+                            tracing::error!(partition = p, error = %e, "dropping the local copy of a partition")
+                        }
+                    }
+                    lock_set(&dropping).remove(&p);
+                }
+            });
         }
         Ok(())
     }
 
+    fn is_dropping(&self, p: PartitionId) -> bool {
+        lock_set(&self.dropping).contains(&p)
+    }
+
+    /// Removes partition `p`'s replica, if this node holds one, and waits until its drop is
+    /// durable.
     async fn remove(&self, p: PartitionId) -> Result<(), StorageError> {
-        let removed = self.replicas.write().ok().and_then(|mut r| r.remove(&p));
-        if let Some(r) = removed {
-            r.stop();
-            let _w = r.write_lock.lock().await;
-            self.ctx
-                .writer
-                .run(Command::DropPartition { partition: p })
-                .await?;
+        if let Some(d) = self.begin_remove(p).await? {
+            let done = d.wait().await;
+            lock_set(&self.dropping).remove(&p);
+            done?;
             tracing::info!(partition = p, "dropped local copy of partition");
         }
         Ok(())
+    }
+
+    /// Stops and forgets partition `p`'s replica, if this node holds one, and queues its drop
+    /// once no change to its log is under way (behind the replica's write lock); returns the
+    /// queued drop.
+    async fn begin_remove(&self, p: PartitionId) -> Result<Option<Pending>, StorageError> {
+        let removed = self.replicas.write().ok().and_then(|mut r| {
+            let removed = r.remove(&p);
+            // Under the same lock as `replica_for_peer`'s check: no replica of `p` is created
+            // between the two.
+            if removed.is_some() {
+                lock_set(&self.dropping).insert(p);
+            }
+            removed
+        });
+        let Some(r) = removed else {
+            return Ok(None);
+        };
+        r.stop();
+        let _w = r.write_lock.lock().await;
+        self.ctx
+            .writer
+            .submit(Command::DropPartition { partition: p })
+            .map(Some)
+            .inspect_err(|_| {
+                lock_set(&self.dropping).remove(&p);
+            })
     }
 
     /// Drops a partition on request; refused while the installed map lists this node.

@@ -11,6 +11,9 @@
 //! - `SHARDEDSTORE_TEST_APPLY_HOLD_FILE=<path>`: while `<path>` exists, no replica applies
 //!   committed entries to its data table (a slow apply); appends, acknowledgements and
 //!   commits go on ([`apply_held`]).
+//! - `SHARDEDSTORE_TEST_CHECKPOINT_HOLD_FILE=<path>`: while `<path>` exists, the database
+//!   thread holds every checkpoint before its durable commit (a slow checkpoint); the log
+//!   goes on, so log commands are still made durable and answered ([`hold_checkpoint`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -30,6 +33,31 @@ pub fn apply_held() -> bool {
         f
     });
     hold.as_deref().is_some_and(Path::exists)
+}
+
+/// Blocks while `SHARDEDSTORE_TEST_CHECKPOINT_HOLD_FILE` names a file that exists (read once;
+/// never blocks in release builds). Called by the database thread before a checkpoint's
+/// durable commit.
+pub fn hold_checkpoint() {
+    static HOLD: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let hold = HOLD.get_or_init(|| {
+        let f = cfg!(debug_assertions)
+            .then(|| std::env::var_os("SHARDEDSTORE_TEST_CHECKPOINT_HOLD_FILE").map(PathBuf::from))
+            .flatten();
+        if let Some(f) = &f {
+            tracing::warn!(file = %f.display(), "test-only checkpoint hold hook is active");
+        }
+        f
+    });
+    let Some(f) = hold.as_deref() else { return };
+    let mut warned = false;
+    while f.exists() {
+        if !warned {
+            tracing::warn!(file = %f.display(), "test hook: checkpoint held");
+            warned = true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// The hooks read from the environment at writer start.

@@ -135,11 +135,24 @@ impl Command {
     }
 
     /// A durable command the database makes durable (not the log) after which nothing may
-    /// be written to the log until it is on disk: a dropped partition, an unproven mark.
-    /// A snapshot's end is durable by a checkpoint too, but the log goes on meanwhile
-    /// ([`LogThread::step`]).
+    /// be written to the log until it is on disk: an unproven mark. A snapshot's end and a
+    /// dropped partition are durable by a checkpoint too, but the log goes on meanwhile
+    /// ([`Command::ends_checkpoint`]).
     fn quiets_log(&self) -> bool {
-        self.durable() && !wal::logged(self) && !matches!(self, Command::SnapshotEnd { .. })
+        self.durable() && !wal::logged(self) && !self.ends_checkpoint()
+    }
+
+    /// A durable command made durable by a checkpoint that ends with its batch, while the
+    /// log goes on in the next generation ([`LogThread::step`]): a snapshot's end, a dropped
+    /// partition. Their callers log nothing more of the partition before they are answered:
+    /// a follower installing a snapshot holds the partition's locks until its end is
+    /// answered, and a node creates no replica of a partition whose drop is not yet durable
+    /// (`Node::replica_for_peer`).
+    fn ends_checkpoint(&self) -> bool {
+        matches!(
+            self,
+            Command::SnapshotEnd { .. } | Command::DropPartition { .. }
+        )
     }
 }
 
@@ -405,8 +418,8 @@ impl LogThread {
         }
         let n = batch.len();
         if batch.iter().any(|(c, _)| c.quiets_log()) {
-            // A dropped partition or an unproven mark is made durable by the database
-            // itself: this batch ends a checkpoint, and nothing more is written to the log
+            // An unproven mark is made durable by the database itself: this batch ends a
+            // checkpoint, and nothing more is written to the log
             // before that checkpoint is on disk, so nothing later can survive a crash that
             // loses it.
             let answer = self.start_checkpoint(batch)?;
@@ -418,11 +431,10 @@ impl LogThread {
                 _ => Err(()),
             };
         }
-        // A snapshot's end is made durable by a checkpoint that ends with its batch.
-        let ends_snapshot = batch
-            .iter()
-            .any(|(c, _)| matches!(c, Command::SnapshotEnd { .. }));
-        if self.wal.checkpoint_due() && !ends_snapshot {
+        // A snapshot's end or a dropped partition is made durable by a checkpoint that ends
+        // with its batch.
+        let ends_checkpoint = batch.iter().any(|(c, _)| c.ends_checkpoint());
+        if self.wal.checkpoint_due() && !ends_checkpoint {
             // Everything handed on so far reaches the database durably while the log goes
             // on in the next generation: nobody waits for this checkpoint.
             let answer = self.start_checkpoint(Vec::new())?;
@@ -439,8 +451,8 @@ impl LogThread {
         }
         // The database commit will not be synced: it waits for the next checkpoint.
         self.wal.note_volatile_commit();
-        if !ends_snapshot {
-            // (A snapshot's end's batch is counted with its checkpoint.)
+        if !ends_checkpoint {
+            // (A batch ending a checkpoint is counted with its checkpoint.)
             self.observer
                 .batch(n, durable, started.elapsed().as_secs_f64());
         }
@@ -453,15 +465,14 @@ impl LogThread {
                 let _ = reply.send(Ok(Outcome::default()));
             }
         }
-        if ends_snapshot {
-            // The snapshot's end (answered by the database thread once the checkpoint is on
-            // disk) ends a checkpoint, and the log goes on in the next generation without
-            // waiting for it, as for a due checkpoint. This batch's log commands are in the
-            // generation the checkpoint covers, so a crash that loses the checkpoint
-            // replays them. Nothing of the snapshot's partition can be logged after its end
-            // before the end is durable: its follower writes nothing else of the partition
-            // until the end is answered (`Replica::handle_snapshot` holds its locks), so no
-            // record replayed after such a crash lands on a copy whose end was lost.
+        if ends_checkpoint {
+            // The snapshot's end or the drop (answered by the database thread once the
+            // checkpoint is on disk) ends a checkpoint, and the log goes on in the next
+            // generation without waiting for it, as for a due checkpoint. This batch's log
+            // commands are in the generation the checkpoint covers, so a crash that loses the
+            // checkpoint replays them. Nothing of the partition can be logged after its end
+            // or drop before that is durable ([`Command::ends_checkpoint`]), so no record
+            // replayed after such a crash lands on a copy whose end or drop was lost.
             let answer = self.start_checkpoint(batch)?;
             self.checkpoint = Some(answer);
             return Ok(());
@@ -565,6 +576,7 @@ impl DbThread {
         let known = meta.flush(&txn)?;
         let written = match generation {
             Some(g) => {
+                super::faults::hold_checkpoint();
                 // The log generation before `g` is reused once this commit is durable: the
                 // entries it holds must be in the log tables by then.
                 let written = log_chunks::lock(tail).snapshot();

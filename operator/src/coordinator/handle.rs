@@ -58,7 +58,8 @@ impl CoordinatorHandle {
         }
     }
 
-    /// Replaces the observed membership (takes effect at the next tick).
+    /// Replaces the observed membership (takes effect at the next tick; at once when it
+    /// shows a node newly ready or newly confirmed dead).
     pub fn update_membership(&self, membership: Membership) {
         self.membership.send_replace(membership);
     }

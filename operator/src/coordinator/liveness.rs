@@ -125,6 +125,11 @@ impl Health {
         self.confirmed_dead = false;
     }
 
+    /// Whether the node has answered this coordinator at least once.
+    pub fn has_answered(&self) -> bool {
+        self.answered
+    }
+
     /// A heartbeat or probe got no answer (or the node cannot be contacted at all).
     pub fn failed(&mut self) {
         self.failing = true;

@@ -1,0 +1,156 @@
+//! Dropping a copy, with real processes: a map that takes a partition away from a node is
+//! answered, and the node's log goes on, while the drop waits for its checkpoint; a crash
+//! before that checkpoint is durable loses no acknowledged write, and the node drops the old
+//! copy again when it starts. The checkpoint is held by the test-only hook of debug builds
+//! (`SHARDEDSTORE_TEST_CHECKPOINT_HOLD_FILE`).
+
+use shardedstore_node::map::PartitionMap;
+use shardedstore_tests::node_harness::{Cluster, NodeOptions, wait_until};
+use std::time::Duration;
+
+const CHECKPOINT_HOLD: &str = "SHARDEDSTORE_TEST_CHECKPOINT_HOLD_FILE";
+/// How long an install or a write may take here before the test calls it stuck (on the old
+/// code both waited for the held checkpoint, for ever).
+const STUCK: Duration = Duration::from_secs(10);
+
+/// A key of partition `p`.
+fn key_in(map: &PartitionMap, p: u32, prefix: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|k| map.partition_of(k.as_bytes()) == p)
+        .unwrap_or_default()
+}
+
+/// Regression test: a node answered the map that took a copy away only once the drop was
+/// durable (a checkpoint, 100–250 ms under load), and wrote nothing to its log meanwhile, so
+/// every move of a scale-out stalled its source's writes and the coordinator's next step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_copy_stalls_neither_the_install_nor_the_log_and_a_crash_loses_nothing()
+-> anyhow::Result<()> {
+    // No timed checkpoint while the test holds one (the next would wait for it).
+    let options = NodeOptions {
+        extra_args: vec!["--checkpoint-interval-ms".into(), "60000".into()],
+        ..NodeOptions::default()
+    };
+    let mut cluster = Cluster::start(2, options)?;
+    let hold_dir = tempfile::tempdir()?;
+    let hold = hold_dir.path().join("hold-checkpoint");
+    // Removes the hold on every path, so the node processes (killed on drop) never wait on it.
+    struct Release(std::path::PathBuf);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _release = Release(hold.clone());
+    {
+        let n = &mut cluster.nodes[1];
+        n.kill9();
+        n.env
+            .push((CHECKPOINT_HOLD.into(), hold.display().to_string()));
+        n.start()?;
+    }
+    if let Err(e) = cluster.wait_healthy().await {
+        anyhow::bail!("{e}\n{}", cluster.logs(30));
+    }
+    // Partition 0 led by node-0, partition 1 by node-1; each followed by the other node.
+    let map = cluster.map_round_robin(2, 2, 1);
+    let k0 = key_in(&map, 0, "a");
+    let k1 = key_in(&map, 1, "b");
+    cluster.install(&map).await?;
+    let _beats = cluster
+        .heartbeat_in_background(Duration::from_secs(4))
+        .await?;
+    for (via, key) in [(0, &k0), (1, &k1)] {
+        wait_until(STUCK, "the primaries accept writes", || async {
+            let (status, _) = cluster.put(via, key, b"v1".to_vec()).await.ok()?;
+            matches!(status, 200 | 201).then_some(())
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", cluster.logs(30)))?;
+    }
+
+    // Partition 0 leaves node-1 while node-1's checkpoints are held.
+    std::fs::write(&hold, b"")?;
+    let mut next = map.clone();
+    next.version += 1;
+    let p0 = &mut next.partitions[0];
+    p0.replicas.retain(|n| n == "node-0");
+    p0.in_sync.retain(|n| n == "node-0");
+    for n in &cluster.nodes {
+        tokio::time::timeout(STUCK, cluster.admin.install_map(&n.peer_addr, &next))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "{} did not answer the map while its drop waits for the checkpoint\n{}",
+                    n.id,
+                    cluster.logs(30)
+                )
+            })??;
+    }
+    // node-1 no longer holds partition 0, and its log goes on: a write it leads is
+    // acknowledged (durable in its log and at node-0) while the drop is not durable yet.
+    let report = cluster
+        .heartbeater
+        .beat(
+            "node-1",
+            &cluster.nodes[1].peer_addr,
+            Duration::from_secs(4),
+        )
+        .await?;
+    assert!(
+        report.partitions.iter().all(|s| s.partition != 0),
+        "node-1 still reports partition 0: {report:?}"
+    );
+    let url = format!("http://{}/v1/kv/{k1}", cluster.nodes[1].client_addr);
+    let r = tokio::time::timeout(STUCK, cluster.http.put(&url).body(b"v2".to_vec()).send())
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "a write at node-1 waited for the drop\n{}",
+                cluster.logs(30)
+            )
+        })??;
+    let status = r.status().as_u16();
+    let body = r.text().await?;
+    assert_eq!(status, 200, "{body}\n{}", cluster.logs(30));
+    assert!(hold.exists());
+
+    // A crash before the drop's checkpoint: nothing acknowledged is lost, and the node drops
+    // the old copy again at start (its persisted map no longer lists it).
+    cluster.nodes[1].kill9();
+    std::fs::remove_file(&hold)?;
+    cluster.nodes[1].start()?;
+    if let Err(e) = cluster.wait_healthy().await {
+        anyhow::bail!("{e}\n{}", cluster.logs(30));
+    }
+    let report = cluster
+        .heartbeater
+        .beat(
+            "node-1",
+            &cluster.nodes[1].peer_addr,
+            Duration::from_secs(4),
+        )
+        .await?;
+    assert_eq!(report.map_version, next.version, "{report:?}");
+    assert!(
+        report.partitions.iter().all(|s| s.partition != 0),
+        "node-1 holds partition 0 again after the restart: {report:?}"
+    );
+    // A restarted node leads none of its old epochs: partition 1 gets a new one, still led
+    // by node-1, which serves it from its own log.
+    let mut third = next.clone();
+    third.version += 1;
+    third.partitions[1].epoch += 1;
+    cluster.install(&third).await?;
+    let read = wait_until(STUCK, "node-1 serves partition 1 again", || async {
+        let (status, _, body) = cluster.get(1, &k1).await.ok()?;
+        (status == 200).then_some(body)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", cluster.logs(30)))?;
+    assert_eq!(read, b"v2", "the write acknowledged before the crash");
+    let (status, _, body) = cluster.get(0, &k0).await?;
+    assert_eq!((status, body.as_slice()), (200, b"v1".as_slice()));
+    Ok(())
+}
