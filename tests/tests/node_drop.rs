@@ -5,7 +5,7 @@
 //! (`SHARDEDSTORE_TEST_CHECKPOINT_HOLD_FILE`).
 
 use shardedstore_node::map::PartitionMap;
-use shardedstore_tests::node_harness::{Cluster, NodeOptions, wait_until};
+use shardedstore_tests::node_harness::{Cluster, NodeOptions, TaskGuard, wait_until};
 use std::time::Duration;
 
 const CHECKPOINT_HOLD: &str = "SHARDEDSTORE_TEST_CHECKPOINT_HOLD_FILE";
@@ -21,13 +21,31 @@ fn key_in(map: &PartitionMap, p: u32, prefix: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Regression test: a node answered the map that took a copy away only once the drop was
-/// durable (a checkpoint, 100–250 ms under load), and wrote nothing to its log meanwhile, so
-/// every move of a scale-out stalled its source's writes and the coordinator's next step.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dropped_copy_stalls_neither_the_install_nor_the_log_and_a_crash_loses_nothing()
--> anyhow::Result<()> {
-    // No timed checkpoint while the test holds one (the next would wait for it).
+/// Removes the hold on every path, so the node processes (killed on drop) never wait on it.
+struct Release(std::path::PathBuf);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Two nodes, node-1 with the checkpoint hold hook (not held yet), and a map of two
+/// partitions: 0 led by node-0, 1 led by node-1, each followed by the other node; both
+/// primaries have acknowledged a first write of `k0` and `k1`.
+struct Setup {
+    cluster: Cluster,
+    map: PartitionMap,
+    hold: std::path::PathBuf,
+    k0: String,
+    k1: String,
+    _beats: TaskGuard,
+    _release: Release,
+    _hold_dir: tempfile::TempDir,
+}
+
+async fn setup() -> anyhow::Result<Setup> {
+    // No timed checkpoint while a test holds one (the next would wait for it).
     let options = NodeOptions {
         extra_args: vec!["--checkpoint-interval-ms".into(), "60000".into()],
         ..NodeOptions::default()
@@ -35,14 +53,7 @@ async fn a_dropped_copy_stalls_neither_the_install_nor_the_log_and_a_crash_loses
     let mut cluster = Cluster::start(2, options)?;
     let hold_dir = tempfile::tempdir()?;
     let hold = hold_dir.path().join("hold-checkpoint");
-    // Removes the hold on every path, so the node processes (killed on drop) never wait on it.
-    struct Release(std::path::PathBuf);
-    impl Drop for Release {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-    let _release = Release(hold.clone());
+    let release = Release(hold.clone());
     {
         let n = &mut cluster.nodes[1];
         n.kill9();
@@ -53,12 +64,11 @@ async fn a_dropped_copy_stalls_neither_the_install_nor_the_log_and_a_crash_loses
     if let Err(e) = cluster.wait_healthy().await {
         anyhow::bail!("{e}\n{}", cluster.logs(30));
     }
-    // Partition 0 led by node-0, partition 1 by node-1; each followed by the other node.
     let map = cluster.map_round_robin(2, 2, 1);
     let k0 = key_in(&map, 0, "a");
     let k1 = key_in(&map, 1, "b");
     cluster.install(&map).await?;
-    let _beats = cluster
+    let beats = cluster
         .heartbeat_in_background(Duration::from_secs(4))
         .await?;
     for (via, key) in [(0, &k0), (1, &k1)] {
@@ -69,16 +79,32 @@ async fn a_dropped_copy_stalls_neither_the_install_nor_the_log_and_a_crash_loses
         .await
         .map_err(|e| anyhow::anyhow!("{e}\n{}", cluster.logs(30)))?;
     }
+    Ok(Setup {
+        cluster,
+        map,
+        hold,
+        k0,
+        k1,
+        _beats: beats,
+        _release: release,
+        _hold_dir: hold_dir,
+    })
+}
 
-    // Partition 0 leaves node-1 while node-1's checkpoints are held.
-    std::fs::write(&hold, b"")?;
+/// `map` with partition 0 on node-0 alone (node-1's copy dropped), one version later.
+fn without_node1_in_p0(map: &PartitionMap) -> PartitionMap {
     let mut next = map.clone();
     next.version += 1;
     let p0 = &mut next.partitions[0];
     p0.replicas.retain(|n| n == "node-0");
     p0.in_sync.retain(|n| n == "node-0");
+    next
+}
+
+/// Installs `map` on every node, each answering within [`STUCK`].
+async fn install_promptly(cluster: &Cluster, map: &PartitionMap) -> anyhow::Result<()> {
     for n in &cluster.nodes {
-        tokio::time::timeout(STUCK, cluster.admin.install_map(&n.peer_addr, &next))
+        tokio::time::timeout(STUCK, cluster.admin.install_map(&n.peer_addr, map))
             .await
             .map_err(|_| {
                 anyhow::anyhow!(
@@ -88,6 +114,40 @@ async fn a_dropped_copy_stalls_neither_the_install_nor_the_log_and_a_crash_loses
                 )
             })??;
     }
+    Ok(())
+}
+
+async fn report(
+    cluster: &Cluster,
+    i: usize,
+) -> anyhow::Result<shardedstore_node::admin_api::HeartbeatResponse> {
+    let n = &cluster.nodes[i];
+    cluster
+        .heartbeater
+        .beat(&n.id, &n.peer_addr, Duration::from_secs(4))
+        .await
+}
+
+/// Regression test: a node answered the map that took a copy away only once the drop was
+/// durable (a checkpoint, 100–250 ms under load), and wrote nothing to its log meanwhile, so
+/// every move of a scale-out stalled its source's writes and the coordinator's next step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_copy_stalls_neither_the_install_nor_the_log_and_a_crash_loses_nothing()
+-> anyhow::Result<()> {
+    // Kept whole: its guards (heartbeats, the hold's release) live as long as the test.
+    let mut setup = setup().await?;
+    let (map, hold, k0, k1) = (
+        setup.map.clone(),
+        setup.hold.clone(),
+        setup.k0.clone(),
+        setup.k1.clone(),
+    );
+    let cluster = &mut setup.cluster;
+
+    // Partition 0 leaves node-1 while node-1's checkpoints are held.
+    std::fs::write(&hold, b"")?;
+    let next = without_node1_in_p0(&map);
+    install_promptly(cluster, &next).await?;
     // node-1 no longer holds partition 0, and its log goes on: a write it leads is
     // acknowledged (durable in its log and at node-0) while the drop is not durable yet.
     let report = cluster
@@ -150,6 +210,48 @@ async fn a_dropped_copy_stalls_neither_the_install_nor_the_log_and_a_crash_loses
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", cluster.logs(30)))?;
     assert_eq!(read, b"v2", "the write acknowledged before the crash");
+    let (status, _, body) = cluster.get(0, &k0).await?;
+    assert_eq!((status, body.as_slice()), (200, b"v1".as_slice()));
+    Ok(())
+}
+
+/// A copy taken away and given back before its drop is durable: the node creates no replica
+/// of the partition until the drop is on disk (else a record of the new copy, replayed after
+/// a crash that lost the drop, would land on the old one), and takes the new copy in once it
+/// is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_given_back_before_its_drop_is_durable_waits_for_the_drop() -> anyhow::Result<()> {
+    // Kept whole: its guards (heartbeats, the hold's release) live as long as the test.
+    let setup = setup().await?;
+    let (map, hold, k0) = (setup.map.clone(), setup.hold.clone(), setup.k0.clone());
+    let cluster = &setup.cluster;
+    std::fs::write(&hold, b"")?;
+    let next = without_node1_in_p0(&map);
+    install_promptly(cluster, &next).await?;
+    // node-1 back in partition 0, as a learner.
+    let mut back = next.clone();
+    back.version += 1;
+    back.partitions[0].learners.push("node-1".into());
+    install_promptly(cluster, &back).await?;
+    let r = report(cluster, 1).await?;
+    assert!(
+        r.partitions.iter().all(|s| s.partition != 0),
+        "node-1 created a copy of partition 0 while its drop is not durable: {r:?}"
+    );
+    std::fs::remove_file(&hold)?;
+    // Once the drop is durable, the primary fills the new copy.
+    wait_until(
+        STUCK,
+        "node-1 takes in its new copy of partition 0",
+        || async {
+            let r = report(cluster, 0).await.ok()?;
+            let p0 = r.partitions.iter().find(|s| s.partition == 0)?;
+            let f = p0.followers.iter().find(|f| f.node == "node-1")?;
+            (f.acked_seq > 0 && f.acked_seq >= p0.commit_seq).then_some(())
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", cluster.logs(30)))?;
     let (status, _, body) = cluster.get(0, &k0).await?;
     assert_eq!((status, body.as_slice()), (200, b"v1".as_slice()));
     Ok(())
