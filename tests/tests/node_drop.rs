@@ -150,17 +150,10 @@ async fn a_dropped_copy_stalls_neither_the_install_nor_the_log_and_a_crash_loses
     install_promptly(cluster, &next).await?;
     // node-1 no longer holds partition 0, and its log goes on: a write it leads is
     // acknowledged (durable in its log and at node-0) while the drop is not durable yet.
-    let report = cluster
-        .heartbeater
-        .beat(
-            "node-1",
-            &cluster.nodes[1].peer_addr,
-            Duration::from_secs(4),
-        )
-        .await?;
+    let r = report(cluster, 1).await?;
     assert!(
-        report.partitions.iter().all(|s| s.partition != 0),
-        "node-1 still reports partition 0: {report:?}"
+        r.partitions.iter().all(|s| s.partition != 0),
+        "node-1 still reports partition 0: {r:?}"
     );
     let url = format!("http://{}/v1/kv/{k1}", cluster.nodes[1].client_addr);
     let r = tokio::time::timeout(STUCK, cluster.http.put(&url).body(b"v2".to_vec()).send())
@@ -184,18 +177,11 @@ async fn a_dropped_copy_stalls_neither_the_install_nor_the_log_and_a_crash_loses
     if let Err(e) = cluster.wait_healthy().await {
         anyhow::bail!("{e}\n{}", cluster.logs(30));
     }
-    let report = cluster
-        .heartbeater
-        .beat(
-            "node-1",
-            &cluster.nodes[1].peer_addr,
-            Duration::from_secs(4),
-        )
-        .await?;
-    assert_eq!(report.map_version, next.version, "{report:?}");
+    let r = report(cluster, 1).await?;
+    assert_eq!(r.map_version, next.version, "{r:?}");
     assert!(
-        report.partitions.iter().all(|s| s.partition != 0),
-        "node-1 holds partition 0 again after the restart: {report:?}"
+        r.partitions.iter().all(|s| s.partition != 0),
+        "node-1 holds partition 0 again after the restart: {r:?}"
     );
     // A restarted node leads none of its old epochs: partition 1 gets a new one, still led
     // by node-1, which serves it from its own log.

@@ -19,19 +19,23 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+/// The file a hold hook's variable `var` names, in debug builds (`None` in release builds);
+/// logs once that the hook (`what`) is active.
+fn hold_file(var: &str, what: &str) -> Option<PathBuf> {
+    let f = cfg!(debug_assertions)
+        .then(|| std::env::var_os(var).map(PathBuf::from))
+        .flatten();
+    if let Some(f) = &f {
+        tracing::warn!(file = %f.display(), "test-only {what} hold hook is active");
+    }
+    f
+}
+
 /// Whether the apply of committed entries is held by `SHARDEDSTORE_TEST_APPLY_HOLD_FILE`
 /// (read once; always `false` in release builds).
 pub fn apply_held() -> bool {
     static HOLD: OnceLock<Option<PathBuf>> = OnceLock::new();
-    let hold = HOLD.get_or_init(|| {
-        let f = cfg!(debug_assertions)
-            .then(|| std::env::var_os("SHARDEDSTORE_TEST_APPLY_HOLD_FILE").map(PathBuf::from))
-            .flatten();
-        if let Some(f) = &f {
-            tracing::warn!(file = %f.display(), "test-only apply hold hook is active");
-        }
-        f
-    });
+    let hold = HOLD.get_or_init(|| hold_file("SHARDEDSTORE_TEST_APPLY_HOLD_FILE", "apply"));
     hold.as_deref().is_some_and(Path::exists)
 }
 
@@ -40,20 +44,19 @@ pub fn apply_held() -> bool {
 /// durable commit.
 pub fn hold_checkpoint() {
     static HOLD: OnceLock<Option<PathBuf>> = OnceLock::new();
-    let hold = HOLD.get_or_init(|| {
-        let f = cfg!(debug_assertions)
-            .then(|| std::env::var_os("SHARDEDSTORE_TEST_CHECKPOINT_HOLD_FILE").map(PathBuf::from))
-            .flatten();
-        if let Some(f) = &f {
-            tracing::warn!(file = %f.display(), "test-only checkpoint hold hook is active");
-        }
-        f
-    });
-    let Some(f) = hold.as_deref() else { return };
+    let hold =
+        HOLD.get_or_init(|| hold_file("SHARDEDSTORE_TEST_CHECKPOINT_HOLD_FILE", "checkpoint"));
+    if let Some(f) = hold.as_deref() {
+        wait_while_exists(f, "checkpoint held");
+    }
+}
+
+/// Blocks while `f` exists, logging once that `what` is held.
+fn wait_while_exists(f: &Path, what: &str) {
     let mut warned = false;
     while f.exists() {
         if !warned {
-            tracing::warn!(file = %f.display(), "test hook: checkpoint held");
+            tracing::warn!(file = %f.display(), "test hook: {what}");
             warned = true;
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -86,14 +89,8 @@ impl FaultHooks {
 
     /// Blocks while the stall file exists (called before a durable commit).
     pub fn stall(&self) {
-        let Some(f) = &self.stall_file else { return };
-        let mut warned = false;
-        while f.exists() {
-            if !warned {
-                tracing::warn!(file = %f.display(), "test hook: durable commit held");
-                warned = true;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        if let Some(f) = &self.stall_file {
+            wait_while_exists(f, "durable commit held");
         }
     }
 
