@@ -65,6 +65,20 @@ fn lock_set(
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Waits until partition `p`'s queued drop `d` is durable, then lets replicas of `p` be
+/// created again (`Node::dropping`).
+async fn finish_drop(
+    dropping: &std::sync::Mutex<BTreeSet<PartitionId>>,
+    p: PartitionId,
+    d: Pending,
+) -> Result<(), StorageError> {
+    let done = d.wait().await;
+    lock_set(dropping).remove(&p);
+    done?;
+    tracing::info!(partition = p, "dropped local copy of partition");
+    Ok(())
+}
+
 /// A storage node.
 pub struct Node {
     pub ctx: Arc<Ctx>,
@@ -266,14 +280,10 @@ impl Node {
             let dropping = self.dropping.clone();
             tokio::spawn(async move {
                 for (p, d) in drops {
-                    match d.wait().await {
-                        Ok(_) => tracing::info!(partition = p, "dropped local copy of partition"),
-                        // The writer has failed: the node stops.
-                        Err(e) => {
-                            tracing::error!(partition = p, error = %e, "dropping the local copy of a partition")
-                        }
+                    // An error means the writer has failed: the node stops.
+                    if let Err(e) = finish_drop(&dropping, p, d).await {
+                        tracing::error!(partition = p, error = %e, "dropping the local copy of a partition");
                     }
-                    lock_set(&dropping).remove(&p);
                 }
             });
         }
@@ -287,13 +297,10 @@ impl Node {
     /// Removes partition `p`'s replica, if this node holds one, and waits until its drop is
     /// durable.
     async fn remove(&self, p: PartitionId) -> Result<(), StorageError> {
-        if let Some(d) = self.begin_remove(p).await? {
-            let done = d.wait().await;
-            lock_set(&self.dropping).remove(&p);
-            done?;
-            tracing::info!(partition = p, "dropped local copy of partition");
+        match self.begin_remove(p).await? {
+            Some(d) => finish_drop(&self.dropping, p, d).await,
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Stops and forgets partition `p`'s replica, if this node holds one, and queues its drop
