@@ -474,7 +474,8 @@ impl Values {
             let Some(a) = active.get_mut(&p) else {
                 return Ok(None);
             };
-            write_active(a, dirty, &self.path(a.id))?;
+            let id = a.id;
+            write_active(a, dirty, || self.path(id))?;
             let offset = a.pending_at;
             a.pending_at += total;
             (a.id, a.file.clone(), offset)
@@ -760,8 +761,9 @@ impl Values {
     fn write_out(&self, w: &mut Writing) -> Result<(), StorageError> {
         let Writing { active, dirty, .. } = w;
         for a in active.values_mut() {
-            let path = self.path(a.id);
-            write_active(a, dirty, &path)?;
+            // Most files have nothing buffered: no path is built for them.
+            let id = a.id;
+            write_active(a, dirty, || self.path(id))?;
         }
         Ok(())
     }
@@ -795,17 +797,18 @@ impl Values {
     }
 }
 
+/// Writes a file's buffered values; `path` names the file in an error.
 fn write_active(
     a: &mut Active,
     dirty: &mut HashMap<u64, Arc<File>>,
-    path: &Path,
+    path: impl FnOnce() -> PathBuf,
 ) -> Result<(), StorageError> {
     if a.pending.is_empty() {
         return Ok(());
     }
     a.file
         .write_all_at(&a.pending, a.pending_at)
-        .map_err(|e| io_err(path, "writing the value file", e))?;
+        .map_err(|e| io_err(&path(), "writing the value file", e))?;
     a.pending_at += a.pending.len() as u64;
     a.pending.clear();
     dirty.insert(a.id, a.file.clone());
