@@ -115,6 +115,46 @@ async fn crd_schema_cel_rules_printer_columns_scale_and_leader_election() -> Tes
         .await?;
     assert!(patched.spec.rebalance.paused);
 
+    // Tuning: within the node's bounds it is accepted, outside them refused at admission.
+    let patch = serde_json::json!({"spec": {"tuning": {
+        "checkpointInterval": "250ms", "appendsInFlight": 2, "logWindowBytes": 16777216}}});
+    let patched = api
+        .patch("kv", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    assert_eq!(
+        patched.spec.tuning.checkpoint_interval.as_deref(),
+        Some("250ms")
+    );
+    for (tuning, refusal) in [
+        (
+            serde_json::json!({"checkpointInterval": "2m"}),
+            "checkpointInterval must be from 50ms to 60s",
+        ),
+        (
+            serde_json::json!({"checkpointInterval": "10ms"}),
+            "checkpointInterval must be from 50ms to 60s",
+        ),
+        (
+            serde_json::json!({"checkpointInterval": "soon"}),
+            "spec.tuning.checkpointInterval",
+        ),
+        (
+            serde_json::json!({"appendsInFlight": 5}),
+            "spec.tuning.appendsInFlight",
+        ),
+        (
+            serde_json::json!({"logWindowBytes": 4096}),
+            "spec.tuning.logWindowBytes",
+        ),
+    ] {
+        let patch = serde_json::json!({"spec": {"tuning": tuning}});
+        let msg = rejection(
+            api.patch("kv", &PatchParams::default(), &Patch::Merge(&patch))
+                .await,
+        );
+        assert!(msg.contains(refusal), "{tuning}: {msg}");
+    }
+
     // The scale subresource drives spec.nodes.
     stdout_of(&plane.kubectl(&["-n", "crd", "scale", "sst/kv", "--replicas=5"])?);
     assert_eq!(api.get("kv").await?.spec.nodes, 5);

@@ -585,8 +585,10 @@ async fn e2e_5_rolling_restart_loses_nothing() -> anyhow::Result<()> {
     let before: Vec<String> = f.pods()?.iter().map(uid).collect();
     let load = WriteLoad::start(&f.client, "load", 2);
 
-    // A changed CPU request changes the pod template: the operator restarts the pods itself,
-    // one at a time (the StatefulSet is OnDelete).
+    // A changed CPU request and a tuning setting change the pod template: the operator
+    // restarts the pods itself, one at a time (the StatefulSet is OnDelete), and the nodes
+    // start with the new setting (a value the node refused would keep them from turning
+    // ready).
     let started = Instant::now();
     f.cluster.kubectl(&[
         "patch",
@@ -596,7 +598,7 @@ async fn e2e_5_rolling_restart_loses_nothing() -> anyhow::Result<()> {
         f.ns(),
         "--type=merge",
         "-p",
-        r#"{"spec":{"resources":{"requests":{"cpu":"30m"}}}}"#,
+        r#"{"spec":{"resources":{"requests":{"cpu":"30m"}},"tuning":{"checkpointInterval":"250ms"}}}"#,
     ])?;
     let mut most_unready = 0;
     wait_for(
@@ -615,6 +617,16 @@ async fn e2e_5_rolling_restart_loses_nothing() -> anyhow::Result<()> {
                     .and_then(|r| r.requests.as_ref())
                     .and_then(|r| r.get("cpu"))
                     .is_some_and(|q| q.0 == "30m")
+                    && p.spec
+                        .as_ref()
+                        .and_then(|s| s.containers.iter().find(|c| c.name == "node"))
+                        .and_then(|c| c.env.as_ref())
+                        .is_some_and(|env| {
+                            env.iter().any(|v| {
+                                v.name == "SHARDEDSTORE_CHECKPOINT_INTERVAL_MS"
+                                    && v.value.as_deref() == Some("250")
+                            })
+                        })
             };
             let replaced = pods
                 .iter()

@@ -41,7 +41,25 @@ pub enum SpecProblem {
     NonPositiveLimit { field: &'static str, value: i32 },
     #[error("placement.zoneLabel must not be empty")]
     EmptyZoneLabel,
+    #[error(
+        "tuning.checkpointInterval {0:?} is not a duration from 50ms to 60s, such as 1s or 250ms"
+    )]
+    BadCheckpointInterval(String),
+    #[error("tuning.appendsInFlight must be in 1..={APPENDS_IN_FLIGHT}, got {0}")]
+    AppendsInFlightOutOfRange(i32),
+    #[error("tuning.logWindowEntries must not be negative, got {0}")]
+    NegativeLogWindowEntries(i64),
+    #[error("tuning.logWindowBytes must be at least 1048576 (1 MiB), got {0}")]
+    LogWindowBytesTooSmall(i64),
 }
+
+/// Smallest `tuning.logWindowBytes`.
+pub const MIN_LOG_WINDOW_BYTES: i64 = 1 << 20;
+/// Shortest and longest `tuning.checkpointInterval`: the node's own bounds.
+const CHECKPOINT_INTERVAL: (Duration, Duration) =
+    shardedstore_node::storage::wal::CHECKPOINT_INTERVAL_RANGE;
+/// Most `tuning.appendsInFlight`: the node's own bound.
+const APPENDS_IN_FLIGHT: i32 = shardedstore_node::replication::session::APPENDS_IN_FLIGHT as i32;
 
 /// Why a spec cannot be acted on in its current state, beyond its own consistency.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -120,7 +138,36 @@ pub fn validate(spec: &ShardedStoreSpec) -> Vec<SpecProblem> {
             problems.push(SpecProblem::NonPositiveLimit { field, value });
         }
     }
+    let tuning = &spec.tuning;
+    if let Some(text) = &tuning.checkpoint_interval
+        && checkpoint_interval(spec).is_none()
+    {
+        problems.push(SpecProblem::BadCheckpointInterval(text.clone()));
+    }
+    if let Some(n) = tuning.appends_in_flight
+        && !(1..=APPENDS_IN_FLIGHT).contains(&n)
+    {
+        problems.push(SpecProblem::AppendsInFlightOutOfRange(n));
+    }
+    if let Some(n) = tuning.log_window_entries
+        && n < 0
+    {
+        problems.push(SpecProblem::NegativeLogWindowEntries(n));
+    }
+    if let Some(n) = tuning.log_window_bytes
+        && n < MIN_LOG_WINDOW_BYTES
+    {
+        problems.push(SpecProblem::LogWindowBytesTooSmall(n));
+    }
     problems
+}
+
+/// The spec's checkpoint interval, when set and within the node's bounds.
+pub fn checkpoint_interval(spec: &ShardedStoreSpec) -> Option<Duration> {
+    let d = parse_duration(spec.tuning.checkpoint_interval.as_deref()?)?;
+    (CHECKPOINT_INTERVAL.0..=CHECKPOINT_INTERVAL.1)
+        .contains(&d)
+        .then_some(d)
 }
 
 /// Whether the requested node count can hold every partition's replicas. A scale-in below
@@ -213,6 +260,43 @@ mod tests {
                     value: 0
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn tuning_out_of_the_nodes_bounds_is_refused() {
+        let ok = spec(
+            "nodes: 3\nimage: x\ntuning: {checkpointInterval: 50ms, appendsInFlight: 4, \
+             logWindowEntries: 0, logWindowBytes: 1048576}\n",
+        );
+        assert_eq!(validate(&ok), vec![]);
+        assert_eq!(checkpoint_interval(&ok), Some(Duration::from_millis(50)));
+        let bad = spec(
+            "nodes: 3\nimage: x\ntuning: {checkpointInterval: 61s, appendsInFlight: 5, \
+             logWindowEntries: -1, logWindowBytes: 4096}\n",
+        );
+        assert_eq!(
+            validate(&bad),
+            vec![
+                SpecProblem::BadCheckpointInterval("61s".into()),
+                SpecProblem::AppendsInFlightOutOfRange(5),
+                SpecProblem::NegativeLogWindowEntries(-1),
+                SpecProblem::LogWindowBytesTooSmall(4096),
+            ]
+        );
+        for text in ["10ms", "soon", "", "1m1s"] {
+            let s = spec(&format!(
+                "nodes: 3\nimage: x\ntuning: {{checkpointInterval: '{text}'}}\n"
+            ));
+            assert_eq!(
+                validate(&s),
+                vec![SpecProblem::BadCheckpointInterval(text.into())],
+                "{text}"
+            );
+        }
+        assert_eq!(
+            SpecProblem::AppendsInFlightOutOfRange(0).to_string(),
+            "tuning.appendsInFlight must be in 1..=4, got 0"
         );
     }
 

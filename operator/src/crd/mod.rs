@@ -9,7 +9,7 @@ mod tls;
 pub use spec::{
     DEFAULT_PARTITIONS, DEFAULT_REPLICATION_FACTOR, DEFAULT_ZONE_LABEL, FailoverSpec,
     ImagePullPolicy, LimitsSpec, NetworkSpec, PlacementSpec, RebalanceSpec, ShardedStore,
-    ShardedStoreSpec, StorageSpec,
+    ShardedStoreSpec, StorageSpec, TuningSpec,
 };
 pub use status::{MoveStatus, NodeLifecycle, NodeStatus, PartitionSummary, ShardedStoreStatus};
 pub use tls::{

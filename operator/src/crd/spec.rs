@@ -164,6 +164,11 @@ pub struct ShardedStoreSpec {
     #[serde(default)]
     pub limits: LimitsSpec,
 
+    /// Settings of the storage nodes' write path and log retention; each unset field keeps
+    /// the node's default. A change restarts the pods one at a time, like an image change.
+    #[serde(default)]
+    pub tuning: TuningSpec,
+
     /// Fill the new store's partitions from a backup before it serves. Set at creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<super::backup::RestoreSpec>,
@@ -346,6 +351,41 @@ impl Default for FailoverSpec {
             lag_timeout: default_lag_timeout(),
         }
     }
+}
+
+/// Settings of the storage nodes' write path and log retention (`docs/operations.md`,
+/// "Tuning"). Unset fields keep the node's defaults and add nothing to the pod template, so
+/// a store that sets none of them is not restarted when the operator is upgraded.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TuningSpec {
+    /// How often each node checkpoints its database (commits it durably, so older
+    /// write-ahead log records can be dropped), as a duration from `50ms` to `60s`; default
+    /// `1s`. Shorter: smaller bursts of disk write-back, more commits; longer: fewer
+    /// commits, larger bursts, and more log to replay after a crash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('50ms') && duration(self) <= duration('60s')").message("tuning.checkpointInterval must be from 50ms to 60s"))]
+    pub checkpoint_interval: Option<String>,
+
+    /// Replication appends a primary keeps in flight per partition and member, 1 to 4;
+    /// default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4))]
+    pub appends_in_flight: Option<i32>,
+
+    /// Log entries each replica keeps behind its applied point, so a restarted replica
+    /// catches up from the log rather than by a snapshot; default 100000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub log_window_entries: Option<i64>,
+
+    /// Most bytes of those entries kept per partition (never more than the partition's
+    /// data once that exceeds 4 MiB); default 67108864 (64 MiB). Counts toward the volume
+    /// size a pod needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1048576))]
+    pub log_window_bytes: Option<i64>,
 }
 
 /// Size limits on keys and values.

@@ -114,6 +114,7 @@ fn container(owner: &Owner, spec: &ShardedStoreSpec) -> Container {
     let (startup, readiness, liveness) = probes();
     let (_, tls_mounts, tls_env) = tls_pod_parts(spec.tls.as_ref(), &owner.name, &owner.namespace);
     let mut env = env(owner);
+    env.extend(tuning_env(spec));
     env.extend(tls_env);
     let mut mounts = vec![
         VolumeMount {
@@ -179,6 +180,41 @@ fn env(owner: &Owner) -> Vec<EnvVar> {
         ),
         value(ENV_SHUTDOWN_HANDOFF, SHUTDOWN_HANDOFF_SECONDS.to_string()),
     ]
+}
+
+/// The node settings `spec.tuning` sets, as the node's environment variables: none for an
+/// unset field, so the template (and the pods) stay as they were until one is set. A value the
+/// validation refuses is not passed on (the operator reports it and acts on nothing).
+fn tuning_env(spec: &ShardedStoreSpec) -> Vec<EnvVar> {
+    let t = &spec.tuning;
+    let interval = crate::controller::validate::checkpoint_interval(spec);
+    [
+        (
+            "SHARDEDSTORE_CHECKPOINT_INTERVAL_MS",
+            interval.map(|d| d.as_millis().to_string()),
+        ),
+        (
+            "SHARDEDSTORE_APPENDS_IN_FLIGHT",
+            t.appends_in_flight.map(|n| n.to_string()),
+        ),
+        (
+            "SHARDEDSTORE_LOG_WINDOW",
+            t.log_window_entries.map(|n| n.to_string()),
+        ),
+        (
+            "SHARDEDSTORE_LOG_WINDOW_BYTES",
+            t.log_window_bytes.map(|n| n.to_string()),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| {
+        value.map(|v| EnvVar {
+            name: name.to_owned(),
+            value: Some(v),
+            value_from: None,
+        })
+    })
+    .collect()
 }
 
 /// The peer-token Secret as a read-only file, readable by the node through its fsGroup.

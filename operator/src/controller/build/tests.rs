@@ -361,6 +361,73 @@ fn a_storage_change_keeps_the_existing_volume_claims_and_says_why() {
     );
 }
 
+/// The node configuration a container's environment makes, parsed as the node parses it:
+/// each variable the node knows becomes its flag. Panics on a variable the node does not know
+/// or a value it refuses.
+fn node_config_of(c: &Container) -> shardedstore_node::config::NodeConfig {
+    use clap::CommandFactory;
+    let command = shardedstore_node::config::NodeConfig::command();
+    let mut args = vec!["shardedstore-node".to_owned()];
+    for var in c.env.iter().flatten() {
+        // The pod's name, from the downward API, as the pod would see it.
+        let pod_name = var
+            .value_from
+            .as_ref()
+            .and_then(|f| f.field_ref.as_ref())
+            .filter(|f| f.field_path == "metadata.name")
+            .map(|_| "store-0".to_owned());
+        let Some(value) = var.value.clone().or(pod_name) else {
+            continue;
+        };
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_env().is_some_and(|e| e == var.name.as_str()))
+            .unwrap_or_else(|| panic!("the node knows no {}", var.name));
+        let long = arg
+            .get_long()
+            .unwrap_or_else(|| panic!("{} has no flag", var.name));
+        args.push(format!("--{long}={value}"));
+    }
+    <shardedstore_node::config::NodeConfig as clap::Parser>::try_parse_from(&args)
+        .unwrap_or_else(|e| panic!("the node refuses {args:?}: {e}"))
+}
+
+#[test]
+fn tuning_reaches_the_node_as_settings_it_accepts_and_unset_tuning_adds_nothing() {
+    let store = fixture("full.yaml");
+    let c = only_container(&statefulset(&owner_of(&store), &store.spec, 5));
+    let config = node_config_of(&c);
+    assert_eq!(config.checkpoint_interval_ms, 250);
+    assert_eq!(config.appends_in_flight, 2);
+    assert_eq!(config.log_window, 50_000);
+    assert_eq!(config.log_window_bytes, 16 << 20);
+
+    // A store that sets no tuning gets the node's defaults and no variable for them, so its
+    // pod template is what it was before the tuning section existed.
+    let minimal = fixture("minimal.yaml");
+    let c = only_container(&statefulset(&owner_of(&minimal), &minimal.spec, 3));
+    for name in [
+        "SHARDEDSTORE_CHECKPOINT_INTERVAL_MS",
+        "SHARDEDSTORE_APPENDS_IN_FLIGHT",
+        "SHARDEDSTORE_LOG_WINDOW",
+        "SHARDEDSTORE_LOG_WINDOW_BYTES",
+    ] {
+        assert!(
+            c.env.iter().flatten().all(|v| v.name != name),
+            "{name} set without tuning"
+        );
+    }
+    let defaults = node_config_of(&c);
+    assert_eq!(defaults.checkpoint_interval_ms, 1000);
+    assert_eq!(defaults.appends_in_flight, 1);
+
+    // A checkpoint interval given in another unit reaches the node in milliseconds.
+    let mut spec = minimal.spec.clone();
+    spec.tuning.checkpoint_interval = Some("2s".into());
+    let c = only_container(&statefulset(&owner_of(&minimal), &spec, 3));
+    assert_eq!(node_config_of(&c).checkpoint_interval_ms, 2000);
+}
+
 #[test]
 fn minimal_store_gets_default_storage_and_pull_policy() {
     let store = fixture("minimal.yaml");
