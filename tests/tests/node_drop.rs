@@ -30,9 +30,10 @@ impl Drop for Release {
     }
 }
 
-/// Two nodes, node-1 with the checkpoint hold hook (not held yet), and a map of two
-/// partitions: 0 led by node-0, 1 led by node-1, each followed by the other node; both
-/// primaries have acknowledged a first write of `k0` and `k1`.
+/// Two nodes, node-1 with the checkpoint hold hook (not held yet), and a map of `partitions`
+/// partitions led in turn by node-0 and node-1 (0 by node-0, 1 by node-1, 2 by node-0…), each
+/// followed by the other node; both primaries have acknowledged a first write of `k0` and
+/// `k1`.
 struct Setup {
     cluster: Cluster,
     map: PartitionMap,
@@ -44,7 +45,7 @@ struct Setup {
     _hold_dir: tempfile::TempDir,
 }
 
-async fn setup() -> anyhow::Result<Setup> {
+async fn setup(partitions: u32) -> anyhow::Result<Setup> {
     // No timed checkpoint while a test holds one (the next would wait for it).
     let options = NodeOptions {
         extra_args: vec!["--checkpoint-interval-ms".into(), "60000".into()],
@@ -64,7 +65,7 @@ async fn setup() -> anyhow::Result<Setup> {
     if let Err(e) = cluster.wait_healthy().await {
         anyhow::bail!("{e}\n{}", cluster.logs(30));
     }
-    let map = cluster.map_round_robin(2, 2, 1);
+    let map = cluster.map_round_robin(partitions, 2, 1);
     let k0 = key_in(&map, 0, "a");
     let k1 = key_in(&map, 1, "b");
     cluster.install(&map).await?;
@@ -93,12 +94,34 @@ async fn setup() -> anyhow::Result<Setup> {
 
 /// `map` with partition 0 on node-0 alone (node-1's copy dropped), one version later.
 fn without_node1_in_p0(map: &PartitionMap) -> PartitionMap {
+    without_node1_in(map, 0)
+}
+
+/// `map` with partition `p` (led by node-0) on node-0 alone, one version later.
+fn without_node1_in(map: &PartitionMap, p: usize) -> PartitionMap {
     let mut next = map.clone();
     next.version += 1;
-    let p0 = &mut next.partitions[0];
-    p0.replicas.retain(|n| n == "node-0");
-    p0.in_sync.retain(|n| n == "node-0");
+    let entry = &mut next.partitions[p];
+    entry.replicas.retain(|n| n == "node-0");
+    entry.in_sync.retain(|n| n == "node-0");
     next
+}
+
+/// Waits until node-0, partition `p`'s primary, reports node-1's copy of it holding every
+/// committed entry.
+async fn node1_filled(cluster: &Cluster, p: u32) -> anyhow::Result<()> {
+    wait_until(
+        STUCK,
+        &format!("node-1 takes in its new copy of partition {p}"),
+        || async {
+            let r = report(cluster, 0).await.ok()?;
+            let entry = r.partitions.iter().find(|s| s.partition == p)?;
+            let f = entry.followers.iter().find(|f| f.node == "node-1")?;
+            (f.acked_seq > 0 && f.acked_seq >= entry.commit_seq).then_some(())
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", cluster.logs(30)))
 }
 
 /// Installs `map` on every node, each answering within [`STUCK`].
@@ -135,7 +158,7 @@ async fn report(
 async fn a_dropped_copy_stalls_neither_the_install_nor_the_log_and_a_crash_loses_nothing()
 -> anyhow::Result<()> {
     // Kept whole: its guards (heartbeats, the hold's release) live as long as the test.
-    let mut setup = setup().await?;
+    let mut setup = setup(2).await?;
     let (map, hold, k0, k1) = (
         setup.map.clone(),
         setup.hold.clone(),
@@ -208,7 +231,7 @@ async fn a_dropped_copy_stalls_neither_the_install_nor_the_log_and_a_crash_loses
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_given_back_before_its_drop_is_durable_waits_for_the_drop() -> anyhow::Result<()> {
     // Kept whole: its guards (heartbeats, the hold's release) live as long as the test.
-    let setup = setup().await?;
+    let setup = setup(2).await?;
     let (map, hold, k0) = (setup.map.clone(), setup.hold.clone(), setup.k0.clone());
     let cluster = &setup.cluster;
     std::fs::write(&hold, b"")?;
@@ -226,19 +249,64 @@ async fn a_copy_given_back_before_its_drop_is_durable_waits_for_the_drop() -> an
     );
     std::fs::remove_file(&hold)?;
     // Once the drop is durable, the primary fills the new copy.
-    wait_until(
-        STUCK,
-        "node-1 takes in its new copy of partition 0",
-        || async {
-            let r = report(cluster, 0).await.ok()?;
-            let p0 = r.partitions.iter().find(|s| s.partition == 0)?;
-            let f = p0.followers.iter().find(|f| f.node == "node-1")?;
-            (f.acked_seq > 0 && f.acked_seq >= p0.commit_seq).then_some(())
-        },
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", cluster.logs(30)))?;
+    node1_filled(cluster, 0).await?;
     let (status, _, body) = cluster.get(0, &k0).await?;
+    assert_eq!((status, body.as_slice()), (200, b"v1".as_slice()));
+    Ok(())
+}
+
+/// Regression test: a drop (or a snapshot's end) taken in while an earlier checkpoint was still
+/// under way waited for it in the log thread, with the log stopped, so a burst of moves
+/// finishing together stalled the node's writes once per move. Now its batch is handed on
+/// without a checkpoint, the drop is answered at the next one, and that one starts as soon as
+/// the one under way is done, even with nothing else to write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_taken_in_while_a_checkpoint_is_under_way_neither_stops_the_log_nor_is_lost()
+-> anyhow::Result<()> {
+    // Kept whole: its guards (heartbeats, the hold's release) live as long as the test.
+    let setup = setup(3).await?;
+    let (map, hold, k1) = (setup.map.clone(), setup.hold.clone(), setup.k1.clone());
+    let cluster = &setup.cluster;
+    let k2 = key_in(&map, 2, "c");
+    let (status, _) = cluster.put(0, &k2, b"v1".to_vec()).await?;
+    assert!(matches!(status, 200 | 201), "{status}");
+
+    // The first drop's checkpoint is held; the second drop comes while it is under way.
+    std::fs::write(&hold, b"")?;
+    let first = without_node1_in(&map, 0);
+    install_promptly(cluster, &first).await?;
+    let second = without_node1_in(&first, 2);
+    install_promptly(cluster, &second).await?;
+    // node-1's log goes on: a write it leads is acknowledged (on the old code it waited for
+    // the held checkpoint).
+    let url = format!("http://{}/v1/kv/{k1}", cluster.nodes[1].client_addr);
+    let r = tokio::time::timeout(STUCK, cluster.http.put(&url).body(b"v2".to_vec()).send())
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "a write at node-1 waited for the checkpoint under way\n{}",
+                cluster.logs(30)
+            )
+        })??;
+    let status = r.status().as_u16();
+    let body = r.text().await?;
+    assert_eq!(status, 200, "{body}\n{}", cluster.logs(30));
+
+    // Partition 2 given back: no copy while its drop is not durable…
+    let mut back = second.clone();
+    back.version += 1;
+    back.partitions[2].learners.push("node-1".into());
+    install_promptly(cluster, &back).await?;
+    let r = report(cluster, 1).await?;
+    assert!(
+        r.partitions.iter().all(|s| s.partition != 2),
+        "node-1 created a copy of partition 2 while its drop is not durable: {r:?}"
+    );
+    // …and once the held checkpoint is let go, the next one makes the second drop durable
+    // without anything else being written, and node-1 takes its new copy in.
+    std::fs::remove_file(&hold)?;
+    node1_filled(cluster, 2).await?;
+    let (status, _, body) = cluster.get(0, &k2).await?;
     assert_eq!((status, body.as_slice()), (200, b"v1".as_slice()));
     Ok(())
 }

@@ -16,11 +16,14 @@
 //! Durability per batch, one fsync at most:
 //! - a batch whose durable commands are all log commands (appends, truncations, epoch
 //!   histories, the partition map) is durable once its log record is synced;
-//! - a batch holding another durable command (a dropped partition, an unproven mark) is
+//! - a batch holding another durable command (an unproven mark) is
 //!   committed to the database durably, together with everything handed on before it — a
 //!   checkpoint — and the log thread writes nothing more until that commit is on disk;
-//! - a batch holding a snapshot's end also ends a checkpoint, but the log goes on in the
-//!   next generation meanwhile (the end is answered once the checkpoint is on disk); a
+//! - a batch holding a snapshot's end or a dropped partition also ends a checkpoint, but the
+//!   log goes on in the next generation meanwhile (the end or drop is answered once the
+//!   checkpoint is on disk); when a checkpoint is still under way, the batch is handed on
+//!   without one and its end or drop is answered at the next checkpoint, which starts as
+//!   soon as the one under way is done, so a burst of them never stops the log; a
 //!   snapshot's start is not durable on its own: a crash before the next checkpoint leaves
 //!   the copy the partition had before, and the primary sends the snapshot again;
 //! - every 1 s (or 16 MiB of records) the log thread starts a checkpoint nobody waits for: it
@@ -142,9 +145,9 @@ impl Command {
         self.durable() && !wal::logged(self) && !self.ends_checkpoint()
     }
 
-    /// A durable command made durable by a checkpoint that ends with its batch, while the
-    /// log goes on in the next generation ([`LogThread::step`]): a snapshot's end, a dropped
-    /// partition. Their callers log nothing more of the partition before they are answered:
+    /// A durable command made durable by a checkpoint that ends with its batch (or, when a
+    /// checkpoint is under way, by the next one), while the log goes on in the next
+    /// generation ([`LogThread::step`]): a snapshot's end, a dropped partition. Their callers log nothing more of the partition before they are answered:
     /// a follower installing a snapshot holds the partition's locks until its end is
     /// answered, and a node creates no replica of a partition whose drop is not yet durable
     /// (`Node::replica_for_peer`).
@@ -177,10 +180,17 @@ pub trait WriterObserver: Send + Sync + 'static {
     fn checkpoint(&self, _seconds: f64) {}
 }
 
+/// What the log thread is sent: a command, or a nudge from the database thread (a
+/// checkpoint is done, and commands handed on since wait for the next one).
+enum ToLog {
+    Command(Command, Reply),
+    Nudge,
+}
+
 /// Handle to queue commands on the writer thread.
 #[derive(Clone)]
 pub struct WriterHandle {
-    tx: mpsc::UnboundedSender<(Command, Reply)>,
+    tx: mpsc::UnboundedSender<ToLog>,
     /// Queue times of the commands not yet durable (or handed on), in queue order.
     queued: Arc<Mutex<VecDeque<Instant>>>,
 }
@@ -227,6 +237,7 @@ impl WriterHandle {
             queued: queued.clone(),
             fatal: fatal.clone(),
             checkpoint: None,
+            owed: false,
         };
         let db = DbThread {
             store,
@@ -234,6 +245,11 @@ impl WriterHandle {
             observer,
             fatal,
             known: Known::default(),
+            // Weak: the log thread ends when every handle is gone, and the database thread
+            // after it.
+            nudge: tx.downgrade(),
+            deferred: Vec::new(),
+            nudged: false,
         };
         let spawned = std::thread::Builder::new()
             .name("storage-db".into())
@@ -277,7 +293,7 @@ impl WriterHandle {
         // Queue order and the order of `queued` must agree: both change under this lock.
         let mut queued = self.queued.lock().unwrap_or_else(|e| e.into_inner());
         self.tx
-            .send((cmd, done))
+            .send(ToLog::Command(cmd, done))
             .map_err(|_| StorageError::WriterGone)?;
         queued.push_back(Instant::now());
         Ok(Pending(wait))
@@ -331,7 +347,7 @@ fn fail_batch(batch: Vec<Queued>) {
 /// The log thread's state: makes batches durable in the write-ahead log.
 struct LogThread {
     wal: Wal,
-    rx: mpsc::UnboundedReceiver<(Command, Reply)>,
+    rx: mpsc::UnboundedReceiver<ToLog>,
     to_db: std::sync::mpsc::SyncSender<Stage>,
     hooks: FaultHooks,
     observer: Arc<dyn WriterObserver>,
@@ -339,22 +355,30 @@ struct LogThread {
     fatal: Fatal,
     /// The checkpoint under way: it answers once the database holds the generation before.
     checkpoint: Option<std::sync::mpsc::Receiver<bool>>,
+    /// A batch ending a checkpoint was handed on without one (another was under way): the
+    /// next checkpoint starts as soon as that one is done ([`LogThread::start_owed_checkpoint`]).
+    owed: bool,
 }
 
 impl LogThread {
     fn run(mut self) {
         while let Some(first) = self.rx.blocking_recv() {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match self.rx.try_recv() {
-                    Ok(c) => batch.push(c),
-                    Err(_) => break,
+            let mut batch = Vec::new();
+            let mut next = Some(first);
+            while let Some(item) = next.take() {
+                if let ToLog::Command(c, r) = item {
+                    batch.push((c, Some(r)));
+                }
+                if batch.len() < MAX_BATCH {
+                    next = self.rx.try_recv().ok();
                 }
             }
-            let batch = batch.into_iter().map(|(c, r)| (c, Some(r))).collect();
-            if self.step(batch).is_err() {
-                // The node stops (`on_fatal`, called by whichever thread failed); dropping
-                // the receiver fails every later command with `WriterGone`.
+            // The node stops on an error (`on_fatal`, called by whichever thread failed);
+            // dropping the receiver fails every later command with `WriterGone`.
+            if self.start_owed_checkpoint().is_err() {
+                return;
+            }
+            if !batch.is_empty() && self.step(batch).is_err() {
                 return;
             }
         }
@@ -371,6 +395,34 @@ impl LogThread {
 
     fn hand_on(&self, stage: Stage) -> Result<(), ()> {
         self.to_db.send(stage).map_err(|e| fail_batch(e.0.batch))
+    }
+
+    /// Whether a checkpoint is under way, without waiting for it.
+    fn checkpoint_under_way(&mut self) -> Result<bool, ()> {
+        let Some(done) = &self.checkpoint else {
+            return Ok(false);
+        };
+        match done.try_recv() {
+            Ok(true) => {
+                self.checkpoint = None;
+                Ok(false)
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => Ok(true),
+            Ok(false) | Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(()),
+        }
+    }
+
+    /// Starts the checkpoint that batches handed on while another was under way wait for,
+    /// once that one is done; never waits for it. The database thread nudges this thread when
+    /// it holds such batches and the checkpoint before is done, so this runs then even when
+    /// nothing else is queued.
+    fn start_owed_checkpoint(&mut self) -> Result<(), ()> {
+        if !self.owed || self.checkpoint_under_way()? {
+            return Ok(());
+        }
+        let answer = self.start_checkpoint(Vec::new())?;
+        self.checkpoint = Some(answer);
+        Ok(())
     }
 
     /// Waits for the checkpoint under way, if any.
@@ -391,6 +443,8 @@ impl LogThread {
         // The other file holds the generation before the one being written; it is free once
         // the previous checkpoint has put that generation in the database.
         self.finish_checkpoint()?;
+        // It covers everything handed on so far, batches that owed one included.
+        self.owed = false;
         let generation = self.wal.generation() + 1;
         let (done, answer) = std::sync::mpsc::sync_channel(1);
         self.hand_on(Stage {
@@ -432,11 +486,15 @@ impl LogThread {
             };
         }
         // A snapshot's end or a dropped partition is made durable by a checkpoint that ends
-        // with its batch.
+        // with its batch; when a checkpoint is under way, by the next one (`owed`): the log
+        // does not stop to wait for the one under way.
         let ends_checkpoint = batch.iter().any(|(c, _)| c.ends_checkpoint());
-        if self.wal.checkpoint_due() && !ends_checkpoint {
+        let owes = ends_checkpoint && self.checkpoint_under_way()?;
+        let ends_checkpoint = ends_checkpoint && !owes;
+        if self.wal.checkpoint_due() && !ends_checkpoint && !owes {
             // Everything handed on so far reaches the database durably while the log goes
-            // on in the next generation: nobody waits for this checkpoint.
+            // on in the next generation: nobody waits for this checkpoint. (A batch that
+            // owes one has the next start once the one under way is done.)
             let answer = self.start_checkpoint(Vec::new())?;
             self.checkpoint = Some(answer);
         }
@@ -465,6 +523,13 @@ impl LogThread {
                 let _ = reply.send(Ok(Outcome::default()));
             }
         }
+        if owes {
+            // The database thread holds back the answers of its ends and drops until a
+            // checkpoint covers them; the next one starts once the one under way is done.
+            // Until they are answered their callers log nothing more of their partitions, so
+            // the rule below holds for the batches logged meanwhile too.
+            self.owed = true;
+        }
         if ends_checkpoint {
             // The snapshot's end or the drop (answered by the database thread once the
             // checkpoint is on disk) ends a checkpoint, and the log goes on in the next
@@ -492,6 +557,13 @@ struct DbThread {
     fatal: Fatal,
     /// Metadata as the last committed transaction left it.
     known: Known,
+    /// Wakes the log thread to start a checkpoint that `deferred` waits for.
+    nudge: mpsc::WeakUnboundedSender<ToLog>,
+    /// Callers of snapshot ends and drops applied by a commit that was not a checkpoint (one
+    /// was under way when the log thread took them): answered at the next checkpoint.
+    deferred: Vec<(Reply, Outcome)>,
+    /// Whether the log thread was nudged for `deferred` already.
+    nudged: bool,
 }
 
 impl DbThread {
@@ -526,14 +598,35 @@ impl DbThread {
                             self.observer.checkpoint(seconds);
                             tracing::debug!(generation = c.generation, seconds, "checkpoint");
                         }
-                        for ((_, reply), outcome) in stage.batch.into_iter().zip(&mut outcomes) {
-                            if let Some(reply) = reply {
-                                let _ = reply.send(Ok(outcome));
+                        let durable = stage.checkpoint.is_some();
+                        for ((cmd, reply), outcome) in stage.batch.into_iter().zip(&mut outcomes) {
+                            match reply {
+                                // Durable only once a checkpoint commits it.
+                                Some(reply) if !durable && cmd.ends_checkpoint() => {
+                                    self.deferred.push((reply, outcome));
+                                }
+                                Some(reply) => {
+                                    let _ = reply.send(Ok(outcome));
+                                }
+                                None => {}
                             }
                         }
                         if let Some(c) = stage.checkpoint {
+                            // This commit holds everything applied before it.
+                            for (reply, outcome) in self.deferred.drain(..) {
+                                let _ = reply.send(Ok(outcome));
+                            }
+                            self.nudged = false;
                             let _ = c.done.send(true);
                         }
+                    }
+                    if !self.deferred.is_empty() && !self.nudged {
+                        // The checkpoint under way when the log thread handed these on came
+                        // before them in its queue, so it is done: the next may start.
+                        if let Some(tx) = self.nudge.upgrade() {
+                            let _ = tx.send(ToLog::Nudge);
+                        }
+                        self.nudged = true;
                     }
                 }
                 Err(e) => {
@@ -546,6 +639,9 @@ impl DbThread {
                         if let Some(c) = stage.checkpoint {
                             let _ = c.done.send(false);
                         }
+                    }
+                    for (reply, _) in self.deferred.drain(..) {
+                        let _ = reply.send(Err(StorageError::WriterGone));
                     }
                     call_fatal(&self.fatal, e);
                     return;
@@ -1209,6 +1305,65 @@ mod tests {
                     .contains(&(p, false)),
                 "partition {p} is no longer marked as being installed"
             );
+        }
+    }
+
+    /// Drops one after the other, each in its own batch while the checkpoint of the one
+    /// before is likely still under way: every drop is answered (those that came during a
+    /// checkpoint at the next one, which starts without anything else queued), the appends
+    /// between them too, and after a reopen the dropped partitions are gone and the others
+    /// whole.
+    #[tokio::test]
+    async fn drops_in_a_burst_are_all_answered_and_durable() {
+        struct Quiet;
+        impl WriterObserver for Quiet {
+            fn batch(&self, _: usize, _: bool, _: f64) {}
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path(), "n").expect("open");
+        let writer = WriterHandle::start(store.clone(), Quiet, |e| panic!("{e}"));
+        let append = |p: PartitionId, seq: u64| Command::Append {
+            partition: p,
+            entries: vec![entry(1, seq, &format!("k{p}-{seq}"), "v")],
+            history: history(&[(1, 1)]),
+        };
+        for p in 0..20 {
+            writer.run(append(p, 1)).await.expect("appended");
+        }
+        let mut drops = Vec::new();
+        for p in 0..10 {
+            drops.push(
+                writer
+                    .submit(Command::DropPartition { partition: p })
+                    .expect("submit"),
+            );
+            // Logged after the drop, in a later batch: the log goes on.
+            writer.run(append(10 + p, 2)).await.expect("appended");
+        }
+        for d in drops {
+            tokio::time::timeout(Duration::from_secs(10), d.wait())
+                .await
+                .expect("a drop was never answered")
+                .expect("dropped");
+        }
+        drop((writer, store));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let store = loop {
+            match Store::open(dir.path(), "n") {
+                Ok(s) => break s,
+                Err(e) if Instant::now() > deadline => panic!("reopen: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        let held: Vec<PartitionId> = store
+            .partitions()
+            .expect("partitions")
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        assert_eq!(held, (10..20).collect::<Vec<_>>());
+        for p in 10..20 {
+            assert_eq!(store.load_partition(p).expect("load").last.last_seq, 2);
         }
     }
 }
