@@ -140,6 +140,21 @@ async fn install_promptly(cluster: &Cluster, map: &PartitionMap) -> anyhow::Resu
     Ok(())
 }
 
+/// Writes `v2` to `key` (led by node-1) at node-1, which must acknowledge it within
+/// [`STUCK`] (on the old code the write waited for `what`, for ever).
+async fn put_at_node1_promptly(cluster: &Cluster, key: &str, what: &str) -> anyhow::Result<()> {
+    let url = format!("http://{}/v1/kv/{key}", cluster.nodes[1].client_addr);
+    let r = tokio::time::timeout(STUCK, cluster.http.put(&url).body(b"v2".to_vec()).send())
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("a write at node-1 waited for {what}\n{}", cluster.logs(30))
+        })??;
+    let status = r.status().as_u16();
+    let body = r.text().await?;
+    anyhow::ensure!(status == 200, "{status} {body}\n{}", cluster.logs(30));
+    Ok(())
+}
+
 async fn report(
     cluster: &Cluster,
     i: usize,
@@ -178,18 +193,7 @@ async fn a_dropped_copy_stalls_neither_the_install_nor_the_log_and_a_crash_loses
         r.partitions.iter().all(|s| s.partition != 0),
         "node-1 still reports partition 0: {r:?}"
     );
-    let url = format!("http://{}/v1/kv/{k1}", cluster.nodes[1].client_addr);
-    let r = tokio::time::timeout(STUCK, cluster.http.put(&url).body(b"v2".to_vec()).send())
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "a write at node-1 waited for the drop\n{}",
-                cluster.logs(30)
-            )
-        })??;
-    let status = r.status().as_u16();
-    let body = r.text().await?;
-    assert_eq!(status, 200, "{body}\n{}", cluster.logs(30));
+    put_at_node1_promptly(cluster, &k1, "the drop").await?;
     assert!(hold.exists());
 
     // A crash before the drop's checkpoint: nothing acknowledged is lost, and the node drops
@@ -279,18 +283,7 @@ async fn a_drop_taken_in_while_a_checkpoint_is_under_way_neither_stops_the_log_n
     install_promptly(cluster, &second).await?;
     // node-1's log goes on: a write it leads is acknowledged (on the old code it waited for
     // the held checkpoint).
-    let url = format!("http://{}/v1/kv/{k1}", cluster.nodes[1].client_addr);
-    let r = tokio::time::timeout(STUCK, cluster.http.put(&url).body(b"v2".to_vec()).send())
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "a write at node-1 waited for the checkpoint under way\n{}",
-                cluster.logs(30)
-            )
-        })??;
-    let status = r.status().as_u16();
-    let body = r.text().await?;
-    assert_eq!(status, 200, "{body}\n{}", cluster.logs(30));
+    put_at_node1_promptly(cluster, &k1, "the checkpoint under way").await?;
 
     // Partition 2 given back: no copy while its drop is not durable…
     let mut back = second.clone();

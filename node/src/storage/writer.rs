@@ -1179,17 +1179,36 @@ mod tests {
         assert_eq!((got[2].1.keys, got[2].1.bytes), (2, 6));
     }
 
-    /// Commands queued from many tasks, with checkpoints among them, are all committed in
-    /// queue order and survive a reopen.
-    #[tokio::test]
-    async fn commands_with_checkpoints_among_them_all_reach_the_database() {
+    /// A store in `dir` and its writer, which reports nothing and panics on a failure.
+    fn start_writer(dir: &std::path::Path) -> (Store, WriterHandle) {
         struct Quiet;
         impl WriterObserver for Quiet {
             fn batch(&self, _: usize, _: bool, _: f64) {}
         }
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(dir.path(), "n").expect("open");
+        let store = Store::open(dir, "n").expect("open");
         let writer = WriterHandle::start(store.clone(), Quiet, |e| panic!("{e}"));
+        (store, writer)
+    }
+
+    /// Opens the store in `dir` again once the writer's threads, whose handles are gone, have
+    /// closed it.
+    async fn reopen(dir: &std::path::Path) -> Store {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Store::open(dir, "n") {
+                Ok(s) => return s,
+                Err(e) if Instant::now() > deadline => panic!("reopen: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    /// Commands queued from many tasks, with checkpoints among them, are all committed in
+    /// queue order and survive a reopen.
+    #[tokio::test]
+    async fn commands_with_checkpoints_among_them_all_reach_the_database() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, writer) = start_writer(dir.path());
         let mut pending = Vec::new();
         for i in 1..=300u64 {
             // Three partitions' logs, interleaved: 1, 2, … 100 each.
@@ -1275,14 +1294,7 @@ mod tests {
         }
         drop((writer, store));
         // The writer's threads close the database once they see the handle gone.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let store = loop {
-            match Store::open(dir.path(), "n") {
-                Ok(s) => break s,
-                Err(e) if Instant::now() > deadline => panic!("reopen: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        };
+        let store = reopen(dir.path()).await;
         for p in 0..3 {
             assert_eq!(store.load_partition(p).expect("load").last.last_seq, 100);
             assert_eq!(
@@ -1315,13 +1327,8 @@ mod tests {
     /// whole.
     #[tokio::test]
     async fn drops_in_a_burst_are_all_answered_and_durable() {
-        struct Quiet;
-        impl WriterObserver for Quiet {
-            fn batch(&self, _: usize, _: bool, _: f64) {}
-        }
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(dir.path(), "n").expect("open");
-        let writer = WriterHandle::start(store.clone(), Quiet, |e| panic!("{e}"));
+        let (store, writer) = start_writer(dir.path());
         let append = |p: PartitionId, seq: u64| Command::Append {
             partition: p,
             entries: vec![entry(1, seq, &format!("k{p}-{seq}"), "v")],
@@ -1347,14 +1354,7 @@ mod tests {
                 .expect("dropped");
         }
         drop((writer, store));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let store = loop {
-            match Store::open(dir.path(), "n") {
-                Ok(s) => break s,
-                Err(e) if Instant::now() > deadline => panic!("reopen: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        };
+        let store = reopen(dir.path()).await;
         let held: Vec<PartitionId> = store
             .partitions()
             .expect("partitions")
