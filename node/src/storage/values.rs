@@ -982,7 +982,6 @@ mod tests {
     use crate::storage::codec::{LogEntry, Op};
     use crate::storage::writer::{Command, WriterHandle, WriterObserver};
     use crate::storage::{STORAGE_FORMAT, Store};
-    use std::time::{Duration, Instant};
 
     struct Quiet;
     impl WriterObserver for Quiet {
@@ -1030,17 +1029,7 @@ mod tests {
         out
     }
 
-    async fn reopen(dir: &Path) -> Store {
-        // The writer's threads close the database once they see the handle gone.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match Store::open(dir, "n") {
-                Ok(s) => return s,
-                Err(e) if Instant::now() > deadline => panic!("reopen: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        }
-    }
+    use crate::storage::writer::tests::reopen;
 
     /// A snapshot's values written outside the database thread read back after a reopen,
     /// interleaved with the database thread's own appends to the same file; values written

@@ -1017,7 +1017,7 @@ fn stored_len(row: &[u8]) -> usize {
 
 #[cfg(test)]
 #[allow(clippy::expect_used)] // a failed step should name itself in the test output
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::storage::PartitionDisk;
 
@@ -1192,7 +1192,7 @@ mod tests {
 
     /// Opens the store in `dir` again once the writer's threads, whose handles are gone, have
     /// closed it.
-    async fn reopen(dir: &std::path::Path) -> Store {
+    pub(in crate::storage) async fn reopen(dir: &std::path::Path) -> Store {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match Store::open(dir, "n") {
