@@ -147,7 +147,8 @@ impl Command {
 
     /// A durable command made durable by a checkpoint that ends with its batch (or, when a
     /// checkpoint is under way, by the next one), while the log goes on in the next
-    /// generation ([`LogThread::step`]): a snapshot's end, a dropped partition. Their callers log nothing more of the partition before they are answered:
+    /// generation ([`LogThread::step`]): a snapshot's end, a dropped partition. Their callers
+    /// log nothing more of the partition before they are answered:
     /// a follower installing a snapshot holds the partition's locks until its end is
     /// answered, and a node creates no replica of a partition whose drop is not yet durable
     /// (`Node::replica_for_peer`).
