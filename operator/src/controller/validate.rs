@@ -54,7 +54,7 @@ pub enum SpecProblem {
 }
 
 /// Smallest `tuning.logWindowBytes`.
-pub const MIN_LOG_WINDOW_BYTES: i64 = 1 << 20;
+const MIN_LOG_WINDOW_BYTES: i64 = 1 << 20;
 /// Shortest and longest `tuning.checkpointInterval`: the node's own bounds.
 const CHECKPOINT_INTERVAL: (Duration, Duration) =
     shardedstore_node::storage::wal::CHECKPOINT_INTERVAL_RANGE;
