@@ -9,7 +9,8 @@ use crate::placement::check;
 use shardedstore_node::admin_api::{
     FollowerProgress, HeartbeatResponse, LogPosition, PartitionState, ReplicaRole,
 };
-use shardedstore_node::map::{NodeState, PartitionMap};
+use shardedstore_node::map::{NodeState, PartitionId, PartitionMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 pub(super) fn member(i: u32) -> MemberNode {
@@ -580,6 +581,72 @@ fn scale_out_moves_replicas_through_learners_within_the_move_budget() {
             .iter()
             .all(|e| e.learners.is_empty() && e.in_sync == e.replicas)
     );
+}
+
+/// A move that finishes frees its room in the move budget for the next move in the same map
+/// version: admitting one learner of a node at its budget starts the node's next move in the
+/// plan that lists it in sync, not in the plan after. And the budget holds in every map.
+#[test]
+fn a_finished_move_makes_room_for_the_next_in_the_same_map() {
+    let mut w = World::running(3, 12, 3);
+    w.settings.max_concurrent_moves_per_node = 2;
+    w.membership.nodes.push(member(3));
+    w.set_alive("node-3");
+    w.membership.desired_nodes = 4;
+    let learning = |m: &PartitionMap| -> Vec<PartitionId> {
+        (0..m.partitions.len() as PartitionId)
+            .filter(|p| {
+                m.partitions[*p as usize]
+                    .learners
+                    .iter()
+                    .any(|l| l == "node-3")
+            })
+            .collect()
+    };
+    for _ in 0..3 {
+        let p = w.plan();
+        w.apply(p);
+    }
+    let before = learning(w.map());
+    assert_eq!(before.len(), 2, "node-3 takes in two copies at once");
+    let done = before[0];
+    let epoch = w.map().partitions[done as usize].epoch;
+    w.obs.admitted.insert((done, epoch, "node-3".to_owned()));
+    let plan = w.plan();
+    let started: Vec<PartitionId> = plan
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            CoordinatorEvent::MoveStarted { partition, to, .. } if to == "node-3" => {
+                Some(*partition)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started.len(), 1, "{:?}", plan.events);
+    w.apply(plan);
+    let after = learning(w.map());
+    assert!(
+        w.map().partitions[done as usize]
+            .in_sync
+            .iter()
+            .any(|n| n == "node-3")
+    );
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(after.contains(&before[1]) && after.contains(&started[0]));
+    // To the end of the scale-out, no node ever takes part in more than two moves at once.
+    w.settle_watching(|_, plan| {
+        if let Some(m) = &plan.map {
+            let mut moves: BTreeMap<&str, usize> = BTreeMap::new();
+            for e in &m.partitions {
+                for l in &e.learners {
+                    *moves.entry(l.as_str()).or_default() += 1;
+                }
+            }
+            assert!(moves.values().all(|n| *n <= 2), "{moves:?}");
+        }
+    });
+    assert_placement_ok(w.map());
 }
 
 /// A node taking in copies does not become a primary meanwhile: a primary that leaves hands
