@@ -17,7 +17,12 @@
 //! drift). It is suspected until then, dead afterwards, and alive again once it reports its
 //! storage moving.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+/// Lease-granting heartbeats remembered per node, to tell from a reply whether the node
+/// turned its heartbeat into a lease ([`Health::incarnation_answered`]).
+const GRANTS_REMEMBERED: usize = 16;
 
 /// What the coordinator may assume about a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +60,15 @@ pub struct Health {
     /// and gets none back while it stays stalled (its heartbeats carry a zero lease).
     revoked: bool,
     confirmed_dead: bool,
+    /// The process incarnation that answered the heartbeat in `replied`.
+    replied_by: Option<u64>,
+    /// Heartbeats sent with a lease, newest last: `(seq, confirmed seq, the incarnation
+    /// that answered the confirmed one)`.
+    grants: VecDeque<(u64, u64, u64)>,
+    /// The incarnation known to hold a lease of this coordinator: it answered a heartbeat
+    /// that granted a lease and confirmed an earlier heartbeat this same incarnation
+    /// answered, so it started a lease at its receipt of that earlier one.
+    leased: Option<u64>,
 }
 
 impl Health {
@@ -70,6 +84,9 @@ impl Health {
             stalled_since: None,
             revoked: false,
             confirmed_dead: false,
+            replied_by: None,
+            grants: VecDeque::new(),
+            leased: None,
         }
     }
 
@@ -91,6 +108,7 @@ impl Health {
         if storage_stalled {
             self.stalled_since.get_or_insert(at);
             self.revoked = revoked;
+            self.leased = None;
         } else {
             self.stalled_since = None;
             self.revoked = false;
@@ -114,7 +132,63 @@ impl Health {
     pub fn reply_received(&mut self, seq: u64, at: Instant) {
         if self.replied.is_none_or(|(s, _)| seq > s) {
             self.replied = Some((seq, at));
+            self.replied_by = None;
         }
+    }
+
+    /// Heartbeat `seq`, sent at `now` carrying `confirmed_seq`, grants a lease of `lease`
+    /// (its `lease_ms` is not 0). The node's lease then runs from its receipt of the
+    /// confirmed heartbeat, at about the time its reply came back: one confirmed after a
+    /// silence (an old reply) grants one that may have ended already, and is not counted.
+    pub fn granting(
+        &mut self,
+        seq: u64,
+        confirmed_seq: Option<u64>,
+        now: Instant,
+        lease: Duration,
+    ) {
+        let by = self.replied.zip(self.replied_by);
+        if let (Some(c), Some(((replied, at), by))) = (confirmed_seq, by)
+            && c == replied
+            && at + lease / 2 > now
+        {
+            if self.grants.len() == GRANTS_REMEMBERED {
+                self.grants.pop_front();
+            }
+            self.grants.push_back((seq, c, by));
+        }
+    }
+
+    /// Process `incarnation` of the node answered heartbeat `seq` (after
+    /// [`Health::reported`]). When that heartbeat granted a lease and confirmed one this
+    /// same incarnation answered, the node now holds a lease ([`Health::holds_lease`]). A
+    /// new incarnation (the node restarted) holds none until then.
+    pub fn incarnation_answered(&mut self, seq: u64, incarnation: u64) {
+        if self.replied.is_some_and(|(s, _)| s == seq) {
+            self.replied_by = Some(incarnation);
+        }
+        if self.leased.is_some_and(|l| l != incarnation) {
+            self.leased = None;
+        }
+        let granted = self
+            .grants
+            .iter()
+            .any(|&(s, _, by)| s == seq && by == incarnation);
+        if granted && self.stalled_since.is_none() {
+            self.leased = Some(incarnation);
+        }
+    }
+
+    /// Whether the node is known to hold a lease of this coordinator: the incarnation that
+    /// answered last turned a heartbeat into a lease, and the node answers and is not
+    /// stalled since. A node that just (re)started holds none for its first heartbeat or
+    /// two: made primary then, it answers every write `lease_expired` until it has one.
+    pub fn holds_lease(&self) -> bool {
+        self.leased.is_some()
+            && self.leased == self.replied_by
+            && !self.failing
+            && !self.confirmed_dead
+            && self.stalled_since.is_none()
     }
 
     /// The node answered a heartbeat or a probe.
@@ -133,12 +207,14 @@ impl Health {
     /// A heartbeat or probe got no answer (or the node cannot be contacted at all).
     pub fn failed(&mut self) {
         self.failing = true;
+        self.leased = None;
     }
 
     /// The supervisor (container terminated in Pod status, child process exit) reports the
     /// node dead.
     pub fn confirm_dead(&mut self, now: Instant) {
         self.confirmed_dead = true;
+        self.leased = None;
         self.failing = true;
         self.dead_since.get_or_insert(now);
     }
@@ -318,5 +394,49 @@ mod tests {
             Liveness::Suspected
         );
         assert_eq!(h.liveness(started + FENCE, FENCE), Liveness::Dead);
+    }
+
+    /// A node holds a lease once it answered a heartbeat that granted one and confirmed an
+    /// earlier heartbeat answered by the same process; a restarted process (another
+    /// incarnation) holds none until the same has happened to it, and neither does one that
+    /// stopped answering or whose storage stalled.
+    #[test]
+    fn a_lease_is_known_held_once_a_grant_confirming_the_same_process_is_answered() {
+        let t0 = Instant::now();
+        let mut h = Health::new(t0);
+        // `granting` as the runner calls it: for every heartbeat sent with a lease.
+        let mut now = t0;
+        fn beat(h: &mut Health, now: &mut Instant, incarnation: u64, stalled: bool) -> bool {
+            *now += Duration::from_millis(500);
+            let (seq, confirmed) = h.next_heartbeat(*now);
+            if h.may_grant_lease() {
+                h.granting(seq, confirmed, *now, Duration::from_secs(4));
+            }
+            h.reported(seq, *now, stalled, false);
+            h.incarnation_answered(seq, incarnation);
+            h.holds_lease()
+        }
+        // The first heartbeat confirms nothing: no lease yet.
+        assert!(!beat(&mut h, &mut now, 7, false));
+        assert!(beat(&mut h, &mut now, 7, false));
+        assert!(beat(&mut h, &mut now, 7, false));
+        // The process restarted: the heartbeat it answered confirmed one of the old process.
+        assert!(!beat(&mut h, &mut now, 8, false));
+        assert!(beat(&mut h, &mut now, 8, false));
+        // Silent: whatever it held may lapse. Answering again after a long silence, its
+        // first heartbeat confirms a reply from before it, which grants a lease already over.
+        h.failed();
+        assert!(!h.holds_lease());
+        now += Duration::from_secs(10);
+        h.answered();
+        assert!(!beat(&mut h, &mut now, 8, false));
+        assert!(beat(&mut h, &mut now, 8, false));
+        // Storage stalled: its heartbeats grant nothing from here on.
+        assert!(!beat(&mut h, &mut now, 8, true));
+        assert!(!beat(&mut h, &mut now, 8, true));
+        // Moving again: the first heartbeat granting again confirms a reply of the same
+        // process, so it holds a lease once that one is answered.
+        assert!(!beat(&mut h, &mut now, 8, false));
+        assert!(beat(&mut h, &mut now, 8, false));
     }
 }

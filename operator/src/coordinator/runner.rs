@@ -39,7 +39,7 @@ const MOVE_TICKS_PER_INTERVAL: u32 = 10;
 const MIN_MOVE_TICK: Duration = Duration::from_millis(50);
 
 /// How long after a node became ready the coordinator keeps ticking every [`MIN_MOVE_TICK`]
-/// until it has answered ([`Runner::joining`]).
+/// until it holds a lease ([`Runner::joining`]).
 const JOINING_BRISK_FOR: Duration = Duration::from_secs(5);
 
 /// [`Runner::tick_interval`] for a heartbeat interval and the map as it stands; `joining`:
@@ -142,8 +142,8 @@ pub(crate) struct Runner {
     confirmed_dead: BTreeSet<NodeId>,
     /// Nodes the membership showed ready when last looked at.
     ready: BTreeSet<NodeId>,
-    /// Nodes that became ready while this coordinator ran and have not answered it yet, with
-    /// when they became ready ([`Runner::membership_news`]).
+    /// Nodes that became ready while this coordinator ran and are not yet known to hold a
+    /// lease of it, with when they became ready ([`Runner::membership_news`]).
     joining: BTreeMap<NodeId, Instant>,
 }
 
@@ -224,11 +224,13 @@ impl Runner {
     /// about a second, in waves at the 500 ms ticks).
     ///
     /// It is [`MIN_MOVE_TICK`] too while a node that became ready less than
-    /// [`JOINING_BRISK_FOR`] ago has not answered yet: a scale-out's moves start once the new
+    /// [`JOINING_BRISK_FOR`] ago holds no lease yet: a scale-out's moves start once the new
     /// node has answered a heartbeat, and a node process just started (local mode) or a pod
     /// marked ready a moment before its server listens refuses the tick its readiness woke.
     /// Without this the moves of a scale-out started up to a heartbeat interval (500 ms)
-    /// after the new node was up: a third of the time a 192 MiB catch-up took.
+    /// after the new node was up: a third of the time a 192 MiB catch-up took. And a node
+    /// back from a restart is handed its primaries only once it holds a lease, which takes
+    /// two heartbeats: at 500 ms they came up to a second after it was back.
     fn tick_interval(&self) -> Duration {
         tick_interval(
             self.settings.borrow().heartbeat_interval,
@@ -237,12 +239,12 @@ impl Runner {
         )
     }
 
-    /// Forgets joining nodes that have answered, or that became ready too long ago.
+    /// Forgets joining nodes that hold a lease, or that became ready too long ago.
     fn prune_joining(&mut self, now: Instant) {
         let health = &self.health;
         self.joining.retain(|id, since| {
             now.duration_since(*since) < JOINING_BRISK_FOR
-                && !health.get(id).is_some_and(Health::has_answered)
+                && !health.get(id).is_some_and(Health::holds_lease)
         });
     }
 
@@ -468,18 +470,18 @@ impl Runner {
             }
             let full = heartbeat || map.is_none();
             let (seq, confirmed_seq) = h.next_heartbeat(now);
+            // A node whose storage is stalled gets heartbeats that grant nothing, so its
+            // lease runs out by its fence (`liveness.rs`); so does a probed one.
+            let grants = full && h.may_grant_lease() && req.lease_ms > 0;
+            if grants {
+                h.granting(seq, confirmed_seq, now, settings.lease);
+            }
             let request = HeartbeatRequest {
                 node: n.id.clone(),
                 coordinator: self.coordinator_id.clone(),
                 seq,
                 confirmed_seq,
-                // A node whose storage is stalled gets heartbeats that grant nothing, so its
-                // lease runs out by its fence (`liveness.rs`); so does a probed one.
-                lease_ms: if full && h.may_grant_lease() {
-                    req.lease_ms
-                } else {
-                    0
-                },
+                lease_ms: if grants { req.lease_ms } else { 0 },
                 ..req.clone()
             };
             contacts.push((n.id.clone(), n.peer_addr.clone(), full, request));
@@ -530,6 +532,7 @@ impl Runner {
                         );
                     }
                     h.reported(seq, received, stalled, stalled && report.lease_revoked);
+                    h.incarnation_answered(seq, report.incarnation);
                     self.note_disk(&id, &report.disk_id);
                     if report.map_version < version && !self.obs.new_disks.contains(&id) {
                         stale.push((id.clone(), addr));
@@ -557,9 +560,13 @@ impl Runner {
         }
         self.push_map(stale).await;
         self.obs.liveness.clear();
+        self.obs.leased.clear();
         for (id, h) in self.health.iter_mut() {
             let l = h.liveness(now, fence);
             self.obs.liveness.insert(id.clone(), l);
+            if h.holds_lease() {
+                self.obs.leased.insert(id.clone());
+            }
             match h.dead_since() {
                 Some(t) => {
                     self.obs.dead_since.insert(id.clone(), t);

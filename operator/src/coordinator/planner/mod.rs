@@ -66,6 +66,13 @@ pub struct Observations {
     /// `inSync`, never elected, handed off to or admitted, and get no map pushed (issue
     /// item 6).
     pub new_disks: BTreeSet<NodeId>,
+    /// Nodes known to hold a lease of this coordinator ([`Health::holds_lease`]): only
+    /// they are handed a primary role. A node that just (re)started or joined holds none for
+    /// its first heartbeat or two, and a primary without a lease answers every write
+    /// `lease_expired` (clients then wait a second).
+    ///
+    /// [`Health::holds_lease`]: crate::coordinator::liveness::Health::holds_lease
+    pub leased: BTreeSet<NodeId>,
 }
 
 impl Observations {
@@ -83,6 +90,7 @@ impl Observations {
             handoff_failed_at: BTreeMap::new(),
             node_maps: BTreeMap::new(),
             new_disks: BTreeSet::new(),
+            leased: BTreeSet::new(),
         }
     }
 

@@ -55,9 +55,16 @@ impl Round<'_> {
         self.states.get(n) == Some(&NodeState::Active)
     }
 
-    /// May `n` lead? Alive, Active, not cordoned, holding the current map.
+    /// May `n` be handed a primary role? Alive, Active, not cordoned, holding the current
+    /// map and a lease ([`Observations::leased`]).
+    ///
+    /// [`Observations::leased`]: super::Observations::leased
     pub(super) fn may_lead(&self, n: &str) -> bool {
-        self.alive(n) && self.active(n) && !self.cordoned(n) && self.current(n)
+        self.alive(n)
+            && self.active(n)
+            && !self.cordoned(n)
+            && self.current(n)
+            && self.inputs.obs.leased.contains(n)
     }
 
     /// The role `n` reports for partition `p` at `epoch`, from its latest heartbeat answer

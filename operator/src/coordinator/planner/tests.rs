@@ -116,6 +116,7 @@ impl World {
 
     pub(super) fn set_alive(&mut self, id: &str) {
         self.obs.liveness.insert(id.to_owned(), Liveness::Alive);
+        self.obs.leased.insert(id.to_owned());
         self.obs.dead_since.remove(id);
         let version = self.map.as_ref().map_or(0, |m| m.version);
         self.obs.reports.insert(
@@ -646,6 +647,49 @@ fn a_finished_move_makes_room_for_the_next_in_the_same_map() {
             assert!(moves.values().all(|n| *n <= 2), "{moves:?}");
         }
     });
+    assert_placement_ok(w.map());
+}
+
+/// A node is handed no primary role before it is known to hold a lease: one that just
+/// joined (or restarted) answers every write `lease_expired` until its first lease, and
+/// clients then wait a second. Its copies move in meanwhile; once it holds a lease, it gets
+/// its share of primaries.
+#[test]
+fn no_primary_is_handed_to_a_node_without_a_lease() {
+    let mut w = World::running(3, 12, 3);
+    w.membership.nodes.push(member(3));
+    w.set_alive("node-3");
+    w.obs.leased.remove("node-3");
+    w.membership.desired_nodes = 4;
+    w.settle_watching(|_, plan| {
+        for e in &plan.events {
+            if let CoordinatorEvent::PrimaryHandedOff { to, partition, .. } = e {
+                assert_ne!(
+                    to, "node-3",
+                    "partition {partition} handed to node-3 without a lease"
+                );
+            }
+        }
+        for c in &plan.calls {
+            assert!(
+                !matches!(c, Call::Handoff { to, .. } if to == "node-3"),
+                "{c:?}"
+            );
+        }
+    });
+    assert!(
+        w.map()
+            .partitions
+            .iter()
+            .any(|e| e.in_sync.iter().any(|n| n == "node-3"))
+    );
+    assert!(w.primaries_of("node-3").is_empty());
+    w.obs.leased.insert("node-3".to_owned());
+    w.settle();
+    assert!(
+        !w.primaries_of("node-3").is_empty(),
+        "node-3 leads nothing once it holds a lease"
+    );
     assert_placement_ok(w.map());
 }
 
