@@ -41,12 +41,23 @@ pub(crate) fn spawn(
             epoch,
             nodes,
         } => {
-            let targets: Vec<(NodeId, Option<String>)> =
-                nodes.into_iter().map(|n| (n.clone(), addr(&n))).collect();
+            let targets: Vec<(NodeId, String)> = nodes
+                .into_iter()
+                .filter_map(|n| addr(&n).map(|a| (n, a)))
+                .collect();
             tokio::spawn(async move {
-                for (node, addr) in targets {
-                    let Some(addr) = addr else { continue };
-                    if let Ok(pos) = transport.position(&addr, partition).await {
+                // Every candidate at once, and their answers handed over together: the first
+                // wakes the coordinator, which then finds them all. Asked one after the other,
+                // each candidate's answer woke a planning pass of its own, and a failover of a
+                // node's twenty partitions used up the passes allowed between two ticks on
+                // half-known positions, so most partitions waited for the next tick (500 ms).
+                let answers = futures::future::join_all(targets.iter().map(|(_, addr)| {
+                    let transport = &transport;
+                    async move { transport.position(addr, partition).await }
+                }))
+                .await;
+                for ((node, _), answer) in targets.into_iter().zip(answers) {
+                    if let Ok(pos) = answer {
                         let _ =
                             tx.send((key.clone(), Outcome::Position(partition, epoch, node, pos)));
                     }

@@ -26,7 +26,10 @@ use tokio::sync::{broadcast, mpsc, watch};
 const ROUNDS_PER_TICK: usize = 4;
 
 /// Planning passes between two ticks at most, woken by answers (see [`Runner::wait_for_tick`]).
-const MAX_REPLANS_PER_TICK: usize = 8;
+/// A failover of every partition a node led takes one pass per partition whose candidates'
+/// positions come back apart from the others: 8 left most of twenty such partitions waiting
+/// for the next tick.
+const MAX_REPLANS_PER_TICK: usize = 32;
 
 /// Ticks per heartbeat interval while moves are in flight ([`Runner::tick_interval`]): 50 ms
 /// at the default 500 ms interval. A copy of a small partition takes about as long, so a
