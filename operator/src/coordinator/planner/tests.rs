@@ -114,6 +114,14 @@ impl World {
         self.map.as_ref().unwrap_or_else(|| panic!("no map"))
     }
 
+    /// Scale-out to one more node: `node-{i}` joins the membership, alive (and leased), and
+    /// the desired count takes it in.
+    pub(super) fn join(&mut self, i: u32) {
+        self.membership.nodes.push(member(i));
+        self.set_alive(&format!("node-{i}"));
+        self.membership.desired_nodes = i + 1;
+    }
+
     pub(super) fn set_alive(&mut self, id: &str) {
         self.obs.liveness.insert(id.to_owned(), Liveness::Alive);
         self.obs.leased.insert(id.to_owned());
@@ -591,9 +599,7 @@ fn scale_out_moves_replicas_through_learners_within_the_move_budget() {
 fn a_finished_move_makes_room_for_the_next_in_the_same_map() {
     let mut w = World::running(3, 12, 3);
     w.settings.max_concurrent_moves_per_node = 2;
-    w.membership.nodes.push(member(3));
-    w.set_alive("node-3");
-    w.membership.desired_nodes = 4;
+    w.join(3);
     let learning = |m: &PartitionMap| -> Vec<PartitionId> {
         (0..m.partitions.len() as PartitionId)
             .filter(|p| {
@@ -657,10 +663,8 @@ fn a_finished_move_makes_room_for_the_next_in_the_same_map() {
 #[test]
 fn no_primary_is_handed_to_a_node_without_a_lease() {
     let mut w = World::running(3, 12, 3);
-    w.membership.nodes.push(member(3));
-    w.set_alive("node-3");
+    w.join(3);
     w.obs.leased.remove("node-3");
-    w.membership.desired_nodes = 4;
     w.settle_watching(|_, plan| {
         for e in &plan.events {
             if let CoordinatorEvent::PrimaryHandedOff { to, partition, .. } = e {
@@ -700,9 +704,7 @@ fn no_hand_off_goes_to_a_node_taking_in_copies() {
     let mut w = World::running(3, 24, 3);
     w.settings.max_concurrent_moves_per_node = 3;
     w.admissions_per_round = 1;
-    w.membership.nodes.push(member(3));
-    w.set_alive("node-3");
-    w.membership.desired_nodes = 4;
+    w.join(3);
     let mut handoffs = 0;
     w.settle_watching(|before, plan| {
         let ingesting: Vec<&String> = before
@@ -817,9 +819,7 @@ fn a_restoring_store_starts_gated_and_the_gate_lifts_with_a_new_map() {
 fn paused_rebalance_starts_no_move() {
     let mut w = World::running(3, 12, 3);
     w.settings.paused = true;
-    w.membership.nodes.push(member(3));
-    w.set_alive("node-3");
-    w.membership.desired_nodes = 4;
+    w.join(3);
     w.settle();
     assert!(w.map().partitions.iter().all(|e| !e.is_member("node-3")));
 }
@@ -1090,10 +1090,8 @@ fn a_member_admitted_a_moment_ago_is_not_dropped_for_its_report_from_before() {
 #[test]
 fn moves_to_a_joining_node_start_once_it_answered_the_push() {
     let mut w = World::running(3, 12, 3);
-    w.membership.nodes.push(member(3));
-    w.set_alive("node-3");
+    w.join(3);
     w.obs.reports.remove("node-3");
-    w.membership.desired_nodes = 4;
     let p = w.plan();
     assert!(
         p.events
