@@ -62,9 +62,9 @@ pub struct Health {
     confirmed_dead: bool,
     /// The process incarnation that answered the heartbeat in `replied`.
     replied_by: Option<u64>,
-    /// Heartbeats sent with a lease, newest last: `(seq, confirmed seq, the incarnation
-    /// that answered the confirmed one)`.
-    grants: VecDeque<(u64, u64, u64)>,
+    /// Heartbeats sent with a lease, newest last: `(seq, the incarnation that answered the
+    /// heartbeat it confirmed)`.
+    grants: VecDeque<(u64, u64)>,
     /// The incarnation known to hold a lease of this coordinator: it answered a heartbeat
     /// that granted a lease and confirmed an earlier heartbeat this same incarnation
     /// answered, so it started a lease at its receipt of that earlier one.
@@ -155,7 +155,7 @@ impl Health {
             if self.grants.len() == GRANTS_REMEMBERED {
                 self.grants.pop_front();
             }
-            self.grants.push_back((seq, c, by));
+            self.grants.push_back((seq, by));
         }
     }
 
@@ -173,22 +173,19 @@ impl Health {
         let granted = self
             .grants
             .iter()
-            .any(|&(s, _, by)| s == seq && by == incarnation);
+            .any(|&(s, by)| s == seq && by == incarnation);
         if granted && self.stalled_since.is_none() {
             self.leased = Some(incarnation);
         }
     }
 
     /// Whether the node is known to hold a lease of this coordinator: the incarnation that
-    /// answered last turned a heartbeat into a lease, and the node answers and is not
-    /// stalled since. A node that just (re)started holds none for its first heartbeat or
-    /// two: made primary then, it answers every write `lease_expired` until it has one.
+    /// answered last turned a heartbeat into a lease. (A silence, a confirmed death and a
+    /// stalled disk clear `leased`.) A node that just (re)started holds none for its first
+    /// heartbeat or two: made primary then, it answers every write `lease_expired` until it
+    /// has one.
     pub fn holds_lease(&self) -> bool {
-        self.leased.is_some()
-            && self.leased == self.replied_by
-            && !self.failing
-            && !self.confirmed_dead
-            && self.stalled_since.is_none()
+        self.leased.is_some() && self.leased == self.replied_by
     }
 
     /// The node answered a heartbeat or a probe.
@@ -197,11 +194,6 @@ impl Health {
         self.failing = false;
         self.dead_since = None;
         self.confirmed_dead = false;
-    }
-
-    /// Whether the node has answered this coordinator at least once.
-    pub fn has_answered(&self) -> bool {
-        self.answered
     }
 
     /// A heartbeat or probe got no answer (or the node cannot be contacted at all).
