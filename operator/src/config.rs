@@ -53,7 +53,8 @@ pub struct RunConfig {
     )]
     pub heartbeat_interval_ms: u64,
 
-    /// Milliseconds of the lease each heartbeat grants a storage node.
+    /// Milliseconds of the lease each heartbeat grants a storage node (at least twice the
+    /// heartbeat interval).
     #[arg(long, env = "SHARDEDSTORE_NODE_LEASE_MS", default_value_t = 4000)]
     pub node_lease_ms: u64,
 

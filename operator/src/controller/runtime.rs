@@ -34,11 +34,15 @@ pub enum RunError {
     Leader(#[from] LeaderError),
     #[error("lost the leader Lease; stopping so that only one operator coordinates")]
     LostLeadership,
+    #[error("--heartbeat-interval-ms and --node-lease-ms")]
+    Timing(#[source] crate::coordinator::TimingError),
 }
 
 /// `shardedstore-operator run`: serves metrics, waits to be leader, then reconciles until
 /// Ctrl-C / SIGTERM (Ok) or until leadership is lost (Err: the process must restart).
 pub async fn serve(config: RunConfig) -> Result<(), RunError> {
+    crate::coordinator::check_lease_timing(config.heartbeat_interval(), config.node_lease())
+        .map_err(RunError::Timing)?;
     let client = Client::try_default().await.map_err(RunError::Connect)?;
     serve_with(client, config, shutdown_signal()).await
 }

@@ -82,6 +82,34 @@ pub struct Settings {
     pub restoring: bool,
 }
 
+/// Heartbeat timing that cannot keep a node's lease (`check_lease_timing`).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TimingError {
+    #[error("the heartbeat interval must be at least 1 ms")]
+    ZeroInterval,
+    #[error(
+        "the node lease ({lease_ms} ms) must be at least twice the heartbeat interval \
+         ({interval_ms} ms): a heartbeat's lease runs from the heartbeat before it, so a \
+         shorter one lapses between heartbeats and the primaries refuse writes"
+    )]
+    LeaseTooShort { lease_ms: u128, interval_ms: u128 },
+}
+
+/// Checks that heartbeats every `interval`, each granting `lease`, keep a node's lease held
+/// without gaps.
+pub fn check_lease_timing(interval: Duration, lease: Duration) -> Result<(), TimingError> {
+    if interval.is_zero() {
+        return Err(TimingError::ZeroInterval);
+    }
+    if lease < interval * 2 {
+        return Err(TimingError::LeaseTooShort {
+            lease_ms: lease.as_millis(),
+            interval_ms: interval.as_millis(),
+        });
+    }
+    Ok(())
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -110,4 +138,34 @@ impl Default for Settings {
 pub struct StoreIdentity {
     /// Store name (the map's `store`; nodes refuse maps and heartbeats of another store).
     pub name: String,
+}
+
+#[cfg(test)]
+mod timing_tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_must_outlast_two_heartbeat_intervals() {
+        let ms = Duration::from_millis;
+        assert_eq!(check_lease_timing(ms(500), ms(4000)), Ok(()));
+        assert_eq!(check_lease_timing(ms(500), ms(1000)), Ok(()));
+        assert_eq!(
+            check_lease_timing(ms(500), ms(999)),
+            Err(TimingError::LeaseTooShort {
+                lease_ms: 999,
+                interval_ms: 500
+            })
+        );
+        assert_eq!(
+            check_lease_timing(ms(500), ms(0)),
+            Err(TimingError::LeaseTooShort {
+                lease_ms: 0,
+                interval_ms: 500
+            })
+        );
+        assert_eq!(
+            check_lease_timing(ms(0), ms(4000)),
+            Err(TimingError::ZeroInterval)
+        );
+    }
 }

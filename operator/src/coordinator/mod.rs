@@ -26,7 +26,7 @@ pub mod summary;
 pub mod transport;
 
 pub use handle::CoordinatorHandle;
-pub use input::{MemberNode, Membership, Settings, StoreIdentity};
+pub use input::{MemberNode, Membership, Settings, StoreIdentity, TimingError, check_lease_timing};
 pub use status::{
     CoordinatorEvent, CoordinatorStatus, MoveState, MoveStatus, NodeStatus, PartitionSummary,
 };

@@ -145,8 +145,9 @@ pub(crate) struct Runner {
     confirmed_dead: BTreeSet<NodeId>,
     /// Nodes the membership showed ready when last looked at.
     ready: BTreeSet<NodeId>,
-    /// Nodes that became ready while this coordinator ran and are not yet known to hold a
-    /// lease of it, with when they became ready ([`Runner::membership_news`]).
+    /// Nodes that became ready while this coordinator ran (or were ready when it started)
+    /// and are not yet known to hold a lease of it, with when they became ready
+    /// ([`Runner::membership_news`]).
     joining: BTreeMap<NodeId, Instant>,
 }
 
@@ -162,9 +163,11 @@ impl Runner {
     ) -> Self {
         let (results_tx, results_rx) = mpsc::unbounded_channel();
         let started = Instant::now();
-        // Nodes ready when this coordinator starts are contacted by its first tick; only
-        // those that become ready later are joining.
+        // Nodes ready when this coordinator starts are joining too: none holds a lease of
+        // this coordinator yet, and the first map (or a hand-off after an operator restart)
+        // waits for leases, which take two heartbeats.
         let ready = ready_nodes(&membership.borrow());
+        let joining = ready.iter().map(|id| (id.clone(), started)).collect();
         Self {
             store,
             map_store,
@@ -186,7 +189,7 @@ impl Runner {
             results_rx,
             confirmed_dead: BTreeSet::new(),
             ready,
-            joining: BTreeMap::new(),
+            joining,
         }
     }
 
@@ -466,12 +469,12 @@ impl Runner {
             }
             let heartbeat = h.may_heartbeat();
             // A silent node gets no lease, but a probe (a heartbeat granting no lease) may show
-            // it is back before it is presumed dead. Without a map a node is only heartbeated
-            // (the first map waits for it).
-            if !heartbeat && map.is_none() && h.liveness(now, fence) == Liveness::Suspected {
-                continue;
-            }
-            let full = heartbeat || map.is_none();
+            // it is back before it is presumed dead. Without a map, so is a node that did not
+            // answer yet (a process or pod not listening when the coordinator started: the
+            // first map waits for it, and used to wait until it was presumed dead, 4.5 s);
+            // one never contacted, or presumed dead, is heartbeated.
+            let full =
+                heartbeat || (map.is_none() && h.liveness(now, fence) != Liveness::Suspected);
             let (seq, confirmed_seq) = h.next_heartbeat(now);
             // A node whose storage is stalled gets heartbeats that grant nothing, so its
             // lease runs out by its fence (`liveness.rs`); so does a probed one.

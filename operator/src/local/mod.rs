@@ -70,7 +70,7 @@ pub struct LocalArgs {
         hide_env_values = true
     )]
     pub peer_token: String,
-    /// Lease granted by each heartbeat, in milliseconds.
+    /// Lease granted by each heartbeat, in milliseconds (at least twice --heartbeat-ms).
     #[arg(long, default_value_t = 4000, env = "SHARDEDSTORE_LOCAL_LEASE_MS")]
     pub lease_ms: u64,
     /// Heartbeat interval in milliseconds.
@@ -209,6 +209,8 @@ pub enum LocalError {
         min_in_sync: u32,
         replication_factor: u32,
     },
+    #[error("--heartbeat-ms and --lease-ms")]
+    Timing(#[source] crate::coordinator::TimingError),
     #[error("--node-host-base {0} must be a loopback address at most 127.255.255.0")]
     BadNodeHostBase(std::net::Ipv4Addr),
     #[error("creating the data directory {0}")]
@@ -270,10 +272,6 @@ fn node_host_base_ok(base: std::net::Ipv4Addr) -> bool {
 
 /// Runs local mode until Ctrl-C or SIGTERM.
 pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
-    std::fs::create_dir_all(&args.data_dir)
-        .map_err(|e| LocalError::DataDir(args.data_dir.clone(), e))?;
-    let data_dir = std::fs::canonicalize(&args.data_dir)
-        .map_err(|e| LocalError::DataDir(args.data_dir.clone(), e))?;
     let mut settings = args.settings();
     if args.nodes < settings.replication_factor {
         return Err(LocalError::TooFewNodes {
@@ -287,11 +285,17 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
             replication_factor: settings.replication_factor,
         });
     }
+    crate::coordinator::check_lease_timing(settings.heartbeat_interval, settings.lease)
+        .map_err(LocalError::Timing)?;
     if let Some(base) = args.node_host_base
         && !node_host_base_ok(base)
     {
         return Err(LocalError::BadNodeHostBase(base));
     }
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|e| LocalError::DataDir(args.data_dir.clone(), e))?;
+    let data_dir = std::fs::canonicalize(&args.data_dir)
+        .map_err(|e| LocalError::DataDir(args.data_dir.clone(), e))?;
     let binary = node_binary(&args)?;
     let restore_step = restore::prepare(&args.restore, &data_dir)
         .await

@@ -216,7 +216,8 @@ pub(crate) fn placement_nodes(map: &PartitionMap) -> Vec<PlacementNode> {
         .collect()
 }
 
-/// The first map, when no node holds any: once every desired node answers (or enough of them after a grace period).
+/// The first map, when no node holds any: once every desired node answers and holds a lease
+/// (or enough of them after a grace period).
 fn bootstrap(inputs: &Inputs<'_>) -> Plan {
     let Inputs {
         store,
@@ -230,7 +231,12 @@ fn bootstrap(inputs: &Inputs<'_>) -> Plan {
         .iter()
         .filter(|n| n.ordinal < membership.desired_nodes)
         .collect();
-    let alive: Vec<_> = desired.iter().filter(|n| obs.is_alive(&n.id)).collect();
+    // Only nodes that hold a lease count: a primary without one answers every write
+    // `lease_expired` (clients then wait a second), and a lease takes two heartbeats.
+    let alive: Vec<_> = desired
+        .iter()
+        .filter(|n| obs.is_alive(&n.id) && obs.leased.contains(&n.id))
+        .collect();
     let enough = alive.len()
         >= (settings.replication_factor as usize)
             .min(desired.len())

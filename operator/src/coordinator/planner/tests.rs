@@ -296,6 +296,28 @@ fn bootstrap_waits_for_every_desired_node_then_writes_a_placed_map() {
     assert_placement_ok(&map);
 }
 
+/// A node that answers but holds no lease yet (its first heartbeat) does not count: named
+/// primary, it would answer every write `lease_expired` until its second heartbeat.
+#[test]
+fn bootstrap_waits_until_the_nodes_hold_leases() {
+    let mut w = World::new(4, 8, 3);
+    w.obs.leased.remove("node-1");
+    assert!(w.plan().map.is_none(), "must wait for node-1's lease");
+    w.obs.now += super::BOOTSTRAP_GRACE;
+    let map = w.plan().map.unwrap_or_else(|| panic!("no map"));
+    assert_eq!(
+        map.nodes.len(),
+        3,
+        "after the grace, the nodes holding leases"
+    );
+    assert!(!map.nodes.contains_key("node-1"));
+    assert!(
+        map.partitions
+            .iter()
+            .all(|e| e.primary.as_deref() != Some("node-1"))
+    );
+}
+
 #[test]
 fn bootstrap_starts_with_enough_nodes_after_the_grace_period() {
     let mut w = World::new(4, 8, 3);
