@@ -13,6 +13,7 @@ pub mod cache;
 pub mod codec;
 pub mod faults;
 pub mod log_chunks;
+pub mod memtable;
 pub mod tables;
 pub mod values;
 pub mod wal;
@@ -120,6 +121,8 @@ pub struct Store {
     wal: Arc<std::sync::Mutex<Option<wal::Wal>>>,
     /// Log entries appended since the last checkpoint ([`log_chunks`]).
     tail: log_chunks::SharedTail,
+    /// Rows applied since the last checkpoint ([`memtable`]).
+    memtable: memtable::SharedMemtable,
     values: Arc<values::Values>,
 }
 
@@ -160,6 +163,7 @@ impl Store {
             disk_id: disk_id.into(),
             wal: Arc::new(std::sync::Mutex::new(Some(wal))),
             tail: Arc::default(),
+            memtable: Arc::default(),
             values,
         })
     }
@@ -219,6 +223,10 @@ impl Store {
 
     pub(crate) fn values(&self) -> &values::Values {
         &self.values
+    }
+
+    pub(crate) fn memtable(&self) -> &memtable::SharedMemtable {
+        &self.memtable
     }
 
     /// The id of partition `p`'s current value file, if the database thread has it open.
@@ -370,6 +378,10 @@ impl Store {
 
     /// Loads a partition's positions, epoch history and counters.
     pub fn load_partition(&self, p: PartitionId) -> Result<PartitionDisk, StorageError> {
+        // Newer than the meta table's while the memtable holds it ([`memtable`]).
+        let unflushed = memtable::lock(&self.memtable)
+            .part(p)
+            .and_then(|u| u.applied);
         let txn = self.db.begin_read().map_err(read_err)?;
         let meta = txn.open_table(META).map_err(read_err)?;
         let get = |what: &str| -> Result<Option<Vec<u8>>, StorageError> {
@@ -385,8 +397,10 @@ impl Store {
             Some(b) => codec::decode_history(&b)?,
             None => EpochHistory::default(),
         };
-        let applied_seq = get("applied")?.map_or(0, |b| tables::u64_from(&b));
-        let (keys, bytes) = get("stats")?.map_or((0, 0), |b| tables::stats_from(&b));
+        let (applied_seq, keys, bytes) = match unflushed {
+            Some(applied) => applied,
+            None => memtable::applied_from(get("applied")?.as_deref(), get("stats")?.as_deref()),
+        };
         let unproven = get("unproven")?.is_some_and(|b| b.first() == Some(&1));
         let position = |e: &LogEntry| LogPosition {
             last_epoch: e.epoch,
@@ -435,6 +449,14 @@ impl Store {
         key: &[u8],
         decode: impl FnOnce(&[u8]) -> Result<T, codec::CodecError>,
     ) -> Result<Option<T>, StorageError> {
+        // Rows leave the memtable only once the data table holds them.
+        let unflushed = memtable::lock(&self.memtable).get(p, key).cloned();
+        if let Some(row) = unflushed {
+            return match row {
+                Some(row) => Ok(Some(decode(&row)?)),
+                None => Ok(None),
+            };
+        }
         let txn = self.db.begin_read().map_err(read_err)?;
         let table = match txn.open_table(data_table(p).as_def()) {
             Ok(t) => t,
@@ -462,17 +484,28 @@ impl Store {
     /// Opens a consistent snapshot of a partition: its data table and applied sequence
     /// number as of one read transaction.
     pub fn snapshot(&self, p: PartitionId) -> Result<SnapshotReader, StorageError> {
-        let (txn, files) = self.values.pinned(|| self.db.begin_read());
+        // The partition's unflushed rows and the read transaction of one moment: the
+        // database thread publishes and removes rows under this lock ([`memtable`]).
+        let (unflushed, (txn, files)) = {
+            let mem = memtable::lock(&self.memtable);
+            let unflushed = mem.part(p).cloned().unwrap_or_default();
+            (unflushed, self.values.pinned(|| self.db.begin_read()))
+        };
         let txn = txn.map_err(read_err)?;
         let meta = txn.open_table(META).map_err(read_err)?;
-        let applied_seq = meta
-            .get(meta_key(p, "applied").as_str())
-            .map_err(read_err)?
-            .map_or(0, |v| tables::u64_from(v.value()));
-        let (keys, bytes) = meta
-            .get(meta_key(p, "stats").as_str())
-            .map_err(read_err)?
-            .map_or((0, 0), |v| tables::stats_from(v.value()));
+        let (applied_seq, keys, bytes) = match unflushed.applied {
+            Some(applied) => applied,
+            None => {
+                let applied = meta
+                    .get(meta_key(p, "applied").as_str())
+                    .map_err(read_err)?;
+                let stats = meta.get(meta_key(p, "stats").as_str()).map_err(read_err)?;
+                memtable::applied_from(
+                    applied.as_ref().map(|v| v.value()),
+                    stats.as_ref().map(|v| v.value()),
+                )
+            }
+        };
         let table = match txn.open_table(data_table(p).as_def()) {
             Ok(t) => Some(t),
             Err(redb::TableError::TableDoesNotExist(_)) => None,
@@ -480,6 +513,7 @@ impl Store {
         };
         Ok(SnapshotReader {
             table,
+            rows: unflushed.rows,
             files,
             applied_seq,
             keys,
@@ -492,9 +526,14 @@ impl Store {
 /// out (its version, then its bytes).
 pub type SnapshotItem = (Vec<u8>, Vec<u8>);
 
+/// A key and its row as the data table holds it.
+type KeyRow = (Vec<u8>, Vec<u8>);
+
 /// A partition's data as of one read transaction, read in key order chunk by chunk.
 pub struct SnapshotReader {
     table: Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>,
+    /// The partition's rows not yet in the table, laid over it.
+    rows: std::collections::BTreeMap<Vec<u8>, memtable::Row>,
     /// The value files as of the read transaction.
     files: values::Pinned,
     pub applied_seq: u64,
@@ -510,24 +549,14 @@ impl SnapshotReader {
         after: Option<&[u8]>,
         max_bytes: usize,
     ) -> Result<Vec<SnapshotItem>, StorageError> {
-        let Some(table) = &self.table else {
-            return Ok(Vec::new());
-        };
-        let range = match after {
-            Some(k) => {
-                table.range::<&[u8]>((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded))
-            }
-            None => table.range::<&[u8]>(..),
-        }
-        .map_err(read_err)?;
         let mut out = Vec::new();
         let mut size = 0;
-        for item in range {
-            let (k, v) = item.map_err(read_err)?;
-            let row = values::decode_row(v.value())?;
+        for item in self.items(after)? {
+            let (k, v) = item?;
+            let row = values::decode_row(&v)?;
             let value = self.files.value(&row)?;
-            size += k.value().len() + value.len();
-            out.push((k.value().to_vec(), codec::encode_value(row.version, &value)));
+            size += k.len() + value.len();
+            out.push((k, codec::encode_value(row.version, &value)));
             if size >= max_bytes {
                 break;
             }
@@ -535,12 +564,44 @@ impl SnapshotReader {
         Ok(out)
     }
 
+    /// `(key, row)` pairs after `after` in key order: the table's, with the unflushed rows
+    /// laid over them.
+    fn items<'a>(
+        &'a self,
+        after: Option<&'a [u8]>,
+    ) -> Result<impl Iterator<Item = Result<KeyRow, StorageError>> + 'a, StorageError> {
+        let range = match &self.table {
+            Some(table) => Some(
+                match after {
+                    Some(k) => table
+                        .range::<&[u8]>((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded)),
+                    None => table.range::<&[u8]>(..),
+                }
+                .map_err(read_err)?,
+            ),
+            None => None,
+        };
+        let table = range.into_iter().flatten().map(|item| {
+            item.map(|(k, v)| (k.value().to_vec(), v.value().to_vec()))
+                .map_err(read_err)
+        });
+        Ok(memtable::overlay(table, &self.rows, after))
+    }
+
     /// Number of stored entries (for logs and tests).
     pub fn len(&self) -> Result<u64, StorageError> {
-        match &self.table {
-            Some(t) => t.len().map_err(read_err),
-            None => Ok(0),
+        if self.rows.is_empty() {
+            return match &self.table {
+                Some(t) => t.len().map_err(read_err),
+                None => Ok(0),
+            };
         }
+        let mut n = 0;
+        for item in self.items(None)? {
+            item?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     pub fn is_empty(&self) -> Result<bool, StorageError> {

@@ -661,6 +661,12 @@ impl Values {
         Ok(())
     }
 
+    /// Partitions whose value file is being compacted: their rows must all be in the data
+    /// table for a compaction step to find them ([`super::memtable`]).
+    pub fn compacting(&self) -> Vec<PartitionId> {
+        lock(&self.writing).compacting.keys().copied().collect()
+    }
+
     /// Moves the next live values of every compaction under way from the file being emptied
     /// to the partition's current one (at most [`COMPACT_STEP`] rows or
     /// [`COMPACT_STEP_BYTES`] per partition per call, so a transaction stays short); a file

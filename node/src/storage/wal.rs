@@ -345,13 +345,15 @@ pub fn recover(
     let mut replayed = 0usize;
     let mut pending = super::writer::TxnMeta::default();
     let tail = std::sync::Mutex::new(super::log_chunks::LogTail::default());
+    let memtable = std::sync::Mutex::default();
     for payload in &records {
         for cmd in decode_batch(payload)? {
-            super::writer::apply_command(&txn, &cmd, &mut pending, &tail, values)?;
+            super::writer::apply_command(&txn, &cmd, &mut pending, &tail, values, &memtable)?;
             replayed += 1;
         }
     }
-    pending.flush(&txn)?;
+    pending.write_rows(&txn, values)?;
+    pending.flush_all(&txn)?;
     for (p, entries) in super::log_chunks::lock(&tail).snapshot() {
         super::log_chunks::write_out(&txn, p, &entries)?;
     }

@@ -41,6 +41,7 @@
 use super::codec::{self, LogEntry, Op};
 use super::faults::FaultHooks;
 use super::log_chunks::{self, LogTail};
+use super::memtable::{self, Memtable, Staged};
 use super::tables::{self, META, data_table, log_table, meta_key};
 use super::values::{self, Pointer, Values};
 use super::wal::{self, Wal};
@@ -663,14 +664,22 @@ impl DbThread {
         let mut outcomes = Vec::new();
         let tail = self.store.tail();
         let values = self.store.values();
+        let mem = self.store.memtable();
         for (cmd, _) in stages.iter().flat_map(|s| &s.batch) {
-            outcomes.push(apply_command(&txn, cmd, &mut meta, tail, values)?);
+            outcomes.push(apply_command(&txn, cmd, &mut meta, tail, values, mem)?);
         }
         for (p, a) in &meta.applied {
             values.maybe_compact(&txn, *p, a.bytes)?;
         }
+        // The rows a checkpoint makes durable, or a value-file compaction must find in the
+        // data table ([`memtable`]).
+        let mut staged = std::mem::take(&mut meta.staged);
+        let flushed = flush_rows(&txn, &staged, mem, generation.is_some(), values)?;
         values.compact_steps(&txn)?;
-        let known = meta.flush(&txn)?;
+        for (p, a) in &meta.applied {
+            staged.applied.insert(*p, (a.seq, a.keys, a.bytes));
+        }
+        let known = meta.flush(&txn, generation.is_some(), &flushed)?;
         let written = match generation {
             Some(g) => {
                 super::faults::hold_checkpoint();
@@ -693,7 +702,17 @@ impl DbThread {
                 Vec::new()
             }
         };
+        // Every value the rows point to is written out: readers may see them now.
+        memtable::lock(mem).publish(staged);
         txn.commit().map_err(write_err)?;
+        {
+            let mut m = memtable::lock(mem);
+            if generation.is_some() {
+                m.checkpointed();
+            } else {
+                m.flushed(&flushed);
+            }
+        }
         self.known = known;
         if generation.is_some() {
             values.checkpointed();
@@ -714,6 +733,8 @@ pub(super) struct TxnMeta {
     applied: HashMap<PartitionId, Applied>,
     /// What earlier transactions left, so this one need not read it back.
     known: Known,
+    /// The rows applied by this transaction ([`memtable`]).
+    staged: Staged,
 }
 
 /// Metadata the database thread keeps across its transactions, so that a transaction does
@@ -728,6 +749,12 @@ pub(super) struct Known {
     /// which changes only when an epoch starts, so most transactions need not store it again.
     history: HashMap<PartitionId, Vec<u8>>,
     logs: std::collections::HashSet<PartitionId>,
+    /// Partitions whose applied point and counters changed since they were last written to
+    /// the meta table: they are written with the partition's rows, at a checkpoint or when
+    /// the rows are written into the data table before it ([`memtable`]), never ahead of
+    /// them. A commit that is not durable may still be made durable (redb does so when the
+    /// database is closed), so every commit must leave rows and applied points that agree.
+    unwritten: std::collections::HashSet<PartitionId>,
 }
 
 #[derive(Clone, Copy)]
@@ -753,6 +780,7 @@ impl TxnMeta {
         self.known.applied.remove(&p);
         self.known.history.remove(&p);
         self.known.logs.remove(&p);
+        self.known.unwritten.remove(&p);
     }
 
     /// Creates partition `p`'s log table unless it exists (it marks the partition as held, so
@@ -776,9 +804,33 @@ impl TxnMeta {
         Ok(Applied { seq, keys, bytes })
     }
 
-    /// Writes what is pending; returns what the next transaction may take as known once this
-    /// one commits.
-    pub(super) fn flush(mut self, txn: &WriteTransaction) -> Result<Known, StorageError> {
+    /// Writes the rows the transaction applied into the data tables (for a transaction
+    /// without a memtable: the write-ahead log's replay at start-up).
+    pub(super) fn write_rows(
+        &self,
+        txn: &WriteTransaction,
+        values: &Values,
+    ) -> Result<(), StorageError> {
+        flush_rows(txn, &self.staged, &Mutex::default(), true, values)?;
+        Ok(())
+    }
+
+    /// [`TxnMeta::flush`] for a transaction that writes every row it applied into the data
+    /// tables ([`TxnMeta::write_rows`]).
+    pub(super) fn flush_all(self, txn: &WriteTransaction) -> Result<Known, StorageError> {
+        self.flush(txn, true, &[])
+    }
+
+    /// Writes what is pending: epoch histories, and the applied points and counters of the
+    /// partitions whose rows are in the data tables once this transaction commits (every
+    /// partition's at a checkpoint, else those in `flushed`). Returns what the next
+    /// transaction may take as known once this one commits.
+    pub(super) fn flush(
+        mut self,
+        txn: &WriteTransaction,
+        checkpoint: bool,
+        flushed: &[PartitionId],
+    ) -> Result<Known, StorageError> {
         let mut meta = txn.open_table(META).map_err(write_err)?;
         for (p, history) in self.history {
             if self.known.history.get(&p) != Some(&history) {
@@ -788,6 +840,22 @@ impl TxnMeta {
             }
         }
         for (p, a) in self.applied {
+            self.known.applied.insert(p, a);
+            self.known.unwritten.insert(p);
+        }
+        let due: Vec<PartitionId> = if checkpoint {
+            self.known.unwritten.drain().collect()
+        } else {
+            flushed
+                .iter()
+                .copied()
+                .filter(|p| self.known.unwritten.remove(p))
+                .collect()
+        };
+        for p in due {
+            let Some(a) = self.known.applied.get(&p) else {
+                continue;
+            };
             meta.insert(meta_key(p, "applied").as_str(), &a.seq.to_le_bytes()[..])
                 .map_err(write_err)?;
             meta.insert(
@@ -795,7 +863,6 @@ impl TxnMeta {
                 &tables::pair_to(a.keys, a.bytes)[..],
             )
             .map_err(write_err)?;
-            self.known.applied.insert(p, a);
         }
         Ok(self.known)
     }
@@ -822,6 +889,7 @@ pub(super) fn apply_command(
     pending: &mut TxnMeta,
     tail: &Mutex<LogTail>,
     values: &Values,
+    mem: &Mutex<Memtable>,
 ) -> Result<Outcome, StorageError> {
     match cmd {
         Command::Append {
@@ -856,9 +924,13 @@ pub(super) fn apply_command(
                 .insert(*partition, codec::encode_history(history));
         }
         Command::Apply { partition, entries } => {
-            return apply_entries(txn, *partition, entries, pending, values);
+            return apply_entries(txn, *partition, entries, pending, values, mem);
         }
         Command::Compact { partition, base } => {
+            // The log's new start may pass the applied seq stored last (rows are written
+            // behind): they go to the tables with it, or a commit made durable at close
+            // would lack both the rows and the entries they came from.
+            pending.staged.flush.insert(*partition);
             log_chunks::lock(tail).compact(*partition, base.last_seq);
             log_chunks::compact(txn, *partition, base.last_seq)?;
             put_meta(
@@ -882,6 +954,7 @@ pub(super) fn apply_command(
         Command::PutMap { json } => put_meta(txn, "map", json)?,
         Command::DropPartition { partition } => {
             pending.forget(*partition);
+            pending.staged.clear(*partition);
             log_chunks::lock(tail).forget(*partition);
             drop_partition(txn, *partition, values)?;
         }
@@ -889,6 +962,7 @@ pub(super) fn apply_command(
             // A snapshot does not prove a copy in sync: keep the mark across the install.
             let unproven = get_meta(txn, &meta_key(*partition, "unproven"))?;
             pending.forget(*partition);
+            pending.staged.clear(*partition);
             log_chunks::lock(tail).forget(*partition);
             drop_partition(txn, *partition, values)?;
             if let Some(mark) = unproven {
@@ -924,6 +998,9 @@ pub(super) fn apply_command(
             bytes,
         } => {
             let p = *partition;
+            // The copy's rows are in the data table already: its applied point goes with
+            // them, in this transaction.
+            pending.staged.flush.insert(p);
             put_meta(txn, &meta_key(p, "base"), &tables::position_to(*base))?;
             pending.history.insert(p, codec::encode_history(history));
             pending.applied.insert(
@@ -966,6 +1043,7 @@ fn apply_entries(
     entries: &[Arc<LogEntry>],
     pending: &mut TxnMeta,
     values: &Values,
+    mem: &Mutex<Memtable>,
 ) -> Result<Outcome, StorageError> {
     let Applied {
         seq: mut applied,
@@ -974,25 +1052,40 @@ fn apply_entries(
     } = pending.applied(txn, p)?;
     {
         let name = data_table(p);
-        let mut data = txn.open_table(name.as_def()).map_err(write_err)?;
+        // Only read here: the rows go to the memtable, and into the table at a checkpoint.
+        let data = txn.open_table(name.as_def()).map_err(write_err)?;
+        let mem = memtable::lock(mem);
         for e in entries {
             if e.seq <= applied {
                 continue; // already applied (a retried batch)
             }
-            let old = match &e.op {
+            let key = match &e.op {
+                Op::Put { key, .. } | Op::Delete { key } => key,
+            };
+            // The key's length and its value's, if it is stored before this entry.
+            let old = match pending.staged.lookup(&mem, p, key) {
+                Some(row) => row.as_deref().map(stored_len),
+                None => data
+                    .get(key.as_slice())
+                    .map_err(write_err)?
+                    .map(|v| stored_len(v.value())),
+            }
+            .map(|vlen| (key.len(), vlen));
+            let row = match &e.op {
                 Op::Put { key, value } => {
                     let stored = values.put(txn, p, e.seq, value)?;
                     keys += 1;
                     bytes += (key.len() + value.len()) as u64;
-                    data.insert(key.as_slice(), stored.as_slice())
-                        .map_err(write_err)?
-                        .map(|v| (key.len(), stored_len(v.value())))
+                    Some(stored)
                 }
-                Op::Delete { key } => data
-                    .remove(key.as_slice())
-                    .map_err(write_err)?
-                    .map(|v| (key.len(), stored_len(v.value()))),
+                Op::Delete { .. } => None,
             };
+            pending
+                .staged
+                .rows
+                .entry(p)
+                .or_default()
+                .insert(key.clone(), row);
             if let Some((klen, vlen)) = old {
                 keys = keys.saturating_sub(1);
                 bytes = bytes.saturating_sub((klen + vlen) as u64);
@@ -1009,6 +1102,64 @@ fn apply_entries(
         },
     );
     Ok(Outcome { keys, bytes })
+}
+
+/// Writes unflushed rows into the data tables: every partition's at a checkpoint, else those
+/// of partitions whose value file is being compacted, whose log is compacted or whose snapshot
+/// install ends. Returns the partitions written, whose
+/// rows leave the memtable once the transaction commits ([`memtable`]).
+fn flush_rows(
+    txn: &WriteTransaction,
+    staged: &Staged,
+    mem: &Mutex<Memtable>,
+    checkpoint: bool,
+    values: &Values,
+) -> Result<Vec<PartitionId>, StorageError> {
+    let rows: Vec<(
+        PartitionId,
+        std::collections::BTreeMap<Vec<u8>, memtable::Row>,
+    )> = {
+        let m = memtable::lock(mem);
+        let partitions: std::collections::BTreeSet<PartitionId> = if checkpoint {
+            m.with_rows()
+                .chain(staged.rows.keys().copied())
+                .chain(staged.flush.iter().copied())
+                .collect()
+        } else {
+            values
+                .compacting()
+                .into_iter()
+                .filter(|p| {
+                    staged.rows.contains_key(p)
+                        || (!staged.cleared.contains(p) && m.part(*p).is_some())
+                })
+                .chain(staged.flush.iter().copied())
+                .collect()
+        };
+        partitions
+            .into_iter()
+            .map(|p| (p, staged.to_flush(&m, p)))
+            .collect()
+    };
+    let mut written = Vec::with_capacity(rows.len());
+    for (p, rows) in rows {
+        if !rows.is_empty() {
+            let mut data = txn.open_table(data_table(p).as_def()).map_err(write_err)?;
+            for (key, row) in &rows {
+                match row {
+                    Some(row) => {
+                        data.insert(key.as_slice(), row.as_slice())
+                            .map_err(write_err)?;
+                    }
+                    None => {
+                        data.remove(key.as_slice()).map_err(write_err)?;
+                    }
+                }
+            }
+        }
+        written.push(p);
+    }
+    Ok(written)
 }
 
 /// Length of the value a stored row stands for.
@@ -1135,9 +1286,18 @@ pub(super) mod tests {
         let txn = one.db().begin_write().expect("txn");
         let mut pending = TxnMeta::default();
         for cmd in script() {
-            apply_command(&txn, &cmd, &mut pending, one.tail(), one.values()).expect("apply");
+            apply_command(
+                &txn,
+                &cmd,
+                &mut pending,
+                one.tail(),
+                one.values(),
+                one.memtable(),
+            )
+            .expect("apply");
         }
-        pending.flush(&txn).expect("flush");
+        pending.write_rows(&txn, one.values()).expect("rows");
+        pending.flush_all(&txn).expect("flush");
         txn.commit().expect("commit");
 
         let each_dir = tempfile::tempdir().expect("temp dir");
@@ -1145,26 +1305,59 @@ pub(super) mod tests {
         for cmd in script() {
             let txn = each.db().begin_write().expect("txn");
             let mut pending = TxnMeta::default();
-            apply_command(&txn, &cmd, &mut pending, each.tail(), each.values()).expect("apply");
-            pending.flush(&txn).expect("flush");
+            apply_command(
+                &txn,
+                &cmd,
+                &mut pending,
+                each.tail(),
+                each.values(),
+                each.memtable(),
+            )
+            .expect("apply");
+            pending.write_rows(&txn, each.values()).expect("rows");
+            pending.flush_all(&txn).expect("flush");
             txn.commit().expect("commit");
         }
         // As the database thread runs: a transaction per command, each taking what the one
-        // before it left as known instead of reading it back.
+        // before it left as known instead of reading it back, its rows kept in the memtable
+        // until a checkpoint writes them into the data tables.
         let carried_dir = tempfile::tempdir().expect("temp dir");
         let carried = Store::open(carried_dir.path(), "n").expect("open");
+        let mem = carried.memtable();
         let mut known = Known::default();
         for cmd in script() {
             let txn = carried.db().begin_write().expect("txn");
             let mut pending = TxnMeta::after(known);
-            apply_command(&txn, &cmd, &mut pending, carried.tail(), carried.values())
-                .expect("apply");
-            known = pending.flush(&txn).expect("flush");
+            apply_command(
+                &txn,
+                &cmd,
+                &mut pending,
+                carried.tail(),
+                carried.values(),
+                mem,
+            )
+            .expect("apply");
+            let mut staged = std::mem::take(&mut pending.staged);
+            let flushed =
+                flush_rows(&txn, &staged, mem, false, carried.values()).expect("flush rows");
+            for (p, a) in &pending.applied {
+                staged.applied.insert(*p, (a.seq, a.keys, a.bytes));
+            }
+            known = pending.flush(&txn, false, &flushed).expect("flush");
+            memtable::lock(mem).publish(staged);
             txn.commit().expect("commit");
+            memtable::lock(mem).flushed(&flushed);
         }
         let got = state(&one);
         assert_eq!(got, state(&each));
-        assert_eq!(got, state(&carried));
+        assert_eq!(got, state(&carried), "read through the memtable");
+        // A checkpoint writes the rows into the data tables and empties the memtable.
+        let txn = carried.db().begin_write().expect("txn");
+        flush_rows(&txn, &Staged::default(), mem, true, carried.values()).expect("flush rows");
+        TxnMeta::after(known).flush_all(&txn).expect("flush");
+        txn.commit().expect("commit");
+        memtable::lock(mem).checkpointed();
+        assert_eq!(got, state(&carried), "read from the data tables");
         assert_eq!(
             carried.partitions().expect("partitions"),
             each.partitions().expect("partitions"),
@@ -1202,6 +1395,78 @@ pub(super) mod tests {
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         }
+    }
+
+    /// Rows kept in memory never fall behind the applied point a commit stores: redb makes
+    /// the last commit durable when the database is closed, a checkpoint or not, so a node
+    /// stopped cleanly must find every row its applied point covers (it applies only the
+    /// entries after it again).
+    #[tokio::test]
+    async fn a_closed_database_holds_every_row_its_applied_point_covers() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, writer) = start_writer(dir.path());
+        let value = |i: u64| "v".repeat(100 + i as usize);
+        let entries: Vec<_> = (1..=20u64)
+            .map(|i| entry(1, i, &format!("k{i}"), &value(i)))
+            .collect();
+        writer
+            .run(Command::Append {
+                partition: 3,
+                entries: entries.clone(),
+                history: history(&[(1, 1)]),
+            })
+            .await
+            .expect("append");
+        for chunk in entries.chunks(5) {
+            writer
+                .run(Command::Apply {
+                    partition: 3,
+                    entries: chunk.to_vec(),
+                })
+                .await
+                .expect("apply");
+        }
+        let got = store.get(3, b"k20").expect("get").map(|v| v.value);
+        assert_eq!(
+            got,
+            Some(value(20).into_bytes()),
+            "readers see applied rows"
+        );
+        assert_eq!(store.load_partition(3).expect("load").applied_seq, 20);
+        // The log compacted behind the applied point.
+        writer
+            .run(Command::Compact {
+                partition: 3,
+                base: LogPosition {
+                    last_epoch: 1,
+                    last_seq: 10,
+                },
+            })
+            .await
+            .expect("compact");
+        drop(writer);
+        drop(store);
+        let store = reopen(dir.path()).await;
+        let disk = store.load_partition(3).expect("load");
+        assert!(
+            disk.base.last_seq <= disk.applied_seq,
+            "the log starts after {} but only {} is applied: entries lost",
+            disk.base.last_seq,
+            disk.applied_seq
+        );
+        for i in 1..=disk.applied_seq {
+            let got = store.get(3, format!("k{i}").as_bytes()).expect("get");
+            assert_eq!(
+                got.map(|v| v.value),
+                Some(value(i).into_bytes()),
+                "k{i} is covered by the applied point {} but missing",
+                disk.applied_seq
+            );
+        }
+        assert_eq!(
+            disk.keys, disk.applied_seq,
+            "the counters agree with the rows"
+        );
     }
 
     /// Commands queued from many tasks, with checkpoints among them, are all committed in

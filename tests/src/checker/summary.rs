@@ -260,13 +260,13 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("Failing seeds: [2]"));
-        // Kill, pause, op-kill, scale, isolate: the worst of the runs per kind.
+        // Kill, stop, pause, op-kill, scale, isolate: the worst of the runs per kind.
         assert!(
-            table.contains("| worst unavailability (s) | 2.5 | - | - | - | 1.5 | - |"),
+            table.contains("| worst unavailability (s) | 2.5 | - | - | - | - | 1.5 | - |"),
             "{table}"
         );
         assert!(
-            table.contains("| injected | 4 | 0 | 0 | 2 | 2 |"),
+            table.contains("| injected | 4 | 0 | 0 | 0 | 2 | 2 |"),
             "{table}"
         );
     }

@@ -44,6 +44,10 @@ pub enum DiskFault {
 pub enum Fault {
     /// `kill -9` the node holding `role` for key number `key`.
     KillNode { key: usize, role: Role },
+    /// Stop that node cleanly (SIGTERM: it closes its database); the supervisor restarts it.
+    /// A clean stop persists what a crash would lose (redb makes its last commit durable
+    /// when the database is closed), so it must leave a state as consistent as a crash's.
+    StopNode { key: usize, role: Role },
     /// SIGSTOP that node for `millis`, then SIGCONT: longer than the lease, so a frozen
     /// primary is failed over while it is still alive.
     PauseNode { key: usize, role: Role, millis: u64 },
@@ -78,6 +82,7 @@ pub enum Fault {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     Kill,
+    Stop,
     Pause,
     OperatorKill,
     Scale,
@@ -95,8 +100,9 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Kill,
+        Kind::Stop,
         Kind::Pause,
         Kind::OperatorKill,
         Kind::Scale,
@@ -117,6 +123,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Kill => "kill",
+            Kind::Stop => "stop",
             Kind::Pause => "pause",
             Kind::OperatorKill => "op-kill",
             Kind::Scale => "scale",
@@ -161,6 +168,7 @@ impl Fault {
     pub fn kinds(&self) -> Vec<Kind> {
         match self {
             Fault::KillNode { .. } => vec![Kind::Kill],
+            Fault::StopNode { .. } => vec![Kind::Stop],
             Fault::PauseNode { .. } => vec![Kind::Pause],
             Fault::KillOperator { .. } => vec![Kind::OperatorKill],
             Fault::Scale { .. } => vec![Kind::Scale],
@@ -198,6 +206,7 @@ pub fn fault_time(fault: &Fault) -> Duration {
         | Fault::Partition { millis, .. }
         | Fault::Disk { millis, .. } => Duration::from_millis(*millis),
         Fault::KillNode { .. }
+        | Fault::StopNode { .. }
         | Fault::Scale { .. }
         | Fault::PowerLoss { .. }
         | Fault::PowerLossAll => Duration::ZERO,

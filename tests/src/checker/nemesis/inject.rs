@@ -217,6 +217,16 @@ impl Env<'_> {
                     undo: Undo::Nothing,
                 })
             }
+            Fault::StopNode { key, role } => {
+                let node = resolve(entry(&self.map()?, self.key(*key))?, *role)?;
+                self.store.signal_node(&node, "TERM").await?;
+                let down = Duration::from_millis(self.store.options.restart_delay_ms);
+                Ok(Active {
+                    what: format!("SIGTERM {node} ({role:?} of {})", self.key(*key)),
+                    nodes: vec![(node, down)],
+                    undo: Undo::Nothing,
+                })
+            }
             Fault::PauseNode { key, role, millis } => {
                 let node = resolve(entry(&self.map()?, self.key(*key))?, *role)?;
                 let pid = self.pid(&node).await?;

@@ -126,7 +126,7 @@ impl Draw<'_> {
         }
     }
 
-    /// A single fault (no overlap). Weights: kill 20, pause 15, operator kill 15, scale 15,
+    /// A single fault (no overlap). Weights: kill 13, clean stop 7, pause 15, operator kill 15, scale 15,
     /// with the partition harness partitions 35, with faultfs disk faults 32, power loss of
     /// one node 8 and of all nodes 4.
     fn single(&mut self) -> Fault {
@@ -135,7 +135,8 @@ impl Draw<'_> {
         let disk = if self.cfg.disk { 44 } else { 0 };
         let n = self.rng.random_range(0..65 + network + disk);
         match n {
-            0..20 => Fault::KillNode { key, role },
+            0..13 => Fault::KillNode { key, role },
+            13..20 => Fault::StopNode { key, role },
             20..35 => Fault::PauseNode {
                 key,
                 role,

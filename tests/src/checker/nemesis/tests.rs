@@ -39,7 +39,11 @@ fn check_bounds(f: &Fault, c: &NemesisConfig) {
             assert!(*millis > 2000, "must outlast the lease: {f:?}");
             assert!(*key < c.keys);
         }
-        Fault::KillNode { key, .. } | Fault::PowerLoss { key, .. } => assert!(*key < c.keys),
+        Fault::KillNode { key, .. }
+        | Fault::StopNode { key, .. }
+        | Fault::PowerLoss { key, .. } => {
+            assert!(*key < c.keys)
+        }
         Fault::Disk {
             key, disk, millis, ..
         } => {
