@@ -85,17 +85,16 @@ impl Memtable {
         }
     }
 
-    /// Forgets everything after a checkpoint committed: it wrote every row into the data
-    /// tables and every applied point into the meta table.
-    pub fn checkpointed(&mut self) {
-        self.parts.clear();
-    }
-
-    /// Forgets partitions whose rows a committed transaction wrote into the data tables (and
-    /// whose applied point it wrote into the meta table).
-    pub fn flushed(&mut self, partitions: &[PartitionId]) {
-        for p in partitions {
-            self.parts.remove(p);
+    /// Forgets what a committed transaction wrote into the data tables (and whose applied
+    /// points it wrote into the meta table): everything after a checkpoint, else the
+    /// partitions in `flushed`.
+    pub fn committed(&mut self, checkpoint: bool, flushed: &[PartitionId]) {
+        if checkpoint {
+            self.parts.clear();
+        } else {
+            for p in flushed {
+                self.parts.remove(p);
+            }
         }
     }
 }
@@ -260,7 +259,7 @@ mod tests {
         assert_eq!(mem.get(1, b"k"), None);
         assert_eq!(mem.get(1, b"j"), Some(&Some(b"r2".to_vec())));
         assert_eq!(mem.part(1).and_then(|u| u.applied), None);
-        mem.flushed(&[1]);
+        mem.committed(false, &[1]);
         assert!(mem.part(1).is_none());
     }
 }

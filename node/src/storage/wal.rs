@@ -352,8 +352,7 @@ pub fn recover(
             replayed += 1;
         }
     }
-    pending.write_rows(&txn, values)?;
-    pending.flush_all(&txn)?;
+    pending.write_all(&txn, values)?;
     for (p, entries) in super::log_chunks::lock(&tail).snapshot() {
         super::log_chunks::write_out(&txn, p, &entries)?;
     }

@@ -671,15 +671,11 @@ impl DbThread {
         for (p, a) in &meta.applied {
             values.maybe_compact(&txn, *p, a.bytes)?;
         }
-        // The rows a checkpoint makes durable, or a value-file compaction must find in the
-        // data table ([`memtable`]).
-        let mut staged = std::mem::take(&mut meta.staged);
-        let flushed = flush_rows(&txn, &staged, mem, generation.is_some(), values)?;
-        values.compact_steps(&txn)?;
-        for (p, a) in &meta.applied {
-            staged.applied.insert(*p, (a.seq, a.keys, a.bytes));
-        }
-        let known = meta.flush(&txn, generation.is_some(), &flushed)?;
+        let Finished {
+            staged,
+            flushed,
+            known,
+        } = meta.finish(&txn, mem, values, generation.is_some())?;
         let written = match generation {
             Some(g) => {
                 super::faults::hold_checkpoint();
@@ -705,14 +701,7 @@ impl DbThread {
         // Every value the rows point to is written out: readers may see them now.
         memtable::lock(mem).publish(staged);
         txn.commit().map_err(write_err)?;
-        {
-            let mut m = memtable::lock(mem);
-            if generation.is_some() {
-                m.checkpointed();
-            } else {
-                m.flushed(&flushed);
-            }
-        }
+        memtable::lock(mem).committed(generation.is_some(), &flushed);
         self.known = known;
         if generation.is_some() {
             values.checkpointed();
@@ -735,6 +724,17 @@ pub(super) struct TxnMeta {
     known: Known,
     /// The rows applied by this transaction ([`memtable`]).
     staged: Staged,
+}
+
+/// What [`TxnMeta::finish`] leaves for the commit.
+pub(super) struct Finished {
+    /// The transaction's changes to the memtable, published before the commit.
+    staged: Staged,
+    /// Partitions whose rows the transaction wrote into the data tables: they leave the
+    /// memtable after the commit ([`Memtable::committed`]).
+    flushed: Vec<PartitionId>,
+    /// What the next transaction may take as known once this one commits.
+    known: Known,
 }
 
 /// Metadata the database thread keeps across its transactions, so that a transaction does
@@ -804,28 +804,46 @@ impl TxnMeta {
         Ok(Applied { seq, keys, bytes })
     }
 
-    /// Writes the rows the transaction applied into the data tables (for a transaction
-    /// without a memtable: the write-ahead log's replay at start-up).
-    pub(super) fn write_rows(
-        &self,
+    /// Writes every row the transaction applied into the data tables, and its metadata (for
+    /// a transaction without a memtable: the write-ahead log's replay at start-up).
+    pub(super) fn write_all(
+        self,
         txn: &WriteTransaction,
         values: &Values,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Known, StorageError> {
         flush_rows(txn, &self.staged, &Mutex::default(), true, values)?;
-        Ok(())
+        self.flush(txn, true, &[])
     }
 
-    /// [`TxnMeta::flush`] for a transaction that writes every row it applied into the data
-    /// tables ([`TxnMeta::write_rows`]).
-    pub(super) fn flush_all(self, txn: &WriteTransaction) -> Result<Known, StorageError> {
-        self.flush(txn, true, &[])
+    /// Ends the database thread's transaction before its commit: writes the rows a
+    /// checkpoint makes durable, or a value-file compaction must find in the data table
+    /// ([`memtable`]), takes the compactions' next steps, and writes the metadata.
+    pub(super) fn finish(
+        mut self,
+        txn: &WriteTransaction,
+        mem: &Mutex<Memtable>,
+        values: &Values,
+        checkpoint: bool,
+    ) -> Result<Finished, StorageError> {
+        let mut staged = std::mem::take(&mut self.staged);
+        let flushed = flush_rows(txn, &staged, mem, checkpoint, values)?;
+        values.compact_steps(txn)?;
+        for (p, a) in &self.applied {
+            staged.applied.insert(*p, (a.seq, a.keys, a.bytes));
+        }
+        let known = self.flush(txn, checkpoint, &flushed)?;
+        Ok(Finished {
+            staged,
+            flushed,
+            known,
+        })
     }
 
     /// Writes what is pending: epoch histories, and the applied points and counters of the
     /// partitions whose rows are in the data tables once this transaction commits (every
     /// partition's at a checkpoint, else those in `flushed`). Returns what the next
     /// transaction may take as known once this one commits.
-    pub(super) fn flush(
+    fn flush(
         mut self,
         txn: &WriteTransaction,
         checkpoint: bool,
@@ -1296,8 +1314,7 @@ pub(super) mod tests {
             )
             .expect("apply");
         }
-        pending.write_rows(&txn, one.values()).expect("rows");
-        pending.flush_all(&txn).expect("flush");
+        pending.write_all(&txn, one.values()).expect("flush");
         txn.commit().expect("commit");
 
         let each_dir = tempfile::tempdir().expect("temp dir");
@@ -1314,8 +1331,7 @@ pub(super) mod tests {
                 each.memtable(),
             )
             .expect("apply");
-            pending.write_rows(&txn, each.values()).expect("rows");
-            pending.flush_all(&txn).expect("flush");
+            pending.write_all(&txn, each.values()).expect("flush");
             txn.commit().expect("commit");
         }
         // As the database thread runs: a transaction per command, each taking what the one
@@ -1337,26 +1353,24 @@ pub(super) mod tests {
                 mem,
             )
             .expect("apply");
-            let mut staged = std::mem::take(&mut pending.staged);
-            let flushed =
-                flush_rows(&txn, &staged, mem, false, carried.values()).expect("flush rows");
-            for (p, a) in &pending.applied {
-                staged.applied.insert(*p, (a.seq, a.keys, a.bytes));
-            }
-            known = pending.flush(&txn, false, &flushed).expect("flush");
-            memtable::lock(mem).publish(staged);
+            let done = pending
+                .finish(&txn, mem, carried.values(), false)
+                .expect("finish");
+            known = done.known;
+            memtable::lock(mem).publish(done.staged);
             txn.commit().expect("commit");
-            memtable::lock(mem).flushed(&flushed);
+            memtable::lock(mem).committed(false, &done.flushed);
         }
         let got = state(&one);
         assert_eq!(got, state(&each));
         assert_eq!(got, state(&carried), "read through the memtable");
         // A checkpoint writes the rows into the data tables and empties the memtable.
         let txn = carried.db().begin_write().expect("txn");
-        flush_rows(&txn, &Staged::default(), mem, true, carried.values()).expect("flush rows");
-        TxnMeta::after(known).flush_all(&txn).expect("flush");
+        let done = TxnMeta::after(known)
+            .finish(&txn, mem, carried.values(), true)
+            .expect("finish");
         txn.commit().expect("commit");
-        memtable::lock(mem).checkpointed();
+        memtable::lock(mem).committed(true, &done.flushed);
         assert_eq!(got, state(&carried), "read from the data tables");
         assert_eq!(
             carried.partitions().expect("partitions"),
