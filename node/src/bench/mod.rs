@@ -5,12 +5,14 @@
 //! - [`workload`] and [`zipf`]: what to run (pure).
 //! - [`runner`]: the preload phase and the closed loop.
 //! - [`stats`] and [`report`]: measurements and their presentation.
-//! - [`target`]: the system-under-test abstraction and the ShardedStore target;
+//! - [`target`]: the system-under-test abstraction and the ShardedStore target, whose
+//!   sessions send on [`direct`] connections to the primaries;
 //!   [`redis`]: the Redis target; [`etcd`]: the etcd target (HTTP/JSON gateway).
 //! - [`echo`]: a null store (HTTP stack only) that measures the request path's ceiling.
 //! - [`failover`]: kill -9 a primary in local mode under write load, time until writes are
 //!   acknowledged again.
 
+pub mod direct;
 pub mod echo;
 pub mod etcd;
 pub mod failover;

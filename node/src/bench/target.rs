@@ -1,7 +1,8 @@
 //! What a benchmark runs against: a [`Target`] opens one [`Session`] per client task.
-//! ShardedStore through [`KvClient`]; Redis in [`super::redis`].
+//! ShardedStore through [`KvClient`] and [`Direct`] connections; Redis in [`super::redis`].
 
 use super::BenchError;
+use super::direct::{Direct, Pool};
 use crate::client::kv::{Condition, KvClient};
 use bytes::Bytes;
 use std::future::Future;
@@ -27,16 +28,30 @@ pub trait Target: Send + Sync {
     fn session(&self) -> impl Future<Output = Result<Self::Session, BenchError>> + Send;
 }
 
-/// ShardedStore through the partition-aware client.
+/// ShardedStore: writes and linearizable reads on the load generator's own connections to
+/// the primaries ([`Direct`]), or all through the partition-aware client library.
 #[derive(Clone, Debug)]
 pub struct ShardedStoreTarget {
     pub client: KvClient,
-    /// Read with `consistency=local` instead of linearizable reads at the primary.
+    /// Read with `consistency=local` instead of linearizable reads at the primary (always
+    /// through the library, which picks the replica).
     pub local_reads: bool,
+    /// Every operation through the client library ([`KvClient`]), none on [`Direct`]
+    /// connections.
+    pub via_library: bool,
+    /// The direct connections, shared by the run's sessions.
+    pub pool: Pool,
+}
+
+/// One client task of a ShardedStore run.
+pub struct ShardedStoreSession {
+    client: KvClient,
+    local_reads: bool,
+    direct: Option<Direct>,
 }
 
 impl Target for ShardedStoreTarget {
-    type Session = ShardedStoreTarget;
+    type Session = ShardedStoreSession;
 
     fn name(&self) -> String {
         if self.local_reads {
@@ -52,25 +67,48 @@ impl Target for ShardedStoreTarget {
             .map()
             .await
             .map_err(BenchError::ConnectShardedStore)?;
-        Ok(self.clone())
+        Ok(ShardedStoreSession {
+            client: self.client.clone(),
+            local_reads: self.local_reads,
+            direct: if self.via_library {
+                None
+            } else {
+                Direct::new(&self.client, self.pool.clone())
+            },
+        })
     }
 }
 
-impl Session for ShardedStoreTarget {
+impl Session for ShardedStoreSession {
     async fn read(&mut self, key: &str) -> Result<bool, &'static str> {
         if self.local_reads {
-            self.client.get_local(key).await.map(|v| v.is_some())
-        } else {
-            self.client.get(key).await.map(|v| v.is_some())
+            return self
+                .client
+                .get_local(key)
+                .await
+                .map(|v| v.is_some())
+                .map_err(|e| e.kind());
         }
-        .map_err(|e| e.kind())
+        match &mut self.direct {
+            Some(d) => d.read(key).await,
+            None => self
+                .client
+                .get(key)
+                .await
+                .map(|v| v.is_some())
+                .map_err(|e| e.kind()),
+        }
     }
 
     async fn write(&mut self, key: &str, value: Bytes) -> Result<(), &'static str> {
-        self.client
-            .put(key, value, Condition::Always)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.kind())
+        match &mut self.direct {
+            Some(d) => d.write(key, value).await,
+            None => self
+                .client
+                .put(key, value, Condition::Always)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.kind()),
+        }
     }
 }

@@ -20,6 +20,12 @@ use shardedstore_node::tls::ClientTls;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// jemalloc, as in the node: `shardedstore bench` allocates a request and an answer per
+/// operation on every client task, and glibc's malloc made a fifth of its CPU
+/// (docs/benchmarks.md, "The load generator's own cost").
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// An error and its causes on one line: `outer: cause: root cause`.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut parts = vec![e.to_string()];

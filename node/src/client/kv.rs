@@ -31,7 +31,7 @@ mod unreachable;
 
 pub use error::{AttemptError, KvError, MapFetchError};
 pub use retry::{Decision, OpKind, RetryPolicy, backoff, decide};
-pub use route::{encode_key, parse_endpoints, wants_https};
+pub use route::{encode_key, parse_endpoints, primary_addr, wants_https};
 pub use session::Session;
 
 use crate::map::{PartitionId, PartitionMap};
@@ -419,6 +419,16 @@ impl KvClient {
                 }
             }
         }
+    }
+
+    /// True when the client speaks TLS (`https://` endpoints).
+    pub fn is_https(&self) -> bool {
+        self.inner.scheme == "https"
+    }
+
+    /// The bearer token requests carry, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.inner.token.as_deref()
     }
 
     /// The cached partition map, if one was fetched.

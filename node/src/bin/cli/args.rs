@@ -208,6 +208,13 @@ pub struct BenchArgs {
     /// Read with consistency=local instead of linearizable reads.
     #[arg(long, env = "SHARDEDSTORE_BENCH_LOCAL_READS")]
     pub local_reads: bool,
+    /// Send every operation through the client library (retries, map refreshes, pooled
+    /// connections) instead of on the load generator's own kept-alive connection to each
+    /// key's primary. Either way the nodes do the same work per operation; the library costs
+    /// the load generator more CPU, which on a small machine the nodes then lack. Without it,
+    /// an operation that does not succeed directly is retried through the library.
+    #[arg(long, env = "SHARDEDSTORE_BENCH_VIA_LIBRARY")]
+    pub via_library: bool,
     /// Print the report as JSON.
     #[arg(long, env = "SHARDEDSTORE_BENCH_JSON")]
     pub json: bool,

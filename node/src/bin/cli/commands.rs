@@ -231,6 +231,8 @@ pub async fn bench(kv: &KvClient, args: &BenchArgs) -> Result<(), CliError> {
         let target = ShardedStoreTarget {
             client: kv.clone(),
             local_reads: args.local_reads,
+            via_library: args.via_library,
+            pool: Default::default(),
         };
         runs.push(bench::run(&target, &cfg).await.map_err(CliError::Bench)?);
     }

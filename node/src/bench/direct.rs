@@ -1,0 +1,299 @@
+//! The load generator's own connections to the nodes: kept-alive HTTP/1.1 connections shared
+//! by the client tasks (a task takes an idle one to its key's primary, or opens one, and puts
+//! it back once answered), each request sent straight to the primary of its key's partition
+//! as the cached partition map names it.
+//!
+//! What a node does for such a request is exactly what it does for one from the client
+//! library ([`KvClient`]): the same `PUT`/`GET /v1/kv/<key>`, the same durable, replicated
+//! write. Only the client side is leaner: the library's request builder, URL parsing,
+//! connection pool and retry layers cost about as much CPU per write as a node's whole share
+//! of it on this 2-core machine, and the load generator shares the cores with the nodes (etcd's
+//! own tool, which the bench compares with, is a lean gRPC client too). Any answer but a
+//! success or a 404 — a moved primary, a refusal, a lost connection, a timeout — hands the
+//! operation to the library, which retries, refreshes the map and reports the error by kind
+//! as before; the next request uses the refreshed map.
+//!
+//! Not used with TLS (`https://` endpoints): such sessions go through the library.
+
+use crate::client::kv::{Condition, KvClient, encode_key, primary_addr};
+use bytes::{Buf, Bytes, BytesMut};
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long one request may take before the operation goes to the library (which has its
+/// own timeouts and retries).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// An answer's head larger than this is not one a node sends: the connection is dropped.
+const MAX_HEAD: usize = 64 * 1024;
+/// Headers read from an answer's head.
+const MAX_HEADERS: usize = 32;
+
+/// Idle connections by node address, shared by a run's client tasks.
+#[derive(Clone, Default)]
+pub struct Pool(Arc<Mutex<HashMap<String, Vec<Conn>>>>);
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pool")
+    }
+}
+
+impl Pool {
+    fn take(&self, addr: &str) -> Option<Conn> {
+        self.0.lock().ok()?.get_mut(addr)?.pop()
+    }
+
+    fn put(&self, addr: &str, conn: Conn) {
+        if let Ok(mut idle) = self.0.lock() {
+            match idle.get_mut(addr) {
+                Some(conns) => conns.push(conn),
+                None => {
+                    idle.insert(addr.to_owned(), vec![conn]);
+                }
+            }
+        }
+    }
+}
+
+/// One client task's requests, on connections from the run's [`Pool`].
+pub struct Direct {
+    client: KvClient,
+    pool: Pool,
+    /// `Bearer <token>`, when the client has a token.
+    auth: Option<String>,
+}
+
+impl Direct {
+    /// Requests beside `client` on `pool`'s connections, or `None` when the client speaks
+    /// TLS.
+    pub fn new(client: &KvClient, pool: Pool) -> Option<Self> {
+        if client.is_https() {
+            return None;
+        }
+        Some(Self {
+            client: client.clone(),
+            pool,
+            auth: client.token().map(|t| format!("Bearer {t}")),
+        })
+    }
+
+    /// Writes `value` under `key`: directly when the primary answers with a success, else
+    /// through the library.
+    pub async fn write(&mut self, key: &str, value: Bytes) -> Result<(), &'static str> {
+        match self.send("PUT", key, &value).await {
+            Some(status) if (200..300).contains(&status) => Ok(()),
+            _ => self
+                .client
+                .put(key, value, Condition::Always)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.kind()),
+        }
+    }
+
+    /// Reads `key` linearizably: `Ok(true)` when a value was found.
+    pub async fn read(&mut self, key: &str) -> Result<bool, &'static str> {
+        match self.send("GET", key, &[]).await {
+            Some(status) if (200..300).contains(&status) => Ok(true),
+            Some(404) => Ok(false),
+            _ => self
+                .client
+                .get(key)
+                .await
+                .map(|v| v.is_some())
+                .map_err(|e| e.kind()),
+        }
+    }
+
+    /// One request to the key's primary; its status once the whole answer is read, or
+    /// `None` when there is no map yet, no primary, or no answer in time (the connection is
+    /// then dropped).
+    async fn send(&mut self, method: &str, key: &str, body: &[u8]) -> Option<u16> {
+        let map = self.client.cached_map()?;
+        let addr = primary_addr(&map, key.as_bytes()).ok()?;
+        let pool = &self.pool;
+        let auth = self.auth.as_deref();
+        tokio::time::timeout(REQUEST_TIMEOUT, async {
+            let mut conn = match pool.take(addr) {
+                Some(c) => c,
+                None => Conn::open(addr).await?,
+            };
+            let path = format!("/v1/kv/{}", encode_key(key.as_bytes()));
+            let (status, keep) = conn.request(method, &path, addr, auth, body).await?;
+            if keep {
+                pool.put(addr, conn);
+            }
+            Some(status)
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}
+
+/// A kept-alive HTTP/1.1 connection to a node: one request at a time, answers with a
+/// `Content-Length` (as nodes send them); anything else drops the connection.
+pub struct Conn {
+    tcp: TcpStream,
+    /// Bytes read past the last answer (none, as requests are not pipelined).
+    rx: BytesMut,
+    tx: Vec<u8>,
+}
+
+impl Conn {
+    async fn open(addr: &str) -> Option<Self> {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .ok()?
+            .ok()?;
+        tcp.set_nodelay(true).ok()?;
+        Some(Self {
+            tcp,
+            rx: BytesMut::with_capacity(4096),
+            tx: Vec::with_capacity(2048),
+        })
+    }
+
+    /// Sends one request and reads its answer: the status, and whether the connection may
+    /// carry another request.
+    async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        host: &str,
+        auth: Option<&str>,
+        body: &[u8],
+    ) -> Option<(u16, bool)> {
+        self.tx.clear();
+        write!(self.tx, "{method} {path} HTTP/1.1\r\nhost: {host}\r\n").ok()?;
+        if !body.is_empty() || method == "PUT" {
+            write!(self.tx, "content-length: {}\r\n", body.len()).ok()?;
+        }
+        if let Some(a) = auth {
+            write!(self.tx, "authorization: {a}\r\n").ok()?;
+        }
+        self.tx.extend_from_slice(b"\r\n");
+        // One write, so a request leaves in one segment when it fits.
+        self.tx.extend_from_slice(body);
+        self.tcp.write_all(&self.tx).await.ok()?;
+        let (head, status, length, keep) = loop {
+            if let Some(parsed) = parse_head(&self.rx)? {
+                break parsed;
+            }
+            if self.rx.len() > MAX_HEAD || self.tcp.read_buf(&mut self.rx).await.ok()? == 0 {
+                return None;
+            }
+        };
+        while self.rx.len() < head + length {
+            self.rx.reserve(head + length - self.rx.len());
+            if self.tcp.read_buf(&mut self.rx).await.ok()? == 0 {
+                return None;
+            }
+        }
+        self.rx.advance(head + length);
+        Some((status, keep))
+    }
+}
+
+/// An answer's head, once all of it is in `buf`: its length, the status, the body's length
+/// and whether the connection stays open. `None` for an answer this client does not read
+/// (no `Content-Length`, a chunked body, a malformed head).
+fn parse_head(buf: &[u8]) -> Option<Option<(usize, u16, usize, bool)>> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head = match resp.parse(buf).ok()? {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => return Some(None),
+    };
+    let status = resp.code?;
+    let mut length = None;
+    let mut keep = resp.version == Some(1);
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            length = std::str::from_utf8(h.value)
+                .ok()?
+                .trim()
+                .parse::<usize>()
+                .ok();
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return None;
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            let v = std::str::from_utf8(h.value).ok()?;
+            keep = !v.eq_ignore_ascii_case("close");
+        }
+    }
+    Some(Some((head, status, length?, keep)))
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used)] // a failed step should name itself in the test output
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answer_heads_are_read_only_with_a_length() {
+        let ok =
+            b"HTTP/1.1 201 Created\r\ncontent-length: 13\r\nx-version: 3\r\n\r\n{\"version\":3}";
+        let head = ok.len() - 13;
+        assert_eq!(parse_head(ok), Some(Some((head, 201, 13, true))));
+        // Not all of the head yet.
+        assert_eq!(parse_head(&ok[..20]), Some(None));
+        let close =
+            b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(parse_head(close), Some(Some((close.len(), 503, 0, false))));
+        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+        assert_eq!(parse_head(chunked), None);
+        let no_length = b"HTTP/1.1 200 OK\r\n\r\n";
+        assert_eq!(parse_head(no_length), None);
+        assert_eq!(parse_head(b"garbage\r\n\r\n"), None);
+    }
+
+    /// Against the null store (warp on hyper, as a node's client API): requests on kept-alive
+    /// connections, answered directly; a node that is gone gives no answer.
+    #[tokio::test]
+    async fn requests_go_to_the_primary_on_kept_alive_connections() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(crate::bench::echo::serve(listener, 7));
+        let client = KvClient::new(&[addr.to_string()]).expect("client");
+        client.map().await.expect("map");
+        let pool = Pool::default();
+        let mut direct = Direct::new(&client, pool.clone()).expect("plain client");
+        for i in 0..5 {
+            let key = format!("key-{i}");
+            assert_eq!(direct.send("PUT", &key, &[b'v'; 1024]).await, Some(200));
+            assert_eq!(direct.send("GET", &key, &[]).await, Some(200));
+        }
+        // One connection carried all of it.
+        assert_eq!(
+            pool.0
+                .lock()
+                .expect("pool")
+                .get(&addr.to_string())
+                .map(Vec::len),
+            Some(1)
+        );
+        assert_eq!(direct.write("k", Bytes::from_static(b"v")).await, Ok(()));
+        assert_eq!(direct.read("k").await, Ok(true));
+
+        server.abort();
+        let _ = server.await;
+        pool.0.lock().expect("pool").clear();
+        assert_eq!(direct.send("PUT", "key-0", b"v").await, None);
+    }
+
+    #[test]
+    fn a_tls_client_gets_no_direct_connections() {
+        let tls = KvClient::new(&["https://127.0.0.1:1"]).expect("client");
+        assert!(Direct::new(&tls, Pool::default()).is_none());
+        let plain = KvClient::new(&["127.0.0.1:1"]).expect("client");
+        assert!(Direct::new(&plain, Pool::default()).is_some());
+    }
+}
