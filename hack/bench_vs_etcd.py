@@ -10,7 +10,10 @@ What runs (every figure comes from a real process started here and stopped at th
             generator (`shardedstore bench`), and etcd under its own gRPC tool (`benchmark put`),
             one target at a time. Each step also records what the servers spent per write:
             CPU µs (user + system of the storage nodes and the operator, or of the etcd
-            members) and bytes written to disk (`write_bytes` of /proc/PID/io).
+            members), bytes written to disk (`write_bytes` of /proc/PID/io), and the load
+            generator's own CPU µs per write (it shares the two cores with the servers).
+            Our load generator sends on its own kept-alive connections to each key's primary
+            (`shardedstore bench`; `--via-library` would send through the client library).
   ycsb      YCSB A and B, uniform and Zipfian, at BENCH_YCSB_CLIENTS (default 256), both
             systems under our load generator.
   reads     linearizable point reads: ShardedStore (ycsb-c), etcd (`benchmark range --consistency l`).
@@ -26,6 +29,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -128,15 +132,26 @@ def usage(pids):
 def measured(pids, run):
     """Runs `run()`, which returns one result with its count of successful `operations`,
     and adds what the servers spent per operation: CPU µs and bytes written to disk, and the
-    share of CPU time the host took from this machine meanwhile (steal)."""
+    share of CPU time the host took from this machine meanwhile (steal). The load generator
+    (ours or etcd's tool, a child process that has ended when `run()` returns) shares the
+    cores with the servers: its CPU per operation is recorded too."""
     before, host = usage(pids), hoststats.cpu_times()
+    gen_before = children_cpu()
     r = run()
     after = usage(pids)
+    gen = children_cpu() - gen_before
     r["cpu_steal_pct"] = hoststats.steal_pct(host, hoststats.cpu_times())
     if r.get("operations"):
         r["server_cpu_us_per_op"] = round((after[0] - before[0]) / r["operations"] * 1e6)
         r["server_disk_bytes_per_op"] = round((after[1] - before[1]) / r["operations"])
+        r["load_generator_cpu_us_per_op"] = round(gen / r["operations"] * 1e6)
     return r
+
+
+def children_cpu():
+    """CPU seconds (user + system) of this script's child processes that have ended."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def node_metrics():
@@ -367,7 +382,8 @@ def print_table(result):
         print(f"disk: {d['append_fdatasync_4k']['ops_per_sec']:.0f} append+fdatasync/s, "
               f"{d['sequential_write']['mib_per_sec']:.0f} MiB/s sequential")
     print(f"{'section':<10} {'target':<24} {'workload':<12} {'dist':<8} {'clients':>7} {'ops/s':>8} "
-          f"{'p50 µs':>8} {'p99 µs':>8} {'p99.9 µs':>9} {'srv CPU µs/op':>13} {'srv disk B/op':>13} {'steal %':>7}")
+          f"{'p50 µs':>8} {'p99 µs':>8} {'p99.9 µs':>9} {'srv CPU µs/op':>13} {'gen CPU µs/op':>13} "
+          f"{'srv disk B/op':>13} {'steal %':>7}")
     for section in ("echo", "writes", "ycsb", "reads", "open_loop"):
         for r in result.get(section, []):
             lats = r["latency_us"]
@@ -376,7 +392,8 @@ def print_table(result):
             print(f"{section:<10} {r['target']:<24} {r['workload']:<12} {str(r.get('distribution', '')):<8} "
                   f"{r['clients']:>7} {r['ops_per_sec']:>8} {str(lat.get('p50_us')):>8} "
                   f"{str(lat.get('p99_us')):>8} {str(lat.get('p999_us')):>9} "
-                  f"{str(r.get('server_cpu_us_per_op', '')):>13} {str(r.get('server_disk_bytes_per_op', '')):>13} "
+                  f"{str(r.get('server_cpu_us_per_op', '')):>13} "
+                  f"{str(r.get('load_generator_cpu_us_per_op', '')):>13} {str(r.get('server_disk_bytes_per_op', '')):>13} "
                   f"{str(r.get('cpu_steal_pct', '')):>7}")
     p = result.get("peak_writes_per_sec")
     if p:
