@@ -215,7 +215,11 @@ impl ProbeReply {
 
 impl Append {
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = header(KIND_APPEND);
+        // Sized up front: the entries' values are copied once.
+        let entries: usize = self.entries.iter().map(|e| 16 + e.op.size()).sum();
+        let mut w = Writer::with_capacity(64 + self.leader.len() + entries);
+        w.u8(CODEC_VERSION);
+        w.u8(KIND_APPEND);
         w.u64(self.epoch);
         w.bytes(self.leader.as_bytes());
         match self.truncate_to {
@@ -373,7 +377,12 @@ pub struct AppendBatch {
 impl AppendBatch {
     /// Encodes already-encoded append frames, by partition.
     pub fn encode<'a>(items: impl ExactSizeIterator<Item = (u32, &'a [u8])>) -> Vec<u8> {
-        let mut w = header(KIND_APPEND_BATCH);
+        let items: Vec<(u32, &[u8])> = items.collect();
+        // Sized up front: the frames are copied once.
+        let mut w =
+            Writer::with_capacity(8 + items.iter().map(|(_, f)| 8 + f.len()).sum::<usize>());
+        w.u8(CODEC_VERSION);
+        w.u8(KIND_APPEND_BATCH);
         w.u32(items.len() as u32);
         for (partition, frame) in items {
             w.u32(partition);

@@ -43,7 +43,8 @@ impl Op {
         }
     }
 
-    /// Approximate size in bytes, for batching and throttling.
+    /// Approximate size in bytes, for batching and throttling; at least the size of its
+    /// encoding ([`Writer::op`]).
     pub fn size(&self) -> usize {
         match self {
             Op::Put { key, value } => key.len() + value.len() + 16,
@@ -67,6 +68,13 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// A writer whose buffer holds `bytes` before it grows: encoders size it from what they
+    /// encode, so a batch of values is copied once, not again at every doubling.
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(bytes),
+        }
+    }
     pub fn u8(&mut self, v: u8) {
         self.buf.push(v);
     }
@@ -236,10 +244,26 @@ impl<'a> Reader<'a> {
 
 /// Encodes a log entry as stored in a partition's log table.
 pub fn encode_entry(e: &LogEntry) -> Vec<u8> {
-    let mut w = Writer::default();
+    let mut w = Writer::with_capacity(entry_size(e));
     w.u8(CODEC_VERSION);
     w.entry(e);
     w.buf
+}
+
+/// Appends a log entry, encoded as [`encode_entry`] does, to `buf`.
+pub fn encode_entry_into(buf: &mut Vec<u8>, e: &LogEntry) {
+    let mut w = Writer {
+        buf: std::mem::take(buf),
+    };
+    w.u8(CODEC_VERSION);
+    w.entry(e);
+    *buf = w.buf;
+}
+
+/// At least the size of an entry's encoding ([`Writer::entry`], and the version byte of
+/// [`encode_entry`]).
+pub fn entry_size(e: &LogEntry) -> usize {
+    1 + 16 + e.op.size()
 }
 
 pub fn decode_entry(b: &[u8]) -> Result<LogEntry, CodecError> {

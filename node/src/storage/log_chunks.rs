@@ -137,9 +137,10 @@ pub fn write_out(
     truncate_after(txn, p, first.seq.saturating_sub(1))?;
     let name = log_table(p);
     let mut log = txn.open_table(name.as_def()).map_err(write_err)?;
-    let mut chunk = Vec::new();
+    let all: usize = entries.iter().map(|e| codec::entry_size(e)).sum();
+    let mut chunk = Vec::with_capacity(all.min(CHUNK_BYTES + 64 * 1024));
     for (i, e) in entries.iter().enumerate() {
-        chunk.extend_from_slice(&codec::encode_entry(e));
+        codec::encode_entry_into(&mut chunk, e);
         let next_starts_chunk = entries.get(i + 1).is_none() || chunk.len() >= CHUNK_BYTES;
         if next_starts_chunk {
             log.insert(e.seq, chunk.as_slice()).map_err(write_err)?;

@@ -143,7 +143,9 @@ impl Wal {
     /// Encodes the logged commands of a batch as one record payload (`None` if none is
     /// logged).
     pub fn encode_batch<'a>(cmds: impl Iterator<Item = &'a Command>) -> Option<Vec<u8>> {
-        let mut w = codec::Writer::default();
+        let cmds: Vec<&Command> = cmds.collect();
+        let mut w =
+            codec::Writer::with_capacity(4 + cmds.iter().map(|c| logged_size(c)).sum::<usize>());
         w.u32(0); // command count, patched below
         let mut n = 0u32;
         for cmd in cmds {
@@ -218,6 +220,23 @@ impl Wal {
 }
 
 /// One record's bytes.
+/// At least the size of a command's encoding in a record ([`Wal::encode_batch`]; 0 for a
+/// command the log does not hold).
+fn logged_size(cmd: &Command) -> usize {
+    let history = |h: &crate::replication::epochs::EpochHistory| 4 + 16 * h.starts().len();
+    match cmd {
+        Command::Append {
+            entries,
+            history: h,
+            ..
+        } => 9 + history(h) + entries.iter().map(|e| 16 + e.op.size()).sum::<usize>(),
+        Command::Truncate { history: h, .. } => 13 + history(h),
+        Command::SetHistory { history: h, .. } => 5 + history(h),
+        Command::PutMap { json } => 5 + json.len(),
+        _ => 0,
+    }
+}
+
 fn frame(generation: u64, payload: &[u8]) -> Vec<u8> {
     let mut record = Vec::with_capacity(HEADER + payload.len());
     record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
