@@ -227,7 +227,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), ServerError> {
         tokio::spawn(serve::serve(
             client_listener,
             client_tls,
-            warp::service(client_api::routes(client)),
+            client_api::ClientService::new(client),
             shutdown.clone(),
         )),
         tokio::spawn(serve::serve(

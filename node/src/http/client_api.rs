@@ -22,7 +22,6 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use warp::Filter;
 
 pub use local_read::ReadOptions;
 
@@ -98,53 +97,80 @@ impl ClientApi {
     }
 }
 
-/// The warp filter serving the client API.
-pub fn routes(
+/// The client API as a hyper service. It is the hottest path of a node (one request per
+/// client write), so it reads the request's parts directly instead of through warp's filters,
+/// which cloned every request's headers and boxed its body and answer again.
+#[derive(Clone)]
+pub struct ClientService {
     api: Arc<ClientApi>,
-) -> impl Filter<Extract = (Answer,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
-    warp::method()
-        .and(warp::path::full())
-        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
-        .and(warp::header::headers_cloned())
-        .and(warp::ext::optional::<ConnInfo>())
-        .and(warp::body::stream())
-        .then(
-            move |method: Method,
-                  path: warp::path::FullPath,
-                  query: String,
-                  headers: HeaderMap,
-                  conn: Option<ConnInfo>,
-                  body| {
-                let api = api.clone();
-                async move {
-                    let started = Instant::now();
-                    let mut body = Box::pin(body);
-                    let (op, answer) =
-                        match api.settings.auth.check(conn.unwrap_or_default(), &headers) {
-                            Ok(()) => {
-                                api.dispatch(method, path.as_str(), &query, &headers, &mut body)
-                                    .await
-                            }
-                            Err(e) => ("auth", e.answer()),
-                        };
-                    // An answer given before the body was read (refusal, oversized value)
-                    // drains it, so the client receives the answer and not a reset.
-                    let answer = if answer.status().is_client_error() {
-                        common::answer_early(answer, &headers, &mut body).await
-                    } else {
-                        answer
-                    };
-                    let code = answer.extensions().get::<common::ErrorCode>();
-                    api.node.ctx.metrics.observe_request(
-                        op,
-                        answer.status().as_u16(),
-                        code.map(|c| c.0.as_str()),
-                        started,
-                    );
-                    answer
-                }
-            },
-        )
+}
+
+impl ClientService {
+    pub fn new(api: Arc<ClientApi>) -> Self {
+        Self { api }
+    }
+}
+
+impl tower_service::Service<http::Request<hyper::body::Incoming>> for ClientService {
+    type Response = warp::reply::Response;
+    type Error = std::convert::Infallible;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let api = self.api.clone();
+        Box::pin(async move { Ok(warp::Reply::into_response(api.serve(req).await)) })
+    }
+}
+
+impl ClientApi {
+    /// One request: authenticate, dispatch, answer, count.
+    async fn serve(&self, req: http::Request<hyper::body::Incoming>) -> Answer {
+        let started = Instant::now();
+        let (parts, body) = req.into_parts();
+        let conn = parts
+            .extensions
+            .get::<ConnInfo>()
+            .copied()
+            .unwrap_or_default();
+        let headers = &parts.headers;
+        let mut body = Box::pin(http_body_util::BodyDataStream::new(body));
+        let (op, answer) = match self.settings.auth.check(conn, headers) {
+            Ok(()) => {
+                self.dispatch(
+                    parts.method.clone(),
+                    parts.uri.path(),
+                    parts.uri.query().unwrap_or(""),
+                    headers,
+                    &mut body,
+                )
+                .await
+            }
+            Err(e) => ("auth", e.answer()),
+        };
+        // An answer given before the body was read (refusal, oversized value) drains it, so
+        // the client receives the answer and not a reset.
+        let answer = if answer.status().is_client_error() {
+            common::answer_early(answer, headers, &mut body).await
+        } else {
+            answer
+        };
+        let code = answer.extensions().get::<common::ErrorCode>();
+        self.node.ctx.metrics.observe_request(
+            op,
+            answer.status().as_u16(),
+            code.map(|c| c.0.as_str()),
+            started,
+        );
+        answer
+    }
 }
 
 /// Parsed conditional headers; the error is the message of a 400 answer.
@@ -218,7 +244,7 @@ impl ClientApi {
         map.map_or(self.settings.default_limits, |m| m.limits)
     }
 
-    async fn dispatch<S, B>(
+    async fn dispatch<S, B, E>(
         &self,
         method: Method,
         path: &str,
@@ -227,8 +253,9 @@ impl ClientApi {
         body: &mut Pin<Box<S>>,
     ) -> (&'static str, Answer)
     where
-        S: Stream<Item = Result<B, warp::Error>> + ?Sized,
+        S: Stream<Item = Result<B, E>> + ?Sized,
         B: Buf,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         if path == "/v1/map" {
             let answer = match (method, self.node.ctx.map()) {

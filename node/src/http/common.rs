@@ -118,7 +118,7 @@ pub enum BodyError {
     #[error("the body exceeds {0} bytes")]
     TooLarge(usize),
     #[error("reading the body")]
-    Read(#[source] warp::Error),
+    Read(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// `Content-Length`, when the client sent one.
@@ -133,17 +133,18 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
 
 /// Reads a body of at most `limit` bytes, failing as soon as it grows past the limit (the
 /// rest is left in `body`, for [`drain`]).
-pub async fn read_body<S, B>(
+pub async fn read_body<S, B, E>(
     body: &mut std::pin::Pin<Box<S>>,
     limit: usize,
 ) -> Result<Bytes, BodyError>
 where
-    S: Stream<Item = Result<B, warp::Error>> + ?Sized,
+    S: Stream<Item = Result<B, E>> + ?Sized,
     B: Buf,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut out = Vec::new();
     while let Some(chunk) = body.next().await {
-        let mut chunk = chunk.map_err(BodyError::Read)?;
+        let mut chunk = chunk.map_err(|e| BodyError::Read(e.into()))?;
         if out.len() + chunk.remaining() > limit {
             return Err(BodyError::TooLarge(limit));
         }
@@ -221,10 +222,11 @@ pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 /// An HTTP server that answers before reading the body and then closes the connection makes
 /// the kernel reset it while the client is still sending; the client then sees a reset or
 /// a broken pipe instead of the answer (e.g. a 413). Draining first avoids that.
-pub async fn drain<S, B>(body: &mut std::pin::Pin<Box<S>>, already: u64) -> bool
+pub async fn drain<S, B, E>(body: &mut std::pin::Pin<Box<S>>, already: u64) -> bool
 where
-    S: Stream<Item = Result<B, warp::Error>> + ?Sized,
+    S: Stream<Item = Result<B, E>> + ?Sized,
     B: Buf,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut seen = already;
     let work = async {
@@ -253,14 +255,15 @@ pub fn closing(mut a: Answer) -> Answer {
 
 /// Finishes an answer given before the whole request body was read: drains the body (when
 /// `Content-Length` says it fits the drain limit) or else closes the connection after it.
-pub async fn answer_early<S, B>(
+pub async fn answer_early<S, B, E>(
     answer: Answer,
     headers: &HeaderMap,
     body: &mut std::pin::Pin<Box<S>>,
 ) -> Answer
 where
-    S: Stream<Item = Result<B, warp::Error>> + ?Sized,
+    S: Stream<Item = Result<B, E>> + ?Sized,
     B: Buf,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     if content_length(headers).is_some_and(|n| n > DRAIN_LIMIT) || !drain(body, 0).await {
         return closing(answer);
