@@ -353,6 +353,8 @@ async fn bench_runs_a_fixed_number_of_operations_and_reports_json() {
     assert_eq!(run["workload"], "ycsb-a");
     assert_eq!(run["ops"], 400, "{run}");
     assert_eq!(run["read_misses"], 0, "preload wrote every key: {run}");
+    // Every operation went straight to its primary on the load generator's own connections.
+    assert_eq!(run["handed_to_library"], 0, "{run}");
     assert_eq!(run["preload"]["keys"], 50);
     let ops = run["operations"]
         .as_array()

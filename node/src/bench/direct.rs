@@ -19,6 +19,7 @@ use crate::client::kv::{Condition, KvClient, encode_key, primary_addr};
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::HashMap;
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,9 +34,13 @@ const MAX_HEAD: usize = 64 * 1024;
 /// Headers read from an answer's head.
 const MAX_HEADERS: usize = 32;
 
-/// Idle connections by node address, shared by a run's client tasks.
+/// Idle connections by node address, shared by a run's client tasks, and how many
+/// operations went to the library.
 #[derive(Clone, Default)]
-pub struct Pool(Arc<Mutex<HashMap<String, Vec<Conn>>>>);
+pub struct Pool {
+    idle: Arc<Mutex<HashMap<String, Vec<Conn>>>>,
+    handed: Arc<AtomicU64>,
+}
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -44,12 +49,17 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
+    /// Operations so far whose direct attempt did not succeed and that went to the library.
+    pub fn handed(&self) -> u64 {
+        self.handed.load(Ordering::Relaxed)
+    }
+
     fn take(&self, addr: &str) -> Option<Conn> {
-        self.0.lock().ok()?.get_mut(addr)?.pop()
+        self.idle.lock().ok()?.get_mut(addr)?.pop()
     }
 
     fn put(&self, addr: &str, conn: Conn) {
-        if let Ok(mut idle) = self.0.lock() {
+        if let Ok(mut idle) = self.idle.lock() {
             match idle.get_mut(addr) {
                 Some(conns) => conns.push(conn),
                 None => {
@@ -88,6 +98,7 @@ impl Direct {
         match self.send("PUT", key, &value).await {
             Some(status) if (200..300).contains(&status) => Ok(()),
             _ => self
+                .handed()
                 .client
                 .put(key, value, Condition::Always)
                 .await
@@ -102,12 +113,19 @@ impl Direct {
             Some(status) if (200..300).contains(&status) => Ok(true),
             Some(404) => Ok(false),
             _ => self
+                .handed()
                 .client
                 .get(key)
                 .await
                 .map(|v| v.is_some())
                 .map_err(|e| e.kind()),
         }
+    }
+
+    /// Counts an operation going to the library.
+    fn handed(&self) -> &Self {
+        self.pool.handed.fetch_add(1, Ordering::Relaxed);
+        self
     }
 
     /// One request to the key's primary; its status once the whole answer is read, or
@@ -262,7 +280,10 @@ mod tests {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let server = tokio::spawn(crate::bench::echo::serve(listener, 7));
-        let client = KvClient::new(&[addr.to_string()]).expect("client");
+        let client = KvClient::builder(&[addr.to_string()])
+            .retry_policy(crate::client::kv::RetryPolicy::none())
+            .build()
+            .expect("client");
         client.map().await.expect("map");
         let pool = Pool::default();
         let mut direct = Direct::new(&client, pool.clone()).expect("plain client");
@@ -273,7 +294,7 @@ mod tests {
         }
         // One connection carried all of it.
         assert_eq!(
-            pool.0
+            pool.idle
                 .lock()
                 .expect("pool")
                 .get(&addr.to_string())
@@ -282,11 +303,16 @@ mod tests {
         );
         assert_eq!(direct.write("k", Bytes::from_static(b"v")).await, Ok(()));
         assert_eq!(direct.read("k").await, Ok(true));
+        assert_eq!(pool.handed(), 0);
 
         server.abort();
         let _ = server.await;
-        pool.0.lock().expect("pool").clear();
+        pool.idle.lock().expect("pool").clear();
         assert_eq!(direct.send("PUT", "key-0", b"v").await, None);
+        // The operation goes to the library (whose pooled connection may still reach the
+        // server's connection task), and is counted.
+        let _ = direct.write("key-0", Bytes::from_static(b"v")).await;
+        assert_eq!(pool.handed(), 1);
     }
 
     #[test]

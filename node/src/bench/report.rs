@@ -38,6 +38,10 @@ pub struct RunReport {
     /// Open loop: the scheduled total rate (latency counted from intended send times).
     pub target_rate: Option<f64>,
     pub preload: Option<PreloadReport>,
+    /// ShardedStore on the load generator's own connections: operations of the measured run
+    /// whose direct attempt did not succeed and that went to the client library instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handed_to_library: Option<u64>,
 }
 
 impl RunReport {
@@ -106,6 +110,12 @@ pub fn render_text(r: &RunReport) -> String {
             s.max_us
         );
     }
+    if let Some(n) = r.handed_to_library.filter(|n| *n > 0) {
+        let _ = writeln!(
+            out,
+            "  {n} operations went to the client library after their direct attempt did not succeed"
+        );
+    }
     for (kind, n) in &r.errors {
         let _ = writeln!(out, "  error {kind}: {n}");
     }
@@ -172,6 +182,7 @@ mod tests {
             read_misses: 0,
             target_rate: None,
             preload: None,
+            handed_to_library: None,
         }
     }
 

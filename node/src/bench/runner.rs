@@ -88,6 +88,7 @@ pub async fn run<T: Target>(target: &T, cfg: &BenchConfig) -> Result<RunReport, 
         None
     };
     let chooser = Chooser::new(cfg.read_ratio, cfg.keys, cfg.distribution);
+    let handed_before = target.handed_over();
     let issued = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = match cfg.stop {
@@ -163,6 +164,9 @@ pub async fn run<T: Target>(target: &T, cfg: &BenchConfig) -> Result<RunReport, 
         read_misses: total.read_misses(),
         target_rate: cfg.rate,
         preload,
+        handed_to_library: target
+            .handed_over()
+            .map(|n| n.saturating_sub(handed_before.unwrap_or(0))),
     })
 }
 

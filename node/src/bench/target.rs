@@ -26,6 +26,12 @@ pub trait Target: Send + Sync {
     fn name(&self) -> String;
     /// Open a session; fails when the system is unreachable.
     fn session(&self) -> impl Future<Output = Result<Self::Session, BenchError>> + Send;
+    /// Operations so far whose first attempt failed and that another client took over
+    /// (ShardedStore's direct connections and the client library); `None` for targets
+    /// without such a fallback.
+    fn handed_over(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// ShardedStore: writes and linearizable reads on the load generator's own connections to
@@ -59,6 +65,11 @@ impl Target for ShardedStoreTarget {
         } else {
             "shardedstore".into()
         }
+    }
+
+    fn handed_over(&self) -> Option<u64> {
+        // Sessions over TLS have no direct connections ([`Direct::new`]).
+        (!self.via_library && !self.client.is_https()).then(|| self.pool.handed())
     }
 
     async fn session(&self) -> Result<Self::Session, BenchError> {
