@@ -16,6 +16,7 @@
 //! Not used with TLS (`https://` endpoints): such sessions go through the library.
 
 use crate::client::kv::{Condition, KvClient, encode_key, primary_addr};
+use crate::http::client_api::MAP_VERSION_HEADER;
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::HashMap;
 use std::io::Write;
@@ -136,21 +137,26 @@ impl Direct {
         let addr = primary_addr(&map, key.as_bytes()).ok()?;
         let pool = &self.pool;
         let auth = self.auth.as_deref();
-        tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let head = tokio::time::timeout(REQUEST_TIMEOUT, async {
             let mut conn = match pool.take(addr) {
                 Some(c) => c,
                 None => Conn::open(addr).await?,
             };
             let path = format!("/v1/kv/{}", encode_key(key.as_bytes()));
-            let (status, keep) = conn.request(method, &path, addr, auth, body).await?;
-            if keep {
+            let head = conn.request(method, &path, addr, auth, body).await?;
+            if head.keep {
                 pool.put(addr, conn);
             }
-            Some(status)
+            Some(head)
         })
         .await
         .ok()
-        .flatten()
+        .flatten()?;
+        // A node on the way holds a newer map (the primary moved, and the old one forwarded
+        // this request): fetch it, as the library does, so the next requests go straight to
+        // the new primary.
+        self.client.follow_newer_map(&map, head.map_version).await;
+        Some(head.status)
     }
 }
 
@@ -177,8 +183,7 @@ impl Conn {
         })
     }
 
-    /// Sends one request and reads its answer: the status, and whether the connection may
-    /// carry another request.
+    /// Sends one request and reads its answer's head and body.
     async fn request(
         &mut self,
         method: &str,
@@ -186,7 +191,7 @@ impl Conn {
         host: &str,
         auth: Option<&str>,
         body: &[u8],
-    ) -> Option<(u16, bool)> {
+    ) -> Option<Head> {
         self.tx.clear();
         write!(self.tx, "{method} {path} HTTP/1.1\r\nhost: {host}\r\n").ok()?;
         if !body.is_empty() || method == "PUT" {
@@ -199,7 +204,7 @@ impl Conn {
         // One write, so a request leaves in one segment when it fits.
         self.tx.extend_from_slice(body);
         self.tcp.write_all(&self.tx).await.ok()?;
-        let (head, status, length, keep) = loop {
+        let head = loop {
             if let Some(parsed) = parse_head(&self.rx)? {
                 break parsed;
             }
@@ -207,21 +212,35 @@ impl Conn {
                 return None;
             }
         };
-        while self.rx.len() < head + length {
-            self.rx.reserve(head + length - self.rx.len());
+        let end = head.len + head.body;
+        while self.rx.len() < end {
+            self.rx.reserve(end - self.rx.len());
             if self.tcp.read_buf(&mut self.rx).await.ok()? == 0 {
                 return None;
             }
         }
-        self.rx.advance(head + length);
-        Some((status, keep))
+        self.rx.advance(end);
+        Some(head)
     }
 }
 
-/// An answer's head, once all of it is in `buf`: its length, the status, the body's length
-/// and whether the connection stays open. `None` for an answer this client does not read
-/// (no `Content-Length`, a chunked body, a malformed head).
-fn parse_head(buf: &[u8]) -> Option<Option<(usize, u16, usize, bool)>> {
+/// What an answer's head says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Head {
+    /// Bytes of the head itself.
+    len: usize,
+    status: u16,
+    /// Bytes of the body (`Content-Length`).
+    body: usize,
+    /// The connection may carry another request.
+    keep: bool,
+    /// `x-map-version`: the newest partition map a node on the way held.
+    map_version: Option<u64>,
+}
+
+/// An answer's head, once all of it is in `buf`. `None` for an answer this client does not
+/// read (no `Content-Length`, a chunked body, a malformed head).
+fn parse_head(buf: &[u8]) -> Option<Option<Head>> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let head = match resp.parse(buf).ok()? {
@@ -231,6 +250,7 @@ fn parse_head(buf: &[u8]) -> Option<Option<(usize, u16, usize, bool)>> {
     let status = resp.code?;
     let mut length = None;
     let mut keep = resp.version == Some(1);
+    let mut map_version = None;
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             length = std::str::from_utf8(h.value)
@@ -243,9 +263,19 @@ fn parse_head(buf: &[u8]) -> Option<Option<(usize, u16, usize, bool)>> {
         } else if h.name.eq_ignore_ascii_case("connection") {
             let v = std::str::from_utf8(h.value).ok()?;
             keep = !v.eq_ignore_ascii_case("close");
+        } else if h.name.eq_ignore_ascii_case(MAP_VERSION_HEADER) {
+            map_version = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
         }
     }
-    Some(Some((head, status, length?, keep)))
+    Some(Some(Head {
+        len: head,
+        status,
+        body: length?,
+        keep,
+        map_version,
+    }))
 }
 
 #[cfg(test)]
@@ -255,15 +285,27 @@ mod tests {
 
     #[test]
     fn answer_heads_are_read_only_with_a_length() {
-        let ok =
-            b"HTTP/1.1 201 Created\r\ncontent-length: 13\r\nx-version: 3\r\n\r\n{\"version\":3}";
-        let head = ok.len() - 13;
-        assert_eq!(parse_head(ok), Some(Some((head, 201, 13, true))));
+        let ok = b"HTTP/1.1 201 Created\r\ncontent-length: 13\r\nx-map-version: 7\r\n\r\n{\"version\":3}";
+        let head = Head {
+            len: ok.len() - 13,
+            status: 201,
+            body: 13,
+            keep: true,
+            map_version: Some(7),
+        };
+        assert_eq!(parse_head(ok), Some(Some(head)));
         // Not all of the head yet.
         assert_eq!(parse_head(&ok[..20]), Some(None));
         let close =
             b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\ncontent-length: 0\r\n\r\n";
-        assert_eq!(parse_head(close), Some(Some((close.len(), 503, 0, false))));
+        let closing = Head {
+            len: close.len(),
+            status: 503,
+            body: 0,
+            keep: false,
+            map_version: None,
+        };
+        assert_eq!(parse_head(close), Some(Some(closing)));
         let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
         assert_eq!(parse_head(chunked), None);
         let no_length = b"HTTP/1.1 200 OK\r\n\r\n";
@@ -313,6 +355,40 @@ mod tests {
         // server's connection task), and is counted.
         let _ = direct.write("key-0", Bytes::from_static(b"v")).await;
         assert_eq!(pool.handed(), 1);
+    }
+
+    /// An answer naming a newer map (the old primary forwarded the request) makes the
+    /// client fetch it, so the next requests go to the new primary directly.
+    #[tokio::test]
+    async fn an_answer_naming_a_newer_map_fetches_it() {
+        use std::sync::atomic::AtomicU64;
+        use warp::Filter;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let served = Arc::new(AtomicU64::new(1));
+        let version = served.clone();
+        let map = warp::path!("v1" / "map").map(move || {
+            let mut m = crate::bench::echo::echo_map(addr);
+            m.version = version.load(Ordering::Relaxed);
+            warp::reply::json(&m)
+        });
+        let moved = served.clone();
+        let put = warp::path!("v1" / "kv" / String)
+            .and(warp::put())
+            .and(warp::body::bytes())
+            .map(move |_: String, _: Bytes| {
+                moved.store(2, Ordering::Relaxed);
+                warp::reply::with_header(warp::reply(), MAP_VERSION_HEADER, "2")
+            });
+        let server = tokio::spawn(warp::serve(map.or(put)).incoming(listener).run());
+        let client = KvClient::new(&[addr.to_string()]).expect("client");
+        assert_eq!(client.map().await.expect("map").version, 1);
+        let mut direct = Direct::new(&client, Pool::default()).expect("plain client");
+        assert_eq!(direct.send("PUT", "k", b"v").await, Some(200));
+        assert_eq!(client.cached_map().map(|m| m.version), Some(2));
+        server.abort();
     }
 
     #[test]

@@ -152,7 +152,7 @@ impl KvClient {
     /// otherwise the client keeps routing by the old one for as long as its requests succeed
     /// through a seed. Concurrent callers share one fetch; a failed fetch is left to the next
     /// failing request, since this answer succeeded.
-    pub(super) async fn follow_newer_map(&self, routed_with: &PartitionMap, seen: Option<u64>) {
+    pub async fn follow_newer_map(&self, routed_with: &PartitionMap, seen: Option<u64>) {
         let Some(seen) = seen.filter(|&v| v > routed_with.version) else {
             return;
         };
