@@ -572,10 +572,29 @@ mod tests {
     use warp::Filter;
 
     /// A peer port that counts requests: batches are answered 404 when `batches` is off (a
-    /// node older than batches), as the node does otherwise; single appends get `Ok`.
-    async fn peer(batches: bool) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    /// node older than batches), as the node does otherwise; single appends get `Ok`. It
+    /// answers no append until the returned gate has permits.
+    async fn peer(
+        batches: bool,
+    ) -> (
+        String,
+        Arc<AtomicUsize>,
+        Arc<AtomicUsize>,
+        Arc<tokio::sync::Semaphore>,
+    ) {
         let (batched, single) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let (b, s) = (batched.clone(), single.clone());
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let g = gate.clone();
+        let opened = warp::any()
+            .and_then(move || {
+                let g = g.clone();
+                async move {
+                    drop(g.acquire().await);
+                    Ok::<(), warp::Rejection>(())
+                }
+            })
+            .untuple_one();
         let reply = |a: &Append| Reply {
             status: Status::Ok,
             epoch: a.epoch,
@@ -585,6 +604,7 @@ mod tests {
             },
         };
         let filter = warp::post()
+            .and(opened)
             .and(warp::path::full())
             .and(warp::body::bytes())
             .map(move |path: warp::path::FullPath, body: bytes::Bytes| {
@@ -623,7 +643,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"))
             .to_string();
         tokio::spawn(warp::serve(filter).incoming(listener).run());
-        (addr, batched, single)
+        (addr, batched, single, gate)
     }
 
     fn frame(partition: u64, entries: u64) -> Vec<u8> {
@@ -655,16 +675,22 @@ mod tests {
     /// Appends of many partitions at once: every one gets its own reply (by its position in
     /// the batch), and against a node without batches they all still arrive, one by one.
     async fn many_appends(batches: bool) -> (usize, usize) {
-        let (addr, batched, single) = peer(batches).await;
+        let (addr, batched, single, gate) = peer(batches).await;
         let client =
             PeerClient::new("t".into(), Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}"));
-        let calls = (0..64u64).map(|p| {
-            let (client, addr) = (client.clone(), addr.clone());
-            async move {
-                let r = client.append(&addr, p as u32, frame(p, p % 3)).await;
-                (p, r.map(|r| r.last.last_seq))
-            }
-        });
+        // All 64 are queued (`append` queues when called) while the peer answers nothing, so
+        // at most the window's first batches leave before the rest are queued: otherwise the
+        // batching task could take each append as soon as it is queued, one per batch, when
+        // this thread is descheduled between them.
+        let frames: Vec<(u64, Vec<u8>)> = (0..64u64).map(|p| (p, frame(p, p % 3))).collect();
+        let calls: Vec<_> = frames
+            .into_iter()
+            .map(|(p, f)| {
+                let reply = client.append(&addr, p as u32, f);
+                async move { (p, reply.await.map(|r| r.last.last_seq)) }
+            })
+            .collect();
+        gate.add_permits(1 << 20);
         for (p, r) in futures::future::join_all(calls).await {
             assert_eq!(r.ok(), Some(p * 100 + p % 3), "partition {p}");
         }
