@@ -313,7 +313,7 @@ mod tests {
         assert_eq!(parse_head(b"garbage\r\n\r\n"), None);
     }
 
-    /// Against the null store (warp on hyper, as a node's client API): requests on kept-alive
+    /// Against the null store (warp on hyper): requests on kept-alive
     /// connections, answered directly; a node that is gone gives no answer.
     #[tokio::test]
     async fn requests_go_to_the_primary_on_kept_alive_connections() {
