@@ -9,6 +9,7 @@
 #   hack/profile.sh                         # output in target/profile/
 #   PROFILE_SECONDS=20 PROFILE_CLIENTS=256 PROFILE_OUT=/tmp/prof hack/profile.sh
 #   PROFILE_RATE=1500 hack/profile.sh       # open loop: writes sent at 1500/s, not at peak
+#   PROFILE_PRELOAD=1 hack/profile.sh       # first write all 100k keys, as `make bench` does
 # Needs perf (linux-perf) and permission to profile (root, or kernel.perf_event_paranoid <= 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +50,12 @@ wait_for 60 "64 healthy partitions" \
 pids="$(pgrep -d, -f -- "--data-dir $work/store/node-")"
 [ -n "$pids" ] || { echo "no node processes found" >&2; exit 1; }
 
+if [ -n "${PROFILE_PRELOAD:-}" ]; then
+  # The store `make bench` measures: every key written once before the sweep.
+  echo "preloading 100k keys of 1 KiB" >&2
+  "$bin/shardedstore" --endpoint "$endpoints" bench --read-ratio 0 --uniform --clients 256 \
+    --keys 100000 --value-size 1024 --ops 1 >/dev/null
+fi
 # Load for longer than the recording; the recording starts once the load is under way.
 "$bin/shardedstore" --endpoint "$endpoints" bench --read-ratio 0 --uniform --clients "$clients" \
   --keys 100000 --value-size 1024 --no-preload --duration "$((seconds + 10))s" "${rate[@]}" >"$work/bench.txt" &

@@ -53,6 +53,20 @@ pub struct PrimaryState {
     pub admitted: Admissions,
     /// Latest appended but not yet applied write per key: `(version, exists)`.
     pub pending: HashMap<Vec<u8>, (u64, bool)>,
+    /// Writes waiting for their entry to commit, by sequence number: an advance of the
+    /// commit point wakes only the writes it commits (a watch would wake every write of the
+    /// partition at every advance). Dropped with the role, which cancels `term` first.
+    pub commit_waiters: BTreeMap<u64, tokio::sync::oneshot::Sender<()>>,
+}
+
+impl PrimaryState {
+    /// Wakes the writes whose entries are at or below the commit point `commit_seq`.
+    fn wake_committed(&mut self, commit_seq: u64) {
+        let waiting = self.commit_waiters.split_off(&(commit_seq + 1));
+        for (_, waiter) in std::mem::replace(&mut self.commit_waiters, waiting) {
+            let _ = waiter.send(());
+        }
+    }
 }
 
 /// Why a client request cannot be served here.
@@ -249,6 +263,7 @@ impl Replica {
                         followers: BTreeMap::new(),
                         admitted: Admissions::default(),
                         pending: HashMap::new(),
+                        commit_waiters: BTreeMap::new(),
                     });
                 }
                 if let Some(p) = st.primary.as_mut() {
@@ -333,7 +348,9 @@ impl Replica {
                     Some(c) if c > st.commit_seq => {
                         st.commit_seq = c;
                         self.phases.reached(WritePhase::Committed, c);
-                        self.commit_tx.send_replace(c);
+                        if let Some(p) = st.primary.as_mut() {
+                            p.wake_committed(c);
+                        }
                         true
                     }
                     point => {
@@ -547,17 +564,15 @@ impl Replica {
             self.phases
                 .reached(WritePhase::LocalDurable, st.durable_seq);
         }
-        // Subscribe before the commit point is recomputed, so no advance is missed.
-        let mut committed = self.commit_tx.subscribe();
         self.advance_commit();
         // Acknowledge at commit: the entry is durable on every in-sync member. Reads at this
         // primary wait for the apply to catch up ([`Replica::read_barrier`]).
-        // One timer for the whole wait, however often the commit point moves meanwhile.
+        // One timer for the whole wait, however often this write is woken meanwhile.
         let commit_deadline = tokio::time::sleep(timeout);
         tokio::pin!(commit_deadline);
         loop {
-            {
-                let st = self.lock();
+            let committed = {
+                let mut st = self.lock();
                 // Checked under the state lock together with the term: a deposed primary's
                 // commit point no longer speaks for this entry.
                 if term.is_cancelled() {
@@ -566,13 +581,18 @@ impl Replica {
                 if st.commit_seq >= seq {
                     break;
                 }
-            }
+                // Registered under the same lock as the check: an advance past `seq` after
+                // it finds the waiter.
+                let Some(p) = st.primary.as_mut() else {
+                    return Err(ServeError::Unavailable("deposed"));
+                };
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                p.commit_waiters.insert(seq, tx);
+                rx
+            };
             tokio::select! {
-                r = committed.changed() => {
-                    if r.is_err() {
-                        return Err(ServeError::Unavailable("shutting_down"));
-                    }
-                }
+                // Woken, or the role's state is gone (its term is cancelled first): look again.
+                _ = committed => {}
                 _ = term.cancelled() => return Err(ServeError::Unavailable("deposed")),
                 _ = &mut commit_deadline => {
                     return Err(ServeError::Unavailable("commit_timeout"));

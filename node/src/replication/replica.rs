@@ -80,8 +80,6 @@ pub struct Replica {
     pub(crate) ctx: Arc<Ctx>,
     st: Mutex<State>,
     pub(crate) applied_tx: watch::Sender<u64>,
-    /// The primary's commit point, sent each time it advances (writes wait on it).
-    pub(crate) commit_tx: watch::Sender<u64>,
     /// Bumped on every append and commit change; replication tasks wait on it.
     pub(crate) progress_tx: watch::Sender<u64>,
     /// Serializes changes to the log (client writes, replication messages, compaction).
@@ -129,7 +127,6 @@ impl Replica {
             ctx,
             st: Mutex::new(st),
             applied_tx: watch::channel(disk.applied_seq).0,
-            commit_tx: watch::channel(disk.applied_seq).0,
             progress_tx: watch::channel(0).0,
             write_lock: tokio::sync::Mutex::new(()),
             apply_lock: tokio::sync::Mutex::new(()),

@@ -878,3 +878,52 @@ async fn an_overtaken_empty_append_commits_only_up_to_where_it_was_sent_from() {
         None
     );
 }
+
+/// A write waits for its own entry to commit: an acknowledgement that commits an earlier
+/// entry answers that entry's write and leaves a later one waiting, and nothing stays
+/// registered once both are answered.
+#[tokio::test]
+async fn a_commit_answers_the_writes_it_commits_and_no_later_one() {
+    let f = plain("a");
+    f.ctx.lease.grant_for_tests(Duration::from_secs(60));
+    let r = Arc::new(Replica::new(f.ctx.clone(), 0, PartitionDisk::default()));
+    // "b" is in sync: nothing commits before it acknowledges.
+    r.apply_map(primary_entry(&["a", "b"]), 1).await;
+    let write = |value: &'static str| {
+        let r = r.clone();
+        tokio::spawn(async move {
+            r.write(
+                value.as_bytes().to_vec(),
+                Some(b"v".to_vec()),
+                Condition::Always,
+            )
+            .await
+        })
+    };
+    let first = write("k1");
+    until("the first write is durable here", || {
+        r.lock().durable_seq >= 1
+    })
+    .await;
+    let mut second = write("k2");
+    until("the second write is durable here", || {
+        r.lock().durable_seq >= 2
+    })
+    .await;
+    super::sender::record_ack(&r, "b", 1);
+    let first = tokio::time::timeout(Duration::from_secs(10), first).await;
+    assert!(
+        matches!(&first, Ok(Ok(Ok(w))) if w.version == 1),
+        "{first:?}"
+    );
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut second).await;
+    assert!(early.is_err(), "answered before it committed: {early:?}");
+    super::sender::record_ack(&r, "b", 2);
+    let second = tokio::time::timeout(Duration::from_secs(10), second).await;
+    assert!(
+        matches!(&second, Ok(Ok(Ok(w))) if w.version == 2),
+        "{second:?}"
+    );
+    let waiting = r.lock().primary.as_ref().map(|p| p.commit_waiters.len());
+    assert_eq!(waiting, Some(0));
+}
