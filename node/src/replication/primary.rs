@@ -62,7 +62,7 @@ pub struct PrimaryState {
 impl PrimaryState {
     /// Wakes the writes whose entries are at or below the commit point `commit_seq`.
     fn wake_committed(&mut self, commit_seq: u64) {
-        let waiting = self.commit_waiters.split_off(&(commit_seq + 1));
+        let waiting = self.commit_waiters.split_off(&commit_seq.saturating_add(1));
         for (_, waiter) in std::mem::replace(&mut self.commit_waiters, waiting) {
             let _ = waiter.send(());
         }

@@ -542,9 +542,14 @@ pub(super) fn entry_with_learner() -> PartitionEntry {
 
 /// A leased primary of partition 0 on `f` under [`entry_with_learner`].
 pub(super) async fn primary_with_learner(f: &Fixture) -> Arc<Replica> {
+    leased_primary(f, entry_with_learner()).await
+}
+
+/// A leased primary of partition 0 on `f` under the map entry `entry`.
+pub(super) async fn leased_primary(f: &Fixture, entry: PartitionEntry) -> Arc<Replica> {
     f.ctx.lease.grant_for_tests(Duration::from_secs(60));
     let r = Replica::new(f.ctx.clone(), 0, PartitionDisk::default());
-    r.apply_map(entry_with_learner(), 1).await;
+    r.apply_map(entry, 1).await;
     r
 }
 
@@ -583,9 +588,7 @@ pub(super) fn requires(r: &Replica, member: &str) -> bool {
 #[tokio::test]
 async fn a_refused_condition_reports_the_committed_version() {
     let f = plain("a");
-    f.ctx.lease.grant_for_tests(Duration::from_secs(60));
-    let r = Arc::new(Replica::new(f.ctx.clone(), 0, PartitionDisk::default()));
-    r.apply_map(primary_entry(&["a"]), 1).await;
+    let r = leased_primary(&f, primary_entry(&["a"])).await;
     let w = r.write(b"k".to_vec(), Some(b"v".to_vec()), Condition::Always);
     let version = w.await.unwrap_or_else(|e| panic!("{e}")).version;
     let refused = r
@@ -600,10 +603,8 @@ async fn a_refused_condition_reports_the_committed_version() {
 #[tokio::test]
 async fn a_condition_failing_only_against_an_uncommitted_write_is_not_refused() {
     let f = plain("a");
-    f.ctx.lease.grant_for_tests(Duration::from_secs(60));
-    let r = Arc::new(Replica::new(f.ctx.clone(), 0, PartitionDisk::default()));
     // "b" is in sync but never acknowledges: nothing commits.
-    r.apply_map(primary_entry(&["a", "b"]), 1).await;
+    let r = leased_primary(&f, primary_entry(&["a", "b"])).await;
     let first = {
         let r = r.clone();
         tokio::spawn(async move {
@@ -885,15 +886,13 @@ async fn an_overtaken_empty_append_commits_only_up_to_where_it_was_sent_from() {
 #[tokio::test]
 async fn a_commit_answers_the_writes_it_commits_and_no_later_one() {
     let f = plain("a");
-    f.ctx.lease.grant_for_tests(Duration::from_secs(60));
-    let r = Arc::new(Replica::new(f.ctx.clone(), 0, PartitionDisk::default()));
     // "b" is in sync: nothing commits before it acknowledges.
-    r.apply_map(primary_entry(&["a", "b"]), 1).await;
-    let write = |value: &'static str| {
+    let r = leased_primary(&f, primary_entry(&["a", "b"])).await;
+    let write = |key: &'static str| {
         let r = r.clone();
         tokio::spawn(async move {
             r.write(
-                value.as_bytes().to_vec(),
+                key.as_bytes().to_vec(),
                 Some(b"v".to_vec()),
                 Condition::Always,
             )
