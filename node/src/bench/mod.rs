@@ -4,7 +4,7 @@
 //!
 //! - [`workload`] and [`zipf`]: what to run (pure).
 //! - [`runner`]: the preload phase and the closed loop.
-//! - [`stats`] and [`report`]: measurements and their presentation.
+//! - [`stats`], [`timeline`] and [`report`]: measurements and their presentation.
 //! - [`target`]: the system-under-test abstraction and the ShardedStore target, whose
 //!   sessions send on [`direct`] connections to the primaries;
 //!   [`redis`]: the Redis target; [`etcd`]: the etcd target (HTTP/JSON gateway).
@@ -21,6 +21,7 @@ pub mod report;
 pub mod runner;
 pub mod stats;
 pub mod target;
+pub mod timeline;
 pub mod workload;
 pub mod zipf;
 

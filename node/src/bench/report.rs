@@ -2,6 +2,7 @@
 //! several targets, or as JSON (the structs serialize directly).
 
 use super::stats::OpSummary;
+use super::timeline::Interval;
 use super::workload::{Distribution, OpType};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -42,6 +43,12 @@ pub struct RunReport {
     /// whose direct attempt did not succeed and that went to the client library instead.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handed_to_library: Option<u64>,
+    /// `--timeline`: the length of its intervals, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeline_interval_secs: Option<f64>,
+    /// `--timeline`: throughput and latency per interval, by send time.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<Interval>,
 }
 
 impl RunReport {
@@ -119,6 +126,32 @@ pub fn render_text(r: &RunReport) -> String {
     for (kind, n) in &r.errors {
         let _ = writeln!(out, "  error {kind}: {n}");
     }
+    if let Some(secs) = r.timeline_interval_secs {
+        let _ = writeln!(
+            out,
+            "  by send time, every {} ms:\n  {:>8} {:>10} {:>7} {:>9} {:>9} {:>9}",
+            (secs * 1000.0).round(),
+            "from s",
+            "ops/s",
+            "errors",
+            "p50 ms",
+            "p99 ms",
+            "max ms"
+        );
+        let ms = |us: u64| us as f64 / 1000.0;
+        for i in &r.timeline {
+            let _ = writeln!(
+                out,
+                "  {:>8.2} {:>10.0} {:>7} {:>9.2} {:>9.2} {:>9.2}",
+                i.start_secs,
+                i.ops_per_sec,
+                i.errors,
+                ms(i.p50_us),
+                ms(i.p99_us),
+                ms(i.max_us)
+            );
+        }
+    }
     out
 }
 
@@ -183,6 +216,8 @@ mod tests {
             target_rate: None,
             preload: None,
             handed_to_library: None,
+            timeline_interval_secs: None,
+            timeline: Vec::new(),
         }
     }
 
@@ -195,6 +230,43 @@ mod tests {
         );
         assert!(text.contains("read"), "{text}");
         assert!(text.contains("error update/unavailable: 3"), "{text}");
+        assert!(!text.contains("by send time"), "{text}");
+    }
+
+    #[test]
+    fn a_timeline_is_printed_one_line_per_interval() {
+        let mut r = report("shardedstore");
+        r.timeline_interval_secs = Some(0.25);
+        r.timeline = vec![
+            Interval {
+                start_secs: 0.0,
+                ops: 250,
+                ops_per_sec: 1000.0,
+                errors: 0,
+                p50_us: 1500,
+                p99_us: 9000,
+                max_us: 12000,
+            },
+            Interval {
+                start_secs: 0.25,
+                ops: 0,
+                ops_per_sec: 0.0,
+                errors: 2,
+                p50_us: 0,
+                p99_us: 0,
+                max_us: 0,
+            },
+        ];
+        let text = render_text(&r);
+        assert!(text.contains("by send time, every 250 ms"), "{text}");
+        assert!(
+            text.contains("0.00       1000       0      1.50      9.00     12.00"),
+            "{text}"
+        );
+        assert!(
+            text.contains("0.25          0       2      0.00      0.00      0.00"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use super::BenchError;
 use super::report::{PreloadReport, RunReport};
 use super::stats::Recorder;
 use super::target::{Session, Target};
+use super::timeline::{MIN_INTERVAL, Timeline};
 use super::workload::{Chooser, Distribution, OpType, key_name};
 use bytes::Bytes;
 use rand::rngs::SmallRng;
@@ -43,6 +44,8 @@ pub struct BenchConfig {
     pub seed: u64,
     /// Open loop: total operations per second over all clients; `None` is a closed loop.
     pub rate: Option<f64>,
+    /// Also measure throughput and latency per interval of this length ([`Timeline`]).
+    pub timeline: Option<Duration>,
 }
 
 /// Open-loop schedule of one client: its k-th operation is due at `start + offset + k·interval`.
@@ -106,6 +109,7 @@ pub async fn run<T: Target>(target: &T, cfg: &BenchConfig) -> Result<RunReport, 
         let value = random_value(&mut rng, cfg.value_size);
         let mut rec = Recorder::new()?;
         let schedule = cfg.rate.and_then(|r| Schedule::new(r, clients, i));
+        let mut timeline = cfg.timeline.map(Timeline::new);
         tasks.push(tokio::spawn(async move {
             let mut k: u32 = 0;
             while deadline.is_none_or(|d| Instant::now() < d)
@@ -131,20 +135,36 @@ pub async fn run<T: Target>(target: &T, cfg: &BenchConfig) -> Result<RunReport, 
                 };
                 match result {
                     Ok(found) => {
-                        rec.record(op, t0.elapsed());
+                        let latency = t0.elapsed();
+                        rec.record(op, latency);
+                        if let Some(t) = timeline.as_mut() {
+                            t.ok(start, t0, latency);
+                        }
                         if !found {
                             rec.read_miss();
                         }
                     }
-                    Err(kind) => rec.error(op, kind),
+                    Err(kind) => {
+                        rec.error(op, kind);
+                        if let Some(t) = timeline.as_mut() {
+                            t.error(start, t0);
+                        }
+                    }
                 }
             }
-            rec
+            (rec, timeline)
         }));
     }
     let mut total = Recorder::new()?;
+    let mut timeline: Option<Timeline> = None;
     for t in tasks {
-        total.merge(&t.await.map_err(BenchError::Task)?)?;
+        let (rec, tl) = t.await.map_err(BenchError::Task)?;
+        total.merge(&rec)?;
+        match (timeline.as_mut(), tl) {
+            (Some(all), Some(tl)) => all.merge(tl),
+            (None, tl) => timeline = tl,
+            (Some(_), None) => {}
+        }
     }
     let elapsed = start.elapsed();
     let secs = elapsed.as_secs_f64().max(f64::EPSILON);
@@ -167,6 +187,8 @@ pub async fn run<T: Target>(target: &T, cfg: &BenchConfig) -> Result<RunReport, 
         handed_to_library: target
             .handed_over()
             .map(|n| n.saturating_sub(handed_before.unwrap_or(0))),
+        timeline_interval_secs: cfg.timeline.map(|d| d.max(MIN_INTERVAL).as_secs_f64()),
+        timeline: timeline.map(Timeline::intervals).unwrap_or_default(),
     })
 }
 
@@ -304,6 +326,7 @@ mod tests {
             preload: true,
             seed: 1,
             rate: None,
+            timeline: None,
         }
     }
 
@@ -340,6 +363,32 @@ mod tests {
         let report = run(&target, &c).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(report.errors.get("update/unavailable"), Some(&50));
         assert_eq!(report.ops, 450);
+        assert!(report.timeline.is_empty() && report.timeline_interval_secs.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_timeline_accounts_for_every_operation_of_the_run() {
+        let target = Memory {
+            fail_every: 10,
+            ..Memory::default()
+        };
+        let mut c = cfg(Stop::After(Duration::from_millis(120)), 0.0);
+        c.preload = false;
+        c.rate = Some(2000.0);
+        c.timeline = Some(Duration::from_millis(20));
+        let report = run(&target, &c).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(report.timeline_interval_secs, Some(0.02));
+        // An open loop sends in every interval of the run, by schedule.
+        assert!(
+            (5..=7).contains(&report.timeline.len()),
+            "{:?}",
+            report.timeline
+        );
+        assert!(report.timeline.iter().all(|i| i.ops + i.errors > 0));
+        let ops: u64 = report.timeline.iter().map(|i| i.ops).sum();
+        let errors: u64 = report.timeline.iter().map(|i| i.errors).sum();
+        assert_eq!((ops, errors), (report.ops, report.error_count()));
+        assert!(errors > 0);
     }
 
     #[tokio::test]

@@ -58,6 +58,13 @@ pub const CHECKPOINT_BYTES: u64 = 16 * 1024 * 1024;
 /// Checkpoint once the oldest change not yet in a durable database commit is this old, by
 /// default (`--checkpoint-interval-ms`).
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// Each generation's checkpoint is due after a share of the interval drawn at random from
+/// this range. Nodes that start together and take the same writes (the replicas of one
+/// partition) would otherwise checkpoint in step, and on a shared machine their write-back
+/// bursts would add up: the write-ahead log's `fdatasync`s and every write's round trip slow
+/// down for as long as the checkpoints run. Drawn anew for every generation, the nodes drift
+/// apart within seconds. The upper end is 1: the interval stays the most a change waits.
+pub const CHECKPOINT_SPREAD: (f64, f64) = (0.75, 1.0);
 /// The shortest and longest checkpoint intervals a node accepts.
 pub const CHECKPOINT_INTERVAL_RANGE: (Duration, Duration) =
     (Duration::from_millis(50), Duration::from_secs(60));
@@ -96,6 +103,9 @@ pub struct Wal {
     dirty_since: Option<Instant>,
     /// How old that change may grow before a checkpoint is due.
     checkpoint_interval: Duration,
+    /// How old it grows before this generation's checkpoint is due: drawn for every
+    /// generation within [`CHECKPOINT_SPREAD`] of `checkpoint_interval`.
+    due_after: Duration,
 }
 
 impl std::fmt::Debug for Wal {
@@ -125,7 +135,15 @@ impl Wal {
         self.offset >= CHECKPOINT_BYTES
             || self
                 .dirty_since
-                .is_some_and(|t| t.elapsed() >= self.checkpoint_interval)
+                .is_some_and(|t| t.elapsed() >= self.due_after)
+    }
+
+    /// Draws when the next generation's checkpoint is due ([`CHECKPOINT_SPREAD`]).
+    fn draw_due_after(&mut self) {
+        let (low, high) = CHECKPOINT_SPREAD;
+        self.due_after = self
+            .checkpoint_interval
+            .mul_f64(rand::random_range(low..=high));
     }
 
     /// Sets how old the oldest change not yet checkpointed may grow (clamped to
@@ -133,6 +151,7 @@ impl Wal {
     pub fn set_checkpoint_interval(&mut self, interval: Duration) {
         let (min, max) = CHECKPOINT_INTERVAL_RANGE;
         self.checkpoint_interval = interval.clamp(min, max);
+        self.draw_due_after();
     }
 
     /// Notes a database commit made without fsync (its changes wait for a checkpoint).
@@ -216,6 +235,7 @@ impl Wal {
         self.generation = generation;
         self.offset = 0;
         self.dirty_since = None;
+        self.draw_due_after();
     }
 }
 
@@ -394,14 +414,17 @@ pub fn recover(
     if created_first || created_second {
         sync_dir(dir)?;
     }
-    Ok(Wal {
+    let mut wal = Wal {
         files: [first, second],
         paths,
         generation: start,
         offset: 0,
         dirty_since: None,
         checkpoint_interval: CHECKPOINT_INTERVAL,
-    })
+        due_after: CHECKPOINT_INTERVAL,
+    };
+    wal.draw_due_after();
+    Ok(wal)
 }
 
 /// Which of the two files holds a generation.
@@ -573,6 +596,35 @@ mod tests {
         assert!(!wal.checkpoint_due(), "younger than the shortest interval");
         wal.dirty_since = Instant::now().checked_sub(min);
         assert!(wal.checkpoint_due(), "as old as the interval");
+    }
+
+    /// Every generation's checkpoint comes due within the spread below the interval, and not
+    /// always after the same time: replicas that start together drift apart.
+    #[test]
+    fn each_generation_draws_when_its_checkpoint_is_due_within_the_spread() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = crate::storage::Store::open(dir.path(), "n1").expect("open");
+        let mut wal = store.take_wal().expect("log");
+        wal.set_checkpoint_interval(Duration::from_secs(4));
+        let (low, high) = CHECKPOINT_SPREAD;
+        let mut drawn = std::collections::BTreeSet::new();
+        for g in 1..=64 {
+            wal.start_generation(wal.generation() + 1);
+            let d = wal.due_after;
+            assert!(
+                d >= Duration::from_secs(4).mul_f64(low)
+                    && d <= Duration::from_secs(4).mul_f64(high),
+                "generation {g}: due after {d:?}"
+            );
+            drawn.insert(d);
+            // Due exactly once the oldest change is that old.
+            wal.note_volatile_commit();
+            wal.dirty_since = Instant::now().checked_sub(d.mul_f64(0.99));
+            assert!(!wal.checkpoint_due());
+            wal.dirty_since = Instant::now().checked_sub(d);
+            assert!(wal.checkpoint_due());
+        }
+        assert!(drawn.len() > 32, "{} distinct times of 64", drawn.len());
     }
 
     /// A map install answered from the log alone (its database commit never made durable)

@@ -1072,7 +1072,6 @@ fn apply_entries(
         let name = data_table(p);
         // Only read here: the rows go to the memtable, and into the table at a checkpoint.
         let data = txn.open_table(name.as_def()).map_err(write_err)?;
-        let mem = memtable::lock(mem);
         for e in entries {
             if e.seq <= applied {
                 continue; // already applied (a retried batch)
@@ -1080,9 +1079,18 @@ fn apply_entries(
             let key = match &e.op {
                 Op::Put { key, .. } | Op::Delete { key } => key,
             };
-            // The key's length and its value's, if it is stored before this entry.
-            let old = match pending.staged.lookup(&mem, p, key) {
-                Some(row) => row.as_deref().map(stored_len),
+            // The key's length and its value's, if it is stored before this entry. The
+            // memtable is locked for its own lookup only, not while the data table is read
+            // (which may wait for the disk): the primary's version reads wait on that lock.
+            let unflushed = {
+                let mem = memtable::lock(mem);
+                pending
+                    .staged
+                    .lookup(&mem, p, key)
+                    .map(|row| row.as_deref().map(stored_len))
+            };
+            let old = match unflushed {
+                Some(len) => len,
                 None => data
                     .get(key.as_slice())
                     .map_err(write_err)?
