@@ -101,8 +101,9 @@ pub struct NodeConfig {
 
     /// How often the database is checkpointed (committed durably, so the write-ahead log's
     /// older records can be dropped), in milliseconds, 50–60000; also after 16 MiB of log
-    /// records. Shorter: smaller bursts of write-back, more commits; longer: fewer commits,
-    /// larger bursts, and a longer log to replay after a crash.
+    /// records. Each checkpoint comes after a random 3/4 to all of the interval, so that
+    /// nodes do not checkpoint in step. Shorter: smaller bursts of write-back, more commits;
+    /// longer: fewer commits, larger bursts, and a longer log to replay after a crash.
     #[arg(
         long,
         env = "SHARDEDSTORE_CHECKPOINT_INTERVAL_MS",
