@@ -3,8 +3,8 @@
 //! Operations are grouped by their send time (the intended send time in an open loop), not by
 //! when they answered: a stall of the server then shows as the intervals whose operations
 //! waited, with their p99 and max, instead of vanishing into the whole run's percentiles.
-//! Each client keeps the latencies of its own operations (4 bytes each); they are merged and
-//! reduced once the run is over.
+//! Each client keeps the send interval and latency of each of its operations (8 bytes); they
+//! are merged and reduced once the run is over.
 
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 /// The shortest interval a timeline takes.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
-/// What one client measured, per interval.
+/// What one client measured: its operations by interval.
 #[derive(Clone, Debug)]
 pub struct Timeline {
     interval: Duration,
-    /// Latencies in µs of the successful operations sent in each interval.
-    latencies: Vec<Vec<u32>>,
-    /// Failed operations sent in each interval.
-    errors: Vec<u64>,
+    /// `(interval, latency in µs)` of each successful operation, in the order they ended.
+    ok: Vec<(u32, u32)>,
+    /// The interval of each failed operation.
+    errors: Vec<u32>,
 }
 
 /// One interval of the run.
@@ -41,70 +41,63 @@ impl Timeline {
     pub fn new(interval: Duration) -> Self {
         Self {
             interval: interval.max(MIN_INTERVAL),
-            latencies: Vec::new(),
+            ok: Vec::new(),
             errors: Vec::new(),
         }
     }
 
-    fn slot(&self, start: Instant, sent: Instant) -> usize {
+    fn slot(&self, start: Instant, sent: Instant) -> u32 {
         let n = sent.saturating_duration_since(start).as_nanos() / self.interval.as_nanos();
-        usize::try_from(n).unwrap_or(usize::MAX)
+        u32::try_from(n).unwrap_or(u32::MAX)
     }
 
     /// A successful operation sent at `sent` that took `latency`.
     pub fn ok(&mut self, start: Instant, sent: Instant, latency: Duration) {
-        let i = self.slot(start, sent);
-        if self.latencies.len() <= i {
-            self.latencies.resize_with(i + 1, Vec::new);
-        }
         let micros = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
-        self.latencies[i].push(micros);
+        self.ok.push((self.slot(start, sent), micros));
     }
 
     /// A failed operation sent at `sent`.
     pub fn error(&mut self, start: Instant, sent: Instant) {
-        let i = self.slot(start, sent);
-        if self.errors.len() <= i {
-            self.errors.resize(i + 1, 0);
-        }
-        self.errors[i] += 1;
+        self.errors.push(self.slot(start, sent));
     }
 
     /// Adds another client's measurements (same interval).
     pub fn merge(&mut self, other: Timeline) {
-        if self.latencies.len() < other.latencies.len() {
-            self.latencies.resize_with(other.latencies.len(), Vec::new);
-        }
-        for (mine, theirs) in self.latencies.iter_mut().zip(other.latencies) {
-            mine.extend(theirs);
-        }
-        if self.errors.len() < other.errors.len() {
-            self.errors.resize(other.errors.len(), 0);
-        }
-        for (mine, theirs) in self.errors.iter_mut().zip(other.errors) {
-            *mine += theirs;
-        }
+        self.ok.extend(other.ok);
+        self.errors.extend(other.errors);
     }
 
     /// The intervals from the run's start to the last one in which an operation was sent,
     /// empty ones included (nothing sent: every client was waiting for an answer).
     pub fn intervals(mut self) -> Vec<Interval> {
+        self.ok.sort_unstable();
+        self.errors.sort_unstable();
+        let Some(last) = self
+            .ok
+            .last()
+            .map(|&(s, _)| s)
+            .max(self.errors.last().copied())
+        else {
+            return Vec::new();
+        };
         let secs = self.interval.as_secs_f64();
-        let n = self.latencies.len().max(self.errors.len());
-        (0..n)
+        let (mut ok, mut errors) = (self.ok.as_slice(), self.errors.as_slice());
+        (0..=u64::from(last))
             .map(|i| {
-                let mut lat = self
-                    .latencies
-                    .get_mut(i)
-                    .map(std::mem::take)
-                    .unwrap_or_default();
-                lat.sort_unstable();
+                // Both are sorted: this interval's operations lead what is left.
+                let (here, rest) = ok.split_at(ok.partition_point(|&(s, _)| u64::from(s) <= i));
+                ok = rest;
+                let failed = errors.partition_point(|&s| u64::from(s) <= i);
+                errors = &errors[failed..];
+                // Sorted by latency within the interval.
+                let lat: Vec<u32> = here.iter().map(|&(_, l)| l).collect();
                 let ops = lat.len() as u64;
                 Interval {
                     start_secs: i as f64 * secs,
                     ops,
                     ops_per_sec: ops as f64 / secs,
-                    errors: self.errors.get(i).copied().unwrap_or(0),
+                    errors: failed as u64,
                     p50_us: rank(&lat, 0.50),
                     p99_us: rank(&lat, 0.99),
                     max_us: lat.last().copied().map_or(0, u64::from),
@@ -156,6 +149,11 @@ mod tests {
         );
         assert!((iv[2].start_secs - 0.2).abs() < 1e-9);
         assert_eq!((iv[3].ops, iv[3].errors), (0, 1));
+    }
+
+    #[test]
+    fn a_run_without_operations_has_no_intervals() {
+        assert!(Timeline::new(Duration::from_secs(1)).intervals().is_empty());
     }
 
     #[test]

@@ -243,7 +243,7 @@ pub struct BenchArgs {
     /// Also report throughput, p50, p99 and max latency for every interval of this length
     /// (e.g. 1s, 100ms; at least 10ms) in the measured run, grouping operations by the time
     /// they were sent (intended send time with --rate): shows stalls that the whole run's
-    /// percentiles average away. Keeps every latency in memory, 4 bytes per operation.
+    /// percentiles average away. Keeps every latency in memory, 8 bytes per operation.
     #[arg(long, env = "SHARDEDSTORE_BENCH_TIMELINE", value_name = "INTERVAL", value_parser = parse_interval)]
     pub timeline: Option<Duration>,
 }
