@@ -60,10 +60,10 @@ pub const CHECKPOINT_BYTES: u64 = 16 * 1024 * 1024;
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// Each generation's checkpoint is due after a share of the interval drawn at random from
 /// this range. Nodes that start together and take the same writes (the replicas of one
-/// partition) would otherwise checkpoint in step, and on a shared machine their write-back
-/// bursts would add up: the write-ahead log's `fdatasync`s and every write's round trip slow
-/// down for as long as the checkpoints run. Drawn anew for every generation, the nodes drift
-/// apart within seconds. The upper end is 1: the interval stays the most a change waits.
+/// partition) would otherwise checkpoint in step, and on a shared machine the work of their
+/// checkpoints would add up: every write's round trip slows down for as long as they run.
+/// Drawn anew for every generation, the nodes drift apart within seconds. The upper end is
+/// 1: the interval stays the most a change waits.
 pub const CHECKPOINT_SPREAD: (f64, f64) = (0.75, 1.0);
 /// The shortest and longest checkpoint intervals a node accepts.
 pub const CHECKPOINT_INTERVAL_RANGE: (Duration, Duration) =
