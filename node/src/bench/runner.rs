@@ -11,7 +11,7 @@ use super::BenchError;
 use super::report::{PreloadReport, RunReport};
 use super::stats::Recorder;
 use super::target::{Session, Target};
-use super::timeline::{MIN_INTERVAL, Timeline};
+use super::timeline::Timeline;
 use super::workload::{Chooser, Distribution, OpType, key_name};
 use bytes::Bytes;
 use rand::rngs::SmallRng;
@@ -187,7 +187,7 @@ pub async fn run<T: Target>(target: &T, cfg: &BenchConfig) -> Result<RunReport, 
         handed_to_library: target
             .handed_over()
             .map(|n| n.saturating_sub(handed_before.unwrap_or(0))),
-        timeline_interval_secs: cfg.timeline.map(|d| d.max(MIN_INTERVAL).as_secs_f64()),
+        timeline_interval_secs: timeline.as_ref().map(|t| t.interval().as_secs_f64()),
         timeline: timeline.map(Timeline::intervals).unwrap_or_default(),
     })
 }

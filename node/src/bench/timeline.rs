@@ -46,6 +46,11 @@ impl Timeline {
         }
     }
 
+    /// The length of its intervals.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
     fn slot(&self, start: Instant, sent: Instant) -> u32 {
         let n = sent.saturating_duration_since(start).as_nanos() / self.interval.as_nanos();
         u32::try_from(n).unwrap_or(u32::MAX)
